@@ -1,0 +1,189 @@
+//! The BZZZ libp2p mesh (SPEC §5).
+//!
+//! One task owns the [`libp2p::Swarm`] (TCP and QUIC, Noise, Yamux,
+//! identify, ping, mDNS, Kademlia, gossipsub, connection limits); everything
+//! else talks to it through a cloneable [`NetHandle`] (rust-libp2p's
+//! `file-sharing` pattern):
+//!
+//! * **takes** [`Command`]s over a bounded channel (each with a `oneshot`
+//!   reply), and the node's own [`LocalInfo`] (capabilities, API address)
+//!   through a `watch` channel: a change is announced at once;
+//! * **sends** a fresh [`Snapshot`] of the live cluster view through a
+//!   `watch` channel whenever it changes: readers never wait on the swarm.
+//!
+//! Capability announcements travel on one gossipsub topic inside a signed
+//! envelope ([`signed`]). A node enters the view with its first valid
+//! announcement and leaves it when its last connection closes, or when it has
+//! not announced for `peer_timeout`. Bootstrap addresses are redialed with
+//! backoff forever (an unreachable one is reported, never fatal), and so are
+//! known peers that lost their connection.
+//!
+//! The task stops when the [`CancellationToken`] passed to [`start`] is
+//! cancelled; dropping the swarm closes every connection, so peers see the
+//! node leave at once.
+
+pub mod signed;
+mod swarm;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bzzz_proto::api::Announcement;
+use bzzz_proto::{Capabilities, NodeId};
+pub use libp2p::Multiaddr;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings of the mesh (validated by the caller's config layer).
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on (TCP and/or QUIC multiaddrs).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and whenever the connection is lost.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the local link with mDNS.
+    pub mdns: bool,
+    /// Period of capability announcements.
+    pub announce_interval: Duration,
+    /// A node that has not announced for this long leaves the view.
+    pub peer_timeout: Duration,
+    /// Most peers to hold connections to.
+    pub max_peers: u32,
+    /// Ping period; a failed ping closes the connection (dead links).
+    pub ping_interval: Duration,
+    /// How long a ping may take before the link counts as dead.
+    pub ping_timeout: Duration,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![],
+            bootstrap: vec![],
+            mdns: true,
+            announce_interval: Duration::from_secs(2),
+            peer_timeout: Duration::from_secs(6),
+            max_peers: 128,
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What this node says about itself; updated by the capability collector.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LocalInfo {
+    pub capabilities: Capabilities,
+    pub api_addr: Option<String>,
+}
+
+/// A live peer in the view.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    /// Its latest verified announcement.
+    pub announcement: Announcement,
+    pub last_seen: Instant,
+    /// A direct connection is open.
+    pub connected: bool,
+}
+
+/// Counters since start (for `/metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    pub announcements_sent: u64,
+    pub announcements_received: u64,
+    pub announcements_rejected: u64,
+    pub connections_established: u64,
+    pub connections_closed: u64,
+    pub peers_joined: u64,
+    pub peers_left: u64,
+}
+
+/// The cluster as this node sees it, at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub local_id: NodeId,
+    /// Addresses we listen on, each ending in `/p2p/<local id>`.
+    pub listen_addrs: Vec<String>,
+    /// Peers with at least one open connection (announced or not).
+    pub connected_peers: usize,
+    /// Other live nodes, sorted by id.
+    pub peers: Vec<PeerView>,
+    pub mdns: bool,
+    pub counters: NetCounters,
+}
+
+/// Requests to the swarm task.
+#[derive(Debug)]
+pub enum Command {
+    /// Dial an address now (reply: whether the dial was started).
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+}
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("invalid node key: {0}")]
+    Key(String),
+    #[error("cannot build the network stack: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("cannot dial {addr}: {reason}")]
+    Dial { addr: Multiaddr, reason: String },
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// Cloneable handle to the swarm task.
+#[derive(Debug, Clone)]
+pub struct NetHandle {
+    local_id: NodeId,
+    cmd: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl NetHandle {
+    pub fn local_id(&self) -> &NodeId {
+        &self.local_id
+    }
+
+    /// The latest view (cheap: an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every change of the view.
+    pub fn watch(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Dial { addr, reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+}
+
+/// Builds the swarm, starts listening, and spawns its task on `tracker`.
+///
+/// Fails (before spawning anything) when the key is unusable or an address
+/// cannot be bound, so the caller can report it and exit.
+pub fn start(
+    seed: &bzzz_crypto::SecretBytes32,
+    cfg: NetConfig,
+    local: watch::Receiver<LocalInfo>,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<NetHandle, NetError> {
+    let (node, handle) = swarm::Node::new(seed, cfg, local)?;
+    tracker.spawn(node.run(cancel));
+    Ok(handle)
+}

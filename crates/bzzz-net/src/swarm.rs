@@ -1,0 +1,667 @@
+//! The swarm task: owns the `Swarm`, the live view and the announcer.
+//!
+//! Takes: swarm events, [`Command`]s, changes of [`LocalInfo`], two timers
+//! (announce, maintenance). Sends: gossip announcements, dials, and a new
+//! [`Snapshot`] on every change of the view. Stops on cancellation.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bzzz_proto::api::{ANNOUNCEMENT_VERSION, Announcement, MAX_ANNOUNCED_ADDRS};
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
+    kad, mdns, noise, ping, tcp, yamux,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    Command, LocalInfo, NetConfig, NetCounters, NetError, NetHandle, PeerView, Snapshot, signed,
+};
+
+/// Gossip topic of capability announcements.
+pub const CAPS_TOPIC: &str = "bzzz/caps/v1";
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
+const IDENTIFY_PROTOCOL: &str = "/bzzz/id/1.0.0";
+const MAINTENANCE: Duration = Duration::from_millis(250);
+const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(30);
+const PEER_REDIAL: Duration = Duration::from_secs(3);
+const KAD_BOOTSTRAP_EVERY: Duration = Duration::from_secs(60);
+/// Minimum spacing of announcements triggered by events (not the timer).
+const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
+const COMMAND_QUEUE: usize = 64;
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+}
+
+struct Bootstrap {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+struct Entry {
+    ann: Announcement,
+    last_seen: Instant,
+}
+
+pub(crate) struct Node {
+    swarm: Swarm<Behaviour>,
+    topic: gossipsub::IdentTopic,
+    key: identity::Keypair,
+    local_peer: PeerId,
+    cfg: NetConfig,
+    local: watch::Receiver<LocalInfo>,
+    cmd_rx: mpsc::Receiver<Command>,
+    snapshot_tx: watch::Sender<Arc<Snapshot>>,
+    view: HashMap<PeerId, Entry>,
+    listen_addrs: Vec<Multiaddr>,
+    bootstraps: Vec<Bootstrap>,
+    bootstrap_dials: HashMap<ConnectionId, usize>,
+    redial_at: HashMap<PeerId, Instant>,
+    seq: u64,
+    started: Instant,
+    last_announce: Option<Instant>,
+    announce_due: bool,
+    last_kad_bootstrap: Option<Instant>,
+    counters: NetCounters,
+    dirty: bool,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn without_p2p(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, Protocol::P2p(_)))
+        .collect()
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+impl Node {
+    pub(crate) fn new(
+        seed: &bzzz_crypto::SecretBytes32,
+        cfg: NetConfig,
+        local: watch::Receiver<LocalInfo>,
+    ) -> Result<(Self, NetHandle), NetError> {
+        let mut seed_copy = zeroize::Zeroizing::new(*seed.expose());
+        let key = identity::Keypair::ed25519_from_bytes(seed_copy.as_mut())
+            .map_err(|e| NetError::Key(e.to_string()))?;
+        let local_peer = key.public().to_peer_id();
+        let local_id = signed::node_id(&local_peer).map_err(|e| NetError::Key(e.to_string()))?;
+
+        let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_quic()
+            .with_behaviour(|key| build_behaviour(key, &cfg))
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(|c| {
+                // Liveness is decided by ping and announcements, not by idleness:
+                // gossipsub keeps only mesh members busy, and we want every peer.
+                c.with_idle_connection_timeout(Duration::from_secs(3600))
+            })
+            .build();
+
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        let topic = gossipsub::IdentTopic::new(CAPS_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetError::Transport(e.to_string()))?;
+
+        for addr in &cfg.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+
+        let now = Instant::now();
+        let bootstraps = cfg
+            .bootstrap
+            .iter()
+            .map(|addr| Bootstrap {
+                addr: addr.clone(),
+                peer: peer_of(addr),
+                next_try: now,
+                backoff: Duration::from_secs(1),
+            })
+            .collect();
+
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let snapshot = Arc::new(Snapshot {
+            local_id: local_id.clone(),
+            listen_addrs: vec![],
+            connected_peers: 0,
+            peers: vec![],
+            mdns: cfg.mdns,
+            counters: NetCounters::default(),
+        });
+        let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
+        let node = Node {
+            swarm,
+            topic,
+            key,
+            local_peer,
+            cfg,
+            local,
+            cmd_rx,
+            snapshot_tx,
+            view: HashMap::new(),
+            listen_addrs: vec![],
+            bootstraps,
+            bootstrap_dials: HashMap::new(),
+            redial_at: HashMap::new(),
+            seq: 0,
+            started: now,
+            last_announce: None,
+            announce_due: true,
+            last_kad_bootstrap: None,
+            counters: NetCounters::default(),
+            dirty: true,
+        };
+        let handle = NetHandle {
+            local_id,
+            cmd: cmd_tx,
+            snapshot: snapshot_rx,
+        };
+        Ok((node, handle))
+    }
+
+    pub(crate) async fn run(mut self, cancel: CancellationToken) {
+        info!(node_id = %self.local_peer, "network started");
+        let mut announce = tokio::time::interval(self.cfg.announce_interval);
+        announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut maintenance = tokio::time::interval(MAINTENANCE);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
+                Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
+                Ok(()) = self.local.changed() => self.announce_due = true,
+                _ = announce.tick() => self.announce(),
+                _ = maintenance.tick() => self.maintain(),
+            }
+            if self.dirty {
+                self.publish_snapshot();
+            }
+        }
+        info!("network stopping");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Dial { addr, reply } => {
+                let r = self.swarm.dial(addr.clone()).map_err(|e| NetError::Dial {
+                    addr,
+                    reason: e.to_string(),
+                });
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn announce(&mut self) {
+        let info = self.local.borrow_and_update().clone();
+        let mut addrs: Vec<&Multiaddr> = self
+            .listen_addrs
+            .iter()
+            .filter(|a| !is_loopback(a))
+            .collect();
+        if addrs.is_empty() {
+            addrs = self.listen_addrs.iter().collect();
+        }
+        self.seq = self.seq.saturating_add(1).max(now_ms());
+        let ann = Announcement {
+            v: ANNOUNCEMENT_VERSION,
+            node_id: self.snapshot_tx.borrow().local_id.clone(),
+            seq: self.seq,
+            addrs: addrs
+                .iter()
+                .take(MAX_ANNOUNCED_ADDRS)
+                .map(|a| a.to_string())
+                .collect(),
+            api_addr: info.api_addr,
+            uptime_secs: self.started.elapsed().as_secs(),
+            capabilities: info.capabilities,
+        };
+        self.announce_due = false;
+        self.last_announce = Some(Instant::now());
+        let bytes = match signed::seal(&self.key, &ann) {
+            Ok(b) => b,
+            Err(e) => {
+                warn!("cannot sign announcement: {e}");
+                return;
+            }
+        };
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) => {
+                self.counters.announcements_sent += 1;
+                self.dirty = true;
+            }
+            // Alone, or peers not subscribed yet: the next event retries.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => debug!("announcement not published: {e}"),
+        }
+    }
+
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        if self.announce_due
+            && self
+                .last_announce
+                .is_none_or(|t| now.duration_since(t) >= ANNOUNCE_MIN_GAP)
+        {
+            self.announce();
+        }
+
+        // Expire nodes that stopped announcing.
+        let timeout = self.cfg.peer_timeout;
+        let stale: Vec<PeerId> = self
+            .view
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.last_seen) > timeout)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in stale {
+            self.leave(&p, "no announcement within the peer timeout");
+        }
+
+        // Bootstrap addresses: keep a connection to each, with backoff.
+        for i in 0..self.bootstraps.len() {
+            let b = &self.bootstraps[i];
+            if b.peer.is_some_and(|p| self.swarm.is_connected(&p)) || now < b.next_try {
+                continue;
+            }
+            let opts = match b.peer {
+                Some(p) => DialOpts::peer_id(p)
+                    .addresses(vec![without_p2p(&b.addr)])
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build(),
+                None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
+            };
+            let id = opts.connection_id();
+            let b = &mut self.bootstraps[i];
+            b.next_try = now + b.backoff;
+            b.backoff = (b.backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.bootstrap_dials.insert(id, i);
+                }
+                Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => warn!(addr = %self.bootstraps[i].addr, "cannot dial bootstrap: {e}"),
+            }
+        }
+
+        // Known nodes that lost their direct connection.
+        let max = self.cfg.max_peers as usize;
+        let connected = self.swarm.connected_peers().count();
+        let mut dials = Vec::new();
+        for (p, e) in &self.view {
+            if connected + dials.len() >= max {
+                break;
+            }
+            if self.swarm.is_connected(p) || self.redial_at.get(p).is_some_and(|t| now < *t) {
+                continue;
+            }
+            let addrs: Vec<Multiaddr> = e.ann.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            dials.push((*p, addrs));
+        }
+        for (p, addrs) in dials {
+            self.redial_at.insert(p, now + PEER_REDIAL);
+            self.dial_peer(p, addrs);
+        }
+
+        // Periodic Kademlia refresh once we know anyone.
+        if self.swarm.connected_peers().next().is_some()
+            && self
+                .last_kad_bootstrap
+                .is_none_or(|t| now.duration_since(t) >= KAD_BOOTSTRAP_EVERY)
+        {
+            self.last_kad_bootstrap = Some(now);
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+        }
+    }
+
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == self.local_peer || self.swarm.is_connected(&peer) {
+            return;
+        }
+        if self.swarm.connected_peers().count() >= self.cfg.max_peers as usize {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            if !matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_)) {
+                debug!(%peer, "dial failed: {e}");
+            }
+        }
+    }
+
+    fn leave(&mut self, peer: &PeerId, why: &str) {
+        if self.view.remove(peer).is_some() {
+            info!(%peer, "node left the view: {why}");
+            self.counters.peers_left += 1;
+            self.dirty = true;
+        }
+    }
+
+    fn on_swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                if !self.listen_addrs.contains(&address) {
+                    self.listen_addrs.push(address);
+                }
+                self.announce_due = true;
+                self.dirty = true;
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.counters.connections_established += 1;
+                if let Some(i) = self.bootstrap_dials.remove(&connection_id) {
+                    let b = &mut self.bootstraps[i];
+                    if b.peer.is_none() {
+                        info!(addr = %b.addr, peer = %peer_id, "connected to bootstrap");
+                    }
+                    b.peer = Some(peer_id);
+                    b.backoff = Duration::from_secs(1);
+                }
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, without_p2p(address));
+                }
+                if num_established.get() == 1 {
+                    debug!(peer = %peer_id, "connected");
+                    self.redial_at.remove(&peer_id);
+                    self.announce_due = true;
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                self.counters.connections_closed += 1;
+                if num_established == 0 {
+                    let why = match cause {
+                        Some(e) => format!("connection closed ({e})"),
+                        None => "connection closed".to_owned(),
+                    };
+                    self.leave(&peer_id, &why);
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                peer_id,
+            } => {
+                if let Some(i) = self.bootstrap_dials.remove(&connection_id) {
+                    let b = &self.bootstraps[i];
+                    warn!(
+                        addr = %b.addr,
+                        retry_in = ?b.next_try.saturating_duration_since(Instant::now()),
+                        "bootstrap peer unreachable: {error}"
+                    );
+                } else {
+                    debug!(peer = ?peer_id, "dial failed: {error}");
+                }
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour_event(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let verdict = self.on_announcement(&message);
+                if verdict == gossipsub::MessageAcceptance::Reject {
+                    self.counters.announcements_rejected += 1;
+                }
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
+                debug!(peer = %peer_id, "peer subscribed to announcements");
+                self.announce_due = true;
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs.into_iter().take(MAX_ANNOUNCED_ADDRS) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    debug!(%peer, "discovered via mDNS");
+                    self.dial_peer(peer, addrs);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::RoutingUpdated {
+                peer, addresses, ..
+            }) => {
+                let addrs = addresses.iter().cloned().collect();
+                self.dial_peer(peer, addrs);
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Err(e),
+                ..
+            }) => {
+                // libp2p leaves dead links open; closing it lets the view and
+                // the redial logic react.
+                debug!(%peer, "ping failed ({e}); closing the link");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_announcement(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let (signer, ann) = match signed::open(&message.data) {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(source = ?message.source, "refused announcement: {e}");
+                return Reject;
+            }
+        };
+        // The gossip author (verified by gossipsub's strict signing) must be
+        // the node the record describes.
+        if message.source != Some(signer) {
+            warn!(source = ?message.source, %signer, "refused announcement relayed under another author");
+            return Reject;
+        }
+        if signer == self.local_peer {
+            return Ignore;
+        }
+        let now = Instant::now();
+        match self.view.get_mut(&signer) {
+            Some(e) if ann.seq <= e.ann.seq => return Ignore, // replay or duplicate
+            Some(e) => {
+                e.ann = ann;
+                e.last_seen = now;
+            }
+            None => {
+                if self.view.len() >= self.cfg.max_peers as usize {
+                    return Ignore;
+                }
+                info!(peer = %signer, "node joined the view");
+                self.counters.peers_joined += 1;
+                let addrs: Vec<Multiaddr> =
+                    ann.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                self.view.insert(
+                    signer,
+                    Entry {
+                        ann,
+                        last_seen: now,
+                    },
+                );
+                self.dial_peer(signer, addrs);
+            }
+        }
+        self.counters.announcements_received += 1;
+        self.dirty = true;
+        Accept
+    }
+
+    fn publish_snapshot(&mut self) {
+        self.dirty = false;
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut peers: Vec<PeerView> = self
+            .view
+            .iter()
+            .map(|(p, e)| PeerView {
+                announcement: e.ann.clone(),
+                last_seen: e.last_seen,
+                connected: connected.contains(p),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.announcement.node_id.cmp(&b.announcement.node_id));
+        let snap = Snapshot {
+            local_id: self.snapshot_tx.borrow().local_id.clone(),
+            listen_addrs: self
+                .listen_addrs
+                .iter()
+                .map(|a| a.clone().with(Protocol::P2p(self.local_peer)).to_string())
+                .collect(),
+            connected_peers: connected.len(),
+            peers,
+            mdns: self.cfg.mdns,
+            counters: self.counters.clone(),
+        };
+        self.snapshot_tx.send_replace(Arc::new(snap));
+    }
+}
+
+fn build_behaviour(
+    key: &identity::Keypair,
+    cfg: &NetConfig,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer = key.public().to_peer_id();
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(cfg.max_peers.saturating_mul(2)))
+        .with_max_established_per_peer(Some(2))
+        .with_max_pending_incoming(Some(64))
+        .with_max_pending_outgoing(Some(64));
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_secs(1))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(signed::MAX_ENVELOPE_BYTES)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_cfg,
+    )?;
+    let mdns = if cfg.mdns {
+        let mcfg = mdns::Config {
+            ttl: Duration::from_secs(60),
+            query_interval: Duration::from_secs(10),
+            enable_ipv6: false,
+        };
+        Some(mdns::tokio::Behaviour::new(mcfg, peer)?)
+    } else {
+        None
+    };
+    let mut kcfg = kad::Config::new(KAD_PROTOCOL);
+    kcfg.set_query_timeout(Duration::from_secs(30));
+    Ok(Behaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        identify: identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                .with_agent_version(format!("bzzz/{}", bzzz_proto::VERSION)),
+        ),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(cfg.ping_interval)
+                .with_timeout(cfg.ping_timeout),
+        ),
+        mdns: mdns.into(),
+        kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg),
+        gossipsub,
+    })
+}

@@ -1,0 +1,397 @@
+//! HTTP: JSON API under `/api/v1/`, Prometheus `/metrics`, the OpenAPI
+//! document, and the web UI's cluster overview at `/`.
+//!
+//! Handlers only read: the network task publishes snapshots of the view, the
+//! capability task publishes [`bzzz_net::LocalInfo`]; nothing here waits on
+//! the swarm.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use bzzz_proto::api::{ApiError, PeerInfo, StatusResponse};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+
+use crate::node::AppState;
+
+type S = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/peers", get(peers))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Every route with its method, as listed in the OpenAPI document (a test
+/// keeps the two in step).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/status"),
+    ("get", "/api/v1/peers"),
+    ("get", "/api/v1/openapi.json"),
+    ("get", "/metrics"),
+];
+
+fn status_of(st: &AppState) -> StatusResponse {
+    let snap = st.net.snapshot();
+    let local = st.local.borrow();
+    StatusResponse {
+        node_id: snap.local_id.clone(),
+        version: bzzz_proto::VERSION.to_owned(),
+        uptime_secs: st.started.elapsed().as_secs(),
+        listen_addrs: snap.listen_addrs.clone(),
+        api_addr: st.api_addr.to_string(),
+        peer_count: snap.peers.len(),
+        connected_peers: snap.connected_peers,
+        mdns: snap.mdns,
+        capabilities: local.capabilities.clone(),
+    }
+}
+
+fn peers_of(st: &AppState) -> Vec<PeerInfo> {
+    let snap = st.net.snapshot();
+    let now = Instant::now();
+    snap.peers
+        .iter()
+        .map(|p| PeerInfo {
+            node_id: p.announcement.node_id.clone(),
+            addrs: p.announcement.addrs.clone(),
+            api_addr: p.announcement.api_addr.clone(),
+            connected: p.connected,
+            last_seen_ms_ago: now.saturating_duration_since(p.last_seen).as_millis() as u64,
+            uptime_secs: p.announcement.uptime_secs,
+            capabilities: p.announcement.capabilities.clone(),
+        })
+        .collect()
+}
+
+async fn status(State(st): S) -> axum::Json<StatusResponse> {
+    axum::Json(status_of(&st))
+}
+
+async fn peers(State(st): S) -> axum::Json<Vec<PeerInfo>> {
+    axum::Json(peers_of(&st))
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(ApiError {
+            error: "no such endpoint; see /api/v1/openapi.json".into(),
+        }),
+    )
+        .into_response()
+}
+
+async fn metrics(State(st): S) -> Response {
+    let snap = st.net.snapshot();
+    let local = st.local.borrow().capabilities.clone();
+    let mut reg = Registry::with_prefix("bzzz");
+    let gauge = |reg: &mut Registry, name: &str, help: &str, v: i64| {
+        let g: Gauge = Gauge::default();
+        g.set(v);
+        reg.register(name, help, g);
+    };
+    let counter = |reg: &mut Registry, name: &str, help: &str, v: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        reg.register(name, help, c);
+    };
+    let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    gauge(
+        &mut reg,
+        "peers",
+        "Other live nodes in this node's view",
+        snap.peers.len() as i64,
+    );
+    gauge(
+        &mut reg,
+        "connected_peers",
+        "Peers with an open connection",
+        snap.connected_peers as i64,
+    );
+    gauge(
+        &mut reg,
+        "uptime_seconds",
+        "Seconds since the node started",
+        i(st.started.elapsed().as_secs()),
+    );
+    gauge(
+        &mut reg,
+        "memory_total_bytes",
+        "Physical memory",
+        i(local.memory_total_bytes),
+    );
+    gauge(
+        &mut reg,
+        "memory_free_bytes",
+        "Available memory",
+        i(local.memory_free_bytes),
+    );
+    gauge(
+        &mut reg,
+        "disk_free_bytes",
+        "Free space on the data dir's filesystem",
+        i(local.disk_free_bytes),
+    );
+    gauge(
+        &mut reg,
+        "gpus",
+        "GPUs (detected and declared)",
+        local.gpus.len() as i64,
+    );
+    let c = &snap.counters;
+    counter(
+        &mut reg,
+        "announcements_sent",
+        "Capability announcements published",
+        c.announcements_sent,
+    );
+    counter(
+        &mut reg,
+        "announcements_received",
+        "Valid announcements accepted",
+        c.announcements_received,
+    );
+    counter(
+        &mut reg,
+        "announcements_rejected",
+        "Announcements refused (bad signature, invalid)",
+        c.announcements_rejected,
+    );
+    counter(
+        &mut reg,
+        "connections_established",
+        "Connections opened",
+        c.connections_established,
+    );
+    counter(
+        &mut reg,
+        "connections_closed",
+        "Connections closed",
+        c.connections_closed,
+    );
+    counter(
+        &mut reg,
+        "peers_joined",
+        "Nodes that entered the view",
+        c.peers_joined,
+    );
+    counter(
+        &mut reg,
+        "peers_left",
+        "Nodes that left the view",
+        c.peers_left,
+    );
+    let mut out = String::new();
+    if let Err(e) = encode(&mut out, &reg) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn openapi() -> axum::Json<Value> {
+    axum::Json(openapi_doc())
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi_doc() -> Value {
+    let caps = json!({
+        "type": "object",
+        "required": ["cpu", "memory_total_bytes", "memory_free_bytes", "disk_total_bytes", "disk_free_bytes", "gpus", "ollama", "labels", "version"],
+        "properties": {
+            "cpu": {"type": "object", "properties": {
+                "model": {"type": "string"}, "cores": {"type": "integer"},
+                "load_1m": {"type": "number"}, "load_5m": {"type": "number"}, "load_15m": {"type": "number"}}},
+            "memory_total_bytes": {"type": "integer"},
+            "memory_free_bytes": {"type": "integer"},
+            "disk_total_bytes": {"type": "integer"},
+            "disk_free_bytes": {"type": "integer"},
+            "gpus": {"type": "array", "items": {"type": "object", "properties": {
+                "vendor": {"type": "string"}, "model": {"type": "string"},
+                "vram_total_bytes": {"type": "integer"}, "vram_free_bytes": {"type": ["integer", "null"]},
+                "index": {"type": ["integer", "null"]}, "uuid": {"type": ["string", "null"]},
+                "declared": {"type": "boolean"}}}},
+            "ollama": {"type": "object", "properties": {
+                "present": {"type": "boolean"}, "api_reachable": {"type": "boolean"},
+                "endpoint": {"type": ["string", "null"]}, "version": {"type": ["string", "null"]},
+                "models": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "size_bytes": {"type": "integer"},
+                    "digest": {"type": ["string", "null"]}}}}}},
+            "labels": {"type": "object", "properties": {
+                "zone": {"type": "string"}, "rack": {"type": "string"},
+                "extra": {"type": "object", "additionalProperties": {"type": "string"}}}},
+            "version": {"type": "string"},
+            "declared_fields": {"type": "array", "items": {"type": "string"}}
+        }
+    });
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "BZZZ node API", "version": bzzz_proto::VERSION,
+                 "description": "Fields may be added in later versions, never renamed or removed."},
+        "paths": {
+            "/api/v1/status": {"get": {"summary": "This node", "operationId": "status",
+                "responses": {"200": {"description": "Node status", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
+            "/api/v1/peers": {"get": {"summary": "Other live nodes in this node's view", "operationId": "peers",
+                "responses": {"200": {"description": "Peers", "content": {"application/json": {"schema": {"type": "array", "items": {"$ref": "#/components/schemas/Peer"}}}}}}}},
+            "/api/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
+                "responses": {"200": {"description": "OpenAPI document"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "operationId": "metrics",
+                "responses": {"200": {"description": "Metrics", "content": {"application/openmetrics-text": {}}}}}}
+        },
+        "components": {"schemas": {
+            "Capabilities": caps,
+            "Status": {"type": "object",
+                "required": ["node_id", "version", "uptime_secs", "listen_addrs", "api_addr", "peer_count", "connected_peers", "mdns", "capabilities"],
+                "properties": {
+                    "node_id": {"type": "string"}, "version": {"type": "string"},
+                    "uptime_secs": {"type": "integer"},
+                    "listen_addrs": {"type": "array", "items": {"type": "string"}},
+                    "api_addr": {"type": "string"}, "peer_count": {"type": "integer"},
+                    "connected_peers": {"type": "integer"}, "mdns": {"type": "boolean"},
+                    "capabilities": {"$ref": "#/components/schemas/Capabilities"}}},
+            "Peer": {"type": "object",
+                "required": ["node_id", "addrs", "connected", "last_seen_ms_ago", "uptime_secs", "capabilities"],
+                "properties": {
+                    "node_id": {"type": "string"},
+                    "addrs": {"type": "array", "items": {"type": "string"}},
+                    "api_addr": {"type": ["string", "null"]},
+                    "connected": {"type": "boolean"}, "last_seen_ms_ago": {"type": "integer"},
+                    "uptime_secs": {"type": "integer"},
+                    "capabilities": {"$ref": "#/components/schemas/Capabilities"}}},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+        }}
+    })
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '"' => o.push_str("&quot;"),
+            '\'' => o.push_str("&#39;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+async fn index(State(st): S) -> Html<String> {
+    let me = status_of(&st);
+    let peers = peers_of(&st);
+    let mut rows = String::new();
+    let mut row = |id: &str, c: &bzzz_proto::Capabilities, extra: &str| {
+        let gpus = if c.gpus.is_empty() {
+            "none".to_owned()
+        } else {
+            c.gpus
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} ({}){}",
+                        g.model,
+                        gib(g.vram_total_bytes),
+                        if g.declared { " [declared]" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = write!(
+            rows,
+            "<tr><td><code>{}</code>{}</td><td>{} × {}</td><td>{:.2}</td><td>{} / {}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(id),
+            extra,
+            c.cpu.cores,
+            esc(&c.cpu.model),
+            c.cpu.load_1m,
+            gib(c.memory_free_bytes),
+            gib(c.memory_total_bytes),
+            esc(&gpus),
+            if c.ollama.present {
+                format!("{} models", c.ollama.models.len())
+            } else {
+                "absent".into()
+            },
+            esc(c.labels.zone.as_deref().unwrap_or("-")),
+        );
+    };
+    row(
+        me.node_id.as_str(),
+        &me.capabilities,
+        " <em>(this node)</em>",
+    );
+    for p in &peers {
+        row(p.node_id.as_str(), &p.capabilities, "");
+    }
+    Html(format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>BZZZ — cluster overview</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}th{{background:#f4f4f4}}code{{font-size:.85em}}</style></head>
+<body><h1>BZZZ cluster overview</h1>
+<p>Node <code id="node-id">{id}</code>, version {ver}, up {up}s. <span id="peer-count">{n}</span> other live node(s).</p>
+<table id="nodes"><tr><th>Node</th><th>CPU</th><th>Load</th><th>Memory free/total</th><th>GPUs</th><th>Ollama</th><th>Zone</th></tr>{rows}</table>
+<p>API: <a href="/api/v1/status">status</a> · <a href="/api/v1/peers">peers</a> · <a href="/api/v1/openapi.json">OpenAPI</a> · <a href="/metrics">metrics</a></p>
+</body></html>"#,
+        id = esc(me.node_id.as_str()),
+        ver = esc(&me.version),
+        up = me.uptime_secs,
+        n = peers.len(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_openapi_document_lists_every_route() {
+        let doc = openapi_doc();
+        for (method, path) in ROUTES {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "{method} {path} missing from the OpenAPI document"
+            );
+        }
+        assert_eq!(
+            doc["paths"].as_object().map(|m| m.len()),
+            Some(ROUTES.len())
+        );
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            esc("<a href='x'>&\""),
+            "&lt;a href=&#39;x&#39;&gt;&amp;&quot;"
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! `bzzz demo --nodes N`: a local cluster on 127.0.0.1 for a first look.
+//!
+//! Starts N child processes of this same binary (`bzzz node run`), each with
+//! its own data dir and log file under one directory, mDNS off, every node
+//! after the first bootstrapping to the first. Waits until every node sees
+//! all others, prints their web/API addresses, and runs until Ctrl-C (or a
+//! node dies), then stops every child (SIGTERM, then SIGKILL after a grace
+//! period) and removes the directory unless `--keep`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bzzz_proto::api::StatusResponse;
+use tokio::process::{Child, Command};
+
+use crate::cli::DemoArgs;
+use crate::node::{RUNTIME_FILE, RuntimeInfo};
+
+const START_DEADLINE: Duration = Duration::from_secs(20);
+const FORM_DEADLINE: Duration = Duration::from_secs(30);
+
+struct DemoNode {
+    child: Child,
+    data_dir: PathBuf,
+    log: PathBuf,
+    info: Option<RuntimeInfo>,
+}
+
+/// Kills what is left on every exit path, also on error or panic.
+struct Children(Vec<DemoNode>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for n in &mut self.0 {
+            let _ = n.child.start_kill();
+        }
+    }
+}
+
+pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the bzzz binary to start nodes")?;
+    let (dir, _tmp_guard) = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("bzzz-demo-")
+                .tempdir()
+                .context("cannot create a temporary directory")?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let keep = args.keep || args.dir.is_some();
+    let config = dir.join("demo.yaml");
+    std::fs::write(&config, "# bzzz demo: all settings come from flags\n")?;
+
+    let n = usize::from(args.nodes);
+    eprintln!(
+        "Starting {n} BZZZ node(s) on 127.0.0.1 (data and logs in {})…",
+        dir.display()
+    );
+    let mut nodes = Children(Vec::with_capacity(n));
+    let mut bootstrap: Option<String> = None;
+    for i in 0..n {
+        let port = if args.base_port == 0 {
+            0
+        } else {
+            args.base_port
+                .checked_add(i as u16)
+                .context("--base-port too high")?
+        };
+        let node = spawn(&exe, &dir, &config, i, port, bootstrap.as_deref())?;
+        nodes.0.push(node);
+        if i == 0 {
+            let info = wait_runtime(&mut nodes.0[0]).await?;
+            bootstrap = info
+                .listen_addrs
+                .iter()
+                .find(|a| a.contains("/tcp/"))
+                .cloned()
+                .or_else(|| info.listen_addrs.first().cloned());
+        }
+    }
+    for node in &mut nodes.0 {
+        wait_runtime(node).await?;
+    }
+
+    // Wait until every node sees every other one.
+    let started = Instant::now();
+    let mut last_report = 0;
+    loop {
+        let mut complete = 0;
+        for node in &nodes.0 {
+            let Some(info) = &node.info else { continue };
+            let url = format!("http://{}", info.api_addr);
+            if let Ok(s) = crate::client::get::<StatusResponse>(&url, "/api/v1/status").await {
+                if s.peer_count + 1 >= n {
+                    complete += 1;
+                }
+            }
+        }
+        if complete != last_report {
+            eprintln!("  {complete}/{n} nodes see the whole cluster");
+            last_report = complete;
+        }
+        if complete == n {
+            break;
+        }
+        check_alive(&mut nodes.0)?;
+        if started.elapsed() > FORM_DEADLINE {
+            bail!(
+                "the cluster did not form within {FORM_DEADLINE:?}; see the logs in {}",
+                dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let table: Vec<serde_json::Value> = nodes
+        .0
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| n.info.as_ref().map(|info| (i, n, info)))
+        .map(|(i, n, info)| {
+            serde_json::json!({
+                "index": i,
+                "node_id": info.node_id,
+                "url": format!("http://{}/", info.api_addr),
+                "api": format!("http://{}", info.api_addr),
+                "data_dir": n.data_dir,
+                "log": n.log,
+            })
+        })
+        .collect();
+    if args.json {
+        println!("{}", serde_json::to_string(&table)?);
+    } else {
+        println!(
+            "\nBZZZ demo cluster is up ({n} nodes, formed in {:.1}s):\n",
+            started.elapsed().as_secs_f64()
+        );
+        for row in &table {
+            println!(
+                "  node {}  {}  web/API {}",
+                row["index"],
+                row["node_id"].as_str().unwrap_or_default(),
+                row["url"].as_str().unwrap_or_default()
+            );
+        }
+        let first = table
+            .first()
+            .and_then(|r| r["api"].as_str())
+            .unwrap_or_default();
+        println!("\nTry:  bzzz peers --api {first}");
+        println!("      bzzz status --api {first} --json");
+        println!("Logs: {}/node-*.log", dir.display());
+        println!("Press Ctrl-C to stop the cluster.");
+    }
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let outcome = tokio::select! {
+        _ = crate::node::shutdown_signal(&cancel) => Ok(()),
+        r = watch_children(&mut nodes.0) => r,
+    };
+    eprintln!("Stopping {n} node(s)…");
+    stop_all(&mut nodes.0).await;
+    if keep {
+        eprintln!("Kept {}", dir.display());
+    } else if args.dir.is_none() {
+        // _tmp_guard removes it on drop.
+    }
+    outcome
+}
+
+fn spawn(
+    exe: &Path,
+    dir: &Path,
+    config: &Path,
+    i: usize,
+    port: u16,
+    bootstrap: Option<&str>,
+) -> anyhow::Result<DemoNode> {
+    let data_dir = dir.join(format!("node-{i}"));
+    let log = dir.join(format!("node-{i}.log"));
+    let _ = std::fs::remove_file(data_dir.join(RUNTIME_FILE));
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["node", "run", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .args(["--http", &format!("127.0.0.1:{port}")])
+        .args([
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ])
+        .arg("--no-mdns");
+    if let Some(b) = bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("BZZZ_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log_file))
+        .kill_on_drop(true);
+    let child = cmd.spawn().context("cannot start a node process")?;
+    Ok(DemoNode {
+        child,
+        data_dir,
+        log,
+        info: None,
+    })
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+async fn wait_runtime(node: &mut DemoNode) -> anyhow::Result<RuntimeInfo> {
+    if let Some(i) = &node.info {
+        return Ok(i.clone());
+    }
+    let path = node.data_dir.join(RUNTIME_FILE);
+    let deadline = Instant::now() + START_DEADLINE;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(info) = serde_json::from_str::<RuntimeInfo>(&text) {
+                node.info = Some(info.clone());
+                return Ok(info);
+            }
+        }
+        if let Some(status) = node.child.try_wait()? {
+            bail!(
+                "a node exited during start ({status}); last log lines of {}:\n{}",
+                node.log.display(),
+                log_tail(&node.log)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "a node did not start within {START_DEADLINE:?}; see {}",
+                node.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn check_alive(nodes: &mut [DemoNode]) -> anyhow::Result<()> {
+    for n in nodes {
+        if let Some(status) = n.child.try_wait()? {
+            bail!(
+                "a node exited ({status}); last log lines of {}:\n{}",
+                n.log.display(),
+                log_tail(&n.log)
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn watch_children(nodes: &mut [DemoNode]) -> anyhow::Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        check_alive(nodes)?;
+    }
+}
+
+async fn stop_all(nodes: &mut [DemoNode]) {
+    for n in nodes.iter() {
+        if let Some(pid) = n
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+    for n in nodes.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(5), n.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = n.child.kill().await;
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The BZZZ node: the composition root of the workspace.
+//!
+//! * [`config`]: YAML + `BZZZ_*` environment + flags → validated [`config::Config`].
+//! * [`detect`]: capability detection (CPU, memory, disk, NVML GPUs, Ollama).
+//! * [`node`]: the daemon: identity, network, capability task, HTTP; task
+//!   ownership and shutdown.
+//! * [`api`]: HTTP API, metrics, OpenAPI document, web UI pages.
+//! * [`cli`], [`client`], [`demo`]: the command-line front end.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod detect;
+pub mod node;

@@ -1,0 +1,105 @@
+//! `bzzz`: entry point. Parses the command line, sets up logging, runs the
+//! command, and maps failures to exit codes (1 runtime, 2 usage/config).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use bzzz::cli::{Cli, Cmd, ConfigCmd, NodeCmd, RunArgs};
+use bzzz::config::{self, Config, LogFormat, Overrides};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(dispatch(cli))
+}
+
+fn load_config(path: Option<&std::path::Path>, flags: &Overrides) -> Result<Config, ExitCode> {
+    config::load(path, std::env::vars(), flags).map_err(|e| {
+        eprintln!("error: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = std::env::var("BZZZ_LOG").unwrap_or_else(|_| level.to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("warning: log filter {filter:?} is invalid ({e}); using info");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+fn report(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    match cli.cmd {
+        Cmd::Node {
+            cmd: NodeCmd::Run(args),
+        } => run_node(args).await,
+        Cmd::Status(a) => report(bzzz::client::status(&a).await),
+        Cmd::Peers(a) => report(bzzz::client::peers(&a).await),
+        Cmd::Demo(a) => report(bzzz::demo::run(&a).await),
+        Cmd::Config {
+            cmd: ConfigCmd::Example,
+        } => {
+            print!("{}", config::example());
+            ExitCode::SUCCESS
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Check { config },
+        } => match load_config(config.as_deref(), &Overrides::default()) {
+            Ok(c) => {
+                println!("configuration is valid");
+                println!("{c:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+    }
+}
+
+async fn run_node(args: RunArgs) -> ExitCode {
+    let flags = Overrides {
+        data_dir: args.data_dir,
+        http: args.http,
+        listen: args.listen,
+        bootstrap: args.bootstrap,
+        no_mdns: args.no_mdns,
+        log_format: args.log_format,
+    };
+    let cfg = match load_config(args.config.as_deref(), &flags) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(cfg.log_format, &cfg.log_level);
+    if let Some(src) = &cfg.source {
+        tracing::info!(config = %src.display(), "configuration loaded");
+    }
+    report(bzzz::node::run(cfg, CancellationToken::new()).await)
+}

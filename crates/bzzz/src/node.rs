@@ -1,0 +1,249 @@
+//! The node daemon (`bzzz node run`): wiring and task ownership.
+//!
+//! Tasks (all on one [`TaskTracker`], all stopped by one
+//! [`CancellationToken`]):
+//!
+//! | task | owns | stops on |
+//! |---|---|---|
+//! | network (`bzzz_net`) | the libp2p swarm, the cluster view | cancel |
+//! | capabilities | the [`Detector`]; sends [`LocalInfo`] changes | cancel |
+//! | runtime file | `<data_dir>/node.json` (addresses for scripts, tests, `demo`) | cancel |
+//! | HTTP | the axum server | cancel (graceful: in-flight requests finish) |
+//!
+//! SIGINT/SIGTERM cancel the token; the process exits 0 once every task has
+//! stopped, or after [`SHUTDOWN_GRACE`] at the latest.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bzzz_net::{LocalInfo, NetHandle};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::detect::Detector;
+
+/// Longest time shutdown may take before the process exits anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// File in the data dir with the node's addresses, rewritten as they change.
+pub const RUNTIME_FILE: &str = "node.json";
+/// File in the data dir with the node's identity key.
+pub const KEY_FILE: &str = "node_key.json";
+
+/// Contents of `<data_dir>/node.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    pub v: u32,
+    pub pid: u32,
+    pub node_id: String,
+    /// HTTP address actually bound (`IP:PORT`).
+    pub api_addr: String,
+    /// P2P addresses, each ending in `/p2p/<node_id>`.
+    pub listen_addrs: Vec<String>,
+}
+
+/// Shared by the HTTP handlers.
+#[derive(Debug)]
+pub struct AppState {
+    pub net: NetHandle,
+    pub local: watch::Receiver<LocalInfo>,
+    pub started: Instant,
+    pub api_addr: SocketAddr,
+}
+
+/// Runs a node until SIGINT/SIGTERM (or `cancel`).
+pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    prepare_data_dir(&cfg.data_dir)?;
+    let key_path = cfg.data_dir.join(KEY_FILE);
+    let (key, created) = bzzz_crypto::keyfile::load_or_create(&key_path)
+        .with_context(|| format!("cannot load the node identity from {}", key_path.display()))?;
+    if created {
+        info!(path = %key_path.display(), "created a new node identity");
+    }
+
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot serve HTTP on {} (set another with --http)",
+                cfg.http
+            )
+        })?;
+    let api_addr = listener.local_addr()?;
+
+    let mut detector = Detector::new(&cfg);
+    let first = detector.collect().await;
+    let (local_tx, local_rx) = watch::channel(LocalInfo {
+        capabilities: first,
+        api_addr: Some(api_addr.to_string()),
+    });
+
+    let tracker = TaskTracker::new();
+    let net = bzzz_net::start(
+        &key.seed(),
+        cfg.net.clone(),
+        local_rx.clone(),
+        cancel.clone(),
+        &tracker,
+    )
+    .context("cannot start the network")?;
+    drop(key);
+    info!(node_id = %net.local_id(), http = %api_addr, mdns = cfg.net.mdns, "node started");
+
+    tracker.spawn(capability_task(
+        detector,
+        cfg.refresh_interval,
+        local_tx,
+        cancel.clone(),
+    ));
+    tracker.spawn(runtime_file_task(
+        cfg.data_dir.join(RUNTIME_FILE),
+        net.clone(),
+        api_addr,
+        cancel.clone(),
+    ));
+    let state = Arc::new(AppState {
+        net,
+        local: local_rx,
+        started: Instant::now(),
+        api_addr,
+    });
+    let app = crate::api::router(state);
+    let http_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_cancel.cancelled().await });
+        if let Err(e) = serve.await {
+            warn!("HTTP server stopped: {e}");
+        }
+    });
+    tracker.close();
+
+    shutdown_signal(&cancel).await;
+    info!("shutting down");
+    cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    let _ = std::fs::remove_file(cfg.data_dir.join(RUNTIME_FILE));
+    info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGINT, SIGTERM or cancellation.
+pub async fn shutdown_signal(cancel: &CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        _ => {
+            warn!("cannot install signal handlers; stop with the API or kill");
+            cancel.cancelled().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = int.recv() => {},
+        _ = term.recv() => {},
+        _ = cancel.cancelled() => {},
+    }
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| {
+                format!(
+                    "cannot create data dir {} (set another with --data-dir)",
+                    dir.display()
+                )
+            })?;
+    }
+    anyhow::ensure!(
+        dir.is_dir(),
+        "data dir {} is not a directory",
+        dir.display()
+    );
+    Ok(())
+}
+
+async fn capability_task(
+    mut detector: Detector,
+    every: Duration,
+    tx: watch::Sender<LocalInfo>,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the first tick is immediate; we collected at start
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let caps = detector.collect().await;
+        if let Err(e) = caps.validate() {
+            warn!("detected capabilities are invalid, not announcing them: {e}");
+            continue;
+        }
+        tx.send_if_modified(|info| {
+            if info.capabilities == caps {
+                false
+            } else {
+                info.capabilities = caps;
+                true
+            }
+        });
+    }
+}
+
+async fn runtime_file_task(
+    path: PathBuf,
+    net: NetHandle,
+    api_addr: SocketAddr,
+    cancel: CancellationToken,
+) {
+    let mut rx = net.watch();
+    let mut last: Option<RuntimeInfo> = None;
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        let info = RuntimeInfo {
+            v: 1,
+            pid: std::process::id(),
+            node_id: snap.local_id.to_string(),
+            api_addr: api_addr.to_string(),
+            listen_addrs: snap.listen_addrs.clone(),
+        };
+        if last.as_ref() != Some(&info) && !info.listen_addrs.is_empty() {
+            if let Err(e) = write_atomic(&path, &info) {
+                warn!(path = %path.display(), "cannot write runtime file: {e}");
+            }
+            last = Some(info);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+fn write_atomic(path: &Path, info: &RuntimeInfo) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)?;
+    std::fs::rename(&tmp, path)
+}
