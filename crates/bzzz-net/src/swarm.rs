@@ -385,10 +385,10 @@ impl Node {
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            if !matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_)) {
-                debug!(%peer, "dial failed: {e}");
-            }
+        if let Err(e) = self.swarm.dial(opts)
+            && !matches!(e, libp2p::swarm::DialError::DialPeerConditionFalse(_))
+        {
+            debug!(%peer, "dial failed: {e}");
         }
     }
 

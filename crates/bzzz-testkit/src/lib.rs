@@ -1,1 +1,392 @@
-//! placeholder
+//! Test-only harness for BZZZ: real `bzzz` processes, on loopback or as
+//! hosts in network namespaces. Never a normal dependency.
+//!
+//! * [`LocalCluster`]: N nodes as processes on 127.0.0.1 (mDNS off, bootstrap
+//!   to the first), each with its own temporary data dir and log file.
+//! * [`lab::Lab`]: N hosts in network namespaces on one bridge (ENGINEERING.md
+//!   §4), each running the real binary; cut a host off, heal it, cap its
+//!   bandwidth. Unique names per run; torn down on drop, also when a test
+//!   fails.
+//! * [`wait_until`]: poll a condition with a deadline (never sleep-as-sync).
+//!
+//! Everything here is synchronous (std processes, a tiny HTTP/1.1 GET), so
+//! tests stay plain `#[test]` functions and can run in parallel.
+
+pub mod http;
+pub mod lab;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Polls `f` every `every` until it returns `Some`, or fails after `deadline`
+/// with `what` in the message.
+pub fn wait_until<T>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > deadline {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// `<data_dir>/node.json`, written by a running node.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuntimeInfo {
+    pub pid: u32,
+    pub node_id: String,
+    pub api_addr: String,
+    pub listen_addrs: Vec<String>,
+}
+
+/// One `bzzz node run` process.
+#[derive(Debug)]
+pub struct NodeProc {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    /// The command line (without the binary), to restart it the same way.
+    pub args: Vec<String>,
+    /// Prefix (e.g. `ip netns exec NS`) the node runs under.
+    pub prefix: Vec<String>,
+    child: Option<Child>,
+    pub info: Option<RuntimeInfo>,
+}
+
+impl NodeProc {
+    /// Starts `bin` with `args` (under `prefix`), stderr to `log`.
+    pub fn spawn(
+        name: &str,
+        bin: &Path,
+        prefix: &[String],
+        args: Vec<String>,
+        data_dir: PathBuf,
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let mut p = NodeProc {
+            name: name.to_owned(),
+            data_dir,
+            log,
+            args,
+            prefix: prefix.to_vec(),
+            child: None,
+            info: None,
+        };
+        p.start(bin)?;
+        Ok(p)
+    }
+
+    fn start(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(self.data_dir.join("node.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("open {}", self.log.display()))?;
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        cmd.args(&self.args)
+            .env("BZZZ_LOG", "info,bzzz_net=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy().into_owned();
+            if k.starts_with("BZZZ_") && k != "BZZZ_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        self.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("spawn {}", bin.display()))?,
+        );
+        self.info = None;
+        Ok(())
+    }
+
+    /// Restarts a stopped node with the same data dir and arguments.
+    pub fn restart(&mut self, bin: &Path) -> anyhow::Result<()> {
+        self.kill9();
+        self.start(bin)
+    }
+
+    /// Waits until the node has written its runtime file.
+    pub fn wait_ready(&mut self, deadline: Duration) -> anyhow::Result<RuntimeInfo> {
+        let path = self.data_dir.join("node.json");
+        let start = Instant::now();
+        loop {
+            if let Some(info) = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<RuntimeInfo>(&t).ok())
+            {
+                self.info = Some(info.clone());
+                return Ok(info);
+            }
+            if let Some(st) = self.try_wait() {
+                bail!(
+                    "{} exited during start ({st}):\n{}",
+                    self.name,
+                    self.log_tail(20)
+                );
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "{} not ready within {deadline:?}:\n{}",
+                    self.name,
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.info.as_ref().map(|i| i.node_id.as_str()).unwrap_or("")
+    }
+
+    /// `http://IP:PORT` of the API.
+    pub fn api(&self) -> String {
+        self.info
+            .as_ref()
+            .map(|i| format!("http://{}", i.api_addr))
+            .unwrap_or_default()
+    }
+
+    /// The first TCP listen address (with `/p2p/ID`).
+    pub fn tcp_addr(&self) -> Option<String> {
+        self.info
+            .as_ref()
+            .and_then(|i| i.listen_addrs.iter().find(|a| a.contains("/tcp/")).cloned())
+    }
+
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.is_some() && self.try_wait().is_none()
+    }
+
+    /// SIGKILL, no chance to say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal and waits for exit; returns the status and the time it took.
+    pub fn signal_and_wait(
+        &mut self,
+        sig: rustix::process::Signal,
+        deadline: Duration,
+    ) -> anyhow::Result<(ExitStatus, Duration)> {
+        let c = self.child.as_mut().context("not running")?;
+        let pid = rustix::process::Pid::from_raw(c.id() as i32).context("bad pid")?;
+        let start = Instant::now();
+        rustix::process::kill_process(pid, sig)?;
+        loop {
+            if let Some(st) = c.try_wait()? {
+                self.child = None;
+                return Ok((st, start.elapsed()));
+            }
+            if start.elapsed() > deadline {
+                bail!(
+                    "{} did not exit within {deadline:?} after {sig:?}",
+                    self.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The last `n` lines of the node's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let Ok(f) = std::fs::File::open(&self.log) else {
+            return String::new();
+        };
+        let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// GET a JSON document from the node's API (direct HTTP from this process).
+    pub fn get_json(&self, path: &str) -> anyhow::Result<Value> {
+        let addr = self
+            .info
+            .as_ref()
+            .context("node not ready")?
+            .api_addr
+            .clone();
+        http::get_json(&addr, path)
+    }
+
+    /// Node ids in this node's `/api/v1/peers`.
+    pub fn peer_ids(&self) -> anyhow::Result<Vec<String>> {
+        let v = self.get_json("/api/v1/peers")?;
+        Ok(v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["node_id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Options of a [`LocalCluster`] node.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOpts {
+    /// Extra arguments for every node (e.g. `--config FILE`).
+    pub extra_args: Vec<String>,
+}
+
+/// N nodes as processes on 127.0.0.1.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+}
+
+impl LocalCluster {
+    /// Starts `n` nodes: mDNS off, each bootstrapping to the first.
+    pub fn start(bin: &Path, n: usize, opts: &LocalOpts) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("bzzz-local-").tempdir()?;
+        let mut c = LocalCluster {
+            bin: bin.to_path_buf(),
+            dir,
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            c.add_node(opts)?;
+        }
+        Ok(c)
+    }
+
+    /// The bootstrap address every node after the first uses.
+    pub fn bootstrap_addr(&self) -> Option<String> {
+        self.nodes.first().and_then(NodeProc::tcp_addr)
+    }
+
+    /// Adds (and starts) one more node; returns its index.
+    pub fn add_node(&mut self, opts: &LocalOpts) -> anyhow::Result<usize> {
+        let i = self.nodes.len();
+        let data_dir = self.dir.path().join(format!("node-{i}"));
+        let log = self.dir.path().join(format!("node-{i}.log"));
+        let mut args: Vec<String> = [
+            "node",
+            "run",
+            "--data-dir",
+            &data_dir.to_string_lossy(),
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+            "--no-mdns",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(b) = self.bootstrap_addr() {
+            args.extend(["--bootstrap".to_owned(), b]);
+        }
+        args.extend(opts.extra_args.iter().cloned());
+        let mut p = NodeProc::spawn(&format!("node-{i}"), &self.bin, &[], args, data_dir, log)?;
+        p.wait_ready(Duration::from_secs(20))?;
+        self.nodes.push(p);
+        Ok(i)
+    }
+
+    /// Waits until every running node lists every other running node.
+    pub fn wait_formed(&mut self, deadline: Duration) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let alive: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].is_running())
+            .collect();
+        let ids: Vec<String> = alive
+            .iter()
+            .map(|i| self.nodes[*i].node_id().to_owned())
+            .collect();
+        let nodes = &self.nodes;
+        wait_until(
+            "the cluster to form",
+            deadline,
+            Duration::from_millis(50),
+            || {
+                alive
+                    .iter()
+                    .all(|i| {
+                        let seen = nodes[*i].peer_ids().unwrap_or_default();
+                        ids.iter()
+                            .filter(|id| *id != nodes[*i].node_id())
+                            .all(|id| seen.contains(id))
+                    })
+                    .then_some(())
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))?;
+        Ok(start.elapsed())
+    }
+
+    /// Every node's log tail, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {} ({}) ---\n{}", n.name, n.node_id(), n.log_tail(15)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Resident set size (KiB) and total CPU time (user+system) of a process.
+pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, Duration)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let rest = stat.rsplit_once(')').context("bad stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|x| x.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|x| x.parse().ok()).unwrap_or(0);
+    let hz = rustix::param::clock_ticks_per_second();
+    Ok((rss_kib, Duration::from_secs_f64(ticks as f64 / hz as f64)))
+}

@@ -97,10 +97,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         for node in &nodes.0 {
             let Some(info) = &node.info else { continue };
             let url = format!("http://{}", info.api_addr);
-            if let Ok(s) = crate::client::get::<StatusResponse>(&url, "/api/v1/status").await {
-                if s.peer_count + 1 >= n {
-                    complete += 1;
-                }
+            if let Ok(s) = crate::client::get::<StatusResponse>(&url, "/api/v1/status").await
+                && s.peer_count + 1 >= n
+            {
+                complete += 1;
             }
         }
         if complete != last_report {
@@ -236,11 +236,11 @@ async fn wait_runtime(node: &mut DemoNode) -> anyhow::Result<RuntimeInfo> {
     let path = node.data_dir.join(RUNTIME_FILE);
     let deadline = Instant::now() + START_DEADLINE;
     loop {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(info) = serde_json::from_str::<RuntimeInfo>(&text) {
-                node.info = Some(info.clone());
-                return Ok(info);
-            }
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(info) = serde_json::from_str::<RuntimeInfo>(&text)
+        {
+            node.info = Some(info.clone());
+            return Ok(info);
         }
         if let Some(status) = node.child.try_wait()? {
             bail!(

@@ -184,43 +184,40 @@ impl Detector {
             digest: Option<String>,
         }
         let get = |path: &str| self.http.get(format!("{}{path}", self.ollama_url)).send();
-        if let Ok(resp) = get("/api/tags").await {
-            if let Ok(tags) = resp.error_for_status().map(|r| r.json::<Tags>()) {
-                if let Ok(tags) = tags.await {
-                    info.api_reachable = true;
-                    info.present = true;
-                    info.endpoint = Some(self.ollama_url.clone());
-                    info.models = tags
-                        .models
-                        .into_iter()
-                        .take(bzzz_proto::caps::limits::MAX_MODELS)
-                        .map(|t| OllamaModel {
-                            name: t.name,
-                            size_bytes: t.size,
-                            digest: t.digest.map(|d| {
-                                if d.starts_with("sha256:") {
-                                    d
-                                } else {
-                                    format!("sha256:{d}")
-                                }
-                            }),
-                        })
-                        .collect();
-                    if let Ok(r) = get("/api/version").await {
-                        info.version = r.json::<Version>().await.ok().map(|v| v.version);
-                    }
-                }
+        let tags = match get("/api/tags").await.and_then(|r| r.error_for_status()) {
+            Ok(resp) => resp.json::<Tags>().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(tags) = tags {
+            info.api_reachable = true;
+            info.present = true;
+            info.endpoint = Some(self.ollama_url.clone());
+            info.models = tags
+                .models
+                .into_iter()
+                .take(bzzz_proto::caps::limits::MAX_MODELS)
+                .map(|t| OllamaModel {
+                    name: t.name,
+                    size_bytes: t.size,
+                    digest: t.digest.map(|d| {
+                        if d.starts_with("sha256:") {
+                            d
+                        } else {
+                            format!("sha256:{d}")
+                        }
+                    }),
+                })
+                .collect();
+            if let Ok(r) = get("/api/version").await {
+                info.version = r.json::<Version>().await.ok().map(|v| v.version);
             }
-        }
-        if !info.api_reachable {
-            if let Some(dir) = self.models_dir() {
-                info.present = true;
-                let dir2 = dir.clone();
-                info.models = tokio::task::spawn_blocking(move || read_model_store(&dir2))
-                    .await
-                    .unwrap_or_default();
-                debug!(dir = %dir.display(), models = info.models.len(), "Ollama store found (API not reachable)");
-            }
+        } else if let Some(dir) = self.models_dir() {
+            info.present = true;
+            let dir2 = dir.clone();
+            info.models = tokio::task::spawn_blocking(move || read_model_store(&dir2))
+                .await
+                .unwrap_or_default();
+            debug!(dir = %dir.display(), models = info.models.len(), "Ollama store found (API not reachable)");
         }
         info
     }

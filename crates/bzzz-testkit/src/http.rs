@@ -1,0 +1,46 @@
+//! A minimal blocking HTTP/1.1 GET for tests (one request per connection).
+//! Good for the node's own API on loopback; not a general client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// GET `path` from `addr` (`IP:PORT`); returns (status, body).
+pub fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let sa: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("bad address {addr}"))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    let code: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status code")?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        bail!("chunked responses are not supported by the test client");
+    }
+    Ok((code, body.to_owned()))
+}
+
+/// GET and parse JSON; non-2xx is an error.
+pub fn get_json(addr: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let (code, body) = get(addr, path)?;
+    if !(200..300).contains(&code) {
+        bail!("GET {path} -> {code}: {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+}

@@ -1,0 +1,361 @@
+//! Multi-host lab: hosts in network namespaces on one bridge.
+//!
+//! Layout for lab number `X` (allocated per run, 1..=250):
+//! * namespace `bzlXsw` holds bridge `br0` and one veth `pN` per host;
+//! * namespace `bzlXhN` is host N with `eth0` = `10.77.X.N/24`, `lo` up, and
+//!   a multicast route so mDNS works on the lab link only;
+//! * the root namespace gets `blackhole 10.77.X.0/24`, so lab traffic can
+//!   never leave this machine.
+//!
+//! Allocation is atomic (`ip netns add bzlXsw` fails if taken). A lab whose
+//! owning process died (pid file in `/run/bzzz-lab/`) is cleaned up and
+//! reused. [`Lab`] tears everything down on drop, also when a test panics, and
+//! then prints the hosts' log tails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::NodeProc;
+
+const PID_DIR: &str = "/run/bzzz-lab";
+
+/// Whether namespace tests can run here. Without root they are skipped with
+/// a message, except under CI (`CI` set), where that is a failure.
+pub fn available() -> bool {
+    let root = rustix::process::geteuid().is_root();
+    let ip = Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if root && ip {
+        return true;
+    }
+    let why = if !root {
+        "root"
+    } else {
+        "the `ip` command (iproute2)"
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!("network-namespace tests need {why}, and CI must run them");
+    }
+    eprintln!("SKIPPED: network-namespace tests need {why}");
+    false
+}
+
+fn run(args: &[&str]) -> anyhow::Result<Output> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("cannot run {}", args[0]))?;
+    Ok(out)
+}
+
+fn must(args: &[&str]) -> anyhow::Result<()> {
+    let out = run(args)?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// One lab host.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// 1-based index.
+    pub index: usize,
+    /// Namespace name.
+    pub ns: String,
+    pub ip: String,
+}
+
+/// A running lab; see the module docs.
+#[derive(Debug)]
+pub struct Lab {
+    pub id: u8,
+    pub sw: String,
+    pub hosts: Vec<Host>,
+    pub bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Option<NodeProc>>,
+    route: bool,
+}
+
+fn pid_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn delete_lab_namespaces(id: u8) {
+    let prefix = format!("bzl{id}");
+    if let Ok(out) = run(&["ip", "netns", "list"]) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if name.starts_with(&prefix) && name[prefix.len()..].starts_with(['h', 's']) {
+                let _ = run(&["ip", "netns", "del", name]);
+            }
+        }
+    }
+    let _ = run(&[
+        "ip",
+        "route",
+        "del",
+        "blackhole",
+        &format!("10.77.{id}.0/24"),
+    ]);
+}
+
+impl Lab {
+    /// Creates `n` hosts (1..=200) for `bin`.
+    pub fn new(bin: &Path, n: usize) -> anyhow::Result<Lab> {
+        anyhow::ensure!((1..=200).contains(&n), "a lab has 1 to 200 hosts");
+        std::fs::create_dir_all(PID_DIR)?;
+        let me = std::process::id();
+        let mut id = None;
+        for x in 1..=250u8 {
+            let sw = format!("bzl{x}sw");
+            if run(&["ip", "netns", "add", &sw])?.status.success() {
+                id = Some(x);
+                break;
+            }
+            // Taken: reclaim it if its owner is gone.
+            let pidfile = format!("{PID_DIR}/{x}.pid");
+            let owner = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            if owner.is_some_and(|p| !pid_alive(p)) {
+                delete_lab_namespaces(x);
+                let _ = std::fs::remove_file(&pidfile);
+                if run(&["ip", "netns", "add", &sw])?.status.success() {
+                    id = Some(x);
+                    break;
+                }
+            }
+        }
+        let id = id.context("no free lab number (250 labs in use?)")?;
+        std::fs::write(format!("{PID_DIR}/{id}.pid"), me.to_string())?;
+        let mut lab = Lab {
+            id,
+            sw: format!("bzl{id}sw"),
+            hosts: Vec::new(),
+            bin: bin.to_path_buf(),
+            dir: tempfile::Builder::new()
+                .prefix(&format!("bzzz-lab{id}-"))
+                .tempdir()?,
+            nodes: Vec::new(),
+            route: false,
+        };
+        // From here on, Drop cleans up whatever exists.
+        let net = format!("10.77.{id}.0/24");
+        let r = run(&["ip", "route", "add", "blackhole", &net])?;
+        lab.route = r.status.success();
+        let sw = lab.sw.clone();
+        must(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        must(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        for i in 1..=n {
+            let ns = format!("bzl{id}h{i}");
+            let ip = format!("10.77.{id}.{i}");
+            must(&["ip", "netns", "add", &ns])?;
+            lab.hosts.push(Host {
+                index: i,
+                ns: ns.clone(),
+                ip: ip.clone(),
+            });
+            lab.nodes.push(None);
+            let p = format!("p{i}");
+            must(&[
+                "ip", "-n", &sw, "link", "add", &p, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            must(&["ip", "-n", &sw, "link", "set", &p, "master", "br0", "up"])?;
+            must(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            must(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            must(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+            must(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "224.0.0.0/4",
+                "dev",
+                "eth0",
+            ])?;
+        }
+        Ok(lab)
+    }
+
+    pub fn host(&self, i: usize) -> &Host {
+        &self.hosts[i - 1]
+    }
+
+    /// Runs a command inside host `i`'s namespace.
+    pub fn exec(&self, i: usize, args: &[&str]) -> anyhow::Result<Output> {
+        let ns = &self.host(i).ns;
+        let mut full = vec!["ip", "netns", "exec", ns.as_str()];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Starts `bzzz node run` on host `i` with the defaults (mDNS on, P2P on
+    /// 0.0.0.0:4140) and HTTP on the host's IP, plus `extra` arguments.
+    pub fn start_node(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        let h = self.host(i).clone();
+        let data_dir = self.dir.path().join(format!("h{i}"));
+        let log = self.dir.path().join(format!("h{i}.log"));
+        let mut args: Vec<String> = vec![
+            "node".into(),
+            "run".into(),
+            "--data-dir".into(),
+            data_dir.to_string_lossy().into_owned(),
+            "--http".into(),
+            format!("{}:8080", h.ip),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let prefix = vec!["ip".to_owned(), "netns".into(), "exec".into(), h.ns.clone()];
+        let mut p = NodeProc::spawn(&format!("h{i}"), &self.bin, &prefix, args, data_dir, log)?;
+        p.wait_ready(Duration::from_secs(20))?;
+        self.nodes[i - 1] = Some(p);
+        Ok(())
+    }
+
+    pub fn node(&self, i: usize) -> &NodeProc {
+        self.nodes[i - 1].as_ref().expect("node started")
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut NodeProc {
+        self.nodes[i - 1].as_mut().expect("node started")
+    }
+
+    /// Node ids host `i` lists, asked through the real CLI inside the host.
+    pub fn cli_peer_ids(&self, i: usize) -> anyhow::Result<Vec<String>> {
+        let api = format!("http://{}:8080", self.host(i).ip);
+        let bin = self.bin.to_string_lossy().into_owned();
+        let out = self.exec(i, &[&bin, "peers", "--json", "--api", &api])?;
+        if !out.status.success() {
+            bail!(
+                "bzzz peers on h{i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v.as_array()
+            .context("peers is not an array")?
+            .iter()
+            .filter_map(|p| p["node_id"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Cuts host `i` off the bridge (no FIN, no RST: a real partition).
+    pub fn cut(&self, i: usize) -> anyhow::Result<()> {
+        must(&[
+            "ip",
+            "-n",
+            &self.sw,
+            "link",
+            "set",
+            &format!("p{i}"),
+            "down",
+        ])
+    }
+
+    /// Reconnects host `i`.
+    pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        must(&["ip", "-n", &self.sw, "link", "set", &format!("p{i}"), "up"])?;
+        let ns = &self.host(i).ns;
+        must(&[
+            "ip",
+            "-n",
+            ns,
+            "route",
+            "replace",
+            "224.0.0.0/4",
+            "dev",
+            "eth0",
+        ])
+    }
+
+    /// Caps host `i`'s bandwidth in both directions (e.g. `"200mbit"`).
+    pub fn cap_bandwidth(&self, i: usize, rate: &str) -> anyhow::Result<()> {
+        let tbf = [
+            "root", "tbf", "rate", rate, "burst", "256kbit", "latency", "50ms",
+        ];
+        let p = format!("p{i}");
+        let mut a = vec![
+            "ip",
+            "netns",
+            "exec",
+            self.sw.as_str(),
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            p.as_str(),
+        ];
+        a.extend_from_slice(&tbf);
+        must(&a)?;
+        let ns = self.host(i).ns.clone();
+        let mut b = vec![
+            "ip",
+            "netns",
+            "exec",
+            ns.as_str(),
+            "tc",
+            "qdisc",
+            "replace",
+            "dev",
+            "eth0",
+        ];
+        b.extend_from_slice(&tbf);
+        must(&b)
+    }
+
+    /// Every started node's log tail.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| format!("--- {} ({}) ---\n{}", n.name, n.node_id(), n.log_tail(15)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("lab {} logs:\n{}", self.id, self.logs());
+        }
+        for n in self.nodes.iter_mut().flatten() {
+            n.kill9();
+        }
+        for h in &self.hosts {
+            let _ = run(&["ip", "netns", "del", &h.ns]);
+        }
+        let _ = run(&["ip", "netns", "del", &self.sw]);
+        if self.route {
+            let _ = run(&[
+                "ip",
+                "route",
+                "del",
+                "blackhole",
+                &format!("10.77.{}.0/24", self.id),
+            ]);
+        }
+        let _ = std::fs::remove_file(format!("{PID_DIR}/{}.pid", self.id));
+    }
+}
