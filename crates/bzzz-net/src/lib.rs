@@ -52,7 +52,8 @@ pub struct NetConfig {
     pub max_peers: u32,
     /// Ping period; a failed ping closes the connection (dead links).
     pub ping_interval: Duration,
-    /// How long a ping may take before the link counts as dead.
+    /// How long a ping may take. A link with no successful ping for
+    /// `2 × ping_interval + ping_timeout` is closed as dead.
     pub ping_timeout: Duration,
 }
 
@@ -66,7 +67,7 @@ impl Default for NetConfig {
             peer_timeout: Duration::from_secs(6),
             max_peers: 128,
             ping_interval: Duration::from_secs(1),
-            ping_timeout: Duration::from_secs(2),
+            ping_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -185,4 +185,23 @@ mod tests {
         let bytes = seal(&key, &a).expect("seal");
         assert!(matches!(open(&bytes), Err(EnvelopeError::Invalid(_))));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn open_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let _ = open(&bytes);
+        }
+
+        #[test]
+        fn open_never_panics_on_mutated_envelopes(pos in 0usize..4096, byte in proptest::num::u8::ANY) {
+            let key = Keypair::generate_ed25519();
+            let mut bytes = seal(&key, &ann(&key)).expect("seal");
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            if let Ok((signer, _)) = open(&bytes) {
+                // A mutation that still opens must not change who signed it.
+                proptest::prop_assert_eq!(signer, key.public().to_peer_id());
+            }
+        }
+    }
 }

@@ -33,7 +33,10 @@ const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
 const IDENTIFY_PROTOCOL: &str = "/bzzz/id/1.0.0";
 const MAINTENANCE: Duration = Duration::from_millis(250);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(30);
-const PEER_REDIAL: Duration = Duration::from_secs(3);
+const REDIAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
+const REDIAL_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A known peer not heard of for this long is forgotten (no more redials).
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
 const KAD_BOOTSTRAP_EVERY: Duration = Duration::from_secs(60);
 /// Minimum spacing of announcements triggered by events (not the timer).
 const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
@@ -61,6 +64,14 @@ struct Entry {
     last_seen: Instant,
 }
 
+/// Address book entry: a peer we have known, redialed while disconnected.
+struct Known {
+    addrs: Vec<Multiaddr>,
+    last_heard: Instant,
+    next_try: Instant,
+    backoff: Duration,
+}
+
 pub(crate) struct Node {
     swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
@@ -74,7 +85,9 @@ pub(crate) struct Node {
     listen_addrs: Vec<Multiaddr>,
     bootstraps: Vec<Bootstrap>,
     bootstrap_dials: HashMap<ConnectionId, usize>,
-    redial_at: HashMap<PeerId, Instant>,
+    known: HashMap<PeerId, Known>,
+    /// Last successful ping per connected peer (link liveness).
+    last_pong: HashMap<PeerId, Instant>,
     seq: u64,
     started: Instant,
     last_announce: Option<Instant>,
@@ -195,7 +208,8 @@ impl Node {
             listen_addrs: vec![],
             bootstraps,
             bootstrap_dials: HashMap::new(),
-            redial_at: HashMap::new(),
+            known: HashMap::new(),
+            last_pong: HashMap::new(),
             seq: 0,
             started: now,
             last_announce: None,
@@ -306,16 +320,47 @@ impl Node {
             self.announce();
         }
 
-        // Expire nodes that stopped announcing.
+        // Expire nodes that stopped announcing. A node we hold a connection
+        // to leaves when the link dies (close or failed ping) or after
+        // `peer_timeout` of silence. A node without a direct connection (not
+        // dialed yet, or unreachable: e.g. it died while we were dialing)
+        // has only its announcements to prove it is alive, so it must repeat
+        // them: it leaves after two missed announcements.
         let timeout = self.cfg.peer_timeout;
+        let unconnected_timeout = timeout.min(self.cfg.announce_interval * 2);
+        let swarm = &self.swarm;
         let stale: Vec<PeerId> = self
             .view
             .iter()
-            .filter(|(_, e)| now.duration_since(e.last_seen) > timeout)
+            .filter(|(p, e)| {
+                let limit = if swarm.is_connected(p) {
+                    timeout
+                } else {
+                    unconnected_timeout
+                };
+                now.duration_since(e.last_seen) > limit
+            })
             .map(|(p, _)| *p)
             .collect();
         for p in stale {
             self.leave(&p, "no announcement within the peer timeout");
+        }
+
+        // Dead links: libp2p-ping forgives the first failure and then waits
+        // for a substream upgrade timeout (10 s) on a dead link, so failures
+        // arrive late. A link without a successful ping for two intervals
+        // plus one timeout is closed instead.
+        let dead_after = self.cfg.ping_interval * 2 + self.cfg.ping_timeout;
+        let dead: Vec<PeerId> = self
+            .last_pong
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) > dead_after)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in dead {
+            debug!(peer = %p, "no ping answer for {dead_after:?}; closing the link");
+            self.last_pong.remove(&p);
+            let _ = self.swarm.disconnect_peer_id(p);
         }
 
         // Bootstrap addresses: keep a connection to each, with backoff.
@@ -344,22 +389,25 @@ impl Node {
             }
         }
 
-        // Known nodes that lost their direct connection.
+        // Known nodes without a connection (never connected, or lost it):
+        // redial with backoff until they answer or are forgotten.
+        self.known
+            .retain(|_, k| now.duration_since(k.last_heard) < FORGET_AFTER);
         let max = self.cfg.max_peers as usize;
         let connected = self.swarm.connected_peers().count();
         let mut dials = Vec::new();
-        for (p, e) in &self.view {
+        for (p, k) in self.known.iter_mut() {
             if connected + dials.len() >= max {
                 break;
             }
-            if self.swarm.is_connected(p) || self.redial_at.get(p).is_some_and(|t| now < *t) {
+            if self.swarm.is_connected(p) || now < k.next_try {
                 continue;
             }
-            let addrs: Vec<Multiaddr> = e.ann.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            dials.push((*p, addrs));
+            k.next_try = now + k.backoff;
+            k.backoff = (k.backoff * 2).min(REDIAL_BACKOFF_MAX);
+            dials.push((*p, k.addrs.clone()));
         }
         for (p, addrs) in dials {
-            self.redial_at.insert(p, now + PEER_REDIAL);
             self.dial_peer(p, addrs);
         }
 
@@ -390,6 +438,31 @@ impl Node {
         {
             debug!(%peer, "dial failed: {e}");
         }
+    }
+
+    /// Records addresses of a peer for redialing.
+    fn remember(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        if peer == self.local_peer || addrs.is_empty() {
+            return;
+        }
+        if self.known.len() >= (self.cfg.max_peers as usize) * 4 && !self.known.contains_key(&peer)
+        {
+            return;
+        }
+        let now = Instant::now();
+        let k = self.known.entry(peer).or_insert_with(|| Known {
+            addrs: vec![],
+            last_heard: now,
+            next_try: now,
+            backoff: REDIAL_BACKOFF_MIN,
+        });
+        k.last_heard = now;
+        for a in addrs.iter().take(MAX_ANNOUNCED_ADDRS) {
+            if !k.addrs.contains(a) {
+                k.addrs.push(a.clone());
+            }
+        }
+        k.addrs.truncate(MAX_ANNOUNCED_ADDRS);
     }
 
     fn leave(&mut self, peer: &PeerId, why: &str) {
@@ -438,7 +511,11 @@ impl Node {
                 }
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, "connected");
-                    self.redial_at.remove(&peer_id);
+                    self.last_pong.insert(peer_id, Instant::now());
+                    if let Some(k) = self.known.get_mut(&peer_id) {
+                        k.backoff = REDIAL_BACKOFF_MIN;
+                        k.last_heard = Instant::now();
+                    }
                     self.announce_due = true;
                 }
                 self.dirty = true;
@@ -451,6 +528,7 @@ impl Node {
             } => {
                 self.counters.connections_closed += 1;
                 if num_established == 0 {
+                    self.last_pong.remove(&peer_id);
                     let why = match cause {
                         Some(e) => format!("connection closed ({e})"),
                         None => "connection closed".to_owned(),
@@ -516,6 +594,7 @@ impl Node {
                 }
                 for (peer, addrs) in by_peer {
                     debug!(%peer, "discovered via mDNS");
+                    self.remember(peer, &addrs);
                     self.dial_peer(peer, addrs);
                 }
             }
@@ -524,6 +603,15 @@ impl Node {
             }) => {
                 let addrs = addresses.iter().cloned().collect();
                 self.dial_peer(peer, addrs);
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(_),
+                ..
+            }) => {
+                if let Some(t) = self.last_pong.get_mut(&peer) {
+                    *t = Instant::now();
+                }
             }
             BehaviourEvent::Ping(ping::Event {
                 peer,
@@ -558,6 +646,8 @@ impl Node {
             return Ignore;
         }
         let now = Instant::now();
+        let addrs: Vec<Multiaddr> = ann.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        self.remember(signer, &addrs);
         match self.view.get_mut(&signer) {
             Some(e) if ann.seq <= e.ann.seq => return Ignore, // replay or duplicate
             Some(e) => {

@@ -214,6 +214,21 @@ impl Lab {
     /// Starts `bzzz node run` on host `i` with the defaults (mDNS on, P2P on
     /// 0.0.0.0:4140) and HTTP on the host's IP, plus `extra` arguments.
     pub fn start_node(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_nodes(&[i], extra)
+    }
+
+    /// Starts nodes on several hosts at once (all spawned, then all awaited).
+    pub fn start_nodes(&mut self, hosts: &[usize], extra: &[&str]) -> anyhow::Result<()> {
+        for &i in hosts {
+            self.spawn_node(i, extra)?;
+        }
+        for &i in hosts {
+            self.node_mut(i).wait_ready(Duration::from_secs(20))?;
+        }
+        Ok(())
+    }
+
+    fn spawn_node(&mut self, i: usize, extra: &[&str]) -> anyhow::Result<()> {
         let h = self.host(i).clone();
         let data_dir = self.dir.path().join(format!("h{i}"));
         let log = self.dir.path().join(format!("h{i}.log"));
@@ -227,8 +242,7 @@ impl Lab {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let prefix = vec!["ip".to_owned(), "netns".into(), "exec".into(), h.ns.clone()];
-        let mut p = NodeProc::spawn(&format!("h{i}"), &self.bin, &prefix, args, data_dir, log)?;
-        p.wait_ready(Duration::from_secs(20))?;
+        let p = NodeProc::spawn(&format!("h{i}"), &self.bin, &prefix, args, data_dir, log)?;
         self.nodes[i - 1] = Some(p);
         Ok(())
     }

@@ -69,13 +69,39 @@ fn peers_of(st: &AppState) -> Vec<PeerInfo> {
         .map(|p| PeerInfo {
             node_id: p.announcement.node_id.clone(),
             addrs: p.announcement.addrs.clone(),
-            api_addr: p.announcement.api_addr.clone(),
+            api_addr: p
+                .announcement
+                .api_addr
+                .as_deref()
+                .map(|a| routable_api_addr(a, &p.announcement.addrs)),
             connected: p.connected,
             last_seen_ms_ago: now.saturating_duration_since(p.last_seen).as_millis() as u64,
             uptime_secs: p.announcement.uptime_secs,
             capabilities: p.announcement.capabilities.clone(),
         })
         .collect()
+}
+
+/// A peer that serves HTTP on an unspecified address (`0.0.0.0:8080`) is
+/// reachable on the IP it announced for P2P: use that one.
+fn routable_api_addr(api: &str, p2p_addrs: &[String]) -> String {
+    let Ok(sa) = api.parse::<std::net::SocketAddr>() else {
+        return api.to_owned();
+    };
+    if !sa.ip().is_unspecified() {
+        return api.to_owned();
+    }
+    p2p_addrs
+        .iter()
+        .find_map(|a| {
+            let mut parts = a.split('/');
+            match (parts.nth(1), parts.next()) {
+                (Some("ip4" | "ip6"), Some(ip)) => ip.parse::<std::net::IpAddr>().ok(),
+                _ => None,
+            }
+        })
+        .map(|ip| std::net::SocketAddr::new(ip, sa.port()).to_string())
+        .unwrap_or_else(|| api.to_owned())
 }
 
 async fn status(State(st): S) -> axum::Json<StatusResponse> {
@@ -385,6 +411,14 @@ mod tests {
             doc["paths"].as_object().map(|m| m.len()),
             Some(ROUTES.len())
         );
+    }
+
+    #[test]
+    fn unspecified_api_addresses_take_the_announced_ip() {
+        let addrs = vec!["/ip4/10.77.1.3/tcp/4140".to_owned()];
+        assert_eq!(routable_api_addr("0.0.0.0:8080", &addrs), "10.77.1.3:8080");
+        assert_eq!(routable_api_addr("10.0.0.9:8080", &addrs), "10.0.0.9:8080");
+        assert_eq!(routable_api_addr("0.0.0.0:8080", &[]), "0.0.0.0:8080");
     }
 
     #[test]

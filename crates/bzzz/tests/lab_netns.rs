@@ -23,11 +23,9 @@ fn five_hosts_find_each_other_by_mdns_alone_within_5s() {
         return;
     }
     let mut lab = Lab::new(std::path::Path::new(BIN), 5).expect("lab");
-    let start = Instant::now();
-    for i in 1..=5 {
-        lab.start_node(i, &[]).expect("node"); // defaults: mDNS on, no bootstrap
-    }
     let hosts = [1, 2, 3, 4, 5];
+    let start = Instant::now();
+    lab.start_nodes(&hosts, &[]).expect("nodes"); // defaults: mDNS on, no bootstrap
     wait_until(
         "every host to see every other",
         Duration::from_secs(5),
@@ -47,9 +45,7 @@ fn a_cut_host_leaves_the_views_and_comes_back_after_heal() {
         return;
     }
     let mut lab = Lab::new(std::path::Path::new(BIN), 3).expect("lab");
-    for i in 1..=3 {
-        lab.start_node(i, &[]).expect("node");
-    }
+    lab.start_nodes(&[1, 2, 3], &[]).expect("nodes");
     wait_until(
         "formation",
         Duration::from_secs(10),
@@ -107,9 +103,7 @@ fn bandwidth_caps_apply_without_breaking_the_mesh() {
         String::from_utf8_lossy(&out.stdout).contains("tbf"),
         "{out:?}"
     );
-    for i in 1..=2 {
-        lab.start_node(i, &[]).expect("node");
-    }
+    lab.start_nodes(&[1, 2], &[]).expect("nodes");
     wait_until(
         "formation under a cap",
         Duration::from_secs(10),

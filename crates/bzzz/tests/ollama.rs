@@ -3,26 +3,41 @@
 //! BZZZ reads, with bodies shaped like Ollama's). The model-store path uses a
 //! real directory in Ollama's on-disk layout.
 
-use bzzz_testkit::{LocalCluster, LocalOpts};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bzzz_testkit::{LocalCluster, LocalOpts, wait_until};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
 
-/// A fake Ollama API on 127.0.0.1 (thread per connection, answers forever).
+/// A fake Ollama API on 127.0.0.1 (answers forever). While `up` is false
+/// it answers 503, like an Ollama that is still starting.
 struct FakeOllama {
     addr: String,
+    up: Arc<AtomicBool>,
 }
 
 impl FakeOllama {
     fn start() -> Self {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let up2 = up.clone();
         std::thread::spawn(move || {
             for s in l.incoming().flatten() {
                 let mut s = s;
                 let mut line = String::new();
                 let _ = BufReader::new(&s).read_line(&mut line);
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    );
+                    continue;
+                }
                 let body = if line.contains("/api/tags") {
                     r#"{"models":[{"name":"smollm2:135m","model":"smollm2:135m","size":101000000,"digest":"4d2396b16114aa6f3d5fd1b4c3c5c3a8a4f8d6e1a0b2c3d4e5f60718293a4b5c"}]}"#
                 } else if line.contains("/api/version") {
@@ -37,7 +52,7 @@ impl FakeOllama {
                 );
             }
         });
-        FakeOllama { addr }
+        FakeOllama { addr, up }
     }
 }
 
@@ -107,4 +122,39 @@ fn a_node_without_ollama_says_absent() {
     ));
     let s = c.nodes[0].get_json("/api/v1/status").expect("status");
     assert_eq!(s["capabilities"]["ollama"]["present"], false);
+}
+
+#[test]
+fn a_capability_change_reaches_the_peers_without_a_restart() {
+    let fake = FakeOllama::start();
+    fake.up.store(false, Ordering::SeqCst);
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        format!("capabilities:\n  ollama_url: http://{}\n  refresh_interval: 1s\n  ollama_models_dir: /nonexistent\n", fake.addr),
+    )
+    .expect("write");
+    let mut c =
+        LocalCluster::start(std::path::Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    c.add_node(&LocalOpts {
+        extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+    })
+    .expect("ollama node");
+    c.wait_formed(Duration::from_secs(10)).expect("formed");
+    let present = |c: &LocalCluster| {
+        c.nodes[0]
+            .get_json("/api/v1/peers")
+            .ok()
+            .map(|p| p[0]["capabilities"]["ollama"]["present"] == true)
+    };
+    assert_eq!(present(&c), Some(false));
+    fake.up.store(true, Ordering::SeqCst); // "Ollama finished starting"
+    wait_until(
+        "the peer to see Ollama appear",
+        Duration::from_secs(8),
+        Duration::from_millis(100),
+        || present(&c).filter(|p| *p),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
