@@ -31,7 +31,13 @@ fn four_nodes_see_each_other_with_capabilities_and_drop_a_killed_one() {
         );
         let peers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         let peers = peers.as_array().expect("array");
-        assert_eq!(peers.len(), 3, "{} lists {peers:?}\n{}", n.node_id(), c.logs());
+        assert_eq!(
+            peers.len(),
+            3,
+            "{} lists {peers:?}\n{}",
+            n.node_id(),
+            c.logs()
+        );
         for p in peers {
             assert!(p["node_id"].is_string());
             assert_ne!(p["node_id"], n.node_id());
