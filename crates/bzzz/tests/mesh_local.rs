@@ -197,3 +197,22 @@ fn an_unreachable_bootstrap_is_reported_and_the_node_keeps_running() {
     assert!(n.is_running(), "the node must keep running");
     assert!(n.get_json("/api/v1/status").is_ok());
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let opts = LocalOpts {
+        extra_args: vec!["--log-format".into(), "json".into()],
+    };
+    let mut c = LocalCluster::start(bin(), 1, &opts).expect("start");
+    let n = &mut c.nodes[0];
+    n.signal_and_wait(rustix::process::Signal::TERM, Duration::from_secs(5))
+        .expect("stops");
+    let log = std::fs::read_to_string(&n.log).expect("log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 3, "{log}");
+    for l in lines {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{l}");
+    }
+    assert!(log.contains("node started"));
+}
