@@ -203,6 +203,62 @@ impl Capabilities {
         Ok(())
     }
 
+    /// Brings detected values within the bounds [`Self::validate`] checks:
+    /// control characters removed, text truncated, lists capped, free never
+    /// above total, loads finite. Detection reads what the OS, the driver or
+    /// Ollama say; one odd value must not make the whole node invisible
+    /// (receivers refuse records that fail validation).
+    pub fn sanitize(&mut self) {
+        fn clean(s: &mut String) {
+            if s.chars().any(char::is_control) {
+                *s = s.chars().filter(|c| !c.is_control()).collect();
+            }
+            if s.len() > limits::MAX_TEXT {
+                let mut end = limits::MAX_TEXT;
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s.truncate(end);
+            }
+        }
+        fn clean_opt(s: &mut Option<String>) {
+            if let Some(v) = s {
+                clean(v);
+            }
+        }
+        clean(&mut self.cpu.model);
+        self.cpu.cores = self.cpu.cores.min(limits::MAX_CORES);
+        for l in [
+            &mut self.cpu.load_1m,
+            &mut self.cpu.load_5m,
+            &mut self.cpu.load_15m,
+        ] {
+            if !l.is_finite() || *l < 0.0 {
+                *l = 0.0;
+            }
+        }
+        self.memory_free_bytes = self.memory_free_bytes.min(self.memory_total_bytes);
+        self.disk_free_bytes = self.disk_free_bytes.min(self.disk_total_bytes);
+        self.gpus.truncate(limits::MAX_GPUS);
+        for g in &mut self.gpus {
+            clean(&mut g.vendor);
+            clean(&mut g.model);
+            clean_opt(&mut g.uuid);
+            if let Some(f) = &mut g.vram_free_bytes {
+                *f = (*f).min(g.vram_total_bytes);
+            }
+        }
+        self.ollama.models.truncate(limits::MAX_MODELS);
+        for m in &mut self.ollama.models {
+            clean(&mut m.name);
+            clean_opt(&mut m.digest);
+        }
+        clean_opt(&mut self.ollama.endpoint);
+        clean_opt(&mut self.ollama.version);
+        clean(&mut self.version);
+        self.declared_fields.truncate(limits::MAX_LABELS);
+    }
+
     /// Total VRAM over all GPUs, bytes.
     pub fn vram_total_bytes(&self) -> u64 {
         self.gpus.iter().map(|g| g.vram_total_bytes).sum()
@@ -304,6 +360,28 @@ mod tests {
         let mut c = sample();
         c.labels.zone = Some("eu\u{7}".into());
         assert_eq!(c.validate().unwrap_err().field, "labels.zone");
+    }
+
+    #[test]
+    fn sanitized_detections_always_validate() {
+        let mut c = sample();
+        c.cpu.model = "Weird\u{0}CPU".repeat(100);
+        c.cpu.load_5m = f64::INFINITY;
+        c.memory_free_bytes = u64::MAX;
+        c.gpus[0].model = "é".repeat(300);
+        c.gpus[0].vram_free_bytes = Some(u64::MAX);
+        c.ollama.models = vec![
+            OllamaModel {
+                name: "bad\nname".into(),
+                ..Default::default()
+            };
+            limits::MAX_MODELS + 5
+        ];
+        assert!(c.validate().is_err());
+        c.sanitize();
+        c.validate().expect("valid after sanitize");
+        assert_eq!(c.ollama.models[0].name, "badname");
+        assert!(c.cpu.model.starts_with("WeirdCPU"));
     }
 
     #[test]

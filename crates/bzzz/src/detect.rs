@@ -103,9 +103,9 @@ impl Detector {
             };
         }
         if let Ok(l) = sysinfo::System::load_average() {
-            caps.cpu.load_1m = finite(l.one);
-            caps.cpu.load_5m = finite(l.five);
-            caps.cpu.load_15m = finite(l.fifteen);
+            caps.cpu.load_1m = l.one;
+            caps.cpu.load_5m = l.five;
+            caps.cpu.load_15m = l.fifteen;
         }
         if let Some((total, free)) = disk_space(&self.data_dir) {
             caps.disk_total_bytes = total;
@@ -113,6 +113,9 @@ impl Detector {
         }
         caps.gpus = self.nvidia_gpus();
         caps.ollama = self.ollama().await;
+        // Labels and declared values were validated with the config;
+        // detected ones are brought within bounds here.
+        caps.sanitize();
         self.merge_declared(&mut caps);
         caps
     }
@@ -238,10 +241,6 @@ impl Detector {
             .into_iter()
             .find(|d| d.join("manifests").is_dir())
     }
-}
-
-fn finite(x: f64) -> f64 {
-    if x.is_finite() && x >= 0.0 { x } else { 0.0 }
 }
 
 /// (total, available) bytes of the filesystem holding `dir` (or its nearest
