@@ -10,30 +10,24 @@ fn bzzz(args: &[&str], env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         c.env(k, v);
     }
-    // A command expected to fail must not hang the suite if it starts a node.
-    let child = c
+    // A command expected to fail must not hang the suite if it starts a node:
+    // wait for its exit with a deadline, and kill it past that. (Its output
+    // is small, so the pipes cannot fill while it runs.)
+    let mut child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run bzzz");
-    let pid = child.id();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let d2 = done.clone();
-    std::thread::spawn(move || {
-        let t = std::time::Instant::now();
-        while t.elapsed() < std::time::Duration::from_secs(20) {
-            if d2.load(std::sync::atomic::Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        }
-    });
-    let out = child.wait_with_output().expect("wait");
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    out
+    let exited = bzzz_testkit::wait_until(
+        "bzzz to exit",
+        std::time::Duration::from_secs(20),
+        std::time::Duration::from_millis(10),
+        || child.try_wait().ok().flatten(),
+    );
+    if exited.is_err() {
+        let _ = child.kill();
+    }
+    child.wait_with_output().expect("wait")
 }
 
 fn stderr(o: &Output) -> String {
