@@ -41,6 +41,9 @@ impl Drop for Children {
 
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the bzzz binary to start nodes")?;
+    // A directory the user named is never removed; a temporary one is
+    // removed when `_tmp_guard` drops, unless `--keep` detached it.
+    let keep = args.keep || args.dir.is_some();
     let (dir, _tmp_guard) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
@@ -51,10 +54,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 .prefix("bzzz-demo-")
                 .tempdir()
                 .context("cannot create a temporary directory")?;
-            (t.path().to_path_buf(), Some(t))
+            if keep {
+                (t.keep(), None)
+            } else {
+                (t.path().to_path_buf(), Some(t))
+            }
         }
     };
-    let keep = args.keep || args.dir.is_some();
     let config = dir.join("demo.yaml");
     std::fs::write(&config, "# bzzz demo: all settings come from flags\n")?;
 
@@ -170,8 +176,6 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     stop_all(&mut nodes.0).await;
     if keep {
         eprintln!("Kept {}", dir.display());
-    } else if args.dir.is_none() {
-        // _tmp_guard removes it on drop.
     }
     outcome
 }

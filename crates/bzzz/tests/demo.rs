@@ -8,8 +8,27 @@ const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
 
 #[test]
 fn demo_forms_a_cluster_and_cleans_up_on_ctrl_c() {
+    let dir = run_demo_until_ctrl_c(&[]);
+    assert!(!dir.exists(), "{} should be removed", dir.display());
+}
+
+#[test]
+fn demo_keep_leaves_the_directory_with_the_logs() {
+    let dir = run_demo_until_ctrl_c(&["--keep"]);
+    assert!(
+        dir.join("node-0.log").is_file(),
+        "{} should be kept",
+        dir.display()
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// Runs a 3-node demo, checks it formed, stops it with SIGINT, checks every
+/// node stopped; returns the demo directory.
+fn run_demo_until_ctrl_c(extra: &[&str]) -> std::path::PathBuf {
     let mut child = Command::new(BIN)
         .args(["demo", "--nodes", "3", "--base-port", "0", "--json"])
+        .args(extra)
         .env_remove("BZZZ_API")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -55,7 +74,6 @@ fn demo_forms_a_cluster_and_cleans_up_on_ctrl_c() {
     )
     .expect("demo stops");
     assert!(st.success(), "{st}");
-    assert!(!dir.exists(), "{} should be removed", dir.display());
     for n in nodes {
         let api = n["api"]
             .as_str()
@@ -66,4 +84,5 @@ fn demo_forms_a_cluster_and_cleans_up_on_ctrl_c() {
             "node {api} still running"
         );
     }
+    dir
 }
