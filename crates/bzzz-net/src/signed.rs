@@ -64,9 +64,9 @@ pub fn seal(key: &Keypair, ann: &Announcement) -> Result<Vec<u8>, EnvelopeError>
         .map_err(|_| EnvelopeError::Malformed("node key is not Ed25519".into()))?;
     let env = Envelope {
         v: ENVELOPE_VERSION,
-        public_key: hex(&public.to_bytes()),
+        public_key: hex::encode(public.to_bytes()),
         body,
-        sig: hex(&sig),
+        sig: hex::encode(&sig),
     };
     serde_json::to_vec(&env).map_err(|e| EnvelopeError::Malformed(e.to_string()))
 }
@@ -81,10 +81,12 @@ pub fn open(bytes: &[u8]) -> Result<(PeerId, Announcement), EnvelopeError> {
     if env.v != ENVELOPE_VERSION {
         return Err(EnvelopeError::Version(env.v));
     }
-    let pk_bytes = unhex(&env.public_key)
+    let pk_bytes = hex::decode(&env.public_key)
+        .ok()
         .filter(|b| b.len() == 32)
         .ok_or_else(|| EnvelopeError::Malformed("public_key must be 64 hex characters".into()))?;
-    let sig = unhex(&env.sig)
+    let sig = hex::decode(&env.sig)
+        .ok()
         .filter(|b| b.len() == 64)
         .ok_or_else(|| EnvelopeError::Malformed("sig must be 128 hex characters".into()))?;
     let public: PublicKey = ed25519::PublicKey::try_from_bytes(&pk_bytes)
@@ -112,14 +114,6 @@ pub fn open(bytes: &[u8]) -> Result<(PeerId, Announcement), EnvelopeError> {
 /// The [`NodeId`] of a libp2p peer id.
 pub fn node_id(peer: &PeerId) -> Result<NodeId, bzzz_proto::NodeIdError> {
     NodeId::parse(&peer.to_base58())
-}
-
-fn hex(b: &[u8]) -> String {
-    hex::encode(b)
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    hex::decode(s).ok()
 }
 
 #[cfg(test)]

@@ -77,6 +77,7 @@ pub(crate) struct Node {
     topic: gossipsub::IdentTopic,
     key: identity::Keypair,
     local_peer: PeerId,
+    local_id: bzzz_proto::NodeId,
     cfg: NetConfig,
     local: watch::Receiver<LocalInfo>,
     cmd_rx: mpsc::Receiver<Command>,
@@ -200,6 +201,7 @@ impl Node {
             topic,
             key,
             local_peer,
+            local_id: local_id.clone(),
             cfg,
             local,
             cmd_rx,
@@ -274,7 +276,7 @@ impl Node {
         self.seq = self.seq.saturating_add(1).max(now_ms());
         let ann = Announcement {
             v: ANNOUNCEMENT_VERSION,
-            node_id: self.snapshot_tx.borrow().local_id.clone(),
+            node_id: self.local_id.clone(),
             seq: self.seq,
             addrs: addrs
                 .iter()
@@ -691,7 +693,7 @@ impl Node {
             .collect();
         peers.sort_by(|a, b| a.announcement.node_id.cmp(&b.announcement.node_id));
         let snap = Snapshot {
-            local_id: self.snapshot_tx.borrow().local_id.clone(),
+            local_id: self.local_id.clone(),
             listen_addrs: self
                 .listen_addrs
                 .iter()

@@ -300,6 +300,12 @@ fn apply_env(
         .filter(|(k, _)| k.starts_with("BZZZ_") && !NON_FIELD_ENV.contains(&k.as_str()))
         .collect();
     vars.sort();
+    if vars.is_empty() {
+        return Ok(());
+    }
+    // The schema's paths: defaults serialize every field except `labels.*`.
+    let defaults = serde_norway::to_value(FileConfig::default())
+        .map_err(|e| cerr("config", format!("cannot list the config fields: {e}")))?;
     for (name, raw) in vars {
         let path: Vec<String> = name["BZZZ_".len()..]
             .split("__")
@@ -324,10 +330,7 @@ fn apply_env(
             serde_norway::from_str::<Value>(&raw)
                 .map_err(|e| cerr(&name, format!("not a valid value: {e}")))?
         };
-        // Check the path exists in the schema (defaults serialize every field
-        // except optional ones), so a typo is an error naming the variable.
-        let defaults = serde_norway::to_value(FileConfig::default())
-            .map_err(|e| cerr(&name, e.to_string()))?;
+        // A typo is an error naming the variable.
         if !path_known(&defaults, &path) {
             return Err(cerr(&name, format!("no config field `{}`", path.join("."))));
         }
