@@ -122,6 +122,9 @@ async fn not_found() -> Response {
         .into_response()
 }
 
+/// Renders the current values into a fresh registry per scrape: a dozen
+/// gauges and counters, cheaper than keeping a second copy of the state in
+/// sync with the snapshot.
 async fn metrics(State(st): S) -> Response {
     let snap = st.net.snapshot();
     let local = st.local.borrow().capabilities.clone();

@@ -19,14 +19,23 @@ pub fn api_base(url: &str) -> anyhow::Result<String> {
     Ok(u.to_owned())
 }
 
-pub async fn get<T: DeserializeOwned>(api: &str, path: &str) -> anyhow::Result<T> {
-    let base = api_base(api)?;
-    let url = format!("{base}{path}");
-    let client = reqwest::Client::builder()
+/// One HTTP client per process (connection pool shared by every call).
+fn client() -> anyhow::Result<&'static reqwest::Client> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let c = reqwest::Client::builder()
         .timeout(TIMEOUT)
         .build()
         .context("cannot build an HTTP client")?;
-    let resp = client.get(&url).send().await.with_context(|| {
+    Ok(CLIENT.get_or_init(|| c))
+}
+
+pub async fn get<T: DeserializeOwned>(api: &str, path: &str) -> anyhow::Result<T> {
+    let base = api_base(api)?;
+    let url = format!("{base}{path}");
+    let resp = client()?.get(&url).send().await.with_context(|| {
         format!("cannot reach the BZZZ API at {base} (is a node running there? set --api)")
     })?;
     let code = resp.status();
