@@ -41,6 +41,12 @@ const KAD_BOOTSTRAP_EVERY: Duration = Duration::from_secs(60);
 /// Minimum spacing of announcements triggered by events (not the timer).
 const ANNOUNCE_MIN_GAP: Duration = Duration::from_millis(200);
 const COMMAND_QUEUE: usize = 64;
+/// After a peer's last connection closes, how long a new one may take to
+/// replace it before the peer leaves the view. Connection limits apply on
+/// each side separately, so during simultaneous dials (TCP and QUIC, both
+/// directions) one side can close a connection the other already counted;
+/// that is churn, not death.
+const LEAVE_GRACE: Duration = Duration::from_millis(300);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -87,6 +93,8 @@ pub(crate) struct Node {
     bootstraps: Vec<Bootstrap>,
     bootstrap_dials: HashMap<ConnectionId, usize>,
     known: HashMap<PeerId, Known>,
+    /// Peers whose last connection closed, with when and why.
+    closing: HashMap<PeerId, (Instant, String)>,
     /// Last successful ping per connected peer (link liveness).
     last_pong: HashMap<PeerId, Instant>,
     seq: u64,
@@ -211,6 +219,7 @@ impl Node {
             bootstraps,
             bootstrap_dials: HashMap::new(),
             known: HashMap::new(),
+            closing: HashMap::new(),
             last_pong: HashMap::new(),
             seq: 0,
             started: now,
@@ -346,6 +355,18 @@ impl Node {
             .collect();
         for p in stale {
             self.leave(&p, "no announcement within the peer timeout");
+        }
+        let closed: Vec<(PeerId, String)> = self
+            .closing
+            .iter()
+            .filter(|(_, (t, _))| now.duration_since(*t) >= LEAVE_GRACE)
+            .map(|(p, (_, why))| (*p, why.clone()))
+            .collect();
+        for (p, why) in closed {
+            self.closing.remove(&p);
+            if !self.swarm.is_connected(&p) {
+                self.leave(&p, &why);
+            }
         }
 
         // Dead links: libp2p-ping forgives the first failure and then waits
@@ -513,6 +534,7 @@ impl Node {
                 }
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, "connected");
+                    self.closing.remove(&peer_id);
                     self.last_pong.insert(peer_id, Instant::now());
                     if let Some(k) = self.known.get_mut(&peer_id) {
                         k.backoff = REDIAL_BACKOFF_MIN;
@@ -535,7 +557,9 @@ impl Node {
                         Some(e) => format!("connection closed ({e})"),
                         None => "connection closed".to_owned(),
                     };
-                    self.leave(&peer_id, &why);
+                    if self.view.contains_key(&peer_id) {
+                        self.closing.insert(peer_id, (Instant::now(), why));
+                    }
                 }
                 self.dirty = true;
             }
