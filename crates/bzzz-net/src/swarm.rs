@@ -155,7 +155,12 @@ impl Node {
                 yamux::Config::default,
             )
             .map_err(|e| transport_err(&e))?
-            .with_quic()
+            // A LAN handshake takes milliseconds; a dial to a stale QUIC port
+            // should give up well before the next redial.
+            .with_quic_config(|mut c| {
+                c.handshake_timeout = Duration::from_secs(3);
+                c
+            })
             .with_behaviour(|key| build_behaviour(key, &cfg))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(|c| {
@@ -392,10 +397,14 @@ impl Node {
             if b.peer.is_some_and(|p| self.swarm.is_connected(&p)) || now < b.next_try {
                 continue;
             }
+            // `Disconnected`, not `DisconnectedAndNotDialing`: a configured
+            // bootstrap address is authoritative and must not wait behind a
+            // redial of stale addresses (e.g. the peer restarted on a new
+            // QUIC port and a dial to the old one hangs until its timeout).
             let opts = match b.peer {
                 Some(p) => DialOpts::peer_id(p)
                     .addresses(vec![without_p2p(&b.addr)])
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .condition(PeerCondition::Disconnected)
                     .build(),
                 None => DialOpts::unknown_peer_id().address(b.addr.clone()).build(),
             };
