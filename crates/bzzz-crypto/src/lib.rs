@@ -7,11 +7,20 @@
 //! * [`keyfile`]: the versioned on-disk format of that key, written with mode
 //!   0600 and replaced atomically.
 //!
-//! Threshold keys, envelope encryption and the master key arrive with the
-//! security issue; they live here too, and follow the same rules: distinct
-//! types, zeroize on drop, `Debug` prints `(..)`.
+//! * [`threshold`]: the master key (BIP39), the cluster admin key derived
+//!   from it, its t-of-n FROST sharing, threshold signing and reconstruction.
+//! * [`seal`]: age envelope encryption to a node.
+//! * [`records`]: signing and checking cluster records and join tokens.
+//! * [`operator`]: the operator credential (Argon2id).
+//!
+//! Every secret is a distinct type that zeroizes on drop and whose `Debug`
+//! prints `(..)`.
 
 pub mod keyfile;
+pub mod operator;
+pub mod records;
+pub mod seal;
+pub mod threshold;
 
 use std::fmt;
 
@@ -27,6 +36,18 @@ pub enum CryptoError {
     InvalidKey(&'static str),
     #[error("signature does not verify")]
     BadSignature,
+    #[error("threshold key: {0}")]
+    Threshold(String),
+    #[error("invalid share: {0}")]
+    BadShare(String),
+    #[error("envelope: {0}")]
+    Seal(String),
+    #[error("operator password: {0}")]
+    Password(String),
+    #[error("record: {0}")]
+    Record(String),
+    #[error("{0}")]
+    Token(String),
     #[error("key file {path}: {problem}")]
     KeyFile { path: String, problem: String },
     #[error("key file {path}: {source}")]

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod caps;
+pub mod cluster;
 pub mod id;
 
 pub use caps::{Capabilities, CpuInfo, GpuInfo, Labels, OllamaInfo, OllamaModel};

@@ -1,0 +1,93 @@
+//! Envelope encryption to a node (age, X25519).
+//!
+//! Each node has an age identity derived from its identity seed with a
+//! domain-separated hash, so no second secret file exists; its public
+//! recipient (`age1…`) travels in the node's signed announcement. Shares are
+//! sealed to it in transit and stay sealed at rest.
+
+use std::fmt;
+use std::str::FromStr;
+
+use bech32::ToBase32;
+use zeroize::Zeroizing;
+
+use crate::{CryptoError, NodeKey};
+
+const AGE_KEY_CONTEXT: &str = "bzzz 2026-11 node age identity v1";
+
+/// A node's age identity. Zeroizes (inside age), never prints.
+pub struct AgeIdentity(age::x25519::Identity);
+
+impl fmt::Debug for AgeIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AgeIdentity({}, ..)", self.recipient())
+    }
+}
+
+impl AgeIdentity {
+    /// The identity derived from a node key.
+    pub fn derive(node: &NodeKey) -> Result<Self, CryptoError> {
+        let seed = node.seed();
+        let key = Zeroizing::new(blake3::derive_key(AGE_KEY_CONTEXT, seed.expose()));
+        let encoded = Zeroizing::new(
+            bech32::encode("age-secret-key-", key.to_base32(), bech32::Variant::Bech32)
+                .map_err(|_| CryptoError::InvalidKey("age identity encoding"))?
+                .to_uppercase(),
+        );
+        let id = age::x25519::Identity::from_str(&encoded)
+            .map_err(|_| CryptoError::InvalidKey("age identity"))?;
+        Ok(Self(id))
+    }
+
+    /// The public recipient, `age1…`.
+    pub fn recipient(&self) -> String {
+        self.0.to_public().to_string()
+    }
+
+    /// Opens what [`seal`] sealed to this identity.
+    pub fn open(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        age::decrypt(&self.0, sealed)
+            .map(Zeroizing::new)
+            .map_err(|e| CryptoError::Seal(format!("cannot open: {e}")))
+    }
+}
+
+/// Checks an `age1…` recipient string.
+pub fn parse_recipient(recipient: &str) -> Result<(), CryptoError> {
+    age::x25519::Recipient::from_str(recipient)
+        .map(|_| ())
+        .map_err(|_| CryptoError::InvalidKey("not an age X25519 recipient"))
+}
+
+/// Encrypts `plaintext` to an `age1…` recipient.
+pub fn seal(recipient: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let r = age::x25519::Recipient::from_str(recipient)
+        .map_err(|_| CryptoError::InvalidKey("not an age X25519 recipient"))?;
+    age::encrypt(&r, plaintext).map_err(|e| CryptoError::Seal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_data_opens_only_with_the_right_node() {
+        let a = NodeKey::generate().expect("rng");
+        let b = NodeKey::generate().expect("rng");
+        let ia = AgeIdentity::derive(&a).expect("derive");
+        assert_eq!(
+            ia.recipient(),
+            AgeIdentity::derive(&a).expect("again").recipient()
+        );
+        let sealed = seal(&ia.recipient(), b"share").expect("seal");
+        assert!(!sealed.windows(5).any(|w| w == b"share"));
+        assert_eq!(&ia.open(&sealed).expect("opens")[..], b"share");
+        let ib = AgeIdentity::derive(&b).expect("derive");
+        assert!(ib.open(&sealed).is_err());
+        let mut bad = sealed.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(ia.open(&bad).is_err(), "tampering is detected");
+        assert!(!format!("{ia:?}").contains("SECRET"));
+    }
+}

@@ -1,0 +1,676 @@
+//! The master key, the cluster admin key derived from it, and its t-of-n
+//! sharing with FROST (RFC 9591, `frost-ed25519`).
+//!
+//! * [`MasterKey`]: 256 random bits, shown once as 24 BIP39 words.
+//! * [`AdminKey`]: the Ed25519 scalar derived from the master key with a
+//!   domain-separated hash. It exists whole only at setup and recovery, and
+//!   zeroizes on drop.
+//! * [`AdminKey::split`]: Shamir sharing with Feldman commitments (frost's
+//!   trusted-dealer split). The commitment is public; with it every node can
+//!   check any share ([`KeyShare::from_secret_share`]) and compute the public
+//!   share of any index.
+//! * Signing: [`commit`] (round 1, signer), [`signing_package`]
+//!   (coordinator), [`sign_share`] (round 2, signer), [`aggregate`]
+//!   (coordinator; names the signers whose shares are wrong). The result is a
+//!   plain Ed25519 signature under the cluster admin public key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use frost_ed25519 as frost;
+use zeroize::Zeroizing;
+
+use crate::{CryptoError, SecretBytes32};
+
+/// Domain tag of the admin key derivation (blake3 `derive_key` context).
+const ADMIN_KEY_CONTEXT: &str = "bzzz 2026-11 cluster admin key v1";
+
+/// The master key: 256 bits from the OS CSPRNG. Zeroizes, never prints.
+#[derive(Clone)]
+pub struct MasterKey(SecretBytes32);
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn generate() -> Result<Self, CryptoError> {
+        Ok(Self(SecretBytes32::random()?))
+    }
+
+    /// Parses 24 BIP39 English words (case and extra spaces are forgiven;
+    /// the checksum is checked).
+    pub fn from_mnemonic(words: &str) -> Result<Self, CryptoError> {
+        let normalized = Zeroizing::new(
+            words
+                .split_whitespace()
+                .map(str::to_lowercase)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        let count = normalized.split(' ').filter(|w| !w.is_empty()).count();
+        if count != 24 {
+            return Err(CryptoError::InvalidKey(
+                "the master key is 24 BIP39 words; a different number of words was given",
+            ));
+        }
+        let m = bip39::Mnemonic::parse_in_normalized(bip39::Language::English, &normalized)
+            .map_err(|e| match e {
+                bip39::Error::UnknownWord(_) => {
+                    CryptoError::InvalidKey("a word is not in the BIP39 English word list")
+                }
+                bip39::Error::InvalidChecksum => CryptoError::InvalidKey(
+                    "the words fail the BIP39 checksum (a word is wrong or misplaced)",
+                ),
+                _ => CryptoError::InvalidKey("not a valid BIP39 mnemonic"),
+            })?;
+        let (entropy, len) = m.to_entropy_array();
+        let entropy = Zeroizing::new(entropy);
+        if len != 32 {
+            return Err(CryptoError::InvalidKey("mnemonic does not hold 256 bits"));
+        }
+        let mut b = [0u8; 32];
+        b.copy_from_slice(&entropy[..32]);
+        let key = SecretBytes32::from_bytes(b);
+        zeroize::Zeroize::zeroize(&mut b);
+        Ok(Self(key))
+    }
+
+    /// The 24 words, space-separated.
+    pub fn mnemonic(&self) -> Zeroizing<String> {
+        // 32 bytes of entropy is always a valid length.
+        match bip39::Mnemonic::from_entropy(self.0.expose()) {
+            Ok(m) => Zeroizing::new(m.to_string()),
+            Err(_) => Zeroizing::new(String::new()),
+        }
+    }
+
+    /// The key as 64 hex digits.
+    pub fn hex(&self) -> Zeroizing<String> {
+        Zeroizing::new(hex::encode(self.0.expose()))
+    }
+
+    /// The raw bytes (for tests that search for leaks).
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose()
+    }
+
+    /// The cluster admin key: blake3 `derive_key` with a fixed context over
+    /// the master key, 64 bytes reduced modulo the group order (no bias).
+    pub fn admin_key(&self) -> AdminKey {
+        let mut wide = Zeroizing::new([0u8; 64]);
+        let mut h = blake3::Hasher::new_derive_key(ADMIN_KEY_CONTEXT);
+        h.update(self.0.expose());
+        h.finalize_xof().fill(&mut wide[..]);
+        let scalar = curve25519_dalek::Scalar::from_bytes_mod_order_wide(&wide);
+        let bytes = Zeroizing::new(scalar.to_bytes());
+        // A reduced scalar is canonical; zero has probability 2^-252.
+        let key = frost::SigningKey::deserialize(&bytes[..])
+            .unwrap_or_else(|_| unreachable_zero_scalar());
+        AdminKey(key)
+    }
+}
+
+#[cold]
+fn unreachable_zero_scalar() -> frost::SigningKey {
+    // Only reachable when blake3 outputs a multiple of the group order.
+    // Fall back to the scalar one: still a valid key, and never silent,
+    // since the admin public key would then be the base point.
+    frost::SigningKey::deserialize(&{
+        let mut b = [0u8; 32];
+        b[0] = 1;
+        b
+    })
+    .unwrap_or_else(|_| std::process::abort())
+}
+
+/// The whole cluster admin key. Exists only at setup and recovery.
+pub struct AdminKey(frost::SigningKey);
+
+impl fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AdminKey(public={}, ..)", hex::encode(self.public()))
+    }
+}
+
+impl Drop for AdminKey {
+    fn drop(&mut self) {
+        // frost's SigningKey holds a curve25519 scalar, which zeroizes on
+        // drop with curve25519-dalek's `zeroize` feature; overwrite anyway.
+        if let Ok(one) = frost::SigningKey::deserialize(&{
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        }) {
+            self.0 = one;
+        }
+    }
+}
+
+impl AdminKey {
+    /// The cluster admin public key (Ed25519, 32 bytes).
+    pub fn public(&self) -> [u8; 32] {
+        let vk = frost::VerifyingKey::from(&self.0);
+        let mut out = [0u8; 32];
+        if let Ok(b) = vk.serialize() {
+            out.copy_from_slice(&b);
+        }
+        out
+    }
+
+    /// A single-signer Ed25519 signature (setup and recovery only).
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        let sig = self.0.sign(rand_core::OsRng, msg);
+        to_sig64(&sig)
+    }
+
+    /// Splits the key t-of-n over share indices 1..=n.
+    pub fn split(&self, threshold: u16, shares: u16) -> Result<Sharing, CryptoError> {
+        if threshold == 0 || threshold > shares {
+            return Err(CryptoError::Threshold(format!(
+                "threshold {threshold} must be between 1 and the share count {shares}"
+            )));
+        }
+        let (secret_shares, public) = if threshold == 1 {
+            // frost needs min_signers >= 2; a 1-of-n sharing is the key itself
+            // at every index: a constant polynomial.
+            split_constant(&self.0, shares)?
+        } else {
+            frost::keys::split(
+                &self.0,
+                shares,
+                threshold,
+                frost::keys::IdentifierList::Default,
+                &mut rand_core::OsRng,
+            )
+            .map_err(frost_err)?
+        };
+        let mut out = Vec::with_capacity(secret_shares.len());
+        let mut commitment = None;
+        for (index, (_, share)) in (1u16..).zip(secret_shares) {
+            commitment.get_or_insert_with(|| share.commitment().clone());
+            let bytes = share.serialize().map_err(frost_err)?;
+            out.push((index, Zeroizing::new(bytes)));
+        }
+        let commitment = commitment
+            .ok_or_else(|| CryptoError::Threshold("no shares".into()))?
+            .serialize_whole()
+            .map_err(frost_err)?;
+        let _ = public;
+        Ok(Sharing {
+            shares: out,
+            commitment: hex::encode(commitment),
+        })
+    }
+}
+
+fn split_constant(
+    key: &frost::SigningKey,
+    n: u16,
+) -> Result<
+    (
+        BTreeMap<frost::Identifier, frost::keys::SecretShare>,
+        frost::keys::PublicKeyPackage,
+    ),
+    CryptoError,
+> {
+    let scalar = key.serialize();
+    let share = frost::keys::SigningShare::deserialize(&scalar).map_err(frost_err)?;
+    let vk = frost::VerifyingKey::from(key);
+    let commitment = frost::keys::VerifiableSecretSharingCommitment::deserialize(vec![
+        vk.serialize().map_err(frost_err)?,
+    ])
+    .map_err(frost_err)?;
+    let mut map = BTreeMap::new();
+    for i in 1..=n {
+        let id = frost::Identifier::try_from(i).map_err(frost_err)?;
+        map.insert(
+            id,
+            frost::keys::SecretShare::new(id, share.clone(), commitment.clone()),
+        );
+    }
+    let ids: BTreeSet<_> = map.keys().copied().collect();
+    let pkp =
+        frost::keys::PublicKeyPackage::from_commitment(&ids, &commitment).map_err(frost_err)?;
+    Ok((map, pkp))
+}
+
+/// The result of a split: each index's share (frost encoding, secret) and
+/// the public commitment (hex).
+pub struct Sharing {
+    pub shares: Vec<(u16, Zeroizing<Vec<u8>>)>,
+    pub commitment: String,
+}
+
+impl fmt::Debug for Sharing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sharing({} shares, ..)", self.shares.len())
+    }
+}
+
+fn frost_err(e: frost::Error) -> CryptoError {
+    CryptoError::Threshold(e.to_string())
+}
+
+fn to_sig64(sig: &frost::Signature) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    if let Ok(b) = sig.serialize() {
+        out.copy_from_slice(&b);
+    }
+    out
+}
+
+fn identifier(index: u16) -> Result<frost::Identifier, CryptoError> {
+    frost::Identifier::try_from(index).map_err(frost_err)
+}
+
+/// The public side of a sharing: the commitment, from which the admin
+/// public key and each index's public share follow.
+#[derive(Clone)]
+pub struct GroupKey {
+    commitment: frost::keys::VerifiableSecretSharingCommitment,
+    threshold: u16,
+}
+
+impl fmt::Debug for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "GroupKey(public={}, t={})",
+            hex::encode(self.public()),
+            self.threshold
+        )
+    }
+}
+
+impl GroupKey {
+    pub fn from_commitment_hex(commitment: &str, threshold: u16) -> Result<Self, CryptoError> {
+        let bytes = hex::decode(commitment)
+            .map_err(|_| CryptoError::InvalidKey("commitment is not hex"))?;
+        let commitment = frost::keys::VerifiableSecretSharingCommitment::deserialize_whole(&bytes)
+            .map_err(|_| CryptoError::InvalidKey("commitment does not decode"))?;
+        if commitment.coefficients().len() != usize::from(threshold.max(1)) {
+            return Err(CryptoError::InvalidKey(
+                "commitment degree does not match the threshold",
+            ));
+        }
+        Ok(Self {
+            commitment,
+            threshold,
+        })
+    }
+
+    /// The admin public key the commitment implies.
+    pub fn public(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        if let Some(c0) = self.commitment.coefficients().first()
+            && let Ok(b) = c0.serialize()
+        {
+            out.copy_from_slice(&b);
+        }
+        out
+    }
+
+    pub fn threshold(&self) -> u16 {
+        self.threshold
+    }
+
+    fn package(&self, indices: &[u16]) -> Result<frost::keys::PublicKeyPackage, CryptoError> {
+        let ids = indices
+            .iter()
+            .map(|i| identifier(*i))
+            .collect::<Result<BTreeSet<_>, _>>()?;
+        let pkp = frost::keys::PublicKeyPackage::from_commitment(&ids, &self.commitment)
+            .map_err(frost_err)?;
+        Ok(frost::keys::PublicKeyPackage::new(
+            pkp.verifying_shares().clone(),
+            *pkp.verifying_key(),
+            Some(self.threshold),
+        ))
+    }
+}
+
+/// One node's verified share of the admin key. Zeroizes, never prints.
+pub struct KeyShare {
+    index: u16,
+    package: frost::keys::KeyPackage,
+}
+
+impl fmt::Debug for KeyShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyShare(index={}, ..)", self.index)
+    }
+}
+
+impl KeyShare {
+    /// Decodes a share and checks it against the cluster's public
+    /// commitment: a share that is corrupted, forged, or from another
+    /// sharing is refused with the reason.
+    pub fn from_secret_share(
+        bytes: &[u8],
+        index: u16,
+        group: &GroupKey,
+    ) -> Result<Self, CryptoError> {
+        let share = frost::keys::SecretShare::deserialize(bytes)
+            .map_err(|_| CryptoError::BadShare("the share does not decode".into()))?;
+        if *share.identifier() != identifier(index)? {
+            return Err(CryptoError::BadShare(format!(
+                "the share is not for index {index}"
+            )));
+        }
+        if share.commitment() != &group.commitment {
+            return Err(CryptoError::BadShare(
+                "the share belongs to a different sharing than the cluster's".into(),
+            ));
+        }
+        let (verifying_share, verifying_key) = share.verify().map_err(|_| {
+            CryptoError::BadShare(
+                "the share does not match the cluster's public commitment (corrupted or forged)"
+                    .into(),
+            )
+        })?;
+        let package = frost::keys::KeyPackage::new(
+            *share.identifier(),
+            *share.signing_share(),
+            verifying_share,
+            verifying_key,
+            group.threshold.max(1),
+        );
+        Ok(Self { index, package })
+    }
+
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+}
+
+/// Round-1 secret nonces of one signing session. Zeroize on drop.
+pub struct Nonces(frost::round1::SigningNonces);
+
+impl fmt::Debug for Nonces {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Nonces(..)")
+    }
+}
+
+/// Round 1 (signer): fresh nonces and their public commitments (hex).
+pub fn commit(share: &KeyShare) -> Result<(Nonces, String), CryptoError> {
+    let (nonces, commitments) =
+        frost::round1::commit(share.package.signing_share(), &mut rand_core::OsRng);
+    let c = commitments.serialize().map_err(frost_err)?;
+    Ok((Nonces(nonces), hex::encode(c)))
+}
+
+/// Coordinator: the signing package (hex) for `message` from the signers'
+/// round-1 commitments (index → hex).
+pub fn signing_package(
+    commitments: &BTreeMap<u16, String>,
+    message: &[u8],
+) -> Result<String, CryptoError> {
+    let mut map = BTreeMap::new();
+    for (index, hexed) in commitments {
+        let bytes = hex::decode(hexed)
+            .map_err(|_| CryptoError::Threshold(format!("commitments of {index} are not hex")))?;
+        let c = frost::round1::SigningCommitments::deserialize(&bytes)
+            .map_err(|_| CryptoError::Threshold(format!("commitments of {index} do not decode")))?;
+        map.insert(identifier(*index)?, c);
+    }
+    let pkg = frost::SigningPackage::new(map, message);
+    Ok(hex::encode(pkg.serialize().map_err(frost_err)?))
+}
+
+/// Round 2 (signer): checks that the package signs `expected_message` and
+/// includes this signer's commitments, then returns the signature share.
+pub fn sign_share(
+    share: &KeyShare,
+    nonces: &Nonces,
+    package_hex: &str,
+    expected_message: &[u8],
+) -> Result<String, CryptoError> {
+    let bytes = hex::decode(package_hex)
+        .map_err(|_| CryptoError::Threshold("signing package is not hex".into()))?;
+    let pkg = frost::SigningPackage::deserialize(&bytes)
+        .map_err(|_| CryptoError::Threshold("signing package does not decode".into()))?;
+    if pkg.message() != expected_message {
+        return Err(CryptoError::Threshold(
+            "the signing package's message is not the approved one".into(),
+        ));
+    }
+    let s = frost::round2::sign(&pkg, &nonces.0, &share.package).map_err(frost_err)?;
+    Ok(hex::encode(s.serialize()))
+}
+
+/// Why aggregation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AggregateError {
+    /// These share indices sent signature shares that do not verify.
+    #[error("signature shares from indices {0:?} are invalid")]
+    Culprits(Vec<u16>),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Coordinator: checks every signature share against the signer's public
+/// share, and combines them into one Ed25519 signature under the admin key.
+pub fn aggregate(
+    group: &GroupKey,
+    package_hex: &str,
+    shares: &BTreeMap<u16, String>,
+) -> Result<[u8; 64], AggregateError> {
+    let other = |e: CryptoError| AggregateError::Other(e.to_string());
+    let bytes = hex::decode(package_hex)
+        .map_err(|_| AggregateError::Other("signing package is not hex".into()))?;
+    let pkg = frost::SigningPackage::deserialize(&bytes)
+        .map_err(|_| AggregateError::Other("signing package does not decode".into()))?;
+    let indices: Vec<u16> = shares.keys().copied().collect();
+    let pkp = group.package(&indices).map_err(other)?;
+    let mut map = BTreeMap::new();
+    let mut undecodable = Vec::new();
+    for (index, hexed) in shares {
+        match hex::decode(hexed)
+            .ok()
+            .and_then(|b| frost::round2::SignatureShare::deserialize(&b).ok())
+        {
+            Some(s) => {
+                map.insert(identifier(*index).map_err(other)?, s);
+            }
+            None => undecodable.push(*index),
+        }
+    }
+    if !undecodable.is_empty() {
+        return Err(AggregateError::Culprits(undecodable));
+    }
+    match frost::aggregate(&pkg, &map, &pkp) {
+        Ok(sig) => Ok(to_sig64(&sig)),
+        Err(e) => {
+            let culprits = e.culprits();
+            if culprits.is_empty() {
+                return Err(AggregateError::Other(e.to_string()));
+            }
+            let ids: Vec<u16> = indices
+                .iter()
+                .copied()
+                .filter(|i| identifier(*i).is_ok_and(|id| culprits.contains(&id)))
+                .collect();
+            Err(AggregateError::Culprits(ids))
+        }
+    }
+}
+
+/// Rebuilds the admin key from at least `threshold` verified shares (for
+/// recovery and re-sharing). The caller drops it as soon as it is done.
+pub fn reconstruct(shares: &[KeyShare], group: &GroupKey) -> Result<AdminKey, CryptoError> {
+    if shares.len() < usize::from(group.threshold) {
+        return Err(CryptoError::Threshold(format!(
+            "{} shares given, {} needed",
+            shares.len(),
+            group.threshold
+        )));
+    }
+    let packages: Vec<_> = shares.iter().map(|s| s.package.clone()).collect();
+    let key = if group.threshold <= 1 {
+        let bytes = Zeroizing::new(packages[0].signing_share().serialize());
+        frost::SigningKey::deserialize(&bytes).map_err(frost_err)?
+    } else {
+        frost::keys::reconstruct(&packages).map_err(frost_err)?
+    };
+    let key = AdminKey(key);
+    if key.public() != group.public() {
+        return Err(CryptoError::Threshold(
+            "reconstructed key does not match the cluster admin public key".into(),
+        ));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign_with(shares: &[KeyShare], group: &GroupKey, msg: &[u8]) -> Result<[u8; 64], String> {
+        let mut nonces = Vec::new();
+        let mut commitments = BTreeMap::new();
+        for s in shares {
+            let (n, c) = commit(s).map_err(|e| e.to_string())?;
+            nonces.push(n);
+            commitments.insert(s.index(), c);
+        }
+        let pkg = signing_package(&commitments, msg).map_err(|e| e.to_string())?;
+        let mut sig_shares = BTreeMap::new();
+        for (s, n) in shares.iter().zip(&nonces) {
+            sig_shares.insert(
+                s.index(),
+                sign_share(s, n, &pkg, msg).map_err(|e| e.to_string())?,
+            );
+        }
+        aggregate(group, &pkg, &sig_shares).map_err(|e| e.to_string())
+    }
+
+    fn dealt(t: u16, n: u16) -> (MasterKey, GroupKey, Vec<KeyShare>) {
+        let master = MasterKey::generate().expect("rng");
+        let sharing = master.admin_key().split(t, n).expect("split");
+        let group = GroupKey::from_commitment_hex(&sharing.commitment, t).expect("group");
+        let shares = sharing
+            .shares
+            .iter()
+            .map(|(i, b)| KeyShare::from_secret_share(b, *i, &group).expect("valid share"))
+            .collect();
+        (master, group, shares)
+    }
+
+    #[test]
+    fn mnemonic_round_trips_and_checks_its_checksum() {
+        let m = MasterKey::generate().expect("rng");
+        let words = m.mnemonic();
+        assert_eq!(words.split(' ').count(), 24);
+        let back = MasterKey::from_mnemonic(&words.to_uppercase()).expect("parses");
+        assert_eq!(back.expose(), m.expose());
+        let mut ws: Vec<&str> = words.split(' ').collect();
+        ws.swap(0, 1);
+        if ws[0] != ws[1] {
+            assert!(MasterKey::from_mnemonic(&ws.join(" ")).is_err());
+        }
+        assert!(MasterKey::from_mnemonic("abandon abandon").is_err());
+    }
+
+    #[test]
+    fn admin_key_is_deterministic_and_domain_separated() {
+        let m = MasterKey::generate().expect("rng");
+        assert_eq!(m.admin_key().public(), m.admin_key().public());
+        // The admin key is not the Ed25519 key whose seed is the master key.
+        let naive = crate::NodeKey::from_seed(&SecretBytes32::from_bytes(*m.expose()));
+        assert_ne!(m.admin_key().public(), naive.public());
+        assert!(!format!("{:?}{:?}", m, m.admin_key()).contains(&*m.hex()));
+    }
+
+    #[test]
+    fn any_t_shares_sign_and_the_signature_is_plain_ed25519() {
+        let (master, group, shares) = dealt(3, 5);
+        let pk = master.admin_key().public();
+        assert_eq!(group.public(), pk);
+        for combo in [[0usize, 1, 2], [0, 3, 4], [1, 2, 4], [2, 3, 4]] {
+            let subset: Vec<KeyShare> = combo
+                .iter()
+                .map(|i| KeyShare {
+                    index: shares[*i].index,
+                    package: shares[*i].package.clone(),
+                })
+                .collect();
+            let sig = sign_with(&subset, &group, b"role change").expect("signs");
+            crate::verify_ed25519(&pk, b"role change", &sig).expect("plain ed25519 verifies");
+        }
+    }
+
+    #[test]
+    fn fewer_than_t_shares_cannot_sign() {
+        let (_, group, shares) = dealt(3, 5);
+        assert!(sign_with(&shares[..2], &group, b"x").is_err());
+    }
+
+    #[test]
+    fn a_tampered_share_is_refused_against_the_commitment() {
+        let master = MasterKey::generate().expect("rng");
+        let sharing = master.admin_key().split(3, 5).expect("split");
+        let group = GroupKey::from_commitment_hex(&sharing.commitment, 3).expect("group");
+        let (index, bytes) = &sharing.shares[1];
+        let share = frost::keys::SecretShare::deserialize(bytes).expect("decodes");
+        let mut scalar = share.signing_share().serialize();
+        scalar[0] ^= 1;
+        let forged = frost::keys::SecretShare::new(
+            *share.identifier(),
+            frost::keys::SigningShare::deserialize(&scalar).expect("scalar"),
+            share.commitment().clone(),
+        );
+        let err = KeyShare::from_secret_share(&forged.serialize().expect("enc"), *index, &group)
+            .expect_err("refused");
+        assert!(err.to_string().contains("corrupted or forged"), "{err}");
+        // Wrong index, and a share of another sharing.
+        assert!(KeyShare::from_secret_share(bytes, 3, &group).is_err());
+        let other = master.admin_key().split(3, 5).expect("split");
+        assert!(KeyShare::from_secret_share(&other.shares[1].1, 2, &group).is_err());
+    }
+
+    #[test]
+    fn a_wrong_signature_share_names_its_signer() {
+        let (_, group, shares) = dealt(3, 5);
+        let msg = b"m";
+        let mut nonces = Vec::new();
+        let mut commitments = BTreeMap::new();
+        for s in &shares[..3] {
+            let (n, c) = commit(s).expect("commit");
+            nonces.push(n);
+            commitments.insert(s.index(), c);
+        }
+        let pkg = signing_package(&commitments, msg).expect("pkg");
+        let mut sig_shares = BTreeMap::new();
+        for (s, n) in shares[..3].iter().zip(&nonces) {
+            sig_shares.insert(s.index(), sign_share(s, n, &pkg, msg).expect("share"));
+        }
+        // Signer 2 answers with signer 1's share.
+        let s1 = sig_shares[&1].clone();
+        sig_shares.insert(2, s1);
+        match aggregate(&group, &pkg, &sig_shares) {
+            Err(AggregateError::Culprits(c)) => assert_eq!(c, vec![2]),
+            other => panic!("expected culprit 2, got {other:?}"),
+        }
+        // A signer refuses a package for another message.
+        assert!(sign_share(&shares[0], &nonces[0], &pkg, b"other").is_err());
+    }
+
+    #[test]
+    fn t_shares_reconstruct_the_admin_key() {
+        let (master, group, shares) = dealt(3, 5);
+        let key = reconstruct(&shares[2..], &group).expect("reconstructs");
+        assert_eq!(key.public(), master.admin_key().public());
+        assert!(reconstruct(&shares[3..], &group).is_err());
+    }
+
+    #[test]
+    fn one_of_n_is_supported() {
+        let (master, group, shares) = dealt(1, 2);
+        let sig = sign_with(&shares[1..], &group, b"solo").expect("signs");
+        crate::verify_ed25519(&master.admin_key().public(), b"solo", &sig).expect("verifies");
+    }
+}

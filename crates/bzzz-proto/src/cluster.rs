@@ -1,0 +1,238 @@
+//! Cluster records: the genesis record written at setup, membership
+//! certificates, join tokens, and the keys protocol spoken between nodes.
+//!
+//! Every record signed by the cluster admin key travels as a [`Signed`]: the
+//! exact JSON text that was signed, plus the signature. Verifiers check the
+//! signature over those bytes (with a per-record domain tag, see
+//! `bzzz_crypto::records`) before they parse them, so a record can gain
+//! fields later without breaking the signature of older ones.
+
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+
+/// A credential or bearer token on the wire: zeroized on drop, never
+/// printed by `Debug`.
+#[derive(
+    Clone, PartialEq, Eq, Serialize, Deserialize, zeroize::Zeroize, zeroize::ZeroizeOnDrop,
+)]
+#[serde(transparent)]
+pub struct WireSecret(String);
+
+impl WireSecret {
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+    /// Borrow the secret; do not copy it into non-zeroizing storage.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for WireSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WireSecret(..)")
+    }
+}
+
+/// Record format version written by this release.
+pub const RECORD_VERSION: u32 = 1;
+
+/// A record signed by the cluster admin key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signed {
+    /// The signed JSON text, exactly as signed.
+    pub body: String,
+    /// Ed25519 signature (hex, 64 bytes) over `domain || body`.
+    pub signature: String,
+}
+
+/// Which node holds which share index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareHolder {
+    pub index: u16,
+    pub node_id: NodeId,
+}
+
+/// The cluster's founding record, signed by the admin key at setup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    pub v: u32,
+    /// Cluster name (see [`validate_cluster_name`]).
+    pub cluster: String,
+    /// Cluster admin public key (Ed25519, hex).
+    pub admin_public_key: String,
+    /// Signatures need `threshold` shares.
+    pub threshold: u16,
+    /// Shares dealt at setup.
+    pub shares: u16,
+    /// Share holders at setup, by index.
+    pub holders: Vec<ShareHolder>,
+    /// Public commitment to the sharing polynomial (hex): lets every node
+    /// check any share, and compute the public share of any index.
+    pub commitment: String,
+    /// Argon2id PHC string of the operator credential. Nodes check operator
+    /// requests against it; it is not secret, but it is a brute-force target,
+    /// hence the memory-hard hash.
+    pub operator_verifier: String,
+    /// Unix seconds.
+    pub created_at: u64,
+}
+
+/// A node's proof of membership, signed by the cluster admin key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipCert {
+    pub v: u32,
+    pub cluster: String,
+    pub admin_public_key: String,
+    pub node_id: NodeId,
+    /// Unix seconds.
+    pub issued_at: u64,
+}
+
+/// A join token's signed content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenBody {
+    pub v: u32,
+    pub cluster: String,
+    pub admin_public_key: String,
+    /// Random id (hex), for audit.
+    pub id: String,
+    /// Unix seconds after which the token is refused.
+    pub expires_at: u64,
+    /// Multiaddrs of members to contact.
+    pub bootstrap: Vec<String>,
+}
+
+/// Why a cluster name is refused.
+pub fn validate_cluster_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err("must be 1 to 63 characters".into());
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err("may contain only a-z, 0-9, '-' and '_'".into());
+    }
+    Ok(())
+}
+
+/// Default share threshold for `n` shares: ⌈n/2⌉+1, but never more than n
+/// (SPEC §3). One share means threshold one.
+pub fn default_threshold(n: u16) -> u16 {
+    if n <= 2 {
+        n.max(1)
+    } else {
+        (n.div_ceil(2) + 1).min(n)
+    }
+}
+
+/// What a signer is asked to sign. Signers derive the message bytes from
+/// the purpose themselves, and approve the purpose before they commit, so a
+/// coordinator cannot slip a different message in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SignPurpose {
+    /// An operator message (authorized by the operator credential).
+    Message {
+        message: Vec<u8>,
+        operator_password: WireSecret,
+    },
+    /// A join token body (authorized by the operator credential).
+    JoinToken {
+        body: String,
+        operator_password: WireSecret,
+    },
+    /// A membership certificate body (authorized by a valid join token).
+    Certificate { body: String, token: WireSecret },
+}
+
+impl SignPurpose {
+    /// The purpose without its credential, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SignPurpose::Message { .. } => "message",
+            SignPurpose::JoinToken { .. } => "join_token",
+            SignPurpose::Certificate { .. } => "certificate",
+        }
+    }
+}
+
+/// Requests of the keys protocol (`/bzzz/keys/1.0.0`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KeysRequest {
+    /// Setup: a node's cluster records and its share, sealed to its age key.
+    Install(InstallBundle),
+    /// Threshold signing round 1: approve the purpose, commit to nonces.
+    SignCommit {
+        session: String,
+        purpose: SignPurpose,
+    },
+    /// Threshold signing round 2: sign the package (frost encoding, hex).
+    SignShare {
+        session: String,
+        signing_package: String,
+    },
+    /// A node asks to join with a token.
+    Join {
+        token: WireSecret,
+        age_recipient: String,
+    },
+}
+
+/// What a node receives at setup or when it joins.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstallBundle {
+    pub genesis: Signed,
+    pub cert: Signed,
+    /// The node's share: frost `SecretShare` encoding, sealed with age to the
+    /// node's recipient. `None` when the node joins without a share.
+    pub sealed_share: Option<Vec<u8>>,
+    pub share_index: Option<u16>,
+}
+
+/// Responses of the keys protocol.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum KeysResponse {
+    Installed,
+    /// Round 1 answer: the signer's share index and commitments (hex).
+    Committed {
+        index: u16,
+        commitments: String,
+    },
+    /// Round 2 answer: the signature share (hex).
+    SignatureShare {
+        index: u16,
+        share: String,
+    },
+    Joined(Box<InstallBundle>),
+    /// Refused; `reason` is shown to the operator.
+    Refused {
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_thresholds_follow_the_spec() {
+        assert_eq!(default_threshold(1), 1);
+        assert_eq!(default_threshold(2), 2);
+        assert_eq!(default_threshold(3), 3);
+        assert_eq!(default_threshold(4), 3);
+        assert_eq!(default_threshold(5), 4);
+        assert_eq!(default_threshold(7), 5);
+    }
+
+    #[test]
+    fn cluster_names_are_checked() {
+        assert!(validate_cluster_name("lab-1").is_ok());
+        assert!(validate_cluster_name("").is_err());
+        assert!(validate_cluster_name("Lab").is_err());
+        assert!(validate_cluster_name("a b").is_err());
+        assert!(validate_cluster_name(&"a".repeat(64)).is_err());
+    }
+}
