@@ -228,7 +228,7 @@ fn split_constant(
         let id = frost::Identifier::try_from(i).map_err(frost_err)?;
         map.insert(
             id,
-            frost::keys::SecretShare::new(id, share.clone(), commitment.clone()),
+            frost::keys::SecretShare::new(id, share, commitment.clone()),
         );
     }
     let ids: BTreeSet<_> = map.keys().copied().collect();
