@@ -11,6 +11,15 @@
 //! * **sends** a fresh [`Snapshot`] of the live cluster view through a
 //!   `watch` channel whenever it changes: readers never wait on the swarm.
 //!
+//! Keys-protocol requests (setup, threshold signing, joining) travel on their
+//! own request-response protocol, `/bzzz/keys/1.0.0` (CBOR); inbound ones are
+//! handed to the node as [`InboundRequest`]s over a bounded channel.
+//!
+//! Once the node is a member of an initialized cluster ([`Membership`]),
+//! only peers whose announcements carry a membership certificate under the
+//! same cluster admin key enter the view; others are refused, never
+//! remembered for redials, and disconnected after [`JOIN_GRACE`].
+//!
 //! Capability announcements travel on one gossipsub topic inside a signed
 //! envelope ([`signed`]). A node enters the view with its first valid
 //! announcement and leaves it when its last connection closes, or when it has
@@ -29,6 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bzzz_proto::api::Announcement;
+use bzzz_proto::cluster::{KeysRequest, KeysResponse};
 use bzzz_proto::{Capabilities, NodeId};
 pub use libp2p::Multiaddr;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -72,11 +82,40 @@ impl Default for NetConfig {
     }
 }
 
-/// What this node says about itself; updated by the capability collector.
+/// What this node says about itself; updated by the capability collector
+/// and by the keys service (membership).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LocalInfo {
     pub capabilities: Capabilities,
     pub api_addr: Option<String>,
+    /// This node's age recipient, announced so that secrets can be sealed
+    /// to it.
+    pub age_recipient: Option<String>,
+    /// Set once this node is a member of an initialized cluster. From then
+    /// on, only peers with a certificate under the same admin key enter the
+    /// view; the others are refused and disconnected after [`JOIN_GRACE`].
+    pub membership: Option<Membership>,
+}
+
+/// This node's membership: the cluster admin key and its certificate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Membership {
+    pub admin_public_key: [u8; 32],
+    pub cert: bzzz_proto::cluster::Signed,
+}
+
+/// How long a peer without a valid membership certificate may stay
+/// connected to a member (time enough to present a join token).
+pub const JOIN_GRACE: Duration = Duration::from_secs(10);
+
+/// A keys-protocol request from a peer, answered through `respond`
+/// (dropping it answers "refused").
+#[derive(Debug)]
+pub struct InboundRequest {
+    /// The peer, authenticated by the connection's Noise handshake.
+    pub peer: NodeId,
+    pub request: KeysRequest,
+    pub respond: oneshot::Sender<KeysResponse>,
 }
 
 /// A live peer in the view.
@@ -123,6 +162,12 @@ pub enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    /// Send a keys-protocol request to a peer and await its answer.
+    Request {
+        peer: NodeId,
+        request: KeysRequest,
+        reply: oneshot::Sender<Result<KeysResponse, NetError>>,
+    },
 }
 
 /// Errors of the network layer.
@@ -138,6 +183,8 @@ pub enum NetError {
     Dial { addr: Multiaddr, reason: String },
     #[error("the network task has stopped")]
     Stopped,
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: NodeId, reason: String },
 }
 
 /// Cloneable handle to the swarm task.
@@ -171,9 +218,37 @@ impl NetHandle {
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
     }
+
+    /// Sends a keys-protocol request and waits for the answer (bounded by
+    /// the protocol's request timeout).
+    pub async fn request(
+        &self,
+        peer: &NodeId,
+        request: KeysRequest,
+    ) -> Result<KeysResponse, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Request {
+                peer: peer.clone(),
+                request,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+}
+
+/// The node id that a node key (seed) gives.
+pub fn node_id_of(seed: &bzzz_crypto::SecretBytes32) -> Result<NodeId, NetError> {
+    let mut copy = zeroize::Zeroizing::new(*seed.expose());
+    let key = libp2p::identity::Keypair::ed25519_from_bytes(copy.as_mut())
+        .map_err(|e| NetError::Key(e.to_string()))?;
+    signed::node_id(&key.public().to_peer_id()).map_err(|e| NetError::Key(e.to_string()))
 }
 
 /// Builds the swarm, starts listening, and spawns its task on `tracker`.
+/// Returns the handle and the stream of inbound keys-protocol requests.
 ///
 /// Fails (before spawning anything) when the key is unusable or an address
 /// cannot be bound, so the caller can report it and exit.
@@ -183,8 +258,8 @@ pub fn start(
     local: watch::Receiver<LocalInfo>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<NetHandle, NetError> {
-    let (node, handle) = swarm::Node::new(seed, cfg, local)?;
+) -> Result<(NetHandle, mpsc::Receiver<InboundRequest>), NetError> {
+    let (node, handle, inbound) = swarm::Node::new(seed, cfg, local)?;
     tracker.spawn(node.run(cancel));
-    Ok(handle)
+    Ok((handle, inbound))
 }

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bzzz_proto::api::{ANNOUNCEMENT_VERSION, Announcement, MAX_ANNOUNCED_ADDRS};
+use bzzz_proto::cluster::{KeysRequest, KeysResponse};
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -17,20 +20,26 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
-    kad, mdns, noise, ping, tcp, yamux,
+    kad, mdns, noise, ping, request_response, tcp, yamux,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Command, LocalInfo, NetConfig, NetCounters, NetError, NetHandle, PeerView, Snapshot, signed,
+    Command, InboundRequest, JOIN_GRACE, LocalInfo, NetConfig, NetCounters, NetError, NetHandle,
+    PeerView, Snapshot, signed,
 };
 
 /// Gossip topic of capability announcements.
 pub const CAPS_TOPIC: &str = "bzzz/caps/v1";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
 const IDENTIFY_PROTOCOL: &str = "/bzzz/id/1.0.0";
+const KEYS_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/keys/1.0.0");
+/// Inbound keys requests waiting for the node; more are refused as busy.
+const INBOUND_QUEUE: usize = 32;
+/// A keys request (including a threshold-signing round) must finish in this.
+const KEYS_TIMEOUT: Duration = Duration::from_secs(20);
 const MAINTENANCE: Duration = Duration::from_millis(250);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REDIAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -56,7 +65,16 @@ pub(crate) struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
+    keys: request_response::cbor::Behaviour<KeysRequest, KeysResponse>,
 }
+
+type Responding = BoxFuture<
+    'static,
+    (
+        request_response::ResponseChannel<KeysResponse>,
+        KeysResponse,
+    ),
+>;
 
 struct Bootstrap {
     addr: Multiaddr,
@@ -104,6 +122,16 @@ pub(crate) struct Node {
     last_kad_bootstrap: Option<Instant>,
     counters: NetCounters,
     dirty: bool,
+    inbound_tx: mpsc::Sender<InboundRequest>,
+    responding: FuturesUnordered<Responding>,
+    outbound: HashMap<
+        request_response::OutboundRequestId,
+        tokio::sync::oneshot::Sender<Result<KeysResponse, NetError>>,
+    >,
+    /// Connected peers not (yet) proven members, with when they connected.
+    unproven: HashMap<PeerId, Instant>,
+    /// Peers already reported as refused (log once).
+    refused_logged: HashSet<PeerId>,
 }
 
 fn now_ms() -> u64 {
@@ -139,7 +167,7 @@ impl Node {
         seed: &bzzz_crypto::SecretBytes32,
         cfg: NetConfig,
         local: watch::Receiver<LocalInfo>,
-    ) -> Result<(Self, NetHandle), NetError> {
+    ) -> Result<(Self, NetHandle, mpsc::Receiver<InboundRequest>), NetError> {
         let mut seed_copy = zeroize::Zeroizing::new(*seed.expose());
         let key = identity::Keypair::ed25519_from_bytes(seed_copy.as_mut())
             .map_err(|e| NetError::Key(e.to_string()))?;
@@ -209,6 +237,7 @@ impl Node {
             counters: NetCounters::default(),
         });
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let node = Node {
             swarm,
             topic,
@@ -233,13 +262,18 @@ impl Node {
             last_kad_bootstrap: None,
             counters: NetCounters::default(),
             dirty: true,
+            inbound_tx,
+            responding: FuturesUnordered::new(),
+            outbound: HashMap::new(),
+            unproven: HashMap::new(),
+            refused_logged: HashSet::new(),
         };
         let handle = NetHandle {
             local_id,
             cmd: cmd_tx,
             snapshot: snapshot_rx,
         };
-        Ok((node, handle))
+        Ok((node, handle, inbound_rx))
     }
 
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
@@ -254,7 +288,10 @@ impl Node {
                 _ = cancel.cancelled() => break,
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
-                Ok(()) = self.local.changed() => self.announce_due = true,
+                Ok(()) = self.local.changed() => self.on_local_change(),
+                Some((channel, response)) = self.responding.next(), if !self.responding.is_empty() => {
+                    let _ = self.swarm.behaviour_mut().keys.send_response(channel, response);
+                }
                 _ = announce.tick() => self.announce(),
                 _ = maintenance.tick() => self.maintain(),
             }
@@ -273,6 +310,43 @@ impl Node {
                     reason: e.to_string(),
                 });
                 let _ = reply.send(r);
+            }
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let Ok(p) = peer.as_str().parse::<PeerId>() else {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: "not a peer id".into(),
+                    }));
+                    return;
+                };
+                let id = self.swarm.behaviour_mut().keys.send_request(&p, request);
+                self.outbound.insert(id, reply);
+            }
+        }
+    }
+
+    /// The node's own info changed: announce it; and when membership was
+    /// just gained (or changed), drop peers that cannot prove theirs.
+    fn on_local_change(&mut self) {
+        self.announce_due = true;
+        let membership = self.local.borrow().membership.clone();
+        if let Some(m) = membership {
+            let refused: Vec<PeerId> = self
+                .view
+                .iter()
+                .filter(|(_, e)| member_error(&m, &e.ann).is_some())
+                .map(|(p, _)| *p)
+                .collect();
+            for p in refused {
+                self.leave(&p, "no valid membership certificate");
+                self.known.remove(&p);
+                if self.swarm.is_connected(&p) {
+                    self.unproven.entry(p).or_insert_with(Instant::now);
+                }
             }
         }
     }
@@ -300,6 +374,8 @@ impl Node {
             api_addr: info.api_addr,
             uptime_secs: self.started.elapsed().as_secs(),
             capabilities: info.capabilities,
+            age_recipient: info.age_recipient,
+            membership: info.membership.map(|m| m.cert),
         };
         self.announce_due = false;
         self.last_announce = Some(Instant::now());
@@ -389,6 +465,23 @@ impl Node {
             debug!(peer = %p, "no ping answer for {dead_after:?}; closing the link");
             self.last_pong.remove(&p);
             let _ = self.swarm.disconnect_peer_id(p);
+        }
+
+        // Peers that have not proven membership in time are disconnected.
+        if self.local.borrow().membership.is_some() {
+            let late: Vec<PeerId> = self
+                .unproven
+                .iter()
+                .filter(|(_, t)| now.duration_since(**t) > JOIN_GRACE)
+                .map(|(p, _)| *p)
+                .collect();
+            for p in late {
+                self.unproven.remove(&p);
+                if !self.view.contains_key(&p) {
+                    info!(peer = %p, "disconnecting peer without a membership certificate");
+                    let _ = self.swarm.disconnect_peer_id(p);
+                }
+            }
         }
 
         // Bootstrap addresses: keep a connection to each, with backoff.
@@ -543,6 +636,9 @@ impl Node {
                 }
                 if num_established.get() == 1 {
                     debug!(peer = %peer_id, "connected");
+                    if !self.view.contains_key(&peer_id) {
+                        self.unproven.insert(peer_id, Instant::now());
+                    }
                     self.closing.remove(&peer_id);
                     self.last_pong.insert(peer_id, Instant::now());
                     if let Some(k) = self.known.get_mut(&peer_id) {
@@ -562,6 +658,7 @@ impl Node {
                 self.counters.connections_closed += 1;
                 if num_established == 0 {
                     self.last_pong.remove(&peer_id);
+                    self.unproven.remove(&peer_id);
                     let why = match cause {
                         Some(e) => format!("connection closed ({e})"),
                         None => "connection closed".to_owned(),
@@ -609,6 +706,7 @@ impl Node {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
+            BehaviourEvent::Keys(ev) => self.on_keys_event(ev),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                 debug!(peer = %peer_id, "peer subscribed to announcements");
                 self.announce_due = true;
@@ -680,6 +778,21 @@ impl Node {
         if signer == self.local_peer {
             return Ignore;
         }
+        let membership = self.local.borrow().membership.clone();
+        if let Some(m) = membership
+            && let Some(why) = member_error(&m, &ann)
+        {
+            if self.refused_logged.insert(signer) {
+                warn!(peer = %signer, "refused peer: {why}");
+            }
+            if self.refused_logged.len() > 4096 {
+                self.refused_logged.clear();
+            }
+            self.leave(&signer, &why);
+            self.known.remove(&signer);
+            return Reject;
+        }
+        self.unproven.remove(&signer);
         let now = Instant::now();
         let addrs: Vec<Multiaddr> = ann.addrs.iter().filter_map(|a| a.parse().ok()).collect();
         self.remember(signer, &addrs);
@@ -710,6 +823,78 @@ impl Node {
         self.counters.announcements_received += 1;
         self.dirty = true;
         Accept
+    }
+
+    fn on_keys_event(&mut self, ev: request_response::Event<KeysRequest, KeysResponse>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let Ok(node) = signed::node_id(&peer) else {
+                    return;
+                };
+                let (respond, rx) = tokio::sync::oneshot::channel();
+                let inbound = InboundRequest {
+                    peer: node,
+                    request,
+                    respond,
+                };
+                let busy = |reason: &str| KeysResponse::Refused {
+                    reason: reason.to_owned(),
+                };
+                match self.inbound_tx.try_send(inbound) {
+                    Ok(()) => self.responding.push(Box::pin(async move {
+                        let r = rx
+                            .await
+                            .unwrap_or_else(|_| busy("the node dropped the request"));
+                        (channel, r)
+                    })),
+                    Err(_) => {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .keys
+                            .send_response(channel, busy("the node is busy; retry"));
+                    }
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.outbound.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.outbound.remove(&request_id) {
+                    let peer = signed::node_id(&peer).unwrap_or_else(|_| self.local_id.clone());
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, "keys request from peer failed: {error}");
+            }
+            Event::ResponseSent { .. } => {}
+        }
     }
 
     fn publish_snapshot(&mut self) {
@@ -788,5 +973,21 @@ fn build_behaviour(
         mdns: mdns.into(),
         kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg),
         gossipsub,
+        keys: request_response::cbor::Behaviour::new(
+            [(KEYS_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(KEYS_TIMEOUT),
+        ),
     })
+}
+
+/// Why an announcement does not prove membership of our cluster, if it
+/// does not.
+fn member_error(m: &crate::Membership, ann: &Announcement) -> Option<String> {
+    let Some(cert) = &ann.membership else {
+        return Some("no membership certificate".into());
+    };
+    match bzzz_crypto::records::open_cert(cert, &m.admin_public_key, Some(&ann.node_id)) {
+        Ok(_) => None,
+        Err(e) => Some(format!("invalid membership certificate: {e}")),
+    }
 }

@@ -34,6 +34,12 @@ pub struct Announcement {
     #[serde(default)]
     pub uptime_secs: u64,
     pub capabilities: Capabilities,
+    /// The node's age recipient (`age1…`): secrets for it are sealed to it.
+    #[serde(default)]
+    pub age_recipient: Option<String>,
+    /// The node's membership certificate, once the cluster is initialized.
+    #[serde(default)]
+    pub membership: Option<crate::cluster::Signed>,
 }
 
 /// Why an announcement body is not acceptable.

@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
+        .merge(crate::setup_ui::routes())
         .fallback(not_found)
         .with_state(state)
 }
@@ -43,6 +44,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/peers"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/metrics"),
+    ("post", "/api/v1/setup"),
+    ("post", "/api/v1/setup/confirm"),
+    ("get", "/api/v1/keys"),
+    ("post", "/api/v1/keys/sign"),
+    ("post", "/api/v1/tokens"),
 ];
 
 fn status_of(st: &AppState) -> StatusResponse {
@@ -286,7 +292,21 @@ pub fn openapi_doc() -> Value {
             "/api/v1/openapi.json": {"get": {"summary": "This document", "operationId": "openapi",
                 "responses": {"200": {"description": "OpenAPI document"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text)", "operationId": "metrics",
-                "responses": {"200": {"description": "Metrics", "content": {"application/openmetrics-text": {}}}}}}
+                "responses": {"200": {"description": "Metrics", "content": {"application/openmetrics-text": {}}}}}},
+            "/api/v1/setup": {"post": {"summary": "Start the setup: generates the master key and returns it once (24 words and hex). 409 once initialized.", "operationId": "setupStart",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["cluster", "operator_password"], "properties": {
+                    "cluster": {"type": "string"}, "threshold": {"type": ["integer", "null"]}, "shares": {"type": ["integer", "null"]}, "operator_password": {"type": "string", "minLength": 12}}}}}},
+                "responses": {"201": {"description": "Pending setup: setup_id, mnemonic, master_key_hex, admin_public_key, confirm_positions"}, "409": {"description": "Already initialized"}, "422": {"description": "Invalid input"}}}},
+            "/api/v1/setup/confirm": {"post": {"summary": "Confirm the setup with the re-typed words: creates the cluster and forgets the master key.", "operationId": "setupConfirm",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["setup_id", "words"], "properties": {
+                    "setup_id": {"type": "string"}, "words": {"type": "object", "additionalProperties": {"type": "string"}}}}}}},
+                "responses": {"200": {"description": "Cluster created"}, "409": {"description": "Already initialized or replaced"}, "422": {"description": "A word does not match"}}}},
+            "/api/v1/keys": {"get": {"summary": "Cluster admin key status (never secret material)", "operationId": "keys",
+                "responses": {"200": {"description": "admin_public_key, threshold, shares, share_index, share_state"}}}},
+            "/api/v1/keys/sign": {"post": {"summary": "Threshold-sign a message with the cluster admin key (operator; HTTP Basic)", "operationId": "keysSign",
+                "responses": {"200": {"description": "signature, signers, signed_bytes_hex"}, "401": {"description": "No or wrong credential"}, "429": {"description": "Too many failures"}, "502": {"description": "A signer refused or sent an invalid share (named)"}}}},
+            "/api/v1/tokens": {"post": {"summary": "Create a join token (operator; HTTP Basic)", "operationId": "tokenCreate",
+                "responses": {"201": {"description": "token, id, expires_at"}, "401": {"description": "No or wrong credential"}, "429": {"description": "Too many failures"}}}}
         },
         "components": {"schemas": {
             "Capabilities": caps,

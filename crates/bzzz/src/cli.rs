@@ -36,6 +36,115 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Initialize the cluster (the setup wizard's twin): generates the master
+    /// key, prints it once as 24 words, splits the admin key across the nodes.
+    Init(InitArgs),
+    /// Rebuild the cluster admin public key from the 24 words (offline).
+    Recover(RecoverArgs),
+    /// The cluster admin key: status of this node's share, threshold signing.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+    /// Join tokens for new nodes.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Show the cluster admin public key, t and n, and this node's share index (never secrets).
+    Status(ReadArgs),
+    /// Have t share holders sign a message with the cluster admin key (operator only).
+    Sign(SignArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a join token (operator only): `bzzz node run --join-token TOKEN` on the new node.
+    Create(TokenArgs),
+}
+
+/// Options of commands that act as the operator.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// Base URL of the node's HTTP API.
+    #[arg(
+        long,
+        env = "BZZZ_API",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    pub api: String,
+    /// File whose first line is the operator password (keeps it out of the process list).
+    #[arg(long, value_name = "PATH")]
+    pub operator_password_file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Base URL of the node's HTTP API.
+    #[arg(
+        long,
+        env = "BZZZ_API",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
+    pub api: String,
+    /// Cluster name (a-z, 0-9, '-', '_'; up to 63 characters).
+    #[arg(long, value_name = "NAME")]
+    pub cluster: String,
+    /// Shares needed for an admin signature [default: ⌈n/2⌉+1].
+    #[arg(long, value_name = "T")]
+    pub threshold: Option<u16>,
+    /// Shares to deal, one per node [default: every node present].
+    #[arg(long, value_name = "N")]
+    pub shares: Option<u16>,
+    /// File whose first line is the operator password to create (at least 12 characters).
+    #[arg(long, value_name = "PATH")]
+    pub operator_password_file: PathBuf,
+    /// Print one JSON object (includes the mnemonic) and confirm without asking.
+    #[arg(long)]
+    pub json: bool,
+    /// Do not ask to re-type words even on a terminal (unattended use).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecoverArgs {
+    /// File with the 24 words.
+    #[arg(long, value_name = "PATH")]
+    pub mnemonic_file: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// The message to sign (UTF-8 text).
+    #[arg(long, value_name = "TEXT")]
+    pub message: String,
+    /// Node ids of the signers, comma-separated [default: this node and reachable holders].
+    #[arg(long, value_name = "IDS", value_delimiter = ',')]
+    pub signers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// How long the token stays valid (e.g. 30m, 1h, 7d; at most 30 days).
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    pub ttl: humantime::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +204,12 @@ pub struct RunArgs {
     /// Log format: auto, human or json.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Join an initialized cluster with a token from `bzzz token create`.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "join_token_file")]
+    pub join_token: Option<String>,
+    /// Read the join token from a file instead (keeps it out of the process list).
+    #[arg(long, value_name = "PATH")]
+    pub join_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -196,3 +196,253 @@ mod tests {
         assert!(api_base("http://").is_err());
     }
 }
+
+// ---- keys, setup, tokens ---------------------------------------------------
+
+/// Reads an operator password file (first line).
+pub fn read_password_file(
+    path: &std::path::Path,
+    for_setup: bool,
+) -> anyhow::Result<bzzz_crypto::operator::OperatorPassword> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the password file {}", path.display()))?,
+    );
+    let line = text.lines().next().unwrap_or("").to_owned();
+    let p = if for_setup {
+        bzzz_crypto::operator::OperatorPassword::new_for_setup(line)
+    } else {
+        bzzz_crypto::operator::OperatorPassword::new(line)
+    };
+    p.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `Authorization: Basic` value for the operator.
+pub fn basic_auth(p: &bzzz_crypto::operator::OperatorPassword) -> zeroize::Zeroizing<String> {
+    use base64::Engine as _;
+    zeroize::Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("operator:{}", p.expose()))
+    ))
+}
+
+/// POSTs JSON; on an error status, fails with the API's message.
+pub async fn post<T: DeserializeOwned>(
+    api: &str,
+    path: &str,
+    body: &serde_json::Value,
+    auth: Option<&bzzz_crypto::operator::OperatorPassword>,
+) -> anyhow::Result<T> {
+    let base = api_base(api)?;
+    let url = format!("{base}{path}");
+    let mut req = client()?
+        .post(&url)
+        .json(body)
+        .timeout(Duration::from_secs(60));
+    if let Some(p) = auth {
+        req = req.header(reqwest::header::AUTHORIZATION, basic_auth(p).as_str());
+    }
+    let resp = req.send().await.with_context(|| {
+        format!("cannot reach the BZZZ API at {base} (is a node running there? set --api)")
+    })?;
+    let code = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !code.is_success() {
+        let msg = serde_json::from_str::<bzzz_proto::api::ApiError>(&text)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| text.chars().take(500).collect());
+        bail!("{path}: {code}: {msg}");
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("{url} did not answer with the expected JSON"))
+}
+
+pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let password = read_password_file(&a.operator_password_file, true)?;
+    let started: serde_json::Value = post(
+        &a.api,
+        "/api/v1/setup",
+        &serde_json::json!({
+            "cluster": a.cluster,
+            "threshold": a.threshold,
+            "shares": a.shares,
+            "operator_password": password.expose(),
+        }),
+        None,
+    )
+    .await?;
+    let field = |k: &str| {
+        started
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let mnemonic = zeroize::Zeroizing::new(field("mnemonic"));
+    let words: Vec<String> = mnemonic.split(' ').map(str::to_owned).collect();
+    let positions: Vec<usize> = started
+        .get("confirm_positions")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let interactive = !a.json && !a.yes && std::io::stdin().is_terminal();
+    let mut typed = std::collections::BTreeMap::new();
+    if interactive {
+        println!("MASTER KEY: write these 24 words down now, on paper. They are shown once.");
+        println!("Anyone with them controls the cluster; without them it cannot be recovered.\n");
+        for (i, w) in words.iter().enumerate() {
+            print!(
+                "{:>2}. {:<10}{}",
+                i + 1,
+                w,
+                if i % 6 == 5 { "\n" } else { " " }
+            );
+        }
+        println!("\n(hex: {})\n", field("master_key_hex"));
+        let stdin = std::io::stdin();
+        for p in &positions {
+            print!("Re-type word #{p}: ");
+            std::io::stdout().flush().ok();
+            let mut line = String::new();
+            stdin.lock().read_line(&mut line)?;
+            typed.insert(p.to_string(), line.trim().to_owned());
+        }
+    } else {
+        // Unattended: nobody to ask; the caller receives the words.
+        for p in &positions {
+            if let Some(w) = words.get(p - 1) {
+                typed.insert(p.to_string(), w.clone());
+            }
+        }
+    }
+    let done: serde_json::Value = post(
+        &a.api,
+        "/api/v1/setup/confirm",
+        &serde_json::json!({ "setup_id": field("setup_id"), "words": typed }),
+        None,
+    )
+    .await?;
+    if a.json {
+        let mut out = done.clone();
+        out["mnemonic"] = serde_json::Value::String(mnemonic.to_string());
+        out["master_key_hex"] = serde_json::Value::String(field("master_key_hex"));
+        println!("{out}");
+        return Ok(());
+    }
+    if !interactive {
+        println!("MASTER KEY (shown once; write it down): {}", &*mnemonic);
+        println!("hex: {}", field("master_key_hex"));
+    }
+    println!(
+        "Cluster '{}' initialized. Admin public key: {}",
+        done["cluster"].as_str().unwrap_or(""),
+        done["admin_public_key"].as_str().unwrap_or("")
+    );
+    println!(
+        "Admin signatures need {} of {} shares.",
+        done["threshold"], done["shares"]
+    );
+    if let Some(u) = done["undelivered"].as_array()
+        && !u.is_empty()
+    {
+        println!(
+            "Warning: {} node(s) did not receive their records:",
+            u.len()
+        );
+        for x in u {
+            println!("  {} {}", x["node_id"], x["error"]);
+        }
+    }
+    Ok(())
+}
+
+pub fn recover(a: &crate::cli::RecoverArgs) -> anyhow::Result<()> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(&a.mnemonic_file)
+            .with_context(|| format!("cannot read {}", a.mnemonic_file.display()))?,
+    );
+    let master = bzzz_crypto::threshold::MasterKey::from_mnemonic(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.mnemonic_file.display()))?;
+    let pk = hex::encode(master.admin_key().public());
+    if a.json {
+        println!("{}", serde_json::json!({ "admin_public_key": pk }));
+    } else {
+        println!("Cluster admin public key: {pk}");
+    }
+    Ok(())
+}
+
+pub async fn keys_status(a: &ReadArgs) -> anyhow::Result<()> {
+    let s: crate::keys::KeysStatus = get(&a.api, "/api/v1/keys").await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    if !s.initialized {
+        println!("Not initialized: open /setup in a browser or run `bzzz init`.");
+        return Ok(());
+    }
+    println!("cluster           {}", s.cluster.unwrap_or_default());
+    println!(
+        "admin public key  {}",
+        s.admin_public_key.unwrap_or_default()
+    );
+    println!(
+        "threshold         {} of {}",
+        s.threshold.unwrap_or(0),
+        s.shares.unwrap_or(0)
+    );
+    match s.share_index {
+        Some(i) => println!("this node's share #{i} ({})", s.share_state),
+        None => println!("this node's share none"),
+    }
+    if let Some(e) = s.share_error {
+        println!("share problem     {e}");
+    }
+    Ok(())
+}
+
+pub async fn keys_sign(a: &crate::cli::SignArgs) -> anyhow::Result<()> {
+    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let signers = (!a.signers.is_empty()).then(|| a.signers.clone());
+    let r: serde_json::Value = post(
+        &a.op.api,
+        "/api/v1/keys/sign",
+        &serde_json::json!({ "message": a.message, "signers": signers }),
+        Some(&password),
+    )
+    .await?;
+    if a.op.json {
+        println!("{r}");
+    } else {
+        println!("signature  {}", r["signature"].as_str().unwrap_or(""));
+        println!("signers    {}", r["signers"]);
+        println!(
+            "signed     hex {}",
+            r["signed_bytes_hex"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+pub async fn token_create(a: &crate::cli::TokenArgs) -> anyhow::Result<()> {
+    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let ttl: Duration = a.ttl.into();
+    let r: serde_json::Value = post(
+        &a.op.api,
+        "/api/v1/tokens",
+        &serde_json::json!({ "ttl_secs": ttl.as_secs() }),
+        Some(&password),
+    )
+    .await?;
+    if a.op.json {
+        println!("{r}");
+    } else {
+        println!("{}", r["token"].as_str().unwrap_or(""));
+        eprintln!(
+            "Valid until unix time {}. On the new node: bzzz node run --join-token-file FILE",
+            r["expires_at"]
+        );
+    }
+    Ok(())
+}

@@ -126,6 +126,8 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    let init = init_demo_cluster(&nodes.0, &dir).await?;
+
     let table: Vec<serde_json::Value> = nodes
         .0
         .iter()
@@ -143,6 +145,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         })
         .collect();
     if args.json {
+        eprintln!("MASTER KEY (a demo key, shown once): {}", &*init.mnemonic);
         println!("{}", serde_json::to_string(&table)?);
     } else {
         println!(
@@ -161,7 +164,24 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             .first()
             .and_then(|r| r["api"].as_str())
             .unwrap_or_default();
+        println!(
+            "\nCluster 'demo' initialized; admin public key {}",
+            init.admin_public_key
+        );
+        println!(
+            "MASTER KEY (a demo key, shown once):\n  {}",
+            &*init.mnemonic
+        );
+        println!(
+            "Operator password: in {} (the demo directory; mode 0600)",
+            init.password_file.display()
+        );
         println!("\nTry:  bzzz peers --api {first}");
+        println!("      bzzz keys status --api {first}");
+        println!(
+            "      bzzz token create --api {first} --operator-password-file {}",
+            init.password_file.display()
+        );
         println!("      bzzz status --api {first} --json");
         println!("Logs: {}/node-*.log", dir.display());
         println!("Press Ctrl-C to stop the cluster.");
@@ -302,4 +322,70 @@ async fn stop_all(nodes: &mut [DemoNode]) {
             let _ = n.child.kill().await;
         }
     }
+}
+
+struct DemoInit {
+    admin_public_key: String,
+    mnemonic: zeroize::Zeroizing<String>,
+    password_file: std::path::PathBuf,
+}
+
+/// Initializes the demo cluster through the first node's API, as `bzzz init`
+/// does unattended: every node gets a share, t = ⌈n/2⌉+1.
+async fn init_demo_cluster(nodes: &[DemoNode], dir: &Path) -> anyhow::Result<DemoInit> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(info) = nodes.first().and_then(|n| n.info.as_ref()) else {
+        bail!("the first demo node has no address");
+    };
+    let api = format!("http://{}", info.api_addr);
+    let mut raw = [0u8; 18];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random number generator: {e}"))?;
+    let password = zeroize::Zeroizing::new(hex::encode(raw));
+    let password_file = dir.join("operator-password");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&password_file)?;
+    writeln!(f, "{}", &*password)?;
+    let started: serde_json::Value = crate::client::post(
+        &api,
+        "/api/v1/setup",
+        &serde_json::json!({ "cluster": "demo", "operator_password": &*password }),
+        None,
+    )
+    .await?;
+    let mnemonic = zeroize::Zeroizing::new(started["mnemonic"].as_str().unwrap_or("").to_owned());
+    let words: Vec<&str> = mnemonic.split(' ').collect();
+    let mut typed = serde_json::Map::new();
+    for p in started["confirm_positions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(p) = p.as_u64()
+            && let Some(w) = words.get((p as usize).wrapping_sub(1))
+        {
+            typed.insert(p.to_string(), serde_json::Value::String((*w).to_owned()));
+        }
+    }
+    let done: serde_json::Value = crate::client::post(
+        &api,
+        "/api/v1/setup/confirm",
+        &serde_json::json!({ "setup_id": started["setup_id"], "words": typed }),
+        None,
+    )
+    .await?;
+    if let Some(u) = done["undelivered"].as_array()
+        && !u.is_empty()
+    {
+        bail!("setup could not reach every demo node: {u:?}");
+    }
+    Ok(DemoInit {
+        admin_public_key: done["admin_public_key"].as_str().unwrap_or("").to_owned(),
+        mnemonic,
+        password_file,
+    })
 }

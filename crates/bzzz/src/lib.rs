@@ -4,6 +4,8 @@
 //! * [`detect`]: capability detection (CPU, memory, disk, NVML GPUs, Ollama).
 //! * [`node`]: the daemon: identity, network, capability task, HTTP; task
 //!   ownership and shutdown.
+//! * [`keys`]: setup ceremony, admin key shares, threshold signing, join
+//!   tokens, operator authentication.
 //! * [`api`]: HTTP API, metrics, OpenAPI document, web UI pages.
 //! * [`cli`], [`client`], [`demo`]: the command-line front end.
 
@@ -13,4 +15,6 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod detect;
+pub mod keys;
 pub mod node;
+pub mod setup_ui;

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use bzzz::cli::{Cli, Cmd, ConfigCmd, NodeCmd, RunArgs};
+use bzzz::cli::{Cli, Cmd, ConfigCmd, KeysCmd, NodeCmd, RunArgs, TokenCmd};
 use bzzz::config::{self, Config, LogFormat, Overrides};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -65,6 +65,17 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Status(a) => report(bzzz::client::status(&a).await),
         Cmd::Peers(a) => report(bzzz::client::peers(&a).await),
         Cmd::Demo(a) => report(bzzz::demo::run(&a).await),
+        Cmd::Init(a) => report(bzzz::client::init(&a).await),
+        Cmd::Recover(a) => report(bzzz::client::recover(&a)),
+        Cmd::Keys {
+            cmd: KeysCmd::Status(a),
+        } => report(bzzz::client::keys_status(&a).await),
+        Cmd::Keys {
+            cmd: KeysCmd::Sign(a),
+        } => report(bzzz::client::keys_sign(&a).await),
+        Cmd::Token {
+            cmd: TokenCmd::Create(a),
+        } => report(bzzz::client::token_create(&a).await),
         Cmd::Config {
             cmd: ConfigCmd::Example,
         } => {
@@ -85,6 +96,24 @@ async fn dispatch(cli: Cli) -> ExitCode {
 }
 
 async fn run_node(args: RunArgs) -> ExitCode {
+    let join_token = match (&args.join_token, &args.join_token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(p)) => match std::fs::read_to_string(p) {
+            Ok(t) => Some(t.trim().to_owned()),
+            Err(e) => {
+                eprintln!("error: cannot read --join-token-file {}: {e}", p.display());
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(t) = &join_token
+        && let Err(e) = bzzz_crypto::records::decode_token(t)
+    {
+        eprintln!("error: invalid --join-token: {e}");
+        return ExitCode::from(2);
+    }
+    let join_token = join_token.map(bzzz_proto::cluster::WireSecret::new);
     let flags = Overrides {
         data_dir: args.data_dir,
         http: args.http,
@@ -101,5 +130,5 @@ async fn run_node(args: RunArgs) -> ExitCode {
     if let Some(src) = &cfg.source {
         tracing::info!(config = %src.display(), "configuration loaded");
     }
-    report(bzzz::node::run(cfg, CancellationToken::new()).await)
+    report(bzzz::node::run(cfg, join_token, CancellationToken::new()).await)
 }

@@ -52,13 +52,26 @@ pub struct RuntimeInfo {
 #[derive(Debug)]
 pub struct AppState {
     pub net: NetHandle,
+    pub keys: Arc<crate::keys::Keys>,
     pub local: watch::Receiver<LocalInfo>,
     pub started: Instant,
     pub api_addr: SocketAddr,
 }
 
-/// Runs a node until SIGINT/SIGTERM (or `cancel`).
-pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+/// Runs a node until SIGINT/SIGTERM (or `cancel`). With a join token, the
+/// node asks members to admit it; a token refused for good (forged,
+/// expired) stops the node with an error.
+pub async fn run(
+    cfg: Config,
+    join_token: Option<bzzz_proto::cluster::WireSecret>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let join = match &join_token {
+        Some(t) => {
+            Some(crate::keys::precheck_token(t.expose()).map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+        None => None,
+    };
     prepare_data_dir(&cfg.data_dir)?;
     let key_path = cfg.data_dir.join(KEY_FILE);
     let (key, created) = bzzz_crypto::keyfile::load_or_create(&key_path)
@@ -79,21 +92,56 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
 
     let mut detector = Detector::new(&cfg);
     let first = detector.collect().await;
+    let mut net_cfg = cfg.net.clone();
+    if let Some(body) = &join {
+        for a in &body.bootstrap {
+            match a.parse() {
+                Ok(m) if !net_cfg.bootstrap.contains(&m) => net_cfg.bootstrap.push(m),
+                Ok(_) => {}
+                Err(_) => warn!(addr = %a, "join token names an invalid address; ignored"),
+            }
+        }
+    }
     let (local_tx, local_rx) = watch::channel(LocalInfo {
         capabilities: first,
         api_addr: Some(api_addr.to_string()),
+        ..LocalInfo::default()
     });
 
     let tracker = TaskTracker::new();
-    let net = bzzz_net::start(
+    // The network starts after the keys service has published this node's
+    // membership, so that it never runs open in an initialized cluster.
+    let node_id = bzzz_net::node_id_of(&key.seed()).context("invalid node key")?;
+    let keys = crate::keys::Keys::load(&cfg.data_dir, &key, node_id, local_tx.clone())?;
+    let (net, inbound) = bzzz_net::start(
         &key.seed(),
-        cfg.net.clone(),
+        net_cfg,
         local_rx.clone(),
         cancel.clone(),
         &tracker,
     )
     .context("cannot start the network")?;
+    let keys = keys.attach(net.clone());
     drop(key);
+    tracker.spawn(crate::keys::serve_inbound(
+        keys.clone(),
+        inbound,
+        cancel.clone(),
+    ));
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
+    if let (Some(token), Some(body)) = (join_token, join) {
+        if keys.is_initialized() {
+            info!("already a cluster member; the join token is not needed");
+        } else {
+            let keys = keys.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                if let Err(e) = crate::keys::join_task(keys, token, body, cancel).await {
+                    let _ = fatal_tx.send(e.to_string()).await;
+                }
+            });
+        }
+    }
     info!(node_id = %net.local_id(), http = %api_addr, mdns = cfg.net.mdns, "node started");
 
     tracker.spawn(capability_task(
@@ -110,6 +158,7 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     ));
     let state = Arc::new(AppState {
         net,
+        keys,
         local: local_rx,
         started: Instant::now(),
         api_addr,
@@ -117,15 +166,21 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     let app = crate::api::router(state);
     let http_cancel = cancel.clone();
     tracker.spawn(async move {
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { http_cancel.cancelled().await });
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_cancel.cancelled().await });
         if let Err(e) = serve.await {
             warn!("HTTP server stopped: {e}");
         }
     });
     tracker.close();
 
-    shutdown_signal(&cancel).await;
+    let fatal = tokio::select! {
+        _ = shutdown_signal(&cancel) => None,
+        Some(msg) = fatal_rx.recv() => Some(msg),
+    };
     info!("shutting down");
     cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
@@ -136,7 +191,10 @@ pub async fn run(cfg: Config, cancel: CancellationToken) -> anyhow::Result<()> {
     }
     let _ = std::fs::remove_file(cfg.data_dir.join(RUNTIME_FILE));
     info!("stopped");
-    Ok(())
+    match fatal {
+        Some(msg) => Err(anyhow::anyhow!("{msg}")),
+        None => Ok(()),
+    }
 }
 
 /// Waits for SIGINT, SIGTERM or cancellation.
