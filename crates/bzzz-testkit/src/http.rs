@@ -9,14 +9,30 @@ use anyhow::{Context, bail};
 
 /// GET `path` from `addr` (`IP:PORT`); returns (status, body).
 pub fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    request(addr, "GET", path, &[], "")
+}
+
+/// Any method, extra headers, a body (sent as JSON); returns (status, body).
+pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     let sa: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address {addr}"))?;
     let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut extra = String::new();
+    for (k, v) in headers {
+        extra.push_str(&format!("{k}: {v}\r\n"));
+    }
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
     )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;

@@ -1,0 +1,423 @@
+//! Security foundation (SPEC §3) with real node processes on 127.0.0.1:
+//! setup through the CLI, one share per node, threshold signatures that
+//! verify as plain Ed25519, recovery from the words, no leak of the master
+//! key, tampered shares named, operator auth, join tokens.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
+use frost_ed25519 as frost;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "a long operator password";
+
+fn bin() -> &'static Path {
+    Path::new(BIN)
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("BZZZ_API")
+        .output()
+        .expect("run bzzz")
+}
+
+fn cli_json(args: &[&str]) -> serde_json::Value {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "bzzz {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bzzz {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn password_file(c: &LocalCluster) -> String {
+    let p = c.dir.path().join("operator-password");
+    std::fs::write(&p, format!("{PASSWORD}\n")).expect("write password");
+    p.to_string_lossy().into_owned()
+}
+
+fn init(c: &LocalCluster, t: u16, n: u16) -> serde_json::Value {
+    let pw = password_file(c);
+    cli_json(&[
+        "init",
+        "--api",
+        &c.nodes[0].api(),
+        "--cluster",
+        "lab",
+        "--threshold",
+        &t.to_string(),
+        "--shares",
+        &n.to_string(),
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ])
+}
+
+fn sign(c: &LocalCluster, via: usize, signers: &[usize]) -> Output {
+    let ids: Vec<&str> = signers.iter().map(|i| c.nodes[*i].node_id()).collect();
+    let pw = c.dir.path().join("operator-password");
+    cli(&[
+        "keys",
+        "sign",
+        "--api",
+        &c.nodes[via].api(),
+        "--operator-password-file",
+        &pw.to_string_lossy(),
+        "--message",
+        "grant role: reviewer",
+        "--signers",
+        &ids.join(","),
+        "--json",
+    ])
+}
+
+fn verify_plain_ed25519(pk_hex: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "signing failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pk: [u8; 32] = hex::decode(pk_hex).expect("hex").try_into().expect("32");
+    let sig: [u8; 64] = hex::decode(v["signature"].as_str().expect("sig"))
+        .expect("hex")
+        .try_into()
+        .expect("64");
+    let msg = hex::decode(v["signed_bytes_hex"].as_str().expect("bytes")).expect("hex");
+    assert!(msg.ends_with(b"grant role: reviewer"));
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).expect("key");
+    vk.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("the threshold signature verifies as plain Ed25519");
+}
+
+/// Every file below `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn five_nodes_threshold_three_shares_signatures_recovery_and_no_leaks() {
+    let mut c = LocalCluster::start(bin(), 5, &LocalOpts::default()).expect("start");
+    c.wait_formed(Duration::from_secs(15)).expect("formed");
+
+    let done = init(&c, 3, 5);
+    let mnemonic = done["mnemonic"].as_str().expect("mnemonic").to_owned();
+    let pk = done["admin_public_key"].as_str().expect("pk").to_owned();
+    assert_eq!(mnemonic.split(' ').count(), 24);
+
+    // Each node holds exactly one share; indices 1..=5 once each.
+    let mut indices = Vec::new();
+    for n in &c.nodes {
+        let s = cli_json(&["keys", "status", "--api", &n.api(), "--json"]);
+        assert_eq!(s["admin_public_key"], pk.as_str(), "{s}");
+        assert_eq!(s["threshold"], 3);
+        assert_eq!(s["shares"], 5);
+        assert_eq!(s["share_state"], "valid", "{s}");
+        indices.push(s["share_index"].as_u64().expect("index"));
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, vec![1, 2, 3, 4, 5]);
+
+    // Members keep seeing each other once membership is enforced.
+    c.wait_formed(Duration::from_secs(15))
+        .expect("still formed after setup");
+
+    // Any 3 sign; the result is plain Ed25519 under the admin key.
+    for (via, signers) in [(0, vec![0, 1, 2]), (3, vec![2, 3, 4]), (1, vec![0, 3, 4])] {
+        verify_plain_ed25519(&pk, &sign(&c, via, &signers));
+    }
+    // 2 cannot.
+    let two = sign(&c, 0, &[0, 1]);
+    assert!(!two.status.success(), "2 of t=3 signed");
+
+    // Recovery from the words gives the same admin public key.
+    let words = c.dir.path().join("words.txt");
+    std::fs::write(&words, &mnemonic).expect("write words");
+    let r = cli_json(&[
+        "recover",
+        "--mnemonic-file",
+        &words.to_string_lossy(),
+        "--json",
+    ]);
+    assert_eq!(r["admin_public_key"], pk.as_str());
+    std::fs::remove_file(&words).expect("remove words");
+
+    // No byte sequence of the master key under the data dirs or in logs.
+    let master = bzzz_crypto::threshold::MasterKey::from_mnemonic(&mnemonic).expect("words");
+    let ws: Vec<&str> = mnemonic.split(' ').collect();
+    let mut needles: Vec<Vec<u8>> = vec![
+        master.expose().to_vec(),
+        master.hex().as_bytes().to_vec(),
+        master.hex().to_uppercase().into_bytes(),
+        mnemonic.as_bytes().to_vec(),
+    ];
+    for w in ws.windows(3) {
+        needles.push(w.join(" ").into_bytes());
+    }
+    let mut files = Vec::new();
+    files_under(c.dir.path(), &mut files);
+    assert!(files.len() >= 15, "expected data dirs and logs: {files:?}");
+    for f in &files {
+        let bytes = std::fs::read(f).expect("read");
+        for n in &needles {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_slice()),
+                "master key material found in {}",
+                f.display()
+            );
+        }
+    }
+
+    // Setup is locked; admin endpoints need the operator credential.
+    let addr = c.nodes[2].api().trim_start_matches("http://").to_owned();
+    let (code, _) = http::request(&addr, "POST", "/api/v1/setup", &[], "{}").expect("post");
+    assert_eq!(code, 409);
+    let (code, _) = http::request(&addr, "POST", "/api/v1/tokens", &[], "{}").expect("post");
+    assert_eq!(code, 401);
+    let (code, _) = http::request(
+        &addr,
+        "POST",
+        "/api/v1/tokens",
+        &[("Authorization", "Basic b3BlcmF0b3I6d3Jvbmc=")],
+        "{}",
+    )
+    .expect("post");
+    assert_eq!(code, 401, "wrong password");
+    let t = cli_json(&[
+        "token",
+        "create",
+        "--api",
+        &c.nodes[2].api(),
+        "--operator-password-file",
+        &c.dir.path().join("operator-password").to_string_lossy(),
+        "--json",
+    ]);
+    assert!(
+        t["token"]
+            .as_str()
+            .expect("token")
+            .starts_with("bzzzjoin1.")
+    );
+
+    // A tampered share (re-sealed to its node, so only the commitment can
+    // tell) is detected by its node and named when it is asked to sign.
+    let victim = 4;
+    let node = &mut c.nodes[victim];
+    node.kill9();
+    let key = bzzz_crypto::keyfile::load(&node.data_dir.join("node_key.json")).expect("node key");
+    let age = bzzz_crypto::seal::AgeIdentity::derive(&key).expect("age");
+    let share_path = node.data_dir.join("share.age");
+    let plain = age
+        .open(&std::fs::read(&share_path).expect("read share"))
+        .expect("open");
+    let share = frost::keys::SecretShare::deserialize(&plain).expect("share");
+    let mut scalar = share.signing_share().serialize();
+    scalar[0] ^= 0x01;
+    let forged = frost::keys::SecretShare::new(
+        *share.identifier(),
+        frost::keys::SigningShare::deserialize(&scalar).expect("scalar"),
+        share.commitment().clone(),
+    );
+    let sealed =
+        bzzz_crypto::seal::seal(&age.recipient(), &forged.serialize().expect("enc")).expect("seal");
+    std::fs::write(&share_path, sealed).expect("write share");
+    node.restart(bin()).expect("restart");
+    node.wait_ready(Duration::from_secs(20)).expect("ready");
+    let s = cli_json(&["keys", "status", "--api", &c.nodes[victim].api(), "--json"]);
+    assert_eq!(s["share_state"], "invalid", "{s}");
+    assert!(
+        s["share_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("corrupted or forged"),
+        "{s}"
+    );
+    c.wait_formed(Duration::from_secs(15))
+        .expect("the restarted node rejoins");
+    let out = sign(&c, 0, &[0, victim, 1]);
+    assert!(!out.status.success(), "signed with a tampered share");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(c.nodes[victim].node_id()),
+        "the tampered node is not named: {err}"
+    );
+}
+
+fn member_lists(c: &LocalCluster, members: &[usize], id: &str) -> bool {
+    members.iter().any(|i| {
+        c.nodes[*i]
+            .peer_ids()
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p == id)
+    })
+}
+
+/// Runs `bzzz node run` expecting it to exit by itself; returns its output.
+fn run_node_expecting_exit(c: &LocalCluster, name: &str, token: &str) -> Output {
+    let dir = c.dir.path().join(name);
+    let mut child = Command::new(BIN)
+        .args([
+            "node",
+            "run",
+            "--data-dir",
+            &dir.to_string_lossy(),
+            "--http",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--no-mdns",
+            "--join-token",
+            token,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let pid = child.id();
+    let exited = wait_until(
+        "the node to refuse the token and exit",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || child.try_wait().ok().flatten(),
+    );
+    if exited.is_err() {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let out = child.wait_with_output().expect("output");
+    assert!(exited.is_ok(), "node kept running: {:?}", out);
+    out
+}
+
+#[test]
+fn join_tokens_admit_nodes_and_strangers_are_refused() {
+    let mut c = LocalCluster::start(bin(), 3, &LocalOpts::default()).expect("start");
+    c.wait_formed(Duration::from_secs(15)).expect("formed");
+    init(&c, 2, 3);
+    let members = [0, 1, 2];
+
+    // A node without a token connects but never enters any member's view.
+    let stranger = c.add_node(&LocalOpts::default()).expect("stranger");
+    let sid = c.nodes[stranger].node_id().to_owned();
+    wait_until(
+        "a member to refuse the stranger",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || {
+            members
+                .iter()
+                .any(|i| {
+                    let log = std::fs::read_to_string(&c.nodes[*i].log).unwrap_or_default();
+                    log.lines()
+                        .any(|l| l.contains("refused peer") && l.contains(&sid))
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(!member_lists(&c, &members, &sid), "stranger listed");
+
+    // With a token, a node joins and is listed by every member.
+    let pw = c.dir.path().join("operator-password");
+    let token = cli_json(&[
+        "token",
+        "create",
+        "--api",
+        &c.nodes[1].api(),
+        "--operator-password-file",
+        &pw.to_string_lossy(),
+        "--json",
+    ])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let joiner = c
+        .add_node(&LocalOpts {
+            extra_args: vec!["--join-token".into(), token.clone()],
+        })
+        .expect("joiner");
+    let jid = c.nodes[joiner].node_id().to_owned();
+    wait_until(
+        "the token holder to be listed by every member",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            members
+                .iter()
+                .all(|i| c.nodes[*i].peer_ids().unwrap_or_default().contains(&jid))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let s = cli_json(&["keys", "status", "--api", &c.nodes[joiner].api(), "--json"]);
+    assert_eq!(s["initialized"], true, "{s}");
+    assert!(s["share_index"].is_null(), "{s}");
+
+    // A forged token (body edited, signature kept) is refused by the member.
+    let (rec, mut body) = bzzz_crypto::records::decode_token(&token).expect("decode");
+    body.expires_at += 60;
+    let sig: [u8; 64] = hex::decode(&rec.signature)
+        .expect("hex")
+        .try_into()
+        .expect("64");
+    let forged = bzzz_crypto::records::encode_token(&bzzz_crypto::records::signed(
+        serde_json::to_string(&body).expect("json"),
+        &sig,
+    ))
+    .expect("encode");
+    let out = run_node_expecting_exit(&c, "forged", &forged);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not signed by this cluster's admin key"),
+        "unclear refusal: {err}"
+    );
+
+    // An expired token is refused with a clear message.
+    let short = cli_json(&[
+        "token",
+        "create",
+        "--api",
+        &c.nodes[0].api(),
+        "--operator-password-file",
+        &pw.to_string_lossy(),
+        "--ttl",
+        "1s",
+        "--json",
+    ]);
+    let expires_at = short["expires_at"].as_u64().expect("expiry");
+    wait_until(
+        "the token to expire",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || (bzzz::keys::unix_now() >= expires_at).then_some(()),
+    )
+    .expect("expired");
+    let out = run_node_expecting_exit(&c, "late", short["token"].as_str().expect("token"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("expired"), "unclear refusal: {err}");
+
+    assert!(
+        !member_lists(&c, &[0, 1, 2, joiner], &sid),
+        "stranger listed"
+    );
+}
