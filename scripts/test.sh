@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Runs every BZZZ test. On a fresh Debian machine it first installs what the
 # tests need (as root, or through sudo): iproute2 and iptables for the
-# network-namespace lab. Network-namespace tests need root; under CI (CI set)
+# network-namespace lab, chromium and chromium-driver for the web UI tests. Network-namespace tests need root; under CI (CI set)
 # they must run, elsewhere they are skipped with a message when not root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(iproute2 iptables)
+DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver)
 
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
@@ -17,7 +17,7 @@ if command -v dpkg-query >/dev/null 2>&1; then
     echo "==> installing Debian packages: ${missing[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
   fi
 fi
 

@@ -135,6 +135,8 @@ mod tests {
                 version: "0.1.0".into(),
                 ..Default::default()
             },
+            age_recipient: None,
+            membership: None,
         }
     }
 

@@ -181,22 +181,6 @@ pub fn peers_table(peers: &[PeerInfo]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn api_urls_are_checked() {
-        assert_eq!(
-            api_base("http://127.0.0.1:8080/").expect("ok"),
-            "http://127.0.0.1:8080"
-        );
-        assert!(api_base("127.0.0.1:8080").is_err());
-        assert!(api_base("ftp://x").is_err());
-        assert!(api_base("http://").is_err());
-    }
-}
-
 // ---- keys, setup, tokens ---------------------------------------------------
 
 /// Reads an operator password file (first line).
@@ -445,4 +429,20 @@ pub async fn token_create(a: &crate::cli::TokenArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls_are_checked() {
+        assert_eq!(
+            api_base("http://127.0.0.1:8080/").expect("ok"),
+            "http://127.0.0.1:8080"
+        );
+        assert!(api_base("127.0.0.1:8080").is_err());
+        assert!(api_base("ftp://x").is_err());
+        assert!(api_base("http://").is_err());
+    }
 }

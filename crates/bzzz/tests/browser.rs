@@ -1,0 +1,256 @@
+//! The setup wizard in real headless Chromium (Debian `chromium` +
+//! `chromium-driver`, driven over WebDriver by fantoccini).
+//!
+//! Skips with a reason when Chromium is not installed, except under CI
+//! (`CI` set), where `scripts/test.sh` installs it and a skip would hide a
+//! missing feature: there it fails instead.
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
+use fantoccini::{ClientBuilder, Locator};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn browser_available() -> bool {
+    let ok = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the browser test: install chromium and chromium-driver (scripts/test.sh does)"
+        );
+        eprintln!(
+            "SKIP: {CHROMIUM} or {CHROMEDRIVER} missing (apt install chromium chromium-driver)"
+        );
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_driver(dir: &Path) -> (Driver, String) {
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .arg(format!(
+            "--log-path={}",
+            dir.join("chromedriver.log").display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn chromedriver");
+    let driver = Driver(child);
+    wait_until(
+        "chromedriver to listen",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || TcpStream::connect(("127.0.0.1", port)).ok(),
+    )
+    .expect("chromedriver up");
+    (driver, format!("http://127.0.0.1:{port}"))
+}
+
+async fn text_of(c: &fantoccini::Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
+    if !browser_available() {
+        return;
+    }
+    let c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    let (_driver, wd) = start_driver(c.dir.path());
+    let profile = c.dir.path().join("chromium-profile");
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": CHROMIUM,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage",
+                     format!("--user-data-dir={}", profile.display())],
+        }),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&wd)
+        .await
+        .expect("webdriver session");
+    let base = c.nodes[0].api();
+
+    // The form.
+    client.goto(&format!("{base}/setup")).await.expect("goto");
+    client
+        .find(Locator::Css("#cluster"))
+        .await
+        .expect("cluster field")
+        .clear()
+        .await
+        .expect("clear");
+    for (id, v) in [
+        ("#cluster", "browser-lab"),
+        ("#password", "a long operator password"),
+        ("#password2", "a long operator password"),
+    ] {
+        client
+            .find(Locator::Css(id))
+            .await
+            .expect(id)
+            .send_keys(v)
+            .await
+            .expect("type");
+    }
+    client
+        .find(Locator::Css("#start"))
+        .await
+        .expect("start")
+        .click()
+        .await
+        .expect("click");
+
+    // The words, shown once.
+    let items = client
+        .find_all(Locator::Css("#mnemonic li"))
+        .await
+        .expect("words");
+    let mut words = Vec::new();
+    for li in &items {
+        words.push(li.text().await.expect("word"));
+    }
+    assert_eq!(words.len(), 24, "{words:?}");
+    let hex = text_of(&client, "#master-hex").await;
+    let master = bzzz_crypto::threshold::MasterKey::from_mnemonic(&words.join(" "))
+        .expect("the page shows a valid BIP39 mnemonic");
+    assert_eq!(*master.hex(), hex, "words and hex are the same key");
+    let inputs = client
+        .find_all(Locator::Css("#confirm-form input[name^=w]"))
+        .await
+        .expect("confirm inputs");
+    let mut positions = Vec::new();
+    for i in &inputs {
+        let name = i.attr("name").await.expect("attr").expect("name");
+        positions.push(name[1..].parse::<usize>().expect("position"));
+    }
+    assert_eq!(positions.len(), 3);
+
+    // Reloading shows that the words are gone.
+    client.refresh().await.expect("reload");
+    assert!(
+        client
+            .find_all(Locator::Css("#mnemonic li"))
+            .await
+            .expect("query")
+            .is_empty(),
+        "the words were shown twice"
+    );
+    assert!(
+        text_of(&client, "#words-gone")
+            .await
+            .contains("cannot be shown again")
+    );
+    let src = client.source().await.expect("source");
+    assert!(!src.contains(&words[..3].join(" ")) && !src.contains(&hex));
+
+    // Confirm with the re-typed words (on the page after the reload).
+    for p in &positions {
+        client
+            .find(Locator::Css(&format!("#w{p}")))
+            .await
+            .expect("input")
+            .send_keys(&words[p - 1])
+            .await
+            .expect("type");
+    }
+    client
+        .find(Locator::Css("#confirm"))
+        .await
+        .expect("confirm")
+        .click()
+        .await
+        .expect("click");
+    let state = client
+        .find(Locator::Css("#setup-state"))
+        .await
+        .expect("state")
+        .attr("data-state")
+        .await
+        .expect("attr");
+    assert_eq!(state.as_deref(), Some("initialized"));
+    let pk = text_of(&client, "#admin-public-key").await;
+    assert_eq!(pk, hex::encode(master.admin_key().public()));
+
+    // Reloading after setup still shows no words; a second setup is refused.
+    client.refresh().await.expect("reload");
+    let src = client.source().await.expect("source");
+    assert!(!src.contains(&words.join(" ")) && !src.contains(&hex));
+    client
+        .goto(&format!("{base}/setup/reveal"))
+        .await
+        .expect("goto");
+    assert!(
+        client
+            .find_all(Locator::Css("#mnemonic li"))
+            .await
+            .expect("query")
+            .is_empty()
+    );
+    assert!(
+        client
+            .find_all(Locator::Css("#setup-form"))
+            .await
+            .expect("query")
+            .is_empty(),
+        "setup form offered after setup"
+    );
+    let second: serde_json::Value = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/setup/start', {method: 'POST',
+                 headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+                 body: 'cluster=again&password=another%20long%20password&password2=another%20long%20password'})
+               .then(r => done(r.status)).catch(e => done(String(e)));",
+            vec![],
+        )
+        .await
+        .expect("fetch");
+    assert_eq!(second, 409, "a second setup from the browser");
+    let addr = base.trim_start_matches("http://");
+    let (code, _) = http::request(
+        addr,
+        "POST",
+        "/api/v1/setup",
+        &[],
+        r#"{"cluster":"again","operator_password":"another long password"}"#,
+    )
+    .expect("post");
+    assert_eq!(code, 409);
+    client.close().await.expect("close");
+}
