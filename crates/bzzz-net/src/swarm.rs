@@ -86,6 +86,9 @@ struct Bootstrap {
 struct Entry {
     ann: Announcement,
     last_seen: Instant,
+    /// Entered before this node gained membership and not proven since:
+    /// leaves at this instant unless it re-announces with a certificate.
+    prove_by: Option<Instant>,
 }
 
 /// Address book entry: a peer we have known, redialed while disconnected.
@@ -330,22 +333,18 @@ impl Node {
     }
 
     /// The node's own info changed: announce it; and when membership was
-    /// just gained (or changed), drop peers that cannot prove theirs.
+    /// just gained (or changed), peers in the view that cannot prove theirs
+    /// get two announcement intervals to re-announce with a certificate
+    /// (at setup, every node present receives one within milliseconds),
+    /// then leave.
     fn on_local_change(&mut self) {
         self.announce_due = true;
         let membership = self.local.borrow().membership.clone();
         if let Some(m) = membership {
-            let refused: Vec<PeerId> = self
-                .view
-                .iter()
-                .filter(|(_, e)| member_error(&m, &e.ann).is_some())
-                .map(|(p, _)| *p)
-                .collect();
-            for p in refused {
-                self.leave(&p, "no valid membership certificate");
-                self.known.remove(&p);
-                if self.swarm.is_connected(&p) {
-                    self.unproven.entry(p).or_insert_with(Instant::now);
+            let deadline = Instant::now() + self.cfg.announce_interval * 2;
+            for e in self.view.values_mut() {
+                if e.prove_by.is_none() && member_error(&m, &e.ann).is_some() {
+                    e.prove_by = Some(deadline);
                 }
             }
         }
@@ -436,6 +435,19 @@ impl Node {
             .collect();
         for p in stale {
             self.leave(&p, "no announcement within the peer timeout");
+        }
+        let unproven: Vec<PeerId> = self
+            .view
+            .iter()
+            .filter(|(_, e)| e.prove_by.is_some_and(|t| now >= t))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in unproven {
+            self.leave(&p, "no valid membership certificate");
+            self.known.remove(&p);
+            if self.swarm.is_connected(&p) {
+                self.unproven.entry(p).or_insert_with(Instant::now);
+            }
         }
         let closed: Vec<(PeerId, String)> = self
             .closing
@@ -782,13 +794,20 @@ impl Node {
         if let Some(m) = membership
             && let Some(why) = member_error(&m, &ann)
         {
+            // A peer that was in the view before this node gained
+            // membership gets until its `prove_by` to re-announce with a
+            // certificate (it is probably being given one right now).
+            if let Some(e) = self.view.get_mut(&signer) {
+                let deadline = Instant::now() + self.cfg.announce_interval * 2;
+                e.prove_by.get_or_insert(deadline);
+                return Ignore;
+            }
             if self.refused_logged.insert(signer) {
                 warn!(peer = %signer, "refused peer: {why}");
             }
             if self.refused_logged.len() > 4096 {
                 self.refused_logged.clear();
             }
-            self.leave(&signer, &why);
             self.known.remove(&signer);
             return Reject;
         }
@@ -801,6 +820,7 @@ impl Node {
             Some(e) => {
                 e.ann = ann;
                 e.last_seen = now;
+                e.prove_by = None;
             }
             None => {
                 if self.view.len() >= self.cfg.max_peers as usize {
@@ -815,6 +835,7 @@ impl Node {
                     Entry {
                         ann,
                         last_seen: now,
+                        prove_by: None,
                     },
                 );
                 self.dial_peer(signer, addrs);
