@@ -1085,7 +1085,11 @@ impl Keys {
                 }
             },
             KeysRequest::SignCommit { session, purpose } => {
-                match self.approve_and_commit(&peer, session, purpose) {
+                // Approval may hash the operator password (Argon2id, tens of
+                // ms): keep it off the async workers' queues.
+                match tokio::task::block_in_place(|| {
+                    self.approve_and_commit(&peer, session, purpose)
+                }) {
                     Ok(r) => r,
                     Err(e) => {
                         warn!(%peer, "refused to sign: {e}");
