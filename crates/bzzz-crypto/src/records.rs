@@ -227,6 +227,7 @@ mod tests {
             id: "00".into(),
             expires_at,
             bootstrap: vec!["/ip4/127.0.0.1/tcp/1".into()],
+            uses: 1,
         };
         let text = body_text(&body).expect("json");
         let sig = admin.sign(&signing_bytes(Domain::JoinToken, text.as_bytes()));

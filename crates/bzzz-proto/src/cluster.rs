@@ -88,6 +88,14 @@ pub struct MembershipCert {
     pub node_id: NodeId,
     /// Unix seconds.
     pub issued_at: u64,
+    /// The share index this node is entitled to (nodes that join after
+    /// setup: their share is then enrolled by t holders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share_index: Option<u16>,
+    /// The node's age recipient, bound by the admin signature, so that
+    /// secrets for this node are sealed to it and no one else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_recipient: Option<String>,
 }
 
 /// A join token's signed content.
@@ -102,6 +110,14 @@ pub struct JoinTokenBody {
     pub expires_at: u64,
     /// Multiaddrs of members to contact.
     pub bootstrap: Vec<String>,
+    /// How many nodes may join with this token (enforced by the signers:
+    /// exactly when 2t > n, since any two signing quorums then overlap).
+    #[serde(default = "one")]
+    pub uses: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Why a cluster name is refused.
@@ -179,6 +195,23 @@ pub enum KeysRequest {
         token: WireSecret,
         age_recipient: String,
     },
+    /// A member asks for its share to be enrolled (its certificate names
+    /// the index and the age recipient to seal it to).
+    Enroll { cert: Signed },
+    /// Enrollment step 1 (to each of t helpers): deltas for the other
+    /// helpers, each sealed to its helper.
+    EnrollDeltas {
+        session: String,
+        cert: Signed,
+        helpers: Vec<(u16, NodeId)>,
+    },
+    /// Enrollment step 2: the deltas addressed to this helper; answer with
+    /// its sigma sealed to the new share's owner.
+    EnrollSigma {
+        session: String,
+        cert: Signed,
+        sealed_deltas: Vec<Vec<u8>>,
+    },
 }
 
 /// What a node receives at setup or when it joins.
@@ -207,6 +240,21 @@ pub enum KeysResponse {
         share: String,
     },
     Joined(Box<InstallBundle>),
+    /// Enrollment step 1 answer: sealed deltas by target helper index.
+    Deltas {
+        index: u16,
+        sealed: Vec<(u16, Vec<u8>)>,
+    },
+    /// Enrollment step 2 answer: this helper's sigma, sealed.
+    Sigma {
+        index: u16,
+        sealed: Vec<u8>,
+    },
+    /// The enrolled share's sigmas (sealed to the requester), to sum.
+    Enrolled {
+        index: u16,
+        sealed_sigmas: Vec<Vec<u8>>,
+    },
     /// Refused; `reason` is shown to the operator.
     Refused {
         reason: String,

@@ -145,6 +145,9 @@ pub struct TokenArgs {
     /// How long the token stays valid (e.g. 30m, 1h, 7d; at most 30 days).
     #[arg(long, default_value = "1h", value_name = "DURATION")]
     pub ttl: humantime::Duration,
+    /// How many nodes may join with it (1-100).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub uses: u32,
 }
 
 #[derive(Debug, Subcommand)]

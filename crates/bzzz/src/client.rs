@@ -415,7 +415,7 @@ pub async fn token_create(a: &crate::cli::TokenArgs) -> anyhow::Result<()> {
     let r: serde_json::Value = post(
         &a.op.api,
         "/api/v1/tokens",
-        &serde_json::json!({ "ttl_secs": ttl.as_secs() }),
+        &serde_json::json!({ "ttl_secs": ttl.as_secs(), "uses": a.uses }),
         Some(&password),
     )
     .await?;

@@ -44,6 +44,10 @@ pub const SHARE_FILE: &str = "share.age";
 pub const PENDING_SETUP_TTL: Duration = Duration::from_secs(15 * 60);
 /// Words the operator re-types to confirm the mnemonic.
 pub const CONFIRM_WORDS: usize = 3;
+/// Most nodes one join token may admit.
+pub const MAX_TOKEN_USES: u32 = 100;
+/// Record of join token uses approved by this signer.
+pub const USED_TOKENS_FILE: &str = "used_tokens.json";
 /// Longest join token lifetime.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Signer-side nonces are kept this long for round 2.
@@ -194,6 +198,8 @@ struct SignSession {
     nonces: Nonces,
     message: Vec<u8>,
     created: Instant,
+    /// A join token this signature spends (id, allowed uses, expiry).
+    token_use: Option<(String, u32, u64)>,
 }
 
 #[derive(Default)]
@@ -213,6 +219,8 @@ pub struct Keys {
     pending: Mutex<Option<PendingSetup>>,
     sessions: Mutex<HashMap<String, SignSession>>,
     auth: Mutex<AuthLimiter>,
+    /// Join token id → (uses signed for, expiry), persisted.
+    used_tokens: Mutex<HashMap<String, (u32, u64)>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -280,6 +288,12 @@ impl Keys {
             pending: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             auth: Mutex::new(AuthLimiter::default()),
+            used_tokens: Mutex::new(
+                std::fs::read(data_dir.join(USED_TOKENS_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default(),
+            ),
         };
         let path = data_dir.join(CLUSTER_FILE);
         if path.exists() {
@@ -369,7 +383,7 @@ impl Keys {
         let g = records::open_genesis(genesis, expected_admin)
             .map_err(|e| format!("genesis record: {e}"))?;
         let pk = records::parse_public_key(&g.admin_public_key).map_err(|e| e.to_string())?;
-        records::open_cert(cert, &pk, Some(&self.node_id))
+        let my_cert = records::open_cert(cert, &pk, Some(&self.node_id))
             .map_err(|e| format!("membership certificate: {e}"))?;
         let group = GroupKey::from_commitment_hex(&g.commitment, g.threshold)
             .map_err(|e| format!("genesis commitment: {e}"))?;
@@ -377,6 +391,7 @@ impl Keys {
             return Err("genesis commitment does not match its admin key".into());
         }
         if let Some(i) = share_index
+            && my_cert.share_index != Some(i)
             && !g
                 .holders
                 .iter()
@@ -458,11 +473,19 @@ impl Keys {
             cluster: c.as_ref().map(|c| c.genesis.cluster.clone()),
             admin_public_key: c.as_ref().map(|c| c.genesis.admin_public_key.clone()),
             threshold: c.as_ref().map(|c| c.genesis.threshold),
-            shares: c.as_ref().map(|c| c.genesis.shares),
+            // Shares dealt at setup plus those enrolled for nodes that joined
+            // later (as far as this node knows).
+            shares: c
+                .as_ref()
+                .map(|c| c.genesis.shares.max(self.holders().len() as u16)),
             share_index: c.as_ref().and_then(|c| c.share_index),
             share_state: share_state.into(),
             share_error,
-            holders: c.map(|c| c.genesis.holders).unwrap_or_default(),
+            holders: self
+                .holders()
+                .into_iter()
+                .map(|(index, node_id)| ShareHolder { index, node_id })
+                .collect(),
             setup_pending: lock(&self.pending).is_some(),
         }
     }
@@ -693,15 +716,17 @@ impl Keys {
         let genesis_signed = sign(Domain::Genesis, &gtext);
         let mut bundles = Vec::new();
         for (node, recipient) in &members {
+            let index = holders.iter().find(|h| &h.node_id == node).map(|h| h.index);
             let cert = MembershipCert {
                 v: RECORD_VERSION,
                 cluster: genesis.cluster.clone(),
                 admin_public_key: admin_hex.clone(),
                 node_id: node.clone(),
                 issued_at: now,
+                share_index: index,
+                age_recipient: Some(recipient.clone()),
             };
             let ctext = records::body_text(&cert).map_err(|e| err(500, e.to_string()))?;
-            let index = holders.iter().find(|h| &h.node_id == node).map(|h| h.index);
             let sealed = match index {
                 Some(i) => {
                     let (_, secret) = sharing
@@ -843,12 +868,8 @@ impl Keys {
         let c = self
             .cluster()
             .ok_or_else(|| err(409, "the cluster is not initialized yet"))?;
-        let holders: BTreeMap<NodeId, u16> = c
-            .genesis
-            .holders
-            .iter()
-            .map(|h| (h.node_id.clone(), h.index))
-            .collect();
+        let holders: BTreeMap<NodeId, u16> =
+            self.holders().into_iter().map(|(i, n)| (n, i)).collect();
         let chosen: Vec<(NodeId, u16)> = match signers {
             Some(list) => {
                 let mut out = Vec::new();
@@ -1032,10 +1053,17 @@ impl Keys {
     pub async fn create_token(
         &self,
         ttl: Duration,
+        uses: u32,
         password: &OperatorPassword,
     ) -> Result<(String, JoinTokenBody), KeysError> {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(err(422, "token lifetime must be between 1 s and 30 days"));
+        }
+        if !(1..=MAX_TOKEN_USES).contains(&uses) {
+            return Err(err(
+                422,
+                format!("token uses must be between 1 and {MAX_TOKEN_USES}"),
+            ));
         }
         let c = self
             .cluster()
@@ -1048,6 +1076,7 @@ impl Keys {
             id: random_hex(8)?,
             expires_at: unix_now() + ttl.as_secs(),
             bootstrap: snap.listen_addrs.iter().take(8).cloned().collect(),
+            uses,
         };
         let text = records::body_text(&body).map_err(|e| err(500, e.to_string()))?;
         let bytes = records::signing_bytes(Domain::JoinToken, text.as_bytes());
@@ -1104,6 +1133,32 @@ impl Keys {
                 Ok(r) => r,
                 Err(e) => refuse(e),
             },
+            KeysRequest::Enroll { cert } => match self.coordinate_enrollment(&peer, &cert).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%peer, "enrollment failed: {e}");
+                    refuse(e)
+                }
+            },
+            KeysRequest::EnrollDeltas {
+                session,
+                cert,
+                helpers,
+            } => match self.enroll_step1(&peer, session, &cert, &helpers) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%peer, "refused enrollment step 1: {e}");
+                    refuse(e)
+                }
+            },
+            KeysRequest::EnrollSigma {
+                session,
+                cert,
+                sealed_deltas,
+            } => match self.enroll_step2(&peer, &session, &cert, &sealed_deltas) {
+                Ok(r) => r,
+                Err(e) => refuse(e),
+            },
             KeysRequest::Join {
                 token,
                 age_recipient,
@@ -1147,6 +1202,7 @@ impl Keys {
             ShareState::None => return Err("this node holds no share".into()),
         };
         let now = unix_now();
+        let mut token_use = None;
         let check_password = |p: &WireSecret| -> Result<(), String> {
             let ok = OperatorPassword::new(p.expose().to_owned())
                 .is_ok_and(|p| p.matches(&c.genesis.operator_verifier));
@@ -1183,10 +1239,23 @@ impl Keys {
                 records::signing_bytes(Domain::JoinToken, body.as_bytes())
             }
             SignPurpose::Certificate { body, token } => {
-                records::check_token(token.expose(), &c.admin_public_key, now)
+                let t = records::check_token(token.expose(), &c.admin_public_key, now)
                     .map_err(|e| e.to_string())?;
+                let used = lock(&self.used_tokens).get(&t.id).map_or(0, |u| u.0);
+                if used >= t.uses {
+                    return Err(format!(
+                        "join token was already used ({used} of {} uses); create a new one",
+                        t.uses
+                    ));
+                }
+                token_use = Some((t.id.clone(), t.uses, t.expires_at));
                 let cert: MembershipCert =
                     serde_json::from_str(body).map_err(|e| format!("certificate body: {e}"))?;
+                if let Some(i) = cert.share_index
+                    && self.holders().contains_key(&i)
+                {
+                    return Err(format!("share index {i} is taken"));
+                }
                 if cert.cluster != c.genesis.cluster
                     || cert.admin_public_key != c.genesis.admin_public_key
                     || cert.issued_at.abs_diff(now) > 300
@@ -1209,6 +1278,7 @@ impl Keys {
                 nonces,
                 message,
                 created: Instant::now(),
+                token_use,
             },
         );
         info!(%peer, purpose = purpose.kind(), "approved an admin signature request");
@@ -1234,6 +1304,22 @@ impl Keys {
             ShareState::Valid(s) => s.clone(),
             _ => return Err("this node has no valid share".into()),
         };
+        if let Some((id, uses, expires_at)) = &s.token_use {
+            let mut used = lock(&self.used_tokens);
+            let now = unix_now();
+            used.retain(|_, (_, exp)| *exp + 60 > now);
+            let entry = used.entry(id.clone()).or_insert((0, *expires_at));
+            if entry.0 >= *uses {
+                return Err(format!(
+                    "join token was already used ({} of {uses} uses); create a new one",
+                    entry.0
+                ));
+            }
+            entry.0 += 1;
+            let bytes = serde_json::to_vec(&*used).map_err(|e| e.to_string())?;
+            write_private(&self.data_dir.join(USED_TOKENS_FILE), &bytes)
+                .map_err(|e| format!("cannot record the token use: {e}"))?;
+        }
         let sig = threshold::sign_share(&share, &s.nonces, package, &s.message)
             .map_err(|e| e.to_string())?;
         Ok(KeysResponse::SignatureShare {
@@ -1256,12 +1342,25 @@ impl Keys {
         let body = records::check_token(token.expose(), &c.admin_public_key, unix_now())
             .map_err(|e| e.to_string())?;
         bzzz_crypto::seal::parse_recipient(&age_recipient).map_err(|e| e.to_string())?;
+        // A random free index: two members admitting at once are unlikely
+        // to collide, and signers refuse an index already taken.
+        let taken = self.holders();
+        let index = loop {
+            let mut b = [0u8; 2];
+            getrandom::fill(&mut b).map_err(|e| e.to_string())?;
+            let i = u16::from_le_bytes(b).max(1);
+            if !taken.contains_key(&i) {
+                break i;
+            }
+        };
         let cert = MembershipCert {
             v: RECORD_VERSION,
             cluster: c.genesis.cluster.clone(),
             admin_public_key: c.genesis.admin_public_key.clone(),
             node_id: peer.clone(),
             issued_at: unix_now(),
+            share_index: Some(index),
+            age_recipient: Some(age_recipient),
         };
         let text = records::body_text(&cert).map_err(|e| e.to_string())?;
         let bytes = records::signing_bytes(Domain::MembershipCert, text.as_bytes());
@@ -1287,6 +1386,398 @@ impl Keys {
             sealed_share: None,
             share_index: None,
         })
+    }
+}
+
+/// What [`Keys::try_enroll`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EnrollOutcome {
+    /// This node holds a valid share, or its certificate grants none.
+    Settled,
+    /// Not a member yet.
+    NotMember,
+    /// Enrollment needed and not done yet (retry later).
+    Pending(String),
+}
+
+impl Keys {
+    /// Share holders by index: the genesis holders, this node, and every
+    /// peer in the view whose certificate names a share index.
+    pub fn holders(&self) -> BTreeMap<u16, NodeId> {
+        let mut out = BTreeMap::new();
+        let Some(c) = self.cluster() else {
+            return out;
+        };
+        for h in &c.genesis.holders {
+            out.insert(h.index, h.node_id.clone());
+        }
+        if let Ok(mine) = records::open_cert(&c.cert, &c.admin_public_key, Some(&self.node_id))
+            && let Some(i) = mine.share_index
+        {
+            out.entry(i).or_insert_with(|| self.node_id.clone());
+        }
+        if let Ok(net) = self.net() {
+            for p in &net.snapshot().peers {
+                if let Some(cert) = &p.announcement.membership
+                    && let Ok(mc) =
+                        records::open_cert(cert, &c.admin_public_key, Some(&p.announcement.node_id))
+                    && let Some(i) = mc.share_index
+                {
+                    out.entry(i)
+                        .or_insert_with(|| p.announcement.node_id.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// The age recipient of a member, as bound in its certificate (this
+    /// node's own for itself).
+    fn member_recipient(&self, c: &Cluster, node: &NodeId) -> Option<String> {
+        if *node == self.node_id {
+            return Some(self.age.recipient());
+        }
+        let net = self.net().ok()?;
+        let snap = net.snapshot();
+        let p = snap
+            .peers
+            .iter()
+            .find(|p| &p.announcement.node_id == node)?;
+        let cert = p.announcement.membership.as_ref()?;
+        let mc = records::open_cert(cert, &c.admin_public_key, Some(node)).ok()?;
+        mc.age_recipient
+    }
+
+    fn valid_share(&self) -> Result<Arc<KeyShare>, String> {
+        match &*read(&self.share) {
+            ShareState::Valid(s) => Ok(s.clone()),
+            ShareState::Invalid(why) => {
+                Err(format!("this node's share failed verification: {why}"))
+            }
+            ShareState::None => Err("this node holds no share".into()),
+        }
+    }
+
+    /// Checks a certificate that asks for a share index: signed, names an
+    /// index and a recipient, and the index is free or already its own.
+    fn enrollment_cert(
+        &self,
+        c: &Cluster,
+        cert: &Signed,
+        owner: Option<&NodeId>,
+    ) -> Result<(MembershipCert, u16, String), String> {
+        let mc = records::open_cert(cert, &c.admin_public_key, owner)
+            .map_err(|e| format!("certificate: {e}"))?;
+        let index = mc
+            .share_index
+            .ok_or("the certificate grants no share index")?;
+        let recipient = mc
+            .age_recipient
+            .clone()
+            .ok_or("the certificate names no age recipient")?;
+        if let Some(holder) = self.holders().get(&index)
+            && holder != &mc.node_id
+        {
+            return Err(format!("share index {index} belongs to {holder}"));
+        }
+        Ok((mc, index, recipient))
+    }
+
+    /// Coordinates the enrollment of a member's share (it joined after
+    /// setup, or lost its share): t holders run FROST's repairable
+    /// threshold scheme; each one's sigma is sealed to the member.
+    async fn coordinate_enrollment(
+        &self,
+        peer: &NodeId,
+        cert: &Signed,
+    ) -> Result<KeysResponse, String> {
+        let c = self
+            .cluster()
+            .ok_or_else(|| "this node is not initialized".to_owned())?;
+        let (_, index, _) = self.enrollment_cert(&c, cert, Some(peer))?;
+        let t = usize::from(c.genesis.threshold);
+        let mut helpers: Vec<(u16, NodeId)> = Vec::new();
+        if let Ok(s) = self.valid_share() {
+            helpers.push((s.index(), self.node_id.clone()));
+        }
+        let connected: Vec<NodeId> = self
+            .net()
+            .map(|n| {
+                n.snapshot()
+                    .peers
+                    .iter()
+                    .filter(|p| p.connected)
+                    .map(|p| p.announcement.node_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (i, node) in self.holders() {
+            if helpers.len() >= t {
+                break;
+            }
+            if i != index && node != self.node_id && &node != peer && connected.contains(&node) {
+                helpers.push((i, node));
+            }
+        }
+        if helpers.len() < t {
+            return Err(format!(
+                "{} share holders reachable, {t} needed to enroll a share",
+                helpers.len()
+            ));
+        }
+        let session = random_hex(16).map_err(|e| e.message)?;
+        let step1 = futures::future::join_all(helpers.iter().map(|(_, node)| {
+            self.ask(
+                node,
+                KeysRequest::EnrollDeltas {
+                    session: session.clone(),
+                    cert: cert.clone(),
+                    helpers: helpers.clone(),
+                },
+            )
+        }))
+        .await;
+        let mut to: BTreeMap<u16, Vec<Vec<u8>>> = BTreeMap::new();
+        for ((i, node), r) in helpers.iter().zip(step1) {
+            match r {
+                KeysResponse::Deltas {
+                    index: from,
+                    sealed,
+                } if from == *i => {
+                    for (target, d) in sealed {
+                        to.entry(target).or_default().push(d);
+                    }
+                }
+                KeysResponse::Refused { reason } => {
+                    return Err(format!("helper {node} (share {i}) refused: {reason}"));
+                }
+                other => return Err(format!("helper {node} answered {other:?}")),
+            }
+        }
+        let step2 = futures::future::join_all(helpers.iter().map(|(i, node)| {
+            self.ask(
+                node,
+                KeysRequest::EnrollSigma {
+                    session: session.clone(),
+                    cert: cert.clone(),
+                    sealed_deltas: to.remove(i).unwrap_or_default(),
+                },
+            )
+        }))
+        .await;
+        let mut sigmas = Vec::new();
+        for ((i, node), r) in helpers.iter().zip(step2) {
+            match r {
+                KeysResponse::Sigma {
+                    index: from,
+                    sealed,
+                } if from == *i => sigmas.push(sealed),
+                KeysResponse::Refused { reason } => {
+                    return Err(format!("helper {node} (share {i}) refused: {reason}"));
+                }
+                other => return Err(format!("helper {node} answered {other:?}")),
+            }
+        }
+        info!(%peer, index, "enrolled a share (no node saw the admin key)");
+        Ok(KeysResponse::Enrolled {
+            index,
+            sealed_sigmas: sigmas,
+        })
+    }
+
+    fn enroll_step1(
+        &self,
+        peer: &NodeId,
+        session: String,
+        cert: &Signed,
+        helpers: &[(u16, NodeId)],
+    ) -> Result<KeysResponse, String> {
+        let c = self
+            .cluster()
+            .ok_or_else(|| "this node is not initialized".to_owned())?;
+        if !self.is_member_peer(peer) {
+            return Err("only cluster members may coordinate an enrollment".into());
+        }
+        let share = self.valid_share()?;
+        let (mc, index, _) = self.enrollment_cert(&c, cert, None)?;
+        let holders = self.holders();
+        let mut indices = Vec::new();
+        let mut recipients = BTreeMap::new();
+        for (i, node) in helpers {
+            if holders.get(i) != Some(node) || indices.contains(i) || *i == index {
+                return Err(format!("helper list is wrong at share {i}"));
+            }
+            let r = self
+                .member_recipient(&c, node)
+                .ok_or_else(|| format!("no certified age recipient for helper {node}"))?;
+            indices.push(*i);
+            recipients.insert(*i, r);
+        }
+        if !indices.contains(&share.index()) {
+            return Err("this node is not among the helpers".into());
+        }
+        if indices.len() < usize::from(c.genesis.threshold) {
+            return Err("fewer helpers than the threshold".into());
+        }
+        let deltas =
+            threshold::enroll_deltas(&share, &indices, index).map_err(|e| e.to_string())?;
+        let mut sealed = Vec::new();
+        for (target, d) in deltas {
+            let r = recipients.get(&target).ok_or("missing recipient")?;
+            sealed.push((
+                target,
+                bzzz_crypto::seal::seal(r, &d).map_err(|e| e.to_string())?,
+            ));
+        }
+        info!(%peer, %session, node = %mc.node_id, index, "helping to enroll a share");
+        Ok(KeysResponse::Deltas {
+            index: share.index(),
+            sealed,
+        })
+    }
+
+    fn enroll_step2(
+        &self,
+        peer: &NodeId,
+        _session: &str,
+        cert: &Signed,
+        sealed_deltas: &[Vec<u8>],
+    ) -> Result<KeysResponse, String> {
+        let c = self
+            .cluster()
+            .ok_or_else(|| "this node is not initialized".to_owned())?;
+        if !self.is_member_peer(peer) {
+            return Err("only cluster members may coordinate an enrollment".into());
+        }
+        let share = self.valid_share()?;
+        let (_, _, recipient) = self.enrollment_cert(&c, cert, None)?;
+        if sealed_deltas.len() < usize::from(c.genesis.threshold) || sealed_deltas.len() > 256 {
+            return Err("wrong number of deltas".into());
+        }
+        let mut deltas = Vec::new();
+        for d in sealed_deltas {
+            deltas.push(self.age.open(d).map_err(|e| e.to_string())?);
+        }
+        let sigma = threshold::enroll_sigma(&deltas).map_err(|e| e.to_string())?;
+        let sealed = bzzz_crypto::seal::seal(&recipient, &sigma).map_err(|e| e.to_string())?;
+        Ok(KeysResponse::Sigma {
+            index: share.index(),
+            sealed,
+        })
+    }
+
+    /// When this node's certificate grants a share it does not hold yet,
+    /// asks a member to enroll it, then checks and stores it.
+    pub async fn try_enroll(&self) -> EnrollOutcome {
+        let Some(c) = self.cluster() else {
+            return EnrollOutcome::NotMember;
+        };
+        if self.valid_share().is_ok() {
+            return EnrollOutcome::Settled;
+        }
+        let Ok(mine) = records::open_cert(&c.cert, &c.admin_public_key, Some(&self.node_id)) else {
+            return EnrollOutcome::Settled;
+        };
+        let Some(index) = mine.share_index else {
+            return EnrollOutcome::Settled;
+        };
+        let Ok(net) = self.net() else {
+            return EnrollOutcome::Pending("network not started".into());
+        };
+        let members: Vec<NodeId> = net
+            .snapshot()
+            .peers
+            .iter()
+            .filter(|p| p.connected && p.announcement.membership.is_some())
+            .map(|p| p.announcement.node_id.clone())
+            .collect();
+        let mut last = "no member connected".to_owned();
+        for m in members {
+            match net
+                .request(
+                    &m,
+                    KeysRequest::Enroll {
+                        cert: c.cert.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(KeysResponse::Enrolled {
+                    index: i,
+                    sealed_sigmas,
+                }) if i == index => match self.finish_enrollment(&c, index, &sealed_sigmas) {
+                    Ok(()) => return EnrollOutcome::Settled,
+                    Err(e) => last = format!("enrolled share from {m} refused: {e}"),
+                },
+                Ok(KeysResponse::Refused { reason }) => last = format!("{m}: {reason}"),
+                Ok(other) => last = format!("{m}: unexpected answer {other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        EnrollOutcome::Pending(last)
+    }
+
+    fn finish_enrollment(
+        &self,
+        c: &Cluster,
+        index: u16,
+        sealed_sigmas: &[Vec<u8>],
+    ) -> Result<(), String> {
+        let mut sigmas = Vec::new();
+        for s in sealed_sigmas {
+            sigmas.push(self.age.open(s).map_err(|e| e.to_string())?);
+        }
+        let bytes =
+            threshold::enroll_finish(&sigmas, index, &c.group).map_err(|e| e.to_string())?;
+        let share =
+            KeyShare::from_secret_share(&bytes, index, &c.group).map_err(|e| e.to_string())?;
+        let sealed =
+            bzzz_crypto::seal::seal(&self.age.recipient(), &bytes).map_err(|e| e.to_string())?;
+        write_private(&self.data_dir.join(SHARE_FILE), &sealed)
+            .map_err(|e| format!("cannot store the share: {e}"))?;
+        let file = ClusterFile {
+            v: 1,
+            genesis: c.genesis_signed.clone(),
+            cert: c.cert.clone(),
+            share_index: Some(index),
+        };
+        let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+        write_private(&self.data_dir.join(CLUSTER_FILE), &text)
+            .map_err(|e| format!("cannot store the cluster record: {e}"))?;
+        if let Some(cl) = write(&self.cluster).as_mut() {
+            cl.share_index = Some(index);
+        }
+        *write(&self.share) = ShareState::Valid(Arc::new(share));
+        info!(
+            index,
+            "share enrolled and verified against the cluster commitment"
+        );
+        Ok(())
+    }
+}
+
+/// Keeps asking for this node's share to be enrolled while its
+/// certificate grants one it does not hold (after joining, or after losing
+/// it). Backs off 0.5 s → 10 s.
+pub async fn enrollment_task(keys: Arc<Keys>, cancel: CancellationToken) {
+    let mut backoff = Duration::from_millis(500);
+    let mut reported = String::new();
+    loop {
+        match keys.try_enroll().await {
+            EnrollOutcome::Settled if keys.is_initialized() => return,
+            EnrollOutcome::Pending(why) => {
+                if why != reported {
+                    warn!("share enrollment pending: {why}");
+                    reported = why;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            _ => backoff = Duration::from_millis(500),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
     }
 }
 
@@ -1395,6 +1886,7 @@ pub async fn join_task(
                 Ok(KeysResponse::Refused { reason }) => {
                     let definitive = reason.contains("not signed by this cluster")
                         || reason.contains("expired")
+                        || reason.contains("already used")
                         || reason.contains("not a BZZZ join token");
                     if definitive {
                         return Err(JoinRefused(format!("join refused by {peer}: {reason}")));

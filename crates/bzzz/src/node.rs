@@ -128,6 +128,7 @@ pub async fn run(
         inbound,
         cancel.clone(),
     ));
+    tracker.spawn(crate::keys::enrollment_task(keys.clone(), cancel.clone()));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     if let (Some(token), Some(body)) = (join_token, join) {
         if keys.is_initialized() {

@@ -249,6 +249,8 @@ async fn api_sign(
 struct TokenBody {
     #[serde(default)]
     ttl_secs: Option<u64>,
+    #[serde(default)]
+    uses: Option<u32>,
 }
 
 async fn api_tokens(
@@ -262,7 +264,10 @@ async fn api_tokens(
         Err(r) => return r,
     };
     let b: TokenBody = if body.is_empty() {
-        TokenBody { ttl_secs: None }
+        TokenBody {
+            ttl_secs: None,
+            uses: None,
+        }
     } else {
         match serde_json::from_slice(&body) {
             Ok(b) => b,
@@ -270,11 +275,11 @@ async fn api_tokens(
         }
     };
     let ttl = Duration::from_secs(b.ttl_secs.unwrap_or(3600));
-    match st.keys.create_token(ttl, &pw).await {
+    match st.keys.create_token(ttl, b.uses.unwrap_or(1), &pw).await {
         Ok((token, body)) => json_ok(
             StatusCode::CREATED,
             json!({ "token": token, "id": body.id, "expires_at": body.expires_at,
-                    "cluster": body.cluster }),
+                    "uses": body.uses, "cluster": body.cluster }),
         ),
         Err(e) => api_error(e),
     }

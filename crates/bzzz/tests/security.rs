@@ -367,9 +367,29 @@ fn join_tokens_admit_nodes_and_strangers_are_refused() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    let s = cli_json(&["keys", "status", "--api", &c.nodes[joiner].api(), "--json"]);
+    // Its share is enrolled by t holders (FROST repairable threshold
+    // scheme: no node sees the admin key), and it can sign with them.
+    let s = wait_until(
+        "the joiner's share to be enrolled",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let s = cli_json(&["keys", "status", "--api", &c.nodes[joiner].api(), "--json"]);
+            (s["share_state"] == "valid").then_some(s)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert_eq!(s["initialized"], true, "{s}");
-    assert!(s["share_index"].is_null(), "{s}");
+    let index = s["share_index"].as_u64().expect("share index");
+    assert!(index > 3, "{s}");
+    let pk = s["admin_public_key"].as_str().expect("pk").to_owned();
+    verify_plain_ed25519(&pk, &sign(&c, 1, &[joiner, 2]));
+
+    // The token was for one node: a second node with it is refused.
+    let out = run_node_expecting_exit(&c, "again", &token);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("already used"), "unclear refusal: {err}");
 
     // A forged token (body edited, signature kept) is refused by the member.
     let (rec, mut body) = bzzz_crypto::records::decode_token(&token).expect("decode");
