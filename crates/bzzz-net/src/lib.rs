@@ -95,6 +95,9 @@ pub struct LocalInfo {
     /// on, only peers with a certificate under the same admin key enter the
     /// view; the others are refused and disconnected after [`JOIN_GRACE`].
     pub membership: Option<Membership>,
+    /// Set while joining with a token (before membership): only peers with
+    /// a certificate under this cluster admin key enter the view.
+    pub joining: Option<[u8; 32]>,
 }
 
 /// This node's membership: the cluster admin key and its certificate.

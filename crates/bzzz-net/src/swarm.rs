@@ -343,7 +343,7 @@ impl Node {
         if let Some(m) = membership {
             let deadline = Instant::now() + self.cfg.announce_interval * 2;
             for e in self.view.values_mut() {
-                if e.prove_by.is_none() && member_error(&m, &e.ann).is_some() {
+                if e.prove_by.is_none() && member_error(&m.admin_public_key, &e.ann).is_some() {
                     e.prove_by = Some(deadline);
                 }
             }
@@ -790,9 +790,15 @@ impl Node {
         if signer == self.local_peer {
             return Ignore;
         }
-        let membership = self.local.borrow().membership.clone();
-        if let Some(m) = membership
-            && let Some(why) = member_error(&m, &ann)
+        let required = {
+            let l = self.local.borrow();
+            l.membership
+                .as_ref()
+                .map(|m| m.admin_public_key)
+                .or(l.joining)
+        };
+        if let Some(pk) = required
+            && let Some(why) = member_error(&pk, &ann)
         {
             // A peer that was in the view before this node gained
             // membership gets until its `prove_by` to re-announce with a
@@ -1003,11 +1009,11 @@ fn build_behaviour(
 
 /// Why an announcement does not prove membership of our cluster, if it
 /// does not.
-fn member_error(m: &crate::Membership, ann: &Announcement) -> Option<String> {
+fn member_error(admin_public_key: &[u8; 32], ann: &Announcement) -> Option<String> {
     let Some(cert) = &ann.membership else {
         return Some("no membership certificate".into());
     };
-    match bzzz_crypto::records::open_cert(cert, &m.admin_public_key, Some(&ann.node_id)) {
+    match bzzz_crypto::records::open_cert(cert, admin_public_key, Some(&ann.node_id)) {
         Ok(_) => None,
         Err(e) => Some(format!("invalid membership certificate: {e}")),
     }

@@ -868,8 +868,16 @@ impl Keys {
         let c = self
             .cluster()
             .ok_or_else(|| err(409, "the cluster is not initialized yet"))?;
-        let holders: BTreeMap<NodeId, u16> =
-            self.holders().into_iter().map(|(i, n)| (n, i)).collect();
+        // Certificates spend join token uses, which signers count; only the
+        // holders dealt at setup sign them, so any two signing quorums
+        // overlap whenever 2t > n and a use cannot be spent twice.
+        let genesis_only = matches!(purpose, SignPurpose::Certificate { .. });
+        let holders: BTreeMap<NodeId, u16> = self
+            .holders()
+            .into_iter()
+            .filter(|(i, _)| !genesis_only || c.genesis.holders.iter().any(|h| h.index == *i))
+            .map(|(i, n)| (n, i))
+            .collect();
         let chosen: Vec<(NodeId, u16)> = match signers {
             Some(list) => {
                 let mut out = Vec::new();
@@ -1247,6 +1255,9 @@ impl Keys {
                         "join token was already used ({used} of {} uses); create a new one",
                         t.uses
                     ));
+                }
+                if !c.genesis.holders.iter().any(|h| h.index == share.index()) {
+                    return Err("only the share holders dealt at setup sign certificates".into());
                 }
                 token_use = Some((t.id.clone(), t.uses, t.expires_at));
                 let cert: MembershipCert =
@@ -1672,7 +1683,10 @@ impl Keys {
         let Some(c) = self.cluster() else {
             return EnrollOutcome::NotMember;
         };
-        if self.valid_share().is_ok() {
+        // Only a missing share is enrolled automatically. A share that fails
+        // its check (corrupted or forged) is reported, never silently
+        // replaced: it may mean the node was tampered with.
+        if !matches!(&*read(&self.share), ShareState::None) {
             return EnrollOutcome::Settled;
         }
         let Ok(mine) = records::open_cert(&c.cert, &c.admin_public_key, Some(&self.node_id)) else {

@@ -105,6 +105,9 @@ pub async fn run(
     let (local_tx, local_rx) = watch::channel(LocalInfo {
         capabilities: first,
         api_addr: Some(api_addr.to_string()),
+        joining: join
+            .as_ref()
+            .and_then(|b| bzzz_crypto::records::parse_public_key(&b.admin_public_key).ok()),
         ..LocalInfo::default()
     });
 
