@@ -39,7 +39,8 @@ pub enum Cmd {
     /// Initialize the cluster (the setup wizard's twin): generates the master
     /// key, prints it once as 24 words, splits the admin key across the nodes.
     Init(InitArgs),
-    /// Rebuild the cluster admin public key from the 24 words (offline).
+    /// From the 24 words: print the cluster admin public key (offline), or
+    /// with --api rebuild the cluster with fresh shares under the same key.
     Recover(RecoverArgs),
     /// The cluster admin key: status of this node's share, threshold signing.
     Keys {
@@ -124,6 +125,23 @@ pub struct RecoverArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Rebuild the cluster on the (uninitialized) nodes reachable from this
+    /// node's API: same admin public key, fresh shares. Without it, only
+    /// prints the admin public key (offline).
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// Cluster name for the rebuilt cluster (with --api).
+    #[arg(long, value_name = "NAME", requires = "api")]
+    pub cluster: Option<String>,
+    /// Threshold for the fresh shares (with --api) [default: ⌈n/2⌉+1].
+    #[arg(long, value_name = "T", requires = "api")]
+    pub threshold: Option<u16>,
+    /// Number of fresh shares (with --api) [default: every node present].
+    #[arg(long, value_name = "N", requires = "api")]
+    pub shares: Option<u16>,
+    /// New operator password file (with --api).
+    #[arg(long, value_name = "PATH", requires = "api")]
+    pub operator_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

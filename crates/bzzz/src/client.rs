@@ -340,7 +340,7 @@ pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn recover(a: &crate::cli::RecoverArgs) -> anyhow::Result<()> {
+pub async fn recover(a: &crate::cli::RecoverArgs) -> anyhow::Result<()> {
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(&a.mnemonic_file)
             .with_context(|| format!("cannot read {}", a.mnemonic_file.display()))?,
@@ -348,10 +348,66 @@ pub fn recover(a: &crate::cli::RecoverArgs) -> anyhow::Result<()> {
     let master = bzzz_crypto::threshold::MasterKey::from_mnemonic(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.mnemonic_file.display()))?;
     let pk = hex::encode(master.admin_key().public());
+    let Some(api) = &a.api else {
+        if a.json {
+            println!("{}", serde_json::json!({ "admin_public_key": pk }));
+        } else {
+            println!("Cluster admin public key: {pk}");
+        }
+        return Ok(());
+    };
+    let (Some(cluster), Some(pw_file)) = (&a.cluster, &a.operator_password_file) else {
+        bail!("--api needs --cluster and --operator-password-file");
+    };
+    let password = read_password_file(pw_file, true)?;
+    let started: serde_json::Value = post(
+        api,
+        "/api/v1/setup",
+        &serde_json::json!({
+            "cluster": cluster,
+            "threshold": a.threshold,
+            "shares": a.shares,
+            "operator_password": password.expose(),
+            "mnemonic": &*master.mnemonic(),
+        }),
+        None,
+    )
+    .await?;
+    // The operator typed these words in; no need to make them re-type them.
+    let words = master.mnemonic();
+    let all: Vec<&str> = words.split(' ').collect();
+    let mut typed = std::collections::BTreeMap::new();
+    for p in started["confirm_positions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(p) = p.as_u64()
+            && let Some(w) = all.get((p as usize).wrapping_sub(1))
+        {
+            typed.insert(p.to_string(), (*w).to_owned());
+        }
+    }
+    let done: serde_json::Value = post(
+        api,
+        "/api/v1/setup/confirm",
+        &serde_json::json!({ "setup_id": started["setup_id"], "words": typed }),
+        None,
+    )
+    .await?;
+    if done["admin_public_key"].as_str() != Some(pk.as_str()) {
+        bail!(
+            "the rebuilt cluster has another admin key: {}",
+            done["admin_public_key"]
+        );
+    }
     if a.json {
-        println!("{}", serde_json::json!({ "admin_public_key": pk }));
+        println!("{done}");
     } else {
-        println!("Cluster admin public key: {pk}");
+        println!(
+            "Cluster '{cluster}' rebuilt with fresh shares ({} of {}); admin public key {pk}",
+            done["threshold"], done["shares"]
+        );
     }
     Ok(())
 }

@@ -113,6 +113,9 @@ pub struct SetupParams {
     pub threshold: Option<u16>,
     pub shares: Option<u16>,
     pub operator_password: OperatorPassword,
+    /// Recovery: rebuild the cluster from this master key (same admin
+    /// public key, fresh shares) instead of generating a new one.
+    pub recover_from: Option<MasterKey>,
 }
 
 struct PendingSetup {
@@ -547,7 +550,10 @@ impl Keys {
                 format!("threshold must be between 1 and the share count ({shares})"),
             ));
         }
-        let master = MasterKey::generate().map_err(|e| err(500, e.to_string()))?;
+        let master = match &params.recover_from {
+            Some(m) => m.clone(),
+            None => MasterKey::generate().map_err(|e| err(500, e.to_string()))?,
+        };
         let positions = confirm_positions()?;
         let id = random_hex(16)?;
         let started = SetupStarted {

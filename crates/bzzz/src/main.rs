@@ -66,7 +66,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Peers(a) => report(bzzz::client::peers(&a).await),
         Cmd::Demo(a) => report(bzzz::demo::run(&a).await),
         Cmd::Init(a) => report(bzzz::client::init(&a).await),
-        Cmd::Recover(a) => report(bzzz::client::recover(&a)),
+        Cmd::Recover(a) => report(bzzz::client::recover(&a).await),
         Cmd::Keys {
             cmd: KeysCmd::Status(a),
         } => report(bzzz::client::keys_status(&a).await),

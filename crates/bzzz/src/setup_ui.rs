@@ -121,6 +121,9 @@ struct SetupBody {
     #[serde(default)]
     shares: Option<u16>,
     operator_password: String,
+    /// Recovery: the 24 words of an existing cluster's master key.
+    #[serde(default)]
+    mnemonic: Option<String>,
 }
 
 async fn api_setup(State(st): S, body: Bytes) -> Response {
@@ -138,11 +141,19 @@ async fn api_setup(State(st): S, body: Bytes) -> Response {
         Ok(p) => p,
         Err(e) => return bad_request(e.to_string()),
     };
+    let recover_from = match b.mnemonic.map(zeroize::Zeroizing::new) {
+        Some(words) => match bzzz_crypto::threshold::MasterKey::from_mnemonic(&words) {
+            Ok(m) => Some(m),
+            Err(e) => return bad_request(format!("mnemonic: {e}")),
+        },
+        None => None,
+    };
     let params = SetupParams {
         cluster: b.cluster,
         threshold: b.threshold,
         shares: b.shares,
         operator_password: password,
+        recover_from,
     };
     match st.keys.start_setup(params, true) {
         Ok(s) => json_ok(
@@ -436,6 +447,7 @@ async fn setup_start_form(State(st): S, body: Bytes) -> Response {
         threshold,
         shares,
         operator_password: password,
+        recover_from: None,
     };
     match st.keys.start_setup(params, false) {
         Ok(_) => no_store(

@@ -441,3 +441,46 @@ fn join_tokens_admit_nodes_and_strangers_are_refused() {
         "stranger listed"
     );
 }
+
+#[test]
+fn recover_rebuilds_a_cluster_with_the_same_admin_key_and_fresh_shares() {
+    let mut old = LocalCluster::start(bin(), 2, &LocalOpts::default()).expect("start");
+    old.wait_formed(Duration::from_secs(15)).expect("formed");
+    let done = init(&old, 2, 2);
+    let pk = done["admin_public_key"].as_str().expect("pk").to_owned();
+    let mnemonic = done["mnemonic"].as_str().expect("words").to_owned();
+    drop(old);
+
+    // A new set of machines, never initialized.
+    let mut c = LocalCluster::start(bin(), 3, &LocalOpts::default()).expect("start");
+    c.wait_formed(Duration::from_secs(15)).expect("formed");
+    let words = c.dir.path().join("words.txt");
+    std::fs::write(&words, mnemonic).expect("write");
+    let pw = password_file(&c);
+    let r = cli_json(&[
+        "recover",
+        "--mnemonic-file",
+        &words.to_string_lossy(),
+        "--api",
+        &c.nodes[0].api(),
+        "--cluster",
+        "lab",
+        "--threshold",
+        "2",
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    assert_eq!(r["admin_public_key"], pk.as_str(), "{r}");
+    let mut indices = Vec::new();
+    for n in &c.nodes {
+        let s = cli_json(&["keys", "status", "--api", &n.api(), "--json"]);
+        assert_eq!(s["admin_public_key"], pk.as_str(), "{s}");
+        assert_eq!(s["share_state"], "valid", "{s}");
+        indices.push(s["share_index"].as_u64().expect("index"));
+    }
+    indices.sort_unstable();
+    assert_eq!(indices, vec![1, 2, 3]);
+    c.wait_formed(Duration::from_secs(15)).expect("formed");
+    verify_plain_ed25519(&pk, &sign(&c, 2, &[1, 2]));
+}
