@@ -184,6 +184,10 @@ pub enum KeysRequest {
     SignCommit {
         session: String,
         purpose: SignPurpose,
+        /// The coordinator's membership certificate (the signer may not
+        /// have seen its announcement yet, e.g. right after setup).
+        #[serde(default)]
+        coordinator_cert: Option<Signed>,
     },
     /// Threshold signing round 2: sign the package (frost encoding, hex).
     SignShare {
@@ -204,6 +208,8 @@ pub enum KeysRequest {
         session: String,
         cert: Signed,
         helpers: Vec<(u16, NodeId)>,
+        #[serde(default)]
+        coordinator_cert: Option<Signed>,
     },
     /// Enrollment step 2: the deltas addressed to this helper; answer with
     /// its sigma sealed to the new share's owner.
@@ -211,6 +217,8 @@ pub enum KeysRequest {
         session: String,
         cert: Signed,
         sealed_deltas: Vec<Vec<u8>>,
+        #[serde(default)]
+        coordinator_cert: Option<Signed>,
     },
 }
 

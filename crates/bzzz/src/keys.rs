@@ -884,7 +884,12 @@ impl Keys {
             .filter(|(i, _)| !genesis_only || c.genesis.holders.iter().any(|h| h.index == *i))
             .map(|(i, n)| (n, i))
             .collect();
-        let chosen: Vec<(NodeId, u16)> = match signers {
+        let explicit = signers.is_some();
+        let t = usize::from(c.genesis.threshold);
+        // Candidates: the given signers exactly, or every holder in reach
+        // (this node first); round 1 goes to all of them and the first t
+        // that commit sign, so a holder that just died costs nothing.
+        let candidates: Vec<(NodeId, u16)> = match signers {
             Some(list) => {
                 let mut out = Vec::new();
                 for n in list {
@@ -905,15 +910,13 @@ impl Keys {
                 {
                     out.push((self.node_id.clone(), *i));
                 }
-                for p in &snap.peers {
+                for p in snap.peers.iter().filter(|p| p.connected) {
                     let id = &p.announcement.node_id;
-                    if let Some(i) = holders.get(id)
-                        && out.len() < usize::from(c.genesis.threshold)
-                    {
+                    if let Some(i) = holders.get(id) {
                         out.push((id.clone(), *i));
                     }
                 }
-                if out.len() < usize::from(c.genesis.threshold) {
+                if out.len() < t {
                     return Err(err(
                         503,
                         format!(
@@ -927,42 +930,45 @@ impl Keys {
             }
         };
         let session = random_hex(16)?;
-        let by_index: BTreeMap<u16, NodeId> = chosen.iter().map(|(n, i)| (*i, n.clone())).collect();
 
         // Round 1.
-        let r1 = futures::future::join_all(chosen.iter().map(|(node, _)| {
+        let r1 = futures::future::join_all(candidates.iter().map(|(node, _)| {
             self.ask(
                 node,
                 KeysRequest::SignCommit {
                     session: session.clone(),
                     purpose: purpose.clone(),
+                    coordinator_cert: Some(c.cert.clone()),
                 },
             )
         }))
         .await;
         let mut commitments = BTreeMap::new();
-        for ((node, index), r) in chosen.iter().zip(r1) {
+        let mut chosen: Vec<(NodeId, u16)> = Vec::new();
+        let mut problems = Vec::new();
+        for ((node, index), r) in candidates.iter().zip(r1) {
             match r {
                 KeysResponse::Committed {
                     index: i,
                     commitments: c,
                 } if i == *index => {
-                    commitments.insert(i, c);
+                    if explicit || chosen.len() < t {
+                        commitments.insert(i, c);
+                        chosen.push((node.clone(), i));
+                    }
                 }
                 KeysResponse::Refused { reason } => {
-                    return Err(err(
-                        502,
-                        format!("signer {node} (share {index}) refused: {reason}"),
-                    ));
+                    problems.push(format!("signer {node} (share {index}) refused: {reason}"));
                 }
                 other => {
-                    return Err(err(
-                        502,
-                        format!("signer {node} (share {index}) answered {other:?}"),
-                    ));
+                    problems.push(format!("signer {node} (share {index}) answered {other:?}"));
                 }
             }
         }
+        if (explicit && !problems.is_empty()) || chosen.len() < t.min(candidates.len()) {
+            return Err(err(502, problems.join("; ")));
+        }
+        let by_index: BTreeMap<u16, NodeId> = chosen.iter().map(|(n, i)| (*i, n.clone())).collect();
         let package = threshold::signing_package(&commitments, &message)
             .map_err(|e| err(500, e.to_string()))?;
 
@@ -1127,7 +1133,14 @@ impl Keys {
                     refuse(e)
                 }
             },
-            KeysRequest::SignCommit { session, purpose } => {
+            KeysRequest::SignCommit {
+                session,
+                purpose,
+                coordinator_cert,
+            } => {
+                if let Err(e) = self.check_member(&peer, coordinator_cert.as_ref()) {
+                    return refuse(e);
+                }
                 // Approval may hash the operator password (Argon2id, tens of
                 // ms): keep it off the async workers' queues.
                 match tokio::task::block_in_place(|| {
@@ -1158,7 +1171,11 @@ impl Keys {
                 session,
                 cert,
                 helpers,
-            } => match self.enroll_step1(&peer, session, &cert, &helpers) {
+                coordinator_cert,
+            } => match self
+                .check_member(&peer, coordinator_cert.as_ref())
+                .and_then(|()| self.enroll_step1(&peer, session, &cert, &helpers))
+            {
                 Ok(r) => r,
                 Err(e) => {
                     warn!(%peer, "refused enrollment step 1: {e}");
@@ -1169,7 +1186,11 @@ impl Keys {
                 session,
                 cert,
                 sealed_deltas,
-            } => match self.enroll_step2(&peer, &session, &cert, &sealed_deltas) {
+                coordinator_cert,
+            } => match self
+                .check_member(&peer, coordinator_cert.as_ref())
+                .and_then(|()| self.enroll_step2(&peer, &session, &cert, &sealed_deltas))
+            {
                 Ok(r) => r,
                 Err(e) => refuse(e),
             },
@@ -1183,6 +1204,23 @@ impl Keys {
                     refuse(e)
                 }
             },
+        }
+    }
+
+    /// The requester is this node, a member in the view, or presents a
+    /// valid certificate for its (Noise-authenticated) id.
+    fn check_member(&self, peer: &NodeId, cert: Option<&Signed>) -> Result<(), String> {
+        if self.is_member_peer(peer) {
+            return Ok(());
+        }
+        let c = self
+            .cluster()
+            .ok_or_else(|| "this node is not initialized".to_owned())?;
+        match cert {
+            Some(cert) if records::open_cert(cert, &c.admin_public_key, Some(peer)).is_ok() => {
+                Ok(())
+            }
+            _ => Err("only cluster members may coordinate admin key operations".into()),
         }
     }
 
@@ -1205,9 +1243,7 @@ impl Keys {
         let c = self
             .cluster()
             .ok_or_else(|| "this node is not initialized".to_owned())?;
-        if !self.is_member_peer(peer) {
-            return Err("only cluster members may ask for admin signatures".into());
-        }
+
         let share = match &*read(&self.share) {
             ShareState::Valid(s) => s.clone(),
             ShareState::Invalid(why) => {
@@ -1285,8 +1321,15 @@ impl Keys {
         let (nonces, commitments) = threshold::commit(&share).map_err(|e| e.to_string())?;
         let mut sessions = lock(&self.sessions);
         sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
-        if sessions.len() >= MAX_SESSIONS {
-            return Err("too many signing sessions in progress; retry".into());
+        // Coordinators ask every reachable holder and use the first t, so
+        // some sessions are never finished: the oldest gives way.
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
         }
         sessions.insert(
             session,
@@ -1550,6 +1593,7 @@ impl Keys {
                     session: session.clone(),
                     cert: cert.clone(),
                     helpers: helpers.clone(),
+                    coordinator_cert: Some(c.cert.clone()),
                 },
             )
         }))
@@ -1578,6 +1622,7 @@ impl Keys {
                     session: session.clone(),
                     cert: cert.clone(),
                     sealed_deltas: to.remove(i).unwrap_or_default(),
+                    coordinator_cert: Some(c.cert.clone()),
                 },
             )
         }))
@@ -1612,9 +1657,7 @@ impl Keys {
         let c = self
             .cluster()
             .ok_or_else(|| "this node is not initialized".to_owned())?;
-        if !self.is_member_peer(peer) {
-            return Err("only cluster members may coordinate an enrollment".into());
-        }
+
         let share = self.valid_share()?;
         let (mc, index, _) = self.enrollment_cert(&c, cert, None)?;
         let holders = self.holders();
@@ -1655,7 +1698,7 @@ impl Keys {
 
     fn enroll_step2(
         &self,
-        peer: &NodeId,
+        _coordinator: &NodeId,
         _session: &str,
         cert: &Signed,
         sealed_deltas: &[Vec<u8>],
@@ -1663,9 +1706,7 @@ impl Keys {
         let c = self
             .cluster()
             .ok_or_else(|| "this node is not initialized".to_owned())?;
-        if !self.is_member_peer(peer) {
-            return Err("only cluster members may coordinate an enrollment".into());
-        }
+
         let share = self.valid_share()?;
         let (_, _, recipient) = self.enrollment_cert(&c, cert, None)?;
         if sealed_deltas.len() < usize::from(c.genesis.threshold) || sealed_deltas.len() > 256 {

@@ -1,0 +1,166 @@
+//! Keys benchmark: `cargo bench -p bzzz --bench keys` (prints a Markdown
+//! table). A 5-node loopback cluster, t = 3:
+//!
+//! * setup: `POST /api/v1/setup` + confirm (derive, split, sign, seal,
+//!   deliver to 4 peers);
+//! * threshold signature of an operator message (3 signers, HTTP API call,
+//!   including the Argon2id operator checks on the API node and each signer);
+//! * join token creation (a threshold signature);
+//! * join: process start of a node with a token → listed by every member,
+//!   and → its share enrolled (FROST RTS with 3 helpers).
+//!
+//! Environment: `BENCH_TRIALS` (default 5).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "a long operator password";
+
+fn stats(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.0} ms, max {:.0} ms (n={})",
+        ms(v[v.len() / 2]),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}
+
+fn post(addr: &str, path: &str, body: &str, auth: bool) -> anyhow::Result<serde_json::Value> {
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("operator:{PASSWORD}"))
+    );
+    let headers: Vec<(&str, &str)> = if auth {
+        vec![("Authorization", basic.as_str())]
+    } else {
+        vec![]
+    };
+    let (code, text) = http::request(addr, "POST", path, &headers, body)?;
+    anyhow::ensure!((200..300).contains(&code), "{path}: {code} {text}");
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let trials = std::env::var("BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5usize);
+    println!("## Keys benchmark ({trials} trials, binary {BIN})\n");
+    let mut c = LocalCluster::start(Path::new(BIN), 5, &LocalOpts::default())?;
+    c.wait_formed(Duration::from_secs(15))?;
+    let addr = c.nodes[0].api().trim_start_matches("http://").to_owned();
+
+    let t0 = Instant::now();
+    let started = post(
+        &addr,
+        "/api/v1/setup",
+        &format!(
+            r#"{{"cluster":"bench","threshold":3,"shares":5,"operator_password":"{PASSWORD}"}}"#
+        ),
+        false,
+    )?;
+    let words: Vec<String> = started["mnemonic"]
+        .as_str()
+        .unwrap_or("")
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    let mut typed = serde_json::Map::new();
+    for p in started["confirm_positions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let p = p.as_u64().unwrap_or(1) as usize;
+        typed.insert(p.to_string(), words[p - 1].clone().into());
+    }
+    let body = serde_json::json!({"setup_id": started["setup_id"], "words": typed});
+    post(&addr, "/api/v1/setup/confirm", &body.to_string(), false)?;
+    let setup = t0.elapsed();
+    c.wait_formed(Duration::from_secs(15))?;
+
+    let mut sign = Vec::new();
+    let mut token = Vec::new();
+    for i in 0..trials {
+        let t = Instant::now();
+        post(
+            &addr,
+            "/api/v1/keys/sign",
+            &format!(r#"{{"message":"m{i}"}}"#),
+            true,
+        )?;
+        sign.push(t.elapsed());
+        let t = Instant::now();
+        post(&addr, "/api/v1/tokens", "{}", true)?;
+        token.push(t.elapsed());
+    }
+
+    let mut listed = Vec::new();
+    let mut enrolled = Vec::new();
+    for _ in 0..trials {
+        let tok = post(&addr, "/api/v1/tokens", "{}", true)?["token"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let t = Instant::now();
+        let j = c.add_node(&LocalOpts {
+            extra_args: vec!["--join-token".into(), tok],
+        })?;
+        let id = c.nodes[j].node_id().to_owned();
+        let nodes = &c.nodes;
+        wait_until(
+            "listed by all members",
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+            || {
+                (0..5)
+                    .all(|m| nodes[m].peer_ids().unwrap_or_default().contains(&id))
+                    .then_some(())
+            },
+        )?;
+        listed.push(t.elapsed());
+        wait_until(
+            "share enrolled",
+            Duration::from_secs(30),
+            Duration::from_millis(10),
+            || {
+                let s = nodes[j].get_json("/api/v1/keys").ok()?;
+                (s["share_state"] == "valid").then_some(())
+            },
+        )?;
+        enrolled.push(t.elapsed());
+        c.nodes[j].kill9();
+    }
+
+    println!("| measure (5 nodes, t = 3) | result |\n|---|---|");
+    println!(
+        "| setup: confirm → all 5 nodes hold records and shares | {:.0} ms |",
+        setup.as_secs_f64() * 1000.0
+    );
+    println!(
+        "| threshold signature via the API (3 signers) | {} |",
+        stats(sign)
+    );
+    println!(
+        "| join token creation (threshold-signed) | {} |",
+        stats(token)
+    );
+    println!(
+        "| join: start with token → listed by all 5 members | {} |",
+        stats(listed)
+    );
+    println!(
+        "| join: start with token → share enrolled (RTS, 3 helpers) | {} |",
+        stats(enrolled)
+    );
+    Ok(())
+}
