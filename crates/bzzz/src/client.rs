@@ -270,8 +270,12 @@ pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default();
     let interactive = !a.json && !a.yes && std::io::stdin().is_terminal();
-    let mut typed = std::collections::BTreeMap::new();
-    if interactive {
+    let setup_id = field("setup_id");
+    let confirm = |typed: std::collections::BTreeMap<String, String>| {
+        let body = serde_json::json!({ "setup_id": setup_id, "words": typed });
+        async move { post::<serde_json::Value>(&a.api, "/api/v1/setup/confirm", &body, None).await }
+    };
+    let done: serde_json::Value = if interactive {
         println!("MASTER KEY: write these 24 words down now, on paper. They are shown once.");
         println!("Anyone with them controls the cluster; without them it cannot be recovered.\n");
         for (i, w) in words.iter().enumerate() {
@@ -284,28 +288,37 @@ pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
         }
         println!("\n(hex: {})\n", field("master_key_hex"));
         let stdin = std::io::stdin();
-        for p in &positions {
-            print!("Re-type word #{p}: ");
-            std::io::stdout().flush().ok();
-            let mut line = String::new();
-            stdin.lock().read_line(&mut line)?;
-            typed.insert(p.to_string(), line.trim().to_owned());
+        let mut attempt = 0;
+        loop {
+            let mut typed = std::collections::BTreeMap::new();
+            for p in &positions {
+                print!("Re-type word #{p}: ");
+                std::io::stdout().flush().ok();
+                let mut line = String::new();
+                if stdin.lock().read_line(&mut line)? == 0 {
+                    bail!("input closed before the words were confirmed; nothing was created");
+                }
+                typed.insert(p.to_string(), line.trim().to_owned());
+            }
+            match confirm(typed).await {
+                Ok(d) => break d,
+                Err(e) if attempt < 2 && e.to_string().contains("does not match") => {
+                    attempt += 1;
+                    println!("{e:#}\nTry again (check your written copy).");
+                }
+                Err(e) => return Err(e),
+            }
         }
     } else {
         // Unattended: nobody to ask; the caller receives the words.
+        let mut typed = std::collections::BTreeMap::new();
         for p in &positions {
             if let Some(w) = words.get(p - 1) {
                 typed.insert(p.to_string(), w.clone());
             }
         }
-    }
-    let done: serde_json::Value = post(
-        &a.api,
-        "/api/v1/setup/confirm",
-        &serde_json::json!({ "setup_id": field("setup_id"), "words": typed }),
-        None,
-    )
-    .await?;
+        confirm(typed).await?
+    };
     if a.json {
         let mut out = done.clone();
         out["mnemonic"] = serde_json::Value::String(mnemonic.to_string());
