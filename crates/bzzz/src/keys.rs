@@ -224,7 +224,15 @@ pub struct Keys {
     auth: Mutex<AuthLimiter>,
     /// Join token id → (uses signed for, expiry), persisted.
     used_tokens: Mutex<HashMap<String, (u32, u64)>>,
+    /// Web UI operator sessions: id → (credential, expiry). In memory
+    /// only; signers need the credential itself to approve operator
+    /// requests, so the session keeps it (zeroized when it ends).
+    web_sessions: Mutex<HashMap<String, (OperatorPassword, Instant)>>,
 }
+
+/// How long a web UI login lasts.
+pub const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+const MAX_WEB_SESSIONS: usize = 256;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,6 +299,7 @@ impl Keys {
             pending: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             auth: Mutex::new(AuthLimiter::default()),
+            web_sessions: Mutex::new(HashMap::new()),
             used_tokens: Mutex::new(
                 std::fs::read(data_dir.join(USED_TOKENS_FILE))
                     .ok()
@@ -858,6 +867,32 @@ impl Keys {
         }
         warn!(client, "operator authentication failed");
         Err(err(401, "wrong operator credential"))
+    }
+
+    /// Starts a web session for an operator whose credential was checked.
+    pub fn open_web_session(&self, password: OperatorPassword) -> Result<String, KeysError> {
+        let id = random_hex(32)?;
+        let mut s = lock(&self.web_sessions);
+        s.retain(|_, (_, until)| *until > Instant::now());
+        if s.len() >= MAX_WEB_SESSIONS
+            && let Some(oldest) = s.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone())
+        {
+            s.remove(&oldest);
+        }
+        s.insert(id.clone(), (password, Instant::now() + WEB_SESSION_TTL));
+        Ok(id)
+    }
+
+    /// The credential of a live web session.
+    pub fn web_session(&self, id: &str) -> Option<OperatorPassword> {
+        let s = lock(&self.web_sessions);
+        s.get(id)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(p, _)| p.clone())
+    }
+
+    pub fn close_web_session(&self, id: &str) {
+        lock(&self.web_sessions).remove(id);
     }
 
     // ---- threshold signing (coordinator) -------------------------------------

@@ -46,6 +46,38 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/keys", get(api_keys))
         .route("/api/v1/keys/sign", post(api_sign))
         .route("/api/v1/tokens", post(api_tokens))
+        .route("/login", get(login_page).post(login_form))
+        .route("/logout", post(logout_form))
+        .route("/admin", get(admin_page))
+        .route("/admin/token", post(admin_token_form))
+}
+
+const SESSION_COOKIE: &str = "bzzz_session";
+
+fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn web_credential(st: &AppState, headers: &HeaderMap) -> Option<OperatorPassword> {
+    session_id(headers).and_then(|id| st.keys.web_session(&id))
+}
+
+fn see_other(to: &'static str) -> Response {
+    no_store(
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, HeaderValue::from_static(to))],
+        )
+            .into_response(),
+    )
 }
 
 fn no_store(mut r: Response) -> Response {
@@ -101,6 +133,10 @@ async fn authorize(
     peer: &SocketAddr,
     headers: &HeaderMap,
 ) -> Result<OperatorPassword, Response> {
+    // A web UI session (cookie, SameSite=Strict) stands for the credential.
+    if let Some(pw) = web_credential(st, headers) {
+        return Ok(pw);
+    }
     let cred = operator_credential(headers);
     let pw = cred.clone();
     st.keys
@@ -322,7 +358,7 @@ fn initialized_page(st: &AppState, code: StatusCode) -> Response {
             r#"<p id="setup-state" data-state="initialized">This node belongs to cluster <b id="cluster-name">{}</b>. Setup is locked: the master key was shown once and is not kept anywhere.</p>
 <p>Cluster admin public key: <code id="admin-public-key">{}</code></p>
 <p>Admin signatures need <b>{}</b> of <b>{}</b> shares. This node holds share {}.</p>
-<p><a href="/">Cluster overview</a></p>"#,
+<p><a href="/">Cluster overview</a> · <a id="login-link" href="/login">Operator login</a></p>"#,
             esc(s.cluster.as_deref().unwrap_or("")),
             esc(s.admin_public_key.as_deref().unwrap_or("")),
             s.threshold.unwrap_or(0),
@@ -569,4 +605,167 @@ async fn setup_cancel_form(State(st): S) -> Response {
         )
             .into_response(),
     )
+}
+
+// ---- operator login and admin page ----------------------------------------------
+
+async fn login_page(State(st): S) -> Response {
+    if !st.keys.is_initialized() {
+        return see_other("/setup");
+    }
+    page(StatusCode::OK, "Operator login", LOGIN_FORM)
+}
+
+const LOGIN_FORM: &str = r#"<form id="login-form" method="post" action="/login">
+<label for="password">Operator password</label><input id="password" name="password" type="password" required autocomplete="current-password">
+<br><button id="login" type="submit">Log in</button></form>"#;
+
+#[derive(Deserialize)]
+struct LoginForm {
+    password: String,
+}
+
+async fn login_form(
+    State(st): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let f: LoginForm = match serde_urlencoded_from(&body) {
+        Ok(f) => f,
+        Err(e) => return page(StatusCode::UNPROCESSABLE_ENTITY, "Operator login", &esc(&e)),
+    };
+    let pw = match OperatorPassword::new(f.password) {
+        Ok(p) => p,
+        Err(e) => {
+            return page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Operator login",
+                &esc(&e.to_string()),
+            );
+        }
+    };
+    if let Err(e) = st
+        .keys
+        .check_operator(&peer.ip().to_string(), Some(pw.clone()))
+        .await
+    {
+        let code = StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNAUTHORIZED);
+        return page(
+            code,
+            "Operator login",
+            &format!(
+                r#"<p class="err" id="error">{}</p>{LOGIN_FORM}"#,
+                esc(&e.message)
+            ),
+        );
+    }
+    let id = match st.keys.open_web_session(pw) {
+        Ok(id) => id,
+        Err(e) => {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Operator login",
+                &esc(&e.message),
+            );
+        }
+    };
+    let mut r = see_other("/admin");
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        crate::keys::WEB_SESSION_TTL.as_secs()
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn logout_form(State(st): S, headers: HeaderMap) -> Response {
+    if let Some(id) = session_id(&headers) {
+        st.keys.close_web_session(&id);
+    }
+    let mut r = see_other("/login");
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("bzzz_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    r
+}
+
+fn admin_body(st: &AppState, extra: &str) -> String {
+    let s = st.keys.status();
+    format!(
+        r#"<p>Cluster <b>{}</b>, admin public key <code>{}</code>; admin signatures need {} of {} shares.</p>
+{extra}
+<h2>Add a node</h2>
+<form id="token-form" method="post" action="/admin/token">
+<label for="ttl">Valid for (minutes)</label><input id="ttl" name="ttl_minutes" type="number" min="1" max="43200" value="60">
+<label for="uses">Nodes that may use it</label><input id="uses" name="uses" type="number" min="1" max="100" value="1">
+<br><button id="create-token" type="submit">Create a join token</button></form>
+<p>On the new node: <code>bzzz node run --join-token-file FILE</code>.</p>
+<form method="post" action="/logout"><button id="logout" type="submit">Log out</button></form>"#,
+        esc(s.cluster.as_deref().unwrap_or("")),
+        esc(s.admin_public_key.as_deref().unwrap_or("")),
+        s.threshold.unwrap_or(0),
+        s.shares.unwrap_or(0),
+    )
+}
+
+async fn admin_page(State(st): S, headers: HeaderMap) -> Response {
+    if web_credential(&st, &headers).is_none() {
+        return see_other("/login");
+    }
+    page(
+        StatusCode::OK,
+        "Cluster administration",
+        &admin_body(&st, ""),
+    )
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    ttl_minutes: u64,
+    uses: u32,
+}
+
+async fn admin_token_form(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(pw) = web_credential(&st, &headers) else {
+        return see_other("/login");
+    };
+    let f: TokenForm = match serde_urlencoded_from(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Cluster administration",
+                &admin_body(
+                    &st,
+                    &format!(r#"<p class="err" id="error">{}</p>"#, esc(&e)),
+                ),
+            );
+        }
+    };
+    let ttl = Duration::from_secs(f.ttl_minutes.saturating_mul(60));
+    match st.keys.create_token(ttl, f.uses, &pw).await {
+        Ok((token, body)) => page(
+            StatusCode::OK,
+            "Cluster administration",
+            &admin_body(
+                &st,
+                &format!(
+                    r#"<div class="warn">Join token (shown once; valid until unix time {}, for {} node(s)):<br><code id="token">{}</code></div>"#,
+                    body.expires_at,
+                    body.uses,
+                    esc(&token)
+                ),
+            ),
+        ),
+        Err(e) => page(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            "Cluster administration",
+            &admin_body(
+                &st,
+                &format!(r#"<p class="err" id="error">{}</p>"#, esc(&e.message)),
+            ),
+        ),
+    }
 }

@@ -252,5 +252,62 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     )
     .expect("post");
     assert_eq!(code, 409);
+
+    // Operator login: the admin page needs it; a wrong password is refused;
+    // with the right one, a join token can be created from the page.
+    client.goto(&format!("{base}/admin")).await.expect("goto");
+    client
+        .find(Locator::Css("#login-form"))
+        .await
+        .expect("redirected to the login form");
+    for (pw, ok) in [
+        ("not the password", false),
+        ("a long operator password", true),
+    ] {
+        client
+            .find(Locator::Css("#password"))
+            .await
+            .expect("password")
+            .send_keys(pw)
+            .await
+            .expect("type");
+        client
+            .find(Locator::Css("#login"))
+            .await
+            .expect("login")
+            .click()
+            .await
+            .expect("click");
+        if !ok {
+            assert!(
+                text_of(&client, "#error")
+                    .await
+                    .contains("wrong operator credential")
+            );
+        }
+    }
+    client
+        .find(Locator::Css("#create-token"))
+        .await
+        .expect("admin page after login")
+        .click()
+        .await
+        .expect("click");
+    let token = text_of(&client, "#token").await;
+    assert!(token.starts_with("bzzzjoin1."), "{token}");
+    bzzz_crypto::records::check_token(&token, &master.admin_key().public(), bzzz::keys::unix_now())
+        .expect("the page's token is signed by the cluster admin key");
+    client
+        .find(Locator::Css("#logout"))
+        .await
+        .expect("logout")
+        .click()
+        .await
+        .expect("click");
+    client.goto(&format!("{base}/admin")).await.expect("goto");
+    client
+        .find(Locator::Css("#login-form"))
+        .await
+        .expect("logged out");
     client.close().await.expect("close");
 }
