@@ -13,4 +13,5 @@
 //! The Raft state machine (openraft) and the SLURP planners build on these.
 
 pub mod leadership;
+pub mod raft;
 pub mod score;

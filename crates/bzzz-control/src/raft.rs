@@ -1,0 +1,294 @@
+//! openraft 0.9 wiring: the type configuration, an in-memory log store and
+//! the cluster state machine.
+//!
+//! Status: the first step of issue #4. The log store is in memory (the
+//! persistent one, on redb, replaces it next) and the network is supplied by
+//! the caller ([`openraft::RaftNetworkFactory`]); tests use an in-process
+//! router, the node will use a libp2p request-response protocol.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+/// A change to the replicated cluster state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Set a key in the cluster's key-value registry (tests, and the
+    /// inventory planner's records).
+    Set { key: String, value: String },
+}
+
+/// The result of applying a command.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub previous: Option<String>,
+}
+
+openraft::declare_raft_types!(
+    /// BZZZ's Raft types: node ids are 64-bit digests of libp2p peer ids; a
+    /// node's address is its peer id.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+);
+
+pub type NodeIdU64 = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// The Raft node id of a libp2p peer id (first 8 bytes of its blake3 hash
+/// would do; we use a stable FNV-1a so that no crypto crate is needed).
+pub fn raft_id(peer: &str) -> NodeIdU64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in peer.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeIdU64> {
+    StorageIOError::write(&e).into()
+}
+
+#[derive(Debug, Default)]
+struct LogInner {
+    vote: Option<Vote<NodeIdU64>>,
+    committed: Option<LogId<NodeIdU64>>,
+    last_purged: Option<LogId<NodeIdU64>>,
+    log: BTreeMap<u64, Entry<TypeConfig>>,
+}
+
+/// In-memory Raft log (cloneable handle).
+#[derive(Debug, Clone, Default)]
+pub struct MemLog(Arc<Mutex<LogInner>>);
+
+impl MemLog {
+    fn inner(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for MemLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeIdU64>> {
+        Ok(self
+            .inner()
+            .log
+            .range(range)
+            .map(|(_, e)| e.clone())
+            .collect())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for MemLog {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeIdU64>> {
+        let i = self.inner();
+        let last = i
+            .log
+            .values()
+            .next_back()
+            .map(|e| e.log_id)
+            .or(i.last_purged);
+        Ok(LogState {
+            last_purged_log_id: i.last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeIdU64>) -> Result<(), StorageError<NodeIdU64>> {
+        self.inner().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeIdU64>>, StorageError<NodeIdU64>> {
+        Ok(self.inner().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<NodeIdU64>>,
+    ) -> Result<(), StorageError<NodeIdU64>> {
+        self.inner().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<NodeIdU64>>, StorageError<NodeIdU64>> {
+        Ok(self.inner().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<NodeIdU64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        {
+            let mut i = self.inner();
+            for e in entries {
+                i.log.insert(e.log_id.index, e);
+            }
+        }
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeIdU64>) -> Result<(), StorageError<NodeIdU64>> {
+        self.inner().log.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeIdU64>) -> Result<(), StorageError<NodeIdU64>> {
+        let mut i = self.inner();
+        i.last_purged = Some(log_id);
+        let keep = i.log.split_off(&(log_id.index + 1));
+        i.log = keep;
+        Ok(())
+    }
+}
+
+/// The replicated cluster state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub last_applied: Option<LogId<NodeIdU64>>,
+    pub membership: StoredMembership<NodeIdU64, BasicNode>,
+    pub kv: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+struct SmInner {
+    state: ClusterState,
+    snapshot: Option<(SnapshotMeta<NodeIdU64, BasicNode>, Vec<u8>)>,
+    snapshot_seq: u64,
+}
+
+/// The state machine (cloneable handle; reads see the applied state).
+#[derive(Debug, Clone, Default)]
+pub struct StateMachine(Arc<Mutex<SmInner>>);
+
+impl StateMachine {
+    fn inner(&self) -> std::sync::MutexGuard<'_, SmInner> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A copy of the applied state.
+    pub fn state(&self) -> ClusterState {
+        self.inner().state.clone()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<NodeIdU64>> {
+        let mut i = self.inner();
+        let data = serde_json::to_vec(&i.state).map_err(io_err)?;
+        i.snapshot_seq += 1;
+        let meta = SnapshotMeta {
+            last_log_id: i.state.last_applied,
+            last_membership: i.state.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}",
+                i.state.last_applied.map_or(0, |l| l.index),
+                i.snapshot_seq
+            ),
+        };
+        i.snapshot = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeIdU64>>,
+            StoredMembership<NodeIdU64, BasicNode>,
+        ),
+        StorageError<NodeIdU64>,
+    > {
+        let i = self.inner();
+        Ok((i.state.last_applied, i.state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError<NodeIdU64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut i = self.inner();
+        let mut out = Vec::new();
+        for e in entries {
+            i.state.last_applied = Some(e.log_id);
+            match e.payload {
+                EntryPayload::Blank => out.push(Response::default()),
+                EntryPayload::Normal(Command::Set { key, value }) => {
+                    let previous = i.state.kv.insert(key, value);
+                    out.push(Response { previous });
+                }
+                EntryPayload::Membership(m) => {
+                    i.state.membership = StoredMembership::new(Some(e.log_id), m);
+                    out.push(Response::default());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeIdU64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeIdU64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError<NodeIdU64>> {
+        let data = snapshot.into_inner();
+        let state: ClusterState = serde_json::from_slice(&data).map_err(io_err)?;
+        let mut i = self.inner();
+        i.state = state;
+        i.snapshot = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeIdU64>> {
+        Ok(self.inner().snapshot.clone().map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,194 @@
+//! Three real openraft nodes in one process (the network is an in-process
+//! router; the libp2p transport replaces it in the node): one leader is
+//! elected, a write is replicated to every state machine, and when the
+//! leader stops a new one is elected and accepts writes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bzzz_control::raft::{Command, MemLog, NodeIdU64, Raft, StateMachine, TypeConfig};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Config};
+
+#[derive(Clone, Default)]
+struct Router(Arc<Mutex<BTreeMap<NodeIdU64, Raft>>>);
+
+impl Router {
+    fn get(&self, id: NodeIdU64) -> Option<Raft> {
+        self.0.lock().expect("router").get(&id).cloned()
+    }
+}
+
+struct Conn {
+    router: Router,
+    target: NodeIdU64,
+}
+
+fn unreachable<E: std::error::Error>(target: NodeIdU64) -> RPCError<NodeIdU64, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "node {target} is down"
+    ))))
+}
+
+impl RaftNetworkFactory<TypeConfig> for Router {
+    type Network = Conn;
+    async fn new_client(&mut self, target: NodeIdU64, _node: &BasicNode) -> Conn {
+        Conn {
+            router: self.clone(),
+            target,
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Conn {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        AppendEntriesResponse<NodeIdU64>,
+        RPCError<NodeIdU64, BasicNode, RaftError<NodeIdU64>>,
+    > {
+        let r = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| unreachable(self.target))?;
+        r.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeIdU64>,
+        RPCError<NodeIdU64, BasicNode, RaftError<NodeIdU64, InstallSnapshotError>>,
+    > {
+        let r = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| unreachable(self.target))?;
+        r.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeIdU64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeIdU64>, RPCError<NodeIdU64, BasicNode, RaftError<NodeIdU64>>> {
+        let r = self
+            .router
+            .get(self.target)
+            .ok_or_else(|| unreachable(self.target))?;
+        r.vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+async fn wait_leader(nodes: &[(NodeIdU64, Raft)], not: Option<NodeIdU64>) -> NodeIdU64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leaders: BTreeSet<Option<NodeIdU64>> = nodes
+            .iter()
+            .map(|(_, r)| r.metrics().borrow().current_leader)
+            .collect();
+        if leaders.len() == 1
+            && let Some(Some(l)) = leaders.into_iter().next()
+            && Some(l) != not
+        {
+            return l;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no agreed leader within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_replicate_and_fail_over() {
+    let config = Arc::new(
+        Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..Default::default()
+        }
+        .validate()
+        .expect("config"),
+    );
+    let router = Router::default();
+    let mut nodes = Vec::new();
+    let mut machines = BTreeMap::new();
+    for i in 1..=3u64 {
+        let sm = StateMachine::default();
+        let raft = Raft::new(
+            i,
+            config.clone(),
+            router.clone(),
+            MemLog::default(),
+            sm.clone(),
+        )
+        .await
+        .expect("raft");
+        router.0.lock().expect("router").insert(i, raft.clone());
+        machines.insert(i, sm);
+        nodes.push((i, raft));
+    }
+    let members: BTreeMap<NodeIdU64, BasicNode> = (1..=3)
+        .map(|i| (i, BasicNode::new(format!("node-{i}"))))
+        .collect();
+    nodes[0].1.initialize(members).await.expect("initialize");
+
+    let leader = wait_leader(&nodes, None).await;
+    let lraft = router.get(leader).expect("leader");
+    lraft
+        .client_write(Command::Set {
+            key: "k".into(),
+            value: "v1".into(),
+        })
+        .await
+        .expect("write");
+    // Every state machine applies it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !machines
+        .values()
+        .all(|m| m.state().kv.get("k").map(String::as_str) == Some("v1"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "not replicated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Stop the leader: the two others elect a new one and keep writing.
+    router.0.lock().expect("router").remove(&leader);
+    lraft.shutdown().await.expect("shutdown");
+    let rest: Vec<(NodeIdU64, Raft)> = nodes.into_iter().filter(|(i, _)| *i != leader).collect();
+    let new_leader = wait_leader(&rest, Some(leader)).await;
+    assert_ne!(new_leader, leader);
+    let r = router
+        .get(new_leader)
+        .expect("new leader")
+        .client_write(Command::Set {
+            key: "k".into(),
+            value: "v2".into(),
+        })
+        .await
+        .expect("write after failover");
+    assert_eq!(
+        r.data.previous.as_deref(),
+        Some("v1"),
+        "no committed write lost"
+    );
+}
