@@ -15,3 +15,4 @@
 pub mod leadership;
 pub mod raft;
 pub mod score;
+pub mod store;

@@ -6,6 +6,10 @@
 //! the caller ([`openraft::RaftNetworkFactory`]); tests use an in-process
 //! router, the node will use a libp2p request-response protocol.
 
+// openraft's storage traits fix the error type (`StorageError`, 224 bytes);
+// the helpers here return it too rather than converting back and forth.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -181,7 +185,11 @@ struct SmInner {
     state: ClusterState,
     snapshot: Option<(SnapshotMeta<NodeIdU64, BasicNode>, Vec<u8>)>,
     snapshot_seq: u64,
+    /// Where snapshots are kept (none: memory only).
+    db: Option<crate::store::RaftDb>,
 }
+
+type StoredSnapshot = (SnapshotMeta<NodeIdU64, BasicNode>, Vec<u8>);
 
 /// The state machine (cloneable handle; reads see the applied state).
 #[derive(Debug, Clone, Default)]
@@ -195,6 +203,31 @@ impl StateMachine {
     /// A copy of the applied state.
     pub fn state(&self) -> ClusterState {
         self.inner().state.clone()
+    }
+
+    /// A state machine whose snapshots persist in `db`, starting from the
+    /// stored snapshot (openraft re-applies the committed log after it).
+    pub fn open(db: crate::store::RaftDb) -> Result<Self, StorageError<NodeIdU64>> {
+        let stored: Option<StoredSnapshot> = match db.get_meta("snapshot")? {
+            Some(b) => Some(serde_json::from_slice(&b).map_err(io_err)?),
+            None => None,
+        };
+        let mut inner = SmInner {
+            db: Some(db),
+            ..SmInner::default()
+        };
+        if let Some((meta, data)) = stored {
+            inner.state = serde_json::from_slice(&data).map_err(io_err)?;
+            inner.snapshot = Some((meta, data));
+        }
+        Ok(Self(Arc::new(Mutex::new(inner))))
+    }
+
+    fn persist_snapshot(i: &SmInner) -> Result<(), StorageError<NodeIdU64>> {
+        if let (Some(db), Some(snap)) = (&i.db, &i.snapshot) {
+            db.put_meta("snapshot", &serde_json::to_vec(snap).map_err(io_err)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -213,6 +246,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             ),
         };
         i.snapshot = Some((meta.clone(), data.clone()));
+        StateMachine::persist_snapshot(&i)?;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -280,6 +314,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut i = self.inner();
         i.state = state;
         i.snapshot = Some((meta.clone(), data));
+        StateMachine::persist_snapshot(&i)?;
         Ok(())
     }
 

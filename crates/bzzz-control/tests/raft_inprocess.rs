@@ -192,3 +192,101 @@ async fn three_nodes_elect_replicate_and_fail_over() {
         "no committed write lost"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_on_redb_survives_a_full_restart() {
+    use bzzz_control::store::{DiskLog, RaftDb};
+    let config = Arc::new(
+        Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            // Snapshot (and purge) early, so the restart also reads one.
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(3),
+            max_in_snapshot_log_to_keep: 0,
+            ..Default::default()
+        }
+        .validate()
+        .expect("config"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = |router: Router| {
+        let config = config.clone();
+        let dir = dir.path().to_owned();
+        async move {
+            let mut nodes = Vec::new();
+            let mut machines = BTreeMap::new();
+            for i in 1..=3u64 {
+                let db = RaftDb::open(&dir.join(format!("raft-{i}.redb"))).expect("db");
+                let sm = StateMachine::open(db.clone()).expect("sm");
+                let raft = Raft::new(
+                    i,
+                    config.clone(),
+                    router.clone(),
+                    DiskLog::new(db),
+                    sm.clone(),
+                )
+                .await
+                .expect("raft");
+                router.0.lock().expect("router").insert(i, raft.clone());
+                machines.insert(i, sm);
+                nodes.push((i, raft));
+            }
+            (nodes, machines)
+        }
+    };
+
+    let router = Router::default();
+    let (nodes, machines) = start(router.clone()).await;
+    let members: BTreeMap<NodeIdU64, BasicNode> = (1..=3)
+        .map(|i| (i, BasicNode::new(format!("node-{i}"))))
+        .collect();
+    nodes[0].1.initialize(members).await.expect("initialize");
+    let leader = wait_leader(&nodes, None).await;
+    for n in 0..10 {
+        router
+            .get(leader)
+            .expect("leader")
+            .client_write(Command::Set {
+                key: format!("k{n}"),
+                value: format!("v{n}"),
+            })
+            .await
+            .expect("write");
+    }
+    let term_before = nodes[0].1.metrics().borrow().current_term;
+    // Stop everything (every handle to the databases goes away).
+    router.0.lock().expect("router").clear();
+    for (_, r) in &nodes {
+        r.shutdown().await.expect("shutdown");
+    }
+    drop(nodes);
+    drop(machines);
+
+    let router = Router::default();
+    let (nodes, machines) = start(router.clone()).await;
+    let leader = wait_leader(&nodes, None).await;
+    assert!(nodes[0].1.metrics().borrow().current_term >= term_before);
+    let r = router
+        .get(leader)
+        .expect("leader")
+        .client_write(Command::Set {
+            key: "k9".into(),
+            value: "after".into(),
+        })
+        .await
+        .expect("write after restart");
+    assert_eq!(
+        r.data.previous.as_deref(),
+        Some("v9"),
+        "a committed write was lost"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !machines.values().all(|m| {
+        let s = m.state();
+        s.kv.len() == 10 && s.kv.get("k0").map(String::as_str) == Some("v0")
+    }) {
+        assert!(tokio::time::Instant::now() < deadline, "state not rebuilt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
