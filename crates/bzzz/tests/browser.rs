@@ -70,13 +70,18 @@ fn start_driver(dir: &Path) -> (Driver, String) {
     (driver, format!("http://127.0.0.1:{port}"))
 }
 
-async fn text_of(c: &fantoccini::Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+/// Waits (up to 15 s) for an element: a click that submits a form returns
+/// before the next page has loaded.
+async fn wait_for(c: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .expect("text")
+}
+
+async fn text_of(c: &fantoccini::Client, css: &str) -> String {
+    wait_for(c, css).await.text().await.expect("text")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,6 +142,7 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
         .expect("click");
 
     // The words, shown once.
+    wait_for(&client, "#mnemonic li").await;
     let items = client
         .find_all(Locator::Css("#mnemonic li"))
         .await
@@ -196,10 +202,8 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
         .click()
         .await
         .expect("click");
-    let state = client
-        .find(Locator::Css("#setup-state"))
+    let state = wait_for(&client, "#setup-state[data-state=initialized]")
         .await
-        .expect("state")
         .attr("data-state")
         .await
         .expect("attr");
@@ -256,18 +260,13 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     // Operator login: the admin page needs it; a wrong password is refused;
     // with the right one, a join token can be created from the page.
     client.goto(&format!("{base}/admin")).await.expect("goto");
-    client
-        .find(Locator::Css("#login-form"))
-        .await
-        .expect("redirected to the login form");
+    wait_for(&client, "#login-form").await;
     for (pw, ok) in [
         ("not the password", false),
         ("a long operator password", true),
     ] {
-        client
-            .find(Locator::Css("#password"))
+        wait_for(&client, "#password")
             .await
-            .expect("password")
             .send_keys(pw)
             .await
             .expect("type");
@@ -286,10 +285,8 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
             );
         }
     }
-    client
-        .find(Locator::Css("#create-token"))
+    wait_for(&client, "#create-token")
         .await
-        .expect("admin page after login")
         .click()
         .await
         .expect("click");
@@ -297,17 +294,12 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     assert!(token.starts_with("bzzzjoin1."), "{token}");
     bzzz_crypto::records::check_token(&token, &master.admin_key().public(), bzzz::keys::unix_now())
         .expect("the page's token is signed by the cluster admin key");
-    client
-        .find(Locator::Css("#logout"))
+    wait_for(&client, "#logout")
         .await
-        .expect("logout")
         .click()
         .await
         .expect("click");
     client.goto(&format!("{base}/admin")).await.expect("goto");
-    client
-        .find(Locator::Css("#login-form"))
-        .await
-        .expect("logged out");
+    wait_for(&client, "#login-form").await;
     client.close().await.expect("close");
 }
