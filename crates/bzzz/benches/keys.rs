@@ -68,21 +68,8 @@ fn main() -> anyhow::Result<()> {
         ),
         false,
     )?;
-    let words: Vec<String> = started["mnemonic"]
-        .as_str()
-        .unwrap_or("")
-        .split(' ')
-        .map(str::to_owned)
-        .collect();
-    let mut typed = serde_json::Map::new();
-    for p in started["confirm_positions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let p = p.as_u64().unwrap_or(1) as usize;
-        typed.insert(p.to_string(), words[p - 1].clone().into());
-    }
+    let typed =
+        bzzz::client::confirmation_words(started["mnemonic"].as_str().unwrap_or(""), &started);
     let body = serde_json::json!({"setup_id": started["setup_id"], "words": typed});
     post(&addr, "/api/v1/setup/confirm", &body.to_string(), false)?;
     let setup = t0.elapsed();

@@ -210,6 +210,26 @@ pub fn basic_auth(p: &bzzz_crypto::operator::OperatorPassword) -> zeroize::Zeroi
     ))
 }
 
+/// The words a started setup asks to confirm (`confirm_positions`, 1-based),
+/// taken from `mnemonic`: for unattended confirmation, where the caller
+/// already holds the words (`init --json`, `recover --api`, the demo).
+pub fn confirmation_words(
+    mnemonic: &str,
+    started: &serde_json::Value,
+) -> std::collections::BTreeMap<String, String> {
+    let words: Vec<&str> = mnemonic.split(' ').collect();
+    started["confirm_positions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let p = usize::try_from(p.as_u64()?).ok()?;
+            let w = words.get(p.checked_sub(1)?)?;
+            Some((p.to_string(), (*w).to_owned()))
+        })
+        .collect()
+}
+
 /// POSTs JSON; on an error status, fails with the API's message.
 pub async fn post<T: DeserializeOwned>(
     api: &str,
@@ -311,13 +331,7 @@ pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
         }
     } else {
         // Unattended: nobody to ask; the caller receives the words.
-        let mut typed = std::collections::BTreeMap::new();
-        for p in &positions {
-            if let Some(w) = words.get(p - 1) {
-                typed.insert(p.to_string(), w.clone());
-            }
-        }
-        confirm(typed).await?
+        confirm(confirmation_words(&mnemonic, &started)).await?
     };
     if a.json {
         let mut out = done.clone();
@@ -387,20 +401,7 @@ pub async fn recover(a: &crate::cli::RecoverArgs) -> anyhow::Result<()> {
     )
     .await?;
     // The operator typed these words in; no need to make them re-type them.
-    let words = master.mnemonic();
-    let all: Vec<&str> = words.split(' ').collect();
-    let mut typed = std::collections::BTreeMap::new();
-    for p in started["confirm_positions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(p) = p.as_u64()
-            && let Some(w) = all.get((p as usize).wrapping_sub(1))
-        {
-            typed.insert(p.to_string(), (*w).to_owned());
-        }
-    }
+    let typed = confirmation_words(&master.mnemonic(), &started);
     let done: serde_json::Value = post(
         api,
         "/api/v1/setup/confirm",

@@ -358,19 +358,7 @@ async fn init_demo_cluster(nodes: &[DemoNode], dir: &Path) -> anyhow::Result<Dem
     )
     .await?;
     let mnemonic = zeroize::Zeroizing::new(started["mnemonic"].as_str().unwrap_or("").to_owned());
-    let words: Vec<&str> = mnemonic.split(' ').collect();
-    let mut typed = serde_json::Map::new();
-    for p in started["confirm_positions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(p) = p.as_u64()
-            && let Some(w) = words.get((p as usize).wrapping_sub(1))
-        {
-            typed.insert(p.to_string(), serde_json::Value::String((*w).to_owned()));
-        }
-    }
+    let typed = crate::client::confirmation_words(&mnemonic, &started);
     let done: serde_json::Value = crate::client::post(
         &api,
         "/api/v1/setup/confirm",
