@@ -390,3 +390,18 @@ pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, Duration)> {
     let hz = rustix::param::clock_ticks_per_second();
     Ok((rss_kib, Duration::from_secs_f64(ticks as f64 / hz as f64)))
 }
+
+/// `p50 … ms, max … ms (n=…)` of a set of latencies (benchmarks).
+pub fn latency_summary(mut v: Vec<Duration>) -> String {
+    if v.is_empty() {
+        return "no samples".into();
+    }
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!(
+        "p50 {:.0} ms, max {:.0} ms (n={})",
+        ms(v[v.len() / 2]),
+        ms(v[v.len() - 1]),
+        v.len()
+    )
+}

@@ -20,16 +20,7 @@ use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
 const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
 const PASSWORD: &str = "a long operator password";
 
-fn stats(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    format!(
-        "p50 {:.0} ms, max {:.0} ms (n={})",
-        ms(v[v.len() / 2]),
-        ms(v[v.len() - 1]),
-        v.len()
-    )
-}
+use bzzz_testkit::latency_summary as stats;
 
 fn post(addr: &str, path: &str, body: &str, auth: bool) -> anyhow::Result<serde_json::Value> {
     let basic = format!(

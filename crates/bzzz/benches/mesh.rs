@@ -24,16 +24,7 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn stats(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    format!(
-        "p50 {:.0} ms, max {:.0} ms (n={})",
-        ms(v[v.len() / 2]),
-        ms(v[v.len() - 1]),
-        v.len()
-    )
-}
+use bzzz_testkit::latency_summary as stats;
 
 fn all_list(nodes: &[&NodeProc], id: &str, present: bool) -> bool {
     nodes
