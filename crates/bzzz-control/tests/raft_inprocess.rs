@@ -96,24 +96,40 @@ impl RaftNetwork<TypeConfig> for Conn {
     }
 }
 
+/// Waits (on Raft's metrics, no polling) until every node names the same
+/// leader, other than `not`; returns it.
 async fn wait_leader(nodes: &[(NodeIdU64, Raft)], not: Option<NodeIdU64>) -> NodeIdU64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let leaders: BTreeSet<Option<NodeIdU64>> = nodes
-            .iter()
-            .map(|(_, r)| r.metrics().borrow().current_leader)
-            .collect();
-        if leaders.len() == 1
-            && let Some(Some(l)) = leaders.into_iter().next()
-            && Some(l) != not
-        {
-            return l;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no agreed leader within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let m = nodes[0]
+        .1
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| m.current_leader.is_some() && m.current_leader != not,
+            "a leader",
+        )
+        .await
+        .expect("a leader within 10 s");
+    let leader = m.current_leader.expect("leader");
+    for (_, r) in nodes {
+        r.wait(Some(Duration::from_secs(10)))
+            .current_leader(leader, "the same leader everywhere")
+            .await
+            .expect("agreement on the leader");
+    }
+    let all: BTreeSet<Option<NodeIdU64>> = nodes
+        .iter()
+        .map(|(_, r)| r.metrics().borrow().current_leader)
+        .collect();
+    assert_eq!(all.len(), 1, "two leaders: {all:?}");
+    leader
+}
+
+/// Waits until every node has applied `index`.
+async fn wait_applied(nodes: &[(NodeIdU64, Raft)], index: u64) {
+    for (_, r) in nodes {
+        r.wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(index), "applied everywhere")
+            .await
+            .expect("applied within 10 s");
     }
 }
 
@@ -154,7 +170,7 @@ async fn three_nodes_elect_replicate_and_fail_over() {
 
     let leader = wait_leader(&nodes, None).await;
     let lraft = router.get(leader).expect("leader");
-    lraft
+    let w = lraft
         .client_write(Command::Set {
             key: "k".into(),
             value: "v1".into(),
@@ -162,13 +178,9 @@ async fn three_nodes_elect_replicate_and_fail_over() {
         .await
         .expect("write");
     // Every state machine applies it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !machines
-        .values()
-        .all(|m| m.state().kv.get("k").map(String::as_str) == Some("v1"))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "not replicated");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_applied(&nodes, w.log_id.index).await;
+    for m in machines.values() {
+        assert_eq!(m.state().kv.get("k").map(String::as_str), Some("v1"));
     }
 
     // Stop the leader: the two others elect a new one and keep writing.
@@ -281,12 +293,10 @@ async fn a_cluster_on_redb_survives_a_full_restart() {
         Some("v9"),
         "a committed write was lost"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !machines.values().all(|m| {
+    wait_applied(&nodes, r.log_id.index).await;
+    for m in machines.values() {
         let s = m.state();
-        s.kv.len() == 10 && s.kv.get("k0").map(String::as_str) == Some("v0")
-    }) {
-        assert!(tokio::time::Instant::now() < deadline, "state not rebuilt");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(s.kv.len(), 10, "state not rebuilt: {:?}", s.kv);
+        assert_eq!(s.kv.get("k0").map(String::as_str), Some("v0"));
     }
 }
