@@ -1,9 +1,8 @@
-//! openraft 0.9 wiring: the type configuration, an in-memory log store and
-//! the cluster state machine.
+//! openraft 0.9 wiring: the type configuration and the cluster state
+//! machine (the log lives in [`crate::store`]).
 //!
-//! Status: the first step of issue #4. The log store is in memory (the
-//! persistent one, on redb, replaces it next) and the network is supplied by
-//! the caller ([`openraft::RaftNetworkFactory`]); tests use an in-process
+//! Status: the first steps of issue #4. The network is supplied by the
+//! caller ([`openraft::RaftNetworkFactory`]); tests use an in-process
 //! router, the node will use a libp2p request-response protocol.
 
 // openraft's storage traits fix the error type (`StorageError`, 224 bytes);
@@ -13,13 +12,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 
-use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership, Vote,
+    BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,128 +46,8 @@ openraft::declare_raft_types!(
 pub type NodeIdU64 = u64;
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// The Raft node id of a libp2p peer id (first 8 bytes of its blake3 hash
-/// would do; we use a stable FNV-1a so that no crypto crate is needed).
-pub fn raft_id(peer: &str) -> NodeIdU64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in peer.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
 fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeIdU64> {
     StorageIOError::write(&e).into()
-}
-
-#[derive(Debug, Default)]
-struct LogInner {
-    vote: Option<Vote<NodeIdU64>>,
-    committed: Option<LogId<NodeIdU64>>,
-    last_purged: Option<LogId<NodeIdU64>>,
-    log: BTreeMap<u64, Entry<TypeConfig>>,
-}
-
-/// In-memory Raft log (cloneable handle).
-#[derive(Debug, Clone, Default)]
-pub struct MemLog(Arc<Mutex<LogInner>>);
-
-impl MemLog {
-    fn inner(&self) -> std::sync::MutexGuard<'_, LogInner> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl RaftLogReader<TypeConfig> for MemLog {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<NodeIdU64>> {
-        Ok(self
-            .inner()
-            .log
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
-    }
-}
-
-impl RaftLogStorage<TypeConfig> for MemLog {
-    type LogReader = Self;
-
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeIdU64>> {
-        let i = self.inner();
-        let last = i
-            .log
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(i.last_purged);
-        Ok(LogState {
-            last_purged_log_id: i.last_purged,
-            last_log_id: last,
-        })
-    }
-
-    async fn get_log_reader(&mut self) -> Self::LogReader {
-        self.clone()
-    }
-
-    async fn save_vote(&mut self, vote: &Vote<NodeIdU64>) -> Result<(), StorageError<NodeIdU64>> {
-        self.inner().vote = Some(*vote);
-        Ok(())
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote<NodeIdU64>>, StorageError<NodeIdU64>> {
-        Ok(self.inner().vote)
-    }
-
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeIdU64>>,
-    ) -> Result<(), StorageError<NodeIdU64>> {
-        self.inner().committed = committed;
-        Ok(())
-    }
-
-    async fn read_committed(
-        &mut self,
-    ) -> Result<Option<LogId<NodeIdU64>>, StorageError<NodeIdU64>> {
-        Ok(self.inner().committed)
-    }
-
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError<NodeIdU64>>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + Send,
-        I::IntoIter: Send,
-    {
-        {
-            let mut i = self.inner();
-            for e in entries {
-                i.log.insert(e.log_id.index, e);
-            }
-        }
-        callback.log_io_completed(Ok(()));
-        Ok(())
-    }
-
-    async fn truncate(&mut self, log_id: LogId<NodeIdU64>) -> Result<(), StorageError<NodeIdU64>> {
-        self.inner().log.split_off(&log_id.index);
-        Ok(())
-    }
-
-    async fn purge(&mut self, log_id: LogId<NodeIdU64>) -> Result<(), StorageError<NodeIdU64>> {
-        let mut i = self.inner();
-        i.last_purged = Some(log_id);
-        let keep = i.log.split_off(&(log_id.index + 1));
-        i.log = keep;
-        Ok(())
-    }
 }
 
 /// The replicated cluster state.

@@ -1,5 +1,5 @@
-//! Three real openraft nodes in one process (the network is an in-process
-//! router; the libp2p transport replaces it in the node): one leader is
+//! Three real openraft nodes in one process, each with its log on redb (the
+//! network is an in-process router; the libp2p transport replaces it in the node): one leader is
 //! elected, a write is replicated to every state machine, and when the
 //! leader stops a new one is elected and accepts writes.
 
@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bzzz_control::raft::{Command, MemLog, NodeIdU64, Raft, StateMachine, TypeConfig};
+use bzzz_control::raft::{Command, NodeIdU64, Raft, StateMachine, TypeConfig};
+use bzzz_control::store::{DiskLog, RaftDb};
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -145,16 +146,18 @@ async fn three_nodes_elect_replicate_and_fail_over() {
         .validate()
         .expect("config"),
     );
+    let dir = tempfile::tempdir().expect("tempdir");
     let router = Router::default();
     let mut nodes = Vec::new();
     let mut machines = BTreeMap::new();
     for i in 1..=3u64 {
-        let sm = StateMachine::default();
+        let db = RaftDb::open(&dir.path().join(format!("raft-{i}.redb"))).expect("db");
+        let sm = StateMachine::open(db.clone()).expect("sm");
         let raft = Raft::new(
             i,
             config.clone(),
             router.clone(),
-            MemLog::default(),
+            DiskLog::new(db),
             sm.clone(),
         )
         .await
@@ -207,7 +210,6 @@ async fn three_nodes_elect_replicate_and_fail_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_on_redb_survives_a_full_restart() {
-    use bzzz_control::store::{DiskLog, RaftDb};
     let config = Arc::new(
         Config {
             heartbeat_interval: 50,

@@ -38,6 +38,10 @@ pub enum Cmd {
     },
     /// Initialize the cluster (the setup wizard's twin): generates the master
     /// key, prints it once as 24 words, splits the admin key across the nodes.
+    ///
+    /// The password file holds the operator password to create (at least 12
+    /// characters). With --json, one object is printed (the mnemonic
+    /// included) and the words are confirmed without asking.
     Init(InitArgs),
     /// From the 24 words: print the cluster admin public key (offline), or
     /// with --api rebuild the cluster with fresh shares under the same key.
@@ -89,14 +93,8 @@ pub struct OperatorArgs {
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
-    /// Base URL of the node's HTTP API.
-    #[arg(
-        long,
-        env = "BZZZ_API",
-        default_value = "http://127.0.0.1:8080",
-        value_name = "URL"
-    )]
-    pub api: String,
+    #[command(flatten)]
+    pub op: OperatorArgs,
     /// Cluster name (a-z, 0-9, '-', '_'; up to 63 characters).
     #[arg(long, value_name = "NAME")]
     pub cluster: String,
@@ -106,12 +104,6 @@ pub struct InitArgs {
     /// Shares to deal, one per node [default: every node present].
     #[arg(long, value_name = "N")]
     pub shares: Option<u16>,
-    /// File whose first line is the operator password to create (at least 12 characters).
-    #[arg(long, value_name = "PATH")]
-    pub operator_password_file: PathBuf,
-    /// Print one JSON object (includes the mnemonic) and confirm without asking.
-    #[arg(long)]
-    pub json: bool,
     /// Do not ask to re-type words even on a terminal (unattended use).
     #[arg(long)]
     pub yes: bool,

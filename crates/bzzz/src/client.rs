@@ -263,9 +263,9 @@ pub async fn post<T: DeserializeOwned>(
 
 pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
-    let password = read_password_file(&a.operator_password_file, true)?;
+    let password = read_password_file(&a.op.operator_password_file, true)?;
     let started: serde_json::Value = post(
-        &a.api,
+        &a.op.api,
         "/api/v1/setup",
         &serde_json::json!({
             "cluster": a.cluster,
@@ -289,11 +289,11 @@ pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
         .get("confirm_positions")
         .and_then(|v| serde_json::from_value(v.clone()).ok())
         .unwrap_or_default();
-    let interactive = !a.json && !a.yes && std::io::stdin().is_terminal();
+    let interactive = !a.op.json && !a.yes && std::io::stdin().is_terminal();
     let setup_id = field("setup_id");
     let confirm = |typed: std::collections::BTreeMap<String, String>| {
         let body = serde_json::json!({ "setup_id": setup_id, "words": typed });
-        async move { post::<serde_json::Value>(&a.api, "/api/v1/setup/confirm", &body, None).await }
+        async move { post::<serde_json::Value>(&a.op.api, "/api/v1/setup/confirm", &body, None).await }
     };
     let done: serde_json::Value = if interactive {
         println!("MASTER KEY: write these 24 words down now, on paper. They are shown once.");
@@ -333,7 +333,7 @@ pub async fn init(a: &crate::cli::InitArgs) -> anyhow::Result<()> {
         // Unattended: nobody to ask; the caller receives the words.
         confirm(confirmation_words(&mnemonic, &started)).await?
     };
-    if a.json {
+    if a.op.json {
         let mut out = done.clone();
         out["mnemonic"] = serde_json::Value::String(mnemonic.to_string());
         out["master_key_hex"] = serde_json::Value::String(field("master_key_hex"));

@@ -102,6 +102,14 @@ fn api_error(e: KeysError) -> Response {
     no_store(r)
 }
 
+/// 409: once the cluster exists, every setup endpoint refuses.
+fn setup_locked() -> Response {
+    api_error(KeysError {
+        status: 409,
+        message: "this node is already initialized; setup is locked".into(),
+    })
+}
+
 fn bad_request(msg: impl Into<String>) -> Response {
     api_error(KeysError {
         status: 422,
@@ -164,10 +172,7 @@ struct SetupBody {
 
 async fn api_setup(State(st): S, body: Bytes) -> Response {
     if st.keys.is_initialized() {
-        return api_error(KeysError {
-            status: 409,
-            message: "this node is already initialized; setup is locked".into(),
-        });
+        return setup_locked();
     }
     let b: SetupBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -209,10 +214,7 @@ struct ConfirmBody {
 
 async fn api_setup_confirm(State(st): S, body: Bytes) -> Response {
     if st.keys.is_initialized() {
-        return api_error(KeysError {
-            status: 409,
-            message: "this node is already initialized; setup is locked".into(),
-        });
+        return setup_locked();
     }
     let b: ConfirmBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
