@@ -49,7 +49,7 @@ impl Default for Policy {
         Self {
             margin: 0.15,
             min_margin: 5.0,
-            min_tenure: Duration::from_secs(30),
+            min_tenure: Duration::from_secs(3),
             max_voters: 5,
         }
     }

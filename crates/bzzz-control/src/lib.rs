@@ -10,9 +10,16 @@
 //!   leadership flap) and which nodes vote (a bounded set of the best, with
 //!   the same hysteresis).
 //!
-//! The Raft state machine (openraft) and the SLURP planners build on these.
+//! * [`raft`]: openraft's type configuration and the replicated cluster
+//!   state machine (inventory, roles, rules; admin changes need the cluster
+//!   admin signature), on the log store in [`store`].
+//! * [`slurp`]: the leader's planners (state, observation → commands) and
+//!   the Raft membership plan.
+//! * [`wire`]: the messages of the control-plane protocol.
 
 pub mod leadership;
 pub mod raft;
 pub mod score;
+pub mod slurp;
 pub mod store;
+pub mod wire;

@@ -1,9 +1,19 @@
 //! openraft 0.9 wiring: the type configuration and the cluster state
 //! machine (the log lives in [`crate::store`]).
 //!
-//! Status: the first steps of issue #4. The network is supplied by the
-//! caller ([`openraft::RaftNetworkFactory`]); tests use an in-process
-//! router, the node will use a libp2p request-response protocol.
+//! The network is supplied by the caller ([`openraft::RaftNetworkFactory`]):
+//! the node uses a libp2p request-response protocol (messages in
+//! [`crate::wire`]), tests an in-process router.
+//!
+//! Who may change what (SPEC §6, "Leader and Admin are separate"):
+//! * [`Command::Genesis`] binds the state to a cluster admin key, once: the
+//!   record must be self-signed by that key; any later one is refused.
+//! * [`Command::Inventory`] is operations: the leader's SLURP planners
+//!   write it, unsigned.
+//! * [`Command::Admin`] (roles, permissions, membership rules) is oversight:
+//!   every node checks the cluster admin (threshold) signature when it
+//!   applies the entry, and refuses it — changing nothing — without one,
+//!   so a leader cannot forge it. Replays are refused by `seq`.
 
 // openraft's storage traits fix the error type (`StorageError`, 224 bytes);
 // the helpers here return it too rather than converting back and forth.
@@ -19,21 +29,101 @@ use openraft::{
     BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
+use bzzz_proto::NodeId;
+use bzzz_proto::cluster::{AdminAction, RoleDef, Signed};
 use serde::{Deserialize, Serialize};
 
 /// A change to the replicated cluster state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    /// Set a key in the cluster's key-value registry (tests, and the
-    /// inventory planner's records).
+    /// Set a key in the cluster's key-value registry (operations data).
     Set { key: String, value: String },
+    /// Binds the state to the cluster (first one wins; later ones must
+    /// name the same admin key and are no-ops).
+    Genesis { record: Signed },
+    /// The inventory planner's view: every member's resources and score.
+    Inventory { nodes: BTreeMap<NodeId, NodeRecord> },
+    /// An admin change ([`AdminChange`]), signed by the cluster admin key.
+    Admin { change: Signed },
 }
 
 /// The result of applying a command.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub previous: Option<String>,
+    /// Set when the state machine refused the command (nothing changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
 }
+
+/// A member's resources as the inventory planner last saw them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub score: f64,
+    /// Seen alive by the leader when recorded.
+    pub healthy: bool,
+    pub cpu_cores: u32,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub vram_total_bytes: u64,
+    pub vram_free_bytes: u64,
+    pub gpus: u32,
+}
+
+/// Cluster totals (healthy members only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Totals {
+    pub nodes: u32,
+    pub cpu_cores: u64,
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub vram_total_bytes: u64,
+    pub vram_free_bytes: u64,
+    pub gpus: u32,
+}
+
+impl Totals {
+    pub fn of(nodes: &BTreeMap<NodeId, NodeRecord>) -> Self {
+        let mut t = Totals::default();
+        for r in nodes.values().filter(|r| r.healthy) {
+            t.nodes += 1;
+            t.cpu_cores += u64::from(r.cpu_cores);
+            t.memory_total_bytes += r.memory_total_bytes;
+            t.memory_free_bytes += r.memory_free_bytes;
+            t.disk_free_bytes += r.disk_free_bytes;
+            t.vram_total_bytes += r.vram_total_bytes;
+            t.vram_free_bytes += r.vram_free_bytes;
+            t.gpus += r.gpus;
+        }
+        t
+    }
+}
+
+/// The cluster the state belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub name: String,
+    /// Hex.
+    pub admin_public_key: String,
+    pub threshold: u16,
+}
+
+/// One applied admin change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub log_index: u64,
+    pub seq: u64,
+    pub issued_at: u64,
+    pub summary: String,
+}
+
+/// Audit entries kept in the state (older ones stay in snapshots' history
+/// only as far back as this).
+pub const AUDIT_KEEP: usize = 1000;
+/// Registry keys and values are bounded.
+pub const MAX_KV_LEN: usize = 16 * 1024;
 
 openraft::declare_raft_types!(
     /// BZZZ's Raft types: node ids are 64-bit digests of libp2p peer ids; a
@@ -50,12 +140,133 @@ fn io_err(e: impl std::error::Error + 'static) -> StorageError<NodeIdU64> {
     StorageIOError::write(&e).into()
 }
 
-/// The replicated cluster state.
+/// The replicated cluster state (every field defaults, so snapshots of
+/// older versions load).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ClusterState {
     pub last_applied: Option<LogId<NodeIdU64>>,
     pub membership: StoredMembership<NodeIdU64, BasicNode>,
     pub kv: BTreeMap<String, String>,
+    pub cluster: Option<ClusterInfo>,
+    /// Inventory: members' resources and scores.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub totals: Totals,
+    /// Role registry (admin changes only).
+    pub roles: BTreeMap<String, RoleDef>,
+    /// Membership rules (admin changes only).
+    pub rules: BTreeMap<String, String>,
+    /// `seq` of the last applied admin change.
+    pub admin_seq: u64,
+    pub audit: std::collections::VecDeque<AuditEntry>,
+    /// Commands refused by the state machine so far.
+    pub rejected: u64,
+}
+
+impl ClusterState {
+    /// Applies one command at `log_index`; refusals change nothing but the
+    /// `rejected` counter.
+    pub fn apply_command(&mut self, log_index: u64, cmd: Command) -> Response {
+        let r = self.try_apply(log_index, cmd);
+        match r {
+            Ok(previous) => Response {
+                previous,
+                rejected: None,
+            },
+            Err(why) => {
+                self.rejected += 1;
+                Response {
+                    previous: None,
+                    rejected: Some(why),
+                }
+            }
+        }
+    }
+
+    fn try_apply(&mut self, log_index: u64, cmd: Command) -> Result<Option<String>, String> {
+        match cmd {
+            Command::Set { key, value } => {
+                if key.is_empty() || key.len() > 256 || value.len() > MAX_KV_LEN {
+                    return Err("key or value out of bounds".into());
+                }
+                Ok(self.kv.insert(key, value))
+            }
+            Command::Genesis { record } => {
+                let g = bzzz_crypto::records::open_genesis(&record, None)
+                    .map_err(|e| format!("genesis refused: {e}"))?;
+                match &self.cluster {
+                    Some(c) if c.admin_public_key == g.admin_public_key => Ok(None),
+                    Some(_) => Err("genesis refused: the state belongs to another cluster".into()),
+                    None => {
+                        self.cluster = Some(ClusterInfo {
+                            name: g.cluster,
+                            admin_public_key: g.admin_public_key,
+                            threshold: g.threshold,
+                        });
+                        Ok(None)
+                    }
+                }
+            }
+            Command::Inventory { nodes } => {
+                if nodes.len() > 10_000 {
+                    return Err("inventory too large".into());
+                }
+                if nodes.values().any(|r| !r.score.is_finite() || r.score < 0.0) {
+                    return Err("inventory has an invalid score".into());
+                }
+                self.totals = Totals::of(&nodes);
+                self.nodes = nodes;
+                Ok(None)
+            }
+            Command::Admin { change } => {
+                let c = self
+                    .cluster
+                    .as_ref()
+                    .ok_or("admin change refused: no genesis applied yet")?;
+                let pk = bzzz_crypto::records::parse_public_key(&c.admin_public_key)
+                    .map_err(|e| e.to_string())?;
+                let ch = bzzz_crypto::records::open_admin_change(&change, &pk, &c.name)
+                    .map_err(|e| format!("admin change refused: {e}"))?;
+                if ch.seq <= self.admin_seq {
+                    return Err(format!(
+                        "admin change refused: seq {} is not after {} (replay or stale)",
+                        ch.seq, self.admin_seq
+                    ));
+                }
+                let summary = ch.action.summary();
+                match ch.action {
+                    AdminAction::PutRole { role } => {
+                        self.roles.insert(role.name.clone(), role);
+                    }
+                    AdminAction::RemoveRole { name } => {
+                        if self.roles.remove(&name).is_none() {
+                            return Err(format!("admin change refused: no role {name:?}"));
+                        }
+                    }
+                    AdminAction::SetRule { name, value } => {
+                        if name.is_empty() || name.len() > 128 {
+                            return Err("admin change refused: bad rule name".into());
+                        }
+                        match value {
+                            Some(v) => self.rules.insert(name, v),
+                            None => self.rules.remove(&name),
+                        };
+                    }
+                }
+                self.admin_seq = ch.seq;
+                self.audit.push_back(AuditEntry {
+                    log_index,
+                    seq: ch.seq,
+                    issued_at: ch.issued_at,
+                    summary,
+                });
+                while self.audit.len() > AUDIT_KEEP {
+                    self.audit.pop_front();
+                }
+                Ok(None)
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -159,9 +370,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             i.state.last_applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(Response::default()),
-                EntryPayload::Normal(Command::Set { key, value }) => {
-                    let previous = i.state.kv.insert(key, value);
-                    out.push(Response { previous });
+                EntryPayload::Normal(cmd) => {
+                    let r = i.state.apply_command(e.log_id.index, cmd);
+                    out.push(r);
                 }
                 EntryPayload::Membership(m) => {
                     i.state.membership = StoredMembership::new(Some(e.log_id), m);
@@ -204,4 +415,35 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// A node's Raft id: the first 8 bytes of BLAKE3 of its node id (peer id
+/// string). The node's [`BasicNode`] address is the node id itself.
+pub fn raft_id(node: &NodeId) -> NodeIdU64 {
+    let h = blake3::derive_key("bzzz raft node id v1", node.as_str().as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The Raft settings BZZZ uses, from its timing knobs (milliseconds).
+pub fn raft_config(
+    heartbeat_ms: u64,
+    election_min_ms: u64,
+    election_max_ms: u64,
+) -> Result<openraft::Config, String> {
+    openraft::Config {
+        cluster_name: "bzzz".into(),
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: election_min_ms,
+        election_timeout_max: election_max_ms,
+        // Snapshots go in chunks well under the transport's message limit.
+        snapshot_max_chunk_size: 256 * 1024,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1_000),
+        max_in_snapshot_log_to_keep: 200,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| e.to_string())
 }

@@ -18,6 +18,7 @@ pub enum Domain {
     MembershipCert,
     JoinToken,
     OperatorMessage,
+    AdminChange,
 }
 
 impl Domain {
@@ -27,6 +28,7 @@ impl Domain {
             Domain::MembershipCert => b"bzzz/member-cert/v1",
             Domain::JoinToken => b"bzzz/join-token/v1",
             Domain::OperatorMessage => b"bzzz/operator-message/v1",
+            Domain::AdminChange => b"bzzz/admin-change/v1",
         }
     }
 }
@@ -82,6 +84,29 @@ pub fn open<T: DeserializeOwned>(
         &sig,
     )?;
     serde_json::from_str(&record.body).map_err(|e| CryptoError::Record(e.to_string()))
+}
+
+/// Checks an admin change: signed by `admin_public_key` under the admin
+/// change domain, a known version, for `cluster`, with a valid action.
+pub fn open_admin_change(
+    record: &Signed,
+    admin_public_key: &[u8; 32],
+    cluster: &str,
+) -> Result<bzzz_proto::cluster::AdminChange, CryptoError> {
+    let c: bzzz_proto::cluster::AdminChange = open(record, Domain::AdminChange, admin_public_key)?;
+    if c.v != RECORD_VERSION {
+        return Err(CryptoError::Record(format!(
+            "admin change version {} unknown",
+            c.v
+        )));
+    }
+    if c.cluster != cluster {
+        return Err(CryptoError::Record("admin change is for another cluster".into()));
+    }
+    if let bzzz_proto::cluster::AdminAction::PutRole { role } = &c.action {
+        role.validate().map_err(CryptoError::Record)?;
+    }
+    Ok(c)
 }
 
 /// Opens a genesis record that names its own admin key (self-signed), and

@@ -14,6 +14,11 @@
 //! Keys-protocol requests (setup, threshold signing, joining) travel on their
 //! own request-response protocol, `/bzzz/keys/1.0.0` (CBOR); inbound ones are
 //! handed to the node as [`InboundRequest`]s over a bounded channel.
+//! Control-plane (Raft) messages have a protocol of their own,
+//! `/bzzz/raft/1.0.0`: opaque bytes (the control plane encodes them), each
+//! request on its own Yamux stream, so heartbeats never wait behind bulk
+//! data; inbound ones arrive as [`RaftInbound`]s on their own queue, and once
+//! the node is a member they are taken only from proven members.
 //!
 //! Once the node is a member of an initialized cluster ([`Membership`]),
 //! only peers whose announcements carry a membership certificate under the
@@ -121,6 +126,23 @@ pub struct InboundRequest {
     pub respond: oneshot::Sender<KeysResponse>,
 }
 
+/// A control-plane (Raft) message from a peer, answered through `respond`
+/// (dropping it leaves the request unanswered: the sender sees a failure).
+#[derive(Debug)]
+pub struct RaftInbound {
+    /// The peer, authenticated by the connection's Noise handshake.
+    pub peer: NodeId,
+    pub payload: Vec<u8>,
+    pub respond: oneshot::Sender<Vec<u8>>,
+}
+
+/// The streams of inbound requests, one per protocol.
+#[derive(Debug)]
+pub struct Inbound {
+    pub keys: mpsc::Receiver<InboundRequest>,
+    pub raft: mpsc::Receiver<RaftInbound>,
+}
+
 /// A live peer in the view.
 #[derive(Debug, Clone)]
 pub struct PeerView {
@@ -170,6 +192,12 @@ pub enum Command {
         peer: NodeId,
         request: KeysRequest,
         reply: oneshot::Sender<Result<KeysResponse, NetError>>,
+    },
+    /// Send a control-plane message to a peer and await its answer.
+    Raft {
+        peer: NodeId,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
 }
 
@@ -240,6 +268,21 @@ impl NetHandle {
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
     }
+
+    /// Sends a control-plane message and waits for the answer (bounded by
+    /// the protocol's request timeout; callers add their own deadline).
+    pub async fn raft_request(&self, peer: &NodeId, payload: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Raft {
+                peer: peer.clone(),
+                payload,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
 }
 
 /// The node id that a node key (seed) gives.
@@ -251,7 +294,7 @@ pub fn node_id_of(seed: &bzzz_crypto::SecretBytes32) -> Result<NodeId, NetError>
 }
 
 /// Builds the swarm, starts listening, and spawns its task on `tracker`.
-/// Returns the handle and the stream of inbound keys-protocol requests.
+/// Returns the handle and the streams of inbound requests.
 ///
 /// Fails (before spawning anything) when the key is unusable or an address
 /// cannot be bound, so the caller can report it and exit.
@@ -261,7 +304,7 @@ pub fn start(
     local: watch::Receiver<LocalInfo>,
     cancel: CancellationToken,
     tracker: &TaskTracker,
-) -> Result<(NetHandle, mpsc::Receiver<InboundRequest>), NetError> {
+) -> Result<(NetHandle, Inbound), NetError> {
     let (node, handle, inbound) = swarm::Node::new(seed, cfg, local)?;
     tracker.spawn(node.run(cancel));
     Ok((handle, inbound))

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Command, InboundRequest, JOIN_GRACE, LocalInfo, NetConfig, NetCounters, NetError, NetHandle,
-    PeerView, Snapshot, signed,
+    Command, Inbound, InboundRequest, JOIN_GRACE, LocalInfo, NetConfig, NetCounters, NetError, NetHandle,
+    PeerView, RaftInbound, Snapshot, signed,
 };
 
 /// Gossip topic of capability announcements.
@@ -36,6 +36,12 @@ pub const CAPS_TOPIC: &str = "bzzz/caps/v1";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
 const IDENTIFY_PROTOCOL: &str = "/bzzz/id/1.0.0";
 const KEYS_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/keys/1.0.0");
+const RAFT_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/raft/1.0.0");
+/// Inbound control-plane messages waiting for the node; more are dropped
+/// (Raft retries).
+const RAFT_QUEUE: usize = 256;
+/// A control-plane exchange (a snapshot chunk at most) must finish in this.
+const RAFT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Inbound keys requests waiting for the node; more are refused as busy.
 const INBOUND_QUEUE: usize = 32;
 /// A keys request (including a threshold-signing round) must finish in this.
@@ -66,7 +72,17 @@ pub(crate) struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     keys: request_response::cbor::Behaviour<KeysRequest, KeysResponse>,
+    raft: request_response::cbor::Behaviour<RaftBytes, RaftBytes>,
 }
+
+/// A control-plane payload, carried as a CBOR byte string.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RaftBytes(#[serde(with = "serde_bytes")] Vec<u8>);
+
+type RaftResponding = BoxFuture<
+    'static,
+    Option<(request_response::ResponseChannel<RaftBytes>, Vec<u8>)>,
+>;
 
 type Responding = BoxFuture<
     'static,
@@ -131,6 +147,12 @@ pub(crate) struct Node {
         request_response::OutboundRequestId,
         tokio::sync::oneshot::Sender<Result<KeysResponse, NetError>>,
     >,
+    raft_tx: mpsc::Sender<RaftInbound>,
+    raft_responding: FuturesUnordered<RaftResponding>,
+    raft_outbound: HashMap<
+        request_response::OutboundRequestId,
+        tokio::sync::oneshot::Sender<Result<Vec<u8>, NetError>>,
+    >,
     /// Connected peers not (yet) proven members, with when they connected.
     unproven: HashMap<PeerId, Instant>,
     /// Peers already reported as refused (log once).
@@ -170,7 +192,7 @@ impl Node {
         seed: &bzzz_crypto::SecretBytes32,
         cfg: NetConfig,
         local: watch::Receiver<LocalInfo>,
-    ) -> Result<(Self, NetHandle, mpsc::Receiver<InboundRequest>), NetError> {
+    ) -> Result<(Self, NetHandle, Inbound), NetError> {
         let mut seed_copy = zeroize::Zeroizing::new(*seed.expose());
         let key = identity::Keypair::ed25519_from_bytes(seed_copy.as_mut())
             .map_err(|e| NetError::Key(e.to_string()))?;
@@ -241,6 +263,7 @@ impl Node {
         });
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (raft_tx, raft_rx) = mpsc::channel(RAFT_QUEUE);
         let node = Node {
             swarm,
             topic,
@@ -268,6 +291,9 @@ impl Node {
             inbound_tx,
             responding: FuturesUnordered::new(),
             outbound: HashMap::new(),
+            raft_tx,
+            raft_responding: FuturesUnordered::new(),
+            raft_outbound: HashMap::new(),
             unproven: HashMap::new(),
             refused_logged: HashSet::new(),
         };
@@ -276,7 +302,11 @@ impl Node {
             cmd: cmd_tx,
             snapshot: snapshot_rx,
         };
-        Ok((node, handle, inbound_rx))
+        let inbound = Inbound {
+            keys: inbound_rx,
+            raft: raft_rx,
+        };
+        Ok((node, handle, inbound))
     }
 
     pub(crate) async fn run(mut self, cancel: CancellationToken) {
@@ -294,6 +324,11 @@ impl Node {
                 Ok(()) = self.local.changed() => self.on_local_change(),
                 Some((channel, response)) = self.responding.next(), if !self.responding.is_empty() => {
                     let _ = self.swarm.behaviour_mut().keys.send_response(channel, response);
+                }
+                Some(answer) = self.raft_responding.next(), if !self.raft_responding.is_empty() => {
+                    if let Some((channel, payload)) = answer {
+                        let _ = self.swarm.behaviour_mut().raft.send_response(channel, RaftBytes(payload));
+                    }
                 }
                 _ = announce.tick() => self.announce(),
                 _ = maintenance.tick() => self.maintain(),
@@ -328,6 +363,25 @@ impl Node {
                 };
                 let id = self.swarm.behaviour_mut().keys.send_request(&p, request);
                 self.outbound.insert(id, reply);
+            }
+            Command::Raft {
+                peer,
+                payload,
+                reply,
+            } => {
+                let Ok(p) = peer.as_str().parse::<PeerId>() else {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: "not a peer id".into(),
+                    }));
+                    return;
+                };
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .raft
+                    .send_request(&p, RaftBytes(payload));
+                self.raft_outbound.insert(id, reply);
             }
         }
     }
@@ -719,6 +773,7 @@ impl Node {
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
             BehaviourEvent::Keys(ev) => self.on_keys_event(ev),
+            BehaviourEvent::Raft(ev) => self.on_raft_event(ev),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                 debug!(peer = %peer_id, "peer subscribed to announcements");
                 self.announce_due = true;
@@ -924,6 +979,69 @@ impl Node {
         }
     }
 
+    fn on_raft_event(&mut self, ev: request_response::Event<RaftBytes, RaftBytes>) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                // Members take control-plane messages from proven members only.
+                let member = self.local.borrow().membership.is_some();
+                if member && !self.view.contains_key(&peer) {
+                    debug!(%peer, "control message from a peer not proven a member; dropped");
+                    return;
+                }
+                let Ok(node) = signed::node_id(&peer) else {
+                    return;
+                };
+                let (respond, rx) = tokio::sync::oneshot::channel();
+                let inbound = RaftInbound {
+                    peer: node,
+                    payload: request.0,
+                    respond,
+                };
+                if self.raft_tx.try_send(inbound).is_ok() {
+                    self.raft_responding
+                        .push(Box::pin(async move { rx.await.ok().map(|r| (channel, r)) }));
+                } else {
+                    debug!(%peer, "control queue full; message dropped");
+                }
+            }
+            Event::Message {
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.raft_outbound.remove(&request_id) {
+                    let _ = reply.send(Ok(response.0));
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.raft_outbound.remove(&request_id) {
+                    let peer = signed::node_id(&peer).unwrap_or_else(|_| self.local_id.clone());
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { .. } | Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn publish_snapshot(&mut self) {
         self.dirty = false;
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
@@ -1003,6 +1121,12 @@ fn build_behaviour(
         keys: request_response::cbor::Behaviour::new(
             [(KEYS_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(KEYS_TIMEOUT),
+        ),
+        raft: request_response::cbor::Behaviour::new(
+            [(RAFT_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(RAFT_TIMEOUT)
+                .with_max_concurrent_streams(256),
         ),
     })
 }

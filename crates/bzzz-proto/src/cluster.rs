@@ -162,6 +162,12 @@ pub enum SignPurpose {
     },
     /// A membership certificate body (authorized by a valid join token).
     Certificate { body: String, token: WireSecret },
+    /// An admin change ([`AdminChange`] JSON; authorized by the operator
+    /// credential).
+    AdminChange {
+        body: String,
+        operator_password: WireSecret,
+    },
 }
 
 impl SignPurpose {
@@ -171,6 +177,7 @@ impl SignPurpose {
             SignPurpose::Message { .. } => "message",
             SignPurpose::JoinToken { .. } => "join_token",
             SignPurpose::Certificate { .. } => "certificate",
+            SignPurpose::AdminChange { .. } => "admin_change",
         }
     }
 }
@@ -267,6 +274,111 @@ pub enum KeysResponse {
     Refused {
         reason: String,
     },
+}
+
+/// Authority levels of a role (SPEC §9), strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authority {
+    Master,
+    Decision,
+    Coordination,
+    Suggestion,
+    ReadOnly,
+}
+
+impl std::str::FromStr for Authority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "master" => Self::Master,
+            "decision" => Self::Decision,
+            "coordination" => Self::Coordination,
+            "suggestion" => Self::Suggestion,
+            "read_only" => Self::ReadOnly,
+            other => {
+                return Err(format!(
+                    "{other:?} is not one of master, decision, coordination, suggestion, read_only"
+                ));
+            }
+        })
+    }
+}
+
+/// A role definition (SPEC §9). The registry lives in the replicated
+/// cluster state; changes need the cluster admin signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleDef {
+    /// Lower-case letters, digits, `_` and `-` (1–63).
+    pub name: String,
+    pub authority: Authority,
+    /// Allowed actions on resources, e.g. `dht:write:ucxl://*/backend/*`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// Roles whose data this role may read.
+    #[serde(default)]
+    pub reads: Vec<String>,
+    /// Members (node ids).
+    #[serde(default)]
+    pub members: Vec<NodeId>,
+}
+
+impl RoleDef {
+    pub fn validate(&self) -> Result<(), String> {
+        validate_cluster_name(&self.name).map_err(|e| format!("role name: {e}"))?;
+        if self.permissions.len() > 256 || self.reads.len() > 256 || self.members.len() > 4096 {
+            return Err("role has too many entries".into());
+        }
+        if self.permissions.iter().any(|p| p.is_empty() || p.len() > 512) {
+            return Err("a permission is empty or longer than 512 bytes".into());
+        }
+        for r in &self.reads {
+            validate_cluster_name(r).map_err(|e| format!("readable role {r:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// What an admin change does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AdminAction {
+    /// Create or replace a role.
+    PutRole { role: RoleDef },
+    /// Delete a role.
+    RemoveRole { name: String },
+    /// Set (or, with `None`, clear) a membership rule, e.g.
+    /// `max_members: "16"`.
+    SetRule { name: String, value: Option<String> },
+}
+
+impl AdminAction {
+    /// One line for the audit log.
+    pub fn summary(&self) -> String {
+        match self {
+            AdminAction::PutRole { role } => format!("put role {}", role.name),
+            AdminAction::RemoveRole { name } => format!("remove role {name}"),
+            AdminAction::SetRule { name, value } => match value {
+                Some(v) => format!("set rule {name} = {v}"),
+                None => format!("clear rule {name}"),
+            },
+        }
+    }
+}
+
+/// A change to roles, permissions or membership rules, signed by the
+/// cluster admin key (threshold). Every node checks the signature when it
+/// applies the change; the Raft leader cannot forge one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminChange {
+    pub v: u32,
+    pub cluster: String,
+    /// Must exceed the last applied change's `seq` (replays are refused).
+    pub seq: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    #[serde(flatten)]
+    pub action: AdminAction,
 }
 
 #[cfg(test)]

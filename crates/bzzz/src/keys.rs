@@ -1104,6 +1104,32 @@ impl Keys {
         .await
     }
 
+    /// Signs an admin change (operator-authorized); returns the signed
+    /// record, ready to propose to the control plane.
+    pub async fn sign_admin_change(
+        &self,
+        change: &bzzz_proto::cluster::AdminChange,
+        password: &OperatorPassword,
+    ) -> Result<Signed, KeysError> {
+        let text = records::body_text(change).map_err(|e| err(500, e.to_string()))?;
+        let bytes = records::signing_bytes(Domain::AdminChange, text.as_bytes());
+        let sig = self
+            .threshold_sign(
+                SignPurpose::AdminChange {
+                    body: text.clone(),
+                    operator_password: WireSecret::new(password.expose().to_owned()),
+                },
+                bytes,
+                None,
+            )
+            .await?;
+        let raw: [u8; 64] = hex::decode(&sig.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| err(500, "bad signature"))?;
+        Ok(records::signed(text, &raw))
+    }
+
     /// Creates a join token valid for `ttl` (operator-authorized).
     pub async fn create_token(
         &self,
@@ -1322,6 +1348,21 @@ impl Keys {
                     return Err("token lifetime out of range".into());
                 }
                 records::signing_bytes(Domain::JoinToken, body.as_bytes())
+            }
+            SignPurpose::AdminChange {
+                body,
+                operator_password,
+            } => {
+                check_password(operator_password)?;
+                let change: bzzz_proto::cluster::AdminChange =
+                    serde_json::from_str(body).map_err(|e| format!("admin change: {e}"))?;
+                if change.cluster != c.genesis.cluster {
+                    return Err("admin change is for another cluster".into());
+                }
+                if let bzzz_proto::cluster::AdminAction::PutRole { role } = &change.action {
+                    role.validate()?;
+                }
+                records::signing_bytes(Domain::AdminChange, body.as_bytes())
             }
             SignPurpose::Certificate { body, token } => {
                 let t = records::check_token(token.expose(), &c.admin_public_key, now)

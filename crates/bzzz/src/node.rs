@@ -128,7 +128,7 @@ pub async fn run(
     drop(key);
     tracker.spawn(crate::keys::serve_inbound(
         keys.clone(),
-        inbound,
+        inbound.keys,
         cancel.clone(),
     ));
     tracker.spawn(crate::keys::enrollment_task(keys.clone(), cancel.clone()));
