@@ -24,13 +24,13 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
+use bzzz_proto::NodeId;
+use bzzz_proto::cluster::{AdminAction, RoleDef, Signed};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use bzzz_proto::NodeId;
-use bzzz_proto::cluster::{AdminAction, RoleDef, Signed};
 use serde::{Deserialize, Serialize};
 
 /// A change to the replicated cluster state.
@@ -211,7 +211,10 @@ impl ClusterState {
                 if nodes.len() > 10_000 {
                     return Err("inventory too large".into());
                 }
-                if nodes.values().any(|r| !r.score.is_finite() || r.score < 0.0) {
+                if nodes
+                    .values()
+                    .any(|r| !r.score.is_finite() || r.score < 0.0)
+                {
                     return Err("inventory has an invalid score".into());
                 }
                 self.totals = Totals::of(&nodes);

@@ -98,7 +98,7 @@ fn record(n: &ObservedNode, w: &Weights) -> NodeRecord {
 }
 
 /// Differs enough to be worth a log entry: health, totals, a score by more
-/// than 1 %, or free memory/disk/VRAM by more than 10 % of the total.
+/// than 5 % (and at least 1 point), or free memory/disk/VRAM by more than 10 % of the total.
 fn material(old: &NodeRecord, new: &NodeRecord) -> bool {
     let moved = |a: u64, b: u64, total: u64| a.abs_diff(b) as f64 > total.max(1) as f64 * 0.10;
     old.healthy != new.healthy
@@ -106,7 +106,7 @@ fn material(old: &NodeRecord, new: &NodeRecord) -> bool {
         || old.memory_total_bytes != new.memory_total_bytes
         || old.vram_total_bytes != new.vram_total_bytes
         || old.gpus != new.gpus
-        || (old.score - new.score).abs() > old.score.abs().max(1.0) * 0.01
+        || (old.score - new.score).abs() > (old.score.abs() * 0.05).max(1.0)
         || moved(
             old.memory_free_bytes,
             new.memory_free_bytes,
@@ -117,7 +117,11 @@ fn material(old: &NodeRecord, new: &NodeRecord) -> bool {
             new.disk_free_bytes,
             new.disk_free_bytes.max(old.disk_free_bytes),
         )
-        || moved(old.vram_free_bytes, new.vram_free_bytes, new.vram_total_bytes)
+        || moved(
+            old.vram_free_bytes,
+            new.vram_free_bytes,
+            new.vram_total_bytes,
+        )
 }
 
 impl Planner for Inventory {
@@ -213,7 +217,10 @@ mod tests {
     fn libp2p_like_id(i: u8) -> String {
         // Ed25519 peer ids are "12D3KooW" + 44 base58 chars.
         let alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
-        let c = alphabet.chars().nth(usize::from(i) % alphabet.len()).unwrap_or('1');
+        let c = alphabet
+            .chars()
+            .nth(usize::from(i) % alphabet.len())
+            .unwrap_or('1');
         format!("12D3KooW{}", c.to_string().repeat(44))
     }
 

@@ -26,7 +26,9 @@ pub enum Rpc {
     /// The leader of `term` has stopped its heartbeats so that the
     /// receiver can take over: it should call an election as soon as the
     /// followers' leader leases run out.
-    HandOff { term: u64 },
+    HandOff {
+        term: u64,
+    },
     /// A command for the leader to commit (sent by a follower on behalf of
     /// its API caller).
     Propose(Command),
@@ -37,8 +39,12 @@ pub enum Rpc {
 pub enum Reply {
     Append(Result<AppendEntriesResponse<NodeIdU64>, RaftError<NodeIdU64>>),
     Vote(Result<VoteResponse<NodeIdU64>, RaftError<NodeIdU64>>),
-    Snapshot(Result<InstallSnapshotResponse<NodeIdU64>, RaftError<NodeIdU64, InstallSnapshotError>>),
-    HandOff { accepted: bool },
+    Snapshot(
+        Result<InstallSnapshotResponse<NodeIdU64>, RaftError<NodeIdU64, InstallSnapshotError>>,
+    ),
+    HandOff {
+        accepted: bool,
+    },
     Proposed(Result<Response, String>),
     /// Not handled (e.g. the control plane is not running yet).
     Refused(String),
@@ -63,11 +69,7 @@ pub enum WireError {
 
 pub fn encode<T: Serialize>(m: &T) -> Vec<u8> {
     // Serializing plain data to a Vec cannot fail.
-    serde_json::to_vec(&Envelope {
-        v: WIRE_VERSION,
-        m,
-    })
-    .unwrap_or_default()
+    serde_json::to_vec(&Envelope { v: WIRE_VERSION, m }).unwrap_or_default()
 }
 
 pub fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, WireError> {

@@ -101,7 +101,9 @@ pub fn open_admin_change(
         )));
     }
     if c.cluster != cluster {
-        return Err(CryptoError::Record("admin change is for another cluster".into()));
+        return Err(CryptoError::Record(
+            "admin change is for another cluster".into(),
+        ));
     }
     if let bzzz_proto::cluster::AdminAction::PutRole { role } = &c.action {
         role.validate().map_err(CryptoError::Record)?;

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    Command, Inbound, InboundRequest, JOIN_GRACE, LocalInfo, NetConfig, NetCounters, NetError, NetHandle,
-    PeerView, RaftInbound, Snapshot, signed,
+    Command, Inbound, InboundRequest, JOIN_GRACE, LocalInfo, NetConfig, NetCounters, NetError,
+    NetHandle, PeerView, RaftInbound, Snapshot, signed,
 };
 
 /// Gossip topic of capability announcements.
@@ -79,10 +79,8 @@ pub(crate) struct Behaviour {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RaftBytes(#[serde(with = "serde_bytes")] Vec<u8>);
 
-type RaftResponding = BoxFuture<
-    'static,
-    Option<(request_response::ResponseChannel<RaftBytes>, Vec<u8>)>,
->;
+type RaftResponding =
+    BoxFuture<'static, Option<(request_response::ResponseChannel<RaftBytes>, Vec<u8>)>>;
 
 type Responding = BoxFuture<
     'static,

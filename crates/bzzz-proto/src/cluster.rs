@@ -329,7 +329,11 @@ impl RoleDef {
         if self.permissions.len() > 256 || self.reads.len() > 256 || self.members.len() > 4096 {
             return Err("role has too many entries".into());
         }
-        if self.permissions.iter().any(|p| p.is_empty() || p.len() > 512) {
+        if self
+            .permissions
+            .iter()
+            .any(|p| p.is_empty() || p.len() > 512)
+        {
             return Err("a permission is empty or longer than 512 bytes".into());
         }
         for r in &self.reads {

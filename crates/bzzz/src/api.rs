@@ -31,6 +31,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/peers", get(peers))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/leader", get(leader))
+        .route("/api/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .merge(crate::setup_ui::routes())
         .fallback(not_found)
@@ -43,6 +45,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/status"),
     ("get", "/api/v1/peers"),
     ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/leader"),
+    ("get", "/api/v1/cluster"),
+    ("get", "/api/v1/roles"),
+    ("post", "/api/v1/roles"),
+    ("post", "/api/v1/admin/changes"),
     ("get", "/metrics"),
     ("post", "/api/v1/setup"),
     ("post", "/api/v1/setup/confirm"),
@@ -116,6 +123,49 @@ async fn status(State(st): S) -> axum::Json<StatusResponse> {
 
 async fn peers(State(st): S) -> axum::Json<Vec<PeerInfo>> {
     axum::Json(peers_of(&st))
+}
+
+fn leader_of(st: &AppState) -> crate::control::LeaderInfo {
+    let local = st.local.borrow().clone();
+    crate::control::leader_info(
+        &st.control,
+        &st.net,
+        &local,
+        st.started,
+        &st.control_settings,
+    )
+}
+
+async fn leader(State(st): S) -> axum::Json<crate::control::LeaderInfo> {
+    axum::Json(leader_of(&st))
+}
+
+/// The replicated cluster state (inventory, totals, roles, rules, the
+/// latest audit entries); 503 before the control plane runs.
+async fn cluster(State(st): S) -> Response {
+    let Some(c) = st.control.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(ApiError {
+                error: "the control plane is not running (is the cluster initialized?)".into(),
+            }),
+        )
+            .into_response();
+    };
+    let s = c.state();
+    let audit: Vec<_> = s.audit.iter().rev().take(50).cloned().collect();
+    axum::Json(json!({
+        "cluster": s.cluster,
+        "nodes": s.nodes,
+        "totals": s.totals,
+        "roles": s.roles,
+        "rules": s.rules,
+        "admin_seq": s.admin_seq,
+        "audit": audit,
+        "rejected": s.rejected,
+        "last_applied": s.last_applied.map(|l| l.index),
+    }))
+    .into_response()
 }
 
 async fn not_found() -> Response {
@@ -301,6 +351,21 @@ pub fn openapi_doc() -> Value {
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["setup_id", "words"], "properties": {
                     "setup_id": {"type": "string"}, "words": {"type": "object", "additionalProperties": {"type": "string"}}}}}}},
                 "responses": {"200": {"description": "Cluster created"}, "409": {"description": "Already initialized or replaced"}, "422": {"description": "A word does not match"}}}},
+            "/api/v1/leader": {"get": {"summary": "Leadership as this node sees it", "operationId": "leader",
+                "responses": {"200": {"description": "Leader", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Leader"}}}}}}},
+            "/api/v1/cluster": {"get": {"summary": "The replicated cluster state: inventory (per-node resources and scores), totals, roles, rules, audit", "operationId": "cluster",
+                "responses": {"200": {"description": "Cluster state"}, "503": {"description": "Control plane not running"}}}},
+            "/api/v1/roles": {
+                "get": {"summary": "The role registry", "operationId": "roles",
+                    "responses": {"200": {"description": "name → role"}, "503": {"description": "Control plane not running"}}},
+                "post": {"summary": "Create or replace a role (operator; HTTP Basic): threshold-signed admin change, committed through Raft", "operationId": "rolePut",
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["name", "authority"], "properties": {
+                        "name": {"type": "string"}, "authority": {"type": "string", "enum": ["master", "decision", "coordination", "suggestion", "read_only"]},
+                        "permissions": {"type": "array", "items": {"type": "string"}}, "reads": {"type": "array", "items": {"type": "string"}},
+                        "members": {"type": "array", "items": {"type": "string"}}}}}}},
+                    "responses": {"200": {"description": "Applied"}, "401": {"description": "No or wrong credential"}, "422": {"description": "Invalid or refused"}, "503": {"description": "No leader"}}}},
+            "/api/v1/admin/changes": {"post": {"summary": "Commit an already signed admin change ({body, signature}); refused (422) unless signed by the cluster admin key (operator; HTTP Basic)", "operationId": "adminChange",
+                "responses": {"200": {"description": "Applied"}, "401": {"description": "No or wrong credential"}, "422": {"description": "Refused by the state machine"}, "503": {"description": "No leader"}}}},
             "/api/v1/keys": {"get": {"summary": "Cluster admin key status (never secret material)", "operationId": "keys",
                 "responses": {"200": {"description": "admin_public_key, threshold, shares, share_index, share_state"}}}},
             "/api/v1/keys/sign": {"post": {"summary": "Threshold-sign a message with the cluster admin key (operator; HTTP Basic)", "operationId": "keysSign",
@@ -328,6 +393,15 @@ pub fn openapi_doc() -> Value {
                     "connected": {"type": "boolean"}, "last_seen_ms_ago": {"type": "integer"},
                     "uptime_secs": {"type": "integer"},
                     "capabilities": {"$ref": "#/components/schemas/Capabilities"}}},
+            "Leader": {"type": "object",
+                "required": ["leader", "term", "voters", "scores"],
+                "properties": {
+                    "leader": {"type": ["string", "null"]}, "term": {"type": "integer"},
+                    "voters": {"type": "array", "items": {"type": "string"}},
+                    "learners": {"type": "array", "items": {"type": "string"}},
+                    "scores": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "state": {"type": "string"}, "last_applied": {"type": ["integer", "null"]},
+                    "node_id": {"type": "string"}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
         }}
     })
@@ -401,6 +475,24 @@ async fn index(State(st): S) -> Html<String> {
     for p in &peers {
         row(p.node_id.as_str(), &p.capabilities, "");
     }
+    let l = leader_of(&st);
+    let mut control = String::new();
+    for (id, score) in &l.scores {
+        let role = if l.leader.as_deref() == Some(id.as_str()) {
+            "leader"
+        } else if l.voters.contains(id) {
+            "voter"
+        } else if l.learners.contains(id) {
+            "learner"
+        } else {
+            "-"
+        };
+        let _ = write!(
+            control,
+            "<tr><td><code>{}</code></td><td>{role}</td><td>{score:.1}</td></tr>",
+            esc(id)
+        );
+    }
     Html(format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>BZZZ — cluster overview</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222}}table{{border-collapse:collapse}}
@@ -408,12 +500,18 @@ td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}th{{background
 <body><h1>BZZZ cluster overview</h1>
 <p>Node <code id="node-id">{id}</code>, version {ver}, up {up}s. <span id="peer-count">{n}</span> other live node(s).</p>
 <table id="nodes"><tr><th>Node</th><th>CPU</th><th>Load</th><th>Memory free/total</th><th>GPUs</th><th>Ollama</th><th>Zone</th></tr>{rows}</table>
-<p>API: <a href="/api/v1/status">status</a> · <a href="/api/v1/peers">peers</a> · <a href="/api/v1/openapi.json">OpenAPI</a> · <a href="/metrics">metrics</a></p>
+<h2>Control plane</h2>
+<p>Leader <code id="leader">{leader}</code>, term <span id="term">{term}</span>; this node is <span id="raft-state">{raft_state}</span>.</p>
+<table id="scores"><tr><th>Member</th><th>Role</th><th>Score</th></tr>{control}</table>
+<p>API: <a href="/api/v1/status">status</a> · <a href="/api/v1/peers">peers</a> · <a href="/api/v1/leader">leader</a> · <a href="/api/v1/cluster">cluster state</a> · <a href="/api/v1/openapi.json">OpenAPI</a> · <a href="/metrics">metrics</a></p>
 </body></html>"#,
         id = esc(me.node_id.as_str()),
         ver = esc(&me.version),
         up = me.uptime_secs,
         n = peers.len(),
+        leader = esc(l.leader.as_deref().unwrap_or("none")),
+        term = l.term,
+        raft_state = esc(&l.state),
     ))
 }
 
@@ -430,10 +528,8 @@ mod tests {
                 "{method} {path} missing from the OpenAPI document"
             );
         }
-        assert_eq!(
-            doc["paths"].as_object().map(|m| m.len()),
-            Some(ROUTES.len())
-        );
+        let paths: std::collections::BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
+        assert_eq!(doc["paths"].as_object().map(|m| m.len()), Some(paths.len()));
     }
 
     #[test]

@@ -56,6 +56,41 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
+    /// Show the Raft leader, term, voters and node scores as this node sees them.
+    Leader(ReadArgs),
+    /// Roles (SPEC §9): changes are signed by the cluster admin key.
+    Role {
+        #[command(subcommand)]
+        cmd: RoleCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCmd {
+    /// Create or replace a role (operator only; threshold-signed, committed through Raft).
+    Create(RoleArgs),
+    /// List the roles.
+    Ls(ReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RoleArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// Role name (a-z, 0-9, '-', '_').
+    pub name: String,
+    /// Authority level: master, decision, coordination, suggestion or read_only.
+    #[arg(long, value_name = "LEVEL")]
+    pub authority: String,
+    /// Allowed action on a resource (repeatable), e.g. dht:write:ucxl://*/backend/*.
+    #[arg(long = "permission", value_name = "PERMISSION")]
+    pub permissions: Vec<String>,
+    /// A role whose data this role may read (repeatable).
+    #[arg(long = "reads", value_name = "ROLE")]
+    pub reads: Vec<String>,
+    /// A member node id (repeatable).
+    #[arg(long = "member", value_name = "NODE_ID")]
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

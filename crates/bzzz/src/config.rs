@@ -66,6 +66,116 @@ pub struct FileConfig {
     pub network: NetworkFile,
     pub capabilities: CapabilitiesFile,
     pub labels: LabelsFile,
+    pub control: ControlFile,
+}
+
+/// `control:` section: Raft timing, node scores and leadership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlFile {
+    /// Leader heartbeat period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time between these
+    /// (after the leader's lease, `election_timeout_max`) calls an election.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// How often the leader runs its planners (inventory, membership,
+    /// leadership).
+    #[serde(with = "humantime_serde")]
+    pub planner_interval: Duration,
+    /// A voter out of sight keeps its seat (at its last score) this long.
+    #[serde(with = "humantime_serde")]
+    pub voter_grace: Duration,
+    /// Score weights.
+    pub weights: bzzz_control::score::Weights,
+    /// Hysteresis: `margin` (relative), `min_margin` (absolute),
+    /// `min_tenure` (seconds), `max_voters`.
+    pub leadership: bzzz_control::leadership::Policy,
+}
+
+impl Default for ControlFile {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            planner_interval: Duration::from_millis(500),
+            voter_grace: Duration::from_secs(30),
+            weights: Default::default(),
+            leadership: Default::default(),
+        }
+    }
+}
+
+/// Validated `control:` settings.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub raft: openraft::Config,
+    pub planner_interval: Duration,
+    pub voter_grace: Duration,
+    pub context: bzzz_control::slurp::Context,
+}
+
+impl ControlSettings {
+    /// The leader lease: followers refuse to vote for this long after
+    /// hearing from a leader.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.raft.election_timeout_max)
+    }
+}
+
+fn validate_control(c: &ControlFile) -> Result<ControlSettings, ConfigError> {
+    let ms = |field: &str, d: Duration| -> Result<u64, ConfigError> {
+        let d = positive(field, d)?;
+        u64::try_from(d.as_millis()).map_err(|_| cerr(field, "too long"))
+    };
+    let hb = ms("control.heartbeat_interval", c.heartbeat_interval)?;
+    let emin = ms("control.election_timeout_min", c.election_timeout_min)?;
+    let emax = ms("control.election_timeout_max", c.election_timeout_max)?;
+    if emin <= hb * 2 {
+        return Err(cerr(
+            "control.election_timeout_min",
+            "must be more than twice control.heartbeat_interval",
+        ));
+    }
+    if emax <= emin {
+        return Err(cerr(
+            "control.election_timeout_max",
+            "must be longer than control.election_timeout_min",
+        ));
+    }
+    let raft = bzzz_control::raft::raft_config(hb, emin, emax).map_err(|e| cerr("control", e))?;
+    c.weights
+        .validate()
+        .map_err(|e| cerr("control.weights", e))?;
+    let p = &c.leadership;
+    if !(p.margin.is_finite() && p.margin >= 0.0) {
+        return Err(cerr("control.leadership.margin", "must be a number ≥ 0"));
+    }
+    if !(p.min_margin.is_finite() && p.min_margin >= 0.0) {
+        return Err(cerr(
+            "control.leadership.min_margin",
+            "must be a number ≥ 0",
+        ));
+    }
+    if !(1..=9).contains(&p.max_voters) {
+        return Err(cerr(
+            "control.leadership.max_voters",
+            "must be between 1 and 9",
+        ));
+    }
+    Ok(ControlSettings {
+        raft,
+        planner_interval: positive("control.planner_interval", c.planner_interval)?,
+        voter_grace: positive("control.voter_grace", c.voter_grace)?,
+        context: bzzz_control::slurp::Context {
+            weights: c.weights.clone(),
+            policy: p.clone(),
+        },
+    })
 }
 
 /// `labels:` section: placement labels announced with the capabilities.
@@ -155,6 +265,7 @@ impl Default for FileConfig {
             network: NetworkFile::default(),
             capabilities: CapabilitiesFile::default(),
             labels: LabelsFile::default(),
+            control: ControlFile::default(),
         }
     }
 }
@@ -213,6 +324,7 @@ pub struct Config {
     pub declared_cpu_cores: Option<u32>,
     pub declared_memory_total_bytes: Option<u64>,
     pub labels: Labels,
+    pub control: ControlSettings,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -516,6 +628,7 @@ fn validate(
         extra: f.labels.extra,
     };
     labels.validate().map_err(|e| cerr(e.field, e.problem))?;
+    let control = validate_control(&f.control)?;
 
     Ok(Config {
         data_dir: f.data_dir,
@@ -539,6 +652,7 @@ fn validate(
         declared_cpu_cores: c.declared.cpu_cores,
         declared_memory_total_bytes: c.declared.memory_total_bytes,
         labels,
+        control,
         source,
     })
 }
@@ -547,6 +661,7 @@ fn validate(
 pub fn example() -> String {
     let n = NetworkFile::default();
     let c = CapabilitiesFile::default();
+    let k = ControlFile::default();
     let d = |x: Duration| humantime::format_duration(x).to_string();
     let mut extra = BTreeMap::new();
     extra.insert("owner", "ml-team");
@@ -610,6 +725,38 @@ labels: {{}}
 #  rack: r12
 #  extra:
 #    owner: {owner}
+
+# Control plane (Raft leader election, scores, SLURP).
+control:
+  # Leader heartbeat period.
+  heartbeat_interval: {hb}
+  # Election timeout range; a follower first waits out the leader's lease
+  # (election_timeout_max), then a random time in this range.
+  election_timeout_min: {emin}
+  election_timeout_max: {emax}
+  # How often the leader plans (inventory, Raft membership, leadership).
+  planner_interval: {plan}
+  # A voter out of sight keeps its seat this long.
+  voter_grace: {grace}
+  # Node score = vram·vram_gib + ram·ram_gib + cores·cpu_core
+  #   + disk_free·disk_free_gib + min(uptime, cap)·uptime_hour
+  #   − load_per_core·load − rtt_ms·link_ms   (sizes in GiB)
+  weights:
+    vram_gib: {w_vram}
+    ram_gib: {w_ram}
+    cpu_core: {w_cpu}
+    disk_free_gib: {w_disk}
+    uptime_hour: {w_up}
+    uptime_cap_hours: {w_cap}
+    load: {w_load}
+    link_ms: {w_link}
+  # Leadership moves to a better-scored voter only when it beats the leader
+  # by margin (relative) and min_margin (absolute) after min_tenure seconds.
+  leadership:
+    margin: {margin}
+    min_margin: {min_margin}
+    min_tenure: {tenure}
+    max_voters: {max_voters}
 "#,
         l0 = n.listen[0],
         l1 = n.listen[1],
@@ -623,6 +770,23 @@ labels: {{}}
         ri = d(c.refresh_interval),
         ou = c.ollama_url,
         owner = extra["owner"],
+        hb = d(k.heartbeat_interval),
+        emin = d(k.election_timeout_min),
+        emax = d(k.election_timeout_max),
+        plan = d(k.planner_interval),
+        grace = d(k.voter_grace),
+        w_vram = k.weights.vram_gib,
+        w_ram = k.weights.ram_gib,
+        w_cpu = k.weights.cpu_core,
+        w_disk = k.weights.disk_free_gib,
+        w_up = k.weights.uptime_hour,
+        w_cap = k.weights.uptime_cap_hours,
+        w_load = k.weights.load,
+        w_link = k.weights.link_ms,
+        margin = k.leadership.margin,
+        min_margin = k.leadership.min_margin,
+        tenure = k.leadership.min_tenure.as_secs_f64(),
+        max_voters = k.leadership.max_voters,
     )
 }
 

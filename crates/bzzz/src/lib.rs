@@ -13,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod detect;
 pub mod keys;

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use bzzz::cli::{Cli, Cmd, ConfigCmd, KeysCmd, NodeCmd, RunArgs, TokenCmd};
+use bzzz::cli::{Cli, Cmd, ConfigCmd, KeysCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd};
 use bzzz::config::{self, Config, LogFormat, Overrides};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +33,12 @@ fn load_config(path: Option<&std::path::Path>, flags: &Overrides) -> Result<Conf
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = std::env::var("BZZZ_LOG").unwrap_or_else(|_| level.to_owned());
+    let mut filter = std::env::var("BZZZ_LOG").unwrap_or_else(|_| level.to_owned());
+    // openraft narrates every RPC at info; its warnings and errors are what
+    // an operator needs (name `openraft` in the filter to see more).
+    if !filter.contains("openraft") {
+        filter.push_str(",openraft=warn");
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("warning: log filter {filter:?} is invalid ({e}); using info");
         tracing_subscriber::EnvFilter::new("info")
@@ -76,6 +81,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Token {
             cmd: TokenCmd::Create(a),
         } => report(bzzz::client::token_create(&a).await),
+        Cmd::Leader(a) => report(bzzz::client::leader(&a).await),
+        Cmd::Role {
+            cmd: RoleCmd::Create(a),
+        } => report(bzzz::client::role_create(&a).await),
+        Cmd::Role {
+            cmd: RoleCmd::Ls(a),
+        } => report(bzzz::client::role_ls(&a).await),
         Cmd::Config {
             cmd: ConfigCmd::Example,
         } => {

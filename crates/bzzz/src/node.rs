@@ -8,6 +8,7 @@
 //! | network (`bzzz_net`) | the libp2p swarm, the cluster view | cancel |
 //! | capabilities | the [`Detector`]; sends [`LocalInfo`] changes | cancel |
 //! | runtime file | `<data_dir>/node.json` (addresses for scripts, tests, `demo`) | cancel |
+//! | control (`crate::control`) | Raft, planners, leadership; inbound control messages | cancel (a leader hands off first) |
 //! | HTTP | the axum server | cancel (graceful: in-flight requests finish) |
 //!
 //! SIGINT/SIGTERM cancel the token; the process exits 0 once every task has
@@ -56,6 +57,8 @@ pub struct AppState {
     pub local: watch::Receiver<LocalInfo>,
     pub started: Instant,
     pub api_addr: SocketAddr,
+    pub control: crate::control::ControlCell,
+    pub control_settings: crate::config::ControlSettings,
 }
 
 /// Runs a node until SIGINT/SIGTERM (or `cancel`). With a join token, the
@@ -132,6 +135,24 @@ pub async fn run(
         cancel.clone(),
     ));
     tracker.spawn(crate::keys::enrollment_task(keys.clone(), cancel.clone()));
+    let started = Instant::now();
+    let control = crate::control::ControlCell::default();
+    tracker.spawn(crate::control::serve(
+        control.clone(),
+        inbound.raft,
+        tracker.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(crate::control::run(
+        cfg.control.clone(),
+        cfg.data_dir.clone(),
+        keys.clone(),
+        net.clone(),
+        local_rx.clone(),
+        started,
+        control.clone(),
+        cancel.clone(),
+    ));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     if let (Some(token), Some(body)) = (join_token, join) {
         if keys.is_initialized() {
@@ -164,8 +185,10 @@ pub async fn run(
         net,
         keys,
         local: local_rx,
-        started: Instant::now(),
+        started,
         api_addr,
+        control,
+        control_settings: cfg.control.clone(),
     });
     let app = crate::api::router(state);
     let http_cancel = cancel.clone();

@@ -46,6 +46,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/keys", get(api_keys))
         .route("/api/v1/keys/sign", post(api_sign))
         .route("/api/v1/tokens", post(api_tokens))
+        .route("/api/v1/roles", get(api_roles).post(api_role_put))
+        .route("/api/v1/admin/changes", post(api_admin_change))
         .route("/login", get(login_page).post(login_form))
         .route("/logout", post(logout_form))
         .route("/admin", get(admin_page))
@@ -331,6 +333,112 @@ async fn api_tokens(
                     "uses": body.uses, "cluster": body.cluster }),
         ),
         Err(e) => api_error(e),
+    }
+}
+
+// ---- admin changes (roles, rules) --------------------------------------------
+
+fn no_control() -> Response {
+    api_error(KeysError {
+        status: 503,
+        message: "the control plane is not running (is the cluster initialized?)".into(),
+    })
+}
+
+/// Proposes a signed admin change; 200 when every node applies it, 422 when
+/// the state machine refuses it (the reason names why), 503 without a
+/// leader.
+async fn propose_admin(
+    control: &crate::control::Control,
+    change: bzzz_proto::cluster::Signed,
+) -> Response {
+    match control
+        .propose(bzzz_control::raft::Command::Admin { change })
+        .await
+    {
+        Ok(r) => match r.rejected {
+            Some(why) => bad_request(why),
+            None => json_ok(StatusCode::OK, json!({ "applied": true })),
+        },
+        Err(e) => api_error(KeysError {
+            status: 503,
+            message: e,
+        }),
+    }
+}
+
+async fn api_roles(State(st): S) -> Response {
+    match st.control.get() {
+        Some(c) => json_ok(StatusCode::OK, json!(c.state().roles)),
+        None => no_control(),
+    }
+}
+
+/// `POST /api/v1/roles` (operator): a role definition; signs an admin
+/// change with the cluster key (threshold) and commits it.
+async fn api_role_put(
+    State(st): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pw = match authorize(&st, &peer, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let role: bzzz_proto::cluster::RoleDef = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("invalid role: {e}")),
+    };
+    if let Err(e) = role.validate() {
+        return bad_request(e);
+    }
+    let Some(control) = st.control.get().cloned() else {
+        return no_control();
+    };
+    let Some(cluster) = st.keys.cluster() else {
+        return api_error(KeysError {
+            status: 409,
+            message: "the cluster is not initialized yet".into(),
+        });
+    };
+    // A seq after every applied change, and time-ordered across proposers.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let change = bzzz_proto::cluster::AdminChange {
+        v: bzzz_proto::cluster::RECORD_VERSION,
+        cluster: cluster.genesis.cluster.clone(),
+        seq: now_ms.max(control.state().admin_seq + 1),
+        issued_at: crate::keys::unix_now(),
+        action: bzzz_proto::cluster::AdminAction::PutRole { role },
+    };
+    let signed = match st.keys.sign_admin_change(&change, &pw).await {
+        Ok(s) => s,
+        Err(e) => return api_error(e),
+    };
+    propose_admin(&control, signed).await
+}
+
+/// `POST /api/v1/admin/changes` (operator): commits an already signed admin
+/// change (`{"body": …, "signature": …}`) as is. Every node checks the
+/// signature when applying it; an unsigned or forged one is refused (422).
+async fn api_admin_change(
+    State(st): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&st, &peer, &headers).await {
+        return r;
+    }
+    let change: bzzz_proto::cluster::Signed = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(format!("invalid signed change: {e}")),
+    };
+    match st.control.get() {
+        Some(c) => propose_admin(c, change).await,
+        None => no_control(),
     }
 }
 
