@@ -142,10 +142,11 @@ impl Planner for Inventory {
                 }
             }
         }
+        // Out of sight: unhealthy, out of the totals; the last score stays
+        // (voter choice gives a short absence a grace period).
         for (id, r) in next.iter_mut() {
             if r.healthy && !observed.nodes.contains_key(id) {
                 r.healthy = false;
-                r.score = 0.0;
                 changed = true;
             }
         }

@@ -274,6 +274,85 @@ impl Lab {
             .collect())
     }
 
+    /// An HTTP request to host `i`'s API (`IP:8080`), made from inside its
+    /// namespace (a thread that joins it), so no process is spawned.
+    pub fn http(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        let h = self.host(i).clone();
+        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(format!("/var/run/netns/{}", h.ns))
+                .with_context(|| format!("open namespace {}", h.ns))?;
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&f),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .with_context(|| format!("enter namespace {}", h.ns))?;
+            let hdrs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            crate::http::request(&format!("{}:8080", h.ip), &method, &path, &hdrs, &body)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the request thread panicked"))?
+    }
+
+    /// A JSON GET through [`Lab::http`]; `None` unless 200 with JSON.
+    pub fn get_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        match self.http(i, "GET", path, &[], "") {
+            Ok((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    /// Drops all traffic between the hosts of `a` and those of `b` (both
+    /// ways, inside each host's namespace): a partition where each side
+    /// still talks among itself.
+    pub fn partition(&self, a: &[usize], b: &[usize]) -> anyhow::Result<()> {
+        for (side, other) in [(a, b), (b, a)] {
+            for &i in side {
+                for &j in other {
+                    let ip = self.host(j).ip.clone();
+                    let out =
+                        self.exec(i, &["iptables", "-A", "INPUT", "-s", &ip, "-j", "DROP"])?;
+                    if !out.status.success() {
+                        bail!(
+                            "iptables in h{i}: {}",
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every partition rule.
+    pub fn unpartition(&self) -> anyhow::Result<()> {
+        for h in &self.hosts {
+            let out = self.exec(h.index, &["iptables", "-F", "INPUT"])?;
+            if !out.status.success() {
+                bail!(
+                    "iptables -F in h{}: {}",
+                    h.index,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Cuts host `i` off the bridge (no FIN, no RST: a real partition).
     pub fn cut(&self, i: usize) -> anyhow::Result<()> {
         must(&[

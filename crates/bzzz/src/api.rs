@@ -50,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/roles"),
     ("post", "/api/v1/roles"),
     ("post", "/api/v1/admin/changes"),
+    ("get", "/api/v1/registry"),
+    ("post", "/api/v1/registry"),
     ("get", "/metrics"),
     ("post", "/api/v1/setup"),
     ("post", "/api/v1/setup/confirm"),
@@ -366,6 +368,13 @@ pub fn openapi_doc() -> Value {
                     "responses": {"200": {"description": "Applied"}, "401": {"description": "No or wrong credential"}, "422": {"description": "Invalid or refused"}, "503": {"description": "No leader"}}}},
             "/api/v1/admin/changes": {"post": {"summary": "Commit an already signed admin change ({body, signature}); refused (422) unless signed by the cluster admin key (operator; HTTP Basic)", "operationId": "adminChange",
                 "responses": {"200": {"description": "Applied"}, "401": {"description": "No or wrong credential"}, "422": {"description": "Refused by the state machine"}, "503": {"description": "No leader"}}}},
+            "/api/v1/registry": {
+                "get": {"summary": "The cluster key-value registry (replicated through Raft)", "operationId": "registry",
+                    "responses": {"200": {"description": "key → value"}, "503": {"description": "Control plane not running"}}},
+                "post": {"summary": "Set a registry key (operator; HTTP Basic); 200 once committed by a quorum", "operationId": "registrySet",
+                    "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["key", "value"], "properties": {
+                        "key": {"type": "string", "maxLength": 256}, "value": {"type": "string", "maxLength": 16384}}}}}},
+                    "responses": {"200": {"description": "Committed"}, "401": {"description": "No or wrong credential"}, "422": {"description": "Invalid"}, "503": {"description": "No quorum or no leader"}}}},
             "/api/v1/keys": {"get": {"summary": "Cluster admin key status (never secret material)", "operationId": "keys",
                 "responses": {"200": {"description": "admin_public_key, threshold, shares, share_index, share_state"}}}},
             "/api/v1/keys/sign": {"post": {"summary": "Threshold-sign a message with the cluster admin key (operator; HTTP Basic)", "operationId": "keysSign",

@@ -68,8 +68,9 @@ pub struct Control {
     last_append: Mutex<Option<(NodeIdU64, Instant)>>,
     /// Planner writes pause while a hand-off is under way.
     handing_off: Mutex<Option<Instant>>,
-    /// Members that left the view, and since when (voter grace).
-    absent_since: Mutex<BTreeMap<NodeId, Instant>>,
+    /// Each member's last live score and when it was last seen healthy
+    /// (a voter out of sight keeps its seat for `voter_grace`).
+    last_seen: Mutex<BTreeMap<NodeId, (f64, Instant)>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -370,8 +371,10 @@ pub fn leader_info(
     let voters: Vec<String> = mem.voter_ids().filter_map(|v| addr_of(mem, v)).collect();
     let learners: Vec<String> = mem.learner_ids().filter_map(|v| addr_of(mem, v)).collect();
     let state = c.state();
+    // The replicated scores (0 for members out of sight), so that every
+    // node shows the same figures.
     for (id, r) in &state.nodes {
-        scores.insert(id.to_string(), r.score);
+        scores.insert(id.to_string(), if r.healthy { r.score } else { 0.0 });
     }
     // Only members: scores of Raft members and inventory entries.
     scores.retain(|k, _| {
@@ -522,6 +525,9 @@ pub async fn run(
             leader_since = None;
         }
         let l = local.borrow().clone();
+        // Every node keeps the members' last live scores, so a new leader
+        // knows who was there before it.
+        control.voter_scores(&observe(&net, &l, started));
         if let Some((_, since)) = leader_since {
             control.lead(&l, started, since.elapsed(), &cluster).await;
         } else {
@@ -589,7 +595,7 @@ async fn start(
         settings: settings.clone(),
         last_append: Mutex::new(None),
         handing_off: Mutex::new(None),
-        absent_since: Mutex::new(BTreeMap::new()),
+        last_seen: Mutex::new(BTreeMap::new()),
     }))
 }
 
@@ -603,27 +609,33 @@ impl Control {
             .collect()
     }
 
-    /// Scores for voter decisions: live ones, and for members that left the
-    /// view less than `voter_grace` ago, their last recorded score.
+    /// Scores for voter decisions: live ones, and for members out of sight
+    /// for less than `voter_grace`, their last live score (so a restart or
+    /// a short partition never shuffles seats).
     fn voter_scores(&self, observed: &Observed) -> BTreeMap<NodeId, f64> {
         let live = observed.scores(&self.settings.context.weights);
-        let state = self.sm.state();
-        let mut absent = lock(&self.absent_since);
+        let mut seen = lock(&self.last_seen);
         let now = Instant::now();
-        let mut out = live.clone();
-        for (id, r) in &state.nodes {
-            let healthy_now = observed.nodes.get(id).is_some_and(|n| n.healthy);
-            if healthy_now {
-                absent.remove(id);
-                continue;
+        for (id, s) in &live {
+            if *s > 0.0 {
+                seen.insert(id.clone(), (*s, now));
             }
-            let since = *absent.entry(id.clone()).or_insert(now);
-            let s = if now.duration_since(since) < self.settings.voter_grace {
-                r.score
-            } else {
-                0.0
-            };
-            out.insert(id.clone(), s);
+        }
+        // Members recorded in the inventory but never seen live by this node
+        // (it just started, or just became leader): the grace starts now.
+        for (id, r) in &self.sm.state().nodes {
+            seen.entry(id.clone()).or_insert((r.score, now));
+        }
+        let mut out = live;
+        for (id, (score, at)) in seen.iter() {
+            if out.get(id).is_none_or(|s| *s <= 0.0) {
+                let s = if now.duration_since(*at) < self.settings.voter_grace {
+                    *score
+                } else {
+                    0.0
+                };
+                out.insert(id.clone(), s);
+            }
         }
         out
     }

@@ -48,6 +48,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/tokens", post(api_tokens))
         .route("/api/v1/roles", get(api_roles).post(api_role_put))
         .route("/api/v1/admin/changes", post(api_admin_change))
+        .route("/api/v1/registry", get(api_registry).post(api_registry_set))
         .route("/login", get(login_page).post(login_form))
         .route("/logout", post(logout_form))
         .route("/admin", get(admin_page))
@@ -439,6 +440,61 @@ async fn api_admin_change(
     match st.control.get() {
         Some(c) => propose_admin(c, change).await,
         None => no_control(),
+    }
+}
+
+/// `GET /api/v1/registry`: the cluster's key-value registry (operations
+/// data, replicated through Raft).
+async fn api_registry(State(st): S) -> Response {
+    match st.control.get() {
+        Some(c) => json_ok(StatusCode::OK, json!(c.state().kv)),
+        None => no_control(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrySet {
+    key: String,
+    value: String,
+}
+
+/// `POST /api/v1/registry` (operator): sets a key; 200 only once the write
+/// is committed by a quorum (acknowledged), 503 when no quorum is reachable.
+async fn api_registry_set(
+    State(st): S,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = authorize(&st, &peer, &headers).await {
+        return r;
+    }
+    let b: RegistrySet = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return bad_request(format!("invalid registry write: {e}")),
+    };
+    let Some(c) = st.control.get() else {
+        return no_control();
+    };
+    match c
+        .propose(bzzz_control::raft::Command::Set {
+            key: b.key,
+            value: b.value,
+        })
+        .await
+    {
+        Ok(r) => match r.rejected {
+            Some(why) => bad_request(why),
+            None => json_ok(
+                StatusCode::OK,
+                json!({ "committed": true, "previous": r.previous }),
+            ),
+        },
+        Err(e) => api_error(KeysError {
+            status: 503,
+            message: e,
+        }),
     }
 }
 

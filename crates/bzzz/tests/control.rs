@@ -159,8 +159,11 @@ fn five_nodes_agree_on_one_leader_and_replace_a_killed_one() {
             killed_at.elapsed()
         );
         // Node 0 is everyone's bootstrap address and would come back on new
-        // ports: it stays down; the others are restarted and rejoin.
+        // ports: it stays down; the others are restarted (bootstrapping to a
+        // live node, node 0 may be gone) and rejoin.
         if li != 0 {
+            let via = c.nodes[alive[0]].tcp_addr().expect("address");
+            c.nodes[li].args.extend(["--bootstrap".to_owned(), via]);
             c.nodes[li].restart(bin()).expect("restart");
             c.nodes[li]
                 .wait_ready(Duration::from_secs(20))
