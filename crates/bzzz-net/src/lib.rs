@@ -17,8 +17,8 @@
 //! Control-plane (Raft) messages have a protocol of their own,
 //! `/bzzz/raft/1.0.0`: opaque bytes (the control plane encodes them), each
 //! request on its own Yamux stream, so heartbeats never wait behind bulk
-//! data; inbound ones arrive as [`RaftInbound`]s on their own queue, and once
-//! the node is a member they are taken only from proven members.
+//! data; inbound ones arrive as [`RaftInbound`]s on their own queue (the
+//! control plane answers only Raft members and proven members).
 //!
 //! Once the node is a member of an initialized cluster ([`Membership`]),
 //! only peers whose announcements carry a membership certificate under the
@@ -193,6 +193,10 @@ pub enum Command {
         request: KeysRequest,
         reply: oneshot::Sender<Result<KeysResponse, NetError>>,
     },
+    /// Close every connection to `peer` but the newest: a request on an
+    /// older one went unanswered (it may lead to a process that died; a
+    /// restarted peer is on the newest).
+    CloseStale { peer: NodeId },
     /// Send a control-plane message to a peer and await its answer.
     Raft {
         peer: NodeId,
@@ -267,6 +271,13 @@ impl NetHandle {
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// See [`Command::CloseStale`] (best effort, never waits).
+    pub fn close_stale(&self, peer: &NodeId) {
+        let _ = self
+            .cmd
+            .try_send(Command::CloseStale { peer: peer.clone() });
     }
 
     /// Sends a control-plane message and waits for the answer (bounded by

@@ -284,6 +284,19 @@ impl Lab {
         headers: &[(&str, &str)],
         body: &str,
     ) -> anyhow::Result<(u16, String)> {
+        self.http_port(i, 8080, method, path, headers, body)
+    }
+
+    /// [`Lab::http`] to another port of host `i` (e.g. a baseline service).
+    pub fn http_port(
+        &self,
+        i: usize,
+        port: u16,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> anyhow::Result<(u16, String)> {
         let h = self.host(i).clone();
         let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
         let headers: Vec<(String, String)> = headers
@@ -302,7 +315,7 @@ impl Lab {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            crate::http::request(&format!("{}:8080", h.ip), &method, &path, &hdrs, &body)
+            crate::http::request(&format!("{}:{port}", h.ip), &method, &path, &hdrs, &body)
         })
         .join()
         .map_err(|_| anyhow::anyhow!("the request thread panicked"))?

@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`serve`] | [`RaftInbound`] messages from the swarm | answers (Raft RPCs, hand-offs, forwarded proposals) |
 //! | [`run`] | membership (waits for it), the cluster view, Raft metrics | Raft membership changes, planner commands, hand-offs |
+//! | `detect_leader_loss` (spawned by `run`) | Raft metrics, time of the last AppendEntries | an early election by the designated successor |
 //!
 //! Raft starts once the node is a member of an initialized cluster: the
 //! setup ceremony decides who belongs, so the control plane never runs
@@ -21,9 +22,14 @@
 //! tenure, or this leader degraded or is shutting down), it hands off:
 //! it stops its heartbeats and tells the successor, which calls an election
 //! as soon as the followers' leader leases run out (openraft 0.9 has no
-//! transfer call). When the leader's connection drops (a crash closes it),
-//! the best-scored remaining voter calls its election the moment the lease
-//! allows, instead of waiting out a random timeout.
+//! transfer call). When the leader falls silent for three heartbeats, the
+//! best-scored reachable voter calls its election the moment the
+//! followers' lease allows, instead of waiting out a random timeout (one
+//! designated successor: no split votes; see `detect_leader_loss`).
+//!
+//! A restarted node first listens: its elections stay off until it hears a
+//! leader (or a few leases pass), so its stale term never disrupts a
+//! working cluster (openraft 0.9 has no pre-vote).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -66,6 +72,10 @@ pub struct Control {
     settings: ControlSettings,
     /// When this node last heard an AppendEntries, and from whom.
     last_append: Mutex<Option<(NodeIdU64, Instant)>>,
+    /// False while a restarted node waits to hear the current leader before
+    /// it may call elections (it would otherwise disrupt the cluster with a
+    /// stale, higher term: openraft 0.9 has no pre-vote).
+    elect_enabled: std::sync::atomic::AtomicBool,
     /// Planner writes pause while a hand-off is under way.
     handing_off: Mutex<Option<Instant>>,
     /// Each member's last live score and when it was last seen healthy
@@ -121,7 +131,12 @@ impl Conn {
             .ok_or_else(|| net_err(format!("node {} has no valid address", self.target)))?;
         let sent = tokio::time::timeout(ttl, self.net.raft_request(peer, wire::encode(rpc))).await;
         let bytes = match sent {
-            Err(_) => return Err(net_err(format!("no answer from {peer} within {ttl:?}"))),
+            Err(_) => {
+                // Perhaps sent on a connection to a process that died (QUIC
+                // gives no sign): keep only the newest connection.
+                self.net.close_stale(peer);
+                return Err(net_err(format!("no answer from {peer} within {ttl:?}")));
+            }
             Ok(Err(e)) => {
                 return Err(RPCError::Unreachable(Unreachable::new(
                     &std::io::Error::other(e.to_string()),
@@ -205,7 +220,33 @@ pub async fn serve(
 }
 
 impl Control {
+    /// Whether `peer` may talk to this node's control plane: a member of the
+    /// Raft configuration, or a peer that proved its cluster membership
+    /// (certificate) in the mesh.
+    fn admits(&self, peer: &NodeId) -> bool {
+        let id = raft_id(peer);
+        let in_raft = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .any(|(n, node)| *n == id && node.addr == peer.as_str());
+        in_raft
+            || self
+                .net
+                .snapshot()
+                .peers
+                .iter()
+                .any(|p| &p.announcement.node_id == peer)
+    }
+
     async fn handle(self: &Arc<Self>, peer: &NodeId, payload: &[u8]) -> Reply {
+        if !self.admits(peer) {
+            debug!(%peer, "control message from a non-member; refused");
+            return Reply::Refused("not a member of this cluster".into());
+        }
         let rpc: Rpc = match wire::decode(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -216,6 +257,13 @@ impl Control {
         match rpc {
             Rpc::Append(req) => {
                 *lock(&self.last_append) = Some((raft_id(peer), Instant::now()));
+                if !self
+                    .elect_enabled
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    // Heard a leader: this node may stand for election again.
+                    self.raft.runtime_config().elect(true);
+                }
                 Reply::Append(self.raft.append_entries(req).await)
             }
             Rpc::Vote(req) => Reply::Vote(self.raft.vote(req).await),
@@ -477,8 +525,28 @@ pub async fn run(
             return;
         }
     };
+    // A node that already belongs to a Raft cluster (a restart) first
+    // listens: elections stay off until it hears a leader, or for a few
+    // leases at most (the whole cluster may be restarting).
+    if !control
+        .elect_enabled
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let c = control.clone();
+        let quiet = settings.lease() * 4 + Duration::from_millis(500);
+        tokio::spawn(async move {
+            tokio::time::sleep(quiet).await;
+            if !c
+                .elect_enabled
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                c.raft.runtime_config().elect(true);
+            }
+        });
+    }
     let _ = cell.set(control.clone());
     info!(raft_id = control.id, "control plane started");
+    tokio::spawn(control.clone().detect_leader_loss(cancel.clone()));
 
     // 2. Setup holders initialize Raft with the same voters.
     let is_holder = cluster
@@ -504,7 +572,6 @@ pub async fn run(
     let mut metrics = control.raft.metrics();
     let mut view = net.watch();
     let mut leader_since: Option<(u64, Instant)> = None;
-    let mut fast_elect_done: Option<u64> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -530,8 +597,6 @@ pub async fn run(
         control.voter_scores(&observe(&net, &l, started));
         if let Some((_, since)) = leader_since {
             control.lead(&l, started, since.elapsed(), &cluster).await;
-        } else {
-            control.watch_leader(&m, &mut fast_elect_done).await;
         }
     }
 
@@ -586,6 +651,12 @@ async fn start(
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot start Raft: {e}"))?;
+    // Restarted (state on disk): no elections until a leader is heard or a
+    // few leases pass (see `run`).
+    let restarted = raft.is_initialized().await.unwrap_or(false);
+    if restarted {
+        raft.runtime_config().elect(false);
+    }
     Ok(Arc::new(Control {
         raft,
         node_id,
@@ -594,6 +665,7 @@ async fn start(
         net: net.clone(),
         settings: settings.clone(),
         last_append: Mutex::new(None),
+        elect_enabled: std::sync::atomic::AtomicBool::new(!restarted),
         handing_off: Mutex::new(None),
         last_seen: Mutex::new(BTreeMap::new()),
     }))
@@ -772,63 +844,82 @@ impl Control {
         }
     }
 
-    /// Follower: when the leader's connection is gone, the best-scored
-    /// remaining voter calls an election as soon as the leader lease (from
-    /// the last AppendEntries heard) allows.
-    async fn watch_leader(
-        &self,
-        m: &openraft::RaftMetrics<NodeIdU64, BasicNode>,
-        done: &mut Option<u64>,
-    ) {
-        let Some(leader) = m.current_leader else {
-            return;
-        };
-        if *done == Some(m.current_term) || leader == self.id {
-            return;
-        }
-        let mem = m.membership_config.membership();
-        if !mem.voter_ids().any(|v| v == self.id) {
-            return;
-        }
-        let Some(leader_node) = addr_of(mem, leader).and_then(|a| NodeId::parse(&a).ok()) else {
-            return;
-        };
-        let snap = self.net.snapshot();
-        let connected = |n: &NodeId| {
-            snap.peers
-                .iter()
-                .any(|p| &p.announcement.node_id == n && p.connected)
-        };
-        if connected(&leader_node) {
-            return;
-        }
-        // The successor: the best-scored connected voter (self included).
-        let state = self.sm.state();
-        let score = |n: &NodeId| state.nodes.get(n).map_or(0.0, |r| r.score);
-        let successor = mem
-            .voter_ids()
-            .filter(|v| *v != leader)
-            .filter_map(|v| addr_of(mem, v).and_then(|a| NodeId::parse(&a).ok()))
-            .filter(|n| *n == self.node_id || connected(n))
-            .max_by(|a, b| score(a).total_cmp(&score(b)).then_with(|| b.cmp(a)));
-        if successor.as_ref() != Some(&self.node_id) {
-            return;
-        }
-        *done = Some(m.current_term);
-        let heard = lock(&self.last_append)
-            .filter(|(from, _)| *from == leader)
-            .map(|(_, at)| at);
-        let wait = heard
-            .map(|at| {
-                (at + self.settings.lease() + Duration::from_millis(10))
-                    .saturating_duration_since(Instant::now())
-            })
-            .unwrap_or(self.settings.lease());
-        info!(leader = %leader_node, ?wait, "the leader's connection is gone; this node stands for election");
-        tokio::time::sleep(wait).await;
-        let now = self.raft.metrics().borrow().clone();
-        if now.current_term == m.current_term && now.state != ServerState::Leader {
-            let _ = self.raft.trigger().elect().await;
+    /// Failure detector (a task on every node). A follower that has heard
+    /// nothing from its leader for three heartbeats, and is the
+    /// best-scored voter it can reach, calls an election the moment the
+    /// followers' leader lease has run out, rather than after the random
+    /// timeout: one designated successor, so no split vote, and failover
+    /// takes about one lease. Anyone else waits for the normal timers.
+    async fn detect_leader_loss(self: Arc<Self>, cancel: CancellationToken) {
+        let hb = Duration::from_millis(self.settings.raft.heartbeat_interval);
+        let mut tick = tokio::time::interval(hb / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut done: Option<u64> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let m = self.raft.metrics().borrow().clone();
+            let Some(leader) = m.current_leader else {
+                continue;
+            };
+            if m.state != ServerState::Follower || leader == self.id || done == Some(m.current_term)
+            {
+                continue;
+            }
+            let Some(heard) = *lock(&self.last_append) else {
+                continue;
+            };
+            if heard.0 != leader || heard.1.elapsed() < hb * 3 {
+                continue;
+            }
+            let mem = m.membership_config.membership();
+            if !mem.voter_ids().any(|v| v == self.id) {
+                continue;
+            }
+            // The successor: the best-scored reachable voter but the leader
+            // (ties by id), the same choice on every node that sees the same.
+            let snap = self.net.snapshot();
+            let connected = |n: &NodeId| {
+                snap.peers
+                    .iter()
+                    .any(|p| &p.announcement.node_id == n && p.connected)
+            };
+            let state = self.sm.state();
+            let score = |n: &NodeId| {
+                state
+                    .nodes
+                    .get(n)
+                    .filter(|r| r.healthy)
+                    .map_or(0.0, |r| r.score)
+            };
+            let successor = mem
+                .voter_ids()
+                .filter(|v| *v != leader)
+                .filter_map(|v| addr_of(mem, v).and_then(|a| NodeId::parse(&a).ok()))
+                .filter(|n| *n == self.node_id || connected(n))
+                .max_by(|a, b| score(a).total_cmp(&score(b)).then_with(|| b.cmp(a)));
+            if successor.as_ref() != Some(&self.node_id) {
+                continue;
+            }
+            done = Some(m.current_term);
+            // The leader may have died between two followers' heartbeats:
+            // others may have heard it up to one heartbeat after this node.
+            let at = heard.1 + self.settings.lease() + hb + Duration::from_millis(10);
+            tokio::time::sleep(at.saturating_duration_since(Instant::now())).await;
+            let now = self.raft.metrics().borrow().clone();
+            let still_silent = lock(&self.last_append).is_some_and(|h| h.1 == heard.1);
+            if still_silent
+                && now.current_term == m.current_term
+                && now.state == ServerState::Follower
+            {
+                info!(
+                    term = m.current_term,
+                    "the leader is silent; this node stands for election"
+                );
+                let _ = self.raft.trigger().elect().await;
+            }
         }
     }
 }
