@@ -7,7 +7,7 @@
 //! core (0 = idle, 1 = saturated); rtt in milliseconds (the node's link
 //! quality as seen by the scorer). Unhealthy nodes score 0. The function is
 //! total: any input (NaN, negative load, absurd sizes) gives a finite score
-//! ≥ 0.
+//! ≥ 0; a healthy node scores at least `HEALTHY_FLOOR` (0 = unhealthy).
 
 use bzzz_proto::Capabilities;
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,11 @@ fn finite_nonneg(x: f64) -> f64 {
     if x.is_finite() && x > 0.0 { x } else { 0.0 }
 }
 
-/// The node's score (finite, ≥ 0; 0 when unhealthy).
+/// The lowest score of a healthy node.
+pub const HEALTHY_FLOOR: f64 = 0.001;
+
+/// The node's score (finite; 0 when unhealthy, at least [`HEALTHY_FLOOR`]
+/// when healthy).
 pub fn score(input: &Input<'_>, w: &Weights) -> f64 {
     if !input.healthy {
         return 0.0;
@@ -118,8 +122,9 @@ pub fn score(input: &Input<'_>, w: &Weights) -> f64 {
         + hours * w.uptime_hour
         - load.min(10.0) * w.load
         - rtt.min(10_000.0) * w.link_ms;
-    // Round to 1e-3 so that float noise in inputs never reorders equal nodes.
-    (finite_nonneg(s) * 1000.0).round() / 1000.0
+    // Round to 1e-3 so that float noise in inputs never reorders equal nodes;
+    // a healthy node never scores 0 (0 means unhealthy), however loaded.
+    ((finite_nonneg(s) * 1000.0).round() / 1000.0).max(HEALTHY_FLOOR)
 }
 
 #[cfg(test)]

@@ -600,22 +600,8 @@ pub async fn run(
         }
     }
 
-    // 4. Shutdown: a leader hands off first (bounded by the node's grace).
-    let m = control.raft.metrics().borrow().clone();
-    if m.state == ServerState::Leader {
-        let l = local.borrow().clone();
-        let observed = observe(&net, &l, started);
-        let scores = control.voter_scores(&observed);
-        let voters: BTreeSet<NodeId> = control.voters();
-        let successor = scores
-            .iter()
-            .filter(|(n, s)| **n != control.node_id && voters.contains(*n) && **s > 0.0)
-            .max_by(|a, b| a.1.total_cmp(b.1).then_with(|| b.0.cmp(a.0)))
-            .map(|(n, _)| n.clone());
-        if let Some(s) = successor {
-            let _ = tokio::time::timeout(Duration::from_secs(2), control.hand_off(&s)).await;
-        }
-    }
+    // 4. Shutdown (the node called `step_down` first, while the network
+    // still ran).
     if let Err(e) = control.raft.shutdown().await {
         warn!("Raft did not stop cleanly: {e}");
     }
@@ -669,6 +655,38 @@ async fn start(
         handing_off: Mutex::new(None),
         last_seen: Mutex::new(BTreeMap::new()),
     }))
+}
+
+/// Graceful shutdown, before the network stops: a leader hands leadership
+/// to the best-scored other voter and waits (at most `limit`) for it.
+pub async fn step_down(cell: &ControlCell, local: &LocalInfo, started: Instant, limit: Duration) {
+    let Some(control) = cell.get() else {
+        return;
+    };
+    let state = control.raft.metrics().borrow().state;
+    if state != ServerState::Leader {
+        debug!(?state, "shutting down (not the leader)");
+        return;
+    }
+    let observed = observe(&control.net, local, started);
+    let scores = control.voter_scores(&observed);
+    let voters: BTreeSet<NodeId> = control.voters();
+    let successor = scores
+        .iter()
+        .filter(|(n, s)| **n != control.node_id && voters.contains(*n) && **s > 0.0)
+        .max_by(|a, b| a.1.total_cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(n, _)| n.clone());
+    match successor {
+        Some(s) => {
+            info!(to = %s, "shutting down: handing leadership over");
+            let _ = tokio::time::timeout(limit, control.hand_off(&s)).await;
+        }
+        None => warn!(
+            ?scores,
+            ?voters,
+            "shutting down: no voter to hand leadership to"
+        ),
+    }
 }
 
 impl Control {

@@ -181,6 +181,8 @@ pub async fn run(
         api_addr,
         cancel.clone(),
     ));
+    let shutdown_control = control.clone();
+    let shutdown_local = local_rx.clone();
     let state = Arc::new(AppState {
         net,
         keys,
@@ -209,6 +211,15 @@ pub async fn run(
         Some(msg) = fatal_rx.recv() => Some(msg),
     };
     info!("shutting down");
+    // A leader hands off while the network still runs (SPEC §1).
+    let local_now = shutdown_local.borrow().clone();
+    crate::control::step_down(
+        &shutdown_control,
+        &local_now,
+        started,
+        Duration::from_millis(2_000),
+    )
+    .await;
     cancel.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await

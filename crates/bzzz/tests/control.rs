@@ -231,6 +231,30 @@ fn a_node_with_a_large_gpu_becomes_leader_and_keeps_it() {
     assert_eq!(st["totals"]["gpus"], 1, "{st}");
     assert_eq!(st["totals"]["vram_total_bytes"], 85_899_345_920u64, "{st}");
     assert_eq!(st["totals"]["nodes"], 5, "{st}");
+
+    // Graceful shutdown of the leader (SIGTERM): it hands leadership to a
+    // voter, which says so, and the others agree on it.
+    let (status, took) = c.nodes[gpu]
+        .signal_and_wait(rustix::process::Signal::TERM, Duration::from_secs(6))
+        .expect("leader stops");
+    assert!(status.success(), "exit status {status:?}");
+    eprintln!("leader stopped in {took:?}");
+    let rest: Vec<usize> = (0..5).filter(|i| *i != gpu).collect();
+    let (next, next_term) = wait_until(
+        "a new leader after the hand-off",
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        || agreed_leader(&c, &rest),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(next_term > term);
+    let heir = index_of(&c, &next);
+    let log = std::fs::read_to_string(&c.nodes[heir].log).expect("log");
+    assert!(
+        log.contains("leadership handed to this node"),
+        "the new leader was not handed leadership:\n{}",
+        c.logs()
+    );
 }
 
 /// A forged admin change: a role signed by some other key.
