@@ -45,6 +45,8 @@ pub enum Command {
     Inventory { nodes: BTreeMap<NodeId, NodeRecord> },
     /// An admin change ([`AdminChange`]), signed by the cluster admin key.
     Admin { change: Signed },
+    /// The share planner's table: share index → holder.
+    ShareHolders { holders: BTreeMap<u16, NodeId> },
 }
 
 /// The result of applying a command.
@@ -161,9 +163,32 @@ pub struct ClusterState {
     pub audit: std::collections::VecDeque<AuditEntry>,
     /// Commands refused by the state machine so far.
     pub rejected: u64,
+    /// Admin-key share index → the member holding it.
+    pub share_holders: BTreeMap<u16, NodeId>,
 }
 
 impl ClusterState {
+    /// Why the admin key is at risk, if it is: fewer than `t + 1` share
+    /// holders healthy in the inventory (one more loss and no admin
+    /// signature is possible).
+    pub fn share_risk(&self) -> Option<String> {
+        let t = usize::from(self.cluster.as_ref()?.threshold);
+        if self.share_holders.is_empty() {
+            return None;
+        }
+        let live = self
+            .share_holders
+            .values()
+            .filter(|n| self.nodes.get(*n).is_some_and(|r| r.healthy))
+            .count();
+        (live <= t).then(|| {
+            format!(
+                "{live} of {} share holders are healthy and {t} are needed to sign",
+                self.share_holders.len()
+            )
+        })
+    }
+
     /// Applies one command at `log_index`; refusals change nothing but the
     /// `rejected` counter.
     pub fn apply_command(&mut self, log_index: u64, cmd: Command) -> Response {
@@ -206,6 +231,13 @@ impl ClusterState {
                         Ok(None)
                     }
                 }
+            }
+            Command::ShareHolders { holders } => {
+                if holders.len() > 10_000 {
+                    return Err("share table too large".into());
+                }
+                self.share_holders = holders;
+                Ok(None)
             }
             Command::Inventory { nodes } => {
                 if nodes.len() > 10_000 {

@@ -25,6 +25,8 @@ pub struct ObservedNode {
     pub uptime_secs: u64,
     /// Connected (or the leader itself).
     pub healthy: bool,
+    /// The admin-key share index its membership certificate grants.
+    pub share_index: Option<u16>,
 }
 
 /// What the leader observes now: the members in its view.
@@ -70,7 +72,7 @@ pub trait Planner: Send + Sync {
 
 /// The planners the leader runs, in order.
 pub fn planners() -> Vec<Box<dyn Planner>> {
-    vec![Box::new(Inventory)]
+    vec![Box::new(Inventory), Box::new(ShareHolders)]
 }
 
 /// Resource inventory: every member's resources and score, and cluster
@@ -154,6 +156,36 @@ impl Planner for Inventory {
             vec![Command::Inventory { nodes: next }]
         } else {
             vec![]
+        }
+    }
+}
+
+/// Admin-key share distribution: records which member holds which share
+/// index (from the members' certificates), so every node sees the same
+/// holder table, and [`ClusterState::share_risk`] can tell when too few
+/// holders are alive to sign. Members that join get a share through
+/// FROST's repairable scheme as soon as their certificate grants one; a
+/// holder that left keeps its entry (its share still exists) until a
+/// re-share retires it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShareHolders;
+
+impl Planner for ShareHolders {
+    fn name(&self) -> &'static str {
+        "share_holders"
+    }
+
+    fn plan(&self, state: &ClusterState, observed: &Observed, _ctx: &Context) -> Vec<Command> {
+        let mut next = state.share_holders.clone();
+        for (id, n) in &observed.nodes {
+            if let Some(i) = n.share_index {
+                next.insert(i, id.clone());
+            }
+        }
+        if next == state.share_holders {
+            vec![]
+        } else {
+            vec![Command::ShareHolders { holders: next }]
         }
     }
 }
@@ -248,7 +280,56 @@ mod tests {
             },
             uptime_secs: 60,
             healthy,
+            share_index: None,
         }
+    }
+
+    #[test]
+    fn share_holders_are_recorded_and_risk_is_reported() {
+        let ctx = Context::default();
+        let mut obs = Observed::default();
+        for i in 1..=3u8 {
+            let mut n = node(0, true);
+            n.share_index = Some(u16::from(i));
+            obs.nodes.insert(id(i), n);
+        }
+        obs.nodes.insert(id(4), node(0, true)); // no share
+        let mut state = ClusterState {
+            cluster: Some(crate::raft::ClusterInfo {
+                name: "lab".into(),
+                admin_public_key: "00".repeat(32),
+                threshold: 2,
+            }),
+            ..ClusterState::default()
+        };
+        let mut idx = 0;
+        let mut apply = |state: &mut ClusterState, obs: &Observed| {
+            for p in planners() {
+                for c in p.plan(state, obs, &ctx) {
+                    idx += 1;
+                    state.apply_command(idx, c);
+                }
+            }
+        };
+        apply(&mut state, &obs);
+        assert_eq!(state.share_holders.len(), 3);
+        assert_eq!(state.share_holders[&2], id(2));
+        assert_eq!(state.share_risk(), None, "3 live holders, t = 2");
+        assert!(
+            ShareHolders.plan(&state, &obs, &ctx).is_empty(),
+            "idempotent"
+        );
+        // Two holders gone: 1 live holder < t = 2.
+        obs.nodes.remove(&id(2));
+        obs.nodes.remove(&id(3));
+        apply(&mut state, &obs);
+        assert_eq!(
+            state.share_holders.len(),
+            3,
+            "a departed holder keeps its entry"
+        );
+        let risk = state.share_risk().expect("at risk");
+        assert!(risk.contains("1 of 3"), "{risk}");
     }
 
     #[test]

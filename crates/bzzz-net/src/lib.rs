@@ -193,10 +193,6 @@ pub enum Command {
         request: KeysRequest,
         reply: oneshot::Sender<Result<KeysResponse, NetError>>,
     },
-    /// Close every connection to `peer` but the newest: a request on an
-    /// older one went unanswered (it may lead to a process that died; a
-    /// restarted peer is on the newest).
-    CloseStale { peer: NodeId },
     /// Send a control-plane message to a peer and await its answer.
     Raft {
         peer: NodeId,
@@ -271,13 +267,6 @@ impl NetHandle {
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
-    }
-
-    /// See [`Command::CloseStale`] (best effort, never waits).
-    pub fn close_stale(&self, peer: &NodeId) {
-        let _ = self
-            .cmd
-            .try_send(Command::CloseStale { peer: peer.clone() });
     }
 
     /// Sends a control-plane message and waits for the answer (bounded by

@@ -151,8 +151,6 @@ pub(crate) struct Node {
         request_response::OutboundRequestId,
         tokio::sync::oneshot::Sender<Result<Vec<u8>, NetError>>,
     >,
-    /// Open connections per peer, oldest first (to close stale ones).
-    conns: HashMap<PeerId, Vec<ConnectionId>>,
     /// Connected peers not (yet) proven members, with when they connected.
     unproven: HashMap<PeerId, Instant>,
     /// Peers already reported as refused (log once).
@@ -212,11 +210,6 @@ impl Node {
             // should give up well before the next redial.
             .with_quic_config(|mut c| {
                 c.handshake_timeout = Duration::from_secs(3);
-                // A killed peer sends no close on QUIC (unlike TCP's RST):
-                // keep-alives every 500 ms and a 2 s idle limit bound how
-                // long a dead connection lingers.
-                c.keep_alive_interval = Duration::from_millis(500);
-                c.max_idle_timeout = 2_000;
                 c
             })
             .with_behaviour(|key| build_behaviour(key, &cfg))
@@ -299,7 +292,6 @@ impl Node {
             raft_tx,
             raft_responding: FuturesUnordered::new(),
             raft_outbound: HashMap::new(),
-            conns: HashMap::new(),
             unproven: HashMap::new(),
             refused_logged: HashSet::new(),
         };
@@ -388,19 +380,6 @@ impl Node {
                     .raft
                     .send_request(&p, RaftBytes(payload));
                 self.raft_outbound.insert(id, reply);
-            }
-            Command::CloseStale { peer } => {
-                let Ok(p) = peer.as_str().parse::<PeerId>() else {
-                    return;
-                };
-                if let Some(ids) = self.conns.get(&p)
-                    && ids.len() > 1
-                {
-                    debug!(%peer, stale = ids.len() - 1, "closing older connections");
-                    for id in ids[..ids.len() - 1].iter().copied() {
-                        self.swarm.close_connection(id);
-                    }
-                }
             }
         }
     }
@@ -705,7 +684,6 @@ impl Node {
                 ..
             } => {
                 self.counters.connections_established += 1;
-                self.conns.entry(peer_id).or_default().push(connection_id);
                 if let Some(i) = self.bootstrap_dials.remove(&connection_id) {
                     let b = &mut self.bootstraps[i];
                     if b.peer.is_none() {
@@ -737,18 +715,11 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
                 self.counters.connections_closed += 1;
-                if let Some(ids) = self.conns.get_mut(&peer_id) {
-                    ids.retain(|c| *c != connection_id);
-                    if ids.is_empty() {
-                        self.conns.remove(&peer_id);
-                    }
-                }
                 if num_established == 0 {
                     self.last_pong.remove(&peer_id);
                     self.unproven.remove(&peer_id);

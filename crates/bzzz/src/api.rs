@@ -165,6 +165,8 @@ async fn cluster(State(st): S) -> Response {
         "admin_seq": s.admin_seq,
         "audit": audit,
         "rejected": s.rejected,
+        "share_holders": s.share_holders,
+        "share_risk": s.share_risk(),
         "last_applied": s.last_applied.map(|l| l.index),
     }))
     .into_response()

@@ -76,6 +76,8 @@ pub struct Control {
     /// it may call elections (it would otherwise disrupt the cluster with a
     /// stale, higher term: openraft 0.9 has no pre-vote).
     elect_enabled: std::sync::atomic::AtomicBool,
+    /// The last share-risk verdict logged (log on change only).
+    last_risk: Mutex<Option<String>>,
     /// Planner writes pause while a hand-off is under way.
     handing_off: Mutex<Option<Instant>>,
     /// Each member's last live score and when it was last seen healthy
@@ -131,12 +133,7 @@ impl Conn {
             .ok_or_else(|| net_err(format!("node {} has no valid address", self.target)))?;
         let sent = tokio::time::timeout(ttl, self.net.raft_request(peer, wire::encode(rpc))).await;
         let bytes = match sent {
-            Err(_) => {
-                // Perhaps sent on a connection to a process that died (QUIC
-                // gives no sign): keep only the newest connection.
-                self.net.close_stale(peer);
-                return Err(net_err(format!("no answer from {peer} within {ttl:?}")));
-            }
+            Err(_) => return Err(net_err(format!("no answer from {peer} within {ttl:?}"))),
             Ok(Err(e)) => {
                 return Err(RPCError::Unreachable(Unreachable::new(
                     &std::io::Error::other(e.to_string()),
@@ -284,7 +281,12 @@ impl Control {
                 Reply::HandOff { accepted: ok }
             }
             Rpc::Propose(cmd) => {
-                if matches!(cmd, Command::Genesis { .. } | Command::Inventory { .. }) {
+                if matches!(
+                    cmd,
+                    Command::Genesis { .. }
+                        | Command::Inventory { .. }
+                        | Command::ShareHolders { .. }
+                ) {
                     return Reply::Refused("only the leader's planners write that".into());
                 }
                 Reply::Proposed(self.write_local(cmd).await)
@@ -452,22 +454,33 @@ pub fn leader_info(
 fn observe(net: &NetHandle, local: &LocalInfo, started: Instant) -> Observed {
     let snap = net.snapshot();
     let mut o = Observed::default();
+    // The share index a member's certificate grants (checked again here:
+    // the view admits certified peers only, but this is cheap).
+    let share_of = |cert: Option<&bzzz_proto::cluster::Signed>, id: &NodeId| {
+        let m = local.membership.as_ref()?;
+        bzzz_crypto::records::open_cert(cert?, &m.admin_public_key, Some(id))
+            .ok()?
+            .share_index
+    };
     o.nodes.insert(
         snap.local_id.clone(),
         ObservedNode {
             capabilities: local.capabilities.clone(),
             uptime_secs: started.elapsed().as_secs(),
             healthy: true,
+            share_index: share_of(local.membership.as_ref().map(|m| &m.cert), &snap.local_id),
         },
     );
     if local.membership.is_some() {
         for p in &snap.peers {
+            let a = &p.announcement;
             o.nodes.insert(
-                p.announcement.node_id.clone(),
+                a.node_id.clone(),
                 ObservedNode {
-                    capabilities: p.announcement.capabilities.clone(),
-                    uptime_secs: p.announcement.uptime_secs,
+                    capabilities: a.capabilities.clone(),
+                    uptime_secs: a.uptime_secs,
                     healthy: p.connected,
+                    share_index: share_of(a.membership.as_ref(), &a.node_id),
                 },
             );
         }
@@ -653,6 +666,7 @@ async fn start(
         last_append: Mutex::new(None),
         elect_enabled: std::sync::atomic::AtomicBool::new(!restarted),
         handing_off: Mutex::new(None),
+        last_risk: Mutex::new(None),
         last_seen: Mutex::new(BTreeMap::new()),
     }))
 }
@@ -800,6 +814,18 @@ impl Control {
         }
 
         // Planners.
+        {
+            let risk = self.sm.state().share_risk();
+            let mut last = lock(&self.last_risk);
+            if risk != *last {
+                match &risk {
+                    Some(r) => warn!("admin key at risk: {r}"),
+                    None if last.is_some() => info!("admin key share holders healthy again"),
+                    None => {}
+                }
+                *last = risk;
+            }
+        }
         for p in slurp::planners() {
             for cmd in p.plan(&self.sm.state(), &observed, &self.settings.context) {
                 if let Err(e) = self.write_local(cmd).await {
@@ -923,8 +949,10 @@ impl Control {
             }
             done = Some(m.current_term);
             // The leader may have died between two followers' heartbeats:
-            // others may have heard it up to one heartbeat after this node.
-            let at = heard.1 + self.settings.lease() + hb + Duration::from_millis(10);
+            // others may have heard it up to one heartbeat after this node;
+            // one more heartbeat of slack keeps a loaded machine (late
+            // heartbeats) from calling elections it does not need.
+            let at = heard.1 + self.settings.lease() + hb * 2 + Duration::from_millis(10);
             tokio::time::sleep(at.saturating_duration_since(Instant::now())).await;
             let now = self.raft.metrics().borrow().clone();
             let still_silent = lock(&self.last_append).is_some_and(|h| h.1 == heard.1);
