@@ -151,6 +151,9 @@ pub(crate) struct Node {
         request_response::OutboundRequestId,
         tokio::sync::oneshot::Sender<Result<Vec<u8>, NetError>>,
     >,
+    /// Boot id each connection's peer reported (identify), to close the
+    /// connections of a peer's previous process when it restarts.
+    boots: HashMap<ConnectionId, (PeerId, String)>,
     /// Connected peers not (yet) proven members, with when they connected.
     unproven: HashMap<PeerId, Instant>,
     /// Peers already reported as refused (log once).
@@ -198,6 +201,14 @@ impl Node {
         let local_id = signed::node_id(&local_peer).map_err(|e| NetError::Key(e.to_string()))?;
 
         let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+        // This process's boot id, sent in identify's agent version: a peer
+        // that sees a new boot id on a new connection knows the older
+        // connections lead to a process that is gone.
+        let boot = {
+            let mut b = [0u8; 8];
+            getrandom::fill(&mut b).map_err(|e| NetError::Transport(e.to_string()))?;
+            hex::encode(b)
+        };
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
             .with_tcp(
@@ -212,7 +223,7 @@ impl Node {
                 c.handshake_timeout = Duration::from_secs(3);
                 c
             })
-            .with_behaviour(|key| build_behaviour(key, &cfg))
+            .with_behaviour(|key| build_behaviour(key, &cfg, &boot))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(|c| {
                 // Liveness is decided by ping and announcements, not by idleness:
@@ -292,6 +303,7 @@ impl Node {
             raft_tx,
             raft_responding: FuturesUnordered::new(),
             raft_outbound: HashMap::new(),
+            boots: HashMap::new(),
             unproven: HashMap::new(),
             refused_logged: HashSet::new(),
         };
@@ -715,11 +727,13 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
                 self.counters.connections_closed += 1;
+                self.boots.remove(&connection_id);
                 if num_established == 0 {
                     self.last_pong.remove(&peer_id);
                     self.unproven.remove(&peer_id);
@@ -776,7 +790,29 @@ impl Node {
                 debug!(peer = %peer_id, "peer subscribed to announcements");
                 self.announce_due = true;
             }
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                connection_id,
+            }) => {
+                if let Some(boot) = info.agent_version.split(" boot/").nth(1) {
+                    let boot = boot.chars().take(32).collect::<String>();
+                    // Connections to the same peer id with another boot id
+                    // lead to a process that has since restarted (a killed
+                    // process leaves QUIC connections open): close them.
+                    let stale: Vec<ConnectionId> = self
+                        .boots
+                        .iter()
+                        .filter(|(c, (p, b))| **c != connection_id && *p == peer_id && *b != boot)
+                        .map(|(c, _)| *c)
+                        .collect();
+                    for c in stale {
+                        debug!(peer = %peer_id, "closing a connection to the peer's previous process");
+                        self.boots.remove(&c);
+                        self.swarm.close_connection(c);
+                    }
+                    self.boots.insert(connection_id, (peer_id, boot));
+                }
                 for addr in info.listen_addrs.into_iter().take(MAX_ANNOUNCED_ADDRS) {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
@@ -1069,6 +1105,7 @@ impl Node {
 fn build_behaviour(
     key: &identity::Keypair,
     cfg: &NetConfig,
+    boot: &str,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
     let limits = connection_limits::ConnectionLimits::default()
@@ -1103,7 +1140,7 @@ fn build_behaviour(
         limits: connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(
             identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                .with_agent_version(format!("bzzz/{}", bzzz_proto::VERSION)),
+                .with_agent_version(format!("bzzz/{} boot/{boot}", bzzz_proto::VERSION)),
         ),
         ping: ping::Behaviour::new(
             ping::Config::new()
