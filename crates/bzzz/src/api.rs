@@ -489,15 +489,7 @@ async fn index(State(st): S) -> Html<String> {
     let l = leader_of(&st);
     let mut control = String::new();
     for (id, score) in &l.scores {
-        let role = if l.leader.as_deref() == Some(id.as_str()) {
-            "leader"
-        } else if l.voters.contains(id) {
-            "voter"
-        } else if l.learners.contains(id) {
-            "learner"
-        } else {
-            "-"
-        };
+        let role = l.role_of(id);
         let _ = write!(
             control,
             "<tr><td><code>{}</code></td><td>{role}</td><td>{score:.1}</td></tr>",

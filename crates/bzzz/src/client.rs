@@ -514,15 +514,7 @@ pub async fn leader(a: &ReadArgs) -> anyhow::Result<()> {
     println!("this    {} ({})", l.node_id, l.state);
     println!("{:<54} {:<8} {:>9}", "MEMBER", "ROLE", "SCORE");
     for (id, score) in &l.scores {
-        let role = if l.leader.as_deref() == Some(id.as_str()) {
-            "leader"
-        } else if l.voters.contains(id) {
-            "voter"
-        } else if l.learners.contains(id) {
-            "learner"
-        } else {
-            "-"
-        };
+        let role = l.role_of(id);
         println!("{id:<54} {role:<8} {score:>9.1}");
     }
     Ok(())

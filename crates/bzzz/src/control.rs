@@ -386,6 +386,21 @@ pub struct LeaderInfo {
     pub node_id: String,
 }
 
+impl LeaderInfo {
+    /// A member's role in this view: `leader`, `voter`, `learner` or `-`.
+    pub fn role_of(&self, id: &str) -> &'static str {
+        if self.leader.as_deref() == Some(id) {
+            "leader"
+        } else if self.voters.iter().any(|v| v == id) {
+            "voter"
+        } else if self.learners.iter().any(|v| v == id) {
+            "learner"
+        } else {
+            "-"
+        }
+    }
+}
+
 fn addr_of(m: &openraft::Membership<NodeIdU64, BasicNode>, id: NodeIdU64) -> Option<String> {
     m.get_node(&id).map(|n| n.addr.clone())
 }

@@ -1112,17 +1112,23 @@ impl Keys {
         password: &OperatorPassword,
     ) -> Result<Signed, KeysError> {
         let text = records::body_text(change).map_err(|e| err(500, e.to_string()))?;
-        let bytes = records::signing_bytes(Domain::AdminChange, text.as_bytes());
-        let sig = self
-            .threshold_sign(
-                SignPurpose::AdminChange {
-                    body: text.clone(),
-                    operator_password: WireSecret::new(password.expose().to_owned()),
-                },
-                bytes,
-                None,
-            )
-            .await?;
+        let purpose = SignPurpose::AdminChange {
+            body: text.clone(),
+            operator_password: WireSecret::new(password.expose().to_owned()),
+        };
+        self.sign_record(Domain::AdminChange, text, purpose).await
+    }
+
+    /// Threshold-signs a record body under `domain` for `purpose` (which
+    /// names the same body) and wraps it as a signed record.
+    async fn sign_record(
+        &self,
+        domain: Domain,
+        text: String,
+        purpose: SignPurpose,
+    ) -> Result<Signed, KeysError> {
+        let bytes = records::signing_bytes(domain, text.as_bytes());
+        let sig = self.threshold_sign(purpose, bytes, None).await?;
         let raw: [u8; 64] = hex::decode(&sig.signature)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -1160,23 +1166,12 @@ impl Keys {
             uses,
         };
         let text = records::body_text(&body).map_err(|e| err(500, e.to_string()))?;
-        let bytes = records::signing_bytes(Domain::JoinToken, text.as_bytes());
-        let sig = self
-            .threshold_sign(
-                SignPurpose::JoinToken {
-                    body: text.clone(),
-                    operator_password: WireSecret::new(password.expose().to_owned()),
-                },
-                bytes,
-                None,
-            )
-            .await?;
-        let raw: [u8; 64] = hex::decode(&sig.signature)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| err(500, "bad signature"))?;
-        let token = records::encode_token(&records::signed(text, &raw))
-            .map_err(|e| err(500, e.to_string()))?;
+        let purpose = SignPurpose::JoinToken {
+            body: text.clone(),
+            operator_password: WireSecret::new(password.expose().to_owned()),
+        };
+        let signed = self.sign_record(Domain::JoinToken, text, purpose).await?;
+        let token = records::encode_token(&signed).map_err(|e| err(500, e.to_string()))?;
         info!(token_id = %body.id, expires_at = body.expires_at, "join token created");
         Ok((token, body))
     }
