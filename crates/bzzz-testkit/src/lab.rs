@@ -366,6 +366,51 @@ impl Lab {
         Ok(())
     }
 
+    /// Waits until every host in `hosts` lists all the others (real CLI).
+    pub fn wait_mesh(&self, hosts: &[usize], deadline: Duration) -> anyhow::Result<()> {
+        crate::wait_until(
+            "every host in the mesh",
+            deadline,
+            Duration::from_millis(100),
+            || {
+                hosts
+                    .iter()
+                    .all(|&i| {
+                        self.cli_peer_ids(i)
+                            .is_ok_and(|p| p.len() == hosts.len() - 1)
+                    })
+                    .then_some(())
+            },
+        )
+    }
+
+    /// `bzzz init` through host `i`'s API (inside its namespace), with the
+    /// operator password written to a file in the lab dir.
+    pub fn init_cluster(&self, i: usize, cluster: &str, password: &str) -> anyhow::Result<()> {
+        let pw = self.dir.path().join("operator-password");
+        std::fs::write(&pw, format!("{password}\n"))?;
+        let api = format!("http://{}:8080", self.host(i).ip);
+        let bin = self.bin.to_string_lossy().into_owned();
+        let out = self.exec(
+            i,
+            &[
+                &bin,
+                "init",
+                "--api",
+                &api,
+                "--cluster",
+                cluster,
+                "--operator-password-file",
+                &pw.to_string_lossy(),
+                "--json",
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("bzzz init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
     /// Cuts host `i` off the bridge (no FIN, no RST: a real partition).
     pub fn cut(&self, i: usize) -> anyhow::Result<()> {
         must(&[

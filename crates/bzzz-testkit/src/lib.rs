@@ -44,6 +44,31 @@ pub fn wait_until<T>(
     }
 }
 
+/// Runs the `bzzz` binary `bin` with `args` (no `BZZZ_API` inherited).
+pub fn cli(bin: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin)
+        .args(args)
+        .env_remove("BZZZ_API")
+        .output()
+        .expect("run bzzz")
+}
+
+/// [`cli`], which must succeed and print JSON (panics with its stderr).
+pub fn cli_json(bin: &str, args: &[&str]) -> Value {
+    let out = cli(bin, args);
+    assert!(
+        out.status.success(),
+        "bzzz {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "bzzz {args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 /// `<data_dir>/node.json`, written by a running node.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RuntimeInfo {

@@ -70,39 +70,8 @@ fn bench_bzzz() -> anyhow::Result<Vec<Duration>> {
     let mut lab = Lab::new(Path::new(BIN), N)?;
     let hosts: Vec<usize> = (1..=N).collect();
     lab.start_nodes(&hosts, &[])?;
-    wait_until(
-        "mesh",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || {
-            hosts
-                .iter()
-                .all(|&i| lab.cli_peer_ids(i).is_ok_and(|p| p.len() == N - 1))
-                .then_some(())
-        },
-    )?;
-    let pw = lab.dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n"))?;
-    let api = format!("http://{}:8080", lab.host(1).ip);
-    let out = lab.exec(
-        1,
-        &[
-            BIN,
-            "init",
-            "--api",
-            &api,
-            "--cluster",
-            "bench",
-            "--operator-password-file",
-            &pw.to_string_lossy(),
-            "--json",
-        ],
-    )?;
-    anyhow::ensure!(
-        out.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.wait_mesh(&hosts, Duration::from_secs(20))?;
+    lab.init_cluster(1, "bench", PASSWORD)?;
     let mut times = vec![];
     for k in 0..kills() {
         let leader = wait_until(

@@ -178,43 +178,9 @@ fn thirty_random_faults_never_break_raft_safety() {
     let mut lab = Lab::new(Path::new(BIN), N).expect("lab");
     let hosts: Vec<usize> = (1..=N).collect();
     lab.start_nodes(&hosts, &[]).expect("nodes");
-    let pw = lab.dir.path().join("operator-password");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("password file");
-    let api1 = format!("http://{}:8080", lab.host(1).ip);
-    wait_until(
-        "all 5 hosts in the mesh",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || {
-            hosts
-                .iter()
-                .all(|&i| lab.cli_peer_ids(i).is_ok_and(|p| p.len() == N - 1))
-                .then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
-    let bin = BIN.to_owned();
-    let out = lab
-        .exec(
-            1,
-            &[
-                &bin,
-                "init",
-                "--api",
-                &api1,
-                "--cluster",
-                "chaos",
-                "--operator-password-file",
-                &pw.to_string_lossy(),
-                "--json",
-            ],
-        )
-        .expect("init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    lab.wait_mesh(&hosts, Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.init_cluster(1, "chaos", PASSWORD).expect("init");
 
     use base64::Engine as _;
     let auth = format!(

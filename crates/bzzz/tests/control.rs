@@ -8,7 +8,7 @@
 //! deadlines here are the acceptance bounds, generous for debug builds.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
@@ -22,26 +22,11 @@ fn bin() -> &'static Path {
 }
 
 fn cli(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("BZZZ_API")
-        .output()
-        .expect("run bzzz")
+    bzzz_testkit::cli(BIN, args)
 }
 
 fn cli_json(args: &[&str]) -> Value {
-    let out = cli(args);
-    assert!(
-        out.status.success(),
-        "bzzz {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bzzz {args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    bzzz_testkit::cli_json(BIN, args)
 }
 
 fn password_file(c: &LocalCluster) -> String {

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
 use frost_ed25519 as frost;
+use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
 const PASSWORD: &str = "a long operator password";
@@ -18,26 +19,11 @@ fn bin() -> &'static Path {
 }
 
 fn cli(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("BZZZ_API")
-        .output()
-        .expect("run bzzz")
+    bzzz_testkit::cli(BIN, args)
 }
 
-fn cli_json(args: &[&str]) -> serde_json::Value {
-    let out = cli(args);
-    assert!(
-        out.status.success(),
-        "bzzz {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "bzzz {args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+fn cli_json(args: &[&str]) -> Value {
+    bzzz_testkit::cli_json(BIN, args)
 }
 
 fn password_file(c: &LocalCluster) -> String {
