@@ -131,7 +131,12 @@ impl NodeProc {
             None => Command::new(bin),
         };
         cmd.args(&self.args)
-            .env("BZZZ_LOG", "info,bzzz_net=debug")
+            // `TEST_NODE_LOG` overrides the nodes' log filter when a test
+            // needs more (e.g. `info,openraft::engine=info`).
+            .env(
+                "BZZZ_LOG",
+                std::env::var("TEST_NODE_LOG").unwrap_or_else(|_| "info,bzzz_net=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));

@@ -8,6 +8,7 @@
 //! between levels: `BZZZ_HTTP=127.0.0.1:9090`, `BZZZ_NETWORK__MDNS=false`,
 //! `BZZZ_NETWORK__BOOTSTRAP=/ip4/…,/ip4/…` (lists are comma-separated),
 //! `BZZZ_LABELS__ZONE=eu-1`. The value is read as YAML, like in the file.
+//! `BZZZ_INSTALL_*` belong to `install.sh` and are ignored here.
 //! `BZZZ_CONFIG`, `BZZZ_API` and `BZZZ_LOG` are not config fields (they
 //! select the file, the CLI's API URL and the log filter).
 //!
@@ -409,7 +410,11 @@ fn apply_env(
 ) -> Result<(), ConfigError> {
     let mut vars: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with("BZZZ_") && !NON_FIELD_ENV.contains(&k.as_str()))
+        .filter(|(k, _)| {
+            k.starts_with("BZZZ_")
+                && !k.starts_with("BZZZ_INSTALL_")
+                && !NON_FIELD_ENV.contains(&k.as_str())
+        })
         .collect();
     vars.sort();
     if vars.is_empty() {

@@ -100,6 +100,7 @@ fn control_logs(c: &LocalCluster) -> String {
                 .filter(|l| {
                     (l.contains("bzzz::control")
                         || l.contains("vote")
+                        || l.contains("openraft::engine")
                         || l.contains("joined the view")
                         || l.contains("left the view"))
                         && !l.contains("A message will be ignored")
