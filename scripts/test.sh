@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver)
+# openssh-server: real sshd per lab host (deploy tests; never started in
+# the root namespace); shellcheck: install.sh lint.
+DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver openssh-server shellcheck)
 
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=()
@@ -27,6 +29,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> shellcheck install.sh"
+shellcheck -s sh install.sh
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -97,7 +97,7 @@ pub fn parse_hosts(spec: &str) -> Result<Vec<String>, HostsError> {
             {
                 push(ip.to_string(), &mut out)?;
             } else {
-                check_hostname(item).map_err(|r| bad(r))?;
+                check_hostname(item).map_err(bad)?;
                 push(item.to_ascii_lowercase(), &mut out)?;
             }
         }

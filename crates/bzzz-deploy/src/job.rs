@@ -1,1 +1,616 @@
-//! job
+//! One deploy run: every host in parallel (bounded), each through
+//! connect → host key → authenticate → preflight → upload → install →
+//! start → joined, with an [`Event`] at every step.
+//!
+//! The remote side is the installer itself (`install.sh`, embedded in the
+//! binary and piped to `sh -s`): the preflight is its `--check`, the service
+//! install is its normal run. So a deployed host and a hand-installed one
+//! are the same, and re-running either is idempotent in the same way.
+//!
+//! One host failing never stops the others. Every failure carries a
+//! [`Cause`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::ssh::{Credential, HostKeyPolicy, KeyTrust, Session, SshError, Target, shell_quote};
+
+/// The installer, run remotely for preflight, install and uninstall.
+pub const INSTALLER: &str = include_str!("../../../install.sh");
+
+/// Where a host is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Queued,
+    Connecting,
+    Authenticated,
+    Preflight,
+    /// Already deployed: same binary, running, a member; nothing changed.
+    Verified,
+    Uploading,
+    Installing,
+    Joining,
+    Joined,
+    Removing,
+    Removed,
+    Failed,
+}
+
+/// Why a host failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    Connect,
+    HostKey,
+    Auth,
+    Ssh,
+    Preflight,
+    Upload,
+    Token,
+    Install,
+    Start,
+    JoinTimeout,
+    Uninstall,
+}
+
+/// A progress event (one JSON line in `bzzz deploy --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub host: String,
+    pub state: State,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<KeyTrust>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// On `joined`/`removed`: whether this run changed the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+    /// Milliseconds since the run started.
+    pub elapsed_ms: u64,
+}
+
+/// Receives events (called from several tasks).
+pub type Sink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// What to deploy where.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub hosts: Vec<String>,
+    pub ssh_port: u16,
+    pub user: String,
+    pub credential: Credential,
+    pub policy: Arc<HostKeyPolicy>,
+    /// Remote `--prefix`; `None`: the installer's default (system paths as
+    /// root, `~/.bzzz` otherwise).
+    pub prefix: Option<String>,
+    pub http_port: u16,
+    pub p2p_port: u16,
+    pub mdns: bool,
+    /// Hosts handled at once.
+    pub parallel: usize,
+    pub uninstall: bool,
+    pub connect_timeout: Duration,
+    pub join_timeout: Duration,
+}
+
+/// The binary to install (this node's own).
+#[derive(Debug)]
+pub struct Payload {
+    pub binary: Vec<u8>,
+    pub sha256: String,
+}
+
+impl Payload {
+    pub fn new(binary: Vec<u8>) -> Self {
+        let sha256 = hex::encode(Sha256::digest(&binary));
+        Payload { binary, sha256 }
+    }
+}
+
+/// What only the running cluster knows.
+pub trait Cluster: Send + Sync + 'static {
+    /// A join token for this run (the caller creates it once, on first use).
+    fn join_token(&self) -> impl Future<Output = Result<Zeroizing<String>, String>> + Send;
+    /// Whether `node_id` is a certified member in this node's view.
+    fn is_member(&self, node_id: &str) -> bool;
+    /// Waits until `node_id` is a member, at most `timeout`.
+    fn wait_joined(
+        &self,
+        node_id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+    /// Pins a host key accepted on first use (`host:port` → fingerprint).
+    fn pin(&self, host_port: &str, fingerprint: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// The result for one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub host: String,
+    pub ok: bool,
+    pub changed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+}
+
+struct Ctx<C> {
+    spec: Arc<Spec>,
+    payload: Arc<Payload>,
+    cluster: Arc<C>,
+    sink: Sink,
+    started: Instant,
+}
+
+impl<C> Ctx<C> {
+    fn event(&self, host: &str, state: State) -> Event {
+        Event {
+            host: host.to_owned(),
+            state,
+            message: String::new(),
+            cause: None,
+            fingerprint: None,
+            trust: None,
+            node_id: None,
+            changed: None,
+            elapsed_ms: self.started.elapsed().as_millis() as u64,
+        }
+    }
+    fn emit(&self, e: Event) {
+        (self.sink)(e);
+    }
+    fn say(&self, host: &str, state: State, message: impl Into<String>) {
+        let mut e = self.event(host, state);
+        e.message = message.into();
+        self.emit(e);
+    }
+}
+
+struct Fail {
+    cause: Cause,
+    message: String,
+    fingerprint: Option<String>,
+}
+
+fn fail(cause: Cause, message: impl Into<String>) -> Fail {
+    Fail {
+        cause,
+        message: message.into(),
+        fingerprint: None,
+    }
+}
+
+/// Runs a deploy (or an uninstall) over every host; returns per-host
+/// outcomes in host order.
+pub async fn run<C: Cluster>(
+    spec: Arc<Spec>,
+    payload: Arc<Payload>,
+    cluster: Arc<C>,
+    sink: Sink,
+) -> Vec<Outcome> {
+    let ctx = Arc::new(Ctx {
+        spec: spec.clone(),
+        payload,
+        cluster,
+        sink,
+        started: Instant::now(),
+    });
+    for h in &spec.hosts {
+        ctx.say(h, State::Queued, "");
+    }
+    let limit = Arc::new(Semaphore::new(spec.parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let ctx = ctx.clone();
+        let limit = limit.clone();
+        let host = host.clone();
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let r = if ctx.spec.uninstall {
+                uninstall_host(&ctx, &host).await
+            } else {
+                deploy_host(&ctx, &host).await
+            };
+            let outcome = match r {
+                Ok(changed) => Outcome {
+                    host: host.clone(),
+                    ok: true,
+                    changed,
+                    cause: None,
+                },
+                Err(f) => {
+                    let mut e = ctx.event(&host, State::Failed);
+                    e.cause = Some(f.cause);
+                    e.message = f.message;
+                    e.fingerprint = f.fingerprint;
+                    ctx.emit(e);
+                    Outcome {
+                        host: host.clone(),
+                        ok: false,
+                        changed: false,
+                        cause: Some(f.cause),
+                    }
+                }
+            };
+            (i, outcome)
+        });
+    }
+    let mut out: Vec<Option<Outcome>> = vec![None; spec.hosts.len()];
+    while let Some(r) = tasks.join_next().await {
+        if let Ok((i, o)) = r {
+            out[i] = Some(o);
+        }
+    }
+    out.into_iter()
+        .zip(&spec.hosts)
+        .map(|(o, h)| {
+            o.unwrap_or_else(|| Outcome {
+                host: h.clone(),
+                ok: false,
+                changed: false,
+                cause: Some(Cause::Ssh),
+            })
+        })
+        .collect()
+}
+
+async fn connect<C: Cluster>(ctx: &Ctx<C>, host: &str) -> Result<Session, Fail> {
+    ctx.say(
+        host,
+        State::Connecting,
+        format!("{}@{host}:{}", ctx.spec.user, ctx.spec.ssh_port),
+    );
+    let target = Target {
+        host: host.to_owned(),
+        port: ctx.spec.ssh_port,
+        user: ctx.spec.user.clone(),
+        credential: ctx.spec.credential.clone(),
+        connect_timeout: ctx.spec.connect_timeout,
+    };
+    let s = Session::connect(&target, ctx.spec.policy.clone())
+        .await
+        .map_err(|e| match e {
+            SshError::Connect(m) => fail(Cause::Connect, m),
+            SshError::HostKey {
+                fingerprint,
+                reason,
+            } => Fail {
+                cause: Cause::HostKey,
+                message: reason,
+                fingerprint: Some(fingerprint),
+            },
+            e @ SshError::Auth { .. } => fail(Cause::Auth, e.to_string()),
+            SshError::Protocol(m) => fail(Cause::Ssh, m),
+        })?;
+    if s.trust == KeyTrust::AcceptedNew {
+        ctx.cluster
+            .pin(&format!("{host}:{}", ctx.spec.ssh_port), &s.fingerprint)
+            .await;
+    }
+    let mut e = ctx.event(host, State::Authenticated);
+    e.fingerprint = Some(s.fingerprint.clone());
+    e.trust = Some(s.trust);
+    e.message = match s.trust {
+        KeyTrust::AcceptedNew => "new host key accepted on first use and pinned".into(),
+        KeyTrust::Pinned => "host key matches its pin".into(),
+        KeyTrust::KnownHosts => "host key listed in known_hosts".into(),
+        KeyTrust::Confirmed => "host key confirmed by the operator".into(),
+    };
+    ctx.emit(e);
+    Ok(s)
+}
+
+/// The installer's options shared by every remote call.
+fn common_args(spec: &Spec) -> String {
+    let mut a = format!(
+        " --http-port {} --p2p-port {}",
+        spec.http_port, spec.p2p_port
+    );
+    if let Some(p) = &spec.prefix {
+        a.push_str(" --prefix ");
+        a.push_str(&shell_quote(p));
+    }
+    if !spec.mdns {
+        a.push_str(" --no-mdns");
+    }
+    a
+}
+
+/// Installer output: `check\tNAME\tSTATUS\tMESSAGE` and `fact\tNAME\tVALUE`.
+#[derive(Debug, Default)]
+struct Report {
+    failed: Vec<String>,
+    facts: BTreeMap<String, String>,
+}
+
+fn parse_report(text: &str) -> Report {
+    let mut r = Report::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.splitn(4, '\t').collect();
+        match f.as_slice() {
+            ["check", name, "fail", msg] => r.failed.push(format!("{name}: {msg}")),
+            ["fact", name, value] => {
+                r.facts.insert((*name).to_owned(), (*value).to_owned());
+            }
+            _ => {}
+        }
+    }
+    r
+}
+
+async fn deploy_host<C: Cluster>(ctx: &Ctx<C>, host: &str) -> Result<bool, Fail> {
+    let s = connect(ctx, host).await?;
+    let r = deploy_on(ctx, host, &s).await;
+    s.close().await;
+    r
+}
+
+async fn deploy_on<C: Cluster>(ctx: &Ctx<C>, host: &str, s: &Session) -> Result<bool, Fail> {
+    let spec = &ctx.spec;
+    let ssh = |e: SshError| fail(Cause::Ssh, e.to_string());
+
+    // 1. Preflight: the installer's own checks.
+    let out = s
+        .exec(
+            &format!("sh -s -- --check --report kv{}", common_args(spec)),
+            INSTALLER.as_bytes(),
+        )
+        .await
+        .map_err(ssh)?;
+    let report = parse_report(&out.stdout_text());
+    if !out.success() {
+        let why = if report.failed.is_empty() {
+            format!("the installer's check failed: {}", out.stderr_tail())
+        } else {
+            report.failed.join("; ")
+        };
+        return Err(fail(Cause::Preflight, why));
+    }
+    let fact = |k: &str| report.facts.get(k).map(String::as_str).unwrap_or("");
+    ctx.say(
+        host,
+        State::Preflight,
+        format!(
+            "{} {}, {} cores, {} MiB memory, {} MiB free, {} GPU(s), init {}",
+            fact("distro"),
+            fact("arch"),
+            fact("cpus"),
+            fact("memory_mb"),
+            fact("disk_free_mb"),
+            fact("gpus"),
+            fact("init"),
+        ),
+    );
+
+    // 2. Already there? Same binary, running, a member: nothing to do.
+    let node_id = fact("node_id");
+    let member = !node_id.is_empty() && ctx.cluster.is_member(node_id);
+    if fact("installed_sha256") == ctx.payload.sha256 && fact("running") == "yes" && member {
+        let mut e = ctx.event(host, State::Verified);
+        e.message = "already deployed: same binary, running, a member; nothing changed".into();
+        e.node_id = Some(node_id.to_owned());
+        ctx.emit(e);
+        let mut e = ctx.event(host, State::Joined);
+        e.node_id = Some(node_id.to_owned());
+        e.changed = Some(false);
+        e.message = "nothing changed".into();
+        ctx.emit(e);
+        return Ok(false);
+    }
+
+    // 3. Upload into a private temporary directory; verify the checksum.
+    ctx.say(
+        host,
+        State::Uploading,
+        format!(
+            "{} bytes, sha256 {}",
+            ctx.payload.binary.len(),
+            ctx.payload.sha256
+        ),
+    );
+    let out = s
+        .exec(
+            "umask 077 && d=$(mktemp -d \"${TMPDIR:-/tmp}/bzzz-deploy.XXXXXX\") && cat > \"$d/bzzz\" && chmod 700 \"$d/bzzz\" && echo \"$d\" && (sha256sum \"$d/bzzz\" 2>/dev/null || shasum -a 256 \"$d/bzzz\")",
+            &ctx.payload.binary,
+        )
+        .await
+        .map_err(|e| fail(Cause::Upload, e.to_string()))?;
+    let text = out.stdout_text();
+    let mut lines = text.lines();
+    let dir = lines.next().unwrap_or("").trim().to_owned();
+    let sum = lines
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("");
+    if !out.success() || !dir.starts_with('/') {
+        return Err(fail(
+            Cause::Upload,
+            format!("upload failed: {}", out.stderr_tail()),
+        ));
+    }
+    let cleanup = format!("rm -rf {}", shell_quote(&dir));
+    if sum != ctx.payload.sha256 {
+        let _ = s.exec(&cleanup, b"").await;
+        return Err(fail(
+            Cause::Upload,
+            format!(
+                "checksum mismatch after upload: expected {}, got {sum:?}",
+                ctx.payload.sha256
+            ),
+        ));
+    }
+
+    // 4. The join token (only for a node that is not a member yet).
+    let mut token_arg = String::new();
+    if !member {
+        let token = match ctx.cluster.join_token().await {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = s.exec(&cleanup, b"").await;
+                return Err(fail(
+                    Cause::Token,
+                    format!("cannot create a join token: {e}"),
+                ));
+            }
+        };
+        let path = format!("{dir}/join-token");
+        let out = s
+            .exec(
+                &format!("umask 077 && cat > {}", shell_quote(&path)),
+                token.as_bytes(),
+            )
+            .await
+            .map_err(|e| fail(Cause::Upload, e.to_string()))?;
+        if !out.success() {
+            let _ = s.exec(&cleanup, b"").await;
+            return Err(fail(
+                Cause::Upload,
+                format!("cannot write the join token: {}", out.stderr_tail()),
+            ));
+        }
+        token_arg = format!(" --join-token-file {}", shell_quote(&path));
+    }
+
+    // 5. Install and start (the installer stops an older version first).
+    ctx.say(
+        host,
+        State::Installing,
+        "installing the service and starting the node",
+    );
+    let cmd = format!(
+        "sh -s -- --yes --report kv --binary {bin} --sha256 {sha}{token_arg}{common}; rc=$?; {cleanup}; exit $rc",
+        bin = shell_quote(&format!("{dir}/bzzz")),
+        sha = ctx.payload.sha256,
+        common = common_args(spec),
+    );
+    let out = s.exec(&cmd, INSTALLER.as_bytes()).await.map_err(ssh)?;
+    let report = parse_report(&out.stdout_text());
+    match out.status {
+        Some(0) => {}
+        Some(2) => return Err(fail(Cause::Preflight, report.failed.join("; "))),
+        Some(3) => {
+            return Err(fail(
+                Cause::Start,
+                format!("the node did not start: {}", out.stderr_tail()),
+            ));
+        }
+        _ => {
+            return Err(fail(
+                Cause::Install,
+                format!("the installer failed: {}", out.stderr_tail()),
+            ));
+        }
+    }
+    let node_id = report.facts.get("node_id").cloned().unwrap_or_default();
+    if node_id.is_empty() {
+        return Err(fail(
+            Cause::Start,
+            "the installer did not report the node id",
+        ));
+    }
+
+    // 6. Wait until it is a member of the mesh.
+    let mut e = ctx.event(host, State::Joining);
+    e.node_id = Some(node_id.clone());
+    ctx.emit(e);
+    ctx.cluster
+        .wait_joined(&node_id, spec.join_timeout)
+        .await
+        .map_err(|e| fail(Cause::JoinTimeout, e))?;
+    // The token has served: delete it on the host.
+    let etc = match report.facts.get("prefix").map(String::as_str) {
+        Some("/") | None => "/etc/bzzz".to_owned(),
+        Some(p) => format!("{p}/etc"),
+    };
+    let _ = s
+        .exec(
+            &format!("rm -f {}", shell_quote(&format!("{etc}/join-token"))),
+            b"",
+        )
+        .await;
+    let mut e = ctx.event(host, State::Joined);
+    e.node_id = Some(node_id);
+    e.changed = Some(true);
+    ctx.emit(e);
+    Ok(true)
+}
+
+async fn uninstall_host<C: Cluster>(ctx: &Ctx<C>, host: &str) -> Result<bool, Fail> {
+    let s = connect(ctx, host).await?;
+    ctx.say(host, State::Removing, "stopping and removing the node");
+    let out = s
+        .exec(
+            &format!(
+                "sh -s -- --uninstall --yes --report kv{}",
+                common_args(&ctx.spec)
+            ),
+            INSTALLER.as_bytes(),
+        )
+        .await;
+    s.close().await;
+    let out = out.map_err(|e| fail(Cause::Ssh, e.to_string()))?;
+    if !out.success() {
+        return Err(fail(
+            Cause::Uninstall,
+            format!("the installer failed: {}", out.stderr_tail()),
+        ));
+    }
+    let mut e = ctx.event(host, State::Removed);
+    e.message = "node stopped and removed (its data directory is kept)".into();
+    e.changed = Some(true);
+    ctx.emit(e);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installer_report_is_parsed_by_field() {
+        let r = parse_report(
+            "check\tos\tok\tLinux\ncheck\thttp\tfail\t8080/tcp is in use\tby x\nfact\tnode_id\t12D3Koo\ninfo\thello\ngarbage\n",
+        );
+        assert_eq!(r.failed, ["http: 8080/tcp is in use\tby x"]);
+        assert_eq!(r.facts.get("node_id").map(String::as_str), Some("12D3Koo"));
+    }
+
+    #[test]
+    fn events_serialize_with_host_and_state() {
+        let e = Event {
+            host: "10.0.0.1".into(),
+            state: State::Joined,
+            message: String::new(),
+            cause: None,
+            fingerprint: None,
+            trust: None,
+            node_id: Some("12D3".into()),
+            changed: Some(false),
+            elapsed_ms: 5,
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["host"], "10.0.0.1");
+        assert_eq!(v["state"], "joined");
+        assert_eq!(v["changed"], false);
+        assert!(v.get("cause").is_none());
+    }
+
+    #[test]
+    fn the_embedded_installer_is_the_posix_script() {
+        assert!(INSTALLER.starts_with("#!/bin/sh"));
+        assert!(INSTALLER.contains("printf 'fact\\t%s\\t%s\\n'"));
+    }
+}

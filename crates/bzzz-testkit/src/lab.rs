@@ -85,7 +85,12 @@ pub struct Lab {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Option<NodeProc>>,
     route: bool,
+    sshd: Vec<(usize, std::process::Child)>,
 }
+
+/// The install prefix that is private to each host with an sshd (see
+/// [`Lab::start_sshd`]).
+pub const SSH_PREFIX: &str = "/run/bzzz-lab/prefix";
 
 fn pid_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -149,6 +154,7 @@ impl Lab {
                 .tempdir()?,
             nodes: Vec::new(),
             route: false,
+            sshd: Vec::new(),
         };
         // From here on, Drop cleans up whatever exists.
         let net = format!("10.77.{id}.0/24");
@@ -475,6 +481,124 @@ impl Lab {
         must(&b)
     }
 
+    /// Starts a real `sshd` on host `i` (port 22 on its IP) that accepts the
+    /// public key in `authorized_keys` for root. It runs in its own mount
+    /// namespace where [`SSH_PREFIX`] is a private directory of this host
+    /// (`<lab dir>/root-hN`), so deploys into that prefix stay per host
+    /// although the hosts share one file system. A host key is created on
+    /// first start and kept across restarts unless `new_host_key`.
+    pub fn start_sshd(
+        &mut self,
+        i: usize,
+        authorized_keys: &Path,
+        new_host_key: bool,
+    ) -> anyhow::Result<()> {
+        self.stop_sshd(i);
+        let h = self.host(i).clone();
+        let dir = self.dir.path().join(format!("sshd-h{i}"));
+        let root = self.dir.path().join(format!("root-h{i}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(&root)?;
+        std::fs::create_dir_all("/run/sshd")?;
+        std::fs::create_dir_all(SSH_PREFIX)?;
+        let key = dir.join("ssh_host_ed25519_key");
+        if new_host_key {
+            let _ = std::fs::remove_file(&key);
+            let _ = std::fs::remove_file(dir.join("ssh_host_ed25519_key.pub"));
+        }
+        if !key.exists() {
+            must(&[
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                &key.to_string_lossy(),
+            ])?;
+        }
+        std::fs::copy(authorized_keys, dir.join("authorized_keys"))?;
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port 22\nListenAddress {ip}\nHostKey {key}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
+                 UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nMaxStartups 100\nMaxSessions 100\nLogLevel ERROR\n",
+                ip = h.ip,
+                key = key.display(),
+                ak = dir.join("authorized_keys").display(),
+                pid = dir.join("sshd.pid").display(),
+            ),
+        )?;
+        let script = format!(
+            "mount --bind '{root}' '{SSH_PREFIX}' && exec /usr/sbin/sshd -D -e -f '{cfg}'",
+            root = root.display(),
+            cfg = cfg.display()
+        );
+        let log = std::fs::File::create(dir.join("sshd.log"))?;
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &h.ns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+            ])
+            .args(["sh", "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start sshd")?;
+        self.sshd.push((i, child));
+        // Ready when port 22 accepts connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let probe = self.exec(i, &["bash", "-c", &format!("exec 3<>/dev/tcp/{}/22", h.ip)]);
+            if probe.is_ok_and(|o| o.status.success()) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "sshd on host {i} did not start: {}",
+                    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops host `i`'s sshd (sessions and what they started keep running).
+    pub fn stop_sshd(&mut self, i: usize) {
+        self.sshd.retain_mut(|(h, c)| {
+            if *h == i {
+                let _ = c.kill();
+                let _ = c.wait();
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Kills every process in host `i`'s namespace (nodes started by a
+    /// deploy, sshd sessions).
+    pub fn kill_all_in(&self, i: usize) {
+        if let Ok(out) = run(&["ip", "netns", "pids", &self.host(i).ns]) {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(p) = pid.parse::<i32>()
+                    && let Some(p) = rustix::process::Pid::from_raw(p)
+                {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+            }
+        }
+    }
+
     /// Every started node's log tail.
     pub fn logs(&self) -> String {
         self.nodes
@@ -493,6 +617,13 @@ impl Drop for Lab {
         }
         for n in self.nodes.iter_mut().flatten() {
             n.kill9();
+        }
+        for (_, c) in &mut self.sshd {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for i in 1..=self.hosts.len() {
+            self.kill_all_in(i);
         }
         for h in &self.hosts {
             let _ = run(&["ip", "netns", "del", &h.ns]);

@@ -35,6 +35,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .merge(crate::setup_ui::routes())
+        .merge(crate::deploy::routes())
         .fallback(not_found)
         .with_state(state)
 }

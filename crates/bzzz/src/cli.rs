@@ -58,6 +58,8 @@ pub enum Cmd {
     },
     /// Show the Raft leader, term, voters and node scores as this node sees them.
     Leader(ReadArgs),
+    /// Deploy BZZZ to other machines over SSH (through a running node), or remove it.
+    Deploy(DeployArgs),
     /// Roles (SPEC §9): changes are signed by the cluster admin key.
     Role {
         #[command(subcommand)]
@@ -105,6 +107,66 @@ pub enum KeysCmd {
 pub enum TokenCmd {
     /// Create a join token (operator only): `bzzz node run --join-token TOKEN` on the new node.
     Create(TokenArgs),
+}
+
+/// `bzzz deploy`: the node at `--api` does the work (it uploads its own
+/// binary); this command sends the request and shows the progress.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// Hosts: names, IPs, ranges (10.0.0.5-9 or 10.0.0.5-10.0.0.9), CIDR
+    /// blocks (10.0.0.0/29), comma-separated; `@FILE` reads a file (one
+    /// or more per line, `#` comments).
+    #[arg(long, value_name = "HOSTS")]
+    pub hosts: String,
+    /// SSH user on the hosts.
+    #[arg(long, value_name = "USER", default_value = "root")]
+    pub ssh_user: String,
+    /// SSH port on the hosts.
+    #[arg(long, value_name = "PORT", default_value_t = 22)]
+    pub ssh_port: u16,
+    /// SSH private key file (OpenSSH format).
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "ssh_password_file"
+    )]
+    pub ssh_key: Option<PathBuf>,
+    /// File whose first line is the key's passphrase.
+    #[arg(long, value_name = "PATH", requires = "ssh_key")]
+    pub ssh_key_passphrase_file: Option<PathBuf>,
+    /// File whose first line is the SSH password (instead of a key).
+    #[arg(long, value_name = "PATH", conflicts_with = "ssh_key")]
+    pub ssh_password_file: Option<PathBuf>,
+    /// Accept hosts listed in this known_hosts file (a listed host with another key is refused).
+    #[arg(long, value_name = "PATH", conflicts_with = "accept_new_host_keys")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust on first use: accept unknown host keys, print their fingerprints and pin them in
+    /// cluster state. A pinned host whose key changed is always refused.
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Install prefix on the hosts [default: system paths as root, ~/.bzzz otherwise].
+    #[arg(long, value_name = "DIR")]
+    pub prefix: Option<String>,
+    /// HTTP port of the deployed nodes.
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// P2P port (TCP and QUIC) of the deployed nodes.
+    #[arg(long, value_name = "PORT", default_value_t = 4140)]
+    pub p2p_port: u16,
+    /// Deployed nodes do not use mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// Hosts handled at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// How long a started node may take to join the mesh.
+    #[arg(long, value_name = "DURATION", default_value = "90s")]
+    pub join_timeout: humantime::Duration,
+    /// Stop and remove BZZZ from the hosts instead (their data directories are kept).
+    #[arg(long)]
+    pub uninstall: bool,
 }
 
 /// Options of commands that act as the operator.

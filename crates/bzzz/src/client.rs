@@ -578,6 +578,211 @@ pub async fn role_ls(a: &ReadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---- deploy ------------------------------------------------------------------
+
+fn read_first_line(
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))?,
+    );
+    Ok(zeroize::Zeroizing::new(
+        text.lines().next().unwrap_or("").to_owned(),
+    ))
+}
+
+/// `bzzz deploy`: starts a run on the node at `--api`, follows its event
+/// stream, and returns whether every host made it. With `--json`, stdout
+/// gets each event as one JSON line (`host`, `state`, …); otherwise a live
+/// line per host (indicatif) and a summary.
+pub async fn deploy(a: &crate::cli::DeployArgs) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let hosts = match a.hosts.strip_prefix('@') {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the host file {file}"))?,
+        None => a.hosts.clone(),
+    };
+    // Check the list here too, for an early, local error.
+    bzzz_deploy::parse_hosts(&hosts).map_err(|e| anyhow::anyhow!("--hosts: {e}"))?;
+    let mut body = serde_json::json!({
+        "hosts": hosts,
+        "ssh_user": a.ssh_user,
+        "ssh_port": a.ssh_port,
+        "accept_new_host_keys": a.accept_new_host_keys,
+        "http_port": a.http_port,
+        "p2p_port": a.p2p_port,
+        "mdns": !a.no_mdns,
+        "parallel": a.parallel,
+        "uninstall": a.uninstall,
+        "join_timeout_secs": Duration::from(a.join_timeout).as_secs().max(5),
+    });
+    if let Some(p) = &a.prefix {
+        body["prefix"] = p.clone().into();
+    }
+    if let Some(k) = &a.ssh_key {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(k)
+                .with_context(|| format!("cannot read the SSH key {}", k.display()))?,
+        );
+        // Decode here: a wrong passphrase or a public key fails before anything runs.
+        let pass = match &a.ssh_key_passphrase_file {
+            Some(p) => Some(read_first_line(p, "passphrase")?),
+            None => None,
+        };
+        bzzz_deploy::ssh::Credential::from_key_text(&text, pass.as_ref().map(|p| p.as_str()))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", k.display()))?;
+        body["ssh_key"] = text.as_str().into();
+        if let Some(p) = pass {
+            body["ssh_key_passphrase"] = p.as_str().into();
+        }
+    }
+    if let Some(p) = &a.ssh_password_file {
+        body["ssh_password"] = read_first_line(p, "SSH password")?.as_str().into();
+    }
+    if let Some(k) = &a.known_hosts {
+        body["known_hosts"] = std::fs::read_to_string(k)
+            .with_context(|| format!("cannot read {}", k.display()))?
+            .into();
+    }
+    let started: anyhow::Result<serde_json::Value> =
+        post(&a.op.api, "/api/v1/deploy", &body, Some(&password)).await;
+    drop(body);
+    let started = started?;
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    let host_list: Vec<String> = started["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h.as_str().map(str::to_owned))
+        .collect();
+
+    // Follow the event stream (SSE).
+    let base = api_base(&a.op.api)?;
+    let sse = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()
+        .context("cannot build an HTTP client")?;
+    let mut resp = sse
+        .get(format!("{base}/api/v1/deploy/{id}/events"))
+        .header(
+            reqwest::header::AUTHORIZATION,
+            basic_auth(&password).as_str(),
+        )
+        .send()
+        .await
+        .with_context(|| format!("cannot follow the deploy at {base}"))?;
+    if !resp.status().is_success() {
+        bail!("deploy events: {}", resp.status());
+    }
+    let fancy = !a.op.json && std::io::stderr().is_terminal();
+    let multi = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template("{spinner} {prefix:<18} {wide_msg}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+    let bars: std::collections::BTreeMap<String, indicatif::ProgressBar> = if fancy {
+        host_list
+            .iter()
+            .map(|h| {
+                let b = multi.add(indicatif::ProgressBar::new_spinner());
+                b.set_style(style.clone());
+                b.set_prefix(h.clone());
+                b.enable_steady_tick(Duration::from_millis(120));
+                (h.clone(), b)
+            })
+            .collect()
+    } else {
+        Default::default()
+    };
+    let mut buf = String::new();
+    let mut event_name = String::new();
+    let mut done: Option<serde_json::Value> = None;
+    while done.is_none() {
+        let Some(chunk) = resp
+            .chunk()
+            .await
+            .context("the deploy event stream broke")?
+        else {
+            break;
+        };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(nl) = buf.find('\n') {
+            let line = buf[..nl].trim_end_matches('\r').to_owned();
+            buf.drain(..=nl);
+            if let Some(e) = line.strip_prefix("event:") {
+                event_name = e.trim().to_owned();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                let v: serde_json::Value = serde_json::from_str(d.trim()).unwrap_or_default();
+                if event_name == "done" {
+                    done = Some(v);
+                } else if a.op.json {
+                    println!("{v}");
+                } else {
+                    let host = v["host"].as_str().unwrap_or("");
+                    let state = v["state"].as_str().unwrap_or("");
+                    let mut msg = state.to_owned();
+                    if let Some(c) = v["cause"].as_str() {
+                        msg.push_str(&format!(" ({c})"));
+                    }
+                    if let Some(m) = v["message"].as_str() {
+                        msg.push_str(": ");
+                        msg.push_str(m);
+                    }
+                    if let (Some(fp), "authenticated") = (v["fingerprint"].as_str(), state) {
+                        msg.push_str(&format!(" [{fp}]"));
+                    }
+                    match bars.get(host) {
+                        Some(b) if matches!(state, "joined" | "failed" | "removed") => {
+                            b.finish_with_message(msg)
+                        }
+                        Some(b) => b.set_message(msg),
+                        None => eprintln!("{host:<18} {msg}"),
+                    }
+                }
+            } else if line.is_empty() {
+                event_name.clear();
+            }
+        }
+    }
+    for b in bars.values() {
+        if !b.is_finished() {
+            b.abandon();
+        }
+    }
+    let Some(done) = done else {
+        bail!(
+            "the deploy event stream ended early; run `bzzz deploy` again to see (it is idempotent)"
+        );
+    };
+    let outcomes = done["outcomes"].as_array().cloned().unwrap_or_default();
+    let ok = outcomes.iter().filter(|o| o["ok"] == true).count();
+    let changed = outcomes.iter().filter(|o| o["changed"] == true).count();
+    let verb = if a.uninstall {
+        "removed from"
+    } else {
+        "joined"
+    };
+    eprintln!(
+        "{ok} of {} hosts {verb}; {changed} changed, {} unchanged, {} failed.",
+        outcomes.len(),
+        ok - changed.min(ok),
+        outcomes.len() - ok
+    );
+    if ok == outcomes.len() && changed == 0 && !a.uninstall {
+        eprintln!("Nothing changed: every host was already deployed.");
+    }
+    for o in outcomes.iter().filter(|o| o["ok"] != true) {
+        eprintln!(
+            "  {} failed: {}",
+            o["host"].as_str().unwrap_or("?"),
+            o["cause"].as_str().unwrap_or("unknown")
+        );
+    }
+    Ok(ok == outcomes.len() && !outcomes.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod deploy;
 pub mod detect;
 pub mod keys;
 pub mod node;

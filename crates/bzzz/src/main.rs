@@ -82,6 +82,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
             cmd: TokenCmd::Create(a),
         } => report(bzzz::client::token_create(&a).await),
         Cmd::Leader(a) => report(bzzz::client::leader(&a).await),
+        // 0: every host made it; 1: some host failed; 2: the run did not start.
+        Cmd::Deploy(a) => match bzzz::client::deploy(&a).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Cmd::Role {
             cmd: RoleCmd::Create(a),
         } => report(bzzz::client::role_create(&a).await),

@@ -59,6 +59,8 @@ pub struct AppState {
     pub api_addr: SocketAddr,
     pub control: crate::control::ControlCell,
     pub control_settings: crate::config::ControlSettings,
+    /// SSH deploy runs started on this node.
+    pub deploys: Arc<crate::deploy::Deployments>,
 }
 
 /// Runs a node until SIGINT/SIGTERM (or `cancel`). With a join token, the
@@ -191,6 +193,7 @@ pub async fn run(
         api_addr,
         control,
         control_settings: cfg.control.clone(),
+        deploys: Arc::default(),
     });
     let app = crate::api::router(state);
     let http_cancel = cancel.clone();

@@ -69,11 +69,11 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-fn web_credential(st: &AppState, headers: &HeaderMap) -> Option<OperatorPassword> {
+pub(crate) fn web_credential(st: &AppState, headers: &HeaderMap) -> Option<OperatorPassword> {
     session_id(headers).and_then(|id| st.keys.web_session(&id))
 }
 
-fn see_other(to: &'static str) -> Response {
+pub(crate) fn see_other(to: &'static str) -> Response {
     no_store(
         (
             StatusCode::SEE_OTHER,
@@ -83,7 +83,7 @@ fn see_other(to: &'static str) -> Response {
     )
 }
 
-fn no_store(mut r: Response) -> Response {
+pub(crate) fn no_store(mut r: Response) -> Response {
     r.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-store, max-age=0"),
@@ -93,7 +93,7 @@ fn no_store(mut r: Response) -> Response {
     r
 }
 
-fn api_error(e: KeysError) -> Response {
+pub(crate) fn api_error(e: KeysError) -> Response {
     let code = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = (code, axum::Json(ApiError { error: e.message })).into_response();
     if code == StatusCode::UNAUTHORIZED {
@@ -113,14 +113,14 @@ fn setup_locked() -> Response {
     })
 }
 
-fn bad_request(msg: impl Into<String>) -> Response {
+pub(crate) fn bad_request(msg: impl Into<String>) -> Response {
     api_error(KeysError {
         status: 422,
         message: msg.into(),
     })
 }
 
-fn json_ok(code: StatusCode, v: serde_json::Value) -> Response {
+pub(crate) fn json_ok(code: StatusCode, v: serde_json::Value) -> Response {
     no_store((code, axum::Json(v)).into_response())
 }
 
@@ -139,7 +139,7 @@ fn operator_credential(headers: &HeaderMap) -> Option<OperatorPassword> {
     OperatorPassword::new(pw.to_owned()).ok()
 }
 
-async fn authorize(
+pub(crate) async fn authorize(
     st: &AppState,
     peer: &SocketAddr,
     headers: &HeaderMap,
@@ -500,7 +500,7 @@ async fn api_registry_set(
 
 // ---- wizard pages --------------------------------------------------------------
 
-fn page(code: StatusCode, title: &str, body: &str) -> Response {
+pub(crate) fn page(code: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>BZZZ — {t}</title>
 <meta name="referrer" content="no-referrer">

@@ -1,0 +1,259 @@
+//! `bzzz deploy` against real `sshd`s in the namespace lab (SPEC §4).
+//!
+//! Host 1 runs a seed node (a one-node cluster); hosts 2–5 run only sshd.
+//! The deploy CLI (inside host 1) asks the seed to deploy to hosts 2–5:
+//! 1. all four join (5 members, one leader) within 60 s;
+//! 2. a second run changes nothing and says so;
+//! 3. a host that no longer accepts our key fails with cause `auth` while
+//!    the other three succeed;
+//! 4. a host whose host key changed is refused (`host_key`), even with
+//!    `--accept-new-host-keys`.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use bzzz_testkit::lab::{self, Lab, SSH_PREFIX};
+use bzzz_testkit::wait_until;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "deploy-lab-operator-pw";
+
+fn keygen(path: &Path) {
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "{out:?}");
+}
+
+struct Run {
+    ok: bool,
+    events: Vec<serde_json::Value>,
+    stderr: String,
+}
+
+impl Run {
+    /// The last state of `host`.
+    fn last(&self, host: &str) -> Option<&serde_json::Value> {
+        self.events.iter().rev().find(|e| e["host"] == host)
+    }
+    fn states(&self, host: &str) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter(|e| e["host"] == host)
+            .filter_map(|e| e["state"].as_str())
+            .collect()
+    }
+}
+
+fn deploy(lab: &Lab, hosts: &[usize], extra: &[&str]) -> Run {
+    let key = lab.dir.path().join("id_ed25519");
+    let pw = lab.dir.path().join("operator-password");
+    let list: Vec<String> = hosts.iter().map(|i| lab.host(*i).ip.clone()).collect();
+    let api = format!("http://{}:8080", lab.host(1).ip);
+    let mut args: Vec<String> = [
+        BIN,
+        "deploy",
+        "--api",
+        &api,
+        "--operator-password-file",
+        &pw.to_string_lossy(),
+        "--hosts",
+        &list.join(","),
+        "--ssh-user",
+        "root",
+        "--ssh-key",
+        &key.to_string_lossy(),
+        "--prefix",
+        SSH_PREFIX,
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out: Output = lab.exec(1, &argv).expect("bzzz deploy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for e in &events {
+        assert!(
+            e["host"].is_string() && e["state"].is_string(),
+            "every line has host and state: {e}"
+        );
+    }
+    Run {
+        ok: out.status.success(),
+        events,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn members(lab: &Lab) -> usize {
+    lab.get_json(1, "/api/v1/peers")
+        .map_or(0, |v| v.as_array().map_or(0, |a| a.len()))
+        + 1
+}
+
+#[test]
+fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
+    if !lab::available() {
+        return;
+    }
+    let mut lab = Lab::new(Path::new(BIN), 5).expect("lab");
+    let key = lab.dir.path().join("id_ed25519");
+    keygen(&key);
+    let other = lab.dir.path().join("other_ed25519");
+    keygen(&other);
+    let pubkey = lab.dir.path().join("id_ed25519.pub");
+    for i in 2..=5 {
+        lab.start_sshd(i, &pubkey, false).expect("sshd");
+    }
+    lab.start_node(1, &[]).expect("seed node");
+    lab.init_cluster(1, "deploy-lab", PASSWORD).expect("init");
+    let ips: Vec<String> = (0..=5)
+        .map(|i| {
+            if i == 0 {
+                String::new()
+            } else {
+                lab.host(i).ip.clone()
+            }
+        })
+        .collect();
+    let ip = |i: usize| ips[i].clone();
+
+    // 1. Four hosts join within 60 s (trust on first use: fingerprints pinned).
+    let t0 = Instant::now();
+    let r = deploy(&lab, &[2, 3, 4, 5], &["--accept-new-host-keys"]);
+    let took = t0.elapsed();
+    assert!(
+        r.ok,
+        "deploy failed:\n{}\n{:#?}\n{}",
+        r.stderr,
+        r.events,
+        lab.logs()
+    );
+    for i in 2..=5 {
+        let last = r.last(&ip(i)).expect("events for the host");
+        assert_eq!(last["state"], "joined", "{last}");
+        assert_eq!(last["changed"], true);
+        let states = r.states(&ip(i));
+        for s in [
+            "queued",
+            "connecting",
+            "authenticated",
+            "preflight",
+            "uploading",
+            "installing",
+            "joining",
+            "joined",
+        ] {
+            assert!(states.contains(&s), "{s} missing from {states:?}");
+        }
+        let auth = r
+            .events
+            .iter()
+            .find(|e| e["host"] == ip(i).as_str() && e["state"] == "authenticated")
+            .expect("authenticated");
+        assert!(
+            auth["fingerprint"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("SHA256:"))
+        );
+        assert_eq!(auth["trust"], "accepted_new");
+    }
+    assert!(took < Duration::from_secs(60), "4 hosts took {took:?}");
+    eprintln!("deploy to 4 hosts: {took:?}");
+    // 5 members, one leader agreed by the seed.
+    wait_until(
+        "5 members",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || (members(&lab) == 5).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    let leader = wait_until(
+        "a leader with 5 voters",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let v = lab.get_json(1, "/api/v1/leader")?;
+            (v["leader"].is_string()
+                && v["voters"].as_array()?.len() + v["learners"].as_array()?.len() == 5)
+                .then_some(v)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    eprintln!("leader after deploy: {}", leader["leader"]);
+    // The fingerprints are pinned in cluster state.
+    let reg = lab.get_json(1, "/api/v1/registry").expect("registry");
+    for i in 2..=5 {
+        assert!(
+            reg.to_string()
+                .contains(&format!("deploy/hostkey/{}:22", ip(i))),
+            "{reg}"
+        );
+    }
+    // The join token was removed from every host after joining.
+    for i in 2..=5 {
+        let token = lab.dir.path().join(format!("root-h{i}/etc/join-token"));
+        assert!(!token.exists(), "{} left behind", token.display());
+        assert!(lab.dir.path().join(format!("root-h{i}/bin/bzzz")).exists());
+    }
+
+    // 2. A second run changes nothing and says so.
+    let r = deploy(&lab, &[2, 3, 4, 5], &[]);
+    assert!(r.ok, "re-run failed:\n{}\n{:#?}", r.stderr, r.events);
+    for i in 2..=5 {
+        let states = r.states(&ip(i));
+        assert!(states.contains(&"verified"), "{states:?}");
+        assert!(
+            !states.contains(&"uploading"),
+            "re-run uploaded again: {states:?}"
+        );
+        let last = r.last(&ip(i)).expect("events");
+        assert_eq!(last["state"], "joined");
+        assert_eq!(last["changed"], false);
+        assert_eq!(
+            r.events
+                .iter()
+                .find(|e| e["host"] == ip(i).as_str() && e["state"] == "authenticated")
+                .expect("auth")["trust"],
+            "pinned"
+        );
+    }
+    assert!(r.stderr.contains("Nothing changed"), "{}", r.stderr);
+
+    // 3. Host 5 no longer accepts our key: it fails (auth), the others succeed.
+    let other_pub = lab.dir.path().join("other_ed25519.pub");
+    lab.start_sshd(5, &other_pub, false).expect("sshd 5");
+    let r = deploy(&lab, &[2, 3, 4, 5], &[]);
+    assert!(!r.ok, "a failed host must fail the run");
+    let last = r.last(&ip(5)).expect("events");
+    assert_eq!(last["state"], "failed");
+    assert_eq!(last["cause"], "auth", "{last}");
+    for i in 2..=4 {
+        assert_eq!(r.last(&ip(i)).expect("events")["state"], "joined");
+    }
+
+    // 4. Host 3's host key changed: refused, even with --accept-new-host-keys.
+    lab.start_sshd(3, &pubkey, true)
+        .expect("sshd 3 with a new key");
+    let r = deploy(&lab, &[2, 3], &["--accept-new-host-keys"]);
+    assert!(!r.ok);
+    let last = r.last(&ip(3)).expect("events");
+    assert_eq!(last["state"], "failed");
+    assert_eq!(last["cause"], "host_key", "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("CHANGED")),
+        "{last}"
+    );
+    assert_eq!(r.last(&ip(2)).expect("events")["state"], "joined");
+}
