@@ -277,7 +277,9 @@ run_checks() {
 
 confirm() { # confirm QUESTION: yes on --yes; asks on a TTY; refuses otherwise
   [ "$YES" = 1 ] && return 0
-  if [ -t 0 ] || { [ -r /dev/tty ] && [ -w /dev/tty ] && : </dev/tty; } 2>/dev/null; then
+  # (The probe runs in a subshell: a failed redirection on a special
+  # built-in would end this shell.)
+  if [ -t 0 ] || (: </dev/tty) 2>/dev/null; then
     printf '%s [y/N] ' "$1" >/dev/tty
     read -r answer </dev/tty || answer=
     case $answer in y|Y|yes|YES) return 0 ;; esac
@@ -324,7 +326,7 @@ fi
 
 # ---- the binary ------------------------------------------------------------------
 SELF_DIR=
-case $0 in */install.sh) SELF_DIR=$(cd "$(dirname "$0")" && pwd) ;; esac
+case $0 in install.sh|*/install.sh) SELF_DIR=$(cd "$(dirname "$0")" && pwd) ;; esac
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/bzzz-install.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT INT TERM
 
