@@ -303,28 +303,31 @@ impl Lab {
         headers: &[(&str, &str)],
         body: &str,
     ) -> anyhow::Result<(u16, String)> {
-        let h = self.host(i).clone();
-        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/var/run/netns/{}", h.ns))
-                .with_context(|| format!("open namespace {}", h.ns))?;
-            rustix::thread::move_into_link_name_space(
-                std::os::fd::AsFd::as_fd(&f),
-                Some(rustix::thread::LinkNameSpaceType::Network),
-            )
-            .with_context(|| format!("enter namespace {}", h.ns))?;
-            let hdrs: Vec<(&str, &str)> = headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            crate::http::request(&format!("{}:{port}", h.ip), &method, &path, &hdrs, &body)
+        let ip = self.host(i).ip.clone();
+        self.run_in(i, || {
+            crate::http::request(&format!("{ip}:{port}"), method, path, headers, body)
+        })?
+    }
+
+    /// Runs `f` on a thread inside host `i`'s network namespace: every
+    /// socket it opens is the host's (e.g. a WebDriver client talking to a
+    /// chromedriver started in that host).
+    pub fn run_in<T: Send>(&self, i: usize, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        let ns = self.host(i).ns.clone();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let file = std::fs::File::open(format!("/var/run/netns/{ns}"))
+                    .with_context(|| format!("open namespace {ns}"))?;
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&file),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .with_context(|| format!("enter namespace {ns}"))?;
+                Ok(f())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in host {i} panicked"))?
         })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the request thread panicked"))?
     }
 
     /// A JSON GET through [`Lab::http`]; `None` unless 200 with JSON.

@@ -12,6 +12,7 @@
 //! Everything here is synchronous (std processes, a tiny HTTP/1.1 GET), so
 //! tests stay plain `#[test]` functions and can run in parallel.
 
+pub mod browser;
 pub mod http;
 pub mod lab;
 

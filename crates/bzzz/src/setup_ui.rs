@@ -862,7 +862,8 @@ fn admin_body(st: &AppState, extra: &str) -> String {
     format!(
         r#"<p>Cluster <b>{}</b>, admin public key <code>{}</code>; admin signatures need {} of {} shares.</p>
 {extra}
-<h2>Add a node</h2>
+<h2>Add nodes</h2>
+<p><a id="deploy-link" href="/deploy">Deploy to machines over SSH</a> (BZZZ installs itself and joins them), or create a token for a node you install yourself:</p>
 <form id="token-form" method="post" action="/admin/token">
 <label for="ttl">Valid for (minutes)</label><input id="ttl" name="ttl_minutes" type="number" min="1" max="43200" value="60">
 <label for="uses">Nodes that may use it</label><input id="uses" name="uses" type="number" min="1" max="100" value="1">

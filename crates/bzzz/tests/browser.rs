@@ -5,110 +5,22 @@
 //! (`CI` set), where `scripts/test.sh` installs it and a skip would hide a
 //! missing feature: there it fails instead.
 
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
-use fantoccini::{ClientBuilder, Locator};
+use bzzz_testkit::browser::{self, text_of, wait_for};
+use bzzz_testkit::{LocalCluster, LocalOpts, http};
+use fantoccini::Locator;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-struct Driver(Child);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn browser_available() -> bool {
-    let ok = Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists();
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the browser test: install chromium and chromium-driver (scripts/test.sh does)"
-        );
-        eprintln!(
-            "SKIP: {CHROMIUM} or {CHROMEDRIVER} missing (apt install chromium chromium-driver)"
-        );
-    }
-    ok
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start_driver(dir: &Path) -> (Driver, String) {
-    let port = free_port();
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .arg(format!(
-            "--log-path={}",
-            dir.join("chromedriver.log").display()
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn chromedriver");
-    let driver = Driver(child);
-    wait_until(
-        "chromedriver to listen",
-        Duration::from_secs(20),
-        Duration::from_millis(50),
-        || TcpStream::connect(("127.0.0.1", port)).ok(),
-    )
-    .expect("chromedriver up");
-    (driver, format!("http://127.0.0.1:{port}"))
-}
-
-/// Waits (up to 15 s) for an element: a click that submits a form returns
-/// before the next page has loaded.
-async fn wait_for(c: &fantoccini::Client, css: &str) -> fantoccini::elements::Element {
-    c.wait()
-        .at_most(Duration::from_secs(15))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-}
-
-async fn text_of(c: &fantoccini::Client, css: &str) -> String {
-    wait_for(c, css).await.text().await.expect("text")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
-    if !browser_available() {
+    if !browser::available() {
         return;
     }
     let c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
-    let (_driver, wd) = start_driver(c.dir.path());
-    let profile = c.dir.path().join("chromium-profile");
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        serde_json::json!({
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage",
-                     format!("--user-data-dir={}", profile.display())],
-        }),
-    );
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&wd)
-        .await
-        .expect("webdriver session");
+    let (_driver, port) = browser::start_driver(c.dir.path(), &[]);
+    let client = browser::session(c.dir.path(), port).await;
     let base = c.nodes[0].api();
 
     // The form.

@@ -257,3 +257,121 @@ fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
     );
     assert_eq!(r.last(&ip(2)).expect("events")["state"], "joined");
 }
+
+/// The deploy page in headless Chromium, against the lab: log in, enter two
+/// hosts and the key, read and confirm their host-key fingerprints, start,
+/// and watch both rows reach "joined" live (Server-Sent Events).
+#[test]
+fn the_deploy_page_deploys_two_hosts_and_shows_them_joined() {
+    if !lab::available() || !bzzz_testkit::browser::available() {
+        return;
+    }
+    let mut lab = Lab::new(Path::new(BIN), 3).expect("lab");
+    let key = lab.dir.path().join("id_ed25519");
+    keygen(&key);
+    let pubkey = lab.dir.path().join("id_ed25519.pub");
+    for i in 2..=3 {
+        lab.start_sshd(i, &pubkey, false).expect("sshd");
+    }
+    lab.start_node(1, &[]).expect("seed node");
+    lab.init_cluster(1, "deploy-page", PASSWORD).expect("init");
+    let key_text = std::fs::read_to_string(&key).expect("key");
+    let hosts = format!("{}\n{}", lab.host(2).ip, lab.host(3).ip);
+    let base = format!("http://{}:8080", lab.host(1).ip);
+    let ns = lab.host(1).ns.clone();
+    let dir = lab.dir.path().to_path_buf();
+    // chromedriver, Chromium and the WebDriver client all live in host 1.
+    let (_driver, port) = bzzz_testkit::browser::start_driver(&dir, &["ip", "netns", "exec", &ns]);
+    let result = lab.run_in(1, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(drive_deploy_page(&dir, port, &base, &hosts, &key_text))
+    });
+    let rows = result.unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (host, state, detail) in &rows {
+        assert_eq!(state, "joined", "{host}: {detail}");
+    }
+    wait_until(
+        "3 members",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || (members(&lab) == 3).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+}
+
+async fn drive_deploy_page(
+    dir: &Path,
+    port: u16,
+    base: &str,
+    hosts: &str,
+    key: &str,
+) -> Vec<(String, String, String)> {
+    use bzzz_testkit::browser::{session, text_of, wait_for, wait_for_secs};
+    use fantoccini::Locator;
+    let c = session(dir, port).await;
+    // Behind the operator login.
+    c.goto(&format!("{base}/deploy")).await.expect("goto");
+    wait_for(&c, "#login-form").await;
+    wait_for(&c, "#password")
+        .await
+        .send_keys(PASSWORD)
+        .await
+        .expect("type");
+    c.find(Locator::Css("#login"))
+        .await
+        .expect("login")
+        .click()
+        .await
+        .expect("click");
+    wait_for(&c, "#logout").await;
+    c.goto(&format!("{base}/deploy")).await.expect("goto");
+    wait_for(&c, "#deploy-form").await;
+    for (id, v) in [
+        ("#hosts", hosts),
+        ("#ssh-key", key),
+        ("#prefix", SSH_PREFIX),
+    ] {
+        let e = wait_for(&c, id).await;
+        e.clear().await.expect("clear");
+        e.send_keys(v).await.expect("type");
+    }
+    // 1. Read the host keys; confirm both fingerprints.
+    wait_for(&c, "#scan").await.click().await.expect("scan");
+    wait_for(&c, "#key-table tbody tr:nth-child(2) input.trust").await;
+    for cb in c
+        .find_all(Locator::Css("input.trust"))
+        .await
+        .expect("boxes")
+    {
+        let fp = cb.attr("data-fp").await.expect("attr").unwrap_or_default();
+        assert!(fp.starts_with("SHA256:"), "{fp}");
+        cb.click().await.expect("tick");
+    }
+    // 2. Deploy; the table follows the event stream.
+    wait_for(&c, "#start").await.click().await.expect("start");
+    wait_for_secs(&c, "#summary[data-done]", 120).await;
+    let summary = text_of(&c, "#summary").await;
+    let mut rows = Vec::new();
+    for tr in c
+        .find_all(Locator::Css("#hosts-table tbody tr"))
+        .await
+        .expect("rows")
+    {
+        let cells = tr.find_all(Locator::Css("td")).await.expect("cells");
+        let mut t = Vec::new();
+        for td in cells {
+            t.push(td.text().await.expect("text"));
+        }
+        rows.push((t[0].clone(), t[1].clone(), t[2].clone()));
+    }
+    assert!(
+        summary.contains("2 of 2 hosts joined"),
+        "{summary} {rows:?}"
+    );
+    c.close().await.expect("close");
+    rows
+}
