@@ -59,6 +59,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/keys"),
     ("post", "/api/v1/keys/sign"),
     ("post", "/api/v1/tokens"),
+    ("post", "/api/v1/deploy"),
+    ("post", "/api/v1/deploy/scan"),
+    ("get", "/api/v1/deploy/{id}/events"),
 ];
 
 fn status_of(st: &AppState) -> StatusResponse {
@@ -383,7 +386,14 @@ pub fn openapi_doc() -> Value {
             "/api/v1/keys/sign": {"post": {"summary": "Threshold-sign a message with the cluster admin key (operator; HTTP Basic)", "operationId": "keysSign",
                 "responses": {"200": {"description": "signature, signers, signed_bytes_hex"}, "401": {"description": "No or wrong credential"}, "429": {"description": "Too many failures"}, "502": {"description": "A signer refused or sent an invalid share (named)"}}}},
             "/api/v1/tokens": {"post": {"summary": "Create a join token (operator; HTTP Basic)", "operationId": "tokenCreate",
-                "responses": {"201": {"description": "token, id, expires_at"}, "401": {"description": "No or wrong credential"}, "429": {"description": "Too many failures"}}}}
+                "responses": {"201": {"description": "token, id, expires_at"}, "401": {"description": "No or wrong credential"}, "429": {"description": "Too many failures"}}}},
+            "/api/v1/deploy": {"post": {"summary": "Deploy BZZZ to hosts over SSH, or remove it (operator; HTTP Basic). Body: hosts, ssh_user, ssh_port, ssh_key | ssh_password, ssh_key_passphrase, known_hosts, accept_new_host_keys, confirmed_fingerprints, prefix, http_port, p2p_port, mdns, parallel, uninstall, join_timeout_secs", "operationId": "deployStart",
+                "responses": {"202": {"description": "Started: id, hosts, events (the event stream's path)"}, "401": {"description": "No or wrong credential"}, "409": {"description": "This node is not in a cluster yet"}, "422": {"description": "Invalid request (named)"}}}},
+            "/api/v1/deploy/scan": {"post": {"summary": "Read hosts' SSH host-key fingerprints without logging in (operator; HTTP Basic). Body: hosts, ssh_port", "operationId": "deployScan",
+                "responses": {"200": {"description": "hosts: [{host, fingerprint, pinned, changed} | {host, error}]"}, "401": {"description": "No or wrong credential"}}}},
+            "/api/v1/deploy/{id}/events": {"get": {"summary": "A deploy run's progress as Server-Sent Events (operator; HTTP Basic): every event so far, then live ones; data = {host, state, message?, cause?, fingerprint?, trust?, node_id?, changed?, elapsed_ms}; ends with `event: done` (ok, outcomes)", "operationId": "deployEvents",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "text/event-stream"}, "404": {"description": "No such run"}}}}
         },
         "components": {"schemas": {
             "Capabilities": caps,

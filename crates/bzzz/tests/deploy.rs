@@ -7,7 +7,8 @@
 //! 3. a host that no longer accepts our key fails with cause `auth` while
 //!    the other three succeed;
 //! 4. a host whose host key changed is refused (`host_key`), even with
-//!    `--accept-new-host-keys`.
+//!    `--accept-new-host-keys`;
+//! 5. `--uninstall` stops and removes a node.
 
 use std::path::Path;
 use std::process::Output;
@@ -256,6 +257,26 @@ fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
         "{last}"
     );
     assert_eq!(r.last(&ip(2)).expect("events")["state"], "joined");
+
+    // 5. `--uninstall` stops and removes the node (its data stays).
+    let root4 = lab.dir.path().join("root-h4");
+    let pid: i32 = std::fs::read_to_string(root4.join("run/bzzz.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let r = deploy(&lab, &[4], &["--uninstall"]);
+    assert!(r.ok, "{}\n{:#?}", r.stderr, r.events);
+    assert_eq!(r.last(&ip(4)).expect("events")["state"], "removed");
+    assert!(!root4.join("bin/bzzz").exists());
+    assert!(root4.join("data").exists());
+    wait_until(
+        "the node on host 4 stops",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()),
+    )
+    .expect("stopped");
 }
 
 /// The deploy page in headless Chromium, against the lab: log in, enter two
