@@ -274,7 +274,11 @@ fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
         "the node on host 4 stops",
         Duration::from_secs(10),
         Duration::from_millis(50),
-        || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()),
+        || {
+            // Gone, or a zombie nobody reaped (PID 1 in a container may not).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            (stat.is_empty() || stat.contains(") Z ")).then_some(())
+        },
     )
     .expect("stopped");
 }
