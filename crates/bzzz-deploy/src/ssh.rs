@@ -1,10 +1,11 @@
 //! SSH sessions (russh) with host-key verification.
 //!
-//! A host key is accepted, in this order, when
+//! A host listed in the given known_hosts file with a different key of the
+//! same type is always refused. Otherwise a host key is accepted, in this
+//! order, when
 //! 1. it equals the fingerprint pinned for `host:port` in cluster state
 //!    (a pinned host whose key differs is always refused),
-//! 2. the known_hosts file given lists it (a listed host with a different
-//!    key of the same type is always refused),
+//! 2. the known_hosts file lists it,
 //! 3. the operator confirmed exactly this fingerprint (web UI),
 //! 4. trust-on-first-use was asked for (`--accept-new-host-keys`); the
 //!    fingerprint is reported so the caller pins it.
@@ -103,19 +104,12 @@ impl HostKeyPolicy {
             fingerprint: fingerprint.clone(),
             trust,
         };
-        if let Some(pin) = self.pinned.get(&format!("{host}:{port}")) {
-            return if *pin == fingerprint {
-                accept(KeyTrust::Pinned)
-            } else {
-                refuse(format!(
-                    "HOST KEY CHANGED: pinned {pin}, offered {fingerprint}; refusing (possible man-in-the-middle; if the host was reinstalled, remove its pin first)"
-                ))
-            };
-        }
+        // A known_hosts entry that disagrees is refused first, so a pin
+        // (operations data in cluster state) can never override it.
+        let mut listed = false;
         if let Some(path) = &self.known_hosts {
             match russh::keys::check_known_hosts_path(host, port, key, path) {
-                Ok(true) => return accept(KeyTrust::KnownHosts),
-                Ok(false) => {}
+                Ok(found) => listed = found,
                 Err(russh::keys::Error::KeyChanged { line }) => {
                     return refuse(format!(
                         "HOST KEY CHANGED: {}:{line} lists another key; offered {fingerprint}; refusing",
@@ -126,6 +120,18 @@ impl HostKeyPolicy {
                     return refuse(format!("cannot read {}: {e}", path.display()));
                 }
             }
+        }
+        if let Some(pin) = self.pinned.get(&format!("{host}:{port}")) {
+            return if *pin == fingerprint {
+                accept(KeyTrust::Pinned)
+            } else {
+                refuse(format!(
+                    "HOST KEY CHANGED: pinned {pin}, offered {fingerprint}; refusing (possible man-in-the-middle; if the host was reinstalled, check the new key and update its pin first)"
+                ))
+            };
+        }
+        if listed {
+            return accept(KeyTrust::KnownHosts);
         }
         if let Some(c) = self.confirmed.get(host) {
             return if *c == fingerprint {
@@ -480,6 +486,14 @@ mod tests {
             HostKeyCheck::Refused { reason, .. } => assert!(reason.contains("CHANGED"), "{reason}"),
             other => panic!("{other:?}"),
         }
+        // A tampered pin cannot override known_hosts.
+        let mut p = p;
+        p.pinned
+            .insert("h:2222".into(), b.fingerprint(HashAlg::Sha256).to_string());
+        assert!(matches!(
+            p.check("h", 2222, &b),
+            HostKeyCheck::Refused { .. }
+        ));
         std::fs::remove_dir_all(&dir).ok();
     }
 
