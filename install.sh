@@ -402,8 +402,10 @@ $boot_yaml
 
 if [ -n "$JOIN_TOKEN_FILE" ]; then
   [ -r "$JOIN_TOKEN_FILE" ] || die "cannot read --join-token-file $JOIN_TOKEN_FILE"
-  if [ "$JOIN_TOKEN_FILE" != "$TOKEN" ]; then
+  if [ "$JOIN_TOKEN_FILE" != "$TOKEN" ] && ! cmp -s "$JOIN_TOKEN_FILE" "$TOKEN" 2>/dev/null; then
     (umask 077 && cp "$JOIN_TOKEN_FILE" "$TOKEN")
+    # A running node that has not joined must restart to use it.
+    CHANGED=1; say "wrote $TOKEN"
   fi
   chmod 600 "$TOKEN"
 fi

@@ -76,6 +76,9 @@ pub struct Control {
     /// it may call elections (it would otherwise disrupt the cluster with a
     /// stale, higher term: openraft 0.9 has no pre-vote).
     elect_enabled: std::sync::atomic::AtomicBool,
+    /// Raised by the network when a voter refused this node's candidacy
+    /// because its log is ahead (see `stand_down_if_behind`).
+    behind: Arc<std::sync::atomic::AtomicBool>,
     /// The last share-risk verdict logged (log on change only).
     last_risk: Mutex<Option<String>>,
     /// Planner writes pause while a hand-off is under way.
@@ -96,14 +99,17 @@ pub type ControlCell = Arc<OnceLock<Arc<Control>>>;
 
 // ---- the network ----------------------------------------------------------
 
-/// Raft's network over the mesh.
+/// Raft's network over the mesh. `behind` is raised when a voter refuses
+/// this node's candidacy because its log is more up to date (see
+/// [`Control::stand_down_if_behind`]).
 #[derive(Clone)]
-struct Net(NetHandle);
+struct Net(NetHandle, Arc<std::sync::atomic::AtomicBool>);
 
 struct Conn {
     net: NetHandle,
     target: NodeIdU64,
     peer: Option<NodeId>,
+    behind: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Net {
@@ -113,6 +119,7 @@ impl RaftNetworkFactory<TypeConfig> for Net {
             net: self.0.clone(),
             target,
             peer: NodeId::parse(&node.addr).ok(),
+            behind: self.1.clone(),
         }
     }
 }
@@ -181,8 +188,19 @@ impl RaftNetwork<TypeConfig> for Conn {
         rpc: VoteRequest<NodeIdU64>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeIdU64>, RPCError<NodeIdU64, BasicNode, RaftError<NodeIdU64>>> {
+        let mine = rpc.last_log_id;
         match self.call(&Rpc::Vote(rpc), option.hard_ttl()).await? {
-            Reply::Vote(Ok(r)) => Ok(r),
+            Reply::Vote(Ok(r)) => {
+                // Refused by a voter whose log is ahead of ours: we cannot
+                // win, and standing again would only keep raising the term
+                // (openraft 0.9's voters do not adopt the term of a
+                // candidate they refuse by log; there is no pre-vote).
+                if !r.vote_granted && r.last_log_id > mine {
+                    self.behind
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(r)
+            }
             Reply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(net_err(format!("unexpected answer {other:?}"))),
         }
@@ -656,10 +674,11 @@ async fn start(
     let sm = StateMachine::open(db.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let node_id = net.local_id().clone();
     let id = raft_id(&node_id);
+    let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let raft = Raft::new(
         id,
         Arc::new(settings.raft.clone()),
-        Net(net.clone()),
+        Net(net.clone(), behind.clone()),
         DiskLog::new(db),
         sm.clone(),
     )
@@ -680,6 +699,7 @@ async fn start(
         settings: settings.clone(),
         last_append: Mutex::new(None),
         elect_enabled: std::sync::atomic::AtomicBool::new(!restarted),
+        behind,
         handing_off: Mutex::new(None),
         last_risk: Mutex::new(None),
         last_seen: Mutex::new(BTreeMap::new()),
@@ -903,6 +923,30 @@ impl Control {
         }
     }
 
+    /// A node whose log is behind a voter's cannot win an election; if it
+    /// keeps standing it keeps raising the term past the others', and every
+    /// up-to-date candidate is then refused for its lower term and has to
+    /// wait out a timeout: the cluster can go without a leader for seconds.
+    /// So such a node stops calling elections until it hears a leader (an
+    /// AppendEntries re-enables them, see `handle`) or, failing that, for a
+    /// few leases (every other voter may be behind too).
+    fn stand_down_if_behind(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.behind.swap(false, Relaxed) || !self.elect_enabled.swap(false, Relaxed) {
+            return;
+        }
+        self.raft.runtime_config().elect(false);
+        info!("a voter's log is ahead of this node's: no elections until a leader is heard");
+        let me = self.clone();
+        let quiet = self.settings.lease() * 4;
+        tokio::spawn(async move {
+            tokio::time::sleep(quiet).await;
+            if !me.elect_enabled.swap(true, Relaxed) {
+                me.raft.runtime_config().elect(true);
+            }
+        });
+    }
+
     /// Failure detector (a task on every node). A follower that has heard
     /// nothing from its leader for three heartbeats, and is the
     /// best-scored voter it can reach, calls an election the moment the
@@ -919,6 +963,7 @@ impl Control {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            self.stand_down_if_behind();
             let m = self.raft.metrics().borrow().clone();
             let Some(leader) = m.current_leader else {
                 continue;
