@@ -278,6 +278,17 @@ async fn connect_raw(
         // Bulk upload: a large window and packets keep the pipe full.
         window_size: 16 * 1024 * 1024,
         maximum_packet_size: 65535,
+        // AES-GCM first: hardware AES (both russh's aws-lc backend and
+        // OpenSSH use it) moves the binary several times faster than
+        // ChaCha20-Poly1305, on both ends.
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_CTR,
+            ]),
+            ..Default::default()
+        },
         ..Default::default()
     });
     let addr = (host.trim_matches(|c| c == '[' || c == ']'), port);

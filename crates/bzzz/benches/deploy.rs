@@ -96,6 +96,20 @@ fn bzzz_deploy(lab: &Lab, targets: &[usize]) -> anyhow::Result<Duration> {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&out.stdout)
     );
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        // When each host entered each state (ms since the run started).
+        let mut per_host = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            per_host
+                .entry(v["host"].as_str().unwrap_or("?").to_owned())
+                .or_default()
+                .push(format!("{} {}", v["state"].as_str().unwrap_or("?"), v["elapsed_ms"]));
+        }
+        for (h, states) in per_host {
+            eprintln!("  {h}: {}", states.join(", "));
+        }
+    }
     Ok(took)
 }
 
@@ -210,7 +224,7 @@ fn main() -> anyhow::Result<()> {
             let t = bzzz_deploy(&lab, targets)?;
             eprintln!("bzzz    {} host(s), round {round}: {t:?}", targets.len());
             b.push(t);
-            if have_ansible {
+            if have_ansible && std::env::var_os("BENCH_NO_ANSIBLE").is_none() {
                 wipe(&mut lab, &[2, 3, 4, 5], &pubkey)?;
                 let t = ansible_deploy(&lab, targets, round)?;
                 eprintln!("ansible {} host(s), round {round}: {t:?}", targets.len());
