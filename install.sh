@@ -263,6 +263,11 @@ run_checks() {
     fi
   done
 
+  # How a deploy can fetch the binary (faster than an upload over SSH).
+  if command -v curl >/dev/null 2>&1; then fact fetch curl
+  elif command -v wget >/dev/null 2>&1; then fact fetch wget
+  else fact fetch none; fi
+
   # The current installation, if any.
   if [ -x "$BIN_DIR/bzzz" ]; then fact installed_sha256 "$(sha256_of "$BIN_DIR/bzzz")"; else fact installed_sha256 none; fi
   if [ -n "$mine" ]; then

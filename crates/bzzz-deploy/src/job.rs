@@ -135,6 +135,9 @@ pub trait Cluster: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
     /// Pins a host key accepted on first use (`host:port` → fingerprint).
     fn pin(&self, host_port: &str, fingerprint: &str) -> impl Future<Output = ()> + Send;
+    /// A URL where a host can fetch the binary from this node, given this
+    /// node's address on the host's SSH connection; `None`: upload over SSH.
+    fn binary_url(&self, local_ip: std::net::IpAddr) -> Option<String>;
 }
 
 /// The result for one host.
@@ -351,6 +354,32 @@ fn parse_report(text: &str) -> Report {
     r
 }
 
+/// Creates the private temporary directory `$d` on the host.
+const MKTEMP: &str =
+    "umask 077 && d=$(mktemp -d \"${TMPDIR:-/tmp}/bzzz-deploy.XXXXXX\") && echo \"$d\"";
+/// Prints the SHA-256 of `$d/bzzz`.
+const CHECKSUM: &str =
+    "chmod 700 \"$d/bzzz\" && (sha256sum \"$d/bzzz\" 2>/dev/null || shasum -a 256 \"$d/bzzz\")";
+
+/// The directory and checksum a successful transfer printed.
+fn placed(out: &crate::ssh::Output) -> Option<(String, String)> {
+    let text = out.stdout_text();
+    let mut lines = text.lines();
+    let dir = lines.next()?.trim().to_owned();
+    let sum = lines.next()?.split_whitespace().next()?.to_owned();
+    (out.success() && dir.starts_with('/')).then_some((dir, sum))
+}
+
+/// Removes the temporary directory a failed transfer may have created.
+fn cleanup_of(stdout: &str) -> String {
+    match stdout.lines().next().map(str::trim) {
+        Some(d) if d.starts_with('/') && d.contains("bzzz-deploy.") => {
+            format!("rm -rf {}", shell_quote(d))
+        }
+        _ => "true".into(),
+    }
+}
+
 async fn deploy_host<C: Cluster>(ctx: &Ctx<C>, host: &str) -> Result<bool, Fail> {
     let s = connect(ctx, host).await?;
     let r = deploy_on(ctx, host, &s).await;
@@ -411,43 +440,80 @@ async fn deploy_on<C: Cluster>(ctx: &Ctx<C>, host: &str, s: &Session) -> Result<
         return Ok(false);
     }
 
-    // 3. Upload into a private temporary directory; verify the checksum.
-    ctx.say(
-        host,
-        State::Uploading,
-        format!(
-            "{} bytes, sha256 {}",
-            ctx.payload.binary.len(),
-            ctx.payload.sha256
-        ),
-    );
-    let out = s
-        .exec(
-            "umask 077 && d=$(mktemp -d \"${TMPDIR:-/tmp}/bzzz-deploy.XXXXXX\") && cat > \"$d/bzzz\" && chmod 700 \"$d/bzzz\" && echo \"$d\" && (sha256sum \"$d/bzzz\" 2>/dev/null || shasum -a 256 \"$d/bzzz\")",
-            &ctx.payload.binary,
-        )
-        .await
-        .map_err(|e| fail(Cause::Upload, e.to_string()))?;
-    let text = out.stdout_text();
-    let mut lines = text.lines();
-    let dir = lines.next().unwrap_or("").trim().to_owned();
-    let sum = lines
-        .next()
-        .and_then(|l| l.split_whitespace().next())
-        .unwrap_or("");
-    if !out.success() || !dir.starts_with('/') {
-        return Err(fail(
-            Cause::Upload,
-            format!("upload failed: {}", out.stderr_tail()),
-        ));
-    }
+    // 3. The binary, into a private temporary directory, checksum verified
+    //    on the host: fetched over HTTP from this node when the host can
+    //    (plain TCP costs a tenth of SSH's CPU, which bounds an upload to
+    //    several hosts at once), else uploaded over SSH.
+    let url = s.local_ip.and_then(|ip| ctx.cluster.binary_url(ip));
+    let fetched = match (&url, fact("fetch")) {
+        (Some(url), tool @ ("curl" | "wget")) => {
+            ctx.say(
+                host,
+                State::Uploading,
+                format!(
+                    "{} bytes over HTTP from this node ({tool}), sha256 {}",
+                    ctx.payload.binary.len(),
+                    ctx.payload.sha256
+                ),
+            );
+            let get = if tool == "curl" {
+                format!(
+                    "curl -fsS --max-time 120 -o \"$d/bzzz\" {}",
+                    shell_quote(url)
+                )
+            } else {
+                format!("wget -q -T 120 -O \"$d/bzzz\" {}", shell_quote(url))
+            };
+            let out = s
+                .exec(&format!("{MKTEMP} && {get} && {CHECKSUM}"), b"")
+                .await
+                .map_err(ssh)?;
+            match placed(&out) {
+                Some(placed) => Some(placed),
+                None => {
+                    // Not reachable from there (firewall, another route):
+                    // fall back to SSH.
+                    let _ = s.exec(&cleanup_of(&out.stdout_text()), b"").await;
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let (dir, sum) = match fetched {
+        Some(p) => p,
+        None => {
+            ctx.say(
+                host,
+                State::Uploading,
+                format!(
+                    "{} bytes over SSH, sha256 {}",
+                    ctx.payload.binary.len(),
+                    ctx.payload.sha256
+                ),
+            );
+            let out = s
+                .exec(
+                    &format!("{MKTEMP} && cat > \"$d/bzzz\" && {CHECKSUM}"),
+                    &ctx.payload.binary,
+                )
+                .await
+                .map_err(|e| fail(Cause::Upload, e.to_string()))?;
+            placed(&out).ok_or_else(|| {
+                fail(
+                    Cause::Upload,
+                    format!("upload failed: {}", out.stderr_tail()),
+                )
+            })?
+        }
+    };
     let cleanup = format!("rm -rf {}", shell_quote(&dir));
     if sum != ctx.payload.sha256 {
         let _ = s.exec(&cleanup, b"").await;
         return Err(fail(
             Cause::Upload,
             format!(
-                "checksum mismatch after upload: expected {}, got {sum:?}",
+                "checksum mismatch after transfer: expected {}, got {sum:?}",
                 ctx.payload.sha256
             ),
         ));

@@ -233,6 +233,8 @@ pub struct Session {
     handle: client::Handle<Handler>,
     pub fingerprint: String,
     pub trust: KeyTrust,
+    /// This side's address on the connection: how the host reaches us.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Session {
@@ -271,7 +273,7 @@ async fn connect_raw(
     port: u16,
     timeout: Duration,
     handler: Handler,
-) -> Result<client::Handle<Handler>, SshError> {
+) -> Result<(client::Handle<Handler>, Option<std::net::IpAddr>), SshError> {
     let config = Arc::new(client::Config {
         inactivity_timeout: Some(Duration::from_secs(300)),
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -297,10 +299,12 @@ async fn connect_raw(
         .map_err(|_| SshError::Connect(format!("{host}:{port}: no answer within {timeout:?}")))?
         .map_err(|e| SshError::Connect(format!("{host}:{port}: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    tokio::time::timeout(timeout, client::connect_stream(config, tcp, handler))
+    let local = tcp.local_addr().ok().map(|a| a.ip());
+    let h = tokio::time::timeout(timeout, client::connect_stream(config, tcp, handler))
         .await
         .map_err(|_| SshError::Connect(format!("{host}:{port}: SSH handshake timed out")))?
-        .map_err(|e| SshError::Protocol(e.to_string()))
+        .map_err(|e| SshError::Protocol(e.to_string()))?;
+    Ok((h, local))
 }
 
 impl Session {
@@ -315,7 +319,7 @@ impl Session {
         };
         let result = connect_raw(&target.host, target.port, target.connect_timeout, handler).await;
         let check = seen.lock().ok().and_then(|s| s.clone());
-        let mut handle = match (result, check) {
+        let (mut handle, local_ip) = match (result, check) {
             (
                 _,
                 Some(HostKeyCheck::Refused {
@@ -366,6 +370,7 @@ impl Session {
             handle,
             fingerprint,
             trust,
+            local_ip,
         })
     }
 

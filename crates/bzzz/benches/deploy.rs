@@ -104,7 +104,11 @@ fn bzzz_deploy(lab: &Lab, targets: &[usize]) -> anyhow::Result<Duration> {
             per_host
                 .entry(v["host"].as_str().unwrap_or("?").to_owned())
                 .or_default()
-                .push(format!("{} {}", v["state"].as_str().unwrap_or("?"), v["elapsed_ms"]));
+                .push(format!(
+                    "{} {}",
+                    v["state"].as_str().unwrap_or("?"),
+                    v["elapsed_ms"]
+                ));
         }
         for (h, states) in per_host {
             eprintln!("  {h}: {}", states.join(", "));
@@ -145,8 +149,7 @@ fn ansible_deploy(lab: &Lab, targets: &[usize], round: usize) -> anyhow::Result<
   gather_facts: false
   tasks:
     - name: directories
-      file: {{ path: "{p}/{{{{ item }}}}", state: directory }}
-      loop: [bin, etc, data, log]
+      command: mkdir -p {p}/bin {p}/etc {p}/data {p}/log
     - name: binary
       copy: {{ src: "{bin}", dest: "{p}/bin/bzzz", mode: "0755" }}
     - name: config

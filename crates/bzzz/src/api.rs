@@ -62,6 +62,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/deploy"),
     ("post", "/api/v1/deploy/scan"),
     ("get", "/api/v1/deploy/{id}/events"),
+    ("get", "/api/v1/deploy/{id}/binary"),
 ];
 
 fn status_of(st: &AppState) -> StatusResponse {
@@ -393,7 +394,10 @@ pub fn openapi_doc() -> Value {
                 "responses": {"200": {"description": "hosts: [{host, fingerprint, pinned, changed} | {host, error}]"}, "401": {"description": "No or wrong credential"}}}},
             "/api/v1/deploy/{id}/events": {"get": {"summary": "A deploy run's progress as Server-Sent Events (operator; HTTP Basic): every event so far, then live ones; data = {host, state, message?, cause?, fingerprint?, trust?, node_id?, changed?, elapsed_ms}; ends with `event: done` (ok, outcomes)", "operationId": "deployEvents",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "text/event-stream"}, "404": {"description": "No such run"}}}}
+                "responses": {"200": {"description": "text/event-stream"}, "404": {"description": "No such run"}}}},
+            "/api/v1/deploy/{id}/binary": {"get": {"summary": "This node's binary for a deploy run's hosts (query: token, the run's random download token); only while the run lasts", "operationId": "deployBinary",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}, {"name": "token", "in": "query", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "application/octet-stream"}, "404": {"description": "No such run, it ended, or a wrong token"}}}}
         },
         "components": {"schemas": {
             "Capabilities": caps,

@@ -123,6 +123,10 @@ pub struct Run {
     events: Mutex<Vec<Event>>,
     outcomes: Mutex<Option<Vec<Outcome>>>,
     tick: watch::Sender<usize>,
+    /// The binary, served to the run's hosts until the run ends.
+    payload: Mutex<Option<Arc<Payload>>>,
+    /// Random; required to download the binary (hex, 32 digits).
+    download_token: String,
 }
 
 impl std::fmt::Debug for Run {
@@ -156,6 +160,8 @@ struct NodeCluster {
     password: OperatorPassword,
     uses: u32,
     token: OnceCell<Zeroizing<String>>,
+    /// `/api/v1/deploy/{id}/binary?token=…`
+    binary_path: String,
 }
 
 impl NodeCluster {
@@ -205,6 +211,19 @@ impl Cluster for NodeCluster {
         })
     }
 
+    fn binary_url(&self, local_ip: std::net::IpAddr) -> Option<String> {
+        let bound = self.st.api_addr;
+        let ip = if bound.ip().is_unspecified() || bound.ip() == local_ip {
+            local_ip
+        } else if bound.ip().is_loopback() {
+            return None;
+        } else {
+            bound.ip()
+        };
+        let addr = std::net::SocketAddr::new(ip, bound.port());
+        Some(format!("http://{addr}{}", self.binary_path))
+    }
+
     async fn pin(&self, host_port: &str, fingerprint: &str) {
         let Some(c) = self.st.control.get() else {
             warn!(
@@ -246,6 +265,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/api/v1/deploy", post(api_deploy))
         .route("/api/v1/deploy/scan", post(api_scan))
         .route("/api/v1/deploy/{id}/events", get(api_events))
+        .route("/api/v1/deploy/{id}/binary", get(api_binary))
         .route("/deploy", get(deploy_page))
 }
 
@@ -367,10 +387,14 @@ async fn api_deploy(
     });
     let id = random_id();
     let (tick, _) = watch::channel(0);
+    let payload = Arc::new(Payload::new(binary));
+    let download_token = format!("{}{}", random_id(), random_id());
     let run = Arc::new(Run {
         events: Mutex::new(Vec::new()),
         outcomes: Mutex::new(None),
         tick,
+        payload: Mutex::new(Some(payload.clone())),
+        download_token: download_token.clone(),
     });
     {
         let mut runs = lock(&st.deploys.runs);
@@ -383,6 +407,7 @@ async fn api_deploy(
         password,
         uses: hosts.len().min(100) as u32,
         token: OnceCell::new(),
+        binary_path: format!("/api/v1/deploy/{id}/binary?token={download_token}"),
     });
     let sink_run = run.clone();
     let sink: job::Sink = Arc::new(move |e: Event| {
@@ -394,7 +419,6 @@ async fn api_deploy(
         sink_run.tick.send_replace(n);
     });
     info!(run = %id, hosts = hosts.len(), uninstall = req.uninstall, "deploy started");
-    let payload = Arc::new(Payload::new(binary));
     let run2 = run.clone();
     let id2 = id.clone();
     tokio::spawn(async move {
@@ -402,6 +426,8 @@ async fn api_deploy(
         let ok = outcomes.iter().filter(|o| o.ok).count();
         info!(run = %id2, ok, failed = outcomes.len() - ok, "deploy finished");
         *lock(&run2.outcomes) = Some(outcomes);
+        // The binary is no longer served.
+        *lock(&run2.payload) = None;
         let n = lock(&run2.events).len();
         run2.tick.send_replace(n + 1);
         if let Some(p) = &policy.known_hosts {
@@ -471,6 +497,41 @@ async fn api_events(
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
             .into_response(),
     )
+}
+
+#[derive(Deserialize)]
+struct BinaryQuery {
+    token: String,
+}
+
+/// The binary for a run's hosts (they fetch it with curl or wget and check
+/// its SHA-256, received over SSH). Authorized by the run's random token,
+/// served only while the run lasts. The binary is not secret; the token
+/// keeps the endpoint from serving tens of megabytes to anyone who asks.
+async fn api_binary(
+    State(st): S,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<BinaryQuery>,
+) -> Response {
+    let run = st.deploys.get(&id);
+    let payload = run.as_ref().and_then(|r| {
+        use subtle::ConstantTimeEq as _;
+        let ok = bool::from(q.token.as_bytes().ct_eq(r.download_token.as_bytes()));
+        if ok { lock(&r.payload).clone() } else { None }
+    });
+    match payload {
+        Some(p) => no_store(
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+                axum::body::Bytes::copy_from_slice(&p.binary),
+            )
+                .into_response(),
+        ),
+        None => json_ok(
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such deploy run, or it has ended"}),
+        ),
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,6 +1,8 @@
 //! `bzzz deploy` against real `sshd`s in the namespace lab (SPEC §4).
 //!
 //! Host 1 runs a seed node (a one-node cluster); hosts 2–5 run only sshd.
+//! Hosts fetch the binary over HTTP from the seed; host 5 cannot (its
+//! firewall rejects the seed's HTTP port) and gets it over SSH instead.
 //! The deploy CLI (inside host 1) asks the seed to deploy to hosts 2–5:
 //! 1. all four join (5 members, one leader) within 60 s;
 //! 2. a second run changes nothing and says so;
@@ -129,6 +131,19 @@ fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
     let ip = |i: usize| ips[i].clone();
 
     // 1. Four hosts join within 60 s (trust on first use: fingerprints pinned).
+    // Host 5 cannot reach the seed's HTTP port: it gets the binary over SSH,
+    // the others fetch it over HTTP.
+    let seed_ip = ip(1);
+    let out = lab
+        .exec(
+            5,
+            &[
+                "iptables", "-A", "OUTPUT", "-p", "tcp", "-d", &seed_ip, "--dport", "8080", "-j",
+                "REJECT",
+            ],
+        )
+        .expect("iptables");
+    assert!(out.status.success(), "{out:?}");
     let t0 = Instant::now();
     let r = deploy(&lab, &[2, 3, 4, 5], &["--accept-new-host-keys"]);
     let took = t0.elapsed();
@@ -167,6 +182,17 @@ fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
                 .is_some_and(|f| f.starts_with("SHA256:"))
         );
         assert_eq!(auth["trust"], "accepted_new");
+        let transfer: Vec<&str> = r
+            .events
+            .iter()
+            .filter(|e| e["host"] == ip(i).as_str() && e["state"] == "uploading")
+            .filter_map(|e| e["message"].as_str())
+            .collect();
+        let via = if i == 5 { "over SSH" } else { "over HTTP" };
+        assert!(
+            transfer.last().is_some_and(|m| m.contains(via)),
+            "host {i}: {transfer:?}"
+        );
     }
     assert!(took < Duration::from_secs(60), "4 hosts took {took:?}");
     eprintln!("deploy to 4 hosts: {took:?}");
