@@ -15,7 +15,7 @@
 # removes what it installed (the node's data directory only with --purge).
 #
 # Exit codes: 0 done, 1 usage or internal error, 2 a check failed,
-# 3 the node did not start.
+# 3 the node did not start, 4 the binary's checksum does not match --sha256.
 set -eu
 
 VERSION_MIN_RAM_MB=512
@@ -169,6 +169,17 @@ sha256_of() {
 }
 
 pid_alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# The node id of the running node PID, from the runtime file the node
+# writes once it listens (<data_dir>/node.json); empty until then. Cheaper
+# than asking its API (no process to start).
+node_id_of() {
+  f=$DATA_DIR/node.json
+  [ -n "$1" ] && [ -r "$f" ] || return 0
+  p=$(sed -n 's/.*"pid" *: *\([0-9]*\).*/\1/p' "$f" | head -n 1)
+  [ "$p" = "$1" ] || return 0
+  sed -n 's/.*"node_id" *: *"\([1-9A-HJ-NP-Za-km-z]*\)".*/\1/p' "$f" | head -n 1
+}
 running_pid() {
   if [ "$SERVICE" = systemd ] && [ -f "$UNIT_FILE" ]; then
     systemctl show -p MainPID --value "$UNIT_NAME" 2>/dev/null | grep -v '^0$' || true
@@ -272,7 +283,7 @@ run_checks() {
   if [ -x "$BIN_DIR/bzzz" ]; then fact installed_sha256 "$(sha256_of "$BIN_DIR/bzzz")"; else fact installed_sha256 none; fi
   if [ -n "$mine" ]; then
     fact running yes
-    id=$("$BIN_DIR/bzzz" status --api "http://127.0.0.1:$HTTP_PORT" --json 2>/dev/null | sed -n 's/.*"node_id" *: *"\([1-9A-HJ-NP-Za-km-z]*\)".*/\1/p' | head -n 1 || true)
+    id=$(node_id_of "$mine")
     fact node_id "${id:-unknown}"
   else
     fact running no
@@ -356,7 +367,8 @@ fi
 [ -f "$BINARY" ] || die "binary not found: $BINARY"
 NEW_SHA=$(sha256_of "$BINARY")
 if [ -n "$SHA256" ] && [ "$NEW_SHA" != "$SHA256" ]; then
-  die "checksum mismatch for $BINARY: expected $SHA256, got $NEW_SHA"
+  echo "install.sh: error: checksum mismatch for $BINARY: expected $SHA256, got $NEW_SHA" >&2
+  exit 4
 fi
 "$BINARY" --version >/dev/null 2>&1 || die "$BINARY does not run on this machine (wrong architecture?)"
 
@@ -504,13 +516,14 @@ fi
 fact changed "$CHANGED"
 
 # Wait for the API, then report the node id and the setup URL.
+# (The node writes node.json, with its pid, once it listens: P2P and API.)
 i=0; id=
-while [ "$i" -lt $((START_TIMEOUT * 5)) ]; do
-  id=$("$BIN_DIR/bzzz" status --api "http://127.0.0.1:$HTTP_PORT" --json 2>/dev/null | sed -n 's/.*"node_id" *: *"\([1-9A-HJ-NP-Za-km-z]*\)".*/\1/p' | head -n 1 || true)
-  [ -n "$id" ] && break
+while [ "$i" -lt $((START_TIMEOUT * 20)) ]; do
   pid=$(running_pid || true)
-  if [ -z "$pid" ] && [ "$i" -gt 5 ]; then break; fi
-  sleep 0.2; i=$((i + 1))
+  id=$(node_id_of "$pid")
+  [ -n "$id" ] && break
+  if [ -z "$pid" ] && [ "$i" -gt 20 ]; then break; fi
+  sleep 0.05; i=$((i + 1))
 done
 if [ -z "$id" ]; then
   echo "install.sh: the node did not start; the last lines of its log:" >&2

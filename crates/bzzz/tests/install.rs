@@ -273,7 +273,7 @@ fn checks_refuse_with_clear_reasons() {
         "--p2p-port",
         &free_port().to_string(),
     ]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
     assert!(text(&o).contains("checksum mismatch"), "{}", text(&o));
     drop(held);
 }
