@@ -31,6 +31,9 @@ HTTP_PORT=${BZZZ_INSTALL_HTTP_PORT:-8080}
 P2P_PORT=${BZZZ_INSTALL_P2P_PORT:-4140}
 SERVICE=${BZZZ_INSTALL_SERVICE:-auto}
 JOIN_TOKEN_FILE=${BZZZ_INSTALL_JOIN_TOKEN_FILE:-}
+# Internal: `bzzz deploy` puts the join token in a line before this script
+# on stdin (never on a command line).
+_bzzz_join_token=${_bzzz_join_token:-}
 BOOTSTRAP=${BZZZ_INSTALL_BOOTSTRAP:-}
 MDNS=${BZZZ_INSTALL_MDNS:-true}
 BUILD=0
@@ -417,7 +420,13 @@ network:
 $boot_yaml
   mdns: $MDNS"
 
-if [ -n "$JOIN_TOKEN_FILE" ]; then
+if [ -n "$_bzzz_join_token" ]; then
+  if [ ! -f "$TOKEN" ] || ! printf '%s\n' "$_bzzz_join_token" | cmp -s - "$TOKEN"; then
+    (umask 077 && printf '%s\n' "$_bzzz_join_token" >"$TOKEN")
+    CHANGED=1; say "wrote $TOKEN"
+  fi
+  chmod 600 "$TOKEN"
+elif [ -n "$JOIN_TOKEN_FILE" ]; then
   [ -r "$JOIN_TOKEN_FILE" ] || die "cannot read --join-token-file $JOIN_TOKEN_FILE"
   if [ "$JOIN_TOKEN_FILE" != "$TOKEN" ] && ! cmp -s "$JOIN_TOKEN_FILE" "$TOKEN" 2>/dev/null; then
     (umask 077 && cp "$JOIN_TOKEN_FILE" "$TOKEN")

@@ -377,72 +377,20 @@ fn cleanup_of(stdout: &str) -> String {
     }
 }
 
-async fn deploy_host<C: Cluster>(ctx: &Ctx<C>, host: &str) -> Result<bool, Fail> {
-    let s = connect(ctx, host).await?;
-    let r = deploy_on(ctx, host, &s).await;
-    s.close().await;
-    r
-}
-
-async fn deploy_on<C: Cluster>(ctx: &Ctx<C>, host: &str, s: &Session) -> Result<bool, Fail> {
-    let spec = &ctx.spec;
+/// Step 3: the binary, into a private temporary directory on the host (its
+/// checksum is checked by the installer): fetched over HTTP from this node
+/// when the host can (plain TCP costs a tenth of SSH's CPU, which bounds
+/// an upload to several hosts at once), else uploaded over SSH. Returns
+/// the directory.
+async fn transfer<C: Cluster>(
+    ctx: &Ctx<C>,
+    host: &str,
+    s: &Session,
+    fetch_tool: &str,
+) -> Result<String, Fail> {
     let ssh = |e: SshError| fail(Cause::Ssh, e.to_string());
-
-    // 1. Preflight: the installer's own checks.
-    let out = s
-        .exec(
-            &format!("sh -s -- --check --report kv{}", common_args(spec)),
-            INSTALLER.as_bytes(),
-        )
-        .await
-        .map_err(ssh)?;
-    let report = parse_report(&out.stdout_text());
-    if !out.success() {
-        let why = if report.failed.is_empty() {
-            format!("the installer's check failed: {}", out.stderr_tail())
-        } else {
-            report.failed.join("; ")
-        };
-        return Err(fail(Cause::Preflight, why));
-    }
-    let fact = |k: &str| report.facts.get(k).map(String::as_str).unwrap_or("");
-    ctx.say(
-        host,
-        State::Preflight,
-        format!(
-            "{} {}, {} cores, {} MiB memory, {} MiB free, {} GPU(s), init {}",
-            fact("distro"),
-            fact("arch"),
-            fact("cpus"),
-            fact("memory_mb"),
-            fact("disk_free_mb"),
-            fact("gpus"),
-            fact("init"),
-        ),
-    );
-
-    // 2. Already there? Same binary, running, a member: nothing to do.
-    let node_id = fact("node_id");
-    let member = !node_id.is_empty() && ctx.cluster.is_member(node_id);
-    if fact("installed_sha256") == ctx.payload.sha256 && fact("running") == "yes" && member {
-        let mut e = ctx.event(host, State::Verified);
-        e.message = "already deployed: same binary, running, a member; nothing changed".into();
-        e.node_id = Some(node_id.to_owned());
-        ctx.emit(e);
-        let mut e = ctx.event(host, State::Joined);
-        e.node_id = Some(node_id.to_owned());
-        e.changed = Some(false);
-        e.message = "nothing changed".into();
-        ctx.emit(e);
-        return Ok(false);
-    }
-
-    // 3. The binary, into a private temporary directory, checksum verified
-    //    on the host: fetched over HTTP from this node when the host can
-    //    (plain TCP costs a tenth of SSH's CPU, which bounds an upload to
-    //    several hosts at once), else uploaded over SSH.
     let url = s.local_ip.and_then(|ip| ctx.cluster.binary_url(ip));
-    let fetched = match (&url, fact("fetch")) {
+    let fetched = match (&url, fetch_tool) {
         (Some(url), tool @ ("curl" | "wget")) => {
             ctx.say(
                 host,
@@ -504,38 +452,109 @@ async fn deploy_on<C: Cluster>(ctx: &Ctx<C>, host: &str, s: &Session) -> Result<
             })?
         }
     };
+    Ok(dir)
+}
+
+async fn deploy_host<C: Cluster>(ctx: &Ctx<C>, host: &str) -> Result<bool, Fail> {
+    let s = connect(ctx, host).await?;
+    let r = deploy_on(ctx, host, &s).await;
+    s.close().await;
+    r
+}
+
+async fn deploy_on<C: Cluster>(ctx: &Ctx<C>, host: &str, s: &Session) -> Result<bool, Fail> {
+    let spec = &ctx.spec;
+    let ssh = |e: SshError| fail(Cause::Ssh, e.to_string());
+
+    // 1. Preflight: the installer's own checks.
+    let out = s
+        .exec(
+            &format!("sh -s -- --check --report kv{}", common_args(spec)),
+            INSTALLER.as_bytes(),
+        )
+        .await
+        .map_err(ssh)?;
+    let report = parse_report(&out.stdout_text());
+    if !out.success() {
+        let why = if report.failed.is_empty() {
+            format!("the installer's check failed: {}", out.stderr_tail())
+        } else {
+            report.failed.join("; ")
+        };
+        return Err(fail(Cause::Preflight, why));
+    }
+    let fact = |k: &str| report.facts.get(k).map(String::as_str).unwrap_or("");
+    ctx.say(
+        host,
+        State::Preflight,
+        format!(
+            "{} {}, {} cores, {} MiB memory, {} MiB free, {} GPU(s), init {}",
+            fact("distro"),
+            fact("arch"),
+            fact("cpus"),
+            fact("memory_mb"),
+            fact("disk_free_mb"),
+            fact("gpus"),
+            fact("init"),
+        ),
+    );
+
+    // 2. Already there? Same binary, running, a member: nothing to do.
+    let node_id = fact("node_id");
+    let member = !node_id.is_empty() && ctx.cluster.is_member(node_id);
+    if fact("installed_sha256") == ctx.payload.sha256 && fact("running") == "yes" && member {
+        let mut e = ctx.event(host, State::Verified);
+        e.message = "already deployed: same binary, running, a member; nothing changed".into();
+        e.node_id = Some(node_id.to_owned());
+        ctx.emit(e);
+        let mut e = ctx.event(host, State::Joined);
+        e.node_id = Some(node_id.to_owned());
+        e.changed = Some(false);
+        e.message = "nothing changed".into();
+        ctx.emit(e);
+        return Ok(false);
+    }
+
+    // 3. The binary, and (for a node that is not a member yet) a join
+    //    token, created while the binary travels.
+    let needs_token = !member;
+    let (dir, token) = tokio::join!(transfer(ctx, host, s, fact("fetch")), async {
+        match needs_token {
+            true => Some(ctx.cluster.join_token().await),
+            false => None,
+        }
+    });
+    let dir = dir?;
     let cleanup = format!("rm -rf {}", shell_quote(&dir));
 
-    // 4. The join token (only for a node that is not a member yet).
-    let mut token_arg = String::new();
-    if !member {
-        let token = match ctx.cluster.join_token().await {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = s.exec(&cleanup, b"").await;
-                return Err(fail(
-                    Cause::Token,
-                    format!("cannot create a join token: {e}"),
-                ));
-            }
-        };
-        let path = format!("{dir}/join-token");
-        let out = s
-            .exec(
-                &format!("umask 077 && cat > {}", shell_quote(&path)),
-                token.as_bytes(),
-            )
-            .await
-            .map_err(|e| fail(Cause::Upload, e.to_string()))?;
-        if !out.success() {
+    // 4. The token goes to the installer inside its script (stdin), never
+    //    on a command line; the installer stores it with mode 600.
+    let mut script = String::new();
+    match token {
+        Some(Ok(t))
+            if t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-+/=~".contains(&b)) =>
+        {
+            script.push_str(&format!("_bzzz_join_token='{}'\n", t.as_str()));
+        }
+        Some(Ok(_)) => {
             let _ = s.exec(&cleanup, b"").await;
             return Err(fail(
-                Cause::Upload,
-                format!("cannot write the join token: {}", out.stderr_tail()),
+                Cause::Token,
+                "the join token has unexpected characters",
             ));
         }
-        token_arg = format!(" --join-token-file {}", shell_quote(&path));
+        Some(Err(e)) => {
+            let _ = s.exec(&cleanup, b"").await;
+            return Err(fail(
+                Cause::Token,
+                format!("cannot create a join token: {e}"),
+            ));
+        }
+        None => {}
     }
+    script.push_str(INSTALLER);
+    let script = Zeroizing::new(script);
 
     // 5. Install and start (the installer stops an older version first).
     ctx.say(
@@ -544,12 +563,12 @@ async fn deploy_on<C: Cluster>(ctx: &Ctx<C>, host: &str, s: &Session) -> Result<
         "installing the service and starting the node",
     );
     let cmd = format!(
-        "sh -s -- --yes --report kv --binary {bin} --sha256 {sha}{token_arg}{common}; rc=$?; {cleanup}; exit $rc",
+        "sh -s -- --yes --report kv --binary {bin} --sha256 {sha}{common}; rc=$?; {cleanup}; exit $rc",
         bin = shell_quote(&format!("{dir}/bzzz")),
         sha = ctx.payload.sha256,
         common = common_args(spec),
     );
-    let out = s.exec(&cmd, INSTALLER.as_bytes()).await.map_err(ssh)?;
+    let out = s.exec(&cmd, script.as_bytes()).await.map_err(ssh)?;
     let report = parse_report(&out.stdout_text());
     match out.status {
         Some(0) => {}

@@ -38,7 +38,9 @@ use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::node::AppState;
-use crate::setup_ui::{authorize, bad_request, json_ok, no_store, page, see_other, web_credential};
+use crate::setup_ui::{
+    authorize, bad_request, json_ok, no_store, operator_json, page, see_other, web_credential,
+};
 
 type S = State<Arc<AppState>>;
 
@@ -313,14 +315,11 @@ async fn api_deploy(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let password = match authorize(&st, &peer, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let req: DeployRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid deploy request: {e}")),
-    };
+    let (password, req): (_, DeployRequest) =
+        match operator_json(&st, &peer, &headers, &body, "deploy request").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     let hosts = match validate(&req) {
         Ok(h) => h,
         Err(e) => return bad_request(e),
@@ -548,13 +547,11 @@ async fn api_scan(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&st, &peer, &headers).await {
-        return r;
-    }
-    let req: ScanRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid scan request: {e}")),
-    };
+    let (_, req): (_, ScanRequest) =
+        match operator_json(&st, &peer, &headers, &body, "scan request").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     let hosts = match bzzz_deploy::parse_hosts(&req.hosts) {
         Ok(h) => h,
         Err(e) => return bad_request(format!("hosts: {e}")),

@@ -157,6 +157,21 @@ pub(crate) async fn authorize(
     pw.ok_or_else(|| bad_request("credential missing"))
 }
 
+/// An operator's JSON request: the credential checked, then the body
+/// parsed (`what` names it in the error).
+pub(crate) async fn operator_json<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    peer: &SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<(OperatorPassword, T), Response> {
+    let pw = authorize(st, peer, headers).await?;
+    let v =
+        serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid {what}: {e}")))?;
+    Ok((pw, v))
+}
+
 // ---- JSON API ----------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -259,14 +274,11 @@ async fn api_sign(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let pw = match authorize(&st, &peer, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let b: SignBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(format!("invalid sign request: {e}")),
-    };
+    let (pw, b): (_, SignBody) =
+        match operator_json(&st, &peer, &headers, &body, "sign request").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     if b.message.len() > 16 * 1024 {
         return bad_request("message longer than 16 KiB");
     }
@@ -383,14 +395,11 @@ async fn api_role_put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let pw = match authorize(&st, &peer, &headers).await {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let role: bzzz_proto::cluster::RoleDef = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return bad_request(format!("invalid role: {e}")),
-    };
+    let (pw, role): (_, bzzz_proto::cluster::RoleDef) =
+        match operator_json(&st, &peer, &headers, &body, "role").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     if let Err(e) = role.validate() {
         return bad_request(e);
     }
@@ -430,13 +439,11 @@ async fn api_admin_change(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&st, &peer, &headers).await {
-        return r;
-    }
-    let change: bzzz_proto::cluster::Signed = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return bad_request(format!("invalid signed change: {e}")),
-    };
+    let (_, change): (_, bzzz_proto::cluster::Signed) =
+        match operator_json(&st, &peer, &headers, &body, "signed change").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     match st.control.get() {
         Some(c) => propose_admin(c, change).await,
         None => no_control(),
@@ -467,13 +474,11 @@ async fn api_registry_set(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&st, &peer, &headers).await {
-        return r;
-    }
-    let b: RegistrySet = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => return bad_request(format!("invalid registry write: {e}")),
-    };
+    let (_, b): (_, RegistrySet) =
+        match operator_json(&st, &peer, &headers, &body, "registry write").await {
+            Ok(v) => v,
+            Err(r) => return r,
+        };
     let Some(c) = st.control.get() else {
         return no_control();
     };
