@@ -8,20 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if command -v dpkg-query >/dev/null 2>&1; then
-  missing=()
-  for p in iproute2 iptables etcd-server ansible openssh-server; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing Debian packages: ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    # Debian's policy keeps the etcd service from starting on install; the
-    # benchmark starts its own members inside the lab.
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-  fi
-fi
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_debian_packages iproute2 iptables etcd-server ansible openssh-server
 
 benches=("$@")
 [ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every BZZZ test. On a fresh Debian machine it first installs what the
 # tests need (as root, or through sudo): iproute2 and iptables for the
-# network-namespace lab, chromium and chromium-driver for the web UI tests. Network-namespace tests need root; under CI (CI set)
-# they must run, elsewhere they are skipped with a message when not root.
+# network-namespace lab, chromium and chromium-driver for the web UI tests,
+# openssh-server for the deploy lab, shellcheck for the scripts.
+# Network-namespace tests need root; under CI (CI set) they must run,
+# elsewhere they are skipped with a message when not root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,18 +12,9 @@ cd "$(dirname "$0")/.."
 # the root namespace); shellcheck: install.sh lint.
 DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver openssh-server shellcheck)
 
-if command -v dpkg-query >/dev/null 2>&1; then
-  missing=()
-  for p in "${DEBIAN_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "==> installing Debian packages: ${missing[*]}"
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
-  fi
-fi
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
 
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
@@ -29,8 +22,9 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "==> shellcheck install.sh"
+echo "==> shellcheck"
 shellcheck -s sh install.sh
+shellcheck -x scripts/*.sh
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

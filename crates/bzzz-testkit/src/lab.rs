@@ -575,6 +575,42 @@ impl Lab {
         }
     }
 
+    /// Runs `bzzz deploy --json` inside host `seed` (whose node was
+    /// initialized with [`Lab::init_cluster`]) to `targets`, logging in as
+    /// root with the key `<lab dir>/id_ed25519` and installing into
+    /// [`SSH_PREFIX`]; `extra` arguments are appended.
+    pub fn deploy(&self, seed: usize, targets: &[usize], extra: &[&str]) -> anyhow::Result<Output> {
+        let key = self.dir.path().join("id_ed25519");
+        let pw = self.dir.path().join("operator-password");
+        let hosts: Vec<String> = targets.iter().map(|i| self.host(*i).ip.clone()).collect();
+        let api = format!("http://{}:8080", self.host(seed).ip);
+        let bin = self.bin.to_string_lossy().into_owned();
+        let (key, pw, hosts) = (
+            key.to_string_lossy().into_owned(),
+            pw.to_string_lossy().into_owned(),
+            hosts.join(","),
+        );
+        let mut args = vec![
+            bin.as_str(),
+            "deploy",
+            "--api",
+            &api,
+            "--operator-password-file",
+            &pw,
+            "--hosts",
+            &hosts,
+            "--ssh-user",
+            "root",
+            "--ssh-key",
+            &key,
+            "--prefix",
+            SSH_PREFIX,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        self.exec(seed, &args)
+    }
+
     /// Stops host `i`'s sshd (sessions and what they started keep running).
     pub fn stop_sshd(&mut self, i: usize) {
         self.sshd.retain_mut(|(h, c)| {

@@ -63,32 +63,8 @@ fn fresh_seed(lab: &mut Lab) -> anyhow::Result<()> {
 }
 
 fn bzzz_deploy(lab: &Lab, targets: &[usize]) -> anyhow::Result<Duration> {
-    let key = lab.dir.path().join("id_ed25519");
-    let pw = lab.dir.path().join("operator-password");
-    let hosts: Vec<String> = targets.iter().map(|i| lab.host(*i).ip.clone()).collect();
-    let api = format!("http://{}:8080", lab.host(1).ip);
     let t0 = Instant::now();
-    let out = lab.exec(
-        1,
-        &[
-            BIN,
-            "deploy",
-            "--api",
-            &api,
-            "--operator-password-file",
-            &pw.to_string_lossy(),
-            "--hosts",
-            &hosts.join(","),
-            "--ssh-user",
-            "root",
-            "--ssh-key",
-            &key.to_string_lossy(),
-            "--prefix",
-            SSH_PREFIX,
-            "--accept-new-host-keys",
-            "--json",
-        ],
-    )?;
+    let out = lab.deploy(1, targets, &["--accept-new-host-keys"])?;
     let took = t0.elapsed();
     anyhow::ensure!(
         out.status.success(),

@@ -52,33 +52,7 @@ impl Run {
 }
 
 fn deploy(lab: &Lab, hosts: &[usize], extra: &[&str]) -> Run {
-    let key = lab.dir.path().join("id_ed25519");
-    let pw = lab.dir.path().join("operator-password");
-    let list: Vec<String> = hosts.iter().map(|i| lab.host(*i).ip.clone()).collect();
-    let api = format!("http://{}:8080", lab.host(1).ip);
-    let mut args: Vec<String> = [
-        BIN,
-        "deploy",
-        "--api",
-        &api,
-        "--operator-password-file",
-        &pw.to_string_lossy(),
-        "--hosts",
-        &list.join(","),
-        "--ssh-user",
-        "root",
-        "--ssh-key",
-        &key.to_string_lossy(),
-        "--prefix",
-        SSH_PREFIX,
-        "--json",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out: Output = lab.exec(1, &argv).expect("bzzz deploy");
+    let out: Output = lab.deploy(1, hosts, extra).expect("bzzz deploy");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let events: Vec<serde_json::Value> = stdout
         .lines()
