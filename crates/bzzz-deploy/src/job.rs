@@ -108,10 +108,18 @@ pub struct Spec {
 }
 
 /// The binary to install (this node's own).
-#[derive(Debug)]
 pub struct Payload {
     pub binary: Vec<u8>,
     pub sha256: String,
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Payload")
+            .field("bytes", &self.binary.len())
+            .field("sha256", &self.sha256)
+            .finish()
+    }
 }
 
 impl Payload {

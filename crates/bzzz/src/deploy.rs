@@ -141,6 +141,35 @@ impl std::fmt::Debug for Run {
 #[derive(Debug, Default)]
 pub struct Deployments {
     runs: Mutex<Vec<(String, Arc<Run>)>>,
+    /// This node's binary and its checksum, read once (keyed by the file's
+    /// length and modification time, so an upgraded file is read again).
+    binary: Mutex<Option<(FileStamp, Arc<Payload>)>>,
+}
+
+/// A file's length and modification time.
+type FileStamp = (u64, std::time::SystemTime);
+
+impl Deployments {
+    /// This node's own executable as a deploy payload (read and hashed on a
+    /// blocking thread, then kept).
+    async fn payload(self: &Arc<Self>) -> std::io::Result<Arc<Payload>> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let exe = std::env::current_exe()?;
+            let meta = std::fs::metadata(&exe)?;
+            let key = (meta.len(), meta.modified()?);
+            if let Some((k, p)) = lock(&me.binary).as_ref()
+                && *k == key
+            {
+                return Ok(p.clone());
+            }
+            let p = Arc::new(Payload::new(std::fs::read(&exe)?));
+            *lock(&me.binary) = Some((key, p.clone()));
+            Ok(p)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 impl Deployments {
@@ -360,8 +389,8 @@ async fn api_deploy(
         confirmed: req.confirmed_fingerprints.clone(),
         accept_new: req.accept_new_host_keys,
     });
-    let binary = match std::env::current_exe().and_then(std::fs::read) {
-        Ok(b) => b,
+    let payload = match st.deploys.payload().await {
+        Ok(p) => p,
         Err(e) => {
             return json_ok(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -386,7 +415,6 @@ async fn api_deploy(
     });
     let id = random_id();
     let (tick, _) = watch::channel(0);
-    let payload = Arc::new(Payload::new(binary));
     let download_token = format!("{}{}", random_id(), random_id());
     let run = Arc::new(Run {
         events: Mutex::new(Vec::new()),
