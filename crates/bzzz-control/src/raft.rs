@@ -329,6 +329,12 @@ impl StateMachine {
         self.inner().state.clone()
     }
 
+    /// Reads the applied state in place (no copy): keep `f` short, the
+    /// state machine waits for it.
+    pub fn with_state<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
+        f(&self.inner().state)
+    }
+
     /// A state machine whose snapshots persist in `db`, starting from the
     /// stored snapshot (openraft re-applies the committed log after it).
     pub fn open(db: crate::store::RaftDb) -> Result<Self, StorageError<NodeIdU64>> {

@@ -59,6 +59,8 @@ pub enum Cause {
     Start,
     JoinTimeout,
     Uninstall,
+    /// The node running the deploy shut down before this host finished.
+    Cancelled,
 }
 
 /// A progress event (one JSON line in `bzzz deploy --json`).
@@ -109,7 +111,8 @@ pub struct Spec {
 
 /// The binary to install (this node's own).
 pub struct Payload {
-    pub binary: Vec<u8>,
+    /// Shared bytes: every download and upload refers to the same buffer.
+    pub binary: bytes::Bytes,
     pub sha256: String,
 }
 
@@ -125,7 +128,10 @@ impl std::fmt::Debug for Payload {
 impl Payload {
     pub fn new(binary: Vec<u8>) -> Self {
         let sha256 = hex::encode(Sha256::digest(&binary));
-        Payload { binary, sha256 }
+        Payload {
+            binary: binary.into(),
+            sha256,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bzzz_proto::api::{ANNOUNCEMENT_VERSION, Announcement, MAX_ANNOUNCED_ADDRS};
-use bzzz_proto::cluster::{KeysRequest, KeysResponse};
+use bzzz_proto::cluster::{KeysRequest, KeysResponse, RefusalCode};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -961,9 +961,7 @@ impl Node {
                     request,
                     respond,
                 };
-                let busy = |reason: &str| KeysResponse::Refused {
-                    reason: reason.to_owned(),
-                };
+                let busy = |reason: &str| KeysResponse::refused(RefusalCode::Busy, reason);
                 match self.inbound_tx.try_send(inbound) {
                     Ok(()) => self.responding.push(Box::pin(async move {
                         let r = rx

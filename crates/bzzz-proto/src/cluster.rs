@@ -270,10 +270,79 @@ pub enum KeysResponse {
         index: u16,
         sealed_sigmas: Vec<Vec<u8>>,
     },
-    /// Refused; `reason` is shown to the operator.
+    /// Refused; `reason` is shown to the operator, `code` says why to a
+    /// program and `retry` whether asking again (later, or another peer)
+    /// can succeed. Peers that predate the code send neither: `Other`,
+    /// retryable.
     Refused {
         reason: String,
+        #[serde(default)]
+        code: RefusalCode,
+        #[serde(default = "default_retry")]
+        retry: bool,
     },
+}
+
+fn default_retry() -> bool {
+    true
+}
+
+impl KeysResponse {
+    /// A refusal with its code; `retry` follows [`RefusalCode::retryable`].
+    pub fn refused(code: RefusalCode, reason: impl Into<String>) -> Self {
+        Self::Refused {
+            reason: reason.into(),
+            code,
+            retry: code.retryable(),
+        }
+    }
+}
+
+/// Why a peer refused a keys request. Decisions (stop joining, try another
+/// signer) are taken on this, never on the text of the reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// Unclassified (or sent by an older peer).
+    #[default]
+    Other,
+    /// The peer is overloaded; ask again or ask another.
+    Busy,
+    /// The peer cannot do it yet (not initialized, no valid share, too few
+    /// holders reachable, a signer failed).
+    NotReady,
+    /// A signing or enrollment session the peer does not know (evicted or
+    /// expired): start a new one.
+    Session,
+    /// The requester is not a member that may ask this.
+    NotMember,
+    /// The join token is malformed or not signed by this cluster.
+    TokenInvalid,
+    /// The join token has expired.
+    TokenExpired,
+    /// The join token has no uses left.
+    TokenUsed,
+    /// The request is wrong for this cluster (bad record, wrong cluster,
+    /// taken index, wrong operator credential).
+    Invalid,
+}
+
+impl RefusalCode {
+    /// Whether the same request can succeed later or at another peer.
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            Self::Other | Self::Busy | Self::NotReady | Self::Session
+        )
+    }
+
+    /// A refused join token: the joining node stops.
+    pub fn is_token_refusal(self) -> bool {
+        matches!(
+            self,
+            Self::TokenInvalid | Self::TokenExpired | Self::TokenUsed
+        )
+    }
 }
 
 /// Authority levels of a role (SPEC §9), strongest first.

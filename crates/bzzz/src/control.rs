@@ -371,9 +371,14 @@ impl Control {
         }
     }
 
-    /// The applied cluster state.
+    /// A copy of the applied cluster state.
     pub fn state(&self) -> bzzz_control::raft::ClusterState {
         self.sm.state()
+    }
+
+    /// Reads the applied state in place, without copying it.
+    pub fn with_state<R>(&self, f: impl FnOnce(&bzzz_control::raft::ClusterState) -> R) -> R {
+        self.sm.with_state(f)
     }
 }
 

@@ -1,5 +1,7 @@
-//! SSH deployment from a running node (SPEC §4): the API, the live event
-//! stream and the web page. The SSH work itself is `bzzz-deploy`.
+//! SSH deployment from a running node (SPEC §4): runs, their events, what
+//! the job asks of this node (join token, membership, pins). The SSH work
+//! itself is `bzzz-deploy`; the routes are `http::deploy`, the page
+//! `ui::deploy`.
 //!
 //! - `POST /api/v1/deploy` (operator) starts a run → `202 {id}`.
 //! - `GET /api/v1/deploy/{id}/events` (operator) streams its events as
@@ -16,33 +18,18 @@
 //! without a known_hosts file. Runs are kept in memory (the last 16).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bzzz_crypto::operator::OperatorPassword;
-use bzzz_deploy::job::{self, Cluster, Event, Outcome, Payload, Spec};
+use bzzz_deploy::job::{self, Cause, Cluster, Event, Outcome, Payload, Spec};
 use bzzz_deploy::ssh::{Credential, HostKeyPolicy};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::sync::{OnceCell, watch};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
 use crate::node::AppState;
-use crate::setup_ui::{
-    authorize, bad_request, json_ok, no_store, operator_json, page, see_other, web_credential,
-};
-
-type S = State<Arc<AppState>>;
 
 /// Registry prefix of pinned host keys.
 pub const PIN_PREFIX: &str = "deploy/hostkey/";
@@ -122,13 +109,13 @@ fn default_join_timeout() -> u64 {
 
 /// One run: its events so far and its outcome.
 pub struct Run {
-    events: Mutex<Vec<Event>>,
-    outcomes: Mutex<Option<Vec<Outcome>>>,
-    tick: watch::Sender<usize>,
+    pub(crate) events: Mutex<Vec<Event>>,
+    pub(crate) outcomes: Mutex<Option<Vec<Outcome>>>,
+    pub(crate) tick: watch::Sender<usize>,
     /// The binary, served to the run's hosts until the run ends.
-    payload: Mutex<Option<Arc<Payload>>>,
+    pub(crate) payload: Mutex<Option<Arc<Payload>>>,
     /// Random; required to download the binary (hex, 32 digits).
-    download_token: String,
+    pub(crate) download_token: String,
 }
 
 impl std::fmt::Debug for Run {
@@ -173,7 +160,7 @@ impl Deployments {
 }
 
 impl Deployments {
-    fn get(&self, id: &str) -> Option<Arc<Run>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Run>> {
         lock(&self.runs)
             .iter()
             .find(|(i, _)| i == id)
@@ -181,7 +168,7 @@ impl Deployments {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -277,7 +264,7 @@ impl Cluster for NodeCluster {
     }
 }
 
-fn pinned(st: &AppState) -> BTreeMap<String, String> {
+pub(crate) fn pinned(st: &AppState) -> BTreeMap<String, String> {
     st.control
         .get()
         .map(|c| {
@@ -291,16 +278,7 @@ fn pinned(st: &AppState) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/v1/deploy", post(api_deploy))
-        .route("/api/v1/deploy/scan", post(api_scan))
-        .route("/api/v1/deploy/{id}/events", get(api_events))
-        .route("/api/v1/deploy/{id}/binary", get(api_binary))
-        .route("/deploy", get(deploy_page))
-}
-
-fn validate(req: &DeployRequest) -> Result<Vec<String>, String> {
+pub(crate) fn validate(req: &DeployRequest) -> Result<Vec<String>, String> {
     let hosts = bzzz_deploy::parse_hosts(&req.hosts).map_err(|e| format!("hosts: {e}"))?;
     if req.ssh_user.is_empty()
         || req.ssh_user.len() > 64
@@ -338,72 +316,96 @@ fn validate(req: &DeployRequest) -> Result<Vec<String>, String> {
     Ok(hosts)
 }
 
-async fn api_deploy(
-    State(st): S,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (password, req): (_, DeployRequest) =
-        match operator_json(&st, &peer, &headers, &body, "deploy request").await {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-    let hosts = match validate(&req) {
-        Ok(h) => h,
-        Err(e) => return bad_request(e),
-    };
+/// Writes the operator's known_hosts text to a fresh private file (random
+/// name, created exclusively, mode 0600) for russh's parser; it is removed
+/// when the returned handle drops (at the end of the run). Never a
+/// predictable path another local user could create first.
+pub(crate) fn write_known_hosts(text: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write as _;
+    let mut f = tempfile::Builder::new()
+        .prefix("bzzz-known-hosts-")
+        .tempfile()?;
+    f.write_all(text.as_bytes())?;
+    f.flush()?;
+    Ok(f)
+}
+
+/// 16 random hex digits.
+pub(crate) fn random_id() -> Result<String, String> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| format!("random number generator: {e}"))?;
+    Ok(hex::encode(b))
+}
+
+/// Join token uses a run needs: one per host (a run holds at most
+/// `MAX_HOSTS`, which a token may grant).
+pub(crate) fn token_uses(hosts: usize) -> u32 {
+    const _: () = assert!(bzzz_deploy::hosts::MAX_HOSTS as u32 <= bzzz_keys::MAX_TOKEN_USES);
+    hosts.clamp(1, bzzz_deploy::hosts::MAX_HOSTS) as u32
+}
+
+/// Why a run could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The request is wrong (the message names the field).
+    Invalid(String),
+    /// This node is not in a cluster yet.
+    NotInitialized,
+    /// A local failure (reading the binary, random numbers).
+    Internal(String),
+}
+
+/// A started run: its id and hosts.
+#[derive(Debug)]
+pub struct Started {
+    pub id: String,
+    pub hosts: Vec<String>,
+}
+
+/// Starts a deploy run on the node's task tracker. Shutdown cancels it:
+/// every host that had not finished is reported `failed` with cause
+/// `cancelled`, and its temporary files are removed.
+pub async fn start(
+    st: Arc<AppState>,
+    password: OperatorPassword,
+    req: DeployRequest,
+) -> Result<Started, StartError> {
+    let hosts = validate(&req).map_err(StartError::Invalid)?;
     if !req.uninstall && !st.keys.is_initialized() {
-        return json_ok(
-            StatusCode::CONFLICT,
-            json!({"error": "this node is not in a cluster yet: finish /setup first"}),
-        );
+        return Err(StartError::NotInitialized);
     }
     let credential = match (&req.ssh_key, &req.ssh_password) {
         (Some(k), _) => {
-            match Credential::from_key_text(k, req.ssh_key_passphrase.as_ref().map(|p| p.as_str()))
-            {
-                Ok(c) => c,
-                Err(e) => return bad_request(e),
-            }
+            Credential::from_key_text(k, req.ssh_key_passphrase.as_ref().map(|p| p.as_str()))
+                .map_err(StartError::Invalid)?
         }
         (None, Some(p)) => Credential::password(p.to_string()),
-        (None, None) => return bad_request("give ssh_key or ssh_password"),
+        (None, None) => return Err(StartError::Invalid("give ssh_key or ssh_password".into())),
     };
-    // known_hosts text → a private file for russh's parser.
     let known_hosts = match &req.known_hosts {
-        Some(text) => {
-            let dir = std::env::temp_dir().join(format!("bzzz-deploy-{}", std::process::id()));
-            let path = dir.join(format!("known_hosts-{}", random_id()));
-            if let Err(e) = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&path, text))
-            {
-                return bad_request(format!("cannot store known_hosts: {e}"));
-            }
-            Some(path)
-        }
+        Some(text) => Some(
+            write_known_hosts(text)
+                .map_err(|e| StartError::Internal(format!("cannot store known_hosts: {e}")))?,
+        ),
         None => None,
     };
     let policy = Arc::new(HostKeyPolicy {
-        known_hosts,
+        known_hosts: known_hosts.as_ref().map(|f| f.path().to_owned()),
         pinned: pinned(&st),
         confirmed: req.confirmed_fingerprints.clone(),
         accept_new: req.accept_new_host_keys,
     });
-    let payload = match st.deploys.payload().await {
-        Ok(p) => p,
-        Err(e) => {
-            return json_ok(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": format!("cannot read this node's binary: {e}")}),
-            );
-        }
-    };
+    let payload = st
+        .deploys
+        .payload()
+        .await
+        .map_err(|e| StartError::Internal(format!("cannot read this node's binary: {e}")))?;
     let spec = Arc::new(Spec {
         hosts: hosts.clone(),
         ssh_port: req.ssh_port,
         user: req.ssh_user.clone(),
         credential,
-        policy: policy.clone(),
+        policy,
         prefix: req.prefix.clone(),
         http_port: req.http_port,
         p2p_port: req.p2p_port,
@@ -413,9 +415,13 @@ async fn api_deploy(
         connect_timeout: Duration::from_secs(10),
         join_timeout: Duration::from_secs(req.join_timeout_secs),
     });
-    let id = random_id();
+    let id = random_id().map_err(StartError::Internal)?;
+    let download_token = format!(
+        "{}{}",
+        random_id().map_err(StartError::Internal)?,
+        random_id().map_err(StartError::Internal)?
+    );
     let (tick, _) = watch::channel(0);
-    let download_token = format!("{}{}", random_id(), random_id());
     let run = Arc::new(Run {
         events: Mutex::new(Vec::new()),
         outcomes: Mutex::new(None),
@@ -432,7 +438,7 @@ async fn api_deploy(
     let cluster = Arc::new(NodeCluster {
         st: st.clone(),
         password,
-        uses: hosts.len().min(100) as u32,
+        uses: token_uses(hosts.len()),
         token: OnceCell::new(),
         binary_path: format!("/api/v1/deploy/{id}/binary?token={download_token}"),
     });
@@ -446,256 +452,82 @@ async fn api_deploy(
         sink_run.tick.send_replace(n);
     });
     info!(run = %id, hosts = hosts.len(), uninstall = req.uninstall, "deploy started");
-    let run2 = run.clone();
+    let cancel = st.tasks.cancel.clone();
+    let all_hosts = hosts.clone();
     let id2 = id.clone();
-    tokio::spawn(async move {
-        let outcomes = job::run(spec, payload, cluster, sink).await;
+    st.tasks.tracker.spawn(async move {
+        let outcomes = tokio::select! {
+            o = job::run(spec, payload, cluster, sink.clone()) => o,
+            _ = cancel.cancelled() => cancelled(&run, &all_hosts, &sink),
+        };
         let ok = outcomes.iter().filter(|o| o.ok).count();
         info!(run = %id2, ok, failed = outcomes.len() - ok, "deploy finished");
-        *lock(&run2.outcomes) = Some(outcomes);
-        // The binary is no longer served.
-        *lock(&run2.payload) = None;
-        let n = lock(&run2.events).len();
-        run2.tick.send_replace(n + 1);
-        if let Some(p) = &policy.known_hosts {
-            let _ = std::fs::remove_file(p);
-        }
+        *lock(&run.outcomes) = Some(outcomes);
+        // The binary is no longer served; known_hosts goes with its handle.
+        *lock(&run.payload) = None;
+        drop(known_hosts);
+        let n = lock(&run.events).len();
+        run.tick.send_replace(n + 1);
     });
-    json_ok(
-        StatusCode::ACCEPTED,
-        json!({"id": id, "hosts": hosts, "events": format!("/api/v1/deploy/{id}/events")}),
-    )
+    Ok(Started { id, hosts })
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    hex::encode(b)
-}
-
-async fn api_events(
-    State(st): S,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if let Err(r) = authorize(&st, &peer, &headers).await {
-        return r;
-    }
-    let Some(run) = st.deploys.get(&id) else {
-        return json_ok(
-            StatusCode::NOT_FOUND,
-            json!({"error": "no such deploy run"}),
-        );
-    };
-    let stream = futures::stream::unfold((run, 0usize, false), |(run, next, done)| async move {
-        if done {
-            return None;
-        }
-        let mut rx = run.tick.subscribe();
-        loop {
-            let batch: Vec<Event> = lock(&run.events)[next..].to_vec();
-            if !batch.is_empty() {
-                let n = next + batch.len();
-                let evs: Vec<Result<SseEvent, Infallible>> = batch
-                    .iter()
-                    .map(|e| {
-                        Ok(SseEvent::default().data(serde_json::to_string(e).unwrap_or_default()))
-                    })
-                    .collect();
-                return Some((futures::stream::iter(evs), (run, n, false)));
+/// The outcome of a run stopped by shutdown: hosts that had finished keep
+/// their result; the others fail with [`Cause::Cancelled`] (an event each).
+fn cancelled(run: &Run, hosts: &[String], sink: &job::Sink) -> Vec<Outcome> {
+    let last: BTreeMap<String, Event> = lock(&run.events)
+        .iter()
+        .map(|e| (e.host.clone(), e.clone()))
+        .collect();
+    hosts
+        .iter()
+        .map(|h| {
+            let done = last.get(h).filter(|e| {
+                matches!(
+                    e.state,
+                    job::State::Joined | job::State::Removed | job::State::Failed
+                )
+            });
+            match done {
+                Some(e) => Outcome {
+                    host: h.clone(),
+                    ok: e.state != job::State::Failed,
+                    changed: e.changed.unwrap_or(false),
+                    cause: e.cause,
+                },
+                None => {
+                    let was = last
+                        .get(h)
+                        .map(|e| format!("{:?}", e.state).to_lowercase())
+                        .unwrap_or_else(|| "queued".into());
+                    warn!(host = %h, was, "deploy cancelled by shutdown");
+                    sink(Event {
+                        host: h.clone(),
+                        state: job::State::Failed,
+                        message: format!("the node running the deploy shut down (host was {was})"),
+                        cause: Some(Cause::Cancelled),
+                        fingerprint: None,
+                        trust: None,
+                        node_id: None,
+                        changed: None,
+                        elapsed_ms: last.get(h).map_or(0, |e| e.elapsed_ms),
+                    });
+                    Outcome {
+                        host: h.clone(),
+                        ok: false,
+                        changed: false,
+                        cause: Some(Cause::Cancelled),
+                    }
+                }
             }
-            let outcomes = lock(&run.outcomes).clone();
-            if let Some(outcomes) = outcomes {
-                let ok = outcomes.iter().all(|o| o.ok);
-                let ev = SseEvent::default()
-                    .event("done")
-                    .data(json!({"ok": ok, "outcomes": outcomes}).to_string());
-                return Some((futures::stream::iter(vec![Ok(ev)]), (run, next, true)));
-            }
-            if rx.changed().await.is_err() {
-                return None;
-            }
-        }
-    });
-    let stream = futures::StreamExt::flatten(stream);
-    no_store(
-        Sse::new(stream)
-            .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-            .into_response(),
-    )
+        })
+        .collect()
 }
-
-#[derive(Deserialize)]
-struct BinaryQuery {
-    token: String,
-}
-
-/// The binary for a run's hosts (they fetch it with curl or wget and check
-/// its SHA-256, received over SSH). Authorized by the run's random token,
-/// served only while the run lasts. The binary is not secret; the token
-/// keeps the endpoint from serving tens of megabytes to anyone who asks.
-async fn api_binary(
-    State(st): S,
-    Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<BinaryQuery>,
-) -> Response {
-    let run = st.deploys.get(&id);
-    let payload = run.as_ref().and_then(|r| {
-        use subtle::ConstantTimeEq as _;
-        let ok = bool::from(q.token.as_bytes().ct_eq(r.download_token.as_bytes()));
-        if ok { lock(&r.payload).clone() } else { None }
-    });
-    match payload {
-        Some(p) => no_store(
-            (
-                [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
-                axum::body::Bytes::copy_from_slice(&p.binary),
-            )
-                .into_response(),
-        ),
-        None => json_ok(
-            StatusCode::NOT_FOUND,
-            json!({"error": "no such deploy run, or it has ended"}),
-        ),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ScanRequest {
-    hosts: String,
-    #[serde(default = "default_ssh_port")]
-    ssh_port: u16,
-}
-
-async fn api_scan(
-    State(st): S,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let (_, req): (_, ScanRequest) =
-        match operator_json(&st, &peer, &headers, &body, "scan request").await {
-            Ok(v) => v,
-            Err(r) => return r,
-        };
-    let hosts = match bzzz_deploy::parse_hosts(&req.hosts) {
-        Ok(h) => h,
-        Err(e) => return bad_request(format!("hosts: {e}")),
-    };
-    let pins = pinned(&st);
-    let scans = hosts.iter().map(|h| {
-        let h = h.clone();
-        let pin = pins.get(&format!("{h}:{}", req.ssh_port)).cloned();
-        async move {
-            match bzzz_deploy::ssh::scan_host_key(&h, req.ssh_port, Duration::from_secs(5)).await {
-                Ok(fp) => json!({"host": h, "fingerprint": fp, "pinned": pin.as_deref() == Some(fp.as_str()),
-                    "changed": pin.as_ref().is_some_and(|p| *p != fp)}),
-                Err(e) => json!({"host": h, "error": e.to_string()}),
-            }
-        }
-    });
-    let results = futures::future::join_all(scans).await;
-    json_ok(StatusCode::OK, json!({"hosts": results}))
-}
-
-async fn deploy_page(State(st): S, headers: HeaderMap) -> Response {
-    if web_credential(&st, &headers).is_none() {
-        return see_other("/login");
-    }
-    page(StatusCode::OK, "Deploy nodes over SSH", DEPLOY_BODY)
-}
-
-/// The deploy page: a form, a fingerprint confirmation step, a live table.
-/// Its script talks to the JSON API with the session cookie.
-const DEPLOY_BODY: &str = r##"<p>BZZZ logs in to each host over SSH, checks it, uploads this node's binary, installs the service and waits until the node has joined. <a href="/">Overview</a> · <a href="/admin">Administration</a></p>
-<form id="deploy-form" onsubmit="return false">
-<label for="hosts">Hosts (IPs, names, ranges such as 10.0.0.5-9, one per line or comma-separated)</label>
-<textarea id="hosts" rows="3" cols="50" required></textarea>
-<label for="ssh-user">SSH user</label><input id="ssh-user" value="root" required>
-<label for="ssh-port">SSH port</label><input id="ssh-port" type="number" value="22" min="1" max="65535">
-<label for="ssh-key">SSH private key (OpenSSH text; or leave empty and give a password)</label>
-<textarea id="ssh-key" rows="4" cols="50" spellcheck="false"></textarea>
-<label for="ssh-password">SSH password</label><input id="ssh-password" type="password" autocomplete="off">
-<label for="prefix">Install prefix on the hosts (optional)</label><input id="prefix" placeholder="/opt/bzzz">
-<label for="http-port">HTTP port / P2P port on the hosts</label><input id="http-port" type="number" value="8080"> <input id="p2p-port" type="number" value="4140">
-<p><button id="scan" type="button">1. Read host keys</button></p>
-</form>
-<div id="keys" hidden><h2>Host keys</h2><p>Compare each fingerprint with the host's own (<code>ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub</code>) and tick the ones you trust. Changed keys are refused.</p>
-<table id="key-table"><thead><tr><th>Host</th><th>Fingerprint</th><th>Trust</th></tr></thead><tbody></tbody></table>
-<p><button id="start" type="button">2. Deploy</button></p></div>
-<div id="progress" hidden><h2>Progress</h2><table id="hosts-table"><thead><tr><th>Host</th><th>State</th><th>Detail</th></tr></thead><tbody></tbody></table>
-<p id="summary"></p></div>
-<p class="err" id="error" hidden></p>
-<script>
-const $ = (id) => document.getElementById(id);
-function fail(msg) { const e = $("error"); e.textContent = msg; e.hidden = false; }
-async function post(path, body) {
-  const r = await fetch(path, {method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(body), credentials: "same-origin"});
-  const v = await r.json().catch(() => ({}));
-  if (!r.ok) throw new Error(v.error || ("HTTP " + r.status));
-  return v;
-}
-function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; }
-$("scan").onclick = async () => {
-  $("error").hidden = true;
-  try {
-    const v = await post("/api/v1/deploy/scan", {hosts: $("hosts").value, ssh_port: Number($("ssh-port").value)});
-    const tb = document.querySelector("#key-table tbody"); tb.textContent = "";
-    for (const h of v.hosts) {
-      const tr = document.createElement("tr"); tr.dataset.host = h.host;
-      cell(tr, h.host);
-      cell(tr, h.fingerprint || h.error, h.fingerprint ? "fp" : "err");
-      const td = cell(tr, "");
-      if (h.fingerprint && !h.changed) {
-        const cb = document.createElement("input"); cb.type = "checkbox"; cb.className = "trust";
-        cb.dataset.host = h.host; cb.dataset.fp = h.fingerprint; cb.checked = h.pinned; cb.disabled = h.pinned;
-        td.appendChild(cb); if (h.pinned) td.append(" pinned");
-      } else if (h.changed) { td.textContent = "CHANGED: refused"; }
-      tb.appendChild(tr);
-    }
-    $("keys").hidden = false;
-  } catch (e) { fail(e.message); }
-};
-$("start").onclick = async () => {
-  $("error").hidden = true;
-  const confirmed = {};
-  for (const cb of document.querySelectorAll("input.trust")) if (cb.checked) confirmed[cb.dataset.host] = cb.dataset.fp;
-  const body = {hosts: $("hosts").value, ssh_user: $("ssh-user").value, ssh_port: Number($("ssh-port").value),
-    http_port: Number($("http-port").value), p2p_port: Number($("p2p-port").value), confirmed_fingerprints: confirmed};
-  if ($("ssh-key").value.trim()) body.ssh_key = $("ssh-key").value; else body.ssh_password = $("ssh-password").value;
-  if ($("prefix").value.trim()) body.prefix = $("prefix").value.trim();
-  let run;
-  try { run = await post("/api/v1/deploy", body); } catch (e) { fail(e.message); return; }
-  $("start").disabled = true;
-  const tb = document.querySelector("#hosts-table tbody"); tb.textContent = "";
-  const rows = {};
-  for (const h of run.hosts) {
-    const tr = document.createElement("tr"); tr.dataset.host = h;
-    cell(tr, h); rows[h] = [cell(tr, "queued", "state"), cell(tr, "")]; tb.appendChild(tr);
-  }
-  $("progress").hidden = false;
-  const es = new EventSource(run.events);
-  es.onmessage = (m) => {
-    const e = JSON.parse(m.data); const r = rows[e.host]; if (!r) return;
-    r[0].textContent = e.state; r[0].parentNode.dataset.state = e.state;
-    r[1].textContent = (e.cause ? e.cause + ": " : "") + (e.message || e.node_id || "");
-  };
-  es.addEventListener("done", (m) => {
-    es.close(); const v = JSON.parse(m.data);
-    const ok = v.outcomes.filter((o) => o.ok).length;
-    $("summary").textContent = ok + " of " + v.outcomes.length + " hosts joined" + (v.ok ? "." : "; see the failures above.");
-    $("summary").dataset.done = v.ok ? "ok" : "failed";
-    $("start").disabled = false;
-  });
-  es.onerror = () => { if (es.readyState === EventSource.CLOSED) fail("the event stream closed"); };
-};
-</script>"##;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn req(v: serde_json::Value) -> Result<DeployRequest, serde_json::Error> {
         serde_json::from_value(v)
@@ -732,5 +564,33 @@ mod tests {
             assert!(e.contains(why), "{e}");
         }
         assert!(req(json!({"hosts": "h", "ssh_user": "root", "bogus": 1})).is_err());
+    }
+
+    #[test]
+    fn a_run_may_use_its_token_once_per_host() {
+        // A run holds up to MAX_HOSTS hosts; the token used to stop at 100.
+        assert_eq!(token_uses(1), 1);
+        assert_eq!(token_uses(101), 101);
+        assert_eq!(token_uses(bzzz_deploy::hosts::MAX_HOSTS), 256);
+        assert!(token_uses(bzzz_deploy::hosts::MAX_HOSTS) <= bzzz_keys::MAX_TOKEN_USES);
+    }
+
+    #[test]
+    fn known_hosts_goes_to_a_fresh_private_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        // What a local attacker could pre-create under the old scheme.
+        let old = std::env::temp_dir().join(format!("bzzz-deploy-{}", std::process::id()));
+        let a = write_known_hosts("h ssh-ed25519 AAAA\n").expect("write");
+        let b = write_known_hosts("h ssh-ed25519 AAAA\n").expect("write");
+        assert_ne!(a.path(), b.path());
+        assert!(!a.path().starts_with(&old), "{}", a.path().display());
+        let mode = std::fs::metadata(a.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+        let path = a.path().to_owned();
+        drop(a);
+        assert!(!path.exists(), "removed when the run ends");
     }
 }

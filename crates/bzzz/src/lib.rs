@@ -4,12 +4,13 @@
 //! * [`detect`]: capability detection (CPU, memory, disk, NVML GPUs, Ollama).
 //! * [`node`]: the daemon: identity, network, capability task, HTTP; task
 //!   ownership and shutdown.
-//! * [`keys`]: setup ceremony, admin key shares, threshold signing, join
-//!   tokens, operator authentication.
-//! * [`api`]: HTTP API, metrics, OpenAPI document, web UI pages.
+//! * [`keys`]: the `bzzz-keys` crate (setup ceremony, admin key shares,
+//!   threshold signing, join tokens, operator authentication).
+//! * [`http`]: the one route table (permission per route), the bounded
+//!   server, JSON handlers per feature, OpenAPI from the table.
+//! * [`ui`]: web pages (maud templates in one layout), one file per feature.
 //! * [`cli`], [`client`], [`demo`]: the command-line front end.
 
-pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod control;
 pub mod demo;
 pub mod deploy;
 pub mod detect;
-pub mod keys;
+pub use bzzz_keys as keys;
+pub mod http;
 pub mod node;
-pub mod setup_ui;
+pub mod ui;

@@ -9,7 +9,8 @@
 //! | capabilities | the [`Detector`]; sends [`LocalInfo`] changes | cancel |
 //! | runtime file | `<data_dir>/node.json` (addresses for scripts, tests, `demo`) | cancel |
 //! | control (`crate::control`) | Raft, planners, leadership; inbound control messages | cancel (a leader hands off first) |
-//! | HTTP | the axum server | cancel (graceful: in-flight requests finish) |
+//! | HTTP (`http::serve`) | the listener; one task per connection (at most 512) | cancel (graceful, 2 s drain) |
+//! | deploy runs | one per `POST /api/v1/deploy` | done, or cancel (hosts reported `cancelled`) |
 //!
 //! SIGINT/SIGTERM cancel the token; the process exits 0 once every task has
 //! stopped, or after [`SHUTDOWN_GRACE`] at the latest.
@@ -61,6 +62,17 @@ pub struct AppState {
     pub control_settings: crate::config::ControlSettings,
     /// SSH deploy runs started on this node.
     pub deploys: Arc<crate::deploy::Deployments>,
+    /// Where request-started work (deploy runs) is spawned, so that
+    /// shutdown stops it too.
+    pub tasks: Tasks,
+}
+
+/// The node's task tracker and its cancellation token: every task the
+/// node starts, at start or later, is spawned here.
+#[derive(Debug, Clone)]
+pub struct Tasks {
+    pub tracker: TaskTracker,
+    pub cancel: CancellationToken,
 }
 
 /// Runs a node until SIGINT/SIGTERM (or `cancel`). With a join token, the
@@ -194,19 +206,18 @@ pub async fn run(
         control,
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
+        tasks: Tasks {
+            tracker: tracker.clone(),
+            cancel: cancel.clone(),
+        },
     });
-    let app = crate::api::router(state);
-    let http_cancel = cancel.clone();
-    tracker.spawn(async move {
-        let serve = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { http_cancel.cancelled().await });
-        if let Err(e) = serve.await {
-            warn!("HTTP server stopped: {e}");
-        }
-    });
+    let app = crate::http::router(state);
+    tracker.spawn(crate::http::serve::serve(
+        listener,
+        app,
+        tracker.clone(),
+        cancel.clone(),
+    ));
     tracker.close();
 
     let fatal = tokio::select! {

@@ -1,0 +1,262 @@
+//! Custody: the sealed share store and cluster records on disk, loading them at start, installing a bundle, and this node's key status.
+
+use super::*;
+
+impl Keys {
+    /// Loads the cluster records and the share from the data dir (if any)
+    /// and publishes this node's membership and age recipient. Call before
+    /// the network starts, so it never runs open in an initialized cluster;
+    /// then [`Keys::attach`] the network.
+    pub fn load(
+        data_dir: &Path,
+        node_key: &bzzz_crypto::NodeKey,
+        node_id: NodeId,
+        local_tx: watch::Sender<LocalInfo>,
+    ) -> Result<Self, KeysError> {
+        let age = AgeIdentity::derive(node_key)
+            .map_err(|e| err(ErrorKind::Internal, format!("age identity: {e}")))?;
+        let recipient = age.recipient();
+        local_tx.send_modify(|l| l.age_recipient = Some(recipient));
+        let keys = Self {
+            data_dir: data_dir.to_owned(),
+            node_id,
+            age,
+            net: std::sync::OnceLock::new(),
+            local_tx,
+            cluster: RwLock::new(None),
+            share: RwLock::new(ShareState::None),
+            pending: Mutex::new(None),
+            sessions: Mutex::new(HashMap::new()),
+            auth: Mutex::new(AuthLimiter::default()),
+            web_sessions: Mutex::new(HashMap::new()),
+            used_tokens: Mutex::new(
+                std::fs::read(data_dir.join(USED_TOKENS_FILE))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default(),
+            ),
+        };
+        let path = data_dir.join(CLUSTER_FILE);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    ErrorKind::Internal,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let file: ClusterFile = serde_json::from_str(&text).map_err(|e| {
+                err(
+                    ErrorKind::Internal,
+                    format!("{} is not a cluster record: {e}", path.display()),
+                )
+            })?;
+            let cluster = keys
+                .check_records(&file.genesis, &file.cert, file.share_index, None)
+                .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
+            let share = match (file.share_index, std::fs::read(data_dir.join(SHARE_FILE))) {
+                (None, _) => ShareState::None,
+                (Some(i), Ok(sealed)) => keys.open_share(&sealed, i, &cluster.group),
+                (Some(_), Err(e)) => ShareState::Invalid(format!("cannot read {SHARE_FILE}: {e}")),
+            };
+            if let ShareState::Invalid(why) = &share {
+                error!("this node's admin key share is unusable: {why}");
+            }
+            info!(
+                cluster = %cluster.genesis.cluster,
+                admin_public_key = %cluster.genesis.admin_public_key,
+                share_index = ?cluster.share_index,
+                "cluster membership loaded"
+            );
+            *write(&keys.share) = share;
+            keys.set_cluster(cluster);
+        }
+        Ok(keys)
+    }
+
+    /// Connects the service to the network.
+    pub fn attach(self, net: NetHandle) -> Arc<Self> {
+        let _ = self.net.set(net);
+        Arc::new(self)
+    }
+
+    pub(crate) fn net(&self) -> Result<&NetHandle, KeysError> {
+        self.net
+            .get()
+            .ok_or_else(|| err(ErrorKind::Unavailable, "the network is not started yet"))
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    pub fn age_recipient(&self) -> String {
+        self.age.recipient()
+    }
+
+    pub fn cluster(&self) -> Option<Cluster> {
+        read(&self.cluster).clone()
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        read(&self.cluster).is_some()
+    }
+
+    pub(crate) fn set_cluster(&self, c: Cluster) {
+        let m = Membership {
+            admin_public_key: c.admin_public_key,
+            cert: c.cert.clone(),
+        };
+        *write(&self.cluster) = Some(c);
+        self.local_tx.send_modify(|l| l.membership = Some(m));
+    }
+
+    pub(crate) fn open_share(&self, sealed: &[u8], index: u16, group: &GroupKey) -> ShareState {
+        let plain = match self.age.open(sealed) {
+            Ok(p) => p,
+            Err(e) => return ShareState::Invalid(e.to_string()),
+        };
+        match KeyShare::from_secret_share(&plain, index, group) {
+            Ok(s) => ShareState::Valid(Arc::new(s)),
+            Err(e) => ShareState::Invalid(e.to_string()),
+        }
+    }
+
+    /// Checks a genesis record and a certificate for this node.
+    pub(crate) fn check_records(
+        &self,
+        genesis: &Signed,
+        cert: &Signed,
+        share_index: Option<u16>,
+        expected_admin: Option<&[u8; 32]>,
+    ) -> Result<Cluster, String> {
+        let g = records::open_genesis(genesis, expected_admin)
+            .map_err(|e| format!("genesis record: {e}"))?;
+        let pk = records::parse_public_key(&g.admin_public_key).map_err(|e| e.to_string())?;
+        let my_cert = records::open_cert(cert, &pk, Some(&self.node_id))
+            .map_err(|e| format!("membership certificate: {e}"))?;
+        let group = GroupKey::from_commitment_hex(&g.commitment, g.threshold)
+            .map_err(|e| format!("genesis commitment: {e}"))?;
+        if group.public() != pk {
+            return Err("genesis commitment does not match its admin key".into());
+        }
+        if let Some(i) = share_index
+            && my_cert.share_index != Some(i)
+            && !g
+                .holders
+                .iter()
+                .any(|h| h.index == i && h.node_id == self.node_id)
+        {
+            return Err(format!("share index {i} is not this node's"));
+        }
+        Ok(Cluster {
+            admin_public_key: pk,
+            genesis_signed: genesis.clone(),
+            cert: cert.clone(),
+            group,
+            share_index,
+            genesis: g,
+        })
+    }
+
+    /// Checks and stores a bundle (setup or join). Refuses when this node
+    /// already belongs to a cluster.
+    pub(crate) fn install(
+        &self,
+        bundle: &InstallBundle,
+        expected_admin: Option<&[u8; 32]>,
+    ) -> Result<(), String> {
+        if let Some(c) = self.cluster() {
+            return Err(format!(
+                "this node already belongs to cluster '{}'",
+                c.genesis.cluster
+            ));
+        }
+        let cluster = self.check_records(
+            &bundle.genesis,
+            &bundle.cert,
+            bundle.share_index,
+            expected_admin,
+        )?;
+        let share = match (&bundle.sealed_share, bundle.share_index) {
+            (Some(sealed), Some(i)) => match self.open_share(sealed, i, &cluster.group) {
+                ShareState::Invalid(why) => return Err(format!("share refused: {why}")),
+                s => Some((sealed.clone(), s)),
+            },
+            (None, None) => None,
+            _ => return Err("share and share index must come together".into()),
+        };
+        if let Some((sealed, _)) = &share {
+            write_private(&self.data_dir.join(SHARE_FILE), sealed)
+                .map_err(|e| format!("cannot store the share: {e}"))?;
+        }
+        let file = ClusterFile {
+            v: 1,
+            genesis: bundle.genesis.clone(),
+            cert: bundle.cert.clone(),
+            share_index: bundle.share_index,
+        };
+        let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+        write_private(&self.data_dir.join(CLUSTER_FILE), &text)
+            .map_err(|e| format!("cannot store the cluster record: {e}"))?;
+        if let Some((_, s)) = share {
+            *write(&self.share) = s;
+        }
+        info!(
+            cluster = %cluster.genesis.cluster,
+            share_index = ?bundle.share_index,
+            "joined cluster; membership certificate stored"
+        );
+        self.set_cluster(cluster);
+        Ok(())
+    }
+
+    pub fn status(&self) -> KeysStatus {
+        let c = self.cluster();
+        let (share_state, share_error) = match &*read(&self.share) {
+            ShareState::None => ("none", None),
+            ShareState::Valid(_) => ("valid", None),
+            ShareState::Invalid(e) => ("invalid", Some(e.clone())),
+        };
+        KeysStatus {
+            initialized: c.is_some(),
+            cluster: c.as_ref().map(|c| c.genesis.cluster.clone()),
+            admin_public_key: c.as_ref().map(|c| c.genesis.admin_public_key.clone()),
+            threshold: c.as_ref().map(|c| c.genesis.threshold),
+            // Shares dealt at setup plus those enrolled for nodes that joined
+            // later (as far as this node knows).
+            shares: c
+                .as_ref()
+                .map(|c| c.genesis.shares.max(self.holders().len() as u16)),
+            share_index: c.as_ref().and_then(|c| c.share_index),
+            share_state: share_state.into(),
+            share_error,
+            holders: self
+                .holders()
+                .into_iter()
+                .map(|(index, node_id)| ShareHolder { index, node_id })
+                .collect(),
+            setup_pending: lock(&self.pending).is_some(),
+        }
+    }
+
+    /// Nodes that can take part in setup: this one and every peer in the
+    /// view that announces an age recipient, sorted by id.
+    pub(crate) fn setup_members(&self) -> Vec<(NodeId, String)> {
+        let Ok(net) = self.net() else {
+            return vec![(self.node_id.clone(), self.age.recipient())];
+        };
+        let snap = net.snapshot();
+        let mut m: Vec<(NodeId, String)> = snap
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let r = p.announcement.age_recipient.clone()?;
+                bzzz_crypto::seal::parse_recipient(&r).ok()?;
+                Some((p.announcement.node_id.clone(), r))
+            })
+            .collect();
+        m.push((self.node_id.clone(), self.age.recipient()));
+        m.sort_by(|a, b| a.0.cmp(&b.0));
+        m
+    }
+}

@@ -1,0 +1,397 @@
+//! The keys service of a BZZZ node: setup ceremony, share custody,
+//! threshold signing (coordinator and signer), joining with tokens,
+//! enrollment of shares after setup, operator authentication (SPEC §3).
+//! No HTTP here: errors carry an [`ErrorKind`], which the node's HTTP
+//! layer maps to a status; refusals sent to peers carry a typed
+//! [`RefusalCode`] and whether to retry.
+//!
+//! Files: [`custody`] (records and sealed share on disk), [`ceremony`]
+//! (setup), [`operator`] (operator credential, web sessions), [`signing`]
+//! (coordinator), [`signer`] (requests from peers), [`enroll`], [`join`].
+//!
+//! Takes: calls from the HTTP handlers (setup, confirm, sign, tokens,
+//! operator checks) and [`InboundRequest`]s from peers (install, sign
+//! rounds, join). Sends: keys-protocol requests to peers, and this node's
+//! membership into [`LocalInfo`] (so the swarm enforces it and announces
+//! the certificate).
+//!
+//! Files in the data dir (written atomically, mode 0600):
+//! * `cluster.json`: the signed genesis record, this node's membership
+//!   certificate, its share index. Public data.
+//! * `share.age`: this node's share of the admin key, sealed with age to the
+//!   node's own age identity. Never stored in plaintext.
+//!
+//! The master key exists only in memory, between "start setup" and
+//! "confirm setup" (at most [`PENDING_SETUP_TTL`]), and zeroizes on drop.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bzzz_crypto::operator::OperatorPassword;
+use bzzz_crypto::records::{self, Domain, TokenRefusal};
+use bzzz_crypto::seal::AgeIdentity;
+use bzzz_crypto::threshold::{self, GroupKey, KeyShare, MasterKey, Nonces};
+use bzzz_net::{InboundRequest, LocalInfo, Membership, NetHandle};
+use bzzz_proto::NodeId;
+use bzzz_proto::cluster::{
+    Genesis, InstallBundle, JoinTokenBody, KeysRequest, KeysResponse, MembershipCert,
+    RECORD_VERSION, ShareHolder, SignPurpose, Signed, WireSecret, default_threshold,
+    validate_cluster_name,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use zeroize::Zeroizing;
+
+pub const CLUSTER_FILE: &str = "cluster.json";
+pub const SHARE_FILE: &str = "share.age";
+/// A started setup must be confirmed within this.
+pub const PENDING_SETUP_TTL: Duration = Duration::from_secs(15 * 60);
+/// Words the operator re-types to confirm the mnemonic.
+pub const CONFIRM_WORDS: usize = 3;
+/// Most nodes one join token may admit (a deploy run of the most hosts
+/// `bzzz deploy` takes, 256, uses one token).
+pub const MAX_TOKEN_USES: u32 = 256;
+/// Record of join token uses approved by this signer.
+pub const USED_TOKENS_FILE: &str = "used_tokens.json";
+/// Longest join token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Signer-side nonces are kept this long for round 2.
+const SESSION_TTL: Duration = Duration::from_secs(60);
+const MAX_SESSIONS: usize = 64;
+/// Operator authentication failures allowed per client per window.
+const AUTH_FAILURES_PER_WINDOW: u32 = 5;
+const AUTH_WINDOW: Duration = Duration::from_secs(60);
+
+pub use bzzz_proto::cluster::RefusalCode;
+pub use enroll::{EnrollOutcome, enrollment_task};
+pub use join::{JoinRefused, join_task, precheck_token};
+pub use signer::serve_inbound;
+
+/// What kind of failure a [`KeysError`] is; callers (the HTTP layer) map it
+/// to their own codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong (bad parameters, unknown signer).
+    Invalid,
+    /// No operator credential, or a wrong one.
+    Unauthorized,
+    /// The thing asked for does not exist (setup id, session).
+    NotFound,
+    /// Not possible in this state (already initialized, not yet initialized).
+    Conflict,
+    /// It existed but is gone for good (the words were already shown).
+    Gone,
+    /// Too many failed attempts from this client; retry later.
+    Limited,
+    /// A peer refused or answered wrongly.
+    Peer,
+    /// Not enough share holders reachable now; retry later.
+    Unavailable,
+    /// A local failure (disk, random number generator, a bug).
+    Internal,
+}
+
+/// A keys-service error: its kind, a message for the operator, and for
+/// refusals that came from a signer, the signer's [`RefusalCode`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct KeysError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// Set when a peer's refusal caused this error.
+    pub refusal: Option<RefusalCode>,
+}
+
+impl KeysError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            refusal: None,
+        }
+    }
+}
+
+/// A refusal to send to a peer: a code and a reason. Plain text converts to
+/// [`RefusalCode::Other`] (retryable); refusals a peer must act on are built
+/// with their code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn new(code: RefusalCode, reason: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// Into the wire answer.
+    pub fn into_response(self) -> KeysResponse {
+        KeysResponse::refused(self.code, self.reason)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Self {
+        Self::new(RefusalCode::Other, reason)
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(reason: &str) -> Self {
+        Self::new(RefusalCode::Other, reason)
+    }
+}
+
+impl From<records::TokenRefusal> for Refusal {
+    fn from(e: records::TokenRefusal) -> Self {
+        let code = match e {
+            records::TokenRefusal::Expired { .. } => RefusalCode::TokenExpired,
+            records::TokenRefusal::Malformed(_) | records::TokenRefusal::Forged => {
+                RefusalCode::TokenInvalid
+            }
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+/// `format!` into a [`Refusal`] with [`RefusalCode::Other`].
+macro_rules! refusal {
+    ($($t:tt)*) => {
+        $crate::Refusal::from(format!($($t)*))
+    };
+}
+
+pub mod ceremony;
+pub mod custody;
+pub mod enroll;
+pub mod join;
+pub mod operator;
+pub mod signer;
+pub mod signing;
+
+/// Not initialized yet: a peer may ask again later.
+pub(crate) fn not_initialized() -> Refusal {
+    Refusal::new(RefusalCode::NotReady, "this node is not initialized")
+}
+
+pub(crate) fn err(kind: ErrorKind, message: impl Into<String>) -> KeysError {
+    KeysError::new(kind, message)
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `cluster.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClusterFile {
+    v: u32,
+    genesis: Signed,
+    cert: Signed,
+    share_index: Option<u16>,
+}
+
+/// What this node knows of its cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub genesis: Genesis,
+    pub genesis_signed: Signed,
+    pub cert: Signed,
+    pub admin_public_key: [u8; 32],
+    pub group: GroupKey,
+    pub share_index: Option<u16>,
+}
+
+#[derive(Debug)]
+enum ShareState {
+    None,
+    Valid(Arc<KeyShare>),
+    Invalid(String),
+}
+
+/// Setup parameters, validated.
+#[derive(Debug, Clone)]
+pub struct SetupParams {
+    pub cluster: String,
+    pub threshold: Option<u16>,
+    pub shares: Option<u16>,
+    pub operator_password: OperatorPassword,
+    /// Recovery: rebuild the cluster from this master key (same admin
+    /// public key, fresh shares) instead of generating a new one.
+    pub recover_from: Option<MasterKey>,
+}
+
+struct PendingSetup {
+    id: String,
+    master: MasterKey,
+    params: SetupParams,
+    threshold: u16,
+    shares: u16,
+    /// 1-based word positions to re-type.
+    positions: Vec<usize>,
+    created: Instant,
+    /// The words were shown (web wizard: only once).
+    revealed: bool,
+}
+
+/// Returned when a setup starts: the only time the master key leaves the
+/// node.
+#[derive(Serialize)]
+pub struct SetupStarted {
+    pub setup_id: String,
+    pub mnemonic: Zeroizing<String>,
+    pub master_key_hex: Zeroizing<String>,
+    pub admin_public_key: String,
+    pub cluster: String,
+    pub threshold: u16,
+    pub shares: u16,
+    pub confirm_positions: Vec<usize>,
+    pub expires_in_secs: u64,
+}
+
+impl std::fmt::Debug for SetupStarted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SetupStarted({}, ..)", self.setup_id)
+    }
+}
+
+/// The outcome of a confirmed setup.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetupDone {
+    pub cluster: String,
+    pub admin_public_key: String,
+    pub threshold: u16,
+    pub shares: u16,
+    pub holders: Vec<ShareHolder>,
+    /// Nodes that could not be given their records (with the reason).
+    pub undelivered: Vec<Undelivered>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Undelivered {
+    pub node_id: NodeId,
+    pub error: String,
+}
+
+/// `GET /api/v1/keys`. Never secret material.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeysStatus {
+    pub initialized: bool,
+    pub cluster: Option<String>,
+    pub admin_public_key: Option<String>,
+    pub threshold: Option<u16>,
+    pub shares: Option<u16>,
+    pub share_index: Option<u16>,
+    /// `valid`, `invalid` or `none`.
+    pub share_state: String,
+    pub share_error: Option<String>,
+    pub holders: Vec<ShareHolder>,
+    pub setup_pending: bool,
+}
+
+/// A threshold signature and who made it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdSignature {
+    pub signature: String,
+    pub admin_public_key: String,
+    pub signers: Vec<NodeId>,
+    /// The exact bytes signed (domain tag, NUL, message), hex.
+    pub signed_bytes_hex: String,
+}
+
+struct SignSession {
+    coordinator: NodeId,
+    nonces: Nonces,
+    message: Vec<u8>,
+    created: Instant,
+    /// A join token this signature spends (id, allowed uses, expiry).
+    token_use: Option<(String, u32, u64)>,
+}
+
+#[derive(Default)]
+struct AuthLimiter {
+    by_client: HashMap<String, (Instant, u32)>,
+}
+
+/// The keys service. Cheap to share (`Arc`).
+pub struct Keys {
+    data_dir: PathBuf,
+    node_id: NodeId,
+    age: AgeIdentity,
+    net: std::sync::OnceLock<NetHandle>,
+    local_tx: watch::Sender<LocalInfo>,
+    cluster: RwLock<Option<Cluster>>,
+    share: RwLock<ShareState>,
+    pending: Mutex<Option<PendingSetup>>,
+    sessions: Mutex<HashMap<String, SignSession>>,
+    auth: Mutex<AuthLimiter>,
+    /// Join token id → (uses signed for, expiry), persisted.
+    used_tokens: Mutex<HashMap<String, (u32, u64)>>,
+    /// Web UI operator sessions: id → (credential, expiry). In memory
+    /// only; signers need the credential itself to approve operator
+    /// requests, so the session keeps it (zeroized when it ends).
+    web_sessions: Mutex<HashMap<String, (OperatorPassword, Instant)>>,
+}
+
+/// How long a web UI login lasts.
+pub const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+const MAX_WEB_SESSIONS: usize = 256;
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keys({}, ..)", self.node_id)
+    }
+}
+
+pub(crate) fn random_hex(n: usize) -> Result<String, KeysError> {
+    let mut b = vec![0u8; n];
+    getrandom::fill(&mut b)
+        .map_err(|e| err(ErrorKind::Internal, format!("random number generator: {e}")))?;
+    Ok(hex::encode(b))
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Writes a file atomically with mode 0600.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,385 @@
+//! Requests from peers: setup records, signer rounds (approval of a named purpose, commitments, signature shares), admission of joining nodes.
+
+use super::*;
+
+impl Keys {
+    // ---- requests from peers (and from this node as a signer) ---------------
+
+    /// Answers one keys-protocol request.
+    pub async fn handle(&self, peer: NodeId, req: KeysRequest) -> KeysResponse {
+        let refuse = |r: Refusal| r.into_response();
+        match req {
+            KeysRequest::Install(bundle) => match self.install(&bundle, None) {
+                Ok(()) => KeysResponse::Installed,
+                Err(e) => {
+                    warn!(%peer, "refused setup records: {e}");
+                    refuse(e.into())
+                }
+            },
+            KeysRequest::SignCommit {
+                session,
+                purpose,
+                coordinator_cert,
+            } => {
+                if let Err(e) = self.check_member(&peer, coordinator_cert.as_ref()) {
+                    return refuse(e);
+                }
+                // Approval may hash the operator password (Argon2id, tens of
+                // ms): keep it off the async workers' queues.
+                match tokio::task::block_in_place(|| {
+                    self.approve_and_commit(&peer, session, purpose)
+                }) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!(%peer, "refused to sign: {e}");
+                        refuse(e)
+                    }
+                }
+            }
+            KeysRequest::SignShare {
+                session,
+                signing_package,
+            } => match self.sign_round2(&peer, &session, &signing_package) {
+                Ok(r) => r,
+                Err(e) => refuse(e),
+            },
+            KeysRequest::Enroll { cert } => match self.coordinate_enrollment(&peer, &cert).await {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%peer, "enrollment failed: {e}");
+                    refuse(e)
+                }
+            },
+            KeysRequest::EnrollDeltas {
+                session,
+                cert,
+                helpers,
+                coordinator_cert,
+            } => match self
+                .check_member(&peer, coordinator_cert.as_ref())
+                .and_then(|()| self.enroll_step1(&peer, session, &cert, &helpers))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(%peer, "refused enrollment step 1: {e}");
+                    refuse(e)
+                }
+            },
+            KeysRequest::EnrollSigma {
+                session,
+                cert,
+                sealed_deltas,
+                coordinator_cert,
+            } => match self
+                .check_member(&peer, coordinator_cert.as_ref())
+                .and_then(|()| self.enroll_step2(&peer, &session, &cert, &sealed_deltas))
+            {
+                Ok(r) => r,
+                Err(e) => refuse(e),
+            },
+            KeysRequest::Join {
+                token,
+                age_recipient,
+            } => match self.admit(&peer, token, age_recipient).await {
+                Ok(b) => KeysResponse::Joined(Box::new(b)),
+                Err(e) => {
+                    warn!(%peer, "refused join: {e}");
+                    refuse(e)
+                }
+            },
+        }
+    }
+
+    /// The requester is this node, a member in the view, or presents a
+    /// valid certificate for its (Noise-authenticated) id.
+    pub(crate) fn check_member(&self, peer: &NodeId, cert: Option<&Signed>) -> Result<(), Refusal> {
+        if self.is_member_peer(peer) {
+            return Ok(());
+        }
+        let c = self.cluster().ok_or_else(not_initialized)?;
+        match cert {
+            Some(cert) if records::open_cert(cert, &c.admin_public_key, Some(peer)).is_ok() => {
+                Ok(())
+            }
+            _ => Err(Refusal::new(
+                RefusalCode::NotMember,
+                "only cluster members may coordinate admin key operations",
+            )),
+        }
+    }
+
+    pub(crate) fn is_member_peer(&self, peer: &NodeId) -> bool {
+        *peer == self.node_id
+            || self.net().is_ok_and(|n| {
+                n.snapshot()
+                    .peers
+                    .iter()
+                    .any(|p| &p.announcement.node_id == peer && p.announcement.membership.is_some())
+            })
+    }
+
+    pub(crate) fn approve_and_commit(
+        &self,
+        peer: &NodeId,
+        session: String,
+        purpose: SignPurpose,
+    ) -> Result<KeysResponse, Refusal> {
+        let c = self.cluster().ok_or_else(not_initialized)?;
+
+        let share = match &*read(&self.share) {
+            ShareState::Valid(s) => s.clone(),
+            ShareState::Invalid(why) => {
+                return Err(refusal!("this node's share failed verification: {why}"));
+            }
+            ShareState::None => {
+                return Err(Refusal::new(
+                    RefusalCode::NotReady,
+                    "this node holds no share",
+                ));
+            }
+        };
+        let now = unix_now();
+        let mut token_use = None;
+        let check_password = |p: &WireSecret| -> Result<(), String> {
+            let ok = OperatorPassword::new(p.expose().to_owned())
+                .is_ok_and(|p| p.matches(&c.genesis.operator_verifier));
+            if ok {
+                Ok(())
+            } else {
+                Err("the operator credential is wrong".into())
+            }
+        };
+        let message = match &purpose {
+            SignPurpose::Message {
+                message,
+                operator_password,
+            } => {
+                check_password(operator_password)?;
+                records::signing_bytes(Domain::OperatorMessage, message)
+            }
+            SignPurpose::JoinToken {
+                body,
+                operator_password,
+            } => {
+                check_password(operator_password)?;
+                let b: JoinTokenBody =
+                    serde_json::from_str(body).map_err(|e| format!("token body: {e}"))?;
+                if b.cluster != c.genesis.cluster
+                    || b.admin_public_key != c.genesis.admin_public_key
+                {
+                    return Err("token is for another cluster".into());
+                }
+                // 30 s of clock skew between nodes is tolerated either way.
+                if b.expires_at + 30 <= now || b.expires_at > now + MAX_TOKEN_TTL.as_secs() + 30 {
+                    return Err("token lifetime out of range".into());
+                }
+                records::signing_bytes(Domain::JoinToken, body.as_bytes())
+            }
+            SignPurpose::AdminChange {
+                body,
+                operator_password,
+            } => {
+                check_password(operator_password)?;
+                let change: bzzz_proto::cluster::AdminChange =
+                    serde_json::from_str(body).map_err(|e| format!("admin change: {e}"))?;
+                if change.cluster != c.genesis.cluster {
+                    return Err("admin change is for another cluster".into());
+                }
+                if let bzzz_proto::cluster::AdminAction::PutRole { role } = &change.action {
+                    role.validate()?;
+                }
+                records::signing_bytes(Domain::AdminChange, body.as_bytes())
+            }
+            SignPurpose::Certificate { body, token } => {
+                let t = records::check_token(token.expose(), &c.admin_public_key, now)?;
+                let used = lock(&self.used_tokens).get(&t.id).map_or(0, |u| u.0);
+                if used >= t.uses {
+                    return Err(Refusal::new(
+                        RefusalCode::TokenUsed,
+                        format!(
+                            "join token was already used ({used} of {} uses); create a new one",
+                            t.uses
+                        ),
+                    ));
+                }
+                if !c.genesis.holders.iter().any(|h| h.index == share.index()) {
+                    return Err("only the share holders dealt at setup sign certificates".into());
+                }
+                token_use = Some((t.id.clone(), t.uses, t.expires_at));
+                let cert: MembershipCert =
+                    serde_json::from_str(body).map_err(|e| format!("certificate body: {e}"))?;
+                if let Some(i) = cert.share_index
+                    && self.holders().contains_key(&i)
+                {
+                    return Err(refusal!("share index {i} is taken"));
+                }
+                if cert.cluster != c.genesis.cluster
+                    || cert.admin_public_key != c.genesis.admin_public_key
+                    || cert.issued_at.abs_diff(now) > 300
+                {
+                    return Err("certificate body does not match this cluster or time".into());
+                }
+                records::signing_bytes(Domain::MembershipCert, body.as_bytes())
+            }
+        };
+        let (nonces, commitments) = threshold::commit(&share).map_err(|e| e.to_string())?;
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
+        // Coordinators ask every reachable holder and use the first t, so
+        // some sessions are never finished: the oldest gives way.
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            session,
+            SignSession {
+                coordinator: peer.clone(),
+                nonces,
+                message,
+                created: Instant::now(),
+                token_use,
+            },
+        );
+        info!(%peer, purpose = purpose.kind(), "approved an admin signature request");
+        Ok(KeysResponse::Committed {
+            index: share.index(),
+            commitments,
+        })
+    }
+
+    pub(crate) fn sign_round2(
+        &self,
+        peer: &NodeId,
+        session: &str,
+        package: &str,
+    ) -> Result<KeysResponse, Refusal> {
+        let s = lock(&self.sessions).remove(session).ok_or_else(|| {
+            Refusal::new(RefusalCode::Session, "unknown or expired signing session")
+        })?;
+        if &s.coordinator != peer {
+            return Err("signing session belongs to another coordinator".into());
+        }
+        let share = match &*read(&self.share) {
+            ShareState::Valid(s) => s.clone(),
+            _ => return Err("this node has no valid share".into()),
+        };
+        if let Some((id, uses, expires_at)) = &s.token_use {
+            let mut used = lock(&self.used_tokens);
+            let now = unix_now();
+            used.retain(|_, (_, exp)| *exp + 60 > now);
+            let entry = used.entry(id.clone()).or_insert((0, *expires_at));
+            if entry.0 >= *uses {
+                return Err(Refusal::new(
+                    RefusalCode::TokenUsed,
+                    format!(
+                        "join token was already used ({} of {uses} uses); create a new one",
+                        entry.0
+                    ),
+                ));
+            }
+            entry.0 += 1;
+            let bytes = serde_json::to_vec(&*used).map_err(|e| e.to_string())?;
+            write_private(&self.data_dir.join(USED_TOKENS_FILE), &bytes)
+                .map_err(|e| format!("cannot record the token use: {e}"))?;
+        }
+        let sig = threshold::sign_share(&share, &s.nonces, package, &s.message)
+            .map_err(|e| e.to_string())?;
+        Ok(KeysResponse::SignatureShare {
+            index: share.index(),
+            share: sig,
+        })
+    }
+
+    /// A node presents a join token: check it, have the admin key sign its
+    /// certificate (threshold), and hand it the cluster records.
+    pub(crate) async fn admit(
+        &self,
+        peer: &NodeId,
+        token: WireSecret,
+        age_recipient: String,
+    ) -> Result<InstallBundle, Refusal> {
+        let c = self.cluster().ok_or_else(not_initialized)?;
+        let body = records::check_token(token.expose(), &c.admin_public_key, unix_now())?;
+        bzzz_crypto::seal::parse_recipient(&age_recipient).map_err(|e| e.to_string())?;
+        // A random free index: two members admitting at once are unlikely
+        // to collide, and signers refuse an index already taken.
+        let taken = self.holders();
+        let index = loop {
+            let mut b = [0u8; 2];
+            getrandom::fill(&mut b).map_err(|e| e.to_string())?;
+            let i = u16::from_le_bytes(b).max(1);
+            if !taken.contains_key(&i) {
+                break i;
+            }
+        };
+        let cert = MembershipCert {
+            v: RECORD_VERSION,
+            cluster: c.genesis.cluster.clone(),
+            admin_public_key: c.genesis.admin_public_key.clone(),
+            node_id: peer.clone(),
+            issued_at: unix_now(),
+            share_index: Some(index),
+            age_recipient: Some(age_recipient),
+        };
+        let text = records::body_text(&cert).map_err(|e| e.to_string())?;
+        let bytes = records::signing_bytes(Domain::MembershipCert, text.as_bytes());
+        let sig = self
+            .threshold_sign(
+                SignPurpose::Certificate {
+                    body: text.clone(),
+                    token,
+                },
+                bytes,
+                None,
+            )
+            .await
+            .map_err(|e| {
+                // A signer that refused the token decides for the cluster;
+                // anything else (a signer down, a session evicted) may pass
+                // on a later try.
+                let code = e
+                    .refusal
+                    .filter(|c| c.is_token_refusal())
+                    .unwrap_or(RefusalCode::NotReady);
+                Refusal::new(code, format!("cannot sign the certificate now: {e}"))
+            })?;
+        let raw: [u8; 64] = hex::decode(&sig.signature)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or("bad signature")?;
+        info!(%peer, token_id = %body.id, "admitted a node with a join token");
+        Ok(InstallBundle {
+            genesis: c.genesis_signed.clone(),
+            cert: records::signed(text, &raw),
+            sealed_share: None,
+            share_index: None,
+        })
+    }
+}
+
+/// Serves inbound keys requests, each on its own task (a join triggers a
+/// threshold signature, which waits on other nodes).
+pub async fn serve_inbound(
+    keys: Arc<Keys>,
+    mut inbound: mpsc::Receiver<InboundRequest>,
+    cancel: CancellationToken,
+) {
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let req = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = inbound.recv() => match r { Some(r) => r, None => break },
+        };
+        let keys = keys.clone();
+        tasks.spawn(async move {
+            let resp = keys.handle(req.peer, req.request).await;
+            let _ = req.respond.send(resp);
+        });
+    }
+    tasks.close();
+}

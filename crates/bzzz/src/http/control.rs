@@ -1,0 +1,172 @@
+//! The control plane over HTTP: roles (admin-signed changes), the
+//! replicated key-value registry, already signed admin changes.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use bzzz_proto::cluster::{AdminAction, AdminChange, RECORD_VERSION, RoleDef, Signed};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
+
+type S = State<Shared>;
+
+pub fn routes() -> Vec<Route> {
+    use Permission::{Operator, Public};
+    vec![
+        Route::api(
+            Method::GET,
+            "/api/v1/roles",
+            Public,
+            get(api_roles),
+            json!(
+            {"summary": "The role registry", "operationId": "roles",
+                "responses": {"200": {"description": "name → role"}, "503": {"description": "Control plane not running"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/roles",
+            Operator,
+            post(api_role_put),
+            json!(
+            {"summary": "Create or replace a role (operator): threshold-signed admin change, committed through Raft", "operationId": "rolePut",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["name", "authority"], "properties": {
+                    "name": {"type": "string"}, "authority": {"type": "string", "enum": ["master", "decision", "coordination", "suggestion", "read_only"]},
+                    "permissions": {"type": "array", "items": {"type": "string"}}, "reads": {"type": "array", "items": {"type": "string"}},
+                    "members": {"type": "array", "items": {"type": "string"}}}}}}},
+                "responses": {"200": {"description": "Applied"}, "422": {"description": "Invalid or refused"}, "503": {"description": "No leader"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/admin/changes",
+            Operator,
+            post(api_admin_change),
+            json!(
+            {"summary": "Commit an already signed admin change ({body, signature}); refused (422) unless signed by the cluster admin key (operator)", "operationId": "adminChange",
+                "responses": {"200": {"description": "Applied"}, "422": {"description": "Refused by the state machine"}, "503": {"description": "No leader"}}}),
+        ),
+        Route::api(
+            Method::GET,
+            "/api/v1/registry",
+            Public,
+            get(api_registry),
+            json!(
+            {"summary": "The cluster key-value registry (replicated through Raft)", "operationId": "registry",
+                "responses": {"200": {"description": "key → value"}, "503": {"description": "Control plane not running"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/registry",
+            Operator,
+            post(api_registry_set),
+            json!(
+            {"summary": "Set a registry key (operator); 200 once committed by a quorum", "operationId": "registrySet",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["key", "value"], "properties": {
+                    "key": {"type": "string", "maxLength": 256}, "value": {"type": "string", "maxLength": 16384}}}}}},
+                "responses": {"200": {"description": "Committed"}, "422": {"description": "Invalid, or the registry is full"}, "503": {"description": "No quorum or no leader"}}}),
+        ),
+    ]
+}
+
+fn control(st: &Shared) -> Result<&crate::control::Control, ApiError> {
+    st.control
+        .get()
+        .map(|c| &**c)
+        .ok_or_else(ApiError::no_control)
+}
+
+/// Proposes a signed admin change; 200 when every node applies it, 422 when
+/// the state machine refuses it (the reason names why), 503 without a
+/// leader.
+async fn propose_admin(
+    control: &crate::control::Control,
+    change: Signed,
+) -> Result<Response, ApiError> {
+    let r = control
+        .propose(bzzz_control::raft::Command::Admin { change })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    match r.rejected {
+        Some(why) => Err(ApiError::invalid(why)),
+        None => Ok(json(StatusCode::OK, &json!({ "applied": true }))),
+    }
+}
+
+async fn api_roles(State(st): S) -> Result<Response, ApiError> {
+    let c = control(&st)?;
+    Ok(c.with_state(|s| json(StatusCode::OK, &s.roles)))
+}
+
+/// `POST /api/v1/roles` (operator): a role definition; signs an admin
+/// change with the cluster key (threshold) and commits it.
+async fn api_role_put(
+    State(st): S,
+    Operator(pw): Operator,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let role: RoleDef = parse(&body, "role")?;
+    role.validate().map_err(ApiError::invalid)?;
+    let control = control(&st)?;
+    let cluster = st
+        .keys
+        .cluster()
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the cluster is not initialized yet"))?;
+    // A seq after every applied change, and time-ordered across proposers.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let change = AdminChange {
+        v: RECORD_VERSION,
+        cluster: cluster.genesis.cluster.clone(),
+        seq: now_ms.max(control.with_state(|s| s.admin_seq) + 1),
+        issued_at: bzzz_keys::unix_now(),
+        action: AdminAction::PutRole { role },
+    };
+    let signed = st.keys.sign_admin_change(&change, &pw).await?;
+    propose_admin(control, signed).await
+}
+
+/// `POST /api/v1/admin/changes` (operator): commits an already signed admin
+/// change (`{"body": …, "signature": …}`) as is. Every node checks the
+/// signature when applying it; an unsigned or forged one is refused (422).
+async fn api_admin_change(State(st): S, _: Operator, body: Bytes) -> Result<Response, ApiError> {
+    let change: Signed = parse(&body, "signed change")?;
+    propose_admin(control(&st)?, change).await
+}
+
+/// `GET /api/v1/registry`: the cluster's key-value registry (operations
+/// data, replicated through Raft).
+async fn api_registry(State(st): S) -> Result<Response, ApiError> {
+    let c = control(&st)?;
+    Ok(c.with_state(|s| json(StatusCode::OK, &s.kv)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegistrySet {
+    key: String,
+    value: String,
+}
+
+/// `POST /api/v1/registry` (operator): sets a key; 200 only once the write
+/// is committed by a quorum (acknowledged), 503 when no quorum is reachable.
+async fn api_registry_set(State(st): S, _: Operator, body: Bytes) -> Result<Response, ApiError> {
+    let b: RegistrySet = parse(&body, "registry write")?;
+    let r = control(&st)?
+        .propose(bzzz_control::raft::Command::Set {
+            key: b.key,
+            value: b.value,
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    match r.rejected {
+        Some(why) => Err(ApiError::invalid(why)),
+        None => Ok(json(
+            StatusCode::OK,
+            &json!({ "committed": true, "previous": r.previous }),
+        )),
+    }
+}

@@ -1,0 +1,309 @@
+//! HTTP: ONE route table ([`routes`]) that builds both the router and the
+//! OpenAPI document. Every route names the [`Permission`] it needs; a guard
+//! in front of each handler checks it and hands the handler a
+//! [`Principal`]. A route cannot be added without a permission: the table
+//! is the only way into the router ([`router`]), and [`Route`] has no
+//! constructor without one. A test walks the real router and checks that
+//! every route outside the public list answers 401 to an anonymous caller.
+//!
+//! Files: one per feature (`status`, `keys`, `control`, `deploy`) with its
+//! routes and JSON handlers; `auth` (credentials, the guard), `serve` (the
+//! bounded server: connection cap, header and request timeouts),
+//! `openapi` (the document from the table). Pages live in `crate::ui`.
+
+pub mod auth;
+pub mod control;
+pub mod deploy;
+pub mod keys;
+pub mod openapi;
+pub mod serve;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use bzzz_keys::{ErrorKind, KeysError};
+use serde_json::Value;
+
+pub use auth::{Operator, Principal};
+
+use crate::node::AppState;
+
+/// The state every handler gets.
+pub type Shared = Arc<AppState>;
+
+/// Default request body limit (JSON requests are small).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// A handler that has not answered in this long gets 408 (threshold
+/// signing waits on peers, setup delivers records to every node).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Anyone: public cluster facts (status, peers, leader, roles, key
+    /// status, metrics), the overview and the login page.
+    Public,
+    /// Anyone while this node is not initialized (the setup wizard); the
+    /// handler answers 409 once it is.
+    Setup,
+    /// The operator: HTTP Basic with the operator password, or a web
+    /// session cookie from `/login`.
+    Operator,
+    /// A deploy run's random download token in the query (the hosts of
+    /// the run fetch the binary with it); 401 without it.
+    DeployToken,
+}
+
+impl Permission {
+    /// Routes an anonymous caller may use.
+    pub fn is_public(self) -> bool {
+        matches!(self, Self::Public | Self::Setup)
+    }
+}
+
+/// A JSON API route (in the OpenAPI document) or an HTML page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Api,
+    Page,
+}
+
+/// One entry of the route table.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub permission: Permission,
+    pub kind: Kind,
+    pub body_limit: usize,
+    /// The OpenAPI operation object (API routes).
+    pub openapi: Option<Value>,
+    handler: MethodRouter<Shared>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({:?})", self.method, self.path, self.permission)
+    }
+}
+
+impl Route {
+    /// A JSON route with its OpenAPI operation.
+    pub fn api(
+        method: Method,
+        path: &'static str,
+        permission: Permission,
+        handler: MethodRouter<Shared>,
+        openapi: Value,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            permission,
+            kind: Kind::Api,
+            body_limit: BODY_LIMIT,
+            openapi: Some(openapi),
+            handler,
+        }
+    }
+
+    /// An HTML page or form target.
+    pub fn page(
+        method: Method,
+        path: &'static str,
+        permission: Permission,
+        handler: MethodRouter<Shared>,
+    ) -> Self {
+        Self {
+            method,
+            path,
+            permission,
+            kind: Kind::Page,
+            body_limit: BODY_LIMIT,
+            openapi: None,
+            handler,
+        }
+    }
+
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = bytes;
+        self
+    }
+}
+
+/// Every route of the node, feature by feature.
+pub fn routes() -> Vec<Route> {
+    let mut all = Vec::new();
+    all.extend(status::routes());
+    all.extend(keys::routes());
+    all.extend(control::routes());
+    all.extend(deploy::routes());
+    all.extend(crate::ui::routes());
+    all
+}
+
+/// The router built from [`routes`]: each handler behind its permission
+/// guard and body limit; a request timeout; a JSON 404 for the rest.
+pub fn router(state: Shared) -> Router {
+    let mut r: Router<Shared> = Router::new();
+    for route in routes() {
+        let guard = axum::middleware::from_fn_with_state(
+            auth::Guard {
+                state: state.clone(),
+                permission: route.permission,
+                kind: route.kind,
+            },
+            auth::guard,
+        );
+        let handler: MethodRouter<Shared> = route
+            .handler
+            .layer::<_, std::convert::Infallible>(guard)
+            .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(route.body_limit));
+        r = r.route(route.path, handler);
+    }
+    r.fallback(not_found)
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see /api/v1/openapi.json",
+    )
+    .into_response()
+}
+
+/// An API error: a status and a message, answered as `{"error": …}` with
+/// `Cache-Control: no-store` (and `WWW-Authenticate` on 401).
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 422: the request is wrong (the message names what).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    /// 503: the control plane is not running.
+    pub fn no_control() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the control plane is not running (is the cluster initialized?)",
+        )
+    }
+}
+
+/// The HTTP status of a keys error.
+pub fn status_of_kind(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Gone => StatusCode::GONE,
+        ErrorKind::Limited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Peer => StatusCode::BAD_GATEWAY,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<KeysError> for ApiError {
+    fn from(e: KeysError) -> Self {
+        Self::new(status_of_kind(e.kind), e.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            axum::Json(bzzz_proto::api::ApiError {
+                error: self.message,
+            }),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"bzzz operator\""),
+            );
+        }
+        no_store(r)
+    }
+}
+
+/// A JSON answer with `no-store`; a value that cannot be serialized is a
+/// 500, never a `null` with a success status.
+pub fn json<T: serde::Serialize>(code: StatusCode, v: &T) -> Response {
+    match serde_json::to_vec(v) {
+        Ok(body) => no_store(
+            (
+                code,
+                [(header::CONTENT_TYPE, "application/json")],
+                axum::body::Bytes::from(body),
+            )
+                .into_response(),
+        ),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// Parses a JSON request body; `what` names it in the 422.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("invalid {what}: {e}")))
+}
+
+pub fn no_store(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, max-age=0"),
+    );
+    r.headers_mut()
+        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+pub fn see_other(to: &'static str) -> Response {
+    no_store(
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, HeaderValue::from_static(to))],
+        )
+            .into_response(),
+    )
+}
+
+/// 409: once the cluster exists, every setup endpoint refuses.
+pub fn setup_locked() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "this node is already initialized; setup is locked",
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! The route table against the real router, with a real (uninitialized)
+//! node behind it: libp2p on 127.0.0.1, the keys service on a temp dir.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt as _;
+
+use super::*;
+use crate::node::{AppState, Tasks};
+
+/// The routes an anonymous caller may use. Adding one here is a decision:
+/// the walk below fails for any public route not listed.
+const PUBLIC: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/api/v1/status"),
+    ("GET", "/api/v1/peers"),
+    ("GET", "/api/v1/openapi.json"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/leader"),
+    ("GET", "/api/v1/cluster"),
+    ("GET", "/api/v1/keys"),
+    ("GET", "/api/v1/roles"),
+    ("GET", "/api/v1/registry"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    // The wizard: open until the cluster exists, 409 after.
+    ("POST", "/api/v1/setup"),
+    ("POST", "/api/v1/setup/confirm"),
+    ("GET", "/setup"),
+    ("POST", "/setup/start"),
+    ("GET", "/setup/reveal"),
+    ("POST", "/setup/confirm"),
+    ("POST", "/setup/cancel"),
+];
+
+/// What the router's fallback answers.
+const FALLBACK: &str = "no such endpoint";
+
+struct TestNode {
+    state: Shared,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn test_node() -> TestNode {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_path = dir.path().join("bzzz.yaml");
+    std::fs::write(&cfg_path, "").expect("config");
+    let cfg = crate::config::load(
+        Some(&cfg_path),
+        Vec::new(),
+        &crate::config::Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            no_mdns: true,
+            ..Default::default()
+        },
+    )
+    .expect("config");
+    let key = bzzz_crypto::NodeKey::generate().expect("key");
+    let node_id = bzzz_net::node_id_of(&key.seed()).expect("id");
+    let (local_tx, local_rx) = tokio::sync::watch::channel(bzzz_net::LocalInfo::default());
+    let keys = bzzz_keys::Keys::load(dir.path(), &key, node_id, local_tx).expect("keys");
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (net, _inbound) = bzzz_net::start(
+        &key.seed(),
+        cfg.net.clone(),
+        local_rx.clone(),
+        cancel.clone(),
+        &tracker,
+    )
+    .expect("net");
+    let state = Arc::new(AppState {
+        net: net.clone(),
+        keys: keys.attach(net),
+        local: local_rx,
+        started: Instant::now(),
+        api_addr: "127.0.0.1:8080".parse().expect("addr"),
+        control: crate::control::ControlCell::default(),
+        control_settings: cfg.control.clone(),
+        deploys: Arc::default(),
+        tasks: Tasks {
+            tracker,
+            cancel: cancel.clone(),
+        },
+    });
+    TestNode {
+        state,
+        cancel,
+        _dir: dir,
+    }
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "0123456789abcdef")
+}
+
+async fn call(app: &axum::Router, method: &Method, path: &str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method.clone())
+        .uri(concrete(path))
+        .header("content-type", "application/json")
+        .body(Body::empty())
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_outside_the_public_list_answers_401_to_an_anonymous_caller() {
+    let node = test_node().await;
+    let app = router(node.state.clone());
+    let public: BTreeSet<(&str, &str)> = PUBLIC.iter().copied().collect();
+    let mut seen = BTreeSet::new();
+    for r in routes() {
+        let key = (r.method.as_str().to_owned(), r.path.to_owned());
+        assert!(seen.insert(key.clone()), "{r:?} is in the table twice");
+        let listed = public.contains(&(r.method.as_str(), r.path));
+        assert_eq!(
+            r.permission.is_public(),
+            listed,
+            "{r:?}: public routes are exactly the PUBLIC list"
+        );
+        let (status, body) = call(&app, &r.method, r.path).await;
+        if listed {
+            // Routed (not the fallback) and not refused for want of a credential.
+            assert!(!body.contains(FALLBACK), "{r:?} is not routed: {body}");
+            assert_ne!(status, StatusCode::UNAUTHORIZED, "{r:?}: {body}");
+        } else {
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{r:?} answered {status}: {body}"
+            );
+        }
+    }
+    assert!(
+        seen.len() > PUBLIC.len(),
+        "the walk covers protected routes"
+    );
+    for (m, p) in PUBLIC {
+        assert!(
+            seen.contains(&((*m).to_owned(), (*p).to_owned())),
+            "{m} {p} is listed public but has no route"
+        );
+    }
+    // A path outside the table is the fallback's JSON 404.
+    let (status, body) = call(&app, &Method::GET, "/api/v1/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains(FALLBACK), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_malformed_credential_is_refused_not_taken_as_anonymous() {
+    let node = test_node().await;
+    let app = router(node.state.clone());
+    for auth in ["Basic !!!", "Bearer x"] {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri("/admin")
+            .header("authorization", auth)
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{auth}");
+    }
+}
+
+#[test]
+fn the_openapi_document_is_the_route_table() {
+    let doc = openapi::document();
+    let mut n = 0;
+    for r in routes() {
+        let op = &doc["paths"][r.path][r.method.as_str().to_lowercase()];
+        match r.kind {
+            Kind::Api => {
+                n += 1;
+                assert!(op.is_object(), "{r:?} missing from the OpenAPI document");
+                if r.permission == Permission::Operator {
+                    assert_eq!(
+                        op["security"][0]["operator"],
+                        serde_json::json!([]),
+                        "{r:?}"
+                    );
+                }
+            }
+            Kind::Page => assert!(op.is_null(), "{r:?} is a page, not API"),
+        }
+    }
+    let ops: usize = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|p| p.as_object().map_or(0, |m| m.len()))
+        .sum();
+    assert_eq!(ops, n);
+}
+
+#[tokio::test]
+async fn an_answer_that_cannot_be_encoded_is_a_500_not_a_null() {
+    // Maps with non-string keys have no JSON form.
+    let mut bad = std::collections::BTreeMap::new();
+    bad.insert((1u8, 2u8), 3u8);
+    let r = json(StatusCode::OK, &bad);
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+        .await
+        .expect("body");
+    assert!(String::from_utf8_lossy(&body).contains("cannot encode"));
+}

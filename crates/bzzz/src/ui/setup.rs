@@ -1,0 +1,292 @@
+//! The setup wizard (`/setup…`, server-rendered, no script). The page that
+//! shows the master key is served once per setup: reloading it (or going
+//! back to it) shows that the words are gone. Once the cluster exists,
+//! every setup page says so (409 for the forms).
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use bzzz_crypto::operator::OperatorPassword;
+use bzzz_keys::{ErrorKind, SetupParams};
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::layout;
+use crate::http::{Permission, Route, Shared, see_other};
+
+type S = State<Shared>;
+
+pub fn routes() -> Vec<Route> {
+    use Permission::Setup;
+    vec![
+        Route::page(Method::GET, "/setup", Setup, get(setup_page)),
+        Route::page(Method::POST, "/setup/start", Setup, post(setup_start_form)),
+        Route::page(Method::GET, "/setup/reveal", Setup, get(setup_reveal_page)),
+        Route::page(
+            Method::POST,
+            "/setup/confirm",
+            Setup,
+            post(setup_confirm_form),
+        ),
+        Route::page(
+            Method::POST,
+            "/setup/cancel",
+            Setup,
+            post(setup_cancel_form),
+        ),
+    ]
+}
+
+fn page(code: StatusCode, title: &str, content: Markup) -> Response {
+    layout(code, "/setup", title, content)
+}
+
+fn initialized_page(st: &Shared, code: StatusCode) -> Response {
+    let s = st.keys.status();
+    page(
+        code,
+        "Cluster initialized",
+        html! {
+            p id="setup-state" data-state="initialized" {
+                "This node belongs to cluster " b id="cluster-name" { (s.cluster.as_deref().unwrap_or("")) }
+                ". Setup is locked: the master key was shown once and is not kept anywhere."
+            }
+            p { "Cluster admin public key: " code id="admin-public-key" { (s.admin_public_key.as_deref().unwrap_or("")) } }
+            p {
+                "Admin signatures need " b { (s.threshold.unwrap_or(0)) } " of " b { (s.shares.unwrap_or(0)) }
+                " shares. This node holds share "
+                (s.share_index.map(|i| format!("#{i}")).unwrap_or_else(|| "none".into())) "."
+            }
+            p { a href="/" { "Cluster overview" } " · " a id="login-link" href="/login" { "Operator login" } }
+        },
+    )
+}
+
+fn confirm_form(setup_id: &str, positions: &[usize]) -> Markup {
+    html! {
+        form id="confirm-form" method="post" action="/setup/confirm" {
+            input type="hidden" name="setup_id" value=(setup_id);
+            @for p in positions {
+                label for=(format!("w{p}")) { "Word #" (p) }
+                input id=(format!("w{p}")) name=(format!("w{p}")) autocomplete="off" autocapitalize="none" spellcheck="false" required;
+            }
+            br;
+            button id="confirm" type="submit" { "Confirm and create the cluster" }
+        }
+    }
+}
+
+fn start_over() -> Markup {
+    html! {
+        form method="post" action="/setup/cancel" {
+            button id="start-over" type="submit" { "Start over with a new master key" }
+        }
+    }
+}
+
+fn pending_form(st: &Shared) -> Markup {
+    match st.keys.pending_positions() {
+        Some((id, p)) => confirm_form(&id, &p),
+        None => html! {},
+    }
+}
+
+async fn setup_page(State(st): S) -> Response {
+    if st.keys.is_initialized() {
+        return initialized_page(&st, StatusCode::OK);
+    }
+    if let Some((id, positions)) = st.keys.pending_positions() {
+        return page(
+            StatusCode::OK,
+            "Confirm the master key",
+            html! {
+                p id="setup-state" data-state="pending" {
+                    "A setup is in progress. Its master key was already shown and cannot be shown again. Re-type the requested words from your copy, or start over."
+                }
+                (confirm_form(&id, &positions))
+                (start_over())
+            },
+        );
+    }
+    let n = st.net.snapshot().peers.len() + 1;
+    let t = bzzz_proto::cluster::default_threshold(n as u16);
+    page(
+        StatusCode::OK,
+        "Set up your BZZZ cluster",
+        html! {
+            p id="setup-state" data-state="new" {
+                (n) " node(s) are present (this one and its peers). Each will hold one share of the cluster admin key; any " i { "t" } " of them can sign for it."
+            }
+            form id="setup-form" method="post" action="/setup/start" {
+                label for="cluster" { "Cluster name" }
+                input id="cluster" name="cluster" required pattern="[a-z0-9_-]{1,63}" value="bzzz";
+                label for="shares" { "Shares (n, one per node)" }
+                input id="shares" name="shares" type="number" min="1" max=(n) value=(n);
+                label for="threshold" { "Threshold (t of n)" }
+                input id="threshold" name="threshold" type="number" min="1" max=(n) value=(t);
+                label for="password" { "Operator password (at least 12 characters; for logging in later)" }
+                input id="password" name="password" type="password" minlength="12" required autocomplete="new-password";
+                label for="password2" { "Operator password again" }
+                input id="password2" name="password2" type="password" minlength="12" required autocomplete="new-password";
+                br;
+                button id="start" type="submit" { "Generate the master key" }
+            }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct StartForm {
+    cluster: String,
+    #[serde(default)]
+    shares: String,
+    #[serde(default)]
+    threshold: String,
+    password: String,
+    password2: String,
+}
+
+fn opt_num(s: &str, what: &str) -> Result<Option<u16>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{what} must be a whole number"))
+}
+
+/// Parses a form body.
+pub(crate) fn form<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    serde_urlencoded::from_bytes(body).map_err(|e| format!("invalid form: {e}"))
+}
+
+fn fail(m: &str) -> Response {
+    page(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "Setup",
+        html! {
+            p class="err" id="error" { (m) }
+            p { a href="/setup" { "Back" } }
+        },
+    )
+}
+
+async fn setup_start_form(State(st): S, body: Bytes) -> Response {
+    if st.keys.is_initialized() {
+        return initialized_page(&st, StatusCode::CONFLICT);
+    }
+    let f: StartForm = match form(&body) {
+        Ok(f) => f,
+        Err(e) => return fail(&e),
+    };
+    if f.password != f.password2 {
+        return fail("the two passwords differ");
+    }
+    let (shares, threshold) = match (
+        opt_num(&f.shares, "shares"),
+        opt_num(&f.threshold, "threshold"),
+    ) {
+        (Ok(s), Ok(t)) => (s, t),
+        (Err(e), _) | (_, Err(e)) => return fail(&e),
+    };
+    let password = match OperatorPassword::new_for_setup(f.password) {
+        Ok(p) => p,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let params = SetupParams {
+        cluster: f.cluster.trim().to_owned(),
+        threshold,
+        shares,
+        operator_password: password,
+        recover_from: None,
+    };
+    match st.keys.start_setup(params, false) {
+        Ok(_) => see_other("/setup/reveal"),
+        Err(e) if e.kind == ErrorKind::Conflict => initialized_page(&st, StatusCode::CONFLICT),
+        Err(e) => fail(&e.message),
+    }
+}
+
+async fn setup_reveal_page(State(st): S) -> Response {
+    if st.keys.is_initialized() {
+        return initialized_page(&st, StatusCode::GONE);
+    }
+    match st.keys.reveal_pending() {
+        Ok(s) => page(
+            StatusCode::OK,
+            "Your master key",
+            html! {
+                div class="warn" {
+                    b { "Write these 24 words down now, on paper, in order." }
+                    " They are shown " b { "once" } ": this page cannot be shown again, and BZZZ never stores them. Anyone who has them controls cluster "
+                    b { (s.cluster) } "; without them, a lost cluster cannot be recovered."
+                }
+                ol id="mnemonic" { @for w in s.mnemonic.split(' ') { li { (w) } } }
+                p { "The same key in hex: " code id="master-hex" { (s.master_key_hex.as_str()) } }
+                p { "Admin public key (derived): " code { (s.admin_public_key) } }
+                p { "To continue, re-type the requested words from your copy." }
+                (confirm_form(&s.setup_id, &s.confirm_positions))
+                (start_over())
+            },
+        ),
+        Err(e) if e.kind == ErrorKind::Gone => page(
+            StatusCode::GONE,
+            "Master key already shown",
+            html! {
+                p class="err" id="words-gone" {
+                    "The master key was already shown and cannot be shown again. Re-type the requested words from your copy, or start over if you did not write them down."
+                }
+                (pending_form(&st))
+                (start_over())
+            },
+        ),
+        Err(e) => page(
+            StatusCode::NOT_FOUND,
+            "No setup in progress",
+            html! {
+                p class="err" id="error" { (e.message) }
+                p { a href="/setup" { "Start a setup" } }
+            },
+        ),
+    }
+}
+
+async fn setup_confirm_form(State(st): S, body: Bytes) -> Response {
+    if st.keys.is_initialized() {
+        return initialized_page(&st, StatusCode::CONFLICT);
+    }
+    let fields: BTreeMap<String, String> = match form(&body) {
+        Ok(f) => f,
+        Err(e) => return fail(&e),
+    };
+    let setup_id = fields.get("setup_id").cloned().unwrap_or_default();
+    let words: BTreeMap<usize, String> = fields
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix('w')?.parse().ok()?, v.clone())))
+        .collect();
+    match st.keys.confirm_setup(&setup_id, &words).await {
+        Ok(_) => see_other("/setup"),
+        Err(e) => page(
+            crate::http::status_of_kind(e.kind),
+            "Confirm the master key",
+            html! {
+                p class="err" id="error" { (e.message) }
+                (pending_form(&st))
+                (start_over())
+            },
+        ),
+    }
+}
+
+async fn setup_cancel_form(State(st): S) -> Response {
+    if st.keys.is_initialized() {
+        return initialized_page(&st, StatusCode::CONFLICT);
+    }
+    st.keys.cancel_setup();
+    see_other("/setup")
+}
