@@ -77,6 +77,67 @@ impl OperatorPassword {
                 .is_ok()
         })
     }
+
+    /// [`OperatorPassword::matches`] with the Argon2 working memory given
+    /// by the caller and reused across calls: a process that checks many
+    /// passwords keeps one buffer instead of letting the allocator keep a
+    /// fresh 19 MiB block per thread. False when the verifier does not
+    /// parse, is not Argon2, or asks for more than [`MAX_ARGON2_MEMORY`].
+    pub fn matches_with(&self, verifier: &str, memory: &mut ArgonMemory) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let Ok(hash) = PasswordHash::new(verifier) else {
+            return false;
+        };
+        let (Ok(algorithm), Ok(params), Some(expected), Some(salt)) = (
+            argon2::Algorithm::try_from(hash.algorithm),
+            argon2::Params::try_from(&hash),
+            hash.hash,
+            hash.salt,
+        ) else {
+            return false;
+        };
+        if params.block_count() * argon2::Block::SIZE > MAX_ARGON2_MEMORY {
+            return false;
+        }
+        let version = match hash.version.map(argon2::Version::try_from) {
+            None => argon2::Version::default(),
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return false,
+        };
+        let mut salt_buf = [0u8; 64];
+        let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+            return false;
+        };
+        if memory.0.len() < params.block_count() {
+            memory
+                .0
+                .resize(params.block_count(), argon2::Block::default());
+        }
+        let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+        let ok = argon2::Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(
+                self.0.as_bytes(),
+                salt,
+                &mut out,
+                &mut memory.0[..params.block_count()],
+            )
+            .is_ok();
+        ok && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+    }
+}
+
+/// Largest Argon2 working memory a verifier may ask for (the default is
+/// 19 MiB).
+pub const MAX_ARGON2_MEMORY: usize = 256 << 20;
+
+/// Reusable Argon2 working memory (see [`OperatorPassword::matches_with`]).
+#[derive(Default)]
+pub struct ArgonMemory(Vec<argon2::Block>);
+
+impl fmt::Debug for ArgonMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArgonMemory({} blocks)", self.0.len())
+    }
 }
 
 #[cfg(test)]
@@ -96,6 +157,13 @@ mod tests {
                 .matches(&v)
         );
         assert!(!p.matches("garbage"));
+        let mut mem = ArgonMemory::default();
+        let other = OperatorPassword::new("correct horse batterY".into()).expect("ok");
+        for _ in 0..2 {
+            assert!(p.matches_with(&v, &mut mem));
+            assert!(!other.matches_with(&v, &mut mem));
+        }
+        assert!(!p.matches_with("garbage", &mut mem));
         assert!(OperatorPassword::new_for_setup("short".into()).is_err());
         assert_eq!(format!("{p:?}"), "OperatorPassword(..)");
     }

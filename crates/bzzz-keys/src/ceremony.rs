@@ -175,82 +175,17 @@ impl Keys {
             .operator_password
             .verifier()
             .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        let admin = p.master.admin_key();
-        let sharing = admin
-            .split(p.threshold, p.shares)
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        let holders: Vec<ShareHolder> = members
-            .iter()
-            .take(usize::from(p.shares))
-            .zip(1u16..)
-            .map(|((id, _), index)| ShareHolder {
-                index,
-                node_id: id.clone(),
-            })
-            .collect();
-        let now = unix_now();
-        let admin_hex = hex::encode(admin.public());
-        let genesis = Genesis {
-            v: RECORD_VERSION,
-            cluster: p.params.cluster.clone(),
-            admin_public_key: admin_hex.clone(),
-            threshold: p.threshold,
-            shares: p.shares,
-            holders: holders.clone(),
-            commitment: sharing.commitment.clone(),
-            operator_verifier: verifier,
-            created_at: now,
-        };
-        let sign = |domain: Domain, body: &str| {
-            records::signed(
-                body.to_owned(),
-                &admin.sign(&records::signing_bytes(domain, body.as_bytes())),
-            )
-        };
-        let gtext =
-            records::body_text(&genesis).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        let genesis_signed = sign(Domain::Genesis, &gtext);
-        let mut bundles = Vec::new();
-        for (node, recipient) in &members {
-            let index = holders.iter().find(|h| &h.node_id == node).map(|h| h.index);
-            let cert = MembershipCert {
-                v: RECORD_VERSION,
-                cluster: genesis.cluster.clone(),
-                admin_public_key: admin_hex.clone(),
-                node_id: node.clone(),
-                issued_at: now,
-                share_index: index,
-                age_recipient: Some(recipient.clone()),
-            };
-            let ctext =
-                records::body_text(&cert).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-            let sealed = match index {
-                Some(i) => {
-                    let (_, secret) = sharing
-                        .shares
-                        .iter()
-                        .find(|(j, _)| *j == i)
-                        .ok_or_else(|| err(ErrorKind::Internal, "share missing"))?;
-                    Some(
-                        bzzz_crypto::seal::seal(recipient, secret)
-                            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?,
-                    )
-                }
-                None => None,
-            };
-            bundles.push((
-                node.clone(),
-                InstallBundle {
-                    genesis: genesis_signed.clone(),
-                    cert: sign(Domain::MembershipCert, &ctext),
-                    sealed_share: sealed,
-                    share_index: index,
-                },
-            ));
-        }
+        let (holders, bundles) = deal(
+            &p.master,
+            &p.params.cluster,
+            p.threshold,
+            p.shares,
+            verifier,
+            &members,
+        )?;
+        let (name, threshold, shares) = (p.params.cluster.clone(), p.threshold, p.shares);
+        let admin_hex = hex::encode(p.master.admin_key().public());
         // The whole key is no longer needed: forget it before any network IO.
-        drop(sharing);
-        drop(admin);
         drop(p);
 
         let mut undelivered = Vec::new();
@@ -287,17 +222,17 @@ impl Keys {
             }
         }
         info!(
-            cluster = %genesis.cluster,
+            cluster = %name,
             admin_public_key = %admin_hex,
-            threshold = genesis.threshold,
-            shares = genesis.shares,
+            threshold,
+            shares,
             "cluster initialized; the master key was forgotten"
         );
         Ok(SetupDone {
-            cluster: genesis.cluster,
+            cluster: name,
             admin_public_key: admin_hex,
-            threshold: genesis.threshold,
-            shares: genesis.shares,
+            threshold,
+            shares,
             holders,
             undelivered,
         })
@@ -321,4 +256,95 @@ pub(crate) fn confirm_positions() -> Result<Vec<usize>, KeysError> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// The holders and each member's bundle.
+pub(crate) type Dealt = (Vec<ShareHolder>, Vec<(NodeId, InstallBundle)>);
+
+/// Deals the admin key of `master`: splits it `threshold` of `shares`
+/// among the first `shares` of `members` (node id, age recipient), signs
+/// the genesis record and each member's certificate, and seals each share
+/// to its holder. The whole key exists only inside this call.
+pub(crate) fn deal(
+    master: &MasterKey,
+    cluster: &str,
+    threshold: u16,
+    shares: u16,
+    verifier: String,
+    members: &[(NodeId, String)],
+) -> Result<Dealt, KeysError> {
+    let admin = master.admin_key();
+    let sharing = admin
+        .split(threshold, shares)
+        .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+    let holders: Vec<ShareHolder> = members
+        .iter()
+        .take(usize::from(shares))
+        .zip(1u16..)
+        .map(|((id, _), index)| ShareHolder {
+            index,
+            node_id: id.clone(),
+        })
+        .collect();
+    let now = unix_now();
+    let admin_hex = hex::encode(admin.public());
+    let genesis = Genesis {
+        v: RECORD_VERSION,
+        cluster: cluster.to_owned(),
+        admin_public_key: admin_hex.clone(),
+        threshold,
+        shares,
+        holders: holders.clone(),
+        commitment: sharing.commitment.clone(),
+        operator_verifier: verifier,
+        created_at: now,
+    };
+    let sign = |domain: Domain, body: &str| {
+        records::signed(
+            body.to_owned(),
+            &admin.sign(&records::signing_bytes(domain, body.as_bytes())),
+        )
+    };
+    let gtext =
+        records::body_text(&genesis).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+    let genesis_signed = sign(Domain::Genesis, &gtext);
+    let mut bundles = Vec::new();
+    for (node, recipient) in members {
+        let index = holders.iter().find(|h| &h.node_id == node).map(|h| h.index);
+        let cert = MembershipCert {
+            v: RECORD_VERSION,
+            cluster: genesis.cluster.clone(),
+            admin_public_key: admin_hex.clone(),
+            node_id: node.clone(),
+            issued_at: now,
+            share_index: index,
+            age_recipient: Some(recipient.clone()),
+        };
+        let ctext =
+            records::body_text(&cert).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let sealed = match index {
+            Some(i) => {
+                let (_, secret) = sharing
+                    .shares
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .ok_or_else(|| err(ErrorKind::Internal, "share missing"))?;
+                Some(
+                    bzzz_crypto::seal::seal(recipient, secret)
+                        .map_err(|e| err(ErrorKind::Internal, e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        bundles.push((
+            node.clone(),
+            InstallBundle {
+                genesis: genesis_signed.clone(),
+                cert: sign(Domain::MembershipCert, &ctext),
+                sealed_share: sealed,
+                share_index: index,
+            },
+        ));
+    }
+    Ok((holders, bundles))
 }

@@ -27,7 +27,12 @@ impl Keys {
             share: RwLock::new(ShareState::None),
             pending: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
-            auth: Mutex::new(AuthLimiter::default()),
+            auth: Mutex::new(limiter::Limiter::default()),
+            installing: Mutex::new(()),
+            #[cfg(test)]
+            install_hook: Mutex::new(None),
+            hasher: operator::Hasher::start()?,
+            auth_ended: tokio::sync::Notify::new(),
             web_sessions: Mutex::new(HashMap::new()),
             used_tokens: Mutex::new(
                 std::fs::read(data_dir.join(USED_TOKENS_FILE))
@@ -165,6 +170,9 @@ impl Keys {
         bundle: &InstallBundle,
         expected_admin: Option<&[u8; 32]>,
     ) -> Result<(), String> {
+        // Check, then write, as one step: two bundles arriving at once
+        // (two setups, a setup and a join) must not leave files of both.
+        let _installing = lock(&self.installing);
         if let Some(c) = self.cluster() {
             return Err(format!(
                 "this node already belongs to cluster '{}'",
@@ -177,6 +185,10 @@ impl Keys {
             bundle.share_index,
             expected_admin,
         )?;
+        #[cfg(test)]
+        if let Some(hook) = lock(&self.install_hook).clone() {
+            hook();
+        }
         let share = match (&bundle.sealed_share, bundle.share_index) {
             (Some(sealed), Some(i)) => match self.open_share(sealed, i, &cluster.group) {
                 ShareState::Invalid(why) => return Err(format!("share refused: {why}")),

@@ -299,7 +299,7 @@ impl Keys {
             .snapshot()
             .peers
             .iter()
-            .filter(|p| p.connected && p.announcement.membership.is_some())
+            .filter(|p| p.connected && p.proven)
             .map(|p| p.announcement.node_id.clone())
             .collect();
         let mut last = "no member connected".to_owned();

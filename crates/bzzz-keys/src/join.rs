@@ -51,7 +51,7 @@ pub async fn join_task(
             .borrow_and_update()
             .peers
             .iter()
-            .filter(|p| p.connected && p.announcement.membership.is_some())
+            .filter(|p| p.connected && p.proven)
             .map(|p| p.announcement.node_id.clone())
             .collect();
         for peer in candidates {

@@ -62,9 +62,6 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Signer-side nonces are kept this long for round 2.
 const SESSION_TTL: Duration = Duration::from_secs(60);
 const MAX_SESSIONS: usize = 64;
-/// Operator authentication failures allowed per client per window.
-const AUTH_FAILURES_PER_WINDOW: u32 = 5;
-const AUTH_WINDOW: Duration = Duration::from_secs(60);
 
 pub use bzzz_proto::cluster::RefusalCode;
 pub use enroll::{EnrollOutcome, enrollment_task};
@@ -180,6 +177,7 @@ pub mod ceremony;
 pub mod custody;
 pub mod enroll;
 pub mod join;
+pub mod limiter;
 pub mod operator;
 pub mod signer;
 pub mod signing;
@@ -326,11 +324,6 @@ struct SignSession {
     token_use: Option<(String, u32, u64)>,
 }
 
-#[derive(Default)]
-struct AuthLimiter {
-    by_client: HashMap<String, (Instant, u32)>,
-}
-
 /// The keys service. Cheap to share (`Arc`).
 pub struct Keys {
     data_dir: PathBuf,
@@ -342,7 +335,16 @@ pub struct Keys {
     share: RwLock<ShareState>,
     pending: Mutex<Option<PendingSetup>>,
     sessions: Mutex<HashMap<String, SignSession>>,
-    auth: Mutex<AuthLimiter>,
+    auth: Mutex<limiter::Limiter>,
+    /// Held while a bundle is checked and written (see `install`).
+    installing: Mutex<()>,
+    /// Tests: runs between the check and the writes of `install`.
+    #[cfg(test)]
+    install_hook: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+    /// Checks operator passwords (bounded threads and memory).
+    hasher: operator::Hasher,
+    /// Woken when a login attempt ends (queued attempts re-check).
+    auth_ended: tokio::sync::Notify,
     /// Join token id → (uses signed for, expiry), persisted.
     used_tokens: Mutex<HashMap<String, (u32, u64)>>,
     /// Web UI operator sessions: id → (credential, expiry). In memory
@@ -395,3 +397,6 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests;

@@ -114,7 +114,7 @@ impl Keys {
                 n.snapshot()
                     .peers
                     .iter()
-                    .any(|p| &p.announcement.node_id == peer && p.announcement.membership.is_some())
+                    .any(|p| &p.announcement.node_id == peer && p.proven)
             })
     }
 
@@ -141,8 +141,10 @@ impl Keys {
         let now = unix_now();
         let mut token_use = None;
         let check_password = |p: &WireSecret| -> Result<(), String> {
-            let ok = OperatorPassword::new(p.expose().to_owned())
-                .is_ok_and(|p| p.matches(&c.genesis.operator_verifier));
+            let ok = OperatorPassword::new(p.expose().to_owned()).is_ok_and(|p| {
+                self.hasher
+                    .matches_blocking(p, c.genesis.operator_verifier.clone())
+            });
             if ok {
                 Ok(())
             } else {
@@ -364,22 +366,37 @@ impl Keys {
 
 /// Serves inbound keys requests, each on its own task (a join triggers a
 /// threshold signature, which waits on other nodes).
+/// At most this many are handled at once; more wait in the swarm's
+/// bounded queue, and beyond it peers are answered "busy".
 pub async fn serve_inbound(
     keys: Arc<Keys>,
     mut inbound: mpsc::Receiver<InboundRequest>,
+    tracker: tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) {
-    let tasks = tokio_util::task::TaskTracker::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
     loop {
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => return,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
         let req = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = inbound.recv() => match r { Some(r) => r, None => break },
+            _ = cancel.cancelled() => return,
+            r = inbound.recv() => match r { Some(r) => r, None => return },
         };
         let keys = keys.clone();
-        tasks.spawn(async move {
-            let resp = keys.handle(req.peer, req.request).await;
-            let _ = req.respond.send(resp);
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                resp = keys.handle(req.peer, req.request) => {
+                    let _ = req.respond.send(resp);
+                }
+            }
         });
     }
-    tasks.close();
 }
+
+/// Keys requests handled at once.
+pub const MAX_INBOUND: usize = 64;

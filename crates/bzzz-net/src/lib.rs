@@ -151,6 +151,10 @@ pub struct PeerView {
     pub last_seen: Instant,
     /// A direct connection is open.
     pub connected: bool,
+    /// Its membership certificate was verified against this node's
+    /// cluster admin key: a proven member. Only then may it take part in
+    /// keys or control-plane exchanges.
+    pub proven: bool,
 }
 
 /// Counters since start (for `/metrics`).

@@ -1073,6 +1073,10 @@ impl Node {
 
     fn publish_snapshot(&mut self) {
         self.dirty = false;
+        let checking = {
+            let l = self.local.borrow();
+            l.membership.is_some() || l.joining.is_some()
+        };
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         let mut peers: Vec<PeerView> = self
             .view
@@ -1081,6 +1085,10 @@ impl Node {
                 announcement: e.ann.clone(),
                 last_seen: e.last_seen,
                 connected: connected.contains(p),
+                // Certificates are checked against the admin key once this
+                // node has one (or a join token's); an entry from before
+                // that is proven only after the check (`prove_by` unset).
+                proven: checking && e.prove_by.is_none() && e.ann.membership.is_some(),
             })
             .collect();
         peers.sort_by(|a, b| a.announcement.node_id.cmp(&b.announcement.node_id));

@@ -187,7 +187,7 @@ impl NodeCluster {
         let snap = self.st.net.snapshot();
         snap.peers
             .iter()
-            .any(|p| p.announcement.node_id.as_str() == id && p.announcement.membership.is_some())
+            .any(|p| p.announcement.node_id.as_str() == id && p.proven)
     }
 }
 

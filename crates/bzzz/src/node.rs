@@ -146,6 +146,7 @@ pub async fn run(
     tracker.spawn(crate::keys::serve_inbound(
         keys.clone(),
         inbound.keys,
+        tracker.clone(),
         cancel.clone(),
     ));
     tracker.spawn(crate::keys::enrollment_task(keys.clone(), cancel.clone()));
@@ -165,6 +166,7 @@ pub async fn run(
         local_rx.clone(),
         started,
         control.clone(),
+        tracker.clone(),
         cancel.clone(),
     ));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);

@@ -1,0 +1,270 @@
+//! Unit tests of the keys service, one node in-process (no network): its
+//! custody on a temp dir, the ceremony's checks and dealing, operator
+//! authentication, and threshold signing with t = 1 through the signer's
+//! own approval path.
+
+use std::sync::Barrier;
+
+use super::*;
+
+const PASSWORD: &str = "a long operator password";
+
+fn node(dir: &Path) -> Keys {
+    node_with(dir, &bzzz_crypto::NodeKey::generate().expect("key"))
+}
+
+fn node_with(dir: &Path, key: &bzzz_crypto::NodeKey) -> Keys {
+    let key = bzzz_crypto::NodeKey::from_seed(&key.seed());
+    let id = bzzz_net::node_id_of(&key.seed()).expect("id");
+    let (tx, _rx) = watch::channel(LocalInfo::default());
+    Keys::load(dir, &key, id, tx).expect("load")
+}
+
+/// A one-member cluster dealt to `k` (t = 1, n = 1) by a fresh master key.
+fn bundle_for(k: &Keys, cluster: &str) -> (InstallBundle, String) {
+    let master = MasterKey::generate().expect("master");
+    let verifier = OperatorPassword::new(PASSWORD.into())
+        .expect("pw")
+        .verifier()
+        .expect("verifier");
+    let members = vec![(k.node_id().clone(), k.age_recipient())];
+    let (holders, mut bundles) =
+        ceremony::deal(&master, cluster, 1, 1, verifier, &members).expect("deal");
+    assert_eq!(holders.len(), 1);
+    let admin = hex::encode(master.admin_key().public());
+    (bundles.remove(0).1, admin)
+}
+
+#[test]
+fn a_fresh_node_holds_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let k = node(dir.path());
+    let s = k.status();
+    assert!(!s.initialized);
+    assert_eq!(s.share_state, "none");
+    assert!(!dir.path().join(CLUSTER_FILE).exists());
+}
+
+#[test]
+fn an_installed_bundle_survives_a_restart_with_its_share_sealed() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key = bzzz_crypto::NodeKey::generate().expect("key");
+    let k = node_with(dir.path(), &key);
+    let (b, admin) = bundle_for(&k, "lab");
+    k.install(&b, None).expect("install");
+    assert_eq!(k.status().share_state, "valid");
+    // A second bundle is refused: a node belongs to one cluster.
+    let (b2, _) = bundle_for(&k, "other");
+    assert!(k.install(&b2, None).is_err());
+    use std::os::unix::fs::PermissionsExt as _;
+    for f in [CLUSTER_FILE, SHARE_FILE] {
+        let mode = std::fs::metadata(dir.path().join(f))
+            .expect("file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{f}: {mode:o}");
+    }
+    let sealed = std::fs::read(dir.path().join(SHARE_FILE)).expect("share");
+    assert!(
+        sealed.starts_with(b"age-encryption.org/"),
+        "sealed with age"
+    );
+    drop(k);
+    // A restart (same node key) finds its cluster and opens its share.
+    let again = node_with(dir.path(), &key);
+    let s = again.status();
+    assert!(s.initialized);
+    assert_eq!(s.admin_public_key.as_deref(), Some(admin.as_str()));
+    assert_eq!(s.share_state, "valid");
+    // Another node's key cannot load these records: refused, named.
+    let Err(e) = Keys::load(
+        dir.path(),
+        &bzzz_crypto::NodeKey::generate().expect("key"),
+        bzzz_net::node_id_of(&bzzz_crypto::SecretBytes32::random().expect("rng")).expect("id"),
+        watch::channel(LocalInfo::default()).0,
+    ) else {
+        panic!("records of another node were loaded")
+    };
+    assert!(e.message.contains("certificate is for node"), "{e}");
+}
+
+#[test]
+fn two_bundles_arriving_at_once_leave_exactly_one_cluster() {
+    for round in 0..3 {
+        let dir = tempfile::tempdir().expect("dir");
+        let k = Arc::new(node(dir.path()));
+        let (a, admin_a) = bundle_for(&k, "a");
+        let (b, admin_b) = bundle_for(&k, "b");
+        // Each install, once its bundle is checked, waits (up to 300 ms)
+        // for the other to get that far too: without a lock over check and
+        // write both get there, and both used to succeed.
+        let checked = Arc::new((Mutex::new(0u32), std::sync::Condvar::new()));
+        let hook_state = checked.clone();
+        *lock(&k.install_hook) = Some(Arc::new(move || {
+            let (n, cv) = &*hook_state;
+            let mut n = lock(n);
+            *n += 1;
+            cv.notify_all();
+            let _ = cv.wait_timeout_while(n, Duration::from_millis(300), |n| *n < 2);
+        }));
+        let go = Arc::new(Barrier::new(2));
+        let results: Vec<(Result<(), String>, String)> = [(a, admin_a), (b, admin_b)]
+            .into_iter()
+            .map(|(bundle, admin)| {
+                let (k, go) = (k.clone(), go.clone());
+                std::thread::spawn(move || {
+                    go.wait();
+                    (k.install(&bundle, None), admin)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .collect();
+        let winners: Vec<&String> = results
+            .iter()
+            .filter(|(r, _)| r.is_ok())
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        // The other is refused cleanly, not half-written (without the lock
+        // the two wrote the same files: one failed on a vanished temp
+        // file, or both succeeded and the files were mixed).
+        let loser = results
+            .iter()
+            .find_map(|(r, _)| r.as_ref().err())
+            .expect("a loser");
+        assert!(
+            loser.contains("already belongs to cluster"),
+            "round {round}: {loser}"
+        );
+        // What is on disk is the winner's, whole.
+        let file: ClusterFile =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CLUSTER_FILE)).expect("read"))
+                .expect("parse");
+        let genesis: Genesis = serde_json::from_str(&file.genesis.body).expect("genesis");
+        assert_eq!(&genesis.admin_public_key, winners[0], "round {round}");
+        assert_eq!(k.status().share_state, "valid");
+    }
+}
+
+#[test]
+fn setup_parameters_are_checked_and_the_words_are_shown_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let k = node(dir.path());
+    let params = |cluster: &str, t: Option<u16>, n: Option<u16>| SetupParams {
+        cluster: cluster.into(),
+        threshold: t,
+        shares: n,
+        operator_password: OperatorPassword::new_for_setup(PASSWORD.into()).expect("pw"),
+        recover_from: None,
+    };
+    for (p, why) in [
+        (params("Bad Name", None, None), "cluster name"),
+        (params("lab", None, Some(2)), "shares"),
+        (params("lab", Some(2), Some(1)), "threshold"),
+    ] {
+        let e = k.start_setup(p, true).expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(e.message.contains(why), "{e}");
+    }
+    k.start_setup(params("lab", None, None), false)
+        .expect("start");
+    let shown = k.reveal_pending().expect("first reveal");
+    assert_eq!(shown.mnemonic.split(' ').count(), 24);
+    assert_eq!(
+        k.reveal_pending().expect_err("second").kind,
+        ErrorKind::Gone
+    );
+    let positions = ceremony::confirm_positions().expect("positions");
+    assert_eq!(positions.len(), CONFIRM_WORDS);
+    assert!(positions.windows(2).all(|w| w[0] < w[1]));
+    assert!(positions.iter().all(|p| (1..=24).contains(p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
+    let dir = tempfile::tempdir().expect("dir");
+    let k = node(dir.path());
+    let pw = || OperatorPassword::new(PASSWORD.into()).expect("pw");
+    let wrong = || OperatorPassword::new("not the password at all".into()).expect("pw");
+    assert_eq!(
+        k.check_operator("c", Some(pw()))
+            .await
+            .expect_err("no cluster")
+            .kind,
+        ErrorKind::Conflict
+    );
+    assert_eq!(
+        k.sign_message(vec![1], &pw(), None)
+            .await
+            .expect_err("no cluster")
+            .kind,
+        ErrorKind::Conflict
+    );
+    let (b, admin) = bundle_for(&k, "lab");
+    k.install(&b, None).expect("install");
+    assert_eq!(
+        k.check_operator("c", None).await.expect_err("none").kind,
+        ErrorKind::Unauthorized
+    );
+    k.check_operator("c", Some(pw()))
+        .await
+        .expect("right password");
+    for _ in 0..limiter::FAILURES_PER_WINDOW {
+        assert_eq!(
+            k.check_operator("c", Some(wrong()))
+                .await
+                .expect_err("wrong")
+                .kind,
+            ErrorKind::Unauthorized
+        );
+    }
+    assert_eq!(
+        k.check_operator("c", Some(pw()))
+            .await
+            .expect_err("limited")
+            .kind,
+        ErrorKind::Limited
+    );
+    k.check_operator("other client", Some(pw()))
+        .await
+        .expect("not limited");
+
+    // t = 1: this node alone signs, approving through its own signer path
+    // (which checks the operator password again); plain Ed25519 verifies.
+    let me = k.node_id().clone();
+    let sig = k
+        .sign_message(b"hello".to_vec(), &pw(), Some(vec![me.clone()]))
+        .await
+        .expect("sign");
+    assert_eq!(sig.admin_public_key, admin);
+    assert_eq!(sig.signers, vec![me.clone()]);
+    let raw: [u8; 64] = hex::decode(&sig.signature)
+        .expect("hex")
+        .try_into()
+        .expect("64");
+    let pk = records::parse_public_key(&admin).expect("pk");
+    let msg = hex::decode(&sig.signed_bytes_hex).expect("hex");
+    bzzz_crypto::verify_ed25519(&pk, &msg, &raw).expect("verifies");
+    let refused = k
+        .sign_message(b"hello".to_vec(), &wrong(), Some(vec![me]))
+        .await
+        .expect_err("wrong password");
+    assert_eq!(refused.kind, ErrorKind::Peer, "{refused}");
+    // A node whose certificate grants a share it holds needs no enrollment.
+    assert_eq!(k.try_enroll().await, EnrollOutcome::Settled);
+}
+
+#[test]
+fn web_sessions_open_and_close() {
+    let dir = tempfile::tempdir().expect("dir");
+    let k = node(dir.path());
+    let id = k
+        .open_web_session(OperatorPassword::new(PASSWORD.into()).expect("pw"))
+        .expect("open");
+    assert_eq!(id.len(), 64);
+    assert!(k.web_session(&id).is_some());
+    k.close_web_session(&id);
+    assert!(k.web_session(&id).is_none());
+}

@@ -1,0 +1,105 @@
+//! Idle benchmark: `cargo bench -p bzzz --bench idle` (prints a Markdown
+//! table). An initialized 5-node loopback cluster (setup through the CLI,
+//! 3-of-5 admin key, Raft with 5 voters), left alone once a leader is
+//! agreed: the CPU each node uses (user + system, from /proc) over the
+//! window, leader marked. Target: every node under 1 % of a core.
+//!
+//! Environment: `BENCH_IDLE_SECS` (default 30), `BENCH_BIN` (another
+//! `bzzz` binary to measure, e.g. an older release build for a before/after
+//! figure).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use bzzz_testkit::{LocalCluster, LocalOpts, NodeProc, proc_usage, wait_until};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "a long operator password";
+
+fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--list") {
+        return Ok(());
+    }
+    let secs: u64 = std::env::var("BENCH_IDLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let bin = std::env::var("BENCH_BIN").map_or_else(|_| PathBuf::from(BIN), PathBuf::from);
+    println!(
+        "## Idle benchmark (5 nodes, initialized, {secs} s, binary {})\n",
+        bin.display()
+    );
+    let mut c = LocalCluster::start(&bin, 5, &LocalOpts::default())?;
+    c.wait_formed(Duration::from_secs(20))?;
+    let pw = c.dir.path().join("operator-password");
+    std::fs::write(&pw, format!("{PASSWORD}\n"))?;
+    let out = bzzz_testkit::cli(
+        &bin.to_string_lossy(),
+        &[
+            "init",
+            "--api",
+            &c.nodes[0].api(),
+            "--cluster",
+            "idle",
+            "--threshold",
+            "3",
+            "--shares",
+            "5",
+            "--operator-password-file",
+            &pw.to_string_lossy(),
+            "--json",
+        ],
+    );
+    anyhow::ensure!(out.status.success(), "init failed: {out:?}");
+    // One leader agreed by all, with 5 voters and the inventory recorded.
+    let leader = wait_until(
+        "a settled leader",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let views: Vec<serde_json::Value> = c
+                .nodes
+                .iter()
+                .filter_map(|n| n.get_json("/api/v1/leader").ok())
+                .collect();
+            let first = views.first()?.get("leader")?.as_str()?.to_owned();
+            (views.len() == 5
+                && views.iter().all(|v| {
+                    v["leader"].as_str() == Some(first.as_str())
+                        && v["voters"].as_array().is_some_and(|a| a.len() == 5)
+                }))
+            .then_some(first)
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(5));
+    let pids: Vec<u32> = c.nodes.iter().filter_map(NodeProc::pid).collect();
+    let before: Vec<_> = pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<Result<_, _>>()?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let wall = t0.elapsed();
+    let after: Vec<_> = pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<Result<_, _>>()?;
+    println!("| node | role | CPU (% of a core, mean over {secs} s) | RSS |\n|---|---|---|---|");
+    let mut max = 0f64;
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let cpu = (a.1 - b.1).as_secs_f64() / wall.as_secs_f64() * 100.0;
+        max = max.max(cpu);
+        let role = if c.nodes[i].node_id() == leader {
+            "leader"
+        } else {
+            "follower"
+        };
+        println!(
+            "| {} | {role} | {cpu:.2} % | {:.1} MiB |",
+            &c.nodes[i].node_id()[..12.min(c.nodes[i].node_id().len())],
+            a.0 as f64 / 1024.0
+        );
+    }
+    println!("\nmax {max:.2} % of a core (target < 1 %)");
+    Ok(())
+}

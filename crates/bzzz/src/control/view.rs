@@ -1,0 +1,145 @@
+//! The leader view (`GET /api/v1/leader`, `bzzz leader`) and what this node
+//! observes of the cluster for the planners.
+
+use super::*;
+
+/// `GET /api/v1/leader` and `bzzz leader --json`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LeaderInfo {
+    /// Node id of the leader, if one is known.
+    pub leader: Option<String>,
+    pub term: u64,
+    /// Voting members (node ids).
+    pub voters: Vec<String>,
+    /// Non-voting members (node ids).
+    pub learners: Vec<String>,
+    /// Node id → score (the replicated inventory; this node's own view for
+    /// members not recorded yet).
+    pub scores: BTreeMap<String, f64>,
+    /// This node's role: `leader`, `follower`, `candidate`, `learner`,
+    /// `not_started` (not a cluster member yet).
+    pub state: String,
+    /// Index of the last applied log entry.
+    pub last_applied: Option<u64>,
+    pub node_id: String,
+}
+
+impl LeaderInfo {
+    /// A member's role in this view: `leader`, `voter`, `learner` or `-`.
+    pub fn role_of(&self, id: &str) -> &'static str {
+        if self.leader.as_deref() == Some(id) {
+            "leader"
+        } else if self.voters.iter().any(|v| v == id) {
+            "voter"
+        } else if self.learners.iter().any(|v| v == id) {
+            "learner"
+        } else {
+            "-"
+        }
+    }
+}
+
+pub(super) fn addr_of(
+    m: &openraft::Membership<NodeIdU64, BasicNode>,
+    id: NodeIdU64,
+) -> Option<String> {
+    m.get_node(&id).map(|n| n.addr.clone())
+}
+
+/// This node's view of leadership.
+pub fn leader_info(
+    cell: &ControlCell,
+    net: &NetHandle,
+    local: &LocalInfo,
+    started: Instant,
+    settings: &ControlSettings,
+) -> LeaderInfo {
+    let observed = observe(net, local, started);
+    let mut scores: BTreeMap<String, f64> = observed
+        .scores(&settings.context.weights)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    let Some(c) = cell.get() else {
+        return LeaderInfo {
+            leader: None,
+            term: 0,
+            voters: vec![],
+            learners: vec![],
+            scores,
+            state: "not_started".into(),
+            last_applied: None,
+            node_id: net.local_id().to_string(),
+        };
+    };
+    let m = c.raft.metrics().borrow().clone();
+    let mem = m.membership_config.membership();
+    let voters: Vec<String> = mem.voter_ids().filter_map(|v| addr_of(mem, v)).collect();
+    let learners: Vec<String> = mem.learner_ids().filter_map(|v| addr_of(mem, v)).collect();
+    let state = c.state();
+    // The replicated scores (0 for members out of sight), so that every
+    // node shows the same figures.
+    for (id, r) in &state.nodes {
+        scores.insert(id.to_string(), if r.healthy { r.score } else { 0.0 });
+    }
+    // Only members: scores of Raft members and inventory entries.
+    scores.retain(|k, _| {
+        voters.contains(k) || learners.contains(k) || state.nodes.keys().any(|n| n.as_str() == k)
+    });
+    let role = match m.state {
+        ServerState::Leader => "leader",
+        ServerState::Candidate => "candidate",
+        ServerState::Follower => "follower",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    };
+    LeaderInfo {
+        leader: m.current_leader.and_then(|l| addr_of(mem, l)),
+        term: m.current_term,
+        voters,
+        learners,
+        scores,
+        state: role.into(),
+        last_applied: m.last_applied.map(|l| l.index),
+        node_id: c.node_id.to_string(),
+    }
+}
+
+/// The members in this node's view (the view holds proven members only once
+/// the node is one), plus this node.
+pub(super) fn observe(net: &NetHandle, local: &LocalInfo, started: Instant) -> Observed {
+    let snap = net.snapshot();
+    let mut o = Observed::default();
+    // The share index a member's certificate grants (checked again here:
+    // the view admits certified peers only, but this is cheap).
+    let share_of = |cert: Option<&bzzz_proto::cluster::Signed>, id: &NodeId| {
+        let m = local.membership.as_ref()?;
+        bzzz_crypto::records::open_cert(cert?, &m.admin_public_key, Some(id))
+            .ok()?
+            .share_index
+    };
+    o.nodes.insert(
+        snap.local_id.clone(),
+        ObservedNode {
+            capabilities: local.capabilities.clone(),
+            uptime_secs: started.elapsed().as_secs(),
+            healthy: true,
+            share_index: share_of(local.membership.as_ref().map(|m| &m.cert), &snap.local_id),
+        },
+    );
+    if local.membership.is_some() {
+        for p in &snap.peers {
+            let a = &p.announcement;
+            o.nodes.insert(
+                a.node_id.clone(),
+                ObservedNode {
+                    capabilities: a.capabilities.clone(),
+                    uptime_secs: a.uptime_secs,
+                    healthy: p.connected,
+                    share_index: share_of(a.membership.as_ref(), &a.node_id),
+                },
+            );
+        }
+    }
+    o
+}
