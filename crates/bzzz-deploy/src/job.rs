@@ -15,7 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
@@ -26,7 +26,7 @@ use crate::ssh::{Credential, HostKeyPolicy, KeyTrust, Session, SshError, Target,
 pub const INSTALLER: &str = include_str!("../../../install.sh");
 
 /// Where a host is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Queued,
@@ -45,7 +45,7 @@ pub enum State {
 }
 
 /// Why a host failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     Connect,
@@ -64,11 +64,11 @@ pub enum Cause {
 }
 
 /// A progress event (one JSON line in `bzzz deploy --json`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub host: String,
     pub state: State,
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
@@ -83,6 +83,14 @@ pub struct Event {
     pub changed: Option<bool>,
     /// Milliseconds since the run started.
     pub elapsed_ms: u64,
+}
+
+/// The last event of a run's stream (`event: done`): every host's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Done {
+    /// Every host made it.
+    pub ok: bool,
+    pub outcomes: Vec<Outcome>,
 }
 
 /// Receives events (called from several tasks).
@@ -155,7 +163,7 @@ pub trait Cluster: Send + Sync + 'static {
 }
 
 /// The result for one host.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     pub host: String,
     pub ok: bool,

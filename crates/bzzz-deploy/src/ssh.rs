@@ -69,7 +69,7 @@ pub struct HostKeyPolicy {
 }
 
 /// Why a host key was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyTrust {
     Pinned,

@@ -47,8 +47,8 @@ impl Keys {
         let id = random_hex(16)?;
         let started = SetupStarted {
             setup_id: id.clone(),
-            mnemonic: master.mnemonic(),
-            master_key_hex: master.hex(),
+            mnemonic: WireSecret::new(master.mnemonic().to_string()),
+            master_key_hex: WireSecret::new(master.hex().to_string()),
             admin_public_key: hex::encode(master.admin_key().public()),
             cluster: params.cluster.clone(),
             threshold,
@@ -88,8 +88,8 @@ impl Keys {
         pending.revealed = true;
         Ok(SetupStarted {
             setup_id: pending.id.clone(),
-            mnemonic: pending.master.mnemonic(),
-            master_key_hex: pending.master.hex(),
+            mnemonic: WireSecret::new(pending.master.mnemonic().to_string()),
+            master_key_hex: WireSecret::new(pending.master.hex().to_string()),
             admin_public_key: hex::encode(pending.master.admin_key().public()),
             cluster: pending.params.cluster.clone(),
             threshold: pending.threshold,

@@ -44,7 +44,6 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use zeroize::Zeroizing;
 
 pub const CLUSTER_FILE: &str = "cluster.json";
 pub const SHARE_FILE: &str = "share.age";
@@ -250,70 +249,7 @@ struct PendingSetup {
     revealed: bool,
 }
 
-/// Returned when a setup starts: the only time the master key leaves the
-/// node.
-#[derive(Serialize)]
-pub struct SetupStarted {
-    pub setup_id: String,
-    pub mnemonic: Zeroizing<String>,
-    pub master_key_hex: Zeroizing<String>,
-    pub admin_public_key: String,
-    pub cluster: String,
-    pub threshold: u16,
-    pub shares: u16,
-    pub confirm_positions: Vec<usize>,
-    pub expires_in_secs: u64,
-}
-
-impl std::fmt::Debug for SetupStarted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SetupStarted({}, ..)", self.setup_id)
-    }
-}
-
-/// The outcome of a confirmed setup.
-#[derive(Debug, Clone, Serialize)]
-pub struct SetupDone {
-    pub cluster: String,
-    pub admin_public_key: String,
-    pub threshold: u16,
-    pub shares: u16,
-    pub holders: Vec<ShareHolder>,
-    /// Nodes that could not be given their records (with the reason).
-    pub undelivered: Vec<Undelivered>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Undelivered {
-    pub node_id: NodeId,
-    pub error: String,
-}
-
-/// `GET /api/v1/keys`. Never secret material.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct KeysStatus {
-    pub initialized: bool,
-    pub cluster: Option<String>,
-    pub admin_public_key: Option<String>,
-    pub threshold: Option<u16>,
-    pub shares: Option<u16>,
-    pub share_index: Option<u16>,
-    /// `valid`, `invalid` or `none`.
-    pub share_state: String,
-    pub share_error: Option<String>,
-    pub holders: Vec<ShareHolder>,
-    pub setup_pending: bool,
-}
-
-/// A threshold signature and who made it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ThresholdSignature {
-    pub signature: String,
-    pub admin_public_key: String,
-    pub signers: Vec<NodeId>,
-    /// The exact bytes signed (domain tag, NUL, message), hex.
-    pub signed_bytes_hex: String,
-}
+pub use bzzz_proto::api::{KeysStatus, SetupDone, SetupStarted, ThresholdSignature, Undelivered};
 
 struct SignSession {
     coordinator: NodeId,

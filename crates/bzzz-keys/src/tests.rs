@@ -171,7 +171,7 @@ fn setup_parameters_are_checked_and_the_words_are_shown_once() {
     k.start_setup(params("lab", None, None), false)
         .expect("start");
     let shown = k.reveal_pending().expect("first reveal");
-    assert_eq!(shown.mnemonic.split(' ').count(), 24);
+    assert_eq!(shown.mnemonic.expose().split(' ').count(), 24);
     assert_eq!(
         k.reveal_pending().expect_err("second").kind,
         ErrorKind::Gone

@@ -110,3 +110,179 @@ pub struct PeerInfo {
 pub struct ApiError {
     pub error: String,
 }
+
+// ---- keys (`/api/v1/setup…`, `/api/v1/keys…`, `/api/v1/tokens`) -----------
+
+/// `POST /api/v1/setup` answer: the only time the master key leaves the
+/// node (24 words and hex; zeroized on drop, never printed by `Debug`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetupStarted {
+    pub setup_id: String,
+    pub mnemonic: crate::cluster::WireSecret,
+    pub master_key_hex: crate::cluster::WireSecret,
+    pub admin_public_key: String,
+    pub cluster: String,
+    pub threshold: u16,
+    pub shares: u16,
+    /// 1-based positions of the words to re-type.
+    pub confirm_positions: Vec<usize>,
+    pub expires_in_secs: u64,
+}
+
+impl SetupStarted {
+    /// The words at `confirm_positions` (position → word), taken from the
+    /// mnemonic: for unattended confirmation by a caller that already holds
+    /// the words (`init --json`, `recover --api`, the demo).
+    pub fn confirmation_words(&self) -> std::collections::BTreeMap<String, String> {
+        let words: Vec<&str> = self.mnemonic.expose().split(' ').collect();
+        self.confirm_positions
+            .iter()
+            .filter_map(|p| Some((p.to_string(), (*words.get(p.checked_sub(1)?)?).to_owned())))
+            .collect()
+    }
+}
+
+/// `POST /api/v1/setup/confirm` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetupConfirm {
+    pub setup_id: String,
+    /// Position (1 to 24, as text) → word.
+    pub words: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/setup/confirm` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetupDone {
+    pub cluster: String,
+    pub admin_public_key: String,
+    pub threshold: u16,
+    pub shares: u16,
+    pub holders: Vec<crate::cluster::ShareHolder>,
+    /// Nodes that could not be given their records (with the reason).
+    pub undelivered: Vec<Undelivered>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Undelivered {
+    pub node_id: NodeId,
+    pub error: String,
+}
+
+/// `GET /api/v1/keys`. Never secret material.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeysStatus {
+    pub initialized: bool,
+    pub cluster: Option<String>,
+    pub admin_public_key: Option<String>,
+    pub threshold: Option<u16>,
+    pub shares: Option<u16>,
+    pub share_index: Option<u16>,
+    /// `valid`, `invalid` or `none`.
+    pub share_state: String,
+    pub share_error: Option<String>,
+    pub holders: Vec<crate::cluster::ShareHolder>,
+    pub setup_pending: bool,
+}
+
+/// `POST /api/v1/keys/sign` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    pub message: String,
+    #[serde(default)]
+    pub signers: Option<Vec<String>>,
+}
+
+/// A threshold signature and who made it (`POST /api/v1/keys/sign`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThresholdSignature {
+    pub signature: String,
+    pub admin_public_key: String,
+    pub signers: Vec<NodeId>,
+    /// The exact bytes signed (domain tag, NUL, message), hex.
+    pub signed_bytes_hex: String,
+}
+
+/// `POST /api/v1/tokens` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// `POST /api/v1/tokens` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: crate::cluster::WireSecret,
+    pub id: String,
+    pub expires_at: u64,
+    pub uses: u32,
+    pub cluster: String,
+}
+
+// ---- control plane ------------------------------------------------------------
+
+/// `GET /api/v1/leader` and `bzzz leader --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderInfo {
+    /// Node id of the leader, if one is known.
+    pub leader: Option<String>,
+    pub term: u64,
+    /// Voting members (node ids).
+    pub voters: Vec<String>,
+    /// Non-voting members (node ids).
+    pub learners: Vec<String>,
+    /// Node id → score (the replicated inventory; this node's own view for
+    /// members not recorded yet).
+    pub scores: std::collections::BTreeMap<String, f64>,
+    /// This node's role: `leader`, `follower`, `candidate`, `learner`,
+    /// `not_started` (not a cluster member yet).
+    pub state: String,
+    /// Index of the last applied log entry.
+    pub last_applied: Option<u64>,
+    pub node_id: String,
+}
+
+impl LeaderInfo {
+    /// A member's role in this view: `leader`, `voter`, `learner` or `-`.
+    pub fn role_of(&self, id: &str) -> &'static str {
+        if self.leader.as_deref() == Some(id) {
+            "leader"
+        } else if self.voters.iter().any(|v| v == id) {
+            "voter"
+        } else if self.learners.iter().any(|v| v == id) {
+            "learner"
+        } else {
+            "-"
+        }
+    }
+}
+
+/// `POST /api/v1/registry` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySet {
+    pub key: String,
+    pub value: String,
+}
+
+/// `POST /api/v1/roles` and `/api/v1/admin/changes` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Applied {
+    pub applied: bool,
+}
+
+// ---- deploy -------------------------------------------------------------------
+
+/// `POST /api/v1/deploy` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployStarted {
+    pub id: String,
+    pub hosts: Vec<String>,
+    /// Path of the run's event stream (Server-Sent Events).
+    pub events: String,
+}

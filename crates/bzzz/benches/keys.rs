@@ -59,8 +59,8 @@ fn main() -> anyhow::Result<()> {
         ),
         false,
     )?;
-    let typed =
-        bzzz::client::confirmation_words(started["mnemonic"].as_str().unwrap_or(""), &started);
+    let typed = serde_json::from_value::<bzzz_proto::api::SetupStarted>(started.clone())?
+        .confirmation_words();
     let body = serde_json::json!({"setup_id": started["setup_id"], "words": typed});
     post(&addr, "/api/v1/setup/confirm", &body.to_string(), false)?;
     let setup = t0.elapsed();

@@ -103,7 +103,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         for node in &nodes.0 {
             let Some(info) = &node.info else { continue };
             let url = format!("http://{}", info.api_addr);
-            if let Ok(s) = crate::client::get::<StatusResponse>(&url, "/api/v1/status").await
+            if let Ok(s) = crate::cli::client::get::<StatusResponse>(&url, "/api/v1/status").await
                 && s.peer_count + 1 >= n
             {
                 complete += 1;
@@ -350,29 +350,32 @@ async fn init_demo_cluster(nodes: &[DemoNode], dir: &Path) -> anyhow::Result<Dem
         .mode(0o600)
         .open(&password_file)?;
     writeln!(f, "{}", &*password)?;
-    let started: serde_json::Value = crate::client::post(
+    let started: bzzz_proto::api::SetupStarted = crate::cli::client::post(
         &api,
         "/api/v1/setup",
         &serde_json::json!({ "cluster": "demo", "operator_password": &*password }),
         None,
     )
     .await?;
-    let mnemonic = zeroize::Zeroizing::new(started["mnemonic"].as_str().unwrap_or("").to_owned());
-    let typed = crate::client::confirmation_words(&mnemonic, &started);
-    let done: serde_json::Value = crate::client::post(
+    let mnemonic = zeroize::Zeroizing::new(started.mnemonic.expose().to_owned());
+    let done: bzzz_proto::api::SetupDone = crate::cli::client::post(
         &api,
         "/api/v1/setup/confirm",
-        &serde_json::json!({ "setup_id": started["setup_id"], "words": typed }),
+        &bzzz_proto::api::SetupConfirm {
+            setup_id: started.setup_id.clone(),
+            words: started.confirmation_words(),
+        },
         None,
     )
     .await?;
-    if let Some(u) = done["undelivered"].as_array()
-        && !u.is_empty()
-    {
-        bail!("setup could not reach every demo node: {u:?}");
+    if !done.undelivered.is_empty() {
+        bail!(
+            "setup could not reach every demo node: {:?}",
+            done.undelivered
+        );
     }
     Ok(DemoInit {
-        admin_public_key: done["admin_public_key"].as_str().unwrap_or("").to_owned(),
+        admin_public_key: done.admin_public_key,
         mnemonic,
         password_file,
     })

@@ -9,10 +9,10 @@
 //! * [`http`]: the one route table (permission per route), the bounded
 //!   server, JSON handlers per feature, OpenAPI from the table.
 //! * [`ui`]: web pages (maud templates in one layout), one file per feature.
-//! * [`cli`], [`client`], [`demo`]: the command-line front end.
+//! * [`cli`] (one file per command group, a typed client), [`demo`]: the
+//!   command-line front end.
 
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod demo;

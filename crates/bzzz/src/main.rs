@@ -67,23 +67,23 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Node {
             cmd: NodeCmd::Run(args),
         } => run_node(args).await,
-        Cmd::Status(a) => report(bzzz::client::status(&a).await),
-        Cmd::Peers(a) => report(bzzz::client::peers(&a).await),
+        Cmd::Status(a) => report(bzzz::cli::node::status(&a).await),
+        Cmd::Peers(a) => report(bzzz::cli::node::peers(&a).await),
         Cmd::Demo(a) => report(bzzz::demo::run(&a).await),
-        Cmd::Init(a) => report(bzzz::client::init(&a).await),
-        Cmd::Recover(a) => report(bzzz::client::recover(&a).await),
+        Cmd::Init(a) => report(bzzz::cli::keys::init(&a).await),
+        Cmd::Recover(a) => report(bzzz::cli::keys::recover(&a).await),
         Cmd::Keys {
             cmd: KeysCmd::Status(a),
-        } => report(bzzz::client::keys_status(&a).await),
+        } => report(bzzz::cli::keys::keys_status(&a).await),
         Cmd::Keys {
             cmd: KeysCmd::Sign(a),
-        } => report(bzzz::client::keys_sign(&a).await),
+        } => report(bzzz::cli::keys::keys_sign(&a).await),
         Cmd::Token {
             cmd: TokenCmd::Create(a),
-        } => report(bzzz::client::token_create(&a).await),
-        Cmd::Leader(a) => report(bzzz::client::leader(&a).await),
+        } => report(bzzz::cli::keys::token_create(&a).await),
+        Cmd::Leader(a) => report(bzzz::cli::control::leader(&a).await),
         // 0: every host made it; 1: some host failed; 2: the run did not start.
-        Cmd::Deploy(a) => match bzzz::client::deploy(&a).await {
+        Cmd::Deploy(a) => match bzzz::cli::deploy::deploy(&a).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(1),
             Err(e) => {
@@ -93,10 +93,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         },
         Cmd::Role {
             cmd: RoleCmd::Create(a),
-        } => report(bzzz::client::role_create(&a).await),
+        } => report(bzzz::cli::control::role_create(&a).await),
         Cmd::Role {
             cmd: RoleCmd::Ls(a),
-        } => report(bzzz::client::role_ls(&a).await),
+        } => report(bzzz::cli::control::role_ls(&a).await),
         Cmd::Config {
             cmd: ConfigCmd::Example,
         } => {

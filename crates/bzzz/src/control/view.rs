@@ -3,41 +3,7 @@
 
 use super::*;
 
-/// `GET /api/v1/leader` and `bzzz leader --json`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct LeaderInfo {
-    /// Node id of the leader, if one is known.
-    pub leader: Option<String>,
-    pub term: u64,
-    /// Voting members (node ids).
-    pub voters: Vec<String>,
-    /// Non-voting members (node ids).
-    pub learners: Vec<String>,
-    /// Node id → score (the replicated inventory; this node's own view for
-    /// members not recorded yet).
-    pub scores: BTreeMap<String, f64>,
-    /// This node's role: `leader`, `follower`, `candidate`, `learner`,
-    /// `not_started` (not a cluster member yet).
-    pub state: String,
-    /// Index of the last applied log entry.
-    pub last_applied: Option<u64>,
-    pub node_id: String,
-}
-
-impl LeaderInfo {
-    /// A member's role in this view: `leader`, `voter`, `learner` or `-`.
-    pub fn role_of(&self, id: &str) -> &'static str {
-        if self.leader.as_deref() == Some(id) {
-            "leader"
-        } else if self.voters.iter().any(|v| v == id) {
-            "voter"
-        } else if self.learners.iter().any(|v| v == id) {
-            "learner"
-        } else {
-            "-"
-        }
-    }
-}
+pub use bzzz_proto::api::LeaderInfo;
 
 pub(super) fn addr_of(
     m: &openraft::Membership<NodeIdU64, BasicNode>,

@@ -151,10 +151,9 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
                     return refuse(
                         g.kind,
                         ApiError::new(StatusCode::UNAUTHORIZED, "operator credential required"),
-                        req.uri().path(),
                     );
                 }
-                Err(e) => return refuse(g.kind, e, req.uri().path()),
+                Err(e) => return refuse(g.kind, e),
             }
         }
     };
@@ -163,9 +162,9 @@ pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Resp
 }
 
 /// API routes answer JSON; pages answer with the login form (same status).
-fn refuse(kind: Kind, e: ApiError, path: &str) -> Response {
+fn refuse(kind: Kind, e: ApiError) -> Response {
     match kind {
         Kind::Api => e.into_response(),
-        Kind::Page => crate::ui::admin::login_required(e.status, &e.message, path),
+        Kind::Page => crate::ui::admin::login_required(e.status, &e.message),
     }
 }

@@ -6,8 +6,8 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
+use bzzz_proto::api::{Applied, RegistrySet};
 use bzzz_proto::cluster::{AdminAction, AdminChange, RECORD_VERSION, RoleDef, Signed};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
@@ -91,7 +91,7 @@ async fn propose_admin(
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     match r.rejected {
         Some(why) => Err(ApiError::invalid(why)),
-        None => Ok(json(StatusCode::OK, &json!({ "applied": true }))),
+        None => Ok(json(StatusCode::OK, &Applied { applied: true })),
     }
 }
 
@@ -142,13 +142,6 @@ async fn api_admin_change(State(st): S, _: Operator, body: Bytes) -> Result<Resp
 async fn api_registry(State(st): S) -> Result<Response, ApiError> {
     let c = control(&st)?;
     Ok(c.with_state(|s| json(StatusCode::OK, &s.kv)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegistrySet {
-    key: String,
-    value: String,
 }
 
 /// `POST /api/v1/registry` (operator): sets a key; 200 only once the write

@@ -61,7 +61,11 @@ async fn api_deploy(
     match crate::deploy::start(st.clone(), password, req).await {
         Ok(s) => Ok(json(
             StatusCode::ACCEPTED,
-            &json!({"id": s.id, "hosts": s.hosts, "events": format!("/api/v1/deploy/{}/events", s.id)}),
+            &bzzz_proto::api::DeployStarted {
+                events: format!("/api/v1/deploy/{}/events", s.id),
+                id: s.id,
+                hosts: s.hosts,
+            },
         )),
         Err(StartError::Invalid(e)) => Err(ApiError::invalid(e)),
         Err(StartError::NotInitialized) => Err(ApiError::new(
@@ -99,10 +103,13 @@ async fn api_events(
             }
             let outcomes = lock(&run.outcomes).clone();
             if let Some(outcomes) = outcomes {
-                let ok = outcomes.iter().all(|o| o.ok);
+                let done = bzzz_deploy::job::Done {
+                    ok: outcomes.iter().all(|o| o.ok),
+                    outcomes,
+                };
                 let ev = SseEvent::default()
                     .event("done")
-                    .data(json!({"ok": ok, "outcomes": outcomes}).to_string());
+                    .data(serde_json::to_string(&done).unwrap_or_default());
                 return Some((futures::stream::iter(vec![Ok(ev)]), (run, next, true)));
             }
             if rx.changed().await.is_err() {

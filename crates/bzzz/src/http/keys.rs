@@ -13,6 +13,8 @@ use axum::routing::{get, post};
 use bzzz_crypto::operator::OperatorPassword;
 use bzzz_keys::SetupParams;
 use bzzz_proto::NodeId;
+use bzzz_proto::api::{SetupConfirm, SignRequest, TokenCreated, TokenRequest};
+use bzzz_proto::cluster::WireSecret;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -114,18 +116,11 @@ async fn api_setup(State(st): S, body: Bytes) -> Result<Response, ApiError> {
     Ok(json(StatusCode::CREATED, &started))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ConfirmBody {
-    setup_id: String,
-    words: BTreeMap<String, String>,
-}
-
 async fn api_setup_confirm(State(st): S, body: Bytes) -> Result<Response, ApiError> {
     if st.keys.is_initialized() {
         return Err(setup_locked());
     }
-    let b: ConfirmBody = parse(&body, "confirm request")?;
+    let b: SetupConfirm = parse(&body, "confirm request")?;
     let mut words = BTreeMap::new();
     for (k, v) in b.words {
         match k.parse::<usize>() {
@@ -147,16 +142,8 @@ async fn api_keys(State(st): S) -> Response {
     json(StatusCode::OK, &st.keys.status())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SignBody {
-    message: String,
-    #[serde(default)]
-    signers: Option<Vec<String>>,
-}
-
 async fn api_sign(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<Response, ApiError> {
-    let b: SignBody = parse(&body, "sign request")?;
+    let b: SignRequest = parse(&body, "sign request")?;
     if b.message.len() > 16 * 1024 {
         return Err(ApiError::invalid("message longer than 16 KiB"));
     }
@@ -177,22 +164,13 @@ async fn api_sign(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<R
     Ok(json(StatusCode::OK, &sig))
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct TokenBody {
-    #[serde(default)]
-    ttl_secs: Option<u64>,
-    #[serde(default)]
-    uses: Option<u32>,
-}
-
 async fn api_tokens(
     State(st): S,
     Operator(pw): Operator,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let b: TokenBody = if body.is_empty() {
-        TokenBody::default()
+    let b: TokenRequest = if body.is_empty() {
+        TokenRequest::default()
     } else {
         parse(&body, "token request")?
     };
@@ -200,7 +178,12 @@ async fn api_tokens(
     let (token, body) = st.keys.create_token(ttl, b.uses.unwrap_or(1), &pw).await?;
     Ok(json(
         StatusCode::CREATED,
-        &json!({ "token": token, "id": body.id, "expires_at": body.expires_at,
-                 "uses": body.uses, "cluster": body.cluster }),
+        &TokenCreated {
+            token: WireSecret::new(token.to_string()),
+            id: body.id,
+            expires_at: body.expires_at,
+            uses: body.uses,
+            cluster: body.cluster,
+        },
     ))
 }

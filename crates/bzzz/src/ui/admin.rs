@@ -1,7 +1,8 @@
 //! Operator login (`/login`, a session cookie: HttpOnly, SameSite=Strict)
 //! and the administration page (`/admin`: join tokens, link to deploy).
 //! A page behind the operator permission, asked for without a session,
-//! answers 401 with the login form, which returns to that page.
+//! answers 401 with the login form; a login lands on `/admin` (links to
+//! every operator page, and the log-out button).
 
 use std::time::Duration;
 
@@ -37,13 +38,9 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// Pages the login form may return to.
-const RETURN_TO: &[&str] = &["/admin", "/deploy"];
-
-fn login_form_markup(next: &str) -> Markup {
+fn login_form_markup() -> Markup {
     html! {
         form id="login-form" method="post" action="/login" {
-            input type="hidden" name="next" value=(next);
             label for="password" { "Operator password" }
             input id="password" name="password" type="password" required autocomplete="current-password";
             br;
@@ -53,20 +50,15 @@ fn login_form_markup(next: &str) -> Markup {
 }
 
 /// The answer to a page request without a valid session: the status (401,
-/// or 429 when rate limited) with the login form, returning to `path`.
-pub fn login_required(code: StatusCode, message: &str, path: &str) -> Response {
-    let next = RETURN_TO
-        .iter()
-        .find(|p| **p == path)
-        .copied()
-        .unwrap_or("/admin");
+/// or 429 when rate limited) with the login form.
+pub fn login_required(code: StatusCode, message: &str) -> Response {
     layout(
         code,
         "/admin",
         "Operator login",
         html! {
             @if code != StatusCode::UNAUTHORIZED { p class="err" id="error" { (message) } }
-            (login_form_markup(next))
+            (login_form_markup())
         },
     )
 }
@@ -79,25 +71,23 @@ async fn login_page(State(st): S) -> Response {
         StatusCode::OK,
         "/admin",
         "Operator login",
-        login_form_markup("/admin"),
+        login_form_markup(),
     )
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
     password: String,
-    #[serde(default)]
-    next: String,
 }
 
-fn login_error(code: StatusCode, message: &str, next: &str) -> Response {
+fn login_error(code: StatusCode, message: &str) -> Response {
     layout(
         code,
         "/admin",
         "Operator login",
         html! {
             p class="err" id="error" { (message) }
-            (login_form_markup(next))
+            (login_form_markup())
         },
     )
 }
@@ -105,26 +95,21 @@ fn login_error(code: StatusCode, message: &str, next: &str) -> Response {
 async fn login_form(State(st): S, req_parts: axum::http::Extensions, body: Bytes) -> Response {
     let f: LoginForm = match form(&body) {
         Ok(f) => f,
-        Err(e) => return login_error(StatusCode::UNPROCESSABLE_ENTITY, &e, "/admin"),
+        Err(e) => return login_error(StatusCode::UNPROCESSABLE_ENTITY, &e),
     };
-    let next = RETURN_TO
-        .iter()
-        .find(|p| **p == f.next)
-        .copied()
-        .unwrap_or("/admin");
     let pw = match OperatorPassword::new(f.password) {
         Ok(p) => p,
-        Err(e) => return login_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string(), next),
+        Err(e) => return login_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
     };
     let client = client_of(&req_parts);
     if let Err(e) = st.keys.check_operator(&client, Some(pw.clone())).await {
-        return login_error(status_of_kind(e.kind), &e.message, next);
+        return login_error(status_of_kind(e.kind), &e.message);
     }
     let id = match st.keys.open_web_session(pw) {
         Ok(id) => id,
-        Err(e) => return login_error(StatusCode::INTERNAL_SERVER_ERROR, &e.message, next),
+        Err(e) => return login_error(StatusCode::INTERNAL_SERVER_ERROR, &e.message),
     };
-    let mut r = see_other(next);
+    let mut r = see_other("/admin");
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         bzzz_keys::WEB_SESSION_TTL.as_secs()

@@ -226,8 +226,8 @@ async fn setup_reveal_page(State(st): S) -> Response {
                     " They are shown " b { "once" } ": this page cannot be shown again, and BZZZ never stores them. Anyone who has them controls cluster "
                     b { (s.cluster) } "; without them, a lost cluster cannot be recovered."
                 }
-                ol id="mnemonic" { @for w in s.mnemonic.split(' ') { li { (w) } } }
-                p { "The same key in hex: " code id="master-hex" { (s.master_key_hex.as_str()) } }
+                ol id="mnemonic" { @for w in s.mnemonic.expose().split(' ') { li { (w) } } }
+                p { "The same key in hex: " code id="master-hex" { (s.master_key_hex.expose()) } }
                 p { "Admin public key (derived): " code { (s.admin_public_key) } }
                 p { "To continue, re-type the requested words from your copy." }
                 (confirm_form(&s.setup_id, &s.confirm_positions))

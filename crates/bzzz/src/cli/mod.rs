@@ -1,6 +1,17 @@
 //! Command-line interface (clap derive). Every read command takes `--json`
 //! and `--api URL`; exit codes: 0 success, 1 runtime failure, 2 bad usage or
 //! bad configuration.
+//!
+//! The arguments are here; each command group runs in its own file
+//! (`node`, `keys`, `control`, `deploy`), all through the typed client
+//! (`client`: request and response types from `bzzz_proto::api`, one
+//! Server-Sent Events reader).
+
+pub mod client;
+pub mod control;
+pub mod deploy;
+pub mod keys;
+pub mod node;
 
 use std::path::PathBuf;
 

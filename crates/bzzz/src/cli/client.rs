@@ -1,0 +1,284 @@
+//! The typed HTTP client of the CLI: request and response types from
+//! `bzzz_proto::api`, the API's error message on failure, one reader for
+//! Server-Sent Events, and the credential files.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bzzz_crypto::operator::OperatorPassword;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks and normalizes an `--api` URL.
+pub fn api_base(url: &str) -> anyhow::Result<String> {
+    let u = url.trim().trim_end_matches('/');
+    if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() <= "http://".len() {
+        bail!("--api {url:?} is not an http:// or https:// URL (example: http://127.0.0.1:8080)");
+    }
+    Ok(u.to_owned())
+}
+
+/// One HTTP client per process (connection pool shared by every call).
+fn client() -> anyhow::Result<&'static reqwest::Client> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(c) = CLIENT.get() {
+        return Ok(c);
+    }
+    let c = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .context("cannot build an HTTP client")?;
+    Ok(CLIENT.get_or_init(|| c))
+}
+
+fn unreachable(base: &str) -> String {
+    format!("cannot reach the BZZZ API at {base} (is a node running there? set --api)")
+}
+
+/// The API's `{"error": …}` message, or the start of the body.
+fn error_message(text: &str) -> String {
+    serde_json::from_str::<bzzz_proto::api::ApiError>(text)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| text.chars().take(500).collect())
+}
+
+/// GET a JSON document.
+pub async fn get<T: DeserializeOwned>(api: &str, path: &str) -> anyhow::Result<T> {
+    let base = api_base(api)?;
+    let url = format!("{base}{path}");
+    let resp = client()?
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| unreachable(&base))?;
+    let code = resp.status();
+    if !code.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        bail!("{url} answered {code}: {}", error_message(&body));
+    }
+    resp.json::<T>().await.with_context(|| {
+        format!("{url} did not answer with the expected JSON (is it a BZZZ node?)")
+    })
+}
+
+/// POSTs JSON (with the operator credential if given); on an error status,
+/// fails with the API's message.
+pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+    api: &str,
+    path: &str,
+    body: &B,
+    auth: Option<&OperatorPassword>,
+) -> anyhow::Result<T> {
+    let base = api_base(api)?;
+    let url = format!("{base}{path}");
+    let mut req = client()?
+        .post(&url)
+        .json(body)
+        .timeout(Duration::from_secs(60));
+    if let Some(p) = auth {
+        req = req.header(reqwest::header::AUTHORIZATION, basic_auth(p).as_str());
+    }
+    let resp = req.send().await.with_context(|| unreachable(&base))?;
+    let code = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !code.is_success() {
+        bail!("{path}: {code}: {}", error_message(&text));
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("{url} did not answer with the expected JSON"))
+}
+
+/// One Server-Sent Event: its `event:` name (empty for the default) and
+/// its `data:` lines joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+}
+
+/// Reads a `text/event-stream` (GET with the operator credential): no
+/// overall timeout, a read timeout of a minute (the server sends a
+/// keep-alive every 10 s).
+#[derive(Debug)]
+pub struct SseReader {
+    resp: reqwest::Response,
+    parser: SseParser,
+}
+
+impl SseReader {
+    pub async fn open(api: &str, path: &str, auth: &OperatorPassword) -> anyhow::Result<Self> {
+        let base = api_base(api)?;
+        let c = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(60))
+            .build()
+            .context("cannot build an HTTP client")?;
+        let resp = c
+            .get(format!("{base}{path}"))
+            .header(reqwest::header::AUTHORIZATION, basic_auth(auth).as_str())
+            .send()
+            .await
+            .with_context(|| unreachable(&base))?;
+        let code = resp.status();
+        if !code.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            bail!("{path}: {code}: {}", error_message(&body));
+        }
+        Ok(Self {
+            resp,
+            parser: SseParser::default(),
+        })
+    }
+
+    /// The next event; `None` when the stream ends.
+    pub async fn next(&mut self) -> anyhow::Result<Option<SseEvent>> {
+        loop {
+            if let Some(e) = self.parser.next_event() {
+                return Ok(Some(e));
+            }
+            match self.resp.chunk().await.context("the event stream broke")? {
+                Some(chunk) => self.parser.push(&chunk)?,
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Most bytes of one event (a deploy event is a few hundred).
+const MAX_EVENT: usize = 1 << 20;
+
+/// The line protocol of Server-Sent Events (comments and `id:`/`retry:`
+/// ignored), bounded.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: Vec<u8>,
+    event: String,
+    data: Vec<String>,
+    ready: std::collections::VecDeque<SseEvent>,
+}
+
+impl SseParser {
+    pub fn push(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        while let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if !self.data.is_empty() {
+                    self.ready.push_back(SseEvent {
+                        event: std::mem::take(&mut self.event),
+                        data: std::mem::take(&mut self.data).join("\n"),
+                    });
+                }
+                self.event.clear();
+            } else if let Some(v) = line.strip_prefix("event:") {
+                self.event = v.trim_start().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                self.data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+            }
+        }
+        let pending: usize = self.buf.len() + self.data.iter().map(String::len).sum::<usize>();
+        if pending > MAX_EVENT {
+            bail!("an event of the stream is larger than {MAX_EVENT} bytes");
+        }
+        Ok(())
+    }
+
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        self.ready.pop_front()
+    }
+}
+
+/// Reads an operator password file (first line).
+pub fn read_password_file(
+    path: &std::path::Path,
+    for_setup: bool,
+) -> anyhow::Result<OperatorPassword> {
+    let line = read_first_line(path, "password")?;
+    let p = if for_setup {
+        OperatorPassword::new_for_setup(line.to_string())
+    } else {
+        OperatorPassword::new(line.to_string())
+    };
+    p.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The first line of a secret file (zeroized on drop).
+pub fn read_first_line(
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} file {}", path.display()))?,
+    );
+    Ok(zeroize::Zeroizing::new(
+        text.lines().next().unwrap_or("").to_owned(),
+    ))
+}
+
+/// `Authorization: Basic` value for the operator.
+pub fn basic_auth(p: &OperatorPassword) -> zeroize::Zeroizing<String> {
+    use base64::Engine as _;
+    zeroize::Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("operator:{}", p.expose()))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls_are_checked() {
+        assert_eq!(
+            api_base("http://127.0.0.1:8080/").expect("ok"),
+            "http://127.0.0.1:8080"
+        );
+        assert!(api_base("127.0.0.1:8080").is_err());
+        assert!(api_base("ftp://x").is_err());
+        assert!(api_base("http://").is_err());
+    }
+
+    #[test]
+    fn server_sent_events_are_parsed_across_chunks() {
+        let mut p = SseParser::default();
+        p.push(b": keep-alive\n\ndata: {\"host\":").expect("push");
+        assert_eq!(p.next_event(), None);
+        p.push(b"\"a\"}\r\n\nevent: done\ndata: x\ndata: y\n\n")
+            .expect("push");
+        assert_eq!(
+            p.next_event(),
+            Some(SseEvent {
+                event: String::new(),
+                data: "{\"host\":\"a\"}".into()
+            })
+        );
+        assert_eq!(
+            p.next_event(),
+            Some(SseEvent {
+                event: "done".into(),
+                data: "x\ny".into()
+            })
+        );
+        assert_eq!(p.next_event(), None);
+    }
+
+    #[test]
+    fn an_endless_event_is_refused() {
+        let mut p = SseParser::default();
+        let line = vec![b'x'; 64 * 1024];
+        let mut refused = false;
+        for _ in 0..20 {
+            if p.push(&line).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
+    }
+}
