@@ -1,0 +1,136 @@
+//! `bzzz config example`: a commented file with every field and its default.
+
+use super::*;
+
+/// A commented example file with every field and its default.
+pub fn example() -> String {
+    let n = NetworkFile::default();
+    let c = CapabilitiesFile::default();
+    let k = ControlFile::default();
+    let d = |x: Duration| humantime::format_duration(x).to_string();
+    let mut extra = BTreeMap::new();
+    extra.insert("owner", "ml-team");
+    format!(
+        r#"# BZZZ node configuration (/etc/bzzz/bzzz.yaml, or --config PATH).
+# Every field is optional; shown values are the defaults.
+# Any field can be overridden by an environment variable named after its path:
+#   BZZZ_HTTP=127.0.0.1:9090   BZZZ_NETWORK__MDNS=false   BZZZ_LABELS__ZONE=eu-1
+# Command-line flags win over both.
+
+# Node identity key and local state.
+data_dir: /var/lib/bzzz
+# HTTP API (/api/v1/), web UI (/), setup (/setup) and metrics (/metrics).
+http: 0.0.0.0:8080
+# auto | human | json
+log_format: auto
+# Log filter; BZZZ_LOG overrides it (e.g. BZZZ_LOG=info,bzzz_net=debug).
+log_level: info
+
+network:
+  # Multiaddrs to listen on: TCP and QUIC.
+  listen:
+    - {l0}
+    - {l1}
+  # Peers to join through (any member); redialed with backoff when lost.
+  # bootstrap:
+  #   - /ip4/10.0.0.5/tcp/{port}/p2p/12D3KooW...
+  bootstrap: []
+  # Find peers on the local network (multicast DNS).
+  mdns: {mdns}
+  # Capability announcement period.
+  announce_interval: {ai}
+  # A node silent for this long leaves the cluster view (> announce_interval).
+  peer_timeout: {pt}
+  # Most peers to hold connections to.
+  max_peers: {mp}
+  # Link liveness: a link whose ping takes longer than ping_timeout is closed.
+  ping_interval: {pi}
+  ping_timeout: {pto}
+
+capabilities:
+  # How often hardware and Ollama are re-detected (changes are announced at once).
+  refresh_interval: {ri}
+  # Ollama's HTTP API on this node.
+  ollama_url: {ou}
+  # Ollama's model store; unset = $OLLAMA_MODELS, ~/.ollama/models,
+  # /usr/share/ollama/.ollama/models (the first that exists).
+  # ollama_models_dir: /data/ollama/models
+  # Hardware that cannot be detected; merged in and marked "declared".
+  declared:
+    gpus: []
+    #  - vendor: nvidia
+    #    model: RTX 4090
+    #    vram_total_bytes: 25769803776
+    # cpu_cores: 64
+    # memory_total_bytes: 274877906944
+
+# Placement labels, announced with the capabilities.
+labels: {{}}
+#  zone: eu-west-1
+#  rack: r12
+#  extra:
+#    owner: {owner}
+
+# Control plane (Raft leader election, scores, SLURP).
+control:
+  # Leader heartbeat period.
+  heartbeat_interval: {hb}
+  # Election timeout range; a follower first waits out the leader's lease
+  # (election_timeout_max), then a random time in this range.
+  election_timeout_min: {emin}
+  election_timeout_max: {emax}
+  # How often the leader plans (inventory, Raft membership, leadership).
+  planner_interval: {plan}
+  # A voter out of sight keeps its seat this long.
+  voter_grace: {grace}
+  # Node score = vram·vram_gib + ram·ram_gib + cores·cpu_core
+  #   + disk_free·disk_free_gib + min(uptime, cap)·uptime_hour
+  #   − load_per_core·load − rtt_ms·link_ms   (sizes in GiB)
+  weights:
+    vram_gib: {w_vram}
+    ram_gib: {w_ram}
+    cpu_core: {w_cpu}
+    disk_free_gib: {w_disk}
+    uptime_hour: {w_up}
+    uptime_cap_hours: {w_cap}
+    load: {w_load}
+    link_ms: {w_link}
+  # Leadership moves to a better-scored voter only when it beats the leader
+  # by margin (relative) and min_margin (absolute) after min_tenure seconds.
+  leadership:
+    margin: {margin}
+    min_margin: {min_margin}
+    min_tenure: {tenure}
+    max_voters: {max_voters}
+"#,
+        l0 = n.listen[0],
+        l1 = n.listen[1],
+        port = DEFAULT_P2P_PORT,
+        mdns = n.mdns,
+        ai = d(n.announce_interval),
+        pt = d(n.peer_timeout),
+        mp = n.max_peers,
+        pi = d(n.ping_interval),
+        pto = d(n.ping_timeout),
+        ri = d(c.refresh_interval),
+        ou = c.ollama_url,
+        owner = extra["owner"],
+        hb = d(k.heartbeat_interval),
+        emin = d(k.election_timeout_min),
+        emax = d(k.election_timeout_max),
+        plan = d(k.planner_interval),
+        grace = d(k.voter_grace),
+        w_vram = k.weights.vram_gib,
+        w_ram = k.weights.ram_gib,
+        w_cpu = k.weights.cpu_core,
+        w_disk = k.weights.disk_free_gib,
+        w_up = k.weights.uptime_hour,
+        w_cap = k.weights.uptime_cap_hours,
+        w_load = k.weights.load,
+        w_link = k.weights.link_ms,
+        margin = k.leadership.margin,
+        min_margin = k.leadership.min_margin,
+        tenure = k.leadership.min_tenure.as_secs_f64(),
+        max_voters = k.leadership.max_voters,
+    )
+}

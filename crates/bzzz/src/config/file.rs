@@ -1,0 +1,253 @@
+//! The file format (every field documented; `bzzz config example` prints it).
+
+use super::*;
+
+/// Top level of `bzzz.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Directory for the node identity key and local state.
+    pub data_dir: PathBuf,
+    /// Address of the HTTP API, web UI and metrics (`IP:PORT`).
+    pub http: String,
+    /// Log format: `auto` (human), `human` or `json`.
+    pub log_format: String,
+    /// Default log filter (`error`, `warn`, `info`, `debug`, `trace`, or a
+    /// tracing filter such as `info,bzzz_net=debug`). `BZZZ_LOG` overrides it.
+    pub log_level: String,
+    pub network: NetworkFile,
+    pub capabilities: CapabilitiesFile,
+    pub labels: LabelsFile,
+    pub control: ControlFile,
+}
+
+/// `control:` section: Raft timing, node scores and leadership.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlFile {
+    /// Leader heartbeat period.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A follower that hears no leader for a random time between these
+    /// (after the leader's lease, `election_timeout_max`) calls an election.
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub election_timeout_max: Duration,
+    /// How often the leader runs its planners (inventory, membership,
+    /// leadership).
+    #[serde(with = "humantime_serde")]
+    pub planner_interval: Duration,
+    /// A voter out of sight keeps its seat (at its last score) this long.
+    #[serde(with = "humantime_serde")]
+    pub voter_grace: Duration,
+    /// Score weights.
+    pub weights: bzzz_control::score::Weights,
+    /// Hysteresis: `margin` (relative), `min_margin` (absolute),
+    /// `min_tenure` (seconds), `max_voters`.
+    pub leadership: bzzz_control::leadership::Policy,
+}
+
+impl Default for ControlFile {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(150),
+            election_timeout_max: Duration::from_millis(300),
+            planner_interval: Duration::from_millis(500),
+            voter_grace: Duration::from_secs(30),
+            weights: Default::default(),
+            leadership: Default::default(),
+        }
+    }
+}
+
+/// Validated `control:` settings.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub raft: openraft::Config,
+    pub planner_interval: Duration,
+    pub voter_grace: Duration,
+    pub context: bzzz_control::slurp::Context,
+}
+
+impl ControlSettings {
+    /// The leader lease: followers refuse to vote for this long after
+    /// hearing from a leader.
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.raft.election_timeout_max)
+    }
+}
+
+pub(super) fn validate_control(c: &ControlFile) -> Result<ControlSettings, ConfigError> {
+    let ms = |field: &str, d: Duration| -> Result<u64, ConfigError> {
+        let d = positive(field, d)?;
+        u64::try_from(d.as_millis()).map_err(|_| cerr(field, "too long"))
+    };
+    let hb = ms("control.heartbeat_interval", c.heartbeat_interval)?;
+    let emin = ms("control.election_timeout_min", c.election_timeout_min)?;
+    let emax = ms("control.election_timeout_max", c.election_timeout_max)?;
+    if emin <= hb * 2 {
+        return Err(cerr(
+            "control.election_timeout_min",
+            "must be more than twice control.heartbeat_interval",
+        ));
+    }
+    if emax <= emin {
+        return Err(cerr(
+            "control.election_timeout_max",
+            "must be longer than control.election_timeout_min",
+        ));
+    }
+    let raft = bzzz_control::raft::raft_config(hb, emin, emax).map_err(|e| cerr("control", e))?;
+    c.weights
+        .validate()
+        .map_err(|e| cerr("control.weights", e))?;
+    let p = &c.leadership;
+    if !(p.margin.is_finite() && p.margin >= 0.0) {
+        return Err(cerr("control.leadership.margin", "must be a number ≥ 0"));
+    }
+    if !(p.min_margin.is_finite() && p.min_margin >= 0.0) {
+        return Err(cerr(
+            "control.leadership.min_margin",
+            "must be a number ≥ 0",
+        ));
+    }
+    if !(1..=9).contains(&p.max_voters) {
+        return Err(cerr(
+            "control.leadership.max_voters",
+            "must be between 1 and 9",
+        ));
+    }
+    Ok(ControlSettings {
+        raft,
+        planner_interval: positive("control.planner_interval", c.planner_interval)?,
+        voter_grace: positive("control.voter_grace", c.voter_grace)?,
+        context: bzzz_control::slurp::Context {
+            weights: c.weights.clone(),
+            policy: p.clone(),
+        },
+    })
+}
+
+/// `labels:` section: placement labels announced with the capabilities.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabelsFile {
+    /// Failure domain, e.g. a room or site (`eu-west-1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Rack or shelf within the zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
+    /// Free-form `name: value` labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, String>,
+}
+
+/// `network:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkFile {
+    /// Multiaddrs to listen on (TCP and QUIC).
+    pub listen: Vec<String>,
+    /// Multiaddrs of peers to join through (`/ip4/IP/tcp/PORT[/p2p/ID]`).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
+    /// How often this node announces its capabilities (e.g. `2s`).
+    #[serde(with = "humantime_serde")]
+    pub announce_interval: Duration,
+    /// A node silent for this long leaves the cluster view (e.g. `6s`).
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+    /// Most peers to keep connections to.
+    pub max_peers: u32,
+    /// Link liveness check period.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A link whose ping takes longer is closed as dead.
+    #[serde(with = "humantime_serde")]
+    pub ping_timeout: Duration,
+}
+
+/// `capabilities:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapabilitiesFile {
+    /// How often capabilities are re-detected (a change is announced at once).
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Ollama's HTTP API.
+    pub ollama_url: String,
+    /// Ollama's model store; empty = `$OLLAMA_MODELS`, `~/.ollama/models`,
+    /// `/usr/share/ollama/.ollama/models` (first that exists).
+    pub ollama_models_dir: Option<PathBuf>,
+    /// Hardware that cannot be detected; merged in and marked `declared`.
+    pub declared: DeclaredFile,
+}
+
+/// `capabilities.declared:` section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeclaredFile {
+    /// GPUs to add (`vendor`, `model`, `vram_total_bytes`).
+    pub gpus: Vec<DeclaredGpu>,
+    /// Replaces the detected logical core count.
+    pub cpu_cores: Option<u32>,
+    /// Replaces the detected memory size, bytes.
+    pub memory_total_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredGpu {
+    pub vendor: String,
+    pub model: String,
+    pub vram_total_bytes: u64,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("/var/lib/bzzz"),
+            http: "0.0.0.0:8080".into(),
+            log_format: "auto".into(),
+            log_level: "info".into(),
+            network: NetworkFile::default(),
+            capabilities: CapabilitiesFile::default(),
+            labels: LabelsFile::default(),
+            control: ControlFile::default(),
+        }
+    }
+}
+
+impl Default for NetworkFile {
+    fn default() -> Self {
+        let d = bzzz_net::NetConfig::default();
+        Self {
+            listen: vec![
+                format!("/ip4/0.0.0.0/tcp/{DEFAULT_P2P_PORT}"),
+                format!("/ip4/0.0.0.0/udp/{DEFAULT_P2P_PORT}/quic-v1"),
+            ],
+            bootstrap: vec![],
+            mdns: d.mdns,
+            announce_interval: d.announce_interval,
+            peer_timeout: d.peer_timeout,
+            max_peers: d.max_peers,
+            ping_interval: d.ping_interval,
+            ping_timeout: d.ping_timeout,
+        }
+    }
+}
+
+impl Default for CapabilitiesFile {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(10),
+            ollama_url: "http://127.0.0.1:11434".into(),
+            ollama_models_dir: None,
+            declared: DeclaredFile::default(),
+        }
+    }
+}
