@@ -201,7 +201,7 @@ impl Keys {
             } else {
                 let net = self.net()?.clone();
                 remote.push(async move {
-                    let r = net.request(&node, KeysRequest::Install(bundle)).await;
+                    let r = wire::request(&net, &node, &KeysRequest::Install(bundle)).await;
                     (node, r)
                 });
             }

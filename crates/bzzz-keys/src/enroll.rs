@@ -304,15 +304,10 @@ impl Keys {
             .collect();
         let mut last = "no member connected".to_owned();
         for m in members {
-            match net
-                .request(
-                    &m,
-                    KeysRequest::Enroll {
-                        cert: c.cert.clone(),
-                    },
-                )
-                .await
-            {
+            let req = KeysRequest::Enroll {
+                cert: c.cert.clone(),
+            };
+            match wire::request(net, &m, &req).await {
                 Ok(KeysResponse::Enrolled {
                     index: i,
                     sealed_sigmas,

@@ -59,7 +59,7 @@ pub async fn join_task(
                 token: token.clone(),
                 age_recipient: keys.age_recipient(),
             };
-            match net.request(&peer, req).await {
+            match wire::request(&net, &peer, &req).await {
                 Ok(KeysResponse::Joined(bundle)) => match keys.install(&bundle, Some(&admin)) {
                     Ok(()) => return Ok(()),
                     Err(e) => warn!(%peer, "records from member refused: {e}"),

@@ -10,8 +10,8 @@
 //! (coordinator), [`signer`] (requests from peers), [`enroll`], [`join`].
 //!
 //! Takes: calls from the HTTP handlers (setup, confirm, sign, tokens,
-//! operator checks) and [`InboundRequest`]s from peers (install, sign
-//! rounds, join). Sends: keys-protocol requests to peers, and this node's
+//! operator checks) and [`bzzz_net::ServiceRequest`]s of the keys service
+//! from peers (install, sign rounds, join; JSON, see [`wire`]). Sends: keys-protocol requests to peers, and this node's
 //! membership into [`LocalInfo`] (so the swarm enforces it and announces
 //! the certificate).
 //!
@@ -33,7 +33,7 @@ use bzzz_crypto::operator::OperatorPassword;
 use bzzz_crypto::records::{self, Domain, TokenRefusal};
 use bzzz_crypto::seal::AgeIdentity;
 use bzzz_crypto::threshold::{self, GroupKey, KeyShare, MasterKey, Nonces};
-use bzzz_net::{InboundRequest, LocalInfo, Membership, NetHandle};
+use bzzz_net::{LocalInfo, Membership, NetHandle, ServiceRequest};
 use bzzz_proto::NodeId;
 use bzzz_proto::cluster::{
     Genesis, InstallBundle, JoinTokenBody, KeysRequest, KeysResponse, MembershipCert,
@@ -180,6 +180,7 @@ pub mod limiter;
 pub mod operator;
 pub mod signer;
 pub mod signing;
+pub mod wire;
 
 /// Not initialized yet: a peer may ask again later.
 pub(crate) fn not_initialized() -> Refusal {

@@ -370,32 +370,27 @@ impl Keys {
 /// bounded queue, and beyond it peers are answered "busy".
 pub async fn serve_inbound(
     keys: Arc<Keys>,
-    mut inbound: mpsc::Receiver<InboundRequest>,
+    inbound: mpsc::Receiver<ServiceRequest>,
     tracker: tokio_util::task::TaskTracker,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
-    loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let req = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = inbound.recv() => match r { Some(r) => r, None => return },
-        };
-        let keys = keys.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                resp = keys.handle(req.peer, req.request) => {
-                    let _ = req.respond.send(resp);
-                }
+    bzzz_net::service::serve(
+        inbound,
+        MAX_INBOUND,
+        tracker,
+        cancel,
+        move |peer, payload| {
+            let keys = keys.clone();
+            async move {
+                let resp = match wire::decode::<KeysRequest>(&payload) {
+                    Ok(request) => keys.handle(peer, request).await,
+                    Err(e) => KeysResponse::refused(RefusalCode::Invalid, e),
+                };
+                Some(wire::encode_response(&resp))
             }
-        });
-    }
+        },
+    )
+    .await;
 }
 
 /// Keys requests handled at once.

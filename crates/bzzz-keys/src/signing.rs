@@ -193,7 +193,7 @@ impl Keys {
                 return KeysResponse::refused(RefusalCode::NotReady, e.to_string());
             }
         };
-        match net.request(node, req).await {
+        match wire::request(net, node, &req).await {
             Ok(r) => r,
             Err(e) => KeysResponse::refused(RefusalCode::NotReady, format!("unreachable: {e}")),
         }

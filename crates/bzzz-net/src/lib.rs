@@ -11,14 +11,13 @@
 //! * **sends** a fresh [`Snapshot`] of the live cluster view through a
 //!   `watch` channel whenever it changes: readers never wait on the swarm.
 //!
-//! Keys-protocol requests (setup, threshold signing, joining) travel on their
-//! own request-response protocol, `/bzzz/keys/1.0.0` (CBOR); inbound ones are
-//! handed to the node as [`InboundRequest`]s over a bounded channel.
-//! Control-plane (Raft) messages have a protocol of their own,
-//! `/bzzz/raft/1.0.0`: opaque bytes (the control plane encodes them), each
-//! request on its own Yamux stream, so heartbeats never wait behind bulk
-//! data; inbound ones arrive as [`RaftInbound`]s on their own queue (the
-//! control plane answers only Raft members and proven members).
+//! Request-response [`Service`]s (one mechanism, [`service`]): each on its
+//! own protocol, opaque byte payloads the owning crate encodes, each
+//! request on its own stream, so heartbeats never wait behind bulk data.
+//! Keys requests (setup, threshold signing, joining) use
+//! `/bzzz/keys/2.0.0`, control-plane (Raft) messages `/bzzz/raft/1.0.0`;
+//! inbound ones arrive as [`ServiceRequest`]s on each service's bounded
+//! queue (the services answer only members). Outbound: [`NetHandle::call`].
 //!
 //! Once the node is a member of an initialized cluster ([`Membership`]),
 //! only peers whose announcements carry a membership certificate under the
@@ -36,6 +35,7 @@
 //! cancelled; dropping the swarm closes every connection, so peers see the
 //! node leave at once.
 
+pub mod service;
 pub mod signed;
 mod swarm;
 
@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bzzz_proto::api::Announcement;
-use bzzz_proto::cluster::{KeysRequest, KeysResponse};
+
 use bzzz_proto::{Capabilities, NodeId};
 pub use libp2p::Multiaddr;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -116,31 +116,13 @@ pub struct Membership {
 /// connected to a member (time enough to present a join token).
 pub const JOIN_GRACE: Duration = Duration::from_secs(10);
 
-/// A keys-protocol request from a peer, answered through `respond`
-/// (dropping it answers "refused").
-#[derive(Debug)]
-pub struct InboundRequest {
-    /// The peer, authenticated by the connection's Noise handshake.
-    pub peer: NodeId,
-    pub request: KeysRequest,
-    pub respond: oneshot::Sender<KeysResponse>,
-}
+pub use service::{Service, ServiceRequest};
 
-/// A control-plane (Raft) message from a peer, answered through `respond`
-/// (dropping it leaves the request unanswered: the sender sees a failure).
-#[derive(Debug)]
-pub struct RaftInbound {
-    /// The peer, authenticated by the connection's Noise handshake.
-    pub peer: NodeId,
-    pub payload: Vec<u8>,
-    pub respond: oneshot::Sender<Vec<u8>>,
-}
-
-/// The streams of inbound requests, one per protocol.
+/// The streams of inbound requests, one per service.
 #[derive(Debug)]
 pub struct Inbound {
-    pub keys: mpsc::Receiver<InboundRequest>,
-    pub raft: mpsc::Receiver<RaftInbound>,
+    pub keys: mpsc::Receiver<ServiceRequest>,
+    pub raft: mpsc::Receiver<ServiceRequest>,
 }
 
 /// A live peer in the view.
@@ -191,14 +173,9 @@ pub enum Command {
         addr: Multiaddr,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
-    /// Send a keys-protocol request to a peer and await its answer.
+    /// Send a request of a service to a peer and await its answer.
     Request {
-        peer: NodeId,
-        request: KeysRequest,
-        reply: oneshot::Sender<Result<KeysResponse, NetError>>,
-    },
-    /// Send a control-plane message to a peer and await its answer.
-    Raft {
+        service: Service,
         peer: NodeId,
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
@@ -254,31 +231,18 @@ impl NetHandle {
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
-    /// Sends a keys-protocol request and waits for the answer (bounded by
-    /// the protocol's request timeout).
-    pub async fn request(
+    /// Sends a request of `service` and waits for the answer (bounded by
+    /// the service's timeout; callers may add their own deadline).
+    pub async fn call(
         &self,
+        service: Service,
         peer: &NodeId,
-        request: KeysRequest,
-    ) -> Result<KeysResponse, NetError> {
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::Request {
-                peer: peer.clone(),
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)?
-    }
-
-    /// Sends a control-plane message and waits for the answer (bounded by
-    /// the protocol's request timeout; callers add their own deadline).
-    pub async fn raft_request(&self, peer: &NodeId, payload: Vec<u8>) -> Result<Vec<u8>, NetError> {
-        let (reply, rx) = oneshot::channel();
-        self.cmd
-            .send(Command::Raft {
+                service,
                 peer: peer.clone(),
                 payload,
                 reply,
@@ -286,6 +250,11 @@ impl NetHandle {
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// A control-plane message (see [`Service::Raft`]).
+    pub async fn raft_request(&self, peer: &NodeId, payload: Vec<u8>) -> Result<Vec<u8>, NetError> {
+        self.call(Service::Raft, peer, payload).await
     }
 }
 

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bzzz_proto::api::{ANNOUNCEMENT_VERSION, Announcement, MAX_ANNOUNCED_ADDRS};
-use bzzz_proto::cluster::{KeysRequest, KeysResponse, RefusalCode};
+
 use futures::StreamExt;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
+
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -20,32 +19,22 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
-    kad, mdns, noise, ping, request_response, tcp, yamux,
+    kad, mdns, noise, ping, tcp, yamux,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::service::{Frame, Rr, Service, Services};
 use crate::{
-    Command, Inbound, InboundRequest, JOIN_GRACE, LocalInfo, NetConfig, NetCounters, NetError,
-    NetHandle, PeerView, RaftInbound, Snapshot, signed,
+    Command, Inbound, JOIN_GRACE, LocalInfo, NetConfig, NetCounters, NetError, NetHandle, PeerView,
+    Snapshot, signed,
 };
 
 /// Gossip topic of capability announcements.
 pub const CAPS_TOPIC: &str = "bzzz/caps/v1";
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/kad/1.0.0");
 const IDENTIFY_PROTOCOL: &str = "/bzzz/id/1.0.0";
-const KEYS_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/keys/1.0.0");
-const RAFT_PROTOCOL: StreamProtocol = StreamProtocol::new("/bzzz/raft/1.0.0");
-/// Inbound control-plane messages waiting for the node; more are dropped
-/// (Raft retries).
-const RAFT_QUEUE: usize = 256;
-/// A control-plane exchange (a snapshot chunk at most) must finish in this.
-const RAFT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Inbound keys requests waiting for the node; more are refused as busy.
-const INBOUND_QUEUE: usize = 32;
-/// A keys request (including a threshold-signing round) must finish in this.
-const KEYS_TIMEOUT: Duration = Duration::from_secs(20);
 const MAINTENANCE: Duration = Duration::from_millis(250);
 const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REDIAL_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -71,24 +60,19 @@ pub(crate) struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
-    keys: request_response::cbor::Behaviour<KeysRequest, KeysResponse>,
-    raft: request_response::cbor::Behaviour<RaftBytes, RaftBytes>,
+    // One field per request-response service (see `service`).
+    keys: Rr,
+    raft: Rr,
 }
 
-/// A control-plane payload, carried as a CBOR byte string.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct RaftBytes(#[serde(with = "serde_bytes")] Vec<u8>);
-
-type RaftResponding =
-    BoxFuture<'static, Option<(request_response::ResponseChannel<RaftBytes>, Vec<u8>)>>;
-
-type Responding = BoxFuture<
-    'static,
-    (
-        request_response::ResponseChannel<KeysResponse>,
-        KeysResponse,
-    ),
->;
+impl Behaviour {
+    fn service(&mut self, s: Service) -> &mut Rr {
+        match s {
+            Service::Keys => &mut self.keys,
+            Service::Raft => &mut self.raft,
+        }
+    }
+}
 
 struct Bootstrap {
     addr: Multiaddr,
@@ -139,18 +123,7 @@ pub(crate) struct Node {
     last_kad_bootstrap: Option<Instant>,
     counters: NetCounters,
     dirty: bool,
-    inbound_tx: mpsc::Sender<InboundRequest>,
-    responding: FuturesUnordered<Responding>,
-    outbound: HashMap<
-        request_response::OutboundRequestId,
-        tokio::sync::oneshot::Sender<Result<KeysResponse, NetError>>,
-    >,
-    raft_tx: mpsc::Sender<RaftInbound>,
-    raft_responding: FuturesUnordered<RaftResponding>,
-    raft_outbound: HashMap<
-        request_response::OutboundRequestId,
-        tokio::sync::oneshot::Sender<Result<Vec<u8>, NetError>>,
-    >,
+    services: Services,
     /// Boot id each connection's peer reported (identify), to close the
     /// connections of a peer's previous process when it restarts.
     boots: HashMap<ConnectionId, (PeerId, String)>,
@@ -271,8 +244,7 @@ impl Node {
             counters: NetCounters::default(),
         });
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
-        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-        let (raft_tx, raft_rx) = mpsc::channel(RAFT_QUEUE);
+        let (services, mut receivers) = Services::new();
         let node = Node {
             swarm,
             topic,
@@ -297,12 +269,7 @@ impl Node {
             last_kad_bootstrap: None,
             counters: NetCounters::default(),
             dirty: true,
-            inbound_tx,
-            responding: FuturesUnordered::new(),
-            outbound: HashMap::new(),
-            raft_tx,
-            raft_responding: FuturesUnordered::new(),
-            raft_outbound: HashMap::new(),
+            services,
             boots: HashMap::new(),
             unproven: HashMap::new(),
             refused_logged: HashSet::new(),
@@ -312,9 +279,14 @@ impl Node {
             cmd: cmd_tx,
             snapshot: snapshot_rx,
         };
+        let mut take = |s: Service| {
+            receivers
+                .remove(&s)
+                .ok_or_else(|| NetError::Transport(format!("no queue for {s:?}")))
+        };
         let inbound = Inbound {
-            keys: inbound_rx,
-            raft: raft_rx,
+            keys: take(Service::Keys)?,
+            raft: take(Service::Raft)?,
         };
         Ok((node, handle, inbound))
     }
@@ -332,12 +304,9 @@ impl Node {
                 ev = self.swarm.select_next_some() => self.on_swarm_event(ev),
                 Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd),
                 Ok(()) = self.local.changed() => self.on_local_change(),
-                Some((channel, response)) = self.responding.next(), if !self.responding.is_empty() => {
-                    let _ = self.swarm.behaviour_mut().keys.send_response(channel, response);
-                }
-                Some(answer) = self.raft_responding.next(), if !self.raft_responding.is_empty() => {
+                Some((service, answer)) = self.services.next_answer() => {
                     if let Some((channel, payload)) = answer {
-                        let _ = self.swarm.behaviour_mut().raft.send_response(channel, RaftBytes(payload));
+                        let _ = self.swarm.behaviour_mut().service(service).send_response(channel, Frame(payload));
                     }
                 }
                 _ = announce.tick() => self.announce(),
@@ -360,38 +329,13 @@ impl Node {
                 let _ = reply.send(r);
             }
             Command::Request {
-                peer,
-                request,
-                reply,
-            } => {
-                let Ok(p) = peer.as_str().parse::<PeerId>() else {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        reason: "not a peer id".into(),
-                    }));
-                    return;
-                };
-                let id = self.swarm.behaviour_mut().keys.send_request(&p, request);
-                self.outbound.insert(id, reply);
-            }
-            Command::Raft {
+                service,
                 peer,
                 payload,
                 reply,
             } => {
-                let Ok(p) = peer.as_str().parse::<PeerId>() else {
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        reason: "not a peer id".into(),
-                    }));
-                    return;
-                };
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .raft
-                    .send_request(&p, RaftBytes(payload));
-                self.raft_outbound.insert(id, reply);
+                let rr = self.swarm.behaviour_mut().service(service);
+                self.services.request(rr, service, &peer, payload, reply);
             }
         }
     }
@@ -784,8 +728,8 @@ impl Node {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
             }
-            BehaviourEvent::Keys(ev) => self.on_keys_event(ev),
-            BehaviourEvent::Raft(ev) => self.on_raft_event(ev),
+            BehaviourEvent::Keys(ev) => self.services.on_event(Service::Keys, ev, &self.local_id),
+            BehaviourEvent::Raft(ev) => self.services.on_event(Service::Raft, ev, &self.local_id),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                 debug!(peer = %peer_id, "peer subscribed to announcements");
                 self.announce_due = true;
@@ -941,136 +885,6 @@ impl Node {
         Accept
     }
 
-    fn on_keys_event(&mut self, ev: request_response::Event<KeysRequest, KeysResponse>) {
-        use request_response::{Event, Message};
-        match ev {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let Ok(node) = signed::node_id(&peer) else {
-                    return;
-                };
-                let (respond, rx) = tokio::sync::oneshot::channel();
-                let inbound = InboundRequest {
-                    peer: node,
-                    request,
-                    respond,
-                };
-                let busy = |reason: &str| KeysResponse::refused(RefusalCode::Busy, reason);
-                match self.inbound_tx.try_send(inbound) {
-                    Ok(()) => self.responding.push(Box::pin(async move {
-                        let r = rx
-                            .await
-                            .unwrap_or_else(|_| busy("the node dropped the request"));
-                        (channel, r)
-                    })),
-                    Err(_) => {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .keys
-                            .send_response(channel, busy("the node is busy; retry"));
-                    }
-                }
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.outbound.remove(&request_id) {
-                    let _ = reply.send(Ok(response));
-                }
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(reply) = self.outbound.remove(&request_id) {
-                    let peer = signed::node_id(&peer).unwrap_or_else(|_| self.local_id.clone());
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, "keys request from peer failed: {error}");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
-    fn on_raft_event(&mut self, ev: request_response::Event<RaftBytes, RaftBytes>) {
-        use request_response::{Event, Message};
-        match ev {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                // The control plane decides whom it answers (Raft members and
-                // proven members): right after a restart the view is still
-                // empty while the Raft peers already talk.
-                let Ok(node) = signed::node_id(&peer) else {
-                    return;
-                };
-                let (respond, rx) = tokio::sync::oneshot::channel();
-                let inbound = RaftInbound {
-                    peer: node,
-                    payload: request.0,
-                    respond,
-                };
-                if self.raft_tx.try_send(inbound).is_ok() {
-                    self.raft_responding
-                        .push(Box::pin(async move { rx.await.ok().map(|r| (channel, r)) }));
-                } else {
-                    debug!(%peer, "control queue full; message dropped");
-                }
-            }
-            Event::Message {
-                message:
-                    Message::Response {
-                        request_id,
-                        response,
-                    },
-                ..
-            } => {
-                if let Some(reply) = self.raft_outbound.remove(&request_id) {
-                    let _ = reply.send(Ok(response.0));
-                }
-            }
-            Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                if let Some(reply) = self.raft_outbound.remove(&request_id) {
-                    let peer = signed::node_id(&peer).unwrap_or_else(|_| self.local_id.clone());
-                    let _ = reply.send(Err(NetError::Request {
-                        peer,
-                        reason: error.to_string(),
-                    }));
-                }
-            }
-            Event::InboundFailure { .. } | Event::ResponseSent { .. } => {}
-        }
-    }
-
     fn publish_snapshot(&mut self) {
         self.dirty = false;
         let checking = {
@@ -1156,16 +970,8 @@ fn build_behaviour(
         mdns: mdns.into(),
         kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg),
         gossipsub,
-        keys: request_response::cbor::Behaviour::new(
-            [(KEYS_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default().with_request_timeout(KEYS_TIMEOUT),
-        ),
-        raft: request_response::cbor::Behaviour::new(
-            [(RAFT_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(RAFT_TIMEOUT)
-                .with_max_concurrent_streams(256),
-        ),
+        keys: Service::Keys.behaviour(),
+        raft: Service::Raft.behaviour(),
     })
 }
 

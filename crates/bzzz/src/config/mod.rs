@@ -416,7 +416,5 @@ fn validate(
     })
 }
 
-/// A commented example file with every field and its default.
-
 #[cfg(test)]
 mod tests;

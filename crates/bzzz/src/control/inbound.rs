@@ -8,34 +8,21 @@ use super::*;
 /// plane runs, messages are answered "refused" (Raft retries).
 pub async fn serve(
     cell: ControlCell,
-    mut rx: mpsc::Receiver<RaftInbound>,
+    rx: mpsc::Receiver<RaftInbound>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND));
-    loop {
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let msg = tokio::select! {
-            _ = cancel.cancelled() => return,
-            m = rx.recv() => match m { Some(m) => m, None => return },
-        };
+    bzzz_net::service::serve(rx, MAX_INBOUND, tracker, cancel, move |peer, payload| {
         let cell = cell.clone();
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
+        async move {
             let reply = match cell.get() {
-                Some(c) => tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = c.handle(&msg.peer, &msg.payload) => r,
-                },
+                Some(c) => c.handle(&peer, &payload).await,
                 None => Reply::Refused("the control plane is not running yet".into()),
             };
-            let _ = msg.respond.send(wire::encode(&reply));
-        });
-    }
+            Some(wire::encode(&reply))
+        }
+    })
+    .await;
 }
 
 /// Control messages handled at once (more wait in the swarm's bounded

@@ -42,7 +42,7 @@ use bzzz_control::raft::{Command, NodeIdU64, Raft, Response, StateMachine, TypeC
 use bzzz_control::slurp::{self, Observed, ObservedNode};
 use bzzz_control::store::{DiskLog, RaftDb};
 use bzzz_control::wire::{self, Reply, Rpc};
-use bzzz_net::{LocalInfo, NetHandle, RaftInbound};
+use bzzz_net::{LocalInfo, NetHandle, ServiceRequest as RaftInbound};
 use bzzz_proto::NodeId;
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
