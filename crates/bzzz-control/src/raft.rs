@@ -124,7 +124,10 @@ pub struct AuditEntry {
 /// Audit entries kept in the state (older ones stay in snapshots' history
 /// only as far back as this).
 pub const AUDIT_KEEP: usize = 1000;
-/// Registry keys and values are bounded.
+/// Most keys in the registry (with values of at most [`MAX_KV_LEN`], at
+/// most 160 MiB in all; every node holds it in memory).
+pub const MAX_KV_KEYS: usize = 10_000;
+/// Longest registry value.
 pub const MAX_KV_LEN: usize = 16 * 1024;
 
 openraft::declare_raft_types!(
@@ -213,6 +216,11 @@ impl ClusterState {
             Command::Set { key, value } => {
                 if key.is_empty() || key.len() > 256 || value.len() > MAX_KV_LEN {
                     return Err("key or value out of bounds".into());
+                }
+                if !self.kv.contains_key(&key) && self.kv.len() >= MAX_KV_KEYS {
+                    return Err(format!(
+                        "the registry is full ({MAX_KV_KEYS} keys); existing keys can still change"
+                    ));
                 }
                 Ok(self.kv.insert(key, value))
             }
@@ -487,4 +495,35 @@ pub fn raft_config(
     }
     .validate()
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_is_bounded() {
+        let mut st = ClusterState::default();
+        let set = |k: &str| Command::Set {
+            key: k.into(),
+            value: "v".into(),
+        };
+        for i in 0..MAX_KV_KEYS {
+            assert!(
+                st.apply_command(1, set(&format!("k{i}")))
+                    .rejected
+                    .is_none()
+            );
+        }
+        let r = st.apply_command(2, set("one-too-many"));
+        assert!(r.rejected.is_some_and(|w| w.contains("full")));
+        assert_eq!(st.kv.len(), MAX_KV_KEYS);
+        // An existing key may still change.
+        assert!(st.apply_command(3, set("k0")).rejected.is_none());
+        let long = Command::Set {
+            key: "x".into(),
+            value: "v".repeat(MAX_KV_LEN + 1),
+        };
+        assert!(st.apply_command(4, long).rejected.is_some());
+    }
 }

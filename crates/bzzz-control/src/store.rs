@@ -32,14 +32,61 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeIdU64> {
     StorageIOError::write(&e).into()
 }
 
+/// The format of what this database holds (JSON log entries, vote,
+/// committed log id, and the snapshot as JSON `(meta, state)`), recorded
+/// under the meta key `format`. Stores written before the format was
+/// recorded hold format 1 and are marked on open. A store of a newer
+/// format is refused, never misread.
+pub const FORMAT: u32 = 1;
+const FORMAT_KEY: &str = "format";
+
+/// Why the database cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Db(#[from] redb::DatabaseError),
+    #[error("Raft store: {0}")]
+    Storage(String),
+    #[error(
+        "the Raft store has format {found}, newer than this BZZZ reads ({FORMAT}); upgrade BZZZ"
+    )]
+    Newer { found: u32 },
+}
+
 /// The node's Raft database (cloneable handle).
 #[derive(Debug, Clone)]
 pub struct RaftDb(Arc<redb::Database>);
 
 impl RaftDb {
-    /// Opens (or creates) the database file.
-    pub fn open(path: &Path) -> Result<Self, redb::DatabaseError> {
-        Ok(Self(Arc::new(redb::Database::create(path)?)))
+    /// Opens (or creates) the database file, checking (or recording) its
+    /// format.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let db = Self(Arc::new(redb::Database::create(path)?));
+        let storage = |e: StorageError<NodeIdU64>| OpenError::Storage(e.to_string());
+        match db.get_meta(FORMAT_KEY).map_err(storage)? {
+            None => {
+                // New, or from before formats were recorded (format 1).
+                db.put_meta(FORMAT_KEY, FORMAT.to_string().as_bytes())
+                    .map_err(storage)?;
+            }
+            Some(v) => {
+                let found: u32 = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| OpenError::Storage("unreadable format marker".into()))?;
+                if found > FORMAT {
+                    return Err(OpenError::Newer { found });
+                }
+            }
+        }
+        Ok(db)
+    }
+
+    /// The recorded format.
+    pub fn format(&self) -> Result<Option<u32>, StorageError<NodeIdU64>> {
+        Ok(self
+            .get_meta(FORMAT_KEY)?
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
     }
 
     pub(crate) fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError<NodeIdU64>> {
@@ -214,5 +261,38 @@ impl RaftLogStorage<TypeConfig> for DiskLog {
                 .map_err(write_err)?;
         }
         tx.commit().map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stores_record_their_format_and_newer_ones_are_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("raft.redb");
+        // A store from before the format was recorded: data, no marker.
+        {
+            let db = redb::Database::create(&path).expect("create");
+            let tx = db.begin_write().expect("tx");
+            {
+                let mut t = tx.open_table(META).expect("meta");
+                t.insert("vote", b"{}".as_slice()).expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let db = RaftDb::open(&path).expect("legacy store opens");
+        assert_eq!(db.format().expect("read"), Some(FORMAT));
+        assert_eq!(
+            db.get_meta("vote").expect("read").as_deref(),
+            Some(&b"{}"[..])
+        );
+        db.put_meta(FORMAT_KEY, b"99").expect("write");
+        drop(db);
+        match RaftDb::open(&path) {
+            Err(OpenError::Newer { found: 99 }) => {}
+            other => panic!("a newer store was not refused: {other:?}"),
+        }
     }
 }

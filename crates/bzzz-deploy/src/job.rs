@@ -319,6 +319,7 @@ async fn connect<C: Cluster>(ctx: &Ctx<C>, host: &str) -> Result<Session, Fail> 
             },
             e @ SshError::Auth { .. } => fail(Cause::Auth, e.to_string()),
             SshError::Protocol(m) => fail(Cause::Ssh, m),
+            e @ SshError::Timeout(_) => fail(Cause::Ssh, e.to_string()),
         })?;
     if s.trust == KeyTrust::AcceptedNew {
         ctx.cluster

@@ -172,6 +172,23 @@ pub enum SshError {
     Auth { user: String, method: &'static str },
     #[error("SSH: {0}")]
     Protocol(String),
+    #[error("the remote command did not finish within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
+/// A remote command must finish within this (an install, a download of
+/// the binary on a slow link); `exec_within` takes another deadline.
+pub const EXEC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Most bytes kept of a remote command's stdout and of its stderr; the rest
+/// is dropped (and counted).
+pub const MAX_OUTPUT: usize = 1 << 20;
+
+/// Appends `data` to `buf` up to [`MAX_OUTPUT`]; returns the bytes dropped.
+fn append_capped(buf: &mut Vec<u8>, data: &[u8]) -> usize {
+    let room = MAX_OUTPUT.saturating_sub(buf.len());
+    let take = room.min(data.len());
+    buf.extend_from_slice(&data[..take]);
+    data.len() - take
 }
 
 struct Handler {
@@ -211,6 +228,8 @@ pub struct Output {
     pub status: Option<u32>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Output bytes beyond [`MAX_OUTPUT`] that were dropped.
+    pub dropped: usize,
 }
 
 impl Output {
@@ -374,8 +393,27 @@ impl Session {
         })
     }
 
-    /// Runs `command` with `stdin` (then EOF) and collects its output.
+    /// Runs `command` with `stdin` (then EOF) and collects its output
+    /// (at most [`MAX_OUTPUT`] bytes of each stream), within
+    /// [`EXEC_DEADLINE`].
     pub async fn exec(&self, command: &str, stdin: &[u8]) -> Result<Output, SshError> {
+        self.exec_within(command, stdin, EXEC_DEADLINE).await
+    }
+
+    /// [`Session::exec`] with another deadline; past it the channel is
+    /// closed and the command reported as timed out.
+    pub async fn exec_within(
+        &self,
+        command: &str,
+        stdin: &[u8],
+        deadline: std::time::Duration,
+    ) -> Result<Output, SshError> {
+        tokio::time::timeout(deadline, self.exec_unbounded(command, stdin))
+            .await
+            .map_err(|_| SshError::Timeout(deadline))?
+    }
+
+    async fn exec_unbounded(&self, command: &str, stdin: &[u8]) -> Result<Output, SshError> {
         let perr = |e: russh::Error| SshError::Protocol(e.to_string());
         let mut ch = self.handle.channel_open_session().await.map_err(perr)?;
         ch.exec(true, command).await.map_err(perr)?;
@@ -386,8 +424,12 @@ impl Session {
         let mut out = Output::default();
         while let Some(msg) = ch.wait().await {
             match msg {
-                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::Data { data } => {
+                    out.dropped += append_capped(&mut out.stdout, &data);
+                }
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    out.dropped += append_capped(&mut out.stderr, &data);
+                }
                 ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
                 _ => {}
             }
@@ -411,6 +453,16 @@ pub fn shell_quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_output_is_capped() {
+        let mut buf = Vec::new();
+        assert_eq!(append_capped(&mut buf, &[1; 1000]), 0);
+        let dropped = append_capped(&mut buf, &vec![2; MAX_OUTPUT]);
+        assert_eq!(buf.len(), MAX_OUTPUT);
+        assert_eq!(dropped, 1000);
+        assert_eq!(append_capped(&mut buf, b"more"), 4);
+    }
 
     fn key(seed: u8) -> PublicKey {
         let k = russh::keys::ssh_key::private::Ed25519Keypair::from_seed(&[seed; 32]);

@@ -34,12 +34,7 @@ impl Keys {
             hasher: operator::Hasher::start()?,
             auth_ended: tokio::sync::Notify::new(),
             web_sessions: Mutex::new(HashMap::new()),
-            used_tokens: Mutex::new(
-                std::fs::read(data_dir.join(USED_TOKENS_FILE))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default(),
-            ),
+            used_tokens: Mutex::new(load_used_tokens(&data_dir.join(USED_TOKENS_FILE))?),
         };
         let path = data_dir.join(CLUSTER_FILE);
         if path.exists() {
@@ -271,4 +266,68 @@ impl Keys {
         m.sort_by(|a, b| a.0.cmp(&b.0));
         m
     }
+}
+
+/// `used_tokens.json`: join token id → (uses signed for, expiry), format
+/// [`USED_TOKENS_VERSION`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct UsedTokensFile {
+    pub v: u32,
+    pub tokens: HashMap<String, (u32, u64)>,
+}
+
+/// The version of `used_tokens.json` this release writes.
+pub const USED_TOKENS_VERSION: u32 = 1;
+
+/// Reads the record of token uses: the versioned file, or the map that
+/// releases before versions wrote (migrated on the next write). A file
+/// that cannot be read is an error, not an empty record: forgetting uses
+/// would let a single-use token admit a second node.
+pub(crate) fn load_used_tokens(path: &Path) -> Result<HashMap<String, (u32, u64)>, KeysError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
+        Err(e) => {
+            return Err(err(
+                ErrorKind::Internal,
+                format!("cannot read {}: {e}", path.display()),
+            ));
+        }
+    };
+    if let Ok(f) = serde_json::from_slice::<UsedTokensFile>(&bytes) {
+        if f.v > USED_TOKENS_VERSION {
+            return Err(err(
+                ErrorKind::Internal,
+                format!(
+                    "{} has version {}, newer than this BZZZ reads; upgrade BZZZ",
+                    path.display(),
+                    f.v
+                ),
+            ));
+        }
+        return Ok(f.tokens);
+    }
+    serde_json::from_slice::<HashMap<String, (u32, u64)>>(&bytes).map_err(|e| {
+        err(
+            ErrorKind::Internal,
+            format!(
+                "{} is damaged ({e}); if the join tokens it records have expired, delete it",
+                path.display()
+            ),
+        )
+    })
+}
+
+/// Encodes the record of token uses (current version).
+pub(crate) fn encode_used_tokens(tokens: &HashMap<String, (u32, u64)>) -> Result<Vec<u8>, String> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        v: u32,
+        tokens: &'a HashMap<String, (u32, u64)>,
+    }
+    serde_json::to_vec(&Out {
+        v: USED_TOKENS_VERSION,
+        tokens,
+    })
+    .map_err(|e| e.to_string())
 }

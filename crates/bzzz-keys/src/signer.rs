@@ -285,7 +285,7 @@ impl Keys {
                 ));
             }
             entry.0 += 1;
-            let bytes = serde_json::to_vec(&*used).map_err(|e| e.to_string())?;
+            let bytes = custody::encode_used_tokens(&used)?;
             write_private(&self.data_dir.join(USED_TOKENS_FILE), &bytes)
                 .map_err(|e| format!("cannot record the token use: {e}"))?;
         }

@@ -268,3 +268,26 @@ fn web_sessions_open_and_close() {
     k.close_web_session(&id);
     assert!(k.web_session(&id).is_none());
 }
+
+#[test]
+fn the_token_use_record_is_versioned_and_migrated() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join(USED_TOKENS_FILE);
+    assert!(custody::load_used_tokens(&path).expect("none").is_empty());
+    // The map releases before versions wrote.
+    std::fs::write(&path, r#"{"abc":[1,99]}"#).expect("write");
+    let legacy = custody::load_used_tokens(&path).expect("legacy");
+    assert_eq!(legacy.get("abc"), Some(&(1, 99)));
+    let now = custody::encode_used_tokens(&legacy).expect("encode");
+    assert!(String::from_utf8_lossy(&now).contains("\"v\":1"));
+    std::fs::write(&path, &now).expect("write");
+    assert_eq!(custody::load_used_tokens(&path).expect("v1"), legacy);
+    std::fs::write(&path, r#"{"v":9,"tokens":{}}"#).expect("write");
+    assert!(
+        custody::load_used_tokens(&path).is_err(),
+        "newer version refused"
+    );
+    std::fs::write(&path, "garbage").expect("write");
+    let e = custody::load_used_tokens(&path).expect_err("damaged refused");
+    assert!(e.message.contains("damaged"), "{e}");
+}
