@@ -332,8 +332,16 @@ pub(crate) fn write_known_hosts(text: &str) -> std::io::Result<tempfile::NamedTe
 
 /// 16 random hex digits.
 pub(crate) fn random_id() -> Result<String, String> {
+    random_id_from(getrandom::fill)
+}
+
+/// [`random_id`] from a given source: a failing source is an error, never
+/// an id of zeros (which once made the binary's download token guessable).
+fn random_id_from(
+    fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>,
+) -> Result<String, String> {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|e| format!("random number generator: {e}"))?;
+    fill(&mut b).map_err(|e| format!("random number generator: {e}"))?;
     Ok(hex::encode(b))
 }
 
@@ -525,72 +533,4 @@ fn cancelled(run: &Run, hosts: &[String], sink: &job::Sink) -> Vec<Outcome> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn req(v: serde_json::Value) -> Result<DeployRequest, serde_json::Error> {
-        serde_json::from_value(v)
-    }
-
-    #[test]
-    fn requests_are_validated_before_anything_runs() {
-        let ok =
-            req(json!({"hosts": "10.0.0.1-2", "ssh_user": "root", "ssh_password": "x"})).unwrap();
-        assert_eq!(validate(&ok).unwrap(), ["10.0.0.1", "10.0.0.2"]);
-        for (bad, why) in [
-            (
-                json!({"hosts": "", "ssh_user": "root", "ssh_password": "x"}),
-                "hosts",
-            ),
-            (
-                json!({"hosts": "h", "ssh_user": "-oProxyCommand=x", "ssh_password": "x"}),
-                "ssh_user",
-            ),
-            (
-                json!({"hosts": "h", "ssh_user": "root"}),
-                "ssh_key or ssh_password",
-            ),
-            (
-                json!({"hosts": "h", "ssh_user": "root", "ssh_password": "x", "prefix": "rel"}),
-                "prefix",
-            ),
-            (
-                json!({"hosts": "h", "ssh_user": "root", "ssh_password": "x", "http_port": 4140}),
-                "differ",
-            ),
-        ] {
-            let e = validate(&req(bad).unwrap()).unwrap_err();
-            assert!(e.contains(why), "{e}");
-        }
-        assert!(req(json!({"hosts": "h", "ssh_user": "root", "bogus": 1})).is_err());
-    }
-
-    #[test]
-    fn a_run_may_use_its_token_once_per_host() {
-        // A run holds up to MAX_HOSTS hosts; the token used to stop at 100.
-        assert_eq!(token_uses(1), 1);
-        assert_eq!(token_uses(101), 101);
-        assert_eq!(token_uses(bzzz_deploy::hosts::MAX_HOSTS), 256);
-        assert!(token_uses(bzzz_deploy::hosts::MAX_HOSTS) <= bzzz_keys::MAX_TOKEN_USES);
-    }
-
-    #[test]
-    fn known_hosts_goes_to_a_fresh_private_file() {
-        use std::os::unix::fs::PermissionsExt as _;
-        // What a local attacker could pre-create under the old scheme.
-        let old = std::env::temp_dir().join(format!("bzzz-deploy-{}", std::process::id()));
-        let a = write_known_hosts("h ssh-ed25519 AAAA\n").expect("write");
-        let b = write_known_hosts("h ssh-ed25519 AAAA\n").expect("write");
-        assert_ne!(a.path(), b.path());
-        assert!(!a.path().starts_with(&old), "{}", a.path().display());
-        let mode = std::fs::metadata(a.path())
-            .expect("meta")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o077, 0, "mode {mode:o}");
-        let path = a.path().to_owned();
-        drop(a);
-        assert!(!path.exists(), "removed when the run ends");
-    }
-}
+mod tests;
