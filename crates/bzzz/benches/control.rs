@@ -9,24 +9,28 @@
 //! restarted and rejoins, and the cluster settles for 2 s, before the next
 //! kill.
 //!
-//! * BZZZ: `bzzz node run` on each host (defaults: heartbeat 50 ms,
-//!   election timeout 150–300 ms), initialized with `bzzz init`; leader from
+//! * BZZZ: `bzzz node run` on each host (defaults: heartbeat 100 ms,
+//!   election timeout 250–300 ms), initialized with `bzzz init`; leader from
 //!   `GET /api/v1/leader`.
 //! * etcd (Debian `etcd-server` 3.4, default timeouts: heartbeat 100 ms,
 //!   election 1000 ms): a 5-member static cluster; leader from
 //!   `POST /v3/maintenance/status` on each member.
 //!
 //! Needs `etcd` on PATH for the baseline (`apt-get install etcd-server`);
-//! without it only BZZZ is measured.
+//! without it only BZZZ is measured. `BENCH_BIN` measures another `bzzz`
+//! binary (e.g. a release build while the harness runs from a test build).
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bzzz_testkit::lab::{self, Lab};
 use bzzz_testkit::wait_until;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const BIN_BUILT: &str = env!("CARGO_BIN_EXE_bzzz");
+
+fn bin() -> std::path::PathBuf {
+    std::env::var("BENCH_BIN").map_or_else(|_| BIN_BUILT.into(), Into::into)
+}
 const PASSWORD: &str = "a long operator password";
 const N: usize = 5;
 /// Pause after a killed member has rejoined, before the next kill: the
@@ -67,7 +71,7 @@ fn bzzz_agreed(lab: &Lab, hosts: &[usize]) -> Option<String> {
 }
 
 fn bench_bzzz() -> anyhow::Result<Vec<Duration>> {
-    let mut lab = Lab::new(Path::new(BIN), N)?;
+    let mut lab = Lab::new(&bin(), N)?;
     let hosts: Vec<usize> = (1..=N).collect();
     lab.start_nodes(&hosts, &[])?;
     lab.wait_mesh(&hosts, Duration::from_secs(20))?;
@@ -195,7 +199,7 @@ fn etcd_agreed(lab: &Lab, hosts: &[usize]) -> Option<(String, usize)> {
 }
 
 fn bench_etcd() -> anyhow::Result<Vec<Duration>> {
-    let lab = Lab::new(Path::new(BIN), N)?;
+    let lab = Lab::new(&bin(), N)?;
     let hosts: Vec<usize> = (1..=N).collect();
     let cluster = hosts
         .iter()

@@ -6,7 +6,8 @@
 //!
 //! Environment: `BENCH_IDLE_SECS` (default 30), `BENCH_BIN` (another
 //! `bzzz` binary to measure, e.g. an older release build for a before/after
-//! figure).
+//! figure), `BENCH_CONFIG` (a config file every node gets, e.g. to compare
+//! heartbeat periods).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -29,7 +30,12 @@ fn main() -> anyhow::Result<()> {
         "## Idle benchmark (5 nodes, initialized, {secs} s, binary {})\n",
         bin.display()
     );
-    let mut c = LocalCluster::start(&bin, 5, &LocalOpts::default())?;
+    let opts = LocalOpts {
+        extra_args: std::env::var("BENCH_CONFIG")
+            .map(|f| vec!["--config".to_owned(), f])
+            .unwrap_or_default(),
+    };
+    let mut c = LocalCluster::start(&bin, 5, &opts)?;
     c.wait_formed(Duration::from_secs(20))?;
     let pw = c.dir.path().join("operator-password");
     std::fs::write(&pw, format!("{PASSWORD}\n"))?;

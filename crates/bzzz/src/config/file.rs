@@ -51,8 +51,8 @@ pub struct ControlFile {
 impl Default for ControlFile {
     fn default() -> Self {
         Self {
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(150),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(250),
             election_timeout_max: Duration::from_millis(300),
             planner_interval: Duration::from_millis(500),
             voter_grace: Duration::from_secs(30),

@@ -36,17 +36,21 @@ impl Control {
     /// takes about one lease. Anyone else waits for the normal timers.
     pub(super) async fn detect_leader_loss(self: Arc<Self>, cancel: CancellationToken) {
         let hb = Duration::from_millis(self.settings.raft.heartbeat_interval);
-        let mut tick = tokio::time::interval(hb / 2);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut done: Option<u64> = None;
         loop {
+            // Wake when the leader, heard last at `heard`, would count as
+            // silent (three heartbeats later); each heartbeat moves that
+            // moment, so a healthy cluster wakes this task about every
+            // two heartbeats instead of on a fixed fast tick.
+            let silent_at = lock(&self.last_append).map_or(Instant::now() + hb * 3, |h| h.1 + hb * 3);
+            let wake = silent_at.max(Instant::now() + hb / 2);
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
             }
             self.stand_down_if_behind();
-            // The cheap test first (runs 40 times a second on every node):
-            // no copy of the metrics unless the leader has gone quiet.
+            // The cheap test first: no copy of the metrics unless the
+            // leader has gone quiet.
             let leader = {
                 let m = self.raft.metrics();
                 let m = m.borrow();
@@ -104,9 +108,9 @@ impl Control {
             done = Some(m.current_term);
             // The leader may have died between two followers' heartbeats:
             // others may have heard it up to one heartbeat after this node;
-            // one more heartbeat of slack keeps a loaded machine (late
-            // heartbeats) from calling elections it does not need.
-            let at = heard.1 + self.settings.lease() + hb * 2 + Duration::from_millis(10);
+            // 50 ms more of slack keeps a loaded machine (late heartbeats)
+            // from calling elections it does not need.
+            let at = heard.1 + self.settings.lease() + hb + Duration::from_millis(60);
             tokio::time::sleep(at.saturating_duration_since(Instant::now())).await;
             let now = self.raft.metrics().borrow().clone();
             let still_silent = lock(&self.last_append).is_some_and(|h| h.1 == heard.1);

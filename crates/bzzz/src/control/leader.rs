@@ -99,13 +99,13 @@ pub async fn run(
     }
 
     // 3. Loop: on the planner tick, and at once when the node's Raft role,
-    // term or leader changes. Not on every metrics update (the leader's
-    // replication progress changes with each heartbeat) nor on every view
-    // change (each announcement): an idle cluster wakes this loop twice a
-    // second.
+    // vote, leader or membership changes (openraft's server metrics). Not
+    // on every metrics update (the leader's replication progress changes
+    // with each heartbeat response) nor on every view change (each
+    // announcement): an idle cluster wakes this loop twice a second.
     let mut tick = tokio::time::interval(settings.planner_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut metrics = control.raft.metrics();
+    let mut metrics = control.raft.server_metrics();
     let mut leader_since: Option<(u64, Instant)> = None;
     let mut last_shape = None;
     loop {
@@ -116,12 +116,13 @@ pub async fn run(
         };
         let (state, term) = {
             let m = metrics.borrow_and_update();
-            let shape = (m.state, m.current_term, m.current_leader);
+            let term = m.vote.leader_id().get_term();
+            let shape = (m.state, term, m.current_leader);
             if !ticked && last_shape == Some(shape) {
                 continue;
             }
             last_shape = Some(shape);
-            (m.state, m.current_term)
+            (m.state, term)
         };
         if state == ServerState::Leader {
             match leader_since {
