@@ -42,7 +42,8 @@ impl Control {
             // silent (three heartbeats later); each heartbeat moves that
             // moment, so a healthy cluster wakes this task about every
             // two heartbeats instead of on a fixed fast tick.
-            let silent_at = lock(&self.last_append).map_or(Instant::now() + hb * 3, |h| h.1 + hb * 3);
+            let silent_at =
+                lock(&self.last_append).map_or(Instant::now() + hb * 3, |h| h.1 + hb * 3);
             let wake = silent_at.max(Instant::now() + hb / 2);
             tokio::select! {
                 _ = cancel.cancelled() => return,
