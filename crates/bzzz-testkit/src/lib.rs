@@ -422,6 +422,25 @@ pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, Duration)> {
     Ok((rss_kib, Duration::from_secs_f64(ticks as f64 / hz as f64)))
 }
 
+/// What each process uses while left alone for `window`: (RSS in KiB at
+/// the end, CPU as % of one core over the window), in `pids` order.
+pub fn idle_usage(pids: &[u32], window: Duration) -> anyhow::Result<Vec<(u64, f64)>> {
+    let before: Vec<_> = pids
+        .iter()
+        .map(|p| proc_usage(*p))
+        .collect::<Result<_, _>>()?;
+    let t0 = Instant::now();
+    std::thread::sleep(window);
+    let wall = t0.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| {
+            let a = proc_usage(*p)?;
+            Ok((a.0, (a.1 - b.1).as_secs_f64() / wall * 100.0))
+        })
+        .collect()
+}
+
 /// `p50 … ms, max … ms (n=…)` of a set of latencies (benchmarks).
 pub fn latency_summary(mut v: Vec<Duration>) -> String {
     if v.is_empty() {

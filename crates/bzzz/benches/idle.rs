@@ -10,9 +10,9 @@
 //! heartbeat periods).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bzzz_testkit::{LocalCluster, LocalOpts, NodeProc, proc_usage, wait_until};
+use bzzz_testkit::{LocalCluster, LocalOpts, NodeProc, idle_usage, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
 const PASSWORD: &str = "a long operator password";
@@ -79,21 +79,10 @@ fn main() -> anyhow::Result<()> {
     )?;
     std::thread::sleep(Duration::from_secs(5));
     let pids: Vec<u32> = c.nodes.iter().filter_map(NodeProc::pid).collect();
-    let before: Vec<_> = pids
-        .iter()
-        .map(|p| proc_usage(*p))
-        .collect::<Result<_, _>>()?;
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
-    let wall = t0.elapsed();
-    let after: Vec<_> = pids
-        .iter()
-        .map(|p| proc_usage(*p))
-        .collect::<Result<_, _>>()?;
+    let usage = idle_usage(&pids, Duration::from_secs(secs))?;
     println!("| node | role | CPU (% of a core, mean over {secs} s) | RSS |\n|---|---|---|---|");
     let mut max = 0f64;
-    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-        let cpu = (a.1 - b.1).as_secs_f64() / wall.as_secs_f64() * 100.0;
+    for (i, (rss, cpu)) in usage.iter().copied().enumerate() {
         max = max.max(cpu);
         let role = if c.nodes[i].node_id() == leader {
             "leader"
@@ -103,7 +92,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "| {} | {role} | {cpu:.2} % | {:.1} MiB |",
             &c.nodes[i].node_id()[..12.min(c.nodes[i].node_id().len())],
-            a.0 as f64 / 1024.0
+            rss as f64 / 1024.0
         );
     }
     println!("\nmax {max:.2} % of a core (target < 1 %)");

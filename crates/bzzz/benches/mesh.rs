@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bzzz_testkit::lab::{self, Lab};
-use bzzz_testkit::{LocalCluster, LocalOpts, NodeProc, proc_usage, wait_until};
+use bzzz_testkit::{LocalCluster, LocalOpts, NodeProc, idle_usage, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
 const POLL: Duration = Duration::from_millis(10);
@@ -47,23 +47,9 @@ fn main() -> anyhow::Result<()> {
     // Idle footprint.
     std::thread::sleep(Duration::from_secs(3));
     let pids: Vec<u32> = c.nodes.iter().filter_map(NodeProc::pid).collect();
-    let before: Vec<_> = pids
-        .iter()
-        .map(|p| proc_usage(*p))
-        .collect::<Result<_, _>>()?;
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(idle_secs));
-    let wall = t0.elapsed();
-    let after: Vec<_> = pids
-        .iter()
-        .map(|p| proc_usage(*p))
-        .collect::<Result<_, _>>()?;
-    let mut rss_max = 0u64;
-    let mut cpu_max = 0f64;
-    for (b, a) in before.iter().zip(&after) {
-        rss_max = rss_max.max(a.0);
-        cpu_max = cpu_max.max((a.1 - b.1).as_secs_f64() / wall.as_secs_f64() * 100.0);
-    }
+    let usage = idle_usage(&pids, Duration::from_secs(idle_secs))?;
+    let rss_max = usage.iter().map(|u| u.0).max().unwrap_or(0);
+    let cpu_max = usage.iter().map(|u| u.1).fold(0f64, f64::max);
     println!("| measure | result | target |\n|---|---|---|");
     println!(
         "| idle node RSS (max of 4, 4-node cluster) | {:.1} MiB | < 30 MiB |",
