@@ -7,7 +7,7 @@
 //! Environment: `BENCH_IDLE_SECS` (default 30), `BENCH_BIN` (another
 //! `bzzz` binary to measure, e.g. an older release build for a before/after
 //! figure), `BENCH_CONFIG` (a config file every node gets, e.g. to compare
-//! heartbeat periods).
+//! heartbeat periods), `BENCH_SETUP=0` (the mesh alone: no setup, no Raft).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +37,19 @@ fn main() -> anyhow::Result<()> {
     };
     let mut c = LocalCluster::start(&bin, 5, &opts)?;
     c.wait_formed(Duration::from_secs(20))?;
+    if std::env::var("BENCH_SETUP").is_ok_and(|v| v == "0") {
+        // The mesh alone (no setup, no Raft): for comparison.
+        std::thread::sleep(Duration::from_secs(5));
+        let pids: Vec<u32> = c.nodes.iter().filter_map(NodeProc::pid).collect();
+        let usage = idle_usage(&pids, Duration::from_secs(secs))?;
+        for (rss, cpu) in usage {
+            println!(
+                "| - | mesh only | {cpu:.2} % | {:.1} MiB |",
+                rss as f64 / 1024.0
+            );
+        }
+        return Ok(());
+    }
     let pw = c.dir.path().join("operator-password");
     std::fs::write(&pw, format!("{PASSWORD}\n"))?;
     let out = bzzz_testkit::cli(
