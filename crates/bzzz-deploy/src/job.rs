@@ -85,6 +85,23 @@ pub struct Event {
     pub elapsed_ms: u64,
 }
 
+impl Event {
+    /// An event with only a host, a state and the time since the run started.
+    pub fn new(host: &str, state: State, elapsed_ms: u64) -> Self {
+        Event {
+            host: host.to_owned(),
+            state,
+            message: String::new(),
+            cause: None,
+            fingerprint: None,
+            trust: None,
+            node_id: None,
+            changed: None,
+            elapsed_ms,
+        }
+    }
+}
+
 /// The last event of a run's stream (`event: done`): every host's outcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Done {
@@ -182,17 +199,7 @@ struct Ctx<C> {
 
 impl<C> Ctx<C> {
     fn event(&self, host: &str, state: State) -> Event {
-        Event {
-            host: host.to_owned(),
-            state,
-            message: String::new(),
-            cause: None,
-            fingerprint: None,
-            trust: None,
-            node_id: None,
-            changed: None,
-            elapsed_ms: self.started.elapsed().as_millis() as u64,
-        }
+        Event::new(host, state, self.started.elapsed().as_millis() as u64)
     }
     fn emit(&self, e: Event) {
         (self.sink)(e);

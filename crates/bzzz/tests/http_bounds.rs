@@ -93,6 +93,8 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_status_fast() {
                     max_rss = max_rss.max(rss);
                 }
                 samples += 1;
+                // The sampling period (not a wait for an event): the flood
+                // ends when its threads are joined, signalled by `done`.
                 std::thread::sleep(Duration::from_millis(50));
             }
             (worst, max_rss, samples)

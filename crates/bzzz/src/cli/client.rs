@@ -44,6 +44,16 @@ fn error_message(text: &str) -> String {
         .unwrap_or_else(|_| text.chars().take(500).collect())
 }
 
+/// The response, or an error with the API's message for an error status.
+async fn success(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest::Response> {
+    let code = resp.status();
+    if code.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    bail!("{what} answered {code}: {}", error_message(&body))
+}
+
 /// GET a JSON document.
 pub async fn get<T: DeserializeOwned>(api: &str, path: &str) -> anyhow::Result<T> {
     let base = api_base(api)?;
@@ -53,14 +63,13 @@ pub async fn get<T: DeserializeOwned>(api: &str, path: &str) -> anyhow::Result<T
         .send()
         .await
         .with_context(|| unreachable(&base))?;
-    let code = resp.status();
-    if !code.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        bail!("{url} answered {code}: {}", error_message(&body));
-    }
-    resp.json::<T>().await.with_context(|| {
-        format!("{url} did not answer with the expected JSON (is it a BZZZ node?)")
-    })
+    success(resp, &url)
+        .await?
+        .json::<T>()
+        .await
+        .with_context(|| {
+            format!("{url} did not answer with the expected JSON (is it a BZZZ node?)")
+        })
 }
 
 /// POSTs JSON (with the operator credential if given); on an error status,
@@ -121,13 +130,8 @@ impl SseReader {
             .send()
             .await
             .with_context(|| unreachable(&base))?;
-        let code = resp.status();
-        if !code.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            bail!("{path}: {code}: {}", error_message(&body));
-        }
         Ok(Self {
-            resp,
+            resp: success(resp, path).await?,
             parser: SseParser::default(),
         })
     }

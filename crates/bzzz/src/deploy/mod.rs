@@ -510,15 +510,13 @@ fn cancelled(run: &Run, hosts: &[String], sink: &job::Sink) -> Vec<Outcome> {
                         .unwrap_or_else(|| "queued".into());
                     warn!(host = %h, was, "deploy cancelled by shutdown");
                     sink(Event {
-                        host: h.clone(),
-                        state: job::State::Failed,
                         message: format!("the node running the deploy shut down (host was {was})"),
                         cause: Some(Cause::Cancelled),
-                        fingerprint: None,
-                        trust: None,
-                        node_id: None,
-                        changed: None,
-                        elapsed_ms: last.get(h).map_or(0, |e| e.elapsed_ms),
+                        ..Event::new(
+                            h,
+                            job::State::Failed,
+                            last.get(h).map_or(0, |e| e.elapsed_ms),
+                        )
                     });
                     Outcome {
                         host: h.clone(),

@@ -49,15 +49,8 @@ fn a_failing_random_source_is_an_error_not_a_predictable_token() {
 #[test]
 fn a_run_cancelled_by_shutdown_reports_every_host() {
     let ev = |host: &str, state: job::State| Event {
-        host: host.into(),
-        state,
-        message: String::new(),
-        cause: None,
-        fingerprint: None,
-        trust: None,
-        node_id: None,
         changed: Some(true),
-        elapsed_ms: 5,
+        ..Event::new(host, state, 5)
     };
     let (tick, _) = watch::channel(0);
     let run = Arc::new(Run {
