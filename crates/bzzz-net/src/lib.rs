@@ -123,6 +123,7 @@ pub use service::{Service, ServiceRequest};
 pub struct Inbound {
     pub keys: mpsc::Receiver<ServiceRequest>,
     pub raft: mpsc::Receiver<ServiceRequest>,
+    pub models: mpsc::Receiver<ServiceRequest>,
 }
 
 /// A live peer in the view.

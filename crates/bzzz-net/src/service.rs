@@ -30,10 +30,15 @@ pub enum Service {
     Keys,
     /// Raft RPCs, hand-offs, forwarded proposals (the control plane).
     Raft,
+    /// Model blobs: piece manifests, bitfields, blocks of at most 256 KiB
+    /// (`bzzz-models`). Its own protocol, so bulk data never queues with
+    /// Raft's requests; the fetcher bounds its requests in flight per peer
+    /// so what waits in a connection's buffers stays small.
+    Models,
 }
 
 impl Service {
-    pub const ALL: [Service; 2] = [Service::Keys, Service::Raft];
+    pub const ALL: [Service; 3] = [Service::Keys, Service::Raft, Service::Models];
 
     pub fn protocol(self) -> StreamProtocol {
         match self {
@@ -41,6 +46,7 @@ impl Service {
             // 1.0.0 carried CBOR-encoded messages.
             Service::Keys => StreamProtocol::new("/bzzz/keys/2.0.0"),
             Service::Raft => StreamProtocol::new("/bzzz/raft/1.0.0"),
+            Service::Models => StreamProtocol::new("/bzzz/models/1.0.0"),
         }
     }
 
@@ -49,6 +55,7 @@ impl Service {
         match self {
             Service::Keys => 32,
             Service::Raft => 256,
+            Service::Models => 256,
         }
     }
 
@@ -58,6 +65,7 @@ impl Service {
         match self {
             Service::Keys => Duration::from_secs(20),
             Service::Raft => Duration::from_secs(10),
+            Service::Models => Duration::from_secs(20),
         }
     }
 
@@ -66,6 +74,7 @@ impl Service {
         match self {
             Service::Keys => 100,
             Service::Raft => 256,
+            Service::Models => 128,
         }
     }
 

@@ -63,6 +63,7 @@ pub(crate) struct Behaviour {
     // One field per request-response service (see `service`).
     keys: Rr,
     raft: Rr,
+    models: Rr,
 }
 
 impl Behaviour {
@@ -70,6 +71,7 @@ impl Behaviour {
         match s {
             Service::Keys => &mut self.keys,
             Service::Raft => &mut self.raft,
+            Service::Models => &mut self.models,
         }
     }
 }
@@ -287,6 +289,7 @@ impl Node {
         let inbound = Inbound {
             keys: take(Service::Keys)?,
             raft: take(Service::Raft)?,
+            models: take(Service::Models)?,
         };
         Ok((node, handle, inbound))
     }
@@ -730,6 +733,9 @@ impl Node {
             }
             BehaviourEvent::Keys(ev) => self.services.on_event(Service::Keys, ev, &self.local_id),
             BehaviourEvent::Raft(ev) => self.services.on_event(Service::Raft, ev, &self.local_id),
+            BehaviourEvent::Models(ev) => {
+                self.services.on_event(Service::Models, ev, &self.local_id)
+            }
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                 debug!(peer = %peer_id, "peer subscribed to announcements");
                 self.announce_due = true;
@@ -972,6 +978,7 @@ fn build_behaviour(
         gossipsub,
         keys: Service::Keys.behaviour(),
         raft: Service::Raft.behaviour(),
+        models: Service::Models.behaviour(),
     })
 }
 

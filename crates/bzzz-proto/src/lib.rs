@@ -10,6 +10,7 @@ pub mod api;
 pub mod caps;
 pub mod cluster;
 pub mod id;
+pub mod models;
 
 pub use caps::{Capabilities, CpuInfo, GpuInfo, Labels, OllamaInfo, OllamaModel};
 pub use id::{NodeId, NodeIdError};

@@ -1,0 +1,812 @@
+//! The models service: answers peers from this node's store, and fetches
+//! a blob from every peer that has pieces of it at once.
+//!
+//! Fetching (BitTorrent-like, no tracker: the registry names the swarm):
+//! - the piece manifest comes from any holder and must match the
+//!   registry's root;
+//! - every peer's bitfield is polled every [`POLL`] (complete holders say
+//!   so in one bit);
+//! - each peer gets at most [`PER_PEER`] requests in flight, one piece each
+//!   (in blocks of at most 256 KiB): what waits in a connection's buffers
+//!   stays under a megabyte, so the same connection's Raft heartbeats are
+//!   never far behind;
+//! - pieces are chosen rarest first (random among equals); a complete
+//!   holder (the seed) is asked only for pieces no other peer has, so the
+//!   receivers trade among themselves and the seed's upload stays near one
+//!   copy;
+//! - every piece is checked (BLAKE3) on arrival; a bad piece is fetched
+//!   again from someone else and its sender gets a strike (three: ignored
+//!   for the rest of this blob); a peer that fails a request is left alone
+//!   for a second, then longer;
+//! - the partial file lives in `bzzz/partial/` on the store's filesystem;
+//!   after a restart its pieces are checked again and only missing ones
+//!   are fetched; the whole file's sha256 is checked before the rename
+//!   into `blobs/`.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bzzz_net::{NetHandle, Service};
+use bzzz_proto::NodeId;
+use bzzz_proto::models::BlobInfo;
+use futures::StreamExt as _;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::ModelsError;
+use crate::ollama::Store;
+use crate::pieces::{Bitfield, MIN_PIECE, PieceHasher, PieceManifest};
+use crate::wire::{self, Have, ProgressMap, Request};
+
+/// Requests in flight to one peer.
+pub const PER_PEER: usize = 2;
+/// How often peers' bitfields are polled.
+pub const POLL: Duration = Duration::from_millis(400);
+/// A fetch with no verified piece for this long gives up (the caller
+/// retries later, keeping what it has).
+pub const STALL: Duration = Duration::from_secs(30);
+/// Bad pieces from one peer before it is ignored for this blob.
+pub const STRIKES: u8 = 3;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A blob being fetched (served to peers from its verified pieces).
+#[derive(Debug)]
+struct Partial {
+    manifest: PieceManifest,
+    path: PathBuf,
+    have: Mutex<Bitfield>,
+}
+
+/// The models service of one node.
+#[derive(Debug)]
+pub struct Models {
+    store: Store,
+    net: NetHandle,
+    partials: Mutex<HashMap<String, Arc<Partial>>>,
+    progress: Mutex<ProgressMap>,
+    /// Bytes of model data sent to peers (benchmarks: the seed's upload).
+    pub uploaded: AtomicU64,
+    /// Bad pieces received (benchmarks and tests: corruption detected).
+    pub bad_pieces: AtomicU64,
+}
+
+struct PeerState {
+    bits: Option<Bitfield>,
+    seed: bool,
+    strikes: u8,
+    down_until: Option<Instant>,
+    backoff: Duration,
+    in_flight: usize,
+    polling: bool,
+}
+
+enum Fetched {
+    Ok(u64),
+    Bad,
+    Failed(ModelsError),
+}
+
+/// A small random source for tie-breaks (xorshift).
+struct Rng(u64);
+impl Rng {
+    fn new() -> Self {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        Self(u64::from_le_bytes(b) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Chooses the next piece to ask `peer` for: one it has, we lack, nobody
+/// is fetching, it has not sent bad; rarest first among all live peers;
+/// from a seed only pieces no live non-seed peer has. `counts[i]` counts
+/// live peers holding piece `i`, `counts_ns[i]` the non-seeds among them.
+#[allow(clippy::too_many_arguments)]
+fn pick(
+    bits: &Bitfield,
+    seed: bool,
+    have: &Bitfield,
+    busy: &Bitfield,
+    bad: impl Fn(usize) -> bool,
+    counts: &[u16],
+    counts_ns: &[u16],
+    rng: &mut Rng,
+) -> Option<usize> {
+    let mut best: Option<(u16, u64, usize)> = None;
+    for i in 0..have.len() {
+        if have.get(i) || busy.get(i) || !bits.get(i) || (seed && counts_ns[i] > 0) || bad(i) {
+            continue;
+        }
+        let key = (counts[i], rng.next());
+        if best.is_none_or(|(c, r, _)| key < (c, r)) {
+            best = Some((key.0, key.1, i));
+        }
+    }
+    best.map(|(_, _, i)| i)
+}
+
+impl Models {
+    pub fn new(store: Store, net: NetHandle) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            net,
+            partials: Mutex::new(HashMap::new()),
+            progress: Mutex::new(ProgressMap::new()),
+            uploaded: AtomicU64::new(0),
+            bad_pieces: AtomicU64::new(0),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn local_id(&self) -> &NodeId {
+        self.net.local_id()
+    }
+
+    /// What `Progress` answers (the node's agent keeps it current).
+    pub fn set_progress(&self, p: ProgressMap) {
+        *lock(&self.progress) = p;
+    }
+
+    pub fn progress(&self) -> ProgressMap {
+        lock(&self.progress).clone()
+    }
+
+    /// Bytes of `blob` this node has verified (complete or partial).
+    pub fn bytes_of(&self, blob: &BlobInfo) -> u64 {
+        if self.store.blob_size(&blob.digest) == Some(blob.size) {
+            return blob.size;
+        }
+        lock(&self.partials).get(&blob.digest).map_or(0, |p| {
+            let have = lock(&p.have);
+            (0..have.len())
+                .filter(|i| have.get(*i))
+                .map(|i| p.manifest.range(i).1)
+                .sum()
+        })
+    }
+
+    async fn call(&self, peer: &NodeId, r: &Request) -> Result<Vec<u8>, ModelsError> {
+        self.net
+            .call(Service::Models, peer, wire::encode_request(r))
+            .await
+            .map_err(|e| ModelsError::Unavailable(e.to_string()))
+    }
+
+    /// Asks a peer for its models' states.
+    pub async fn progress_of(&self, peer: &NodeId) -> Result<ProgressMap, ModelsError> {
+        let b = self.call(peer, &Request::Progress).await?;
+        wire::decode_json(&b)
+    }
+
+    /// Answers a peer's request (the caller admits only members).
+    pub async fn answer(self: &Arc<Self>, payload: Vec<u8>) -> Vec<u8> {
+        let req = match wire::decode_request(&payload) {
+            Ok(r) => r,
+            Err(e) => return wire::error(&e.to_string()),
+        };
+        match req {
+            Request::Progress => wire::json(&self.progress()),
+            Request::Have { blob } => {
+                if self.store.blob_size(&blob).is_some() && self.store.pieces_bytes(&blob).is_some()
+                {
+                    return wire::json(&Have {
+                        complete: true,
+                        bits: String::new(),
+                    });
+                }
+                match lock(&self.partials).get(&blob) {
+                    Some(p) => wire::json(&Have {
+                        complete: false,
+                        bits: hex::encode(lock(&p.have).bytes()),
+                    }),
+                    None => wire::error("not here"),
+                }
+            }
+            Request::Pieces { blob } => {
+                if let Some(b) = self.store.pieces_bytes(&blob) {
+                    return wire::data(&b);
+                }
+                match lock(&self.partials).get(&blob) {
+                    Some(p) => wire::data(&p.manifest.encode()),
+                    None => wire::error("not here"),
+                }
+            }
+            Request::Get { blob, offset, len } => {
+                if u64::from(len) > MIN_PIECE || len == 0 {
+                    return wire::error("a block is 1 byte to 256 KiB");
+                }
+                let path = if self.store.blob_size(&blob).is_some() {
+                    match self.store.blob_path(&blob) {
+                        Ok(p) => p,
+                        Err(e) => return wire::error(&e.to_string()),
+                    }
+                } else {
+                    let Some(p) = lock(&self.partials).get(&blob).cloned() else {
+                        return wire::error("not here");
+                    };
+                    let ps = p.manifest.piece_size;
+                    let first = offset / ps;
+                    let last = (offset + u64::from(len) - 1) / ps;
+                    if first != last || !lock(&p.have).get(first as usize) {
+                        return wire::error("piece not here yet");
+                    }
+                    p.path.clone()
+                };
+                let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    let f = std::fs::File::open(path)?;
+                    let mut buf = vec![0u8; len as usize];
+                    f.read_exact_at(&mut buf, offset)?;
+                    Ok(buf)
+                })
+                .await;
+                match read {
+                    Ok(Ok(buf)) => {
+                        self.uploaded.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                        wire::data(&buf)
+                    }
+                    Ok(Err(e)) => wire::error(&format!("read: {e}")),
+                    Err(e) => wire::error(&e.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Makes sure a complete blob has its piece manifest (a blob that was
+    /// already in the store, from Ollama itself or an earlier run), and
+    /// that it matches the registry's root.
+    pub async fn ensure_pieces(&self, blob: &BlobInfo) -> Result<(), ModelsError> {
+        if let Some(b) = self.store.pieces_bytes(&blob.digest)
+            && blake3::hash(&b).to_hex().as_str() == blob.pieces_root
+        {
+            return Ok(());
+        }
+        let path = self.store.blob_path(&blob.digest)?;
+        let size = blob.size;
+        let m = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(path)?;
+            crate::pieces::hash_blob(std::io::BufReader::with_capacity(1 << 20, f), |_| {}, size)
+        })
+        .await
+        .map_err(|e| ModelsError::Internal(e.to_string()))??;
+        if m.blob != blob.digest || m.root() != blob.pieces_root {
+            return Err(ModelsError::Io(format!(
+                "the stored blob {} does not match its digest",
+                blob.digest
+            )));
+        }
+        self.store.save_pieces(&m)
+    }
+
+    async fn piece_manifest(
+        &self,
+        blob: &BlobInfo,
+        peers: &[NodeId],
+    ) -> Result<PieceManifest, ModelsError> {
+        let check = |b: &[u8]| {
+            PieceManifest::decode(
+                b,
+                &blob.digest,
+                blob.size,
+                blob.piece_size,
+                &blob.pieces_root,
+            )
+        };
+        if let Some(m) = self
+            .store
+            .pieces_bytes(&blob.digest)
+            .and_then(|b| check(&b).ok())
+        {
+            return Ok(m);
+        }
+        let mut last = ModelsError::Unavailable(format!("no peer holds {}", blob.digest));
+        for p in peers {
+            match self
+                .call(
+                    p,
+                    &Request::Pieces {
+                        blob: blob.digest.clone(),
+                    },
+                )
+                .await
+                .and_then(|b| wire::decode_data(&b).and_then(check))
+            {
+                Ok(m) => {
+                    self.store.save_pieces(&m)?;
+                    return Ok(m);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Opens (or resumes) the partial file: pieces already there are
+    /// checked again, so only missing ones are fetched.
+    async fn open_partial(&self, m: PieceManifest) -> Result<Arc<Partial>, ModelsError> {
+        if let Some(p) = lock(&self.partials).get(&m.blob) {
+            return Ok(p.clone());
+        }
+        let path = self.store.partial_path(&m.blob)?;
+        let (path, m, have) = tokio::task::spawn_blocking(move || -> Result<_, ModelsError> {
+            let mut have = Bitfield::new(m.count());
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            let len = f.metadata()?.len();
+            if len == m.size {
+                let mut buf = vec![0u8; m.piece_size as usize];
+                for i in 0..m.count() {
+                    let (start, n) = m.range(i);
+                    f.read_exact_at(&mut buf[..n as usize], start)?;
+                    if m.verify(i, &buf[..n as usize]) {
+                        have.set(i);
+                    }
+                }
+            } else {
+                f.set_len(m.size)?;
+            }
+            Ok((path, m, have))
+        })
+        .await
+        .map_err(|e| ModelsError::Internal(e.to_string()))??;
+        if have.count() > 0 {
+            info!(blob = %m.blob, pieces = have.count(), of = m.count(), "resuming a partial blob");
+        }
+        let p = Arc::new(Partial {
+            manifest: m,
+            path,
+            have: Mutex::new(have),
+        });
+        lock(&self.partials).insert(p.manifest.blob.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// Fetches `blob` into `blobs/` from `peers` (any that have pieces of
+    /// it). `done` follows the verified bytes. Returns when the blob is in
+    /// place; on an error what was fetched is kept for the next try.
+    pub async fn fetch(
+        &self,
+        blob: &BlobInfo,
+        peers: &[NodeId],
+        done: &AtomicU64,
+        cancel: &CancellationToken,
+    ) -> Result<(), ModelsError> {
+        if self.store.blob_size(&blob.digest) == Some(blob.size) {
+            self.ensure_pieces(blob).await?;
+            done.store(blob.size, Ordering::Relaxed);
+            return Ok(());
+        }
+        let peers: Vec<NodeId> = peers
+            .iter()
+            .filter(|p| *p != self.net.local_id())
+            .cloned()
+            .collect();
+        let m = self.piece_manifest(blob, &peers).await?;
+        let part = self.open_partial(m).await?;
+        loop {
+            self.swarm(&part, &peers, done, cancel).await?;
+            match self.finish(&part).await {
+                Ok(()) => {
+                    lock(&self.partials).remove(&blob.digest);
+                    done.store(blob.size, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // Pieces that verified but a whole that does not: check
+                // every piece again and fetch what is wrong.
+                Err(e) => warn!(blob = %blob.digest, "{e}; checking every piece again"),
+            }
+        }
+    }
+
+    async fn finish(&self, part: &Arc<Partial>) -> Result<(), ModelsError> {
+        let p = part.clone();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), ModelsError> {
+            let f = std::fs::File::open(&p.path)?;
+            f.sync_all()?;
+            let mut h = PieceHasher::new(p.manifest.size);
+            let mut buf = vec![0u8; p.manifest.piece_size as usize];
+            let mut bad = Vec::new();
+            for i in 0..p.manifest.count() {
+                let (start, n) = p.manifest.range(i);
+                f.read_exact_at(&mut buf[..n as usize], start)?;
+                if !p.manifest.verify(i, &buf[..n as usize]) {
+                    bad.push(i);
+                }
+                h.update(&buf[..n as usize]);
+            }
+            let got = h.finish()?;
+            if got.blob == p.manifest.blob && bad.is_empty() {
+                store.install_blob(&p.manifest.blob, &p.path)?;
+                store.save_pieces(&p.manifest)?;
+                return Ok(());
+            }
+            let mut have = lock(&p.have);
+            for i in &bad {
+                have.clear(*i);
+            }
+            Err(ModelsError::Io(format!(
+                "{} pieces of {} changed on disk",
+                bad.len(),
+                p.manifest.blob
+            )))
+        })
+        .await
+        .map_err(|e| ModelsError::Internal(e.to_string()))?
+    }
+
+    /// The swarm loop: until every piece is verified.
+    async fn swarm(
+        &self,
+        part: &Arc<Partial>,
+        peers: &[NodeId],
+        done: &AtomicU64,
+        cancel: &CancellationToken,
+    ) -> Result<(), ModelsError> {
+        let m = &part.manifest;
+        let n = m.count();
+        let mut state: HashMap<NodeId, PeerState> = peers
+            .iter()
+            .map(|p| {
+                (
+                    p.clone(),
+                    PeerState {
+                        bits: None,
+                        seed: false,
+                        strikes: 0,
+                        down_until: None,
+                        backoff: Duration::from_secs(1),
+                        in_flight: 0,
+                        polling: false,
+                    },
+                )
+            })
+            .collect();
+        let mut busy = Bitfield::new(n);
+        let mut bad_from: HashMap<usize, Vec<NodeId>> = HashMap::new();
+        let mut counts = vec![0u16; n];
+        let mut counts_ns = vec![0u16; n];
+        let mut rng = Rng::new();
+        let mut fetches: FuturesUnordered<BoxFuture<'_, (NodeId, usize, Fetched)>> =
+            FuturesUnordered::new();
+        let mut polls: FuturesUnordered<BoxFuture<'_, (NodeId, Result<Have, ModelsError>)>> =
+            FuturesUnordered::new();
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_progress = Instant::now();
+        let verified = |have: &Bitfield| -> u64 {
+            (0..n).filter(|i| have.get(*i)).map(|i| m.range(i).1).sum()
+        };
+        done.store(verified(&lock(&part.have)), Ordering::Relaxed);
+        loop {
+            let have = lock(&part.have).clone();
+            if have.is_full() {
+                return Ok(());
+            }
+            // Hand out work.
+            let now = Instant::now();
+            let mut order: Vec<NodeId> = state.keys().cloned().collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+            }
+            for p in order {
+                let Some(s) = state.get_mut(&p) else { continue };
+                if s.strikes >= STRIKES || s.down_until.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let Some(bits) = s.bits.clone() else { continue };
+                while s.in_flight < PER_PEER {
+                    let bad = |i: usize| bad_from.get(&i).is_some_and(|v| v.contains(&p));
+                    let Some(i) = pick(
+                        &bits, s.seed, &have, &busy, bad, &counts, &counts_ns, &mut rng,
+                    ) else {
+                        break;
+                    };
+                    busy.set(i);
+                    s.in_flight += 1;
+                    let peer = p.clone();
+                    let part = part.clone();
+                    fetches.push(Box::pin(async move {
+                        let r = self.fetch_piece(&peer, &part, i).await;
+                        (peer, i, r)
+                    }));
+                }
+            }
+            if fetches.is_empty() && last_progress.elapsed() > STALL {
+                return Err(ModelsError::Unavailable(format!(
+                    "no peer could supply the missing {} of {} pieces of {}",
+                    n - have.count(),
+                    n,
+                    m.blob
+                )));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    return Err(ModelsError::Unavailable("stopped".into()));
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for (p, s) in state.iter_mut() {
+                        if s.polling || s.strikes >= STRIKES || s.down_until.is_some_and(|t| t > now) {
+                            continue;
+                        }
+                        s.polling = true;
+                        let p = p.clone();
+                        let blob = m.blob.clone();
+                        polls.push(Box::pin(async move {
+                            let r = self
+                                .call(&p, &Request::Have { blob })
+                                .await
+                                .and_then(|b| wire::decode_json::<Have>(&b));
+                            (p, r)
+                        }));
+                    }
+                }
+                Some((p, r)) = polls.next() => {
+                    if let Some(s) = state.get_mut(&p) {
+                        s.polling = false;
+                        match r {
+                            Ok(h) if h.complete => {
+                                s.seed = true;
+                                s.bits = Some(Bitfield::full(n));
+                            }
+                            Ok(h) => {
+                                s.seed = false;
+                                s.bits = hex::decode(&h.bits).ok().and_then(|b| Bitfield::from_bytes(b, n));
+                            }
+                            Err(e) => {
+                                debug!(peer = %p, "has nothing of {}: {e}", m.blob);
+                                s.bits = None;
+                            }
+                        }
+                    }
+                    recount(&state, now, &mut counts, &mut counts_ns);
+                }
+                Some((p, i, r)) = fetches.next() => {
+                    busy.clear(i);
+                    let Some(s) = state.get_mut(&p) else { continue };
+                    s.in_flight -= 1;
+                    match r {
+                        Fetched::Ok(len) => {
+                            lock(&part.have).set(i);
+                            done.fetch_add(len, Ordering::Relaxed);
+                            last_progress = Instant::now();
+                            s.backoff = Duration::from_secs(1);
+                        }
+                        Fetched::Bad => {
+                            self.bad_pieces.fetch_add(1, Ordering::Relaxed);
+                            s.strikes += 1;
+                            bad_from.entry(i).or_default().push(p.clone());
+                            warn!(peer = %p, piece = i, blob = %m.blob, strikes = s.strikes, "a bad piece; fetching it elsewhere");
+                            if s.strikes >= STRIKES {
+                                warn!(peer = %p, blob = %m.blob, "ignoring this peer for the blob");
+                                recount(&state, Instant::now(), &mut counts, &mut counts_ns);
+                            }
+                        }
+                        Fetched::Failed(e) => {
+                            debug!(peer = %p, piece = i, "request failed: {e}");
+                            s.down_until = Some(Instant::now() + s.backoff);
+                            s.backoff = (s.backoff * 2).min(Duration::from_secs(10));
+                            recount(&state, Instant::now(), &mut counts, &mut counts_ns);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fetch_piece(&self, peer: &NodeId, part: &Partial, i: usize) -> Fetched {
+        let m = &part.manifest;
+        let (start, len) = m.range(i);
+        let mut buf = Vec::with_capacity(len as usize);
+        let mut off = start;
+        while off < start + len {
+            let n = (start + len - off).min(MIN_PIECE);
+            let r = self
+                .call(
+                    peer,
+                    &Request::Get {
+                        blob: m.blob.clone(),
+                        offset: off,
+                        len: n as u32,
+                    },
+                )
+                .await
+                .and_then(|b| {
+                    let d = wire::decode_data(&b)?;
+                    if d.len() as u64 == n {
+                        Ok(d.to_vec())
+                    } else {
+                        Err(ModelsError::Peer("short block".into()))
+                    }
+                });
+            match r {
+                Ok(d) => buf.extend_from_slice(&d),
+                Err(e) => return Fetched::Failed(e),
+            }
+            off += n;
+        }
+        if !m.verify(i, &buf) {
+            return Fetched::Bad;
+        }
+        let path = part.path.clone();
+        let w = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let f = std::fs::OpenOptions::new().write(true).open(path)?;
+            f.write_all_at(&buf, start)
+        })
+        .await;
+        match w {
+            Ok(Ok(())) => Fetched::Ok(len),
+            Ok(Err(e)) => Fetched::Failed(ModelsError::Io(e.to_string())),
+            Err(e) => Fetched::Failed(ModelsError::Internal(e.to_string())),
+        }
+    }
+
+    /// A writer for a blob uploaded through the API: into a temporary file
+    /// on the store's filesystem, hashed as it goes.
+    pub fn upload(&self, size: u64) -> Result<Upload, ModelsError> {
+        let path = self.store.tmp_path("upload");
+        let file = std::fs::File::create(&path)?;
+        Ok(Upload {
+            store: self.store.clone(),
+            file: std::io::BufWriter::with_capacity(1 << 20, file),
+            path,
+            hasher: PieceHasher::new(size),
+        })
+    }
+}
+
+fn recount(
+    state: &HashMap<NodeId, PeerState>,
+    now: Instant,
+    counts: &mut [u16],
+    counts_ns: &mut [u16],
+) {
+    counts.fill(0);
+    counts_ns.fill(0);
+    for s in state.values() {
+        if s.strikes >= STRIKES || s.down_until.is_some_and(|t| t > now) {
+            continue;
+        }
+        let Some(b) = &s.bits else { continue };
+        for i in 0..counts.len() {
+            if b.get(i) {
+                counts[i] = counts[i].saturating_add(1);
+                if !s.seed {
+                    counts_ns[i] = counts_ns[i].saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+/// A blob arriving through the API (see [`Models::upload`]). Dropped
+/// without [`Upload::finish`], its temporary file is removed.
+#[derive(Debug)]
+pub struct Upload {
+    store: Store,
+    file: std::io::BufWriter<std::fs::File>,
+    path: PathBuf,
+    hasher: PieceHasher,
+}
+
+impl Upload {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), ModelsError> {
+        use std::io::Write as _;
+        self.hasher.update(data);
+        self.file.write_all(data)?;
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.hasher.size()
+    }
+
+    /// Checks the content against `digest` and moves it into `blobs/`.
+    pub fn finish(mut self, digest: &str) -> Result<PieceManifest, ModelsError> {
+        use std::io::Write as _;
+        self.file.flush()?;
+        let hasher = std::mem::replace(&mut self.hasher, PieceHasher::new(0));
+        let m = hasher.finish()?;
+        if m.blob != digest {
+            return Err(ModelsError::Invalid(format!(
+                "the upload's sha256 is {}, not {digest}",
+                m.blob
+            )));
+        }
+        self.store.install_blob(digest, &self.path)?;
+        self.store.save_pieces(&m)?;
+        Ok(m)
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rarest_first_and_the_seed_only_sends_what_nobody_else_has() {
+        let n = 4;
+        let have = Bitfield::new(n);
+        let busy = Bitfield::new(n);
+        let mut rng = Rng::new();
+        // Pieces 0,1 held by a non-seed peer too; 2,3 only by the seed.
+        let counts = [2, 2, 1, 1];
+        let counts_ns = [1, 1, 0, 0];
+        let seed_bits = Bitfield::full(n);
+        for _ in 0..50 {
+            let i = pick(
+                &seed_bits,
+                true,
+                &have,
+                &busy,
+                |_| false,
+                &counts,
+                &counts_ns,
+                &mut rng,
+            )
+            .unwrap();
+            assert!(i >= 2, "the seed is asked only for pieces others lack");
+        }
+        let mut peer_bits = Bitfield::new(n);
+        peer_bits.set(0);
+        peer_bits.set(1);
+        let i = pick(
+            &peer_bits,
+            false,
+            &have,
+            &busy,
+            |i| i == 0,
+            &counts,
+            &counts_ns,
+            &mut rng,
+        );
+        assert_eq!(
+            i,
+            Some(1),
+            "a piece the peer sent bad is not asked of it again"
+        );
+        let mut busy = busy;
+        busy.set(2);
+        busy.set(3);
+        assert_eq!(
+            pick(
+                &seed_bits,
+                true,
+                &have,
+                &busy,
+                |_| false,
+                &counts,
+                &counts_ns,
+                &mut rng
+            ),
+            None
+        );
+    }
+}
