@@ -15,9 +15,12 @@
 //!   admin signature), on the log store in [`store`].
 //! * [`slurp`]: the leader's planners (state, observation → commands) and
 //!   the Raft membership plan.
+//! * [`placement`]: where each model's copies go (VRAM fit, CPU fallback,
+//!   replicas, zones, holders first, hysteresis).
 //! * [`wire`]: the messages of the control-plane protocol.
 
 pub mod leadership;
+pub mod placement;
 pub mod raft;
 pub mod score;
 pub mod slurp;

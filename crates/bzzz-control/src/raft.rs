@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use bzzz_proto::NodeId;
 use bzzz_proto::cluster::{AdminAction, RoleDef, Signed};
+use bzzz_proto::models::{ModelEntry, Placed, Registry};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError,
@@ -47,6 +48,19 @@ pub enum Command {
     Admin { change: Signed },
     /// The share planner's table: share index → holder.
     ShareHolders { holders: BTreeMap<u16, NodeId> },
+    /// Adds or replaces a model in the registry (`bzzz model add`).
+    ModelPut { entry: Box<ModelEntry> },
+    /// Marks a model removed (`bzzz model rm`).
+    ModelRemove { name: String },
+    /// The placement planner's decision for one model.
+    ModelPlace { name: String, nodes: Vec<Placed> },
+    /// A node reports the manifest digest it holds of a model (`None`:
+    /// none any more).
+    ModelHeld {
+        name: String,
+        node: NodeId,
+        digest: Option<String>,
+    },
 }
 
 /// The result of applying a command.
@@ -168,6 +182,9 @@ pub struct ClusterState {
     pub rejected: u64,
     /// Admin-key share index → the member holding it.
     pub share_holders: BTreeMap<u16, NodeId>,
+    /// The model registry: entries, placements, holders (SPEC §8).
+    #[serde(default)]
+    pub models: Registry,
 }
 
 impl ClusterState {
@@ -261,6 +278,16 @@ impl ClusterState {
                 self.nodes = nodes;
                 Ok(None)
             }
+            Command::ModelPut { entry } => self.models.put(*entry).map_err(|e| e.0),
+            Command::ModelRemove { name } => self.models.remove(&name).map(|()| None).map_err(|e| e.0),
+            Command::ModelPlace { name, nodes } => {
+                self.models.place(&name, nodes).map(|()| None).map_err(|e| e.0)
+            }
+            Command::ModelHeld { name, node, digest } => self
+                .models
+                .set_held(&name, node, digest)
+                .map(|()| None)
+                .map_err(|e| e.0),
             Command::Admin { change } => {
                 let c = self
                     .cluster

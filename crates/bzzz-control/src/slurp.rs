@@ -72,7 +72,68 @@ pub trait Planner: Send + Sync {
 
 /// The planners the leader runs, in order.
 pub fn planners() -> Vec<Box<dyn Planner>> {
-    vec![Box::new(Inventory), Box::new(ShareHolders)]
+    vec![
+        Box::new(Inventory),
+        Box::new(ShareHolders),
+        Box::new(ModelPlacement),
+    ]
+}
+
+/// Model placement ([`crate::placement`]): a `ModelPlace` command for each
+/// model whose placement should change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ModelPlacement;
+
+impl Planner for ModelPlacement {
+    fn name(&self) -> &'static str {
+        "model_placement"
+    }
+
+    fn plan(&self, state: &ClusterState, observed: &Observed, ctx: &Context) -> Vec<Command> {
+        let reg = &state.models;
+        if reg.models.is_empty() {
+            return vec![];
+        }
+        let nodes = observed
+            .nodes
+            .iter()
+            .map(|(id, n)| {
+                let c = &n.capabilities;
+                (
+                    id.clone(),
+                    crate::placement::Node {
+                        healthy: n.healthy,
+                        vram_total: c.gpus.iter().map(|g| g.vram_total_bytes).sum(),
+                        vram_free: c
+                            .gpus
+                            .iter()
+                            .map(|g| g.vram_free_bytes.unwrap_or(g.vram_total_bytes))
+                            .sum(),
+                        ram_total: c.memory_total_bytes,
+                        ram_free: c.memory_free_bytes,
+                        zone: c.labels.zone.clone(),
+                        score: node_score(n, &ctx.weights),
+                    },
+                )
+            })
+            .collect();
+        let mut next = crate::placement::place(reg, &nodes);
+        let mut out = Vec::new();
+        for (name, e) in &reg.models {
+            if e.removed {
+                continue;
+            }
+            let new = next.remove(name).unwrap_or_default();
+            let old = reg.placements.get(name).cloned().unwrap_or_default();
+            if new != old {
+                out.push(Command::ModelPlace {
+                    name: name.clone(),
+                    nodes: new,
+                });
+            }
+        }
+        out
+    }
 }
 
 /// Resource inventory: every member's resources and score, and cluster
