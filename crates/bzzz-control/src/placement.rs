@@ -37,6 +37,10 @@ pub struct Node {
     pub score: f64,
 }
 
+/// A candidate's rank: pinned, holder, new zone, room left (tenths),
+/// score (steps of 5). Higher wins.
+type Rank = (bool, bool, bool, i64, i64);
+
 #[derive(Default, Clone, Copy)]
 struct Used {
     vram: u64,
@@ -96,7 +100,7 @@ pub fn place(reg: &Registry, nodes: &BTreeMap<NodeId, Node>) -> BTreeMap<String,
                 .filter_map(|p| nodes.get(&p.node))
                 .map(|n| n.zone.as_ref())
                 .collect();
-            let mut best: Option<((bool, bool, bool, i64, i64), &NodeId)> = None;
+            let mut best: Option<(Rank, &NodeId)> = None;
             for (id, n) in nodes {
                 if !n.healthy
                     || e.excluded.contains(id)

@@ -403,7 +403,7 @@ pub fn synthetic_header(meta: &[(&str, Value)], tensors: &[(&str, Vec<u64>)]) ->
         out.extend(off.to_le_bytes());
         off += dims.iter().product::<u64>() * 4;
     }
-    while out.len() % 32 != 0 {
+    while !out.len().is_multiple_of(32) {
         out.push(0);
     }
     out

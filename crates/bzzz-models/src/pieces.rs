@@ -25,6 +25,11 @@ pub fn piece_size_for(size: u64) -> u64 {
     p
 }
 
+/// The root of an encoded piece manifest (what the registry keeps).
+pub fn root_of(encoded: &[u8]) -> String {
+    blake3::hash(encoded).to_hex().to_string()
+}
+
 /// A blob's pieces and their hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PieceManifest {
@@ -64,7 +69,7 @@ impl PieceManifest {
     }
 
     pub fn root(&self) -> String {
-        blake3::hash(&self.encode()).to_hex().to_string()
+        root_of(&self.encode())
     }
 
     /// Decodes and checks the manifest against the registry's record.

@@ -245,6 +245,8 @@ impl Lab {
             data_dir.to_string_lossy().into_owned(),
             "--http".into(),
             format!("{}:8080", h.ip),
+            "--models-dir".into(),
+            data_dir.join("ollama").to_string_lossy().into_owned(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let prefix = vec!["ip".to_owned(), "netns".into(), "exec".into(), h.ns.clone()];

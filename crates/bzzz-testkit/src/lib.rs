@@ -348,6 +348,8 @@ impl LocalCluster {
             "--listen",
             "/ip4/127.0.0.1/udp/0/quic-v1",
             "--no-mdns",
+            "--models-dir",
+            &data_dir.join("ollama").to_string_lossy(),
         ]
         .iter()
         .map(|s| s.to_string())

@@ -218,6 +218,8 @@ fn spawn(
         .arg(config)
         .arg("--data-dir")
         .arg(&data_dir)
+        .arg("--models-dir")
+        .arg(data_dir.join("ollama"))
         .args(["--http", &format!("127.0.0.1:{port}")])
         .args([
             "--listen",

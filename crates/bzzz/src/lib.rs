@@ -20,5 +20,6 @@ pub mod deploy;
 pub mod detect;
 pub use bzzz_keys as keys;
 pub mod http;
+pub mod models;
 pub mod node;
 pub mod ui;

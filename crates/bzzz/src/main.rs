@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use bzzz::cli::{Cli, Cmd, ConfigCmd, KeysCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd};
+use bzzz::cli::{Cli, Cmd, ConfigCmd, KeysCmd, ModelCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd};
 use bzzz::config::{self, Config, LogFormat, Overrides};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -97,6 +97,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Role {
             cmd: RoleCmd::Ls(a),
         } => report(bzzz::cli::control::role_ls(&a).await),
+        Cmd::Model { cmd } => report(match cmd {
+            ModelCmd::Add(a) => bzzz::cli::models::add(&a).await,
+            ModelCmd::Ls(a) => bzzz::cli::models::ls(&a).await,
+            ModelCmd::Status(a) => bzzz::cli::models::status(&a).await,
+            ModelCmd::Rm(a) => bzzz::cli::models::rm(&a).await,
+        }),
         Cmd::Config {
             cmd: ConfigCmd::Example,
         } => {
@@ -142,6 +148,7 @@ async fn run_node(args: RunArgs) -> ExitCode {
         bootstrap: args.bootstrap,
         no_mdns: args.no_mdns,
         log_format: args.log_format,
+        models_dir: args.models_dir,
     };
     let cfg = match load_config(args.config.as_deref(), &flags) {
         Ok(c) => c,

@@ -62,6 +62,8 @@ pub struct AppState {
     pub control_settings: crate::config::ControlSettings,
     /// SSH deploy runs started on this node.
     pub deploys: Arc<crate::deploy::Deployments>,
+    /// Model distribution: the store, the swarm, the agent's fetches.
+    pub models: Arc<crate::models::Runtime>,
     /// Where request-started work (deploy runs) is spawned, so that
     /// shutdown stops it too.
     pub tasks: Tasks,
@@ -169,6 +171,22 @@ pub async fn run(
         tracker.clone(),
         cancel.clone(),
     ));
+    let tasks = Tasks {
+        tracker: tracker.clone(),
+        cancel: cancel.clone(),
+    };
+    let models = crate::models::Runtime::open(&cfg.models_dir, net.clone())?;
+    tracker.spawn(crate::models::serve_inbound(
+        models.clone(),
+        control.clone(),
+        inbound.models,
+        tasks.clone(),
+    ));
+    tracker.spawn(crate::models::agent(
+        models.clone(),
+        control.clone(),
+        tasks.clone(),
+    ));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     if let (Some(token), Some(body)) = (join_token, join) {
         if keys.is_initialized() {
@@ -208,10 +226,8 @@ pub async fn run(
         control,
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
-        tasks: Tasks {
-            tracker: tracker.clone(),
-            cancel: cancel.clone(),
-        },
+        models,
+        tasks,
     });
     let app = crate::http::router(state);
     tracker.spawn(crate::http::serve::serve(

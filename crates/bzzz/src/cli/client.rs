@@ -99,6 +99,41 @@ pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
         .with_context(|| format!("{url} did not answer with the expected JSON"))
 }
 
+/// Sends a request with an optional body and the operator credential;
+/// parses the JSON answer, or fails with the API's message. `Ok(None)` for
+/// a 404 when `not_found_ok`.
+pub async fn send<T: DeserializeOwned>(
+    api: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<reqwest::Body>,
+    auth: Option<&OperatorPassword>,
+    timeout: Duration,
+    not_found_ok: bool,
+) -> anyhow::Result<Option<T>> {
+    let base = api_base(api)?;
+    let url = format!("{base}{path}");
+    let mut req = client()?.request(method, &url).timeout(timeout);
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    if let Some(p) = auth {
+        req = req.header(reqwest::header::AUTHORIZATION, basic_auth(p).as_str());
+    }
+    let resp = req.send().await.with_context(|| unreachable(&base))?;
+    let code = resp.status();
+    if not_found_ok && code == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    let text = resp.text().await.unwrap_or_default();
+    if !code.is_success() {
+        bail!("{path}: {code}: {}", error_message(&text));
+    }
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{url} did not answer with the expected JSON"))
+}
+
 /// One Server-Sent Event: its `event:` name (empty for the default) and
 /// its `data:` lines joined.
 #[derive(Debug, Clone, PartialEq, Eq)]

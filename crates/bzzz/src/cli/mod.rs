@@ -11,6 +11,7 @@ pub mod client;
 pub mod control;
 pub mod deploy;
 pub mod keys;
+pub mod models;
 pub mod node;
 
 use std::path::PathBuf;
@@ -76,6 +77,78 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: RoleCmd,
     },
+    /// Models (SPEC §8): add to the registry, list, follow, remove. The
+    /// leader places each model on nodes with room; they fetch it from
+    /// each other into Ollama's store.
+    Model {
+        #[command(subcommand)]
+        cmd: ModelCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCmd {
+    /// Add (or update) a model from a GGUF file, a directory in Ollama's
+    /// layout, or the local Ollama store (operator only).
+    Add(ModelAddArgs),
+    /// List the models and where their copies are.
+    Ls(ReadArgs),
+    /// One model: each copy's state (planned, fetching, ready) and progress.
+    Status(ModelNameArgs),
+    /// Remove a model: every node deletes its copy (operator only).
+    Rm(ModelRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelAddArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// A GGUF file, or a directory in Ollama's layout (with
+    /// `manifests/registry.ollama.ai/…` and `blobs/`).
+    #[arg(value_name = "FILE|DIR", required_unless_present = "from_ollama")]
+    pub path: Option<PathBuf>,
+    /// Take the model NAME:TAG from the local Ollama store (see --ollama-dir).
+    #[arg(long, value_name = "NAME:TAG", conflicts_with = "path")]
+    pub from_ollama: Option<String>,
+    /// The local Ollama store for --from-ollama [default: $OLLAMA_MODELS,
+    /// /usr/share/ollama/.ollama/models if it exists, ~/.ollama/models].
+    #[arg(long, value_name = "DIR", requires = "from_ollama")]
+    pub ollama_dir: Option<PathBuf>,
+    /// The model's name in the cluster, NAME:TAG (required with FILE|DIR;
+    /// default with --from-ollama: the same name).
+    #[arg(long, value_name = "NAME:TAG")]
+    pub name: Option<String>,
+    /// Copies to keep (1-64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replicas: u16,
+    /// Do not spread the copies over different zones (`labels.zone`).
+    #[arg(long)]
+    pub no_spread: bool,
+    /// A node that must hold a copy (repeatable).
+    #[arg(long, value_name = "NODE_ID")]
+    pub pin: Vec<String>,
+    /// A node that must not hold a copy (repeatable).
+    #[arg(long, value_name = "NODE_ID")]
+    pub exclude: Vec<String>,
+    /// Wait until every placed copy is ready (progress on stderr).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelNameArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// NAME:TAG
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelRmArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// NAME:TAG
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,6 +398,9 @@ pub struct RunArgs {
     /// Log format: auto, human or json.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<String>,
+    /// Ollama models directory placed models land in (`models.ollama_dir`).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
     /// Join an initialized cluster with a token from `bzzz token create`.
     #[arg(long, value_name = "TOKEN", conflicts_with = "join_token_file")]
     pub join_token: Option<String>,

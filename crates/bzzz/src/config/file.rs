@@ -19,6 +19,20 @@ pub struct FileConfig {
     pub capabilities: CapabilitiesFile,
     pub labels: LabelsFile,
     pub control: ControlFile,
+    pub models: ModelsFile,
+}
+
+/// `models:` section: model distribution (SPEC §8).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsFile {
+    /// The Ollama models directory BZZZ writes placed models into (and
+    /// serves blobs from). Empty = `capabilities.ollama_models_dir` if set,
+    /// else `$OLLAMA_MODELS`, else `/usr/share/ollama/.ollama/models` when
+    /// it exists (Ollama's Linux service user), else `~/.ollama/models`.
+    /// Partial downloads go to its `bzzz/` subdirectory (same filesystem,
+    /// outside `blobs/`, which Ollama prunes).
+    pub ollama_dir: Option<PathBuf>,
 }
 
 /// `control:` section: Raft timing, node scores and leadership.
@@ -218,6 +232,7 @@ impl Default for FileConfig {
             capabilities: CapabilitiesFile::default(),
             labels: LabelsFile::default(),
             control: ControlFile::default(),
+            models: ModelsFile::default(),
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct Config {
     pub declared_memory_total_bytes: Option<u64>,
     pub labels: Labels,
     pub control: ControlSettings,
+    /// Where placed models land (Ollama's layout): `models.ollama_dir`.
+    pub models_dir: PathBuf,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -93,6 +95,7 @@ pub struct Overrides {
     pub bootstrap: Vec<String>,
     pub no_mdns: bool,
     pub log_format: Option<String>,
+    pub models_dir: Option<PathBuf>,
 }
 
 /// Loads the config: `path` if given (must exist), else the system file if
@@ -287,6 +290,9 @@ fn validate(
     if let Some(l) = &flags.log_format {
         f.log_format = l.clone();
     }
+    if let Some(d) = &flags.models_dir {
+        f.models.ollama_dir = Some(d.clone());
+    }
 
     let http: SocketAddr = f.http.parse().map_err(|_| {
         cerr(
@@ -412,6 +418,13 @@ fn validate(
         declared_memory_total_bytes: c.declared.memory_total_bytes,
         labels,
         control,
+        models_dir: f
+            .models
+            .ollama_dir
+            .clone()
+            .filter(|d| !d.as_os_str().is_empty())
+            .or_else(|| c.ollama_models_dir.clone())
+            .unwrap_or_else(bzzz_models::ollama::default_dir),
         source,
     })
 }

@@ -42,7 +42,7 @@ impl Control {
     /// Whether `peer` may talk to this node's control plane: a member of the
     /// Raft configuration, or a peer that proved its cluster membership
     /// (certificate) in the mesh.
-    pub(super) fn admits(&self, peer: &NodeId) -> bool {
+    pub fn admits(&self, peer: &NodeId) -> bool {
         let id = raft_id(peer);
         let in_raft = self
             .raft

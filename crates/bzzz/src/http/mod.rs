@@ -15,6 +15,7 @@ pub mod auth;
 pub mod control;
 pub mod deploy;
 pub mod keys;
+pub mod models;
 pub mod openapi;
 pub mod serve;
 pub mod status;
@@ -81,6 +82,8 @@ pub struct Route {
     pub permission: Permission,
     pub kind: Kind,
     pub body_limit: usize,
+    /// A handler that has not answered in this long gets 408.
+    pub timeout: Duration,
     /// The OpenAPI operation object (API routes).
     pub openapi: Option<Value>,
     handler: MethodRouter<Shared>,
@@ -107,6 +110,7 @@ impl Route {
             permission,
             kind: Kind::Api,
             body_limit: BODY_LIMIT,
+            timeout: REQUEST_TIMEOUT,
             openapi: Some(openapi),
             handler,
         }
@@ -125,6 +129,7 @@ impl Route {
             permission,
             kind: Kind::Page,
             body_limit: BODY_LIMIT,
+            timeout: REQUEST_TIMEOUT,
             openapi: None,
             handler,
         }
@@ -132,6 +137,12 @@ impl Route {
 
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// A longer handler timeout (uploads).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
         self
     }
 }
@@ -143,6 +154,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(keys::routes());
     all.extend(control::routes());
     all.extend(deploy::routes());
+    all.extend(models::routes());
     all.extend(crate::ui::routes());
     all
 }
@@ -163,15 +175,16 @@ pub fn router(state: Shared) -> Router {
         let handler: MethodRouter<Shared> = route
             .handler
             .layer::<_, std::convert::Infallible>(guard)
-            .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(route.body_limit));
+            .layer::<_, std::convert::Infallible>(DefaultBodyLimit::max(route.body_limit))
+            .layer::<_, std::convert::Infallible>(
+                tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::REQUEST_TIMEOUT,
+                    route.timeout,
+                ),
+            );
         r = r.route(route.path, handler);
     }
-    r.fallback(not_found)
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            REQUEST_TIMEOUT,
-        ))
-        .with_state(state)
+    r.fallback(not_found).with_state(state)
 }
 
 async fn not_found() -> Response {

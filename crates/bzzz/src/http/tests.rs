@@ -27,6 +27,10 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/v1/keys"),
     ("GET", "/api/v1/roles"),
     ("GET", "/api/v1/registry"),
+    // Models: the registry and each copy's state (no secrets).
+    ("GET", "/api/v1/models"),
+    ("GET", "/api/v1/models/{name}"),
+    ("GET", "/models"),
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/logout"),
@@ -86,13 +90,14 @@ async fn test_node() -> TestNode {
     .expect("net");
     let state = Arc::new(AppState {
         net: net.clone(),
-        keys: keys.attach(net),
+        keys: keys.attach(net.clone()),
         local: local_rx,
         started: Instant::now(),
         api_addr: "127.0.0.1:8080".parse().expect("addr"),
         control: crate::control::ControlCell::default(),
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
+        models: crate::models::Runtime::open(&dir.path().join("ollama"), net.clone()).expect("models"),
         tasks: Tasks {
             tracker,
             cancel: cancel.clone(),

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod deploy;
+pub mod models;
 pub mod overview;
 pub mod setup;
 
@@ -23,6 +24,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(setup::routes());
     all.extend(admin::routes());
     all.extend(deploy::routes());
+    all.extend(models::routes());
     all
 }
 
@@ -32,6 +34,7 @@ pub const NAV: &[(&str, &str)] = &[
     ("/setup", "Setup"),
     ("/admin", "Administration"),
     ("/deploy", "Deploy"),
+    ("/models", "Models"),
 ];
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
