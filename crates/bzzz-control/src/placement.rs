@@ -102,10 +102,7 @@ pub fn place(reg: &Registry, nodes: &BTreeMap<NodeId, Node>) -> BTreeMap<String,
                 .collect();
             let mut best: Option<(Rank, &NodeId)> = None;
             for (id, n) in nodes {
-                if !n.healthy
-                    || e.excluded.contains(id)
-                    || chosen.iter().any(|p| &p.node == id)
-                {
+                if !n.healthy || e.excluded.contains(id) || chosen.iter().any(|p| &p.node == id) {
                     continue;
                 }
                 let u = used.get(id).copied().unwrap_or_default();
@@ -214,7 +211,15 @@ mod tests {
         nodes.insert(id(2), gpu(8 * GB, "b", 10.0));
         nodes.insert(
             id(3),
-            Node { healthy: true, vram_total: 0, vram_free: 0, ram_total: 64 * GB, ram_free: 60 * GB, zone: None, score: 5.0 },
+            Node {
+                healthy: true,
+                vram_total: 0,
+                vram_free: 0,
+                ram_total: 64 * GB,
+                ram_free: 60 * GB,
+                zone: None,
+                score: 5.0,
+            },
         );
         let mut reg = Registry::default();
         reg.put(model("big:1", 20 * GB, 2, true)).unwrap();
@@ -233,11 +238,18 @@ mod tests {
         // A model too big for any GPU lands on CPU.
         reg.put(model("huge:1", 40 * GB, 1, false)).unwrap();
         let p = place(&reg, &nodes);
-        assert_eq!(p["huge:1"], vec![Placed { node: id(3), cpu_only: true }]);
+        assert_eq!(
+            p["huge:1"],
+            vec![Placed {
+                node: id(3),
+                cpu_only: true
+            }]
+        );
         // A holder is preferred.
         let mut reg = Registry::default();
         reg.put(model("m:1", GB, 1, false)).unwrap();
-        reg.set_held("m:1", id(2), Some(format!("sha256:{}", "a".repeat(64)))).unwrap();
+        reg.set_held("m:1", id(2), Some(format!("sha256:{}", "a".repeat(64))))
+            .unwrap();
         assert_eq!(place(&reg, &nodes)["m:1"][0].node, id(2));
     }
 
@@ -253,37 +265,44 @@ mod tests {
         let second = place(&reg, &nodes);
         assert_eq!(second["m:1"].len(), 2);
         assert!(!second["m:1"].iter().any(|p| p.node == lost));
-        assert!(second["m:1"].contains(&first["m:1"][1]), "the surviving copy stays");
+        assert!(
+            second["m:1"].contains(&first["m:1"][1]),
+            "the surviving copy stays"
+        );
     }
 
     fn arb_nodes() -> impl Strategy<Value = BTreeMap<NodeId, Node>> {
-        prop::collection::vec((0u64..48, 0u64..64, 0usize..3, any::<bool>(), 0.0f64..100.0), 1..9)
-            .prop_map(|v| {
-                v.into_iter()
-                    .enumerate()
-                    .map(|(i, (vram, ram, zone, sick, score))| {
-                        (
-                            id(i),
-                            Node {
-                                healthy: !sick || i == 0,
-                                vram_total: vram * GB,
-                                vram_free: vram * GB,
-                                ram_total: ram * GB,
-                                ram_free: ram * GB,
-                                zone: Some(["a", "b", "c"][zone].into()),
-                                score,
-                            },
-                        )
-                    })
-                    .collect()
-            })
+        prop::collection::vec(
+            (0u64..48, 0u64..64, 0usize..3, any::<bool>(), 0.0f64..100.0),
+            1..9,
+        )
+        .prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (vram, ram, zone, sick, score))| {
+                    (
+                        id(i),
+                        Node {
+                            healthy: !sick || i == 0,
+                            vram_total: vram * GB,
+                            vram_free: vram * GB,
+                            ram_total: ram * GB,
+                            ram_free: ram * GB,
+                            zone: Some(["a", "b", "c"][zone].into()),
+                            score,
+                        },
+                    )
+                })
+                .collect()
+        })
     }
 
     fn arb_reg() -> impl Strategy<Value = Registry> {
         prop::collection::vec((1u64..24, 1u16..4, any::<bool>()), 1..6).prop_map(|v| {
             let mut reg = Registry::default();
             for (i, (vram, r, spread)) in v.into_iter().enumerate() {
-                reg.put(model(&format!("m{i}:1"), vram * GB, r, spread)).unwrap();
+                reg.put(model(&format!("m{i}:1"), vram * GB, r, spread))
+                    .unwrap();
             }
             reg
         })

@@ -279,10 +279,14 @@ impl ClusterState {
                 Ok(None)
             }
             Command::ModelPut { entry } => self.models.put(*entry).map_err(|e| e.0),
-            Command::ModelRemove { name } => self.models.remove(&name).map(|()| None).map_err(|e| e.0),
-            Command::ModelPlace { name, nodes } => {
-                self.models.place(&name, nodes).map(|()| None).map_err(|e| e.0)
+            Command::ModelRemove { name } => {
+                self.models.remove(&name).map(|()| None).map_err(|e| e.0)
             }
+            Command::ModelPlace { name, nodes } => self
+                .models
+                .place(&name, nodes)
+                .map(|()| None)
+                .map_err(|e| e.0),
             Command::ModelHeld { name, node, digest } => self
                 .models
                 .set_held(&name, node, digest)

@@ -77,6 +77,10 @@ pub struct Models {
     pub uploaded: AtomicU64,
     /// Bad pieces received (benchmarks and tests: corruption detected).
     pub bad_pieces: AtomicU64,
+    /// Bytes of verified pieces fetched from peers.
+    pub fetched: AtomicU64,
+    /// Pieces found already verified in a partial file after a restart.
+    pub resumed: AtomicU64,
 }
 
 struct PeerState {
@@ -148,6 +152,8 @@ impl Models {
             progress: Mutex::new(ProgressMap::new()),
             uploaded: AtomicU64::new(0),
             bad_pieces: AtomicU64::new(0),
+            fetched: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
         })
     }
 
@@ -370,6 +376,8 @@ impl Models {
         .await
         .map_err(|e| ModelsError::Internal(e.to_string()))??;
         if have.count() > 0 {
+            self.resumed
+                .fetch_add(have.count() as u64, Ordering::Relaxed);
             info!(blob = %m.blob, pieces = have.count(), of = m.count(), "resuming a partial blob");
         }
         let p = Arc::new(Partial {
@@ -590,6 +598,7 @@ impl Models {
                         Fetched::Ok(len) => {
                             lock(&part.have).set(i);
                             done.fetch_add(len, Ordering::Relaxed);
+                            self.fetched.fetch_add(len, Ordering::Relaxed);
                             last_progress = Instant::now();
                             s.backoff = Duration::from_secs(1);
                         }

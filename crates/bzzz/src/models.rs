@@ -233,7 +233,9 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
                 Action::Drop(name) => {
                     if let Ok(n) = ModelName::parse(&name) {
                         match rt.store().remove_manifest(&n) {
-                            Ok(()) => info!(model = %name, "deleted this node's copy (not placed here)"),
+                            Ok(()) => {
+                                info!(model = %name, "deleted this node's copy (not placed here)")
+                            }
                             Err(e) => warn!(model = %name, "cannot delete the manifest: {e}"),
                         }
                     }
@@ -269,7 +271,11 @@ fn start_fetch(rt: &Arc<Runtime>, reg: &Registry, e: ModelEntry, tasks: &Tasks) 
     }
     let fetch = Arc::new(Fetch {
         digest: e.digest.clone(),
-        done: e.blobs.iter().map(|_| Arc::new(AtomicU64::new(0))).collect(),
+        done: e
+            .blobs
+            .iter()
+            .map(|_| Arc::new(AtomicU64::new(0)))
+            .collect(),
         total: e.size_bytes,
     });
     lock(&rt.fetching).insert(e.name.clone(), fetch.clone());

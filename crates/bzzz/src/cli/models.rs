@@ -70,7 +70,8 @@ fn prepare(a: &ModelAddArgs) -> anyhow::Result<(ModelName, Prepared)> {
         bail!("--name NAME:TAG is required with a file or directory");
     };
     let name = ModelName::parse(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.is_dir() {
         return Ok((name.clone(), ollama::from_store(path, &name)?));
     }
@@ -86,8 +87,16 @@ async fn upload(
     json: bool,
 ) -> anyhow::Result<()> {
     let path = format!("/api/v1/models/blobs/{}", layer.digest);
-    let have: Option<BlobStored> =
-        send(api, Method::GET, &path, None, Some(pw), Duration::from_secs(30), true).await?;
+    let have: Option<BlobStored> = send(
+        api,
+        Method::GET,
+        &path,
+        None,
+        Some(pw),
+        Duration::from_secs(30),
+        true,
+    )
+    .await?;
     if have.is_some_and(|h| h.size == layer.size) {
         return Ok(());
     }
@@ -169,7 +178,11 @@ pub async fn add(a: &ModelAddArgs) -> anyhow::Result<()> {
             added.size_bytes,
             human(added.vram_bytes),
             added.replicas,
-            if added.replicas == 1 { "copy" } else { "copies" }
+            if added.replicas == 1 {
+                "copy"
+            } else {
+                "copies"
+            }
         );
     }
     Ok(())
@@ -186,13 +199,20 @@ async fn wait_ready(api: &str, name: &ModelName, quiet: bool) -> anyhow::Result<
             .iter()
             .filter(|n| n.state != ReplicaState::Extra)
             .collect();
-        let ready = placed.iter().filter(|n| n.state == ReplicaState::Ready).count();
+        let ready = placed
+            .iter()
+            .filter(|n| n.state == ReplicaState::Ready)
+            .count();
         let line = format!(
             "{ready}/{} ready: {}",
             placed.len(),
             placed
                 .iter()
-                .map(|n| format!("{}={}%", short(&n.node_id), pct(n.bytes_done, n.bytes_total)))
+                .map(|n| format!(
+                    "{}={}%",
+                    short(&n.node_id),
+                    pct(n.bytes_done, n.bytes_total)
+                ))
                 .collect::<Vec<_>>()
                 .join(" ")
         );
@@ -250,7 +270,11 @@ fn print_status(s: &ModelStatus) {
 
 pub async fn status(a: &ModelNameArgs) -> anyhow::Result<()> {
     let name = ModelName::parse(&a.name).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let s: ModelStatus = get(&a.read.api, &format!("/api/v1/models/{}", encode_name(&name))).await?;
+    let s: ModelStatus = get(
+        &a.read.api,
+        &format!("/api/v1/models/{}", encode_name(&name)),
+    )
+    .await?;
     if a.read.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {

@@ -224,7 +224,9 @@ pub async fn statuses(st: &Shared) -> Result<(Vec<ModelStatus>, VramTable), ApiE
         })
         .collect();
     for (name, p) in &reg.placements {
-        let Some(e) = reg.models.get(name) else { continue };
+        let Some(e) = reg.models.get(name) else {
+            continue;
+        };
         for x in p.iter().filter(|x| !x.cpu_only) {
             vram.entry(x.node.clone()).or_default().vram_placed_bytes += e.vram_bytes;
         }
@@ -250,11 +252,20 @@ async fn api_status(State(st): S, Path(name): Path<String>) -> Result<Response, 
     Ok(json(StatusCode::OK, &status_of(&reg, e, &live)))
 }
 
+/// Commits a command; waits up to 10 s for a leader (an election, a
+/// cluster just initialized) before answering 503.
 async fn propose(c: &crate::control::Control, cmd: Command) -> Result<(), ApiError> {
-    let r = c
-        .propose(cmd)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        match c.propose(cmd.clone()).await {
+            Ok(r) => break r,
+            Err(e) if e.starts_with("no leader") && std::time::Instant::now() < deadline => {
+                tracing::debug!("proposal not committed yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)),
+        }
+    };
     match r.rejected {
         Some(why) if why.starts_with("no model") => Err(ApiError::new(StatusCode::NOT_FOUND, why)),
         Some(why) => Err(ApiError::invalid(why)),
@@ -269,7 +280,10 @@ async fn api_remove(
 ) -> Result<Response, ApiError> {
     let name = model_name(&name)?.full();
     propose(control(&st)?, Command::ModelRemove { name: name.clone() }).await?;
-    Ok(json(StatusCode::OK, &json!({"name": name, "removed": true})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"name": name, "removed": true}),
+    ))
 }
 
 fn checked_digest(d: &str) -> Result<String, ApiError> {
@@ -303,10 +317,18 @@ async fn api_blob_upload(
 ) -> Result<Response, ApiError> {
     let digest = checked_digest(&digest)?;
     if q.size > MAX_BLOB {
-        return Err(ApiError::invalid(format!("a blob is at most {MAX_BLOB} bytes")));
+        return Err(ApiError::invalid(format!(
+            "a blob is at most {MAX_BLOB} bytes"
+        )));
     }
     if st.models.store().blob_size(&digest) == Some(q.size) {
-        return Ok(json(StatusCode::OK, &BlobStored { digest, size: q.size }));
+        return Ok(json(
+            StatusCode::OK,
+            &BlobStored {
+                digest,
+                size: q.size,
+            },
+        ));
     }
     let mut up = st
         .models
@@ -360,8 +382,8 @@ async fn api_blob_upload(
 async fn api_add(State(st): S, _: Operator, body: Bytes) -> Result<Response, ApiError> {
     let req: AddModel = parse(&body, "model")?;
     let name = model_name(&req.name)?;
-    let manifest = Manifest::parse(req.manifest.as_bytes())
-        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let manifest =
+        Manifest::parse(req.manifest.as_bytes()).map_err(|e| ApiError::invalid(e.to_string()))?;
     let c = control(&st)?;
     let store = st.models.store().clone();
     // Every blob must be here: sizes checked, piece manifests made.

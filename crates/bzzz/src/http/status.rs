@@ -292,6 +292,32 @@ async fn metrics(State(st): S) -> Response {
         "Nodes that left the view",
         c.peers_left,
     );
+    let m = &st.models.models;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    counter(
+        &mut reg,
+        "model_bytes_uploaded",
+        "Model bytes sent to peers",
+        load(&m.uploaded),
+    );
+    counter(
+        &mut reg,
+        "model_bytes_fetched",
+        "Model bytes fetched from peers (verified pieces)",
+        load(&m.fetched),
+    );
+    counter(
+        &mut reg,
+        "model_bad_pieces",
+        "Pieces from peers that failed their hash (fetched again elsewhere)",
+        load(&m.bad_pieces),
+    );
+    counter(
+        &mut reg,
+        "model_pieces_resumed",
+        "Verified pieces found in partial files after a restart (not fetched again)",
+        load(&m.resumed),
+    );
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &reg) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();

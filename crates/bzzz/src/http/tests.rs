@@ -97,7 +97,8 @@ async fn test_node() -> TestNode {
         control: crate::control::ControlCell::default(),
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
-        models: crate::models::Runtime::open(&dir.path().join("ollama"), net.clone()).expect("models"),
+        models: crate::models::Runtime::open(&dir.path().join("ollama"), net.clone())
+            .expect("models"),
         tasks: Tasks {
             tracker,
             cancel: cancel.clone(),
