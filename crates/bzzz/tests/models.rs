@@ -115,7 +115,7 @@ fn ollama_list(dir: &Path) -> Vec<(String, String, u64, String)> {
                         &std::fs::read(dir.join("blobs").join(cfg)).expect("config blob"),
                     )
                     .expect("config json");
-                    let f = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+                    let f = |p: &Path| p.file_name().expect("name").to_string_lossy().into_owned();
                     let ns = f(&ns);
                     let name = if ns == "library" {
                         format!("{}:{}", f(&model), f(&tag))
