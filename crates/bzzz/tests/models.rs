@@ -419,3 +419,84 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
     let out = cli(&["model", "status", "nope:1", "--api", &api, "--json"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no model"));
 }
+
+/// The real SmolLM2-135M GGUF (`BZZZ_TEST_GGUF`, fetched by
+/// `scripts/test.sh`): added on a node without a GPU, it lands on the GPU
+/// node in Ollama's layout and reads back with the right digest, size and
+/// quantization; the registry has its GGUF facts.
+#[test]
+fn a_real_gguf_lands_in_ollamas_layout() {
+    let Some(gguf) = std::env::var_os("BZZZ_TEST_GGUF").map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "BZZZ_TEST_GGUF is not set (scripts/test.sh fetches it)"
+        );
+        eprintln!(
+            "skipped: set BZZZ_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/test.sh does)"
+        );
+        return;
+    };
+    let mut c = LocalCluster::start(bin(), 1, &LocalOpts::default()).expect("start");
+    let o = gpu_opts(&c, "gpu");
+    c.add_node(&o).expect("gpu node");
+    c.wait_formed(Duration::from_secs(20)).expect("mesh");
+    let pw = c.dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
+    let pw = pw.to_string_lossy().into_owned();
+    cli_json(&[
+        "init",
+        "--api",
+        &c.nodes[0].api(),
+        "--cluster",
+        "lab",
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    let api = c.nodes[0].api();
+    let added = cli_json(&[
+        "model",
+        "add",
+        &gguf.to_string_lossy(),
+        "--name",
+        "smollm2:135m",
+        "--api",
+        &api,
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    let digest = added["digest"].as_str().expect("digest").to_owned();
+    let size = added["size_bytes"].as_u64().expect("size");
+    let s = wait_until(
+        "the GPU node holds it",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let s = status(&c, 0, "smollm2:135m");
+            (ready(&s) == vec![c.nodes[1].node_id().to_owned()]).then_some(s)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(s["facts"]["architecture"], "llama");
+    assert_eq!(s["facts"]["quantization"], "Q4_1");
+    let params = s["facts"]["parameters"].as_u64().expect("parameters");
+    assert!((130_000_000..140_000_000).contains(&params), "{params}");
+    let listed = ollama_list(&store(&c, 1));
+    assert_eq!(
+        listed,
+        vec![("smollm2:135m".to_owned(), digest, size, "Q4_1".to_owned())]
+    );
+    let gguf_len = std::fs::metadata(&gguf).expect("gguf").len();
+    assert!(
+        size > gguf_len && size < gguf_len + 4096,
+        "model layer + small blobs"
+    );
+    let model_blob = store(&c, 1).join("blobs").join(
+        bzzz_models::ollama::sha256_digest(&std::fs::read(&gguf).expect("read")).replace(':', "-"),
+    );
+    assert_eq!(
+        std::fs::metadata(model_blob).expect("model blob").len(),
+        gguf_len
+    );
+}
