@@ -4,16 +4,16 @@
 # plane, ansible for SSH deploys; openssh-server for the lab hosts' sshd).
 # The namespace-lab parts need root.
 #   scripts/bench.sh            # all
-#   scripts/bench.sh control    # one (mesh, keys, control, deploy)
+#   scripts/bench.sh control    # one (mesh, keys, control, deploy, idle, models)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
-ensure_debian_packages iproute2 iptables etcd-server ansible openssh-server
+ensure_debian_packages iproute2 iptables etcd-server ansible openssh-server iperf3
 
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy)
+[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy idle models)
 for b in "${benches[@]}"; do
   echo "==> cargo bench -p bzzz --bench $b"
   cargo bench -p bzzz --bench "$b"
