@@ -355,12 +355,29 @@ struct SmInner {
 type StoredSnapshot = (SnapshotMeta<NodeIdU64, BasicNode>, Vec<u8>);
 
 /// The state machine (cloneable handle; reads see the applied state).
-#[derive(Debug, Clone, Default)]
-pub struct StateMachine(Arc<Mutex<SmInner>>);
+#[derive(Debug, Clone)]
+pub struct StateMachine(Arc<Mutex<SmInner>>, Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for StateMachine {
+    fn default() -> Self {
+        Self(Arc::default(), Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
 
 impl StateMachine {
     fn inner(&self) -> std::sync::MutexGuard<'_, SmInner> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes when the model registry changes (an applied `Model*` command
+    /// or a snapshot): the model agent and the placement planner react at
+    /// once instead of on their next tick.
+    pub fn watch_models(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.1.subscribe()
+    }
+
+    fn models_changed(&self) {
+        self.1.send_modify(|v| *v += 1);
     }
 
     /// A copy of the applied state.
@@ -389,7 +406,10 @@ impl StateMachine {
             inner.state = serde_json::from_slice(&data).map_err(io_err)?;
             inner.snapshot = Some((meta, data));
         }
-        Ok(Self(Arc::new(Mutex::new(inner))))
+        Ok(Self(
+            Arc::new(Mutex::new(inner)),
+            Arc::new(tokio::sync::watch::Sender::new(0)),
+        ))
     }
 
     fn persist_snapshot(i: &SmInner) -> Result<(), StorageError<NodeIdU64>> {
@@ -446,11 +466,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut i = self.inner();
         let mut out = Vec::new();
+        let mut models = false;
         for e in entries {
             i.state.last_applied = Some(e.log_id);
             match e.payload {
                 EntryPayload::Blank => out.push(Response::default()),
                 EntryPayload::Normal(cmd) => {
+                    models |= matches!(
+                        cmd,
+                        Command::ModelPut { .. }
+                            | Command::ModelRemove { .. }
+                            | Command::ModelPlace { .. }
+                            | Command::ModelHeld { .. }
+                    );
                     let r = i.state.apply_command(e.log_id.index, cmd);
                     out.push(r);
                 }
@@ -459,6 +487,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     out.push(Response::default());
                 }
             }
+        }
+        drop(i);
+        if models {
+            self.models_changed();
         }
         Ok(out)
     }
@@ -484,6 +516,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         i.state = state;
         i.snapshot = Some((meta.clone(), data));
         StateMachine::persist_snapshot(&i)?;
+        drop(i);
+        self.models_changed();
         Ok(())
     }
 

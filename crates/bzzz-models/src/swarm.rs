@@ -411,7 +411,9 @@ impl Models {
             .collect();
         let m = self.piece_manifest(blob, &peers).await?;
         let part = self.open_partial(m).await?;
+        let mut tries = 0;
         loop {
+            tries += 1;
             self.swarm(&part, &peers, done, cancel).await?;
             match self.finish(&part).await {
                 Ok(()) => {
@@ -419,9 +421,15 @@ impl Models {
                     done.store(blob.size, Ordering::Relaxed);
                     return Ok(());
                 }
-                // Pieces that verified but a whole that does not: check
-                // every piece again and fetch what is wrong.
-                Err(e) => warn!(blob = %blob.digest, "{e}; checking every piece again"),
+                // Pieces changed on disk since they were verified: fetch
+                // them again.
+                Err(ModelsError::Io(e)) if tries < 3 => {
+                    warn!(blob = %blob.digest, "{e}; fetching them again")
+                }
+                Err(e) => {
+                    lock(&self.partials).remove(&blob.digest);
+                    return Err(e);
+                }
             }
         }
     }
@@ -430,10 +438,22 @@ impl Models {
         let p = part.clone();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || -> Result<(), ModelsError> {
+            use sha2::Digest as _;
             let f = std::fs::File::open(&p.path)?;
             f.sync_all()?;
-            let mut h = PieceHasher::new(p.manifest.size);
+            let mut sha = sha2::Sha256::new();
             let mut buf = vec![0u8; p.manifest.piece_size as usize];
+            for i in 0..p.manifest.count() {
+                let (start, n) = p.manifest.range(i);
+                f.read_exact_at(&mut buf[..n as usize], start)?;
+                sha.update(&buf[..n as usize]);
+            }
+            if format!("sha256:{}", hex::encode(sha.finalize())) == p.manifest.blob {
+                store.install_blob(&p.manifest.blob, &p.path)?;
+                store.save_pieces(&p.manifest)?;
+                return Ok(());
+            }
+            // The whole does not match: find the pieces that changed.
             let mut bad = Vec::new();
             for i in 0..p.manifest.count() {
                 let (start, n) = p.manifest.range(i);
@@ -441,13 +461,12 @@ impl Models {
                 if !p.manifest.verify(i, &buf[..n as usize]) {
                     bad.push(i);
                 }
-                h.update(&buf[..n as usize]);
             }
-            let got = h.finish()?;
-            if got.blob == p.manifest.blob && bad.is_empty() {
-                store.install_blob(&p.manifest.blob, &p.path)?;
-                store.save_pieces(&p.manifest)?;
-                return Ok(());
+            if bad.is_empty() {
+                return Err(ModelsError::Peer(format!(
+                    "every piece verifies but the whole is not {}: its piece manifest is wrong",
+                    p.manifest.blob
+                )));
             }
             let mut have = lock(&p.have);
             for i in &bad {

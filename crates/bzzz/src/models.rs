@@ -197,14 +197,29 @@ pub async fn serve_inbound(
 pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
     loop {
+        let changed = async {
+            match changes.as_mut() {
+                Some(rx) => {
+                    if rx.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             _ = tasks.cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = changed => {}
         }
         let Some(ctl) = control.get().cloned() else {
             continue;
         };
+        if changes.is_none() {
+            changes = Some(ctl.watch_models());
+        }
         let reg = ctl.with_state(|s| s.models.clone());
         rt.models.set_progress(rt.progress(&reg));
         if reg.models.is_empty() {

@@ -106,6 +106,8 @@ pub async fn run(
     let mut tick = tokio::time::interval(settings.planner_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut metrics = control.raft.server_metrics();
+    // A model added or a node's copy reported: place at once.
+    let mut models = control.watch_models();
     let mut leader_since: Option<(u64, Instant)> = None;
     let mut last_shape = None;
     loop {
@@ -113,6 +115,7 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             _ = tick.tick() => true,
             r = metrics.changed() => if r.is_err() { break } else { false },
+            r = models.changed() => if r.is_err() { break } else { true },
         };
         let (state, term) = {
             let m = metrics.borrow_and_update();

@@ -166,6 +166,11 @@ impl Control {
         self.sm.state()
     }
 
+    /// Wakes when the model registry changes.
+    pub fn watch_models(&self) -> watch::Receiver<u64> {
+        self.sm.watch_models()
+    }
+
     /// Reads the applied state in place, without copying it.
     pub fn with_state<R>(&self, f: impl FnOnce(&bzzz_control::raft::ClusterState) -> R) -> R {
         self.sm.with_state(f)
