@@ -44,6 +44,9 @@ use crate::ollama::Store;
 use crate::pieces::{Bitfield, MIN_PIECE, PieceHasher, PieceManifest};
 use crate::wire::{self, Have, ProgressMap, Request};
 
+/// Who may have pieces of a blob (asked again at every poll).
+pub type Peers = dyn Fn() -> Vec<NodeId> + Send + Sync;
+
 /// Requests in flight to one peer.
 pub const PER_PEER: usize = 2;
 /// How often peers' bitfields are polled.
@@ -389,13 +392,15 @@ impl Models {
         Ok(p)
     }
 
-    /// Fetches `blob` into `blobs/` from `peers` (any that have pieces of
-    /// it). `done` follows the verified bytes. Returns when the blob is in
-    /// place; on an error what was fetched is kept for the next try.
+    /// Fetches `blob` into `blobs/` from the nodes `peers()` names (any
+    /// that may have pieces of it; asked again at every poll, so holders
+    /// that appear later join the swarm). `done` follows the verified
+    /// bytes. Returns when the blob is in place; on an error what was
+    /// fetched is kept for the next try.
     pub async fn fetch(
         &self,
         blob: &BlobInfo,
-        peers: &[NodeId],
+        peers: &Peers,
         done: &AtomicU64,
         cancel: &CancellationToken,
     ) -> Result<(), ModelsError> {
@@ -404,17 +409,33 @@ impl Models {
             done.store(blob.size, Ordering::Relaxed);
             return Ok(());
         }
-        let peers: Vec<NodeId> = peers
-            .iter()
-            .filter(|p| *p != self.net.local_id())
-            .cloned()
-            .collect();
-        let m = self.piece_manifest(blob, &peers).await?;
+        let others = || -> Vec<NodeId> {
+            peers()
+                .into_iter()
+                .filter(|p| p != self.net.local_id())
+                .collect()
+        };
+        // The piece manifest, from the first holder that has it (holders
+        // may appear a moment after the placement).
+        let started = Instant::now();
+        let m = loop {
+            match self.piece_manifest(blob, &others()).await {
+                Ok(m) => break m,
+                Err(e) if started.elapsed() > STALL => return Err(e),
+                Err(e) => {
+                    debug!(blob = %blob.digest, "no piece manifest yet: {e}");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Err(ModelsError::Unavailable("stopped".into())),
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                }
+            }
+        };
         let part = self.open_partial(m).await?;
         let mut tries = 0;
         loop {
             tries += 1;
-            self.swarm(&part, &peers, done, cancel).await?;
+            self.swarm(&part, &others, done, cancel).await?;
             match self.finish(&part).await {
                 Ok(()) => {
                     lock(&self.partials).remove(&blob.digest);
@@ -486,29 +507,13 @@ impl Models {
     async fn swarm(
         &self,
         part: &Arc<Partial>,
-        peers: &[NodeId],
+        peers: &impl Fn() -> Vec<NodeId>,
         done: &AtomicU64,
         cancel: &CancellationToken,
     ) -> Result<(), ModelsError> {
         let m = &part.manifest;
         let n = m.count();
-        let mut state: HashMap<NodeId, PeerState> = peers
-            .iter()
-            .map(|p| {
-                (
-                    p.clone(),
-                    PeerState {
-                        bits: None,
-                        seed: false,
-                        strikes: 0,
-                        down_until: None,
-                        backoff: Duration::from_secs(1),
-                        in_flight: 0,
-                        polling: false,
-                    },
-                )
-            })
-            .collect();
+        let mut state: HashMap<NodeId, PeerState> = HashMap::new();
         let mut busy = Bitfield::new(n);
         let mut bad_from: HashMap<usize, Vec<NodeId>> = HashMap::new();
         let mut counts = vec![0u16; n];
@@ -573,6 +578,17 @@ impl Models {
                 }
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    for p in peers() {
+                        state.entry(p).or_insert(PeerState {
+                            bits: None,
+                            seed: false,
+                            strikes: 0,
+                            down_until: None,
+                            backoff: Duration::from_secs(1),
+                            in_flight: 0,
+                            polling: false,
+                        });
+                    }
                     for (p, s) in state.iter_mut() {
                         if s.polling || s.strikes >= STRIKES || s.down_until.is_some_and(|t| t > now) {
                             continue;

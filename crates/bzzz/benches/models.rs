@@ -124,7 +124,21 @@ fn wait_ready(
     deadline: Duration,
 ) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
+    let trace = std::env::var_os("BENCH_DEBUG").is_some();
+    let mut last_trace = Instant::now();
     loop {
+        if trace && last_trace.elapsed() >= Duration::from_secs(1) {
+            last_trace = Instant::now();
+            let p: Vec<String> = ids
+                .iter()
+                .map(|id| format!("{:.0}%", progress(lab, name, id) * 100.0))
+                .collect();
+            eprintln!(
+                "  {:>5.1} s {name}: {}",
+                t0.elapsed().as_secs_f64(),
+                p.join(" ")
+            );
+        }
         let r = ready_nodes(lab, name);
         if ids.iter().all(|id| r.contains(id)) {
             return Ok(t0.elapsed());
@@ -275,6 +289,20 @@ fn main() -> anyhow::Result<()> {
     let size1 = added["size_bytes"].as_f64().unwrap_or(0.0);
     let t_single = wait_ready(&lab, "single:1", &ids[1..2], Duration::from_secs(600))?;
     let single_bps = size1 * 8.0 / t_single.as_secs_f64();
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        for i in [1, 2] {
+            let log = std::fs::read_to_string(&lab.node(i).log).unwrap_or_default();
+            for l in log
+                .lines()
+                .filter(|l| l.contains("single") || l.contains("bzzz::models"))
+            {
+                eprintln!("  h{i}: {l}");
+            }
+        }
+    }
+    if std::env::var_os("BENCH_ONLY_SINGLE").is_some() {
+        return Ok(());
+    }
     eprintln!(
         "one receiver: {:.1} s, {:.1} Mbit/s ({:.0} % of iperf3)",
         t_single.as_secs_f64(),

@@ -260,14 +260,19 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
                     let Some(e) = reg.models.get(&name).cloned() else {
                         continue;
                     };
-                    start_fetch(&rt, &reg, e, &tasks);
+                    start_fetch(&rt, &ctl, e, &tasks);
                 }
             }
         }
     }
 }
 
-fn start_fetch(rt: &Arc<Runtime>, reg: &Registry, e: ModelEntry, tasks: &Tasks) {
+fn start_fetch(
+    rt: &Arc<Runtime>,
+    control: &Arc<crate::control::Control>,
+    e: ModelEntry,
+    tasks: &Tasks,
+) {
     {
         let f = lock(&rt.fetching);
         if f.get(&e.name).is_some_and(|f| f.digest == e.digest) {
@@ -294,17 +299,13 @@ fn start_fetch(rt: &Arc<Runtime>, reg: &Registry, e: ModelEntry, tasks: &Tasks) 
         total: e.size_bytes,
     });
     lock(&rt.fetching).insert(e.name.clone(), fetch.clone());
-    let peers: Vec<Vec<bzzz_proto::NodeId>> = e
-        .blobs
-        .iter()
-        .map(|b| swarm_peers(reg, &b.digest))
-        .collect();
     let rt = rt.clone();
+    let control = control.clone();
     let cancel = tasks.cancel.clone();
     tasks.tracker.spawn(async move {
         let started = Instant::now();
         info!(model = %e.name, digest = %e.digest, bytes = e.size_bytes, "fetching");
-        let r = fetch_model(&rt, &e, &peers, &fetch, &cancel).await;
+        let r = fetch_model(&rt, &control, &e, &fetch, &cancel).await;
         lock(&rt.fetching).remove(&e.name);
         match r {
             Ok(()) => {
@@ -323,8 +324,8 @@ fn start_fetch(rt: &Arc<Runtime>, reg: &Registry, e: ModelEntry, tasks: &Tasks) 
 
 async fn fetch_model(
     rt: &Runtime,
+    control: &Arc<crate::control::Control>,
     e: &ModelEntry,
-    peers: &[Vec<bzzz_proto::NodeId>],
     fetch: &Fetch,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
@@ -332,8 +333,11 @@ async fn fetch_model(
     let mut order: Vec<usize> = (0..e.blobs.len()).collect();
     order.sort_by_key(|i| e.blobs[*i].size);
     for i in order {
+        let digest = e.blobs[i].digest.clone();
+        let control = control.clone();
+        let peers = move || control.with_state(|s| swarm_peers(&s.models, &digest));
         rt.models
-            .fetch(&e.blobs[i], &peers[i], &fetch.done[i], cancel)
+            .fetch(&e.blobs[i], &peers, &fetch.done[i], cancel)
             .await?;
     }
     let name = ModelName::parse(&e.name)?;
