@@ -50,7 +50,14 @@ pub struct Runtime {
     /// Reports proposed recently (name → (digest, when)): not repeated
     /// while Raft catches up.
     reported: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    /// Blobs uploaded through the API and not yet named by a manifest:
+    /// kept from garbage collection for [`UPLOAD_GRACE`].
+    uploads: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long an uploaded blob waits for its manifest before garbage
+/// collection may take it.
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(3600);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -69,6 +76,7 @@ impl Runtime {
             fetching: Mutex::new(HashMap::new()),
             retry_at: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -147,6 +155,11 @@ impl Runtime {
     fn keep(&self, reg: &Registry) -> BTreeSet<String> {
         let me = self.models.local_id();
         let mut keep = BTreeSet::new();
+        {
+            let mut up = lock(&self.uploads);
+            up.retain(|_, at| at.elapsed() < UPLOAD_GRACE);
+            keep.extend(up.keys().cloned());
+        }
         for (name, e) in &reg.models {
             let placed = reg
                 .placements
@@ -157,6 +170,19 @@ impl Runtime {
             }
         }
         keep
+    }
+
+    /// A blob arrived through the API (see [`UPLOAD_GRACE`]).
+    pub fn uploaded(&self, digest: &str) {
+        lock(&self.uploads).insert(digest.to_owned(), Instant::now());
+    }
+
+    /// Its manifest is written: the blob is protected by it from now on.
+    pub fn registered(&self, digests: impl IntoIterator<Item = String>) {
+        let mut up = lock(&self.uploads);
+        for d in digests {
+            up.remove(&d);
+        }
     }
 
     pub fn gc(&self, reg: &Registry) {
@@ -198,6 +224,7 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
+    let mut last_local: Option<BTreeMap<String, String>> = None;
     loop {
         let changed = async {
             match changes.as_mut() {
@@ -227,6 +254,14 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
         }
         let me = rt.models.local_id().clone();
         let local = rt.local(&reg);
+        // A manifest appeared, changed or went (a fetch, an add through
+        // this node's API, a drop): blobs nothing uses any more go.
+        if last_local.as_ref() != Some(&local) {
+            if last_local.is_some() {
+                rt.gc(&reg);
+            }
+            last_local = Some(local.clone());
+        }
         for action in decide(&me, &reg, &local) {
             match action {
                 Action::Report { name, digest } => {
@@ -311,6 +346,9 @@ fn start_fetch(
             Ok(()) => {
                 lock(&rt.retry_at).remove(&e.name);
                 info!(model = %e.name, secs = started.elapsed().as_secs_f64(), "model in place");
+                // The previous version's blobs go once nothing uses them.
+                let reg = control.with_state(|s| s.models.clone());
+                rt.gc(&reg);
             }
             Err(err) => {
                 if !cancel.is_cancelled() {

@@ -33,7 +33,7 @@ fn cli_json(args: &[&str]) -> Value {
 
 /// A GGUF file: a real header (llama, Q4_1, a ChatML template) and
 /// `pieces` pieces of deterministic pseudo-random tensor data.
-fn make_gguf(path: &Path, pieces: usize) -> Vec<u8> {
+fn make_gguf(path: &Path, pieces: usize, seed: u64) -> Vec<u8> {
     use bzzz_models::gguf::{Value as V, synthetic_header};
     let mut bytes = synthetic_header(
         &[
@@ -50,7 +50,7 @@ fn make_gguf(path: &Path, pieces: usize) -> Vec<u8> {
         ],
         &[("token_embd.weight", vec![256, 1024])],
     );
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ seed;
     while bytes.len() < pieces * PIECE {
         x ^= x << 13;
         x ^= x >> 7;
@@ -222,7 +222,7 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
     //    and 2 (GPUs) get it.
     let gguf = c.dir.path().join("tiny.gguf");
     let pieces = 24;
-    let content = make_gguf(&gguf, pieces);
+    let content = make_gguf(&gguf, pieces, 0);
     let added = cli_json(&[
         "model",
         "add",
@@ -384,21 +384,132 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
         content
     );
 
-    // 4. Removal: every live node deletes its copy; the list is empty.
-    let out = cli(&[
+    // The models page shows the model × node table.
+    let (code, page) =
+        bzzz_testkit::http::get(api.trim_start_matches("http://"), "/models").expect("page");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("tiny:1") && page.contains("held") && page.contains("(CPU)"),
+        "{page}"
+    );
+
+    // 4. A new version under the same tag rolls out to the placed nodes;
+    //    the old blob goes once the new manifest is in place.
+    let v2 = make_gguf(&gguf, 8, 1);
+    let added2 = cli_json(&[
         "model",
-        "rm",
+        "add",
+        &gguf.to_string_lossy(),
+        "--name",
         "tiny:1",
+        "--replicas",
+        "3",
         "--api",
         &api,
         "--operator-password-file",
         &pw,
+        "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let digest2 = added2["digest"].as_str().expect("digest").to_owned();
+    assert_ne!(digest2, digest);
+    assert_eq!(added2["changed"], true);
+    let blob2 = bzzz_models::ollama::sha256_digest(&v2).replace(':', "-");
+    wait_until(
+        "the new version is everywhere, the old blob gone",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            [0, 1, 3]
+                .iter()
+                .all(|i| {
+                    let l = ollama_list(&store(&c, *i));
+                    l.len() == 1
+                        && l[0].1 == digest2
+                        && store(&c, *i).join("blobs").join(&blob2).exists()
+                        && !store(&c, *i).join("blobs").join(&blob_name).exists()
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| {
+        let stores: Vec<String> = [0, 1, 3]
+            .iter()
+            .map(|i| {
+                let blobs: Vec<String> = std::fs::read_dir(store(&c, *i).join("blobs"))
+                    .map(|r| {
+                        r.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                format!("node {i}: {:?} {blobs:?}", ollama_list(&store(&c, *i)))
+            })
+            .collect();
+        panic!("{e}\n{}\n{}", stores.join("\n"), c.logs())
+    });
+
+    // 5. The same model from a directory in Ollama's layout (same manifest:
+    //    same digest, nothing changes) and, under another name, from an
+    //    Ollama store (`--from-ollama`).
+    let dir3 = store(&c, 3).to_string_lossy().into_owned();
+    let same = cli_json(&[
+        "model",
+        "add",
+        &dir3,
+        "--name",
+        "tiny:1",
+        "--replicas",
+        "3",
+        "--api",
+        &api,
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    assert_eq!(same["digest"], digest2.as_str());
+    assert_eq!(same["changed"], false);
+    let copy = cli_json(&[
+        "model",
+        "add",
+        "--from-ollama",
+        "tiny:1",
+        "--ollama-dir",
+        &dir3,
+        "--name",
+        "copy:1",
+        "--api",
+        &api,
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    assert_eq!(copy["name"], "copy:1");
+    assert_eq!(copy["digest"], digest2.as_str());
+    wait_until(
+        "copy:1 is ready",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || (ready(&status(&c, 0, "copy:1")).len() == 1).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // 6. Removal: every live node deletes its copies; the list is empty.
+    for name in ["tiny:1", "copy:1"] {
+        let out = cli(&[
+            "model",
+            "rm",
+            name,
+            "--api",
+            &api,
+            "--operator-password-file",
+            &pw,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     wait_until(
         "every copy is deleted",
         Duration::from_secs(30),
@@ -406,7 +517,13 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
         || {
             [0, 1, 3]
                 .iter()
-                .all(|i| ollama_list(&store(&c, *i)).is_empty())
+                .all(|i| {
+                    ollama_list(&store(&c, *i)).is_empty()
+                        && std::fs::read_dir(store(&c, *i).join("blobs"))
+                            .map(|r| r.count())
+                            .unwrap_or(0)
+                            == 0
+                })
                 .then_some(())
         },
     )

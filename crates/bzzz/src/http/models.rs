@@ -298,7 +298,11 @@ async fn api_blob_check(
 ) -> Result<Response, ApiError> {
     let digest = checked_digest(&digest)?;
     match st.models.store().blob_size(&digest) {
-        Some(size) => Ok(json(StatusCode::OK, &BlobStored { digest, size })),
+        Some(size) => {
+            // The caller will name it in a manifest: keep it until then.
+            st.models.uploaded(&digest);
+            Ok(json(StatusCode::OK, &BlobStored { digest, size }))
+        }
         None => Err(ApiError::new(StatusCode::NOT_FOUND, "not on this node")),
     }
 }
@@ -321,6 +325,8 @@ async fn api_blob_upload(
             "a blob is at most {MAX_BLOB} bytes"
         )));
     }
+    // Protected from garbage collection until its manifest is written.
+    st.models.uploaded(&digest);
     if st.models.store().blob_size(&digest) == Some(q.size) {
         return Ok(json(
             StatusCode::OK,
@@ -479,6 +485,8 @@ async fn api_add(State(st): S, _: Operator, body: Bytes) -> Result<Response, Api
     store
         .write_manifest(&name, req.manifest.as_bytes())
         .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
+    st.models
+        .registered(manifest.blobs().map(|l| l.digest.clone()));
     let changed = c.with_state(|s| s.models.models.get(&entry.name).map(|e| e.digest.clone()))
         != Some(entry.digest.clone());
     let answer = AddedModel {
