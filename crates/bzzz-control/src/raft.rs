@@ -591,4 +591,80 @@ mod tests {
         };
         assert!(st.apply_command(4, long).rejected.is_some());
     }
+
+    #[test]
+    fn model_commands_are_validated_and_survive_a_snapshot() {
+        use bzzz_proto::models::{BlobInfo, ModelFacts};
+        let entry = |name: &str, replicas: u16| ModelEntry {
+            name: name.into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            manifest: "{}".into(),
+            blobs: vec![BlobInfo {
+                digest: format!("sha256:{}", "b".repeat(64)),
+                size: 1,
+                media_type: "x".into(),
+                piece_size: 1 << 18,
+                pieces_root: "0".repeat(64),
+            }],
+            size_bytes: 1,
+            vram_bytes: 1,
+            facts: ModelFacts::default(),
+            replicas,
+            spread_zones: true,
+            pinned: vec![],
+            excluded: vec![],
+            added_at: 0,
+            removed: false,
+        };
+        let mut st = ClusterState::default();
+        let put = |e: ModelEntry| Command::ModelPut { entry: Box::new(e) };
+        // Not canonical, zero replicas: refused, nothing changes.
+        assert!(
+            st.apply_command(1, put(entry("Big:1", 1)))
+                .rejected
+                .is_some()
+        );
+        assert!(st.apply_command(2, put(entry("m:1", 0))).rejected.is_some());
+        assert!(st.models.models.is_empty());
+        assert!(st.apply_command(3, put(entry("m:1", 1))).rejected.is_none());
+        let node = NodeId::parse("12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xa").unwrap();
+        let place = |n: usize| Command::ModelPlace {
+            name: "m:1".into(),
+            nodes: vec![
+                Placed {
+                    node: node.clone(),
+                    cpu_only: false
+                };
+                n
+            ],
+        };
+        assert!(
+            st.apply_command(4, place(2)).rejected.is_some(),
+            "more copies than wanted"
+        );
+        assert!(st.apply_command(5, place(1)).rejected.is_none());
+        let held = Command::ModelHeld {
+            name: "m:1".into(),
+            node: node.clone(),
+            digest: Some(format!("sha256:{}", "a".repeat(64))),
+        };
+        assert!(st.apply_command(6, held).rejected.is_none());
+        assert_eq!(st.models.ready("m:1"), 1);
+        let back: ClusterState = serde_json::from_slice(&serde_json::to_vec(&st).unwrap()).unwrap();
+        assert_eq!(back.models, st.models);
+        // Removal keeps a tombstone until the holder reports its copy gone.
+        assert!(
+            st.apply_command(7, Command::ModelRemove { name: "m:1".into() })
+                .rejected
+                .is_none()
+        );
+        assert!(st.models.models["m:1"].removed);
+        let gone = Command::ModelHeld {
+            name: "m:1".into(),
+            node,
+            digest: None,
+        };
+        assert!(st.apply_command(8, gone).rejected.is_none());
+        assert!(st.models.models.is_empty());
+    }
 }

@@ -507,6 +507,22 @@ mod tests {
         assert!(theirs.exists());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn manifest_parse_never_panics(s in "\\PC{0,300}") {
+            let _ = Manifest::parse(s.as_bytes());
+        }
+    }
+
+    #[test]
+    fn refuses_bad_manifests() {
+        assert!(Manifest::parse(b"{}").is_err());
+        let bad_digest = r#"{"schemaVersion":2,"mediaType":"x","config":{"mediaType":"c","digest":"sha256:../../etc","size":1},"layers":[{"mediaType":"m","digest":"sha256:00","size":1}]}"#;
+        assert!(Manifest::parse(bad_digest.as_bytes()).is_err());
+        let s = Store::read_only("/nonexistent");
+        assert!(s.blob_path("sha256:../x").is_err());
+    }
+
     #[test]
     fn prepares_a_gguf() {
         let dir = tempfile::tempdir().unwrap();

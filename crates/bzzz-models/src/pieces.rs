@@ -290,6 +290,25 @@ mod tests {
         assert!(PieceManifest::decode(&enc, &m.blob, m.size + 1, m.piece_size, &root).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400), size in 0u64..(1 << 22)) {
+            let blob = format!("sha256:{}", "a".repeat(64));
+            let root = root_of(&bytes);
+            let _ = PieceManifest::decode(&bytes, &blob, size, MIN_PIECE, &root);
+        }
+
+        #[test]
+        fn streamed_and_whole_hashing_agree(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000), cut in 0usize..2000) {
+            let whole = hash_blob(&data[..], |_| {}, data.len() as u64).unwrap();
+            let mut h = PieceHasher::new(data.len() as u64);
+            let cut = cut.min(data.len());
+            h.update(&data[..cut]);
+            h.update(&data[cut..]);
+            proptest::prop_assert_eq!(h.finish().unwrap(), whole);
+        }
+    }
+
     #[test]
     fn bitfield() {
         let mut b = Bitfield::new(10);

@@ -53,6 +53,8 @@ pub struct Runtime {
     /// Blobs uploaded through the API and not yet named by a manifest:
     /// kept from garbage collection for [`UPLOAD_GRACE`].
     uploads: Mutex<HashMap<String, Instant>>,
+    /// A fetch ended: the agent looks again at once (progress, reports).
+    wake: tokio::sync::Notify,
 }
 
 /// How long an uploaded blob waits for its manifest before garbage
@@ -77,6 +79,7 @@ impl Runtime {
             retry_at: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
         }))
     }
 
@@ -240,6 +243,7 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
             _ = tasks.cancel.cancelled() => return,
             _ = tick.tick() => {}
             _ = changed => {}
+            _ = rt.wake.notified() => {}
         }
         let Some(ctl) = control.get().cloned() else {
             continue;
@@ -247,11 +251,16 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
         if changes.is_none() {
             changes = Some(ctl.watch_models());
         }
-        let reg = ctl.with_state(|s| s.models.clone());
-        rt.models.set_progress(rt.progress(&reg));
-        if reg.models.is_empty() {
+        // An empty registry costs nothing (no store listing): an idle
+        // cluster without models stays idle.
+        if ctl.with_state(|s| s.models.models.is_empty()) {
+            if last_local.take().is_some() {
+                rt.models.set_progress(ProgressMap::new());
+            }
             continue;
         }
+        let reg = ctl.with_state(|s| s.models.clone());
+        rt.models.set_progress(rt.progress(&reg));
         let me = rt.models.local_id().clone();
         let local = rt.local(&reg);
         // A manifest appeared, changed or went (a fetch, an add through
@@ -342,6 +351,7 @@ fn start_fetch(
         info!(model = %e.name, digest = %e.digest, bytes = e.size_bytes, "fetching");
         let r = fetch_model(&rt, &control, &e, &fetch, &cancel).await;
         lock(&rt.fetching).remove(&e.name);
+        rt.wake.notify_one();
         match r {
             Ok(()) => {
                 lock(&rt.retry_at).remove(&e.name);
