@@ -102,6 +102,15 @@ control:
     min_margin: {min_margin}
     min_tenure: {tenure}
     max_voters: {max_voters}
+
+# Model distribution (SPEC §8).
+models:
+  # Ollama models directory placed models land in (Ollama's layout:
+  # manifests/ and blobs/; BZZZ keeps partial downloads and piece manifests
+  # in its bzzz/ subdirectory). Unset: capabilities.ollama_models_dir, else
+  # $OLLAMA_MODELS, else /usr/share/ollama/.ollama/models if it exists, else
+  # ~/.ollama/models. Also --models-dir.
+  # ollama_dir: /usr/share/ollama/.ollama/models
 "#,
         l0 = n.listen[0],
         l1 = n.listen[1],
