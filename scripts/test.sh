@@ -17,8 +17,8 @@ DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver openssh-server shell
 ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
 
 # A real GGUF (SmolLM2-135M) for the model tests.
-BZZZ_TEST_GGUF="$(ensure_smollm2)"
-export BZZZ_TEST_GGUF
+TEST_SMOLLM2_GGUF="$(ensure_smollm2)"
+export TEST_SMOLLM2_GGUF
 
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 

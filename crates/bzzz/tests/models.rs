@@ -537,19 +537,19 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no model"));
 }
 
-/// The real SmolLM2-135M GGUF (`BZZZ_TEST_GGUF`, fetched by
+/// The real SmolLM2-135M GGUF (`TEST_SMOLLM2_GGUF`, fetched by
 /// `scripts/test.sh`): added on a node without a GPU, it lands on the GPU
 /// node in Ollama's layout and reads back with the right digest, size and
 /// quantization; the registry has its GGUF facts.
 #[test]
 fn a_real_gguf_lands_in_ollamas_layout() {
-    let Some(gguf) = std::env::var_os("BZZZ_TEST_GGUF").map(PathBuf::from) else {
+    let Some(gguf) = std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from) else {
         assert!(
             std::env::var_os("CI").is_none(),
-            "BZZZ_TEST_GGUF is not set (scripts/test.sh fetches it)"
+            "TEST_SMOLLM2_GGUF is not set (scripts/test.sh fetches it)"
         );
         eprintln!(
-            "skipped: set BZZZ_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/test.sh does)"
+            "skipped: set TEST_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/test.sh does)"
         );
         return;
     };
