@@ -121,22 +121,26 @@ fn blob_name(digest: &str) -> Result<String, ModelsError> {
 }
 
 impl Store {
-    /// Opens (creating) the directory and BZZZ's subdirectories.
+    /// A store at `root`. Nothing is created until a model arrives (a
+    /// node without models leaves the directory alone); an existing path
+    /// that is not a directory is refused.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, ModelsError> {
         let s = Self { root: root.into() };
-        for d in [
-            "blobs",
-            "manifests",
-            "bzzz/partial",
-            "bzzz/pieces",
-            "bzzz/owned",
-            "bzzz/tmp",
-        ] {
-            std::fs::create_dir_all(s.root.join(d)).map_err(|e| {
-                ModelsError::Io(format!("cannot create {}: {e}", s.root.join(d).display()))
-            })?;
+        if s.root.exists() && !s.root.is_dir() {
+            return Err(ModelsError::Io(format!(
+                "{} is not a directory",
+                s.root.display()
+            )));
         }
         Ok(s)
+    }
+
+    /// Creates a subdirectory (and the root) when first needed.
+    fn dir(&self, sub: &str) -> Result<PathBuf, ModelsError> {
+        let d = self.root.join(sub);
+        std::fs::create_dir_all(&d)
+            .map_err(|e| ModelsError::Io(format!("cannot create {}: {e}", d.display())))?;
+        Ok(d)
     }
 
     /// A store read in place (no directories created): `--from-ollama`,
@@ -154,19 +158,18 @@ impl Store {
     }
 
     pub fn partial_path(&self, digest: &str) -> Result<PathBuf, ModelsError> {
-        Ok(self
-            .root
-            .join("bzzz/partial")
-            .join(format!("{}.part", blob_name(digest)?)))
+        let name = format!("{}.part", blob_name(digest)?);
+        Ok(self.dir("bzzz/partial")?.join(name))
     }
 
-    /// A fresh temporary file path on the store's filesystem.
-    pub fn tmp_path(&self, what: &str) -> PathBuf {
+    /// A fresh temporary file path on the store's filesystem (its
+    /// directory created).
+    pub fn tmp_path(&self, what: &str) -> Result<PathBuf, ModelsError> {
         let mut r = [0u8; 8];
         let _ = getrandom::fill(&mut r);
-        self.root
-            .join("bzzz/tmp")
-            .join(format!("{what}-{}", hex::encode(r)))
+        Ok(self
+            .dir("bzzz/tmp")?
+            .join(format!("{what}-{}", hex::encode(r))))
     }
 
     /// The size of a complete blob, if present.
@@ -180,13 +183,14 @@ impl Store {
 
     /// Moves a verified file into `blobs/` (and marks it as BZZZ's).
     pub fn install_blob(&self, digest: &str, from: &Path) -> Result<PathBuf, ModelsError> {
+        self.dir("blobs")?;
         let to = self.blob_path(digest)?;
         std::fs::File::open(from)
             .and_then(|f| f.sync_all())
             .map_err(|e| ModelsError::Io(format!("{}: {e}", from.display())))?;
         std::fs::rename(from, &to)
             .map_err(|e| ModelsError::Io(format!("cannot move the blob into place: {e}")))?;
-        let marker = self.root.join("bzzz/owned").join(blob_name(digest)?);
+        let marker = self.dir("bzzz/owned")?.join(blob_name(digest)?);
         std::fs::write(marker, b"")?;
         Ok(to)
     }
@@ -203,7 +207,7 @@ impl Store {
     }
 
     fn write_atomic(&self, to: &Path, bytes: &[u8]) -> Result<(), ModelsError> {
-        let tmp = self.tmp_path("w");
+        let tmp = self.tmp_path("w")?;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -472,7 +476,7 @@ mod tests {
         // The manifest is refused while a blob is missing.
         assert!(s.write_manifest(&name, &bytes).is_err());
         for (dg, content) in [(&d, &data), (&c, &cfg)] {
-            let tmp = s.tmp_path("t");
+            let tmp = s.tmp_path("t").unwrap();
             std::fs::write(&tmp, content).unwrap();
             s.install_blob(dg, &tmp).unwrap();
         }

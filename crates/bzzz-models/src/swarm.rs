@@ -709,7 +709,7 @@ impl Models {
     /// A writer for a blob uploaded through the API: into a temporary file
     /// on the store's filesystem, hashed as it goes.
     pub fn upload(&self, size: u64) -> Result<Upload, ModelsError> {
-        let path = self.store.tmp_path("upload");
+        let path = self.store.tmp_path("upload")?;
         let file = std::fs::File::create(&path)?;
         Ok(Upload {
             store: self.store.clone(),
