@@ -155,7 +155,7 @@ pub fn place(reg: &Registry, nodes: &BTreeMap<NodeId, Node>) -> BTreeMap<String,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bzzz_proto::models::{BlobInfo, ModelEntry, ModelFacts};
+    use bzzz_proto::models::ModelEntry;
     use proptest::prelude::*;
 
     const GB: u64 = 1 << 30;
@@ -169,25 +169,8 @@ mod tests {
 
     fn model(name: &str, vram: u64, replicas: u16, spread: bool) -> ModelEntry {
         ModelEntry {
-            name: name.into(),
-            digest: format!("sha256:{}", "a".repeat(64)),
-            manifest: "{}".into(),
-            blobs: vec![BlobInfo {
-                digest: format!("sha256:{}", "b".repeat(64)),
-                size: 1,
-                media_type: "x".into(),
-                piece_size: 1 << 18,
-                pieces_root: "0".repeat(64),
-            }],
-            size_bytes: vram,
-            vram_bytes: vram,
-            facts: ModelFacts::default(),
-            replicas,
             spread_zones: spread,
-            pinned: vec![],
-            excluded: vec![],
-            added_at: 0,
-            removed: false,
+            ..ModelEntry::sample(name, vram, replicas)
         }
     }
 

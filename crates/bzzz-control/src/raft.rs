@@ -594,28 +594,7 @@ mod tests {
 
     #[test]
     fn model_commands_are_validated_and_survive_a_snapshot() {
-        use bzzz_proto::models::{BlobInfo, ModelFacts};
-        let entry = |name: &str, replicas: u16| ModelEntry {
-            name: name.into(),
-            digest: format!("sha256:{}", "a".repeat(64)),
-            manifest: "{}".into(),
-            blobs: vec![BlobInfo {
-                digest: format!("sha256:{}", "b".repeat(64)),
-                size: 1,
-                media_type: "x".into(),
-                piece_size: 1 << 18,
-                pieces_root: "0".repeat(64),
-            }],
-            size_bytes: 1,
-            vram_bytes: 1,
-            facts: ModelFacts::default(),
-            replicas,
-            spread_zones: true,
-            pinned: vec![],
-            excluded: vec![],
-            added_at: 0,
-            removed: false,
-        };
+        let entry = |name: &str, replicas: u16| ModelEntry::sample(name, 1, replicas);
         let mut st = ClusterState::default();
         let put = |e: ModelEntry| Command::ModelPut { entry: Box::new(e) };
         // Not canonical, zero replicas: refused, nothing changes.

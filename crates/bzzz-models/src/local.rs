@@ -96,7 +96,7 @@ pub fn swarm_peers(reg: &Registry, blob: &str) -> Vec<NodeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bzzz_proto::models::{BlobInfo, ModelEntry, ModelFacts, Placed};
+    use bzzz_proto::models::{ModelEntry, Placed};
 
     fn node(i: u8) -> NodeId {
         // A syntactically valid base58 peer id per index.
@@ -108,23 +108,8 @@ mod tests {
         ModelEntry {
             name: "m:1".into(),
             digest: format!("sha256:{}", digest.to_string().repeat(64)),
-            manifest: "{}".into(),
-            blobs: vec![BlobInfo {
-                digest: format!("sha256:{}", "b".repeat(64)),
-                size: 1,
-                media_type: "x".into(),
-                piece_size: 1 << 18,
-                pieces_root: "0".repeat(64),
-            }],
-            size_bytes: 1,
-            vram_bytes: 1,
-            facts: ModelFacts::default(),
-            replicas: 1,
             spread_zones: false,
-            pinned: vec![],
-            excluded: vec![],
-            added_at: 0,
-            removed: false,
+            ..ModelEntry::sample("m:1", 1, 1)
         }
     }
 

@@ -118,27 +118,38 @@ impl Rng {
     }
 }
 
-/// Chooses the next piece to ask `peer` for: one it has, we lack, nobody
-/// is fetching, it has not sent bad; rarest first among all live peers;
-/// from a seed only pieces no live non-seed peer has. `counts[i]` counts
-/// live peers holding piece `i`, `counts_ns[i]` the non-seeds among them.
-#[allow(clippy::too_many_arguments)]
+/// What a piece choice looks at: what this node has, what it is
+/// fetching, and how many live peers hold each piece (`counts`; the
+/// non-seeds among them: `counts_ns`).
+struct Pool<'a> {
+    have: &'a Bitfield,
+    busy: &'a Bitfield,
+    counts: &'a [u16],
+    counts_ns: &'a [u16],
+}
+
+/// Chooses the next piece to ask a peer (holding `bits`) for: one it has,
+/// we lack, nobody is fetching, it has not sent bad; rarest first among
+/// all live peers (random among equals); from a seed only pieces no live
+/// non-seed peer has.
 fn pick(
+    pool: &Pool<'_>,
     bits: &Bitfield,
     seed: bool,
-    have: &Bitfield,
-    busy: &Bitfield,
     bad: impl Fn(usize) -> bool,
-    counts: &[u16],
-    counts_ns: &[u16],
     rng: &mut Rng,
 ) -> Option<usize> {
     let mut best: Option<(u16, u64, usize)> = None;
-    for i in 0..have.len() {
-        if have.get(i) || busy.get(i) || !bits.get(i) || (seed && counts_ns[i] > 0) || bad(i) {
+    for i in 0..pool.have.len() {
+        if pool.have.get(i)
+            || pool.busy.get(i)
+            || !bits.get(i)
+            || (seed && pool.counts_ns[i] > 0)
+            || bad(i)
+        {
             continue;
         }
-        let key = (counts[i], rng.next());
+        let key = (pool.counts[i], rng.next());
         if best.is_none_or(|(c, r, _)| key < (c, r)) {
             best = Some((key.0, key.1, i));
         }
@@ -549,9 +560,13 @@ impl Models {
                 let Some(bits) = s.bits.clone() else { continue };
                 while s.in_flight < PER_PEER {
                     let bad = |i: usize| bad_from.get(&i).is_some_and(|v| v.contains(&p));
-                    let Some(i) = pick(
-                        &bits, s.seed, &have, &busy, bad, &counts, &counts_ns, &mut rng,
-                    ) else {
+                    let pool = Pool {
+                        have: &have,
+                        busy: &busy,
+                        counts: &counts,
+                        counts_ns: &counts_ns,
+                    };
+                    let Some(i) = pick(&pool, &bits, s.seed, bad, &mut rng) else {
                         break;
                     };
                     busy.set(i);
@@ -798,59 +813,40 @@ mod tests {
     fn rarest_first_and_the_seed_only_sends_what_nobody_else_has() {
         let n = 4;
         let have = Bitfield::new(n);
-        let busy = Bitfield::new(n);
+        let mut busy = Bitfield::new(n);
         let mut rng = Rng::new();
         // Pieces 0,1 held by a non-seed peer too; 2,3 only by the seed.
-        let counts = [2, 2, 1, 1];
-        let counts_ns = [1, 1, 0, 0];
+        let (counts, counts_ns) = ([2, 2, 1, 1], [1, 1, 0, 0]);
         let seed_bits = Bitfield::full(n);
-        for _ in 0..50 {
-            let i = pick(
-                &seed_bits,
-                true,
-                &have,
-                &busy,
-                |_| false,
-                &counts,
-                &counts_ns,
-                &mut rng,
-            )
-            .unwrap();
-            assert!(i >= 2, "the seed is asked only for pieces others lack");
-        }
         let mut peer_bits = Bitfield::new(n);
         peer_bits.set(0);
         peer_bits.set(1);
-        let i = pick(
-            &peer_bits,
-            false,
-            &have,
-            &busy,
-            |i| i == 0,
-            &counts,
-            &counts_ns,
-            &mut rng,
-        );
-        assert_eq!(
-            i,
-            Some(1),
-            "a piece the peer sent bad is not asked of it again"
-        );
-        let mut busy = busy;
+        {
+            let p = Pool {
+                have: &have,
+                busy: &busy,
+                counts: &counts,
+                counts_ns: &counts_ns,
+            };
+            for _ in 0..50 {
+                let i = pick(&p, &seed_bits, true, |_| false, &mut rng).expect("a piece");
+                assert!(i >= 2, "the seed is asked only for pieces others lack");
+            }
+            let i = pick(&p, &peer_bits, false, |i| i == 0, &mut rng);
+            assert_eq!(
+                i,
+                Some(1),
+                "a piece the peer sent bad is not asked of it again"
+            );
+        }
         busy.set(2);
         busy.set(3);
-        assert_eq!(
-            pick(
-                &seed_bits,
-                true,
-                &have,
-                &busy,
-                |_| false,
-                &counts,
-                &counts_ns,
-                &mut rng
-            ),
-            None
-        );
+        let p = Pool {
+            have: &have,
+            busy: &busy,
+            counts: &counts,
+            counts_ns: &counts_ns,
+        };
+        assert_eq!(pick(&p, &seed_bits, true, |_| false, &mut rng), None);
     }
 }

@@ -188,6 +188,32 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
+    /// A minimal valid entry (tests, examples): one blob, digests of
+    /// `a`s and `b`s, no pins, zones spread.
+    pub fn sample(name: &str, vram_bytes: u64, replicas: u16) -> Self {
+        Self {
+            name: name.into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            manifest: "{}".into(),
+            blobs: vec![BlobInfo {
+                digest: format!("sha256:{}", "b".repeat(64)),
+                size: 1,
+                media_type: "application/vnd.ollama.image.model".into(),
+                piece_size: 1 << 18,
+                pieces_root: "0".repeat(64),
+            }],
+            size_bytes: vram_bytes,
+            vram_bytes,
+            facts: ModelFacts::default(),
+            replicas,
+            spread_zones: true,
+            pinned: vec![],
+            excluded: vec![],
+            added_at: 0,
+            removed: false,
+        }
+    }
+
     /// Bounds every field (entries come from the API and through Raft).
     pub fn validate(&self) -> Result<(), ModelError> {
         let n = ModelName::parse(&self.name)?;

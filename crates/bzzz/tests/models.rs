@@ -182,28 +182,30 @@ fn ready(s: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[test]
-fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
+/// An initialized cluster: node 0 without a GPU, then `gpus` nodes with a
+/// declared 8 GiB GPU; the operator password file's path; the registry
+/// answering.
+fn cluster(gpus: usize) -> (LocalCluster, String) {
     let mut c = LocalCluster::start(bin(), 1, &LocalOpts::default()).expect("start");
-    for n in ["b", "c", "d"] {
-        let o = gpu_opts(&c, n);
+    for n in 0..gpus {
+        let o = gpu_opts(&c, &format!("gpu{n}"));
         c.add_node(&o).expect("gpu node");
     }
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
     let pw = c.dir.path().join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
     let pw = pw.to_string_lossy().into_owned();
+    let api = c.nodes[0].api();
     cli_json(&[
         "init",
         "--api",
-        &c.nodes[0].api(),
+        &api,
         "--cluster",
         "lab",
         "--operator-password-file",
         &pw,
         "--json",
     ]);
-    let api = c.nodes[0].api();
     wait_until(
         "the registry answers",
         Duration::from_secs(30),
@@ -216,6 +218,13 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    (c, pw)
+}
+
+#[test]
+fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
+    let (mut c, pw) = cluster(3);
+    let api = c.nodes[0].api();
     let ids: Vec<String> = c.nodes.iter().map(|n| n.node_id().to_owned()).collect();
 
     // 1. Add on node 0 (no GPU) with 2 copies, node 3 excluded: nodes 1
@@ -553,23 +562,7 @@ fn a_real_gguf_lands_in_ollamas_layout() {
         );
         return;
     };
-    let mut c = LocalCluster::start(bin(), 1, &LocalOpts::default()).expect("start");
-    let o = gpu_opts(&c, "gpu");
-    c.add_node(&o).expect("gpu node");
-    c.wait_formed(Duration::from_secs(20)).expect("mesh");
-    let pw = c.dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
-    let pw = pw.to_string_lossy().into_owned();
-    cli_json(&[
-        "init",
-        "--api",
-        &c.nodes[0].api(),
-        "--cluster",
-        "lab",
-        "--operator-password-file",
-        &pw,
-        "--json",
-    ]);
+    let (c, pw) = cluster(1);
     let api = c.nodes[0].api();
     let added = cli_json(&[
         "model",

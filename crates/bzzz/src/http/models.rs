@@ -279,11 +279,26 @@ async fn api_remove(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = model_name(&name)?.full();
-    propose(control(&st)?, Command::ModelRemove { name: name.clone() }).await?;
+    let c = control(&st)?;
+    propose(c, Command::ModelRemove { name: name.clone() }).await?;
+    applied(c, |s| s.models.models.get(&name).is_none_or(|e| e.removed)).await;
     Ok(json(
         StatusCode::OK,
         &json!({"name": name, "removed": true}),
     ))
+}
+
+/// Waits (at most 5 s) until this node's applied state satisfies `done`:
+/// a write committed by the leader reaches a follower a moment later.
+async fn applied(
+    c: &crate::control::Control,
+    done: impl Fn(&bzzz_control::raft::ClusterState) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut changes = c.watch_models();
+    while !c.with_state(&done) && std::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(Duration::from_millis(100), changes.changed()).await;
+    }
 }
 
 fn checked_digest(d: &str) -> Result<String, ApiError> {
@@ -480,13 +495,6 @@ async fn api_add(State(st): S, _: Operator, body: Bytes) -> Result<Response, Api
         removed: false,
     };
     entry.validate().map_err(|e| ApiError::invalid(e.0))?;
-    // This node holds it: its manifest goes into the local store now, so
-    // it is a source for the swarm (and Ollama here can serve it).
-    store
-        .write_manifest(&name, req.manifest.as_bytes())
-        .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
-    st.models
-        .registered(manifest.blobs().map(|l| l.digest.clone()));
     let changed = c.with_state(|s| s.models.models.get(&entry.name).map(|e| e.digest.clone()))
         != Some(entry.digest.clone());
     let answer = AddedModel {
@@ -504,5 +512,24 @@ async fn api_add(State(st): S, _: Operator, body: Bytes) -> Result<Response, Api
         },
     )
     .await?;
+    // Read your write: answer once this node has applied it too (the
+    // caller's next `model status` may come here).
+    applied(c, |s| {
+        s.models
+            .models
+            .get(&answer.name)
+            .is_some_and(|e| e.digest == answer.digest && !e.removed)
+    })
+    .await;
+    // This node holds it: its manifest goes into the local store once the
+    // registry names this version (written before, a placed node's agent
+    // would take it for a stale copy and fetch the registry's older one
+    // over it), so it is a source for the swarm and Ollama here can serve
+    // it. Its blobs were kept from garbage collection until now.
+    store
+        .write_manifest(&name, req.manifest.as_bytes())
+        .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
+    st.models
+        .registered(manifest.blobs().map(|l| l.digest.clone()));
     Ok(json(StatusCode::OK, &answer))
 }
