@@ -19,6 +19,9 @@ ensure_debian_packages "${DEBIAN_PACKAGES[@]}"
 # A real GGUF (SmolLM2-135M) for the model tests.
 TEST_SMOLLM2_GGUF="$(ensure_smollm2)"
 export TEST_SMOLLM2_GGUF
+# A Python with llama.cpp's server (xllamacpp) for the managed backends.
+TEST_PYTHON="$(ensure_python_venv)"
+export TEST_PYTHON
 
 command -v cargo >/dev/null 2>&1 || { echo "error: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 

@@ -55,6 +55,10 @@ pub struct Runtime {
     uploads: Mutex<HashMap<String, Instant>>,
     /// A fetch ended: the agent looks again at once (progress, reports).
     wake: tokio::sync::Notify,
+    /// Managed backends (`serve.managed`), when configured.
+    pub serve: Option<Arc<bzzz_serve::Supervisor>>,
+    /// Where managed backends read model files (`serve.managed.models_dir`).
+    serve_dir: Option<std::path::PathBuf>,
 }
 
 /// How long an uploaded blob waits for its manifest before garbage
@@ -66,7 +70,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Runtime {
-    pub fn open(dir: &std::path::Path, net: bzzz_net::NetHandle) -> anyhow::Result<Arc<Self>> {
+    pub fn open(
+        dir: &std::path::Path,
+        net: bzzz_net::NetHandle,
+        serve: Option<(Arc<bzzz_serve::Supervisor>, Option<std::path::PathBuf>)>,
+    ) -> anyhow::Result<Arc<Self>> {
         let store = Store::open(dir).map_err(|e| {
             anyhow::anyhow!(
                 "cannot use the models directory {} (set models.ollama_dir): {e}",
@@ -80,6 +88,8 @@ impl Runtime {
             reported: Mutex::new(HashMap::new()),
             uploads: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
+            serve_dir: serve.as_ref().and_then(|(_, d)| d.clone()),
+            serve: serve.map(|(s, _)| s),
         }))
     }
 
@@ -175,6 +185,36 @@ impl Runtime {
         keep
     }
 
+    /// Models this node should serve: placed here and in place.
+    fn wants(&self, reg: &Registry, local: &BTreeMap<String, String>) -> Vec<bzzz_serve::Want> {
+        let me = self.models.local_id();
+        let files = self
+            .serve_dir
+            .as_ref()
+            .map(|d| Store::read_only(d.clone()))
+            .unwrap_or_else(|| self.store().clone());
+        reg.models
+            .values()
+            .filter(|e| !e.removed && local.get(&e.name) == Some(&e.digest))
+            .filter(|e| {
+                reg.placements
+                    .get(&e.name)
+                    .is_some_and(|p| p.iter().any(|x| &x.node == me))
+            })
+            .filter_map(|e| {
+                let layer = e
+                    .blobs
+                    .iter()
+                    .find(|b| b.media_type == bzzz_models::ollama::MODEL_MEDIA_TYPE)?;
+                Some(bzzz_serve::Want {
+                    model: e.name.clone(),
+                    digest: e.digest.clone(),
+                    model_path: files.blob_path(&layer.digest).ok()?,
+                })
+            })
+            .collect()
+    }
+
     /// A blob arrived through the API (see [`UPLOAD_GRACE`]).
     pub fn uploaded(&self, digest: &str) {
         lock(&self.uploads).insert(digest.to_owned(), Instant::now());
@@ -256,6 +296,9 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
         if ctl.with_state(|s| s.models.models.is_empty()) {
             if last_local.take().is_some() {
                 rt.models.set_progress(ProgressMap::new());
+                if let Some(s) = &rt.serve {
+                    s.set_wanted(&[]);
+                }
             }
             continue;
         }
@@ -270,6 +313,9 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
                 rt.gc(&reg);
             }
             last_local = Some(local.clone());
+        }
+        if let Some(s) = &rt.serve {
+            s.set_wanted(&rt.wants(&reg, &local));
         }
         for action in decide(&me, &reg, &local) {
             match action {

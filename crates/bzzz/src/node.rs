@@ -175,7 +175,22 @@ pub async fn run(
         tracker: tracker.clone(),
         cancel: cancel.clone(),
     };
-    let models = crate::models::Runtime::open(&cfg.models_dir, net.clone())?;
+    let serve = cfg.serve.managed.as_ref().map(|m| {
+        (
+            bzzz_serve::Supervisor::new(
+                bzzz_serve::ManagedConfig {
+                    command: m.command.clone(),
+                    ctx: m.ctx,
+                    start_timeout: m.start_timeout,
+                    log_dir: cfg.data_dir.join("backends"),
+                },
+                tracker.clone(),
+                cancel.clone(),
+            ),
+            m.models_dir.clone(),
+        )
+    });
+    let models = crate::models::Runtime::open(&cfg.models_dir, net.clone(), serve)?;
     tracker.spawn(crate::models::serve_inbound(
         models.clone(),
         control.clone(),

@@ -111,6 +111,20 @@ models:
   # $OLLAMA_MODELS, else /usr/share/ollama/.ollama/models if it exists, else
   # ~/.ollama/models. Also --models-dir.
   # ollama_dir: /usr/share/ollama/.ollama/models
+
+# Serving: model backends on this node and the inference API.
+serve:
+  # Servers already running here: {{kind: ollama | openai, url: http://…}}.
+  backends: []
+  # One server process per model placed here; {{model_path}}, {{port}} and
+  # {{ctx}} are replaced; it must answer GET /health once ready.
+  # managed:
+  #   command: [python3, scripts/serve-llamacpp.py, --model, "{{model_path}}", --port, "{{port}}"]
+  #   ctx: 4096
+  #   start_timeout: 2m
+  # Ask for the operator credential on the inference API (default: open on
+  # the cluster's network, like Ollama).
+  require_auth: false
 "#,
         l0 = n.listen[0],
         l1 = n.listen[1],

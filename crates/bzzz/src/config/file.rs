@@ -20,6 +20,59 @@ pub struct FileConfig {
     pub labels: LabelsFile,
     pub control: ControlFile,
     pub models: ModelsFile,
+    pub serve: ServeFile,
+}
+
+/// `serve:` section: model backends on this node and the inference API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeFile {
+    /// Servers already running on this node: `{kind: ollama | openai, url}`.
+    pub backends: Vec<BackendFile>,
+    /// Start one server per model placed here: `{command: [...], ctx,
+    /// start_timeout}`; `{model_path}`, `{port}`, `{ctx}` in `command` are
+    /// replaced.
+    pub managed: Option<ManagedFile>,
+    /// Ask for the operator credential on the inference API (default: open
+    /// on the cluster's network, like Ollama).
+    pub require_auth: bool,
+}
+
+/// One entry of `serve.backends`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// `ollama` (Ollama's HTTP API) or `openai` (an OpenAI-compatible server).
+    pub kind: String,
+    /// Its base URL, e.g. `http://127.0.0.1:11434`.
+    pub url: String,
+}
+
+/// `serve.managed:` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedFile {
+    /// The command (argv) that serves one GGUF over an OpenAI-compatible
+    /// API with `/health`, e.g. `[python3, scripts/serve-llamacpp.py,
+    /// --model, "{model_path}", --port, "{port}"]`.
+    pub command: Vec<String>,
+    /// Where models are read from (default: `models.ollama_dir`).
+    #[serde(default)]
+    pub models_dir: Option<PathBuf>,
+    /// Context length given as `{ctx}`.
+    #[serde(default = "default_ctx")]
+    pub ctx: u32,
+    /// How long a backend may take to answer its health check.
+    #[serde(default = "default_start_timeout", with = "humantime_serde")]
+    pub start_timeout: Duration,
+}
+
+fn default_ctx() -> u32 {
+    4096
+}
+
+fn default_start_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 /// `models:` section: model distribution (SPEC §8).
@@ -233,6 +286,7 @@ impl Default for FileConfig {
             labels: LabelsFile::default(),
             control: ControlFile::default(),
             models: ModelsFile::default(),
+            serve: ServeFile::default(),
         }
     }
 }

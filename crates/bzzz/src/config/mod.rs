@@ -82,8 +82,79 @@ pub struct Config {
     pub control: ControlSettings,
     /// Where placed models land (Ollama's layout): `models.ollama_dir`.
     pub models_dir: PathBuf,
+    /// Serving: backends, managed backends, access.
+    pub serve: ServeSettings,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
+}
+
+/// Validated `serve:` section.
+#[derive(Debug, Clone, Default)]
+pub struct ServeSettings {
+    /// `(kind, base URL)`; kind is `ollama` or `openai`.
+    pub backends: Vec<(String, String)>,
+    pub managed: Option<ManagedSettings>,
+    pub require_auth: bool,
+}
+
+/// Validated `serve.managed:`.
+#[derive(Debug, Clone)]
+pub struct ManagedSettings {
+    pub command: Vec<String>,
+    pub models_dir: Option<PathBuf>,
+    pub ctx: u32,
+    pub start_timeout: Duration,
+}
+
+fn validate_serve(s: &file::ServeFile) -> Result<ServeSettings, ConfigError> {
+    let mut backends = Vec::new();
+    for (i, b) in s.backends.iter().enumerate() {
+        if !matches!(b.kind.as_str(), "ollama" | "openai") {
+            return Err(cerr(
+                format!("serve.backends[{i}].kind"),
+                format!("{:?} is not ollama or openai", b.kind),
+            ));
+        }
+        let u = b.url.trim_end_matches('/');
+        if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 512 {
+            return Err(cerr(
+                format!("serve.backends[{i}].url"),
+                "must be an http:// or https:// URL",
+            ));
+        }
+        backends.push((b.kind.clone(), u.to_owned()));
+    }
+    let managed = match &s.managed {
+        None => None,
+        Some(m) => {
+            if m.command.is_empty() || m.command.iter().all(|a| !a.contains("{port}")) {
+                return Err(cerr(
+                    "serve.managed.command",
+                    "must be a non-empty argv naming {port} (and {model_path})",
+                ));
+            }
+            if !m.command.iter().any(|a| a.contains("{model_path}")) {
+                return Err(cerr("serve.managed.command", "must name {model_path}"));
+            }
+            if !(256..=1_048_576).contains(&m.ctx) {
+                return Err(cerr("serve.managed.ctx", "must be 256 to 1048576"));
+            }
+            if m.start_timeout.is_zero() {
+                return Err(cerr("serve.managed.start_timeout", "must be more than 0"));
+            }
+            Some(ManagedSettings {
+                command: m.command.clone(),
+                models_dir: m.models_dir.clone(),
+                ctx: m.ctx,
+                start_timeout: m.start_timeout,
+            })
+        }
+    };
+    Ok(ServeSettings {
+        backends,
+        managed,
+        require_auth: s.require_auth,
+    })
 }
 
 /// Command-line values that override the file and the environment.
@@ -394,6 +465,7 @@ fn validate(
     };
     labels.validate().map_err(|e| cerr(e.field, e.problem))?;
     let control = validate_control(&f.control)?;
+    let serve = validate_serve(&f.serve)?;
 
     Ok(Config {
         data_dir: f.data_dir,
@@ -425,6 +497,7 @@ fn validate(
             .filter(|d| !d.as_os_str().is_empty())
             .or_else(|| c.ollama_models_dir.clone())
             .unwrap_or_else(bzzz_models::ollama::default_dir),
+        serve,
         source,
     })
 }

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod control;
 pub mod deploy;
+pub mod inference;
 pub mod keys;
 pub mod models;
 pub mod openapi;
@@ -155,6 +156,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(control::routes());
     all.extend(deploy::routes());
     all.extend(models::routes());
+    all.extend(inference::routes());
     all.extend(crate::ui::routes());
     all
 }

@@ -31,6 +31,10 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/v1/models"),
     ("GET", "/api/v1/models/{name}"),
     ("GET", "/models"),
+    // The inference API: open on the cluster's network, like Ollama.
+    ("GET", "/v1/models"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/api/v1/serve/backends"),
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/logout"),
@@ -97,7 +101,7 @@ async fn test_node() -> TestNode {
         control: crate::control::ControlCell::default(),
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
-        models: crate::models::Runtime::open(&dir.path().join("ollama"), net.clone())
+        models: crate::models::Runtime::open(&dir.path().join("ollama"), net.clone(), None)
             .expect("models"),
         tasks: Tasks {
             tracker,

@@ -1,0 +1,306 @@
+//! The inference API on every node (OpenAI dialect so far): each request
+//! goes to this node's own backend for the model when it has a ready one,
+//! else to another node holding a ready copy (loaded first, least in
+//! flight, same zone), retried on the next replica when one fails before
+//! the first byte. Streaming passes through without buffering.
+//!
+//! Nodes forward to each other's HTTP API with `x-bzzz-hop: 1`: a node
+//! receiving it serves locally or answers 503, so a request never loops.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bzzz_proto::NodeId;
+use bzzz_proto::models::ModelName;
+use futures::StreamExt as _;
+use serde_json::{Value, json};
+
+use super::{Permission, Route, Shared};
+
+/// Largest request accepted (a long prompt fits; a runaway one does not).
+pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
+/// Marks a request forwarded by another node.
+pub const HOP: &str = "x-bzzz-hop";
+/// A replica that failed is tried last for this long.
+const PARK: Duration = Duration::from_secs(10);
+
+pub fn routes() -> Vec<Route> {
+    use Permission::Public;
+    vec![
+        Route::api(
+            Method::GET,
+            "/v1/models",
+            Public,
+            get(models),
+            json!({"summary": "OpenAI: the models this cluster serves", "operationId": "openaiModels",
+                "responses": {"200": {"description": "{object: list, data: [{id, object, created, owned_by}]}"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/v1/chat/completions",
+            Public,
+            post(chat_completions),
+            json!({"summary": "OpenAI: chat completion, routed to a replica of the model (stream: SSE passthrough)", "operationId": "openaiChat",
+                "responses": {"200": {"description": "The backend's answer"}, "400": {"description": "Malformed request"},
+                    "404": {"description": "Unknown model"}, "503": {"description": "No replica serving"}}}),
+        )
+        .body_limit(MAX_REQUEST)
+        .timeout(Duration::from_secs(3600)),
+        Route::api(
+            Method::GET,
+            "/api/v1/serve/backends",
+            Public,
+            get(backends),
+            json!({"summary": "This node's managed backends: model, port, state (starting, ready, failed), restarts", "operationId": "serveBackends",
+                "responses": {"200": {"description": "array"}}}),
+        ),
+    ]
+}
+
+/// Requests in flight from this node to each replica, and parked ones.
+#[derive(Debug, Default)]
+pub struct Router {
+    in_flight: Mutex<HashMap<NodeId, usize>>,
+    parked: Mutex<HashMap<NodeId, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counts one request to `node` until dropped (the response body ends).
+struct InFlight(Arc<Router>, NodeId);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.0.in_flight).get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+fn router() -> &'static Arc<Router> {
+    static R: OnceLock<Arc<Router>> = OnceLock::new();
+    R.get_or_init(Arc::default)
+}
+
+/// The HTTP client for backends and other nodes: connect within 2 s, no
+/// overall timeout (answers stream).
+fn client() -> &'static reqwest::Client {
+    static C: OnceLock<reqwest::Client> = OnceLock::new();
+    C.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// OpenAI's error shape.
+fn openai_error(code: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    let body = json!({"error": {"message": message.into(), "type": kind, "code": kind}});
+    super::json(code, &body)
+}
+
+async fn models(State(st): State<Shared>) -> Response {
+    let Some(c) = st.control.get() else {
+        return super::json(StatusCode::OK, &json!({"object": "list", "data": []}));
+    };
+    let data: Vec<Value> = c.with_state(|s| {
+        s.models
+            .models
+            .values()
+            .filter(|e| !e.removed)
+            .map(|e| json!({"id": e.name, "object": "model", "created": e.added_at, "owned_by": "bzzz"}))
+            .collect()
+    });
+    super::json(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+async fn backends(State(st): State<Shared>) -> Response {
+    let list = st
+        .models
+        .serve
+        .as_ref()
+        .map(|s| s.list())
+        .unwrap_or_default();
+    super::json(StatusCode::OK, &list)
+}
+
+/// The HTTP address of a peer's API (its announced one; an unspecified
+/// host is replaced by the peer's first non-loopback IPv4 address).
+fn api_of(st: &Shared, node: &NodeId) -> Option<String> {
+    let snap = st.net.snapshot();
+    let p = snap
+        .peers
+        .iter()
+        .find(|p| &p.announcement.node_id == node)?;
+    let a = p.announcement.api_addr.clone()?;
+    let addr: std::net::SocketAddr = a.parse().ok()?;
+    if !addr.ip().is_unspecified() {
+        return Some(a);
+    }
+    p.announcement.addrs.iter().find_map(|m| {
+        let ip = m.strip_prefix("/ip4/")?.split('/').next()?;
+        (ip != "127.0.0.1").then(|| format!("{ip}:{}", addr.port()))
+    })
+}
+
+/// Streams a backend's or a node's answer back as it comes.
+fn pass_through(resp: reqwest::Response, guard: Option<InFlight>) -> Response {
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let ctype = resp
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_owned();
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let _keep = &guard;
+        chunk.map_err(std::io::Error::other)
+    });
+    let mut r = (status, Body::from_stream(stream)).into_response();
+    if let Ok(v) = header::HeaderValue::from_str(&ctype) {
+        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn send(url: &str, body: &Bytes, hop: bool) -> Result<reqwest::Response, String> {
+    let mut req = client()
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.clone());
+    if hop {
+        req = req.header(HOP, "1");
+    }
+    let resp = req.send().await.map_err(|e| e.to_string())?;
+    if resp.status().is_server_error() {
+        return Err(format!("answered {}", resp.status()));
+    }
+    Ok(resp)
+}
+
+async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("malformed JSON: {e}"),
+            );
+        }
+    };
+    let Some(model) = req.get("model").and_then(Value::as_str) else {
+        return openai_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the request names no model",
+        );
+    };
+    let name = match ModelName::parse(model) {
+        Ok(n) => n.full(),
+        Err(e) => {
+            return openai_error(
+                StatusCode::NOT_FOUND,
+                "model_not_found",
+                format!("model {model:?}: {e}"),
+            );
+        }
+    };
+    let Some(ctl) = st.control.get() else {
+        return openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the control plane is not running",
+        );
+    };
+    let me = st.net.local_id().clone();
+    let Some(replicas) = ctl.with_state(|s| {
+        let e = s.models.models.get(&name).filter(|e| !e.removed)?;
+        let holders = s.models.holders(&e.name);
+        Some(
+            s.models
+                .placements
+                .get(&name)
+                .map(|p| {
+                    p.iter()
+                        .filter(|x| holders.contains(&x.node))
+                        .map(|x| x.node.clone())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        )
+    }) else {
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("model '{name}' not found"),
+        );
+    };
+    // This node's own backend first.
+    if let Some(port) = st.models.serve.as_ref().and_then(|s| s.ready_port(&name)) {
+        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+        match send(&url, &body, false).await {
+            Ok(resp) => return pass_through(resp, None),
+            Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
+        }
+    }
+    if headers.contains_key(HOP) {
+        return openai_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("this node has no ready backend for {name}"),
+        );
+    }
+    let r = router().clone();
+    let order = {
+        let inflight = lock(&r.in_flight);
+        let mut parked = lock(&r.parked);
+        parked.retain(|_, t| t.elapsed() < PARK);
+        let zone = st.local.borrow().capabilities.labels.zone.clone();
+        let snap = st.net.snapshot();
+        bzzz_serve::route::order(
+            replicas
+                .iter()
+                .filter(|n| **n != me)
+                .map(|n| bzzz_serve::route::Replica {
+                    node: n.clone(),
+                    loaded: true,
+                    in_flight: inflight.get(n).copied().unwrap_or(0),
+                    same_zone: zone.is_some()
+                        && snap
+                            .peers
+                            .iter()
+                            .find(|p| &p.announcement.node_id == n)
+                            .is_some_and(|p| p.announcement.capabilities.labels.zone == zone),
+                    parked: parked.contains_key(n),
+                })
+                .collect(),
+        )
+    };
+    let mut last = format!("no replica of {name} is serving right now");
+    for node in order {
+        let Some(addr) = api_of(&st, &node) else {
+            continue;
+        };
+        *lock(&r.in_flight).entry(node.clone()).or_default() += 1;
+        let guard = InFlight(r.clone(), node.clone());
+        match send(&format!("http://{addr}/v1/chat/completions"), &body, true).await {
+            Ok(resp) => return pass_through(resp, Some(guard)),
+            Err(e) => {
+                tracing::debug!(model = %name, %node, "replica failed before the first byte: {e}");
+                lock(&r.parked).insert(node.clone(), Instant::now());
+                last = format!("no replica of {name} is serving right now (last: {e})");
+            }
+        }
+    }
+    openai_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", last)
+}

@@ -1,0 +1,146 @@
+//! Serving with a real model: SmolLM2-135M (`TEST_SMOLLM2_GGUF`) added on
+//! node A, placed on node B only (the only declared GPU), started there by
+//! B's managed backend (`scripts/serve-llamacpp.py` under the Python with
+//! the `xllamacpp` wheel, `TEST_PYTHON`; both set up by `scripts/test.sh`),
+//! and asked through node C's OpenAI-compatible API.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bzzz_testkit::{LocalCluster, LocalOpts, wait_until};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "a long operator password";
+
+fn post(api: &str, path: &str, body: &str) -> (u16, String) {
+    bzzz_testkit::http::request(api.trim_start_matches("http://"), "POST", path, &[], body)
+        .expect("request")
+}
+
+#[test]
+fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
+    let (Some(python), Some(gguf)) = (
+        std::env::var_os("TEST_PYTHON").map(PathBuf::from),
+        std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "TEST_PYTHON and TEST_SMOLLM2_GGUF are not set (scripts/test.sh sets them)"
+        );
+        eprintln!(
+            "skipped: set TEST_PYTHON (with xllamacpp) and TEST_SMOLLM2_GGUF (scripts/test.sh does)"
+        );
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/serve-llamacpp.py");
+    let mut c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    let cfg = c.dir.path().join("b.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "capabilities:\n  declared:\n    gpus:\n      - vendor: nvidia\n        model: L4 (declared)\n        vram_total_bytes: 8589934592\n\
+             serve:\n  managed:\n    command: [{py:?}, {script:?}, --model, \"{{model_path}}\", --port, \"{{port}}\", --threads, \"1\", --ctx, \"{{ctx}}\"]\n    ctx: 2048\n",
+            py = python.to_string_lossy(),
+            script = script.to_string_lossy(),
+        ),
+    )
+    .expect("config");
+    let b = c
+        .add_node(&LocalOpts {
+            extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        })
+        .expect("node b");
+    let cn = c.add_node(&LocalOpts::default()).expect("node c");
+    c.wait_formed(Duration::from_secs(20)).expect("mesh");
+    let pw = c.dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
+    let pw = pw.to_string_lossy().into_owned();
+    let a_api = c.nodes[0].api();
+    bzzz_testkit::cli_json(
+        BIN,
+        &[
+            "init",
+            "--api",
+            &a_api,
+            "--cluster",
+            "lab",
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ],
+    );
+    bzzz_testkit::cli_json(
+        BIN,
+        &[
+            "model",
+            "add",
+            &gguf.to_string_lossy(),
+            "--name",
+            "smollm2:135m",
+            "--api",
+            &a_api,
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ],
+    );
+    wait_until(
+        "B's backend is ready",
+        Duration::from_secs(180),
+        Duration::from_millis(250),
+        || {
+            let v = c.nodes[b].get_json("/api/v1/serve/backends").ok()?;
+            v.as_array()?
+                .iter()
+                .any(|x| x["model"] == "smollm2:135m" && x["state"] == "ready")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let c_api = c.nodes[cn].api();
+
+    // Through node C, not streaming: a real completion produced on B.
+    let (code, body) = post(
+        &c_api,
+        "/v1/chat/completions",
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Say hello."}],"max_tokens":12}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+    assert!(!text.trim().is_empty(), "{body}");
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0,
+        "{body}"
+    );
+
+    // Streaming: server-sent events passed through, ending with [DONE].
+    let (code, body) = post(
+        &c_api,
+        "/v1/chat/completions",
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Count to three."}],"max_tokens":12,"stream":true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("data: ") && body.contains("[DONE]"), "{body}");
+
+    // The model list, and bad input.
+    let models = c.nodes[cn].get_json("/v1/models").expect("models");
+    assert_eq!(models["data"][0]["id"], "smollm2:135m");
+    let (code, body) = post(
+        &c_api,
+        "/v1/chat/completions",
+        r#"{"model":"nope:1","messages":[]}"#,
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("model_not_found"), "{body}");
+    let (code, body) = post(&c_api, "/v1/chat/completions", "{not json");
+    assert_eq!(code, 400, "{body}");
+    // Still serving after the bad requests.
+    let (code, _) = post(
+        &c_api,
+        "/v1/chat/completions",
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#,
+    );
+    assert_eq!(code, 200);
+}
