@@ -43,13 +43,15 @@ PY
 
 # ensure_python_venv: a Python virtual environment in the test cache with
 # the xllamacpp wheel (llama.cpp's server, prebuilt) for managed-backend
-# tests; prints its python.
+# tests, and the `ollama` and `openai` client libraries the serving tests
+# talk through; prints its python.
 ensure_python_venv() {
   local cache="${TEST_MODEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bzzz-test}"
   local venv="$cache/venv"
-  if ! "$venv/bin/python" -c "import xllamacpp" >/dev/null 2>&1; then
+  if ! "$venv/bin/python" -c "import xllamacpp, ollama, openai" >/dev/null 2>&1; then
     python3 -m venv "$venv" >&2
-    "$venv/bin/python" -m pip install --quiet --only-binary=:all: "xllamacpp==2026.10.11549" >&2
+    "$venv/bin/python" -m pip install --quiet --only-binary=:all: \
+      "xllamacpp==2026.10.11549" "ollama==0.6.3" "openai==3.57.0" >&2
   fi
   echo "$venv/bin/python"
 }

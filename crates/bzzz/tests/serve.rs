@@ -136,6 +136,74 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
     assert!(body.contains("model_not_found"), "{body}");
     let (code, body) = post(&c_api, "/v1/chat/completions", "{not json");
     assert_eq!(code, 400, "{body}");
+    // Ollama's API through node C: one object, and NDJSON lines ending
+    // with `done` and Ollama's statistics.
+    let (code, body) = post(
+        &c_api,
+        "/api/chat",
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Say hello."}],"stream":false,"options":{"num_predict":8}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["done"], true, "{body}");
+    assert_eq!(v["message"]["role"], "assistant");
+    assert!(v["eval_count"].as_u64().unwrap_or(0) > 0, "{body}");
+    let (code, body) = post(
+        &c_api,
+        "/api/generate",
+        r#"{"model":"smollm2:135m","prompt":"The sky is","options":{"num_predict":6}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let lines: Vec<Value> = body
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("ndjson line"))
+        .collect();
+    assert!(lines.len() >= 2, "{body}");
+    let last = lines.last().expect("last");
+    assert_eq!(last["done"], true, "{body}");
+    assert!(last.get("total_duration").is_some() && last.get("eval_count").is_some());
+    assert!(
+        lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l["done"] == false && l["response"].is_string())
+    );
+    let tags = c.nodes[cn].get_json("/api/tags").expect("tags");
+    assert_eq!(tags["models"][0]["name"], "smollm2:135m");
+    assert_eq!(tags["models"][0]["details"]["quantization_level"], "Q4_1");
+    let (code, body) = post(&c_api, "/api/chat", r#"{"model":"nope:1","messages":[]}"#);
+    assert_eq!(code, 404);
+    assert!(body.contains("\"error\""), "{body}");
+
+    // The real client libraries, against node C.
+    let script = format!(
+        r#"
+import ollama, openai, sys
+c = ollama.Client(host="{c_api}")
+r = c.chat(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], options={{"num_predict": 6}})
+assert r.message.content, r
+parts = [p.message.content for p in c.chat(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], options={{"num_predict": 6}}, stream=True)]
+assert len(parts) >= 2, parts
+assert any(m.model == "smollm2:135m" for m in c.list().models)
+o = openai.OpenAI(base_url="{c_api}/v1", api_key="unused")
+r = o.chat.completions.create(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], max_tokens=6)
+assert r.choices[0].message.content, r
+chunks = list(o.chat.completions.create(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], max_tokens=6, stream=True))
+assert len(chunks) >= 2, chunks
+print("clients ok")
+"#
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("clients ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Still serving after the bad requests.
     let (code, _) = post(
         &c_api,

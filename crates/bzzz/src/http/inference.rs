@@ -92,7 +92,7 @@ fn router() -> &'static Arc<Router> {
 
 /// The HTTP client for backends and other nodes: connect within 2 s, no
 /// overall timeout (answers stream).
-fn client() -> &'static reqwest::Client {
+pub(super) fn client() -> &'static reqwest::Client {
     static C: OnceLock<reqwest::Client> = OnceLock::new();
     C.get_or_init(|| {
         reqwest::Client::builder()
@@ -187,11 +187,45 @@ async fn send(url: &str, body: &Bytes, hop: bool) -> Result<reqwest::Response, S
     Ok(resp)
 }
 
+/// The API a request came in on: errors take its shape, and a node
+/// serving locally translates when its backend speaks the other one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    /// Ollama's `/api/chat`.
+    OllamaChat,
+    /// Ollama's `/api/generate`.
+    OllamaGenerate,
+}
+
+impl Dialect {
+    fn path(self) -> &'static str {
+        match self {
+            Dialect::OpenAi => "/v1/chat/completions",
+            Dialect::OllamaChat => "/api/chat",
+            Dialect::OllamaGenerate => "/api/generate",
+        }
+    }
+
+    /// An error in this dialect's shape (Ollama: `{"error": "..."}`).
+    pub fn error(self, code: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+        match self {
+            Dialect::OpenAi => openai_error(code, kind, message),
+            _ => super::json(code, &json!({"error": message.into()})),
+        }
+    }
+}
+
 async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    dispatch(&st, &headers, body, Dialect::OpenAi).await
+}
+
+/// Routes one inference request (any dialect) to a replica of its model.
+pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Dialect) -> Response {
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
-            return openai_error(
+            return dialect.error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 format!("malformed JSON: {e}"),
@@ -199,7 +233,7 @@ async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: By
         }
     };
     let Some(model) = req.get("model").and_then(Value::as_str) else {
-        return openai_error(
+        return dialect.error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             "the request names no model",
@@ -208,15 +242,15 @@ async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: By
     let name = match ModelName::parse(model) {
         Ok(n) => n.full(),
         Err(e) => {
-            return openai_error(
+            return dialect.error(
                 StatusCode::NOT_FOUND,
                 "model_not_found",
-                format!("model {model:?}: {e}"),
+                format!("model '{model}' not found ({e})"),
             );
         }
     };
     let Some(ctl) = st.control.get() else {
-        return openai_error(
+        return dialect.error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the control plane is not running",
@@ -239,22 +273,30 @@ async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: By
                 .unwrap_or_default(),
         )
     }) else {
-        return openai_error(
+        return dialect.error(
             StatusCode::NOT_FOUND,
             "model_not_found",
-            format!("model '{name}' not found"),
+            format!("model '{name}' not found, try pulling it first"),
         );
     };
     // This node's own backend first.
     if let Some(port) = st.models.serve.as_ref().and_then(|s| s.ready_port(&name)) {
-        let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-        match send(&url, &body, false).await {
-            Ok(resp) => return pass_through(resp, None),
-            Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
+        match dialect {
+            Dialect::OpenAi => {
+                let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+                match send(&url, &body, false).await {
+                    Ok(resp) => return pass_through(resp, None),
+                    Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
+                }
+            }
+            _ => match super::ollama::serve_locally(st, port, &name, &req, dialect).await {
+                Ok(r) => return r,
+                Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
+            },
         }
     }
     if headers.contains_key(HOP) {
-        return openai_error(
+        return dialect.error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("this node has no ready backend for {name}"),
@@ -288,12 +330,12 @@ async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: By
     };
     let mut last = format!("no replica of {name} is serving right now");
     for node in order {
-        let Some(addr) = api_of(&st, &node) else {
+        let Some(addr) = api_of(st, &node) else {
             continue;
         };
         *lock(&r.in_flight).entry(node.clone()).or_default() += 1;
         let guard = InFlight(r.clone(), node.clone());
-        match send(&format!("http://{addr}/v1/chat/completions"), &body, true).await {
+        match send(&format!("http://{addr}{}", dialect.path()), &body, true).await {
             Ok(resp) => return pass_through(resp, Some(guard)),
             Err(e) => {
                 tracing::debug!(model = %name, %node, "replica failed before the first byte: {e}");
@@ -302,5 +344,5 @@ async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: By
             }
         }
     }
-    openai_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", last)
+    dialect.error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", last)
 }

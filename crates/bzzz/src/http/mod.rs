@@ -17,6 +17,7 @@ pub mod deploy;
 pub mod inference;
 pub mod keys;
 pub mod models;
+pub mod ollama;
 pub mod openapi;
 pub mod serve;
 pub mod status;
@@ -157,6 +158,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(deploy::routes());
     all.extend(models::routes());
     all.extend(inference::routes());
+    all.extend(ollama::routes());
     all.extend(crate::ui::routes());
     all
 }
