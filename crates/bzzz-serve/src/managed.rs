@@ -54,6 +54,11 @@ pub struct BackendStatus {
     pub port: u16,
     pub state: State,
     pub restarts: u32,
+    /// The server process (while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Requests this node sent to it.
+    pub requests: u64,
     /// Why it last failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -133,6 +138,8 @@ impl Supervisor {
                     port: 0,
                     state: State::Starting,
                     restarts: 0,
+                    pid: None,
+                    requests: 0,
                     error: None,
                 }),
             });
@@ -147,6 +154,13 @@ impl Supervisor {
         let procs = lock(&self.procs);
         let s = lock(&procs.get(model)?.status).clone();
         (s.state == State::Ready).then_some(s.port)
+    }
+
+    /// Counts a request sent to `model`'s backend.
+    pub fn served(&self, model: &str) {
+        if let Some(p) = lock(&self.procs).get(model) {
+            lock(&p.status).requests += 1;
+        }
     }
 
     pub fn list(&self) -> Vec<BackendStatus> {
@@ -183,6 +197,7 @@ impl Supervisor {
                 s.state = State::Failed;
                 s.error = Some(outcome);
                 s.restarts += 1;
+                s.pid = None;
             });
             tokio::select! {
                 _ = p.stop.cancelled() => return,
@@ -231,8 +246,10 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => return format!("cannot start {prog}: {e}"),
         };
+        let pid = child.id();
         self.set(p, |s| {
             s.port = port;
+            s.pid = pid;
             s.state = State::Starting;
         });
         info!(model = %p.want.model, port, pid = child.id(), "backend starting");

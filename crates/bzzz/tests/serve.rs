@@ -212,3 +212,159 @@ print("clients ok")
     );
     assert_eq!(code, 200);
 }
+
+/// A node with a declared GPU and a managed backend.
+fn managed(c: &LocalCluster, name: &str, python: &Path) -> LocalOpts {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/serve-llamacpp.py");
+    let cfg = c.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "capabilities:\n  declared:\n    gpus:\n      - vendor: nvidia\n        model: L4 (declared)\n        vram_total_bytes: 8589934592\n\
+             serve:\n  managed:\n    command: [{py:?}, {script:?}, --model, \"{{model_path}}\", --port, \"{{port}}\", --threads, \"1\", --ctx, \"{{ctx}}\"]\n    ctx: 2048\n",
+            py = python.to_string_lossy(),
+            script = script.to_string_lossy(),
+        ),
+    )
+    .expect("config");
+    LocalOpts {
+        extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+    }
+}
+
+fn backend(c: &LocalCluster, i: usize) -> Option<Value> {
+    c.nodes[i]
+        .get_json("/api/v1/serve/backends")
+        .ok()?
+        .as_array()?
+        .iter()
+        .find(|x| x["model"] == "smollm2:135m")
+        .cloned()
+}
+
+fn requests(c: &LocalCluster, i: usize) -> u64 {
+    backend(c, i)
+        .and_then(|b| b["requests"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_replicas_share_the_load_and_survive_a_backend_crash() {
+    let (Some(python), Some(gguf)) = (
+        std::env::var_os("TEST_PYTHON").map(PathBuf::from),
+        std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "TEST_PYTHON and TEST_SMOLLM2_GGUF are not set"
+        );
+        eprintln!("skipped: set TEST_PYTHON and TEST_SMOLLM2_GGUF (scripts/test.sh does)");
+        return;
+    };
+    let mut c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    let o = managed(&c, "b", &python);
+    let b = c.add_node(&o).expect("b");
+    let o = managed(&c, "d", &python);
+    let d = c.add_node(&o).expect("d");
+    let router = c.add_node(&LocalOpts::default()).expect("router");
+    c.wait_formed(Duration::from_secs(20)).expect("mesh");
+    let pw = c.dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
+    let pw = pw.to_string_lossy().into_owned();
+    let a_api = c.nodes[0].api();
+    bzzz_testkit::cli_json(
+        BIN,
+        &[
+            "init",
+            "--api",
+            &a_api,
+            "--cluster",
+            "lab",
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ],
+    );
+    bzzz_testkit::cli_json(
+        BIN,
+        &[
+            "model",
+            "add",
+            &gguf.to_string_lossy(),
+            "--name",
+            "smollm2:135m",
+            "--replicas",
+            "2",
+            "--api",
+            &a_api,
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ],
+    );
+    wait_until(
+        "both backends are ready",
+        Duration::from_secs(180),
+        Duration::from_millis(250),
+        || {
+            [b, d]
+                .iter()
+                .all(|i| backend(&c, *i).is_some_and(|x| x["state"] == "ready"))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let api = c.nodes[router].api();
+    let ask =
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#;
+
+    // 20 at once through the router node: spread by in-flight count.
+    let (b0, d0) = (requests(&c, b), requests(&c, d));
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|_| s.spawn(|| post(&api, "/v1/chat/completions", ask).0))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    let (db, dd) = (requests(&c, b) - b0, requests(&c, d) - d0);
+    eprintln!("20 concurrent requests: {db} on B, {dd} on D");
+    assert_eq!(db + dd, 20);
+    assert!(db <= 14 && dd <= 14, "{db} / {dd}");
+
+    // B's backend dies: requests keep succeeding through D.
+    let pid = backend(&c, b).and_then(|x| x["pid"].as_u64()).expect("pid") as i32;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    for _ in 0..5 {
+        let (code, body) = post(&api, "/v1/chat/completions", ask);
+        assert_eq!(code, 200, "{body}");
+    }
+    // It restarts and takes traffic again.
+    wait_until(
+        "B's backend is back",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || {
+            backend(&c, b)
+                .filter(|x| x["state"] == "ready" && x["restarts"].as_u64() >= Some(1))
+                .map(|_| ())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let before = requests(&c, b);
+    wait_until(
+        "B serves again",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || {
+            let (code, _) = post(&api, "/v1/chat/completions", ask);
+            assert_eq!(code, 200);
+            (requests(&c, b) > before).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}

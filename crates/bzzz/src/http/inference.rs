@@ -280,7 +280,13 @@ pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Di
         );
     };
     // This node's own backend first.
-    if let Some(port) = st.models.serve.as_ref().and_then(|s| s.ready_port(&name)) {
+    if let Some((sup, port)) = st
+        .models
+        .serve
+        .as_ref()
+        .and_then(|s| Some((s, s.ready_port(&name)?)))
+    {
+        sup.served(&name);
         match dialect {
             Dialect::OpenAi => {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
