@@ -64,6 +64,10 @@ pub struct AppState {
     pub deploys: Arc<crate::deploy::Deployments>,
     /// Model distribution: the store, the swarm, the agent's fetches.
     pub models: Arc<crate::models::Runtime>,
+    /// `serve.require_auth`: the inference API asks for the operator.
+    pub inference_auth: bool,
+    /// `serve.backends`: servers already running on this node.
+    pub backends: Vec<(String, String)>,
     /// Where request-started work (deploy runs) is spawned, so that
     /// shutdown stops it too.
     pub tasks: Tasks,
@@ -242,6 +246,8 @@ pub async fn run(
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
         models,
+        inference_auth: cfg.serve.require_auth,
+        backends: cfg.serve.backends.clone(),
         tasks,
     });
     let app = crate::http::router(state);

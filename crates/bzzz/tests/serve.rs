@@ -368,3 +368,171 @@ fn two_replicas_share_the_load_and_survive_a_backend_crash() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
+
+/// A backend already running on the node (`serve.backends`, an OpenAI
+/// server started by the test), a router that asks for the operator
+/// (`serve.require_auth`), and bad input: a huge body, clients that hang
+/// up mid-stream (no slot leaks: the node keeps answering).
+#[test]
+fn configured_backends_auth_and_bad_input() {
+    let (Some(python), Some(gguf)) = (
+        std::env::var_os("TEST_PYTHON").map(PathBuf::from),
+        std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from),
+    ) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "TEST_PYTHON and TEST_SMOLLM2_GGUF are not set"
+        );
+        eprintln!("skipped: set TEST_PYTHON and TEST_SMOLLM2_GGUF (scripts/test.sh does)");
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/serve-llamacpp.py");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    // Parallel 2: a leaked slot would show as requests that never finish.
+    let mut server = std::process::Command::new(&python)
+        .arg(&script)
+        .args([
+            "--model",
+            &gguf.to_string_lossy(),
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "1",
+            "--parallel",
+            "2",
+            "--ctx",
+            "2048",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("llama.cpp server");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _kill = Kill(&mut server);
+    let mut c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    let cfg = c.dir.path().join("b.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "capabilities:\n  declared:\n    gpus:\n      - vendor: nvidia\n        model: L4 (declared)\n        vram_total_bytes: 8589934592\n\
+             serve:\n  backends:\n    - kind: openai\n      url: http://127.0.0.1:{port}\n"
+        ),
+    )
+    .expect("config");
+    c.add_node(&LocalOpts {
+        extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+    })
+    .expect("b");
+    let auth_cfg = c.dir.path().join("c.yaml");
+    std::fs::write(&auth_cfg, "serve:\n  require_auth: true\n").expect("config");
+    let cn = c
+        .add_node(&LocalOpts {
+            extra_args: vec!["--config".into(), auth_cfg.to_string_lossy().into_owned()],
+        })
+        .expect("c");
+    c.wait_formed(Duration::from_secs(20)).expect("mesh");
+    let pw = c.dir.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
+    let pw = pw.to_string_lossy().into_owned();
+    let a_api = c.nodes[0].api();
+    bzzz_testkit::cli_json(
+        BIN,
+        &[
+            "init",
+            "--api",
+            &a_api,
+            "--cluster",
+            "lab",
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ],
+    );
+    bzzz_testkit::cli_json(
+        BIN,
+        &[
+            "model",
+            "add",
+            &gguf.to_string_lossy(),
+            "--name",
+            "smollm2:135m",
+            "--api",
+            &a_api,
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ],
+    );
+    let api = c.nodes[cn].api();
+    let addr = api.trim_start_matches("http://").to_owned();
+    let basic = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("operator:{PASSWORD}"))
+        )
+    };
+    let authed = |path: &str, body: &str| {
+        bzzz_testkit::http::request(&addr, "POST", path, &[("authorization", &basic)], body)
+            .expect("request")
+    };
+    let ask = r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"stream":false,"options":{"num_predict":4}}"#;
+    // Anonymous callers are refused on the node that asks for the operator.
+    assert_eq!(post(&api, "/api/chat", ask).0, 401);
+    wait_until(
+        "served through the configured backend",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let (code, body) = authed("/api/chat", ask);
+            (code == 200 && body.contains("\"done\":true")).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let (code, body) = authed(
+        "/v1/chat/completions",
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // A body over the 8 MiB bound: refused, not read.
+    let huge = format!(
+        r#"{{"model":"smollm2:135m","prompt":"{}"}}"#,
+        "a".repeat(9 * 1024 * 1024)
+    );
+    let (code, _) = authed("/api/generate", &huge);
+    assert_eq!(code, 413);
+
+    // Six clients hang up mid-stream; then two requests at once (as many as
+    // the backend's slots) still finish.
+    for _ in 0..6 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        let body = r#"{"model":"smollm2:135m","prompt":"Write a long story about the sea.","options":{"num_predict":400}}"#;
+        write!(
+            s,
+            "POST /api/generate HTTP/1.1\r\nHost: x\r\nAuthorization: {basic}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("write");
+        let mut first = [0u8; 64];
+        let _ = s.read(&mut first);
+        drop(s);
+    }
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| authed("/api/chat", ask).0))
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("thread")).collect()
+    });
+    assert_eq!(codes, vec![200, 200]);
+}

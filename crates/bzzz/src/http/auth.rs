@@ -143,7 +143,8 @@ pub struct Guard {
 pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
     let principal = match g.permission {
         Permission::Public | Permission::Setup | Permission::DeployToken => Principal::Anonymous,
-        Permission::Operator => {
+        Permission::Inference if !g.state.inference_auth => Principal::Anonymous,
+        Permission::Operator | Permission::Inference => {
             let client = client_of(req.extensions());
             match principal(&g.state, &client, req.headers()).await {
                 Ok(p @ Principal::Operator(_)) => p,

@@ -31,12 +31,12 @@ pub const HOP: &str = "x-bzzz-hop";
 const PARK: Duration = Duration::from_secs(10);
 
 pub fn routes() -> Vec<Route> {
-    use Permission::Public;
+    use Permission::{Inference, Public};
     vec![
         Route::api(
             Method::GET,
             "/v1/models",
-            Public,
+            Inference,
             get(models),
             json!({"summary": "OpenAI: the models this cluster serves", "operationId": "openaiModels",
                 "responses": {"200": {"description": "{object: list, data: [{id, object, created, owned_by}]}"}}}),
@@ -44,7 +44,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/v1/chat/completions",
-            Public,
+            Inference,
             post(chat_completions),
             json!({"summary": "OpenAI: chat completion, routed to a replica of the model (stream: SSE passthrough)", "operationId": "openaiChat",
                 "responses": {"200": {"description": "The backend's answer"}, "400": {"description": "Malformed request"},
@@ -295,10 +295,33 @@ pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Di
                     Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
                 }
             }
-            _ => match super::ollama::serve_locally(st, port, &name, &req, dialect).await {
+            _ => {
+                let base = format!("http://127.0.0.1:{port}");
+                match super::ollama::serve_locally(st, &base, &name, &req, dialect).await {
+                    Ok(r) => return r,
+                    Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
+                }
+            }
+        }
+    }
+    // A server already running on this node (`serve.backends`), for a
+    // model this node holds: Ollama speaks both dialects; an OpenAI
+    // server gets Ollama's requests translated.
+    if !st.backends.is_empty() && ctl.with_state(|s| s.models.holders(&name).contains(&me)) {
+        for (kind, url) in &st.backends {
+            let r = match (kind.as_str(), dialect) {
+                (_, Dialect::OpenAi) => send(&format!("{url}/v1/chat/completions"), &body, false)
+                    .await
+                    .map(|resp| pass_through(resp, None)),
+                ("ollama", d) => send(&format!("{url}{}", d.path()), &body, false)
+                    .await
+                    .map(|resp| pass_through(resp, None)),
+                (_, d) => super::ollama::serve_locally(st, url, &name, &req, d).await,
+            };
+            match r {
                 Ok(r) => return r,
-                Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
-            },
+                Err(e) => tracing::warn!(model = %name, backend = %url, "backend failed: {e}"),
+            }
         }
     }
     if headers.contains_key(HOP) {

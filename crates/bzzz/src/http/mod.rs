@@ -61,12 +61,16 @@ pub enum Permission {
     /// A deploy run's random download token in the query (the hosts of
     /// the run fetch the binary with it); 401 without it.
     DeployToken,
+    /// The inference API (Ollama's and OpenAI's routes): open on the
+    /// cluster's network like Ollama, unless `serve.require_auth` asks for
+    /// the operator credential.
+    Inference,
 }
 
 impl Permission {
     /// Routes an anonymous caller may use.
     pub fn is_public(self) -> bool {
-        matches!(self, Self::Public | Self::Setup)
+        matches!(self, Self::Public | Self::Setup | Self::Inference)
     }
 }
 

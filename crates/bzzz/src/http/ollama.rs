@@ -19,13 +19,13 @@ use super::inference::{Dialect, MAX_REQUEST, dispatch};
 use super::{Permission, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
-    use Permission::Public;
+    use Permission::Inference;
     let long = std::time::Duration::from_secs(3600);
     vec![
         Route::api(
             Method::GET,
             "/api/tags",
-            Public,
+            Inference,
             get(tags),
             json!({"summary": "Ollama: the models this cluster serves", "operationId": "ollamaTags",
                 "responses": {"200": {"description": "{models: [{name, model, modified_at, size, digest, details}]}"}}}),
@@ -33,7 +33,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/ps",
-            Public,
+            Inference,
             get(ps),
             json!({"summary": "Ollama: models with a running backend on this node", "operationId": "ollamaPs",
                 "responses": {"200": {"description": "{models: [...]}"}}}),
@@ -41,7 +41,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/chat",
-            Public,
+            Inference,
             post(chat),
             json!({"summary": "Ollama: chat, routed to a replica (NDJSON stream unless stream: false)", "operationId": "ollamaChat",
                 "responses": {"200": {"description": "Ollama's answer"}, "404": {"description": "Unknown model"}, "503": {"description": "No replica serving"}}}),
@@ -51,7 +51,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/generate",
-            Public,
+            Inference,
             post(generate),
             json!({"summary": "Ollama: completion of a prompt, routed to a replica (NDJSON stream unless stream: false)", "operationId": "ollamaGenerate",
                 "responses": {"200": {"description": "Ollama's answer"}, "404": {"description": "Unknown model"}, "503": {"description": "No replica serving"}}}),
@@ -251,7 +251,7 @@ fn ollama_obj(
 /// slot is freed).
 pub async fn serve_locally(
     st: &Shared,
-    port: u16,
+    base: &str,
     model: &str,
     req: &Value,
     dialect: Dialect,
@@ -260,7 +260,7 @@ pub async fn serve_locally(
     let body = to_openai(req, dialect, stream);
     let started = Instant::now();
     let resp = super::inference::client()
-        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .post(format!("{base}/v1/chat/completions"))
         .json(&body)
         .send()
         .await

@@ -105,6 +105,8 @@ async fn test_node() -> TestNode {
         control: crate::control::ControlCell::default(),
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
+        inference_auth: false,
+        backends: Vec::new(),
         models: crate::models::Runtime::open(&dir.path().join("ollama"), net.clone(), None)
             .expect("models"),
         tasks: Tasks {
