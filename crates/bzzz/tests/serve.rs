@@ -204,6 +204,35 @@ print("clients ok")
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Metrics on the routing node: requests and time to first byte per
+    // model and serving node (B); errors counted.
+    let b_id = c.nodes[b].node_id().to_owned();
+    let (_, metrics) =
+        bzzz_testkit::http::get(c_api.trim_start_matches("http://"), "/metrics").expect("metrics");
+    let served =
+        format!("bzzz_inference_requests_total{{model=\"smollm2:135m\",node=\"{b_id}\"}} ");
+    let n: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&served))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(n >= 4, "{metrics}");
+    assert!(
+        metrics.contains("bzzz_inference_time_to_first_byte_seconds_count{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("bzzz_inference_tokens_per_second_count{"),
+        "{metrics}"
+    );
+    // The models page on C shows B's backend and the try-it box.
+    let (_, page) =
+        bzzz_testkit::http::get(c_api.trim_start_matches("http://"), "/models").expect("page");
+    assert!(
+        page.contains("id=\"backends\"") && page.contains("ready") && page.contains("id=\"try\""),
+        "{page}"
+    );
+
     // Still serving after the bad requests.
     let (code, _) = post(
         &c_api,

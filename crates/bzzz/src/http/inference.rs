@@ -135,7 +135,7 @@ async fn backends(State(st): State<Shared>) -> Response {
 
 /// The HTTP address of a peer's API (its announced one; an unspecified
 /// host is replaced by the peer's first non-loopback IPv4 address).
-fn api_of(st: &Shared, node: &NodeId) -> Option<String> {
+pub(crate) fn api_of(st: &Shared, node: &NodeId) -> Option<String> {
     let snap = st.net.snapshot();
     let p = snap
         .peers
@@ -222,6 +222,28 @@ async fn chat_completions(State(st): State<Shared>, headers: HeaderMap, body: By
 
 /// Routes one inference request (any dialect) to a replica of its model.
 pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Dialect) -> Response {
+    let started = Instant::now();
+    let model = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_owned))
+        .and_then(|m| ModelName::parse(&m).ok())
+        .map(|m| m.full());
+    let mut node = None;
+    let resp = route_request(st, headers, body, dialect, &mut node).await;
+    match model {
+        Some(model) => metrics::meter(resp, model, node, started),
+        None => resp,
+    }
+}
+
+/// Routes one request; `served` names the node that answered it.
+async fn route_request(
+    st: &Shared,
+    headers: &HeaderMap,
+    body: Bytes,
+    dialect: Dialect,
+    served: &mut Option<String>,
+) -> Response {
     let req: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => {
@@ -291,14 +313,20 @@ pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Di
             Dialect::OpenAi => {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
                 match send(&url, &body, false).await {
-                    Ok(resp) => return pass_through(resp, None),
+                    Ok(resp) => {
+                        *served = Some(me.to_string());
+                        return pass_through(resp, None);
+                    }
                     Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
                 }
             }
             _ => {
                 let base = format!("http://127.0.0.1:{port}");
                 match super::ollama::serve_locally(st, &base, &name, &req, dialect).await {
-                    Ok(r) => return r,
+                    Ok(r) => {
+                        *served = Some(me.to_string());
+                        return r;
+                    }
                     Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
                 }
             }
@@ -319,7 +347,10 @@ pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Di
                 (_, d) => super::ollama::serve_locally(st, url, &name, &req, d).await,
             };
             match r {
-                Ok(r) => return r,
+                Ok(r) => {
+                    *served = Some(me.to_string());
+                    return r;
+                }
                 Err(e) => tracing::warn!(model = %name, backend = %url, "backend failed: {e}"),
             }
         }
@@ -365,7 +396,10 @@ pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Di
         *lock(&r.in_flight).entry(node.clone()).or_default() += 1;
         let guard = InFlight(r.clone(), node.clone());
         match send(&format!("http://{addr}{}", dialect.path()), &body, true).await {
-            Ok(resp) => return pass_through(resp, Some(guard)),
+            Ok(resp) => {
+                *served = Some(node.to_string());
+                return pass_through(resp, Some(guard));
+            }
             Err(e) => {
                 tracing::debug!(model = %name, %node, "replica failed before the first byte: {e}");
                 lock(&r.parked).insert(node.clone(), Instant::now());
@@ -374,4 +408,124 @@ pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Di
         }
     }
     dialect.error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", last)
+}
+
+/// Per model and serving node: requests, errors, time to first byte of
+/// the answer, and tokens per second of streamed answers (one token per
+/// SSE event or NDJSON line), measured on the node the client called.
+pub mod metrics {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    use axum::body::Body;
+    use axum::response::Response;
+    use futures::StreamExt as _;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
+    type Labels = Vec<(String, String)>;
+
+    /// The families (cloned into each `/metrics` answer).
+    #[derive(Debug)]
+    pub struct Families {
+        pub requests: Family<Labels, Counter>,
+        pub errors: Family<Labels, Counter>,
+        pub ttft: Family<Labels, Histogram>,
+        pub tokens_per_second: Family<Labels, Histogram>,
+    }
+
+    pub fn families() -> &'static Families {
+        static F: OnceLock<Families> = OnceLock::new();
+        F.get_or_init(|| Families {
+            requests: Family::default(),
+            errors: Family::default(),
+            ttft: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.002, 2.0, 14))
+            }),
+            tokens_per_second: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 2.0, 12))
+            }),
+        })
+    }
+
+    struct Meter {
+        labels: Labels,
+        started: Instant,
+        first: Option<Instant>,
+        last: Option<Instant>,
+        events: u64,
+        sse: bool,
+    }
+
+    impl Drop for Meter {
+        fn drop(&mut self) {
+            if let (Some(a), Some(b)) = (self.first, self.last)
+                && self.events >= 2
+                && b > a
+            {
+                let tps = (self.events - 1) as f64 / (b - a).as_secs_f64();
+                families()
+                    .tokens_per_second
+                    .get_or_create(&self.labels)
+                    .observe(tps);
+            }
+        }
+    }
+
+    /// Counts the request and measures its answer as it streams.
+    pub fn meter(
+        resp: Response,
+        model: String,
+        node: Option<String>,
+        started: Instant,
+    ) -> Response {
+        let labels = vec![
+            ("model".to_owned(), model),
+            ("node".to_owned(), node.unwrap_or_else(|| "none".into())),
+        ];
+        let f = families();
+        f.requests.get_or_create(&labels).inc();
+        if resp.status().is_server_error() {
+            f.errors.get_or_create(&labels).inc();
+        }
+        let ctype = resp
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let streamed = ctype.starts_with("text/event-stream") || ctype.contains("ndjson");
+        let mut meter = Meter {
+            labels,
+            started,
+            first: None,
+            last: None,
+            events: 0,
+            sse: ctype.starts_with("text/event-stream"),
+        };
+        let (parts, body) = resp.into_parts();
+        let stream = body.into_data_stream().map(move |chunk| {
+            if let Ok(c) = &chunk {
+                let now = Instant::now();
+                if meter.first.is_none() {
+                    meter.first = Some(now);
+                    families()
+                        .ttft
+                        .get_or_create(&meter.labels)
+                        .observe((now - meter.started).as_secs_f64());
+                }
+                if streamed {
+                    meter.last = Some(now);
+                    meter.events += if meter.sse {
+                        c.windows(6).filter(|w| w == b"data: ").count() as u64
+                    } else {
+                        c.iter().filter(|b| **b == b'\n').count() as u64
+                    };
+                }
+            }
+            chunk
+        });
+        Response::from_parts(parts, Body::from_stream(stream))
+    }
 }

@@ -318,6 +318,27 @@ async fn metrics(State(st): S) -> Response {
         "Verified pieces found in partial files after a restart (not fetched again)",
         load(&m.resumed),
     );
+    let inf = super::inference::metrics::families();
+    reg.register(
+        "inference_requests",
+        "Inference requests this node routed, by model and serving node",
+        inf.requests.clone(),
+    );
+    reg.register(
+        "inference_errors",
+        "Inference requests answered with a server error (no replica, backend failure)",
+        inf.errors.clone(),
+    );
+    reg.register(
+        "inference_time_to_first_byte_seconds",
+        "From the request to the first byte of the answer (the first token when streaming)",
+        inf.ttft.clone(),
+    );
+    reg.register(
+        "inference_tokens_per_second",
+        "Streamed answers: tokens (events) per second after the first",
+        inf.tokens_per_second.clone(),
+    );
     let mut out = String::new();
     if let Err(e) = encode(&mut out, &reg) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
