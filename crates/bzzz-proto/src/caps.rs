@@ -47,6 +47,22 @@ pub struct Capabilities {
     /// (e.g. `memory_total_bytes`, `cpu.cores`).
     #[serde(default)]
     pub declared_fields: Vec<String>,
+    /// Models this node's backends serve (residency and load), for routers
+    /// on other nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub serving: Vec<Serving>,
+}
+
+/// One model a node's backend serves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Serving {
+    /// Registry name (`NAME:TAG`).
+    pub model: String,
+    /// Loaded and answering (a managed backend `ready`).
+    pub loaded: bool,
+    /// Requests this node has sent to it and not finished.
+    #[serde(default)]
+    pub in_flight: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -166,6 +182,12 @@ impl Capabilities {
         }
         if self.disk_free_bytes > self.disk_total_bytes {
             return Err(err("disk_free_bytes", "exceeds disk_total_bytes"));
+        }
+        if self.serving.len() > limits::MAX_GPUS {
+            return Err(err("serving", "too many entries"));
+        }
+        for (i, s) in self.serving.iter().enumerate() {
+            text(&format!("serving[{i}].model"), &s.model)?;
         }
         if self.gpus.len() > limits::MAX_GPUS {
             return Err(err("gpus", "too many entries"));

@@ -6,4 +6,4 @@
 pub mod managed;
 pub mod route;
 
-pub use managed::{BackendStatus, ManagedConfig, State, Supervisor, Want};
+pub use managed::{BackendStatus, Busy, ManagedConfig, State, Supervisor, Want};

@@ -59,9 +59,22 @@ pub struct BackendStatus {
     pub pid: Option<u32>,
     /// Requests this node sent to it.
     pub requests: u64,
+    /// Requests being answered now.
+    pub in_flight: u32,
     /// Why it last failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A request in flight on a backend (see [`Supervisor::served`]).
+#[derive(Debug)]
+pub struct Busy(Arc<Proc>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.status);
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
 }
 
 #[derive(Debug)]
@@ -140,6 +153,7 @@ impl Supervisor {
                     restarts: 0,
                     pid: None,
                     requests: 0,
+                    in_flight: 0,
                     error: None,
                 }),
             });
@@ -156,11 +170,16 @@ impl Supervisor {
         (s.state == State::Ready).then_some(s.port)
     }
 
-    /// Counts a request sent to `model`'s backend.
-    pub fn served(&self, model: &str) {
-        if let Some(p) = lock(&self.procs).get(model) {
-            lock(&p.status).requests += 1;
+    /// Counts a request sent to `model`'s backend; it is in flight until
+    /// the returned guard is dropped.
+    pub fn served(&self, model: &str) -> Option<Busy> {
+        let p = lock(&self.procs).get(model)?.clone();
+        {
+            let mut s = lock(&p.status);
+            s.requests += 1;
+            s.in_flight += 1;
         }
+        Some(Busy(p))
     }
 
     pub fn list(&self) -> Vec<BackendStatus> {

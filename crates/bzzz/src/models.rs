@@ -263,7 +263,12 @@ pub async fn serve_inbound(
 }
 
 /// Makes this node's store follow the registry (see the module docs).
-pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
+pub async fn agent(
+    rt: Arc<Runtime>,
+    control: ControlCell,
+    tasks: Tasks,
+    local_info: tokio::sync::watch::Sender<bzzz_net::LocalInfo>,
+) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
@@ -284,6 +289,27 @@ pub async fn agent(rt: Arc<Runtime>, control: ControlCell, tasks: Tasks) {
             _ = tick.tick() => {}
             _ = changed => {}
             _ = rt.wake.notified() => {}
+        }
+        // Residency and load of this node's backends, announced with the
+        // capabilities (at most once per tick).
+        if let Some(s) = &rt.serve {
+            let serving: Vec<bzzz_proto::caps::Serving> = s
+                .list()
+                .into_iter()
+                .map(|b| bzzz_proto::caps::Serving {
+                    loaded: b.state == bzzz_serve::State::Ready,
+                    in_flight: b.in_flight,
+                    model: b.model,
+                })
+                .collect();
+            local_info.send_if_modified(|l| {
+                if l.capabilities.serving == serving {
+                    false
+                } else {
+                    l.capabilities.serving = serving;
+                    true
+                }
+            });
         }
         let Some(ctl) = control.get().cloned() else {
             continue;

@@ -205,6 +205,7 @@ pub async fn run(
         models.clone(),
         control.clone(),
         tasks.clone(),
+        local_tx.clone(),
     ));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     if let (Some(token), Some(body)) = (join_token, join) {
@@ -351,6 +352,9 @@ async fn capability_task(
             continue;
         }
         tx.send_if_modified(|info| {
+            // Residency comes from the backends (see `models::agent`).
+            let mut caps = caps;
+            caps.serving = info.capabilities.serving.clone();
             if info.capabilities == caps {
                 false
             } else {

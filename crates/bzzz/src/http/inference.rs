@@ -153,7 +153,7 @@ pub(crate) fn api_of(st: &Shared, node: &NodeId) -> Option<String> {
 }
 
 /// Streams a backend's or a node's answer back as it comes.
-fn pass_through(resp: reqwest::Response, guard: Option<InFlight>) -> Response {
+fn pass_through<G: Send + 'static>(resp: reqwest::Response, guard: Option<G>) -> Response {
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let ctype = resp
         .headers()
@@ -308,21 +308,21 @@ async fn route_request(
         .as_ref()
         .and_then(|s| Some((s, s.ready_port(&name)?)))
     {
-        sup.served(&name);
+        let busy = sup.served(&name);
         match dialect {
             Dialect::OpenAi => {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
                 match send(&url, &body, false).await {
                     Ok(resp) => {
                         *served = Some(me.to_string());
-                        return pass_through(resp, None);
+                        return pass_through(resp, busy);
                     }
                     Err(e) => tracing::warn!(model = %name, "this node's backend failed: {e}"),
                 }
             }
             _ => {
                 let base = format!("http://127.0.0.1:{port}");
-                match super::ollama::serve_locally(st, &base, &name, &req, dialect).await {
+                match super::ollama::serve_locally(st, &base, &name, &req, dialect, busy).await {
                     Ok(r) => {
                         *served = Some(me.to_string());
                         return r;
@@ -340,11 +340,11 @@ async fn route_request(
             let r = match (kind.as_str(), dialect) {
                 (_, Dialect::OpenAi) => send(&format!("{url}/v1/chat/completions"), &body, false)
                     .await
-                    .map(|resp| pass_through(resp, None)),
+                    .map(|resp| pass_through::<()>(resp, None)),
                 ("ollama", d) => send(&format!("{url}{}", d.path()), &body, false)
                     .await
-                    .map(|resp| pass_through(resp, None)),
-                (_, d) => super::ollama::serve_locally(st, url, &name, &req, d).await,
+                    .map(|resp| pass_through::<()>(resp, None)),
+                (_, d) => super::ollama::serve_locally(st, url, &name, &req, d, None).await,
             };
             match r {
                 Ok(r) => {
@@ -373,17 +373,29 @@ async fn route_request(
             replicas
                 .iter()
                 .filter(|n| **n != me)
-                .map(|n| bzzz_serve::route::Replica {
-                    node: n.clone(),
-                    loaded: true,
-                    in_flight: inflight.get(n).copied().unwrap_or(0),
-                    same_zone: zone.is_some()
-                        && snap
-                            .peers
+                .map(|n| {
+                    let peer = snap.peers.iter().find(|p| &p.announcement.node_id == n);
+                    // What the node announces of its backend for this model.
+                    let announced = peer.and_then(|p| {
+                        p.announcement
+                            .capabilities
+                            .serving
                             .iter()
-                            .find(|p| &p.announcement.node_id == n)
-                            .is_some_and(|p| p.announcement.capabilities.labels.zone == zone),
-                    parked: parked.contains_key(n),
+                            .find(|s| s.model == name)
+                    });
+                    bzzz_serve::route::Replica {
+                        node: n.clone(),
+                        loaded: announced.is_some_and(|s| s.loaded),
+                        in_flight: inflight
+                            .get(n)
+                            .copied()
+                            .unwrap_or(0)
+                            .max(announced.map_or(0, |s| s.in_flight as usize)),
+                        same_zone: zone.is_some()
+                            && peer
+                                .is_some_and(|p| p.announcement.capabilities.labels.zone == zone),
+                        parked: parked.contains_key(n),
+                    }
                 })
                 .collect(),
         )

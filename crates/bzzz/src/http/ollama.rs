@@ -255,6 +255,7 @@ pub async fn serve_locally(
     model: &str,
     req: &Value,
     dialect: Dialect,
+    busy: Option<bzzz_serve::Busy>,
 ) -> Result<Response, String> {
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(true);
     let body = to_openai(req, dialect, stream);
@@ -295,6 +296,7 @@ pub async fn serve_locally(
     let model = model.to_owned();
     let cancel = st.tasks.cancel.clone();
     st.tasks.tracker.spawn(async move {
+        let _busy = busy;
         let mut src = resp.bytes_stream();
         let mut buf = Vec::<u8>::new();
         let mut reason = "stop".to_owned();
