@@ -251,6 +251,18 @@ pub async fn run(
         backends: cfg.serve.backends.clone(),
         tasks,
     });
+    if let Some(addr) = cfg.serve.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve the inference API on {addr} (serve.listen)"))?;
+        info!(%addr, "inference API also on serve.listen");
+        tracker.spawn(crate::http::serve::serve(
+            l,
+            crate::http::inference_router(state.clone()),
+            tracker.clone(),
+            cancel.clone(),
+        ));
+    }
     let app = crate::http::router(state);
     tracker.spawn(crate::http::serve::serve(
         listener,

@@ -51,7 +51,23 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
             extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
         })
         .expect("node b");
-    let cn = c.add_node(&LocalOpts::default()).expect("node c");
+    // C also serves the inference API alone on a second address (Ollama's
+    // port for clients that expect it).
+    let ollama_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let c_cfg = c.dir.path().join("c.yaml");
+    std::fs::write(
+        &c_cfg,
+        format!("serve:\n  listen: 127.0.0.1:{ollama_port}\n"),
+    )
+    .expect("config");
+    let cn = c
+        .add_node(&LocalOpts {
+            extra_args: vec!["--config".into(), c_cfg.to_string_lossy().into_owned()],
+        })
+        .expect("node c");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
     let pw = c.dir.path().join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
@@ -200,7 +216,7 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
     let script = format!(
         r#"
 import ollama, openai, sys
-c = ollama.Client(host="{c_api}")
+c = ollama.Client(host="http://127.0.0.1:{ollama_port}")
 r = c.chat(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], options={{"num_predict": 6}})
 assert r.message.content, r
 parts = [p.message.content for p in c.chat(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], options={{"num_predict": 6}}, stream=True)]
@@ -252,6 +268,11 @@ print("clients ok")
         page.contains("id=\"backends\"") && page.contains("ready") && page.contains("id=\"try\""),
         "{page}"
     );
+
+    // The second address answers the inference API only.
+    let (code, _) = bzzz_testkit::http::get(&format!("127.0.0.1:{ollama_port}"), "/api/v1/status")
+        .expect("status");
+    assert_eq!(code, 404);
 
     // Still serving after the bad requests.
     let (code, _) = post(

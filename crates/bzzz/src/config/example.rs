@@ -125,6 +125,9 @@ serve:
   # Ask for the operator credential on the inference API (default: open on
   # the cluster's network, like Ollama).
   require_auth: false
+  # The inference API alone on a second address (Ollama's port, where no
+  # Ollama listens).
+  # listen: 0.0.0.0:11434
 "#,
         l0 = n.listen[0],
         l1 = n.listen[1],

@@ -36,6 +36,10 @@ pub struct ServeFile {
     /// Ask for the operator credential on the inference API (default: open
     /// on the cluster's network, like Ollama).
     pub require_auth: bool,
+    /// A second address (`IP:PORT`) serving only the inference API, for
+    /// clients that expect Ollama's port (e.g. `0.0.0.0:11434` where no
+    /// Ollama listens).
+    pub listen: Option<String>,
 }
 
 /// One entry of `serve.backends`.

@@ -95,6 +95,8 @@ pub struct ServeSettings {
     pub backends: Vec<(String, String)>,
     pub managed: Option<ManagedSettings>,
     pub require_auth: bool,
+    /// `serve.listen`: the inference API alone on a second address.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Validated `serve.managed:`.
@@ -150,10 +152,20 @@ fn validate_serve(s: &file::ServeFile) -> Result<ServeSettings, ConfigError> {
             })
         }
     };
+    let listen = match &s.listen {
+        None => None,
+        Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+            cerr(
+                "serve.listen",
+                format!("{a:?} is not an IP:PORT address (e.g. 0.0.0.0:11434)"),
+            )
+        })?),
+    };
     Ok(ServeSettings {
         backends,
         managed,
         require_auth: s.require_auth,
+        listen,
     })
 }
 

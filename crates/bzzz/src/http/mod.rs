@@ -170,8 +170,20 @@ pub fn routes() -> Vec<Route> {
 /// The router built from [`routes`]: each handler behind its permission
 /// guard and body limit; a request timeout; a JSON 404 for the rest.
 pub fn router(state: Shared) -> Router {
+    router_of(routes(), state)
+}
+
+/// The inference API alone (Ollama's and OpenAI's routes), for the second
+/// listen address `serve.listen` (clients that expect Ollama's port).
+pub fn inference_router(state: Shared) -> Router {
+    let mut all = inference::routes();
+    all.extend(ollama::routes());
+    router_of(all, state)
+}
+
+fn router_of(table: Vec<Route>, state: Shared) -> Router {
     let mut r: Router<Shared> = Router::new();
-    for route in routes() {
+    for route in table {
         let guard = axum::middleware::from_fn_with_state(
             auth::Guard {
                 state: state.clone(),

@@ -153,13 +153,14 @@ async fn page(State(st): State<Shared>) -> Response {
             p { em { "No backend runs a model yet (see " code { "serve.managed" } " in the configuration)." } }
         } @else {
             table id="backends" {
-                tr { th { "Model" } th { "Node" } th { "Backend" } th { "Restarts" } th { "Requests here" } }
+                tr { th { "Model" } th { "Node" } th { "Backend" } th { "Restarts" } th { "In flight" } th { "Requests" } }
                 @for (node, b) in &backends {
                     tr {
                         td { (b["model"].as_str().unwrap_or("")) }
                         td { code { "…" (short(node)) } }
                         td class=(b["state"].as_str().unwrap_or("")) { (b["state"].as_str().unwrap_or("?")) }
                         td { (b["restarts"].as_u64().unwrap_or(0)) }
+                        td { (b["in_flight"].as_u64().unwrap_or(0)) }
                         td { (b["requests"].as_u64().unwrap_or(0)) }
                     }
                 }
