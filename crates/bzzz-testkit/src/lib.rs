@@ -312,6 +312,51 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
+    /// Options that start a node with `yaml` as its config file (written
+    /// to `<dir>/<name>.yaml`).
+    pub fn config(&self, name: &str, yaml: &str) -> anyhow::Result<LocalOpts> {
+        let p = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&p, yaml)?;
+        Ok(LocalOpts {
+            extra_args: vec!["--config".into(), p.to_string_lossy().into_owned()],
+        })
+    }
+
+    /// `bzzz init` (cluster `lab`) through node `i`, the operator password
+    /// in a file in the cluster's directory; returns that file's path.
+    pub fn init(&self, i: usize, password: &str) -> anyhow::Result<String> {
+        let pw = self.dir.path().join("operator-password");
+        std::fs::write(&pw, format!("{password}\n"))?;
+        let pw = pw.to_string_lossy().into_owned();
+        let bin = self.bin.to_string_lossy().into_owned();
+        let api = self.nodes[i].api();
+        cli_json(
+            &bin,
+            &[
+                "init",
+                "--api",
+                &api,
+                "--cluster",
+                "lab",
+                "--operator-password-file",
+                &pw,
+                "--json",
+            ],
+        );
+        Ok(pw)
+    }
+
+    /// `bzzz model add FILE --name NAME [extra…] --json` through node `i`.
+    pub fn add_model(&self, i: usize, file: &Path, name: &str, pw: &str, extra: &[&str]) -> Value {
+        let bin = self.bin.to_string_lossy().into_owned();
+        let api = self.nodes[i].api();
+        let file = file.to_string_lossy().into_owned();
+        let mut args = vec!["model", "add", &file, "--name", name];
+        args.extend_from_slice(extra);
+        args.extend(["--api", &api, "--operator-password-file", pw, "--json"]);
+        cli_json(&bin, &args)
+    }
+
     /// Starts `n` nodes: mDNS off, each bootstrapping to the first.
     pub fn start(bin: &Path, n: usize, opts: &LocalOpts) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("bzzz-local-").tempdir()?;

@@ -100,38 +100,8 @@ fn main() -> anyhow::Result<()> {
     })?;
     let cn = c.add_node(&LocalOpts::default())?;
     c.wait_formed(Duration::from_secs(20))?;
-    let pw = c.dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n"))?;
-    let pw = pw.to_string_lossy().into_owned();
-    let a_api = c.nodes[0].api();
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "init",
-            "--api",
-            &a_api,
-            "--cluster",
-            "bench",
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "model",
-            "add",
-            &gguf.to_string_lossy(),
-            "--name",
-            "smollm2:135m",
-            "--api",
-            &a_api,
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
+    let pw = c.init(0, PASSWORD)?;
+    c.add_model(0, &gguf, "smollm2:135m", &pw, &[]);
     let port = wait_until(
         "B's backend is ready",
         Duration::from_secs(180),

@@ -192,20 +192,7 @@ fn cluster(gpus: usize) -> (LocalCluster, String) {
         c.add_node(&o).expect("gpu node");
     }
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
-    let pw = c.dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
-    let pw = pw.to_string_lossy().into_owned();
-    let api = c.nodes[0].api();
-    cli_json(&[
-        "init",
-        "--api",
-        &api,
-        "--cluster",
-        "lab",
-        "--operator-password-file",
-        &pw,
-        "--json",
-    ]);
+    let pw = c.init(0, PASSWORD).expect("init");
     wait_until(
         "the registry answers",
         Duration::from_secs(30),

@@ -13,6 +13,26 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
 const PASSWORD: &str = "a long operator password";
 
+/// The Python with xllamacpp (and the ollama and openai clients) and the
+/// SmolLM2 GGUF; `None` (skip) outside CI when they are not set up.
+fn inputs() -> Option<(PathBuf, PathBuf)> {
+    let found = (
+        std::env::var_os("TEST_PYTHON").map(PathBuf::from),
+        std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from),
+    );
+    if let (Some(p), Some(g)) = found {
+        return Some((p, g));
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "TEST_PYTHON and TEST_SMOLLM2_GGUF are not set (scripts/test.sh sets them)"
+    );
+    eprintln!(
+        "skipped: set TEST_PYTHON (with xllamacpp) and TEST_SMOLLM2_GGUF (scripts/test.sh does)"
+    );
+    None
+}
+
 fn post(api: &str, path: &str, body: &str) -> (u16, String) {
     bzzz_testkit::http::request(api.trim_start_matches("http://"), "POST", path, &[], body)
         .expect("request")
@@ -20,37 +40,12 @@ fn post(api: &str, path: &str, body: &str) -> (u16, String) {
 
 #[test]
 fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
-    let (Some(python), Some(gguf)) = (
-        std::env::var_os("TEST_PYTHON").map(PathBuf::from),
-        std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from),
-    ) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "TEST_PYTHON and TEST_SMOLLM2_GGUF are not set (scripts/test.sh sets them)"
-        );
-        eprintln!(
-            "skipped: set TEST_PYTHON (with xllamacpp) and TEST_SMOLLM2_GGUF (scripts/test.sh does)"
-        );
+    let Some((python, gguf)) = inputs() else {
         return;
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/serve-llamacpp.py");
     let mut c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
-    let cfg = c.dir.path().join("b.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "capabilities:\n  declared:\n    gpus:\n      - vendor: nvidia\n        model: L4 (declared)\n        vram_total_bytes: 8589934592\n\
-             serve:\n  managed:\n    command: [{py:?}, {script:?}, --model, \"{{model_path}}\", --port, \"{{port}}\", --threads, \"1\", --ctx, \"{{ctx}}\"]\n    ctx: 2048\n",
-            py = python.to_string_lossy(),
-            script = script.to_string_lossy(),
-        ),
-    )
-    .expect("config");
-    let b = c
-        .add_node(&LocalOpts {
-            extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
-        })
-        .expect("node b");
+    let o = managed(&c, "b", &python);
+    let b = c.add_node(&o).expect("node b");
     // C also serves the inference API alone on a second address (Ollama's
     // port for clients that expect it).
     let ollama_port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -69,38 +64,8 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
         })
         .expect("node c");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
-    let pw = c.dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
-    let pw = pw.to_string_lossy().into_owned();
-    let a_api = c.nodes[0].api();
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "init",
-            "--api",
-            &a_api,
-            "--cluster",
-            "lab",
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "model",
-            "add",
-            &gguf.to_string_lossy(),
-            "--name",
-            "smollm2:135m",
-            "--api",
-            &a_api,
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
+    let pw = c.init(0, PASSWORD).expect("init");
+    c.add_model(0, &gguf, "smollm2:135m", &pw, &[]);
     wait_until(
         "B's backend is ready",
         Duration::from_secs(180),
@@ -286,20 +251,16 @@ print("clients ok")
 /// A node with a declared GPU and a managed backend.
 fn managed(c: &LocalCluster, name: &str, python: &Path) -> LocalOpts {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/serve-llamacpp.py");
-    let cfg = c.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(
-        &cfg,
-        format!(
+    c.config(
+        name,
+        &format!(
             "capabilities:\n  declared:\n    gpus:\n      - vendor: nvidia\n        model: L4 (declared)\n        vram_total_bytes: 8589934592\n\
              serve:\n  managed:\n    command: [{py:?}, {script:?}, --model, \"{{model_path}}\", --port, \"{{port}}\", --threads, \"1\", --ctx, \"{{ctx}}\"]\n    ctx: 2048\n",
             py = python.to_string_lossy(),
             script = script.to_string_lossy(),
         ),
     )
-    .expect("config");
-    LocalOpts {
-        extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
-    }
+    .expect("config")
 }
 
 fn backend(c: &LocalCluster, i: usize) -> Option<Value> {
@@ -320,15 +281,7 @@ fn requests(c: &LocalCluster, i: usize) -> u64 {
 
 #[test]
 fn two_replicas_share_the_load_and_survive_a_backend_crash() {
-    let (Some(python), Some(gguf)) = (
-        std::env::var_os("TEST_PYTHON").map(PathBuf::from),
-        std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from),
-    ) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "TEST_PYTHON and TEST_SMOLLM2_GGUF are not set"
-        );
-        eprintln!("skipped: set TEST_PYTHON and TEST_SMOLLM2_GGUF (scripts/test.sh does)");
+    let Some((python, gguf)) = inputs() else {
         return;
     };
     let mut c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
@@ -338,40 +291,8 @@ fn two_replicas_share_the_load_and_survive_a_backend_crash() {
     let d = c.add_node(&o).expect("d");
     let router = c.add_node(&LocalOpts::default()).expect("router");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
-    let pw = c.dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
-    let pw = pw.to_string_lossy().into_owned();
-    let a_api = c.nodes[0].api();
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "init",
-            "--api",
-            &a_api,
-            "--cluster",
-            "lab",
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "model",
-            "add",
-            &gguf.to_string_lossy(),
-            "--name",
-            "smollm2:135m",
-            "--replicas",
-            "2",
-            "--api",
-            &a_api,
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
+    let pw = c.init(0, PASSWORD).expect("init");
+    c.add_model(0, &gguf, "smollm2:135m", &pw, &["--replicas", "2"]);
     wait_until(
         "both backends are ready",
         Duration::from_secs(180),
@@ -470,15 +391,7 @@ fn two_replicas_share_the_load_and_survive_a_backend_crash() {
 /// up mid-stream (no slot leaks: the node keeps answering).
 #[test]
 fn configured_backends_auth_and_bad_input() {
-    let (Some(python), Some(gguf)) = (
-        std::env::var_os("TEST_PYTHON").map(PathBuf::from),
-        std::env::var_os("TEST_SMOLLM2_GGUF").map(PathBuf::from),
-    ) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "TEST_PYTHON and TEST_SMOLLM2_GGUF are not set"
-        );
-        eprintln!("skipped: set TEST_PYTHON and TEST_SMOLLM2_GGUF (scripts/test.sh does)");
+    let Some((python, gguf)) = inputs() else {
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/serve-llamacpp.py");
@@ -535,38 +448,8 @@ fn configured_backends_auth_and_bad_input() {
         })
         .expect("c");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
-    let pw = c.dir.path().join("pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).expect("pw");
-    let pw = pw.to_string_lossy().into_owned();
-    let a_api = c.nodes[0].api();
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "init",
-            "--api",
-            &a_api,
-            "--cluster",
-            "lab",
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
-    bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "model",
-            "add",
-            &gguf.to_string_lossy(),
-            "--name",
-            "smollm2:135m",
-            "--api",
-            &a_api,
-            "--operator-password-file",
-            &pw,
-            "--json",
-        ],
-    );
+    let pw = c.init(0, PASSWORD).expect("init");
+    c.add_model(0, &gguf, "smollm2:135m", &pw, &[]);
     let api = c.nodes[cn].api();
     let addr = api.trim_start_matches("http://").to_owned();
     let basic = {
