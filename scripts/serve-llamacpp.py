@@ -9,13 +9,35 @@ BZZZ's managed backends run it per placed model, e.g. in bzzz.yaml:
       managed:
         command: [python3, scripts/serve-llamacpp.py, --model, "{model_path}", --port, "{port}"]
 
-It runs until SIGTERM or SIGINT (exit 0); a model that fails to load exits 1.
+It runs until SIGTERM or SIGINT (exit 0), or until the process that
+started it dies (Linux parent-death signal; so a node killed with SIGKILL
+leaves no server behind); a model that fails to load exits 1.
 """
 
 import argparse
+import ctypes
+import os
 import signal
 import sys
 import threading
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(stop: threading.Event) -> None:
+    """SIGTERM when the parent dies (prctl), and a poll as a fallback."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def main() -> int:
@@ -48,6 +70,7 @@ def main() -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    die_with_parent(stop)
     try:
         server = xlc.Server(params)
     except Exception as e:  # the model did not load

@@ -118,6 +118,7 @@ fn free_port() -> std::io::Result<u16> {
 
 impl Supervisor {
     pub fn new(cfg: ManagedConfig, tracker: TaskTracker, cancel: CancellationToken) -> Arc<Self> {
+        reap_orphans(&cfg);
         Arc::new(Self {
             cfg,
             procs: Mutex::new(HashMap::new()),
@@ -266,6 +267,17 @@ impl Supervisor {
             Err(e) => return format!("cannot start {prog}: {e}"),
         };
         let pid = child.id();
+        let pidf = pid_file(&self.cfg, &p.want.model);
+        if let Some(id) = pid {
+            let _ = std::fs::write(&pidf, id.to_string());
+        }
+        let outcome = self.watch(p, &mut child, port).await;
+        let _ = std::fs::remove_file(&pidf);
+        outcome
+    }
+
+    async fn watch(&self, p: &Proc, child: &mut tokio::process::Child, port: u16) -> String {
+        let pid = child.id();
         self.set(p, |s| {
             s.port = port;
             s.pid = pid;
@@ -278,7 +290,7 @@ impl Supervisor {
         let deadline = Instant::now() + self.cfg.start_timeout;
         let healthy = loop {
             tokio::select! {
-                _ = p.stop.cancelled() => { stop(&mut child).await; return "stopped".into(); }
+                _ = p.stop.cancelled() => { stop(child).await; return "stopped".into(); }
                 r = child.wait() => return format!("exited while starting ({})", r.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())),
                 r = client.get(&url).timeout(Duration::from_secs(2)).send() => {
                     if r.is_ok_and(|r| r.status().is_success()) {
@@ -292,7 +304,7 @@ impl Supervisor {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         if !healthy {
-            stop(&mut child).await;
+            stop(child).await;
             return format!("no health within {:?}", self.cfg.start_timeout);
         }
         self.set(p, |s| {
@@ -301,8 +313,51 @@ impl Supervisor {
         });
         info!(model = %p.want.model, port, "backend ready");
         tokio::select! {
-            _ = p.stop.cancelled() => { stop(&mut child).await; "stopped".into() }
+            _ = p.stop.cancelled() => { stop(child).await; "stopped".into() }
             r = child.wait() => format!("exited ({})", r.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())),
+        }
+    }
+}
+
+fn pid_file(cfg: &ManagedConfig, model: &str) -> PathBuf {
+    cfg.log_dir
+        .join(format!("{}.pid", model.replace(['/', ':'], "_")))
+}
+
+/// Backends left behind by an earlier run of this node that was killed
+/// (SIGKILL gives it no chance to stop them): each pid file names one; a
+/// process that still runs the configured program and whose parent is
+/// gone (re-parented) gets SIGTERM.
+fn reap_orphans(cfg: &ManagedConfig) {
+    let Ok(rd) = std::fs::read_dir(&cfg.log_dir) else {
+        return;
+    };
+    let Some(program) = cfg.command.first() else {
+        return;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "pid") {
+            continue;
+        }
+        let pid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        let _ = std::fs::remove_file(&path);
+        let Some(pid) = pid else { continue };
+        // The same program with every fixed argument of the template (a
+        // reused pid that runs something else is left alone).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = argv.first().is_some_and(|a0| *a0 == program.as_bytes())
+            && cfg
+                .command
+                .iter()
+                .filter(|a| !a.contains('{'))
+                .all(|a| argv.contains(&a.as_bytes()));
+        if ours && let Some(p) = rustix::process::Pid::from_raw(pid) {
+            warn!(pid, "stopping a backend left behind by an earlier run");
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
         }
     }
 }

@@ -246,6 +246,42 @@ print("clients ok")
         r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#,
     );
     assert_eq!(code, 200);
+
+    // A node killed with SIGKILL leaves no backend behind (the launcher
+    // dies with its parent).
+    let pid = c.nodes[b]
+        .get_json("/api/v1/serve/backends")
+        .ok()
+        .and_then(|v| v[0]["pid"].as_u64())
+        .expect("backend pid");
+    let alive = |pid: u64| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .is_some_and(|zombie| !zombie)
+    };
+    assert!(alive(pid));
+    c.nodes[b].kill9();
+    wait_until(
+        "the backend dies with its node",
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        || (!alive(pid)).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, body) = post(
+        &c_api,
+        "/v1/chat/completions",
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#,
+    );
+    assert_eq!(code, 503, "no replica left: {body}");
+    assert!(
+        body.contains("smollm2:135m"),
+        "the 503 names the model: {body}"
+    );
 }
 
 /// A node with a declared GPU and a managed backend.
