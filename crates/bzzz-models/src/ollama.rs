@@ -365,7 +365,7 @@ const CHATML_TEMPLATE: &str = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{
 const CHATML_PARAMS: &str = r#"{"stop":["<|im_start|>","<|im_end|>"]}"#;
 
 /// Human parameter count as Ollama shows it (`134.52M`, `7.2B`).
-fn human_params(n: u64) -> String {
+pub fn human_params(n: u64) -> String {
     let n = n as f64;
     if n >= 1e9 {
         format!("{:.1}B", n / 1e9)

@@ -109,8 +109,12 @@ impl Runtime {
 
     /// This node's state for every model it is placed for or holds.
     pub fn progress(&self, reg: &Registry) -> ProgressMap {
+        self.progress_with(reg, &self.local(reg))
+    }
+
+    /// [`Runtime::progress`] with the store's manifests already listed.
+    fn progress_with(&self, reg: &Registry, local: &BTreeMap<String, String>) -> ProgressMap {
         let me = self.models.local_id();
-        let local = self.local(reg);
         let fetching = lock(&self.fetching);
         let mut out = ProgressMap::new();
         for (name, e) in &reg.models {
@@ -329,9 +333,9 @@ pub async fn agent(
             continue;
         }
         let reg = ctl.with_state(|s| s.models.clone());
-        rt.models.set_progress(rt.progress(&reg));
         let me = rt.models.local_id().clone();
         let local = rt.local(&reg);
+        rt.models.set_progress(rt.progress_with(&reg, &local));
         // A manifest appeared, changed or went (a fetch, an add through
         // this node's API, a drop): blobs nothing uses any more go.
         if last_local.as_ref() != Some(&local) {

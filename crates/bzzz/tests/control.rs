@@ -175,7 +175,8 @@ fn five_nodes_agree_on_one_leader_and_replace_a_killed_one() {
     // Scores are close (same machine): past the minimum tenure, leadership
     // stays where it is. (On a loaded test machine a late heartbeat may
     // cause a re-election that the same node wins: the term may grow, the
-    // leader must not change.)
+    // leader must not change.) The sleep is the observation window (past
+    // the 3 s minimum tenure), not a wait for an event.
     std::thread::sleep(Duration::from_secs(4));
     let (still, _) = wait_until(
         "agreement",
@@ -281,7 +282,8 @@ fn a_node_with_a_large_gpu_becomes_leader_and_keeps_it() {
         .filter_map(|(_, s)| s.as_f64())
         .fold(0.0, f64::max);
     assert!(gpu_score > best_other * 2.0, "{v}");
-    // It keeps it.
+    // It keeps it: the sleep is the observation window (longer than the
+    // minimum tenure), not a wait for an event.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(agreed_leader(&c, &all), Some((gpu_id, term)));
     // The inventory counts its GPU.

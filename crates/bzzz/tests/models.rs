@@ -219,22 +219,13 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
     let gguf = c.dir.path().join("tiny.gguf");
     let pieces = 24;
     let content = make_gguf(&gguf, pieces, 0);
-    let added = cli_json(&[
-        "model",
-        "add",
-        &gguf.to_string_lossy(),
-        "--name",
+    let added = c.add_model(
+        0,
+        &gguf,
         "Tiny:1",
-        "--replicas",
-        "2",
-        "--exclude",
-        &ids[3],
-        "--api",
-        &api,
-        "--operator-password-file",
         &pw,
-        "--json",
-    ]);
+        &["--replicas", "2", "--exclude", &ids[3]],
+    );
     assert_eq!(added["name"], "tiny:1");
     let digest = added["digest"].as_str().expect("digest").to_owned();
     assert!(
@@ -309,20 +300,7 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
     let mut half = content[..pieces / 2 * PIECE].to_vec();
     half.resize(content.len(), 0);
     std::fs::write(partial_dir.join(format!("{blob_name}.part")), &half).expect("partial");
-    let again = cli_json(&[
-        "model",
-        "add",
-        &gguf.to_string_lossy(),
-        "--name",
-        "tiny:1",
-        "--replicas",
-        "3",
-        "--api",
-        &api,
-        "--operator-password-file",
-        &pw,
-        "--json",
-    ]);
+    let again = c.add_model(0, &gguf, "tiny:1", &pw, &["--replicas", "3"]);
     assert_eq!(
         again["digest"],
         digest.as_str(),
@@ -392,20 +370,7 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
     // 4. A new version under the same tag rolls out to the placed nodes;
     //    the old blob goes once the new manifest is in place.
     let v2 = make_gguf(&gguf, 8, 1);
-    let added2 = cli_json(&[
-        "model",
-        "add",
-        &gguf.to_string_lossy(),
-        "--name",
-        "tiny:1",
-        "--replicas",
-        "3",
-        "--api",
-        &api,
-        "--operator-password-file",
-        &pw,
-        "--json",
-    ]);
+    let added2 = c.add_model(0, &gguf, "tiny:1", &pw, &["--replicas", "3"]);
     let digest2 = added2["digest"].as_str().expect("digest").to_owned();
     assert_ne!(digest2, digest);
     assert_eq!(added2["changed"], true);
@@ -448,20 +413,7 @@ fn models_are_placed_fetched_from_the_swarm_verified_resumed_and_replaced() {
     //    same digest, nothing changes) and, under another name, from an
     //    Ollama store (`--from-ollama`).
     let dir3 = store(&c, 3).to_string_lossy().into_owned();
-    let same = cli_json(&[
-        "model",
-        "add",
-        &dir3,
-        "--name",
-        "tiny:1",
-        "--replicas",
-        "3",
-        "--api",
-        &api,
-        "--operator-password-file",
-        &pw,
-        "--json",
-    ]);
+    let same = c.add_model(0, Path::new(&dir3), "tiny:1", &pw, &["--replicas", "3"]);
     assert_eq!(same["digest"], digest2.as_str());
     assert_eq!(same["changed"], false);
     let copy = cli_json(&[
@@ -550,19 +502,7 @@ fn a_real_gguf_lands_in_ollamas_layout() {
         return;
     };
     let (c, pw) = cluster(1);
-    let api = c.nodes[0].api();
-    let added = cli_json(&[
-        "model",
-        "add",
-        &gguf.to_string_lossy(),
-        "--name",
-        "smollm2:135m",
-        "--api",
-        &api,
-        "--operator-password-file",
-        &pw,
-        "--json",
-    ]);
+    let added = c.add_model(0, &gguf, "smollm2:135m", &pw, &[]);
     let digest = added["digest"].as_str().expect("digest").to_owned();
     let size = added["size_bytes"].as_u64().expect("size");
     let s = wait_until(

@@ -215,21 +215,44 @@ impl Models {
         {
             return Ok(());
         }
-        let path = self.store.blob_path(&blob.digest)?;
-        let size = blob.size;
+        let m = self.hash_stored(&blob.digest, blob.size).await?;
+        if m.root() != blob.pieces_root {
+            return Err(ModelsError::Io(format!(
+                "the stored blob {} does not match its registry entry",
+                blob.digest
+            )));
+        }
+        self.store.save_pieces(&m)
+    }
+
+    /// The encoded piece manifest of a complete blob in the store: the
+    /// stored one, else computed from the file (which must match its
+    /// digest) and stored.
+    pub async fn pieces_of(&self, digest: &str, size: u64) -> Result<Vec<u8>, ModelsError> {
+        if let Some(b) = self.store.pieces_bytes(digest) {
+            return Ok(b);
+        }
+        let m = self.hash_stored(digest, size).await?;
+        self.store.save_pieces(&m)?;
+        Ok(m.encode())
+    }
+
+    /// Hashes a stored blob (on the blocking pool); an error unless its
+    /// content is `digest`.
+    async fn hash_stored(&self, digest: &str, size: u64) -> Result<PieceManifest, ModelsError> {
+        let path = self.store.blob_path(digest)?;
         let m = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(path)?;
             crate::pieces::hash_blob(std::io::BufReader::with_capacity(1 << 20, f), |_| {}, size)
         })
         .await
         .map_err(|e| ModelsError::Internal(e.to_string()))??;
-        if m.blob != blob.digest || m.root() != blob.pieces_root {
+        if m.blob != digest {
             return Err(ModelsError::Io(format!(
-                "the stored blob {} does not match its digest",
-                blob.digest
+                "the stored blob {digest} does not match its digest"
             )));
         }
-        self.store.save_pieces(&m)
+        Ok(m)
     }
 
     /// A writer for a blob uploaded through the API: into a temporary file

@@ -416,38 +416,12 @@ async fn api_add(State(st): S, _: Operator, body: Bytes) -> Result<Response, Api
                 l.digest, l.size
             )));
         }
-        let pieces = match store.pieces_bytes(&l.digest) {
-            Some(b) => b,
-            None => {
-                let info = BlobInfo {
-                    digest: l.digest.clone(),
-                    size: l.size,
-                    media_type: l.media_type.clone(),
-                    piece_size: bzzz_models::pieces::piece_size_for(l.size),
-                    pieces_root: String::new(),
-                };
-                let path = store
-                    .blob_path(&l.digest)
-                    .map_err(|e| ApiError::invalid(e.to_string()))?;
-                let m = tokio::task::spawn_blocking(move || {
-                    let f = std::fs::File::open(path)?;
-                    bzzz_models::pieces::hash_blob(std::io::BufReader::new(f), |_| {}, info.size)
-                })
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-                if m.blob != l.digest {
-                    return Err(ApiError::invalid(format!(
-                        "blob {} on this node does not match its digest",
-                        l.digest
-                    )));
-                }
-                store
-                    .save_pieces(&m)
-                    .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
-                m.encode()
-            }
-        };
+        let pieces = st
+            .models
+            .models
+            .pieces_of(&l.digest, l.size)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()))?;
         blobs.push(BlobInfo {
             digest: l.digest.clone(),
             size: l.size,

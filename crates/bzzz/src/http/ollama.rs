@@ -76,14 +76,7 @@ fn now_rfc3339() -> String {
 /// A registry entry as Ollama lists it (`digest`: bare hex, as Ollama).
 fn listed(e: &bzzz_proto::models::ModelEntry) -> Value {
     let family = e.facts.architecture.clone().unwrap_or_default();
-    let params = e.facts.parameters.map(|p| {
-        let p = p as f64;
-        if p >= 1e9 {
-            format!("{:.1}B", p / 1e9)
-        } else {
-            format!("{:.2}M", p / 1e6)
-        }
-    });
+    let params = e.facts.parameters.map(bzzz_models::ollama::human_params);
     let modified = humantime::format_rfc3339(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.added_at),
     )
