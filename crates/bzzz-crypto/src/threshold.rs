@@ -571,6 +571,253 @@ pub fn enroll_finish(
     Ok(bytes)
 }
 
+// ---- share redistribution (Desmedt–Jajodia) --------------------------------
+//
+// Every epoch of the admin key's custody is a sharing of the same secret
+// `x` (the admin key) over a holder set with a threshold. To move from
+// epoch e (holders H, threshold t) to e+1 (holders H', threshold t'), a
+// set S of exactly t holders of epoch e ("dealers") each take their
+// Lagrange-weighted share `w_i = λ_i(S) · s_i` (so Σ w_i = x) and deal it
+// with a fresh random polynomial g_i of degree t' − 1 (g_i(0) = w_i),
+// publishing its Feldman commitment C_i. New holder j sums what it got:
+// s'_j = Σ_i g_i(j). The new commitment is Σ_i C_i, whose constant term is
+// Σ λ_i·Y_i = x·G: the admin public key never changes.
+//
+// Checks (every input is public except the sub-shares):
+// * C_i,0 = λ_i · Y_i, Y_i being dealer i's public share in epoch e (from
+//   epoch e's commitment): a dealer cannot deal anything but its share;
+// * g_i(j)·G = Σ_k C_i,k · j^k (frost's `VerifyingShare::from_commitment`):
+//   every sub-share matches its dealer's commitment;
+// * the summed commitment's constant term is the admin public key.
+// The arithmetic is frost-core's (`compute_lagrange_coefficient`, `split`,
+// `sum_commitments`, share and commitment types) and curve25519-dalek's
+// scalar and point operations that frost-ed25519 is built on.
+
+type Suite = frost::Ed25519Sha512;
+
+fn id_set(indices: &[u16]) -> Result<BTreeSet<frost::Identifier>, CryptoError> {
+    let set = indices
+        .iter()
+        .map(|i| identifier(*i))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    if set.len() != indices.len() {
+        return Err(CryptoError::Threshold("an index is listed twice".into()));
+    }
+    Ok(set)
+}
+
+fn lagrange(dealers: &[u16], index: u16) -> Result<curve25519_dalek::Scalar, CryptoError> {
+    let set = id_set(dealers)?;
+    let me = identifier(index)?;
+    if !set.contains(&me) {
+        return Err(CryptoError::Threshold(format!(
+            "index {index} is not among the dealers"
+        )));
+    }
+    frost_core::compute_lagrange_coefficient::<Suite>(&set, None, me).map_err(frost_err)
+}
+
+fn check_new_set(new_holders: &[u16], new_threshold: u16) -> Result<(), CryptoError> {
+    id_set(new_holders)?;
+    if new_threshold == 0 || usize::from(new_threshold) > new_holders.len() {
+        return Err(CryptoError::Threshold(format!(
+            "threshold {new_threshold} must be between 1 and the holder count {}",
+            new_holders.len()
+        )));
+    }
+    Ok(())
+}
+
+/// What one dealer sends: its public commitment (hex, for everyone) and
+/// one secret sub-share per new holder index (seal each to its holder).
+pub struct Dealt {
+    pub commitment: String,
+    pub subshares: BTreeMap<u16, Zeroizing<Vec<u8>>>,
+}
+
+impl fmt::Debug for Dealt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Dealt({} sub-shares, ..)", self.subshares.len())
+    }
+}
+
+/// Redistribution, dealer side: deals this holder's Lagrange-weighted
+/// share (weights over `dealers`, which must be exactly the current
+/// threshold's worth of holders, this one included) to `new_holders`
+/// with `new_threshold`.
+pub fn redeal_deal(
+    share: &KeyShare,
+    dealers: &[u16],
+    new_holders: &[u16],
+    new_threshold: u16,
+) -> Result<Dealt, CryptoError> {
+    check_new_set(new_holders, new_threshold)?;
+    if dealers.len() != usize::from(*share.package.min_signers()) {
+        return Err(CryptoError::Threshold(format!(
+            "{} dealers given; exactly {} (the current threshold) deal",
+            dealers.len(),
+            share.package.min_signers()
+        )));
+    }
+    let lambda = lagrange(dealers, share.index)?;
+    let w = Zeroizing::new(lambda * share.package.signing_share().to_scalar());
+    let mut subshares = BTreeMap::new();
+    let commitment = if new_threshold == 1 {
+        // A degree-0 polynomial: only ever for a single new holder (the
+        // caller's policy never gives t = 1 to two holders).
+        let s = frost::keys::SigningShare::new(*w);
+        let c = frost_core::keys::CoefficientCommitment::<Suite>::new(
+            frost::keys::VerifyingShare::from(s).to_element(),
+        );
+        for i in new_holders {
+            subshares.insert(*i, Zeroizing::new(s.serialize()));
+        }
+        frost::keys::VerifiableSecretSharingCommitment::new(vec![c])
+    } else {
+        let key = frost::SigningKey::from_scalar(*w).map_err(frost_err)?;
+        let ids: Vec<frost::Identifier> = new_holders
+            .iter()
+            .map(|i| identifier(*i))
+            .collect::<Result<_, _>>()?;
+        let n = u16::try_from(new_holders.len())
+            .map_err(|_| CryptoError::Threshold("too many holders".into()))?;
+        let (shares, _) = frost::keys::split(
+            &key,
+            n,
+            new_threshold,
+            frost::keys::IdentifierList::Custom(&ids),
+            &mut rand_core::OsRng,
+        )
+        .map_err(frost_err)?;
+        let mut commitment = None;
+        for (i, id) in new_holders.iter().zip(&ids) {
+            let s = shares
+                .get(id)
+                .ok_or_else(|| CryptoError::Threshold("split lost a holder".into()))?;
+            commitment.get_or_insert_with(|| s.commitment().clone());
+            subshares.insert(*i, Zeroizing::new(s.signing_share().serialize()));
+        }
+        commitment.ok_or_else(|| CryptoError::Threshold("no holders".into()))?
+    };
+    Ok(Dealt {
+        commitment: hex::encode(commitment.serialize_whole().map_err(frost_err)?),
+        subshares,
+    })
+}
+
+fn decode_commitment(
+    hexed: &str,
+) -> Result<frost::keys::VerifiableSecretSharingCommitment, CryptoError> {
+    let bytes = hex::decode(hexed).map_err(|_| CryptoError::InvalidKey("commitment is not hex"))?;
+    frost::keys::VerifiableSecretSharingCommitment::deserialize_whole(&bytes)
+        .map_err(|_| CryptoError::InvalidKey("commitment does not decode"))
+}
+
+/// Redistribution, public side: checks every dealer's commitment against
+/// its epoch-`old` public share and sums them into the new epoch's group
+/// key (same admin public key, `new_threshold`). Names the first dealer
+/// whose commitment is wrong.
+pub fn redeal_group(
+    old: &GroupKey,
+    commitments: &BTreeMap<u16, String>,
+    new_threshold: u16,
+) -> Result<GroupKey, CryptoError> {
+    let dealers: Vec<u16> = commitments.keys().copied().collect();
+    if dealers.len() != usize::from(old.threshold.max(1)) {
+        return Err(CryptoError::Threshold(format!(
+            "{} dealers' commitments; exactly {} needed",
+            dealers.len(),
+            old.threshold.max(1)
+        )));
+    }
+    let mut decoded = Vec::with_capacity(dealers.len());
+    for (i, hexed) in commitments {
+        let c = decode_commitment(hexed)?;
+        if c.coefficients().len() != usize::from(new_threshold) {
+            return Err(CryptoError::BadShare(format!(
+                "dealer {i}'s commitment has the wrong degree"
+            )));
+        }
+        let lambda = lagrange(&dealers, *i)?;
+        let y = frost::keys::VerifyingShare::from_commitment(identifier(*i)?, &old.commitment)
+            .to_element();
+        let c0 =
+            c.coefficients().first().map(|c| c.value()).ok_or_else(|| {
+                CryptoError::BadShare(format!("dealer {i}'s commitment is empty"))
+            })?;
+        if c0 != y * lambda {
+            return Err(CryptoError::BadShare(format!(
+                "dealer {i} did not deal its own share (its commitment does not match its public share)"
+            )));
+        }
+        decoded.push(c);
+    }
+    let refs: Vec<&frost::keys::VerifiableSecretSharingCommitment> = decoded.iter().collect();
+    let commitment = frost_core::keys::sum_commitments(&refs).map_err(frost_err)?;
+    let group = GroupKey {
+        commitment,
+        threshold: new_threshold,
+    };
+    if group.public() != old.public() {
+        return Err(CryptoError::BadShare(
+            "the new commitment does not keep the admin public key".into(),
+        ));
+    }
+    Ok(group)
+}
+
+impl GroupKey {
+    /// The commitment (hex), as records carry it.
+    pub fn commitment_hex(&self) -> Result<String, CryptoError> {
+        Ok(hex::encode(
+            self.commitment.serialize_whole().map_err(frost_err)?,
+        ))
+    }
+}
+
+/// Redistribution, new holder side: checks each dealer's sub-share
+/// against its commitment, sums them into this index's share of the new
+/// epoch and verifies it. Returns the share (dealt-share encoding, for
+/// [`KeyShare::from_secret_share`]) and the new group key.
+pub fn redeal_receive(
+    old: &GroupKey,
+    commitments: &BTreeMap<u16, String>,
+    subshares: &BTreeMap<u16, Zeroizing<Vec<u8>>>,
+    index: u16,
+    new_threshold: u16,
+) -> Result<(Zeroizing<Vec<u8>>, GroupKey), CryptoError> {
+    let group = redeal_group(old, commitments, new_threshold)?;
+    if subshares.len() != commitments.len() || !subshares.keys().eq(commitments.keys()) {
+        return Err(CryptoError::BadShare(
+            "sub-shares and dealers do not match".into(),
+        ));
+    }
+    let me = identifier(index)?;
+    let mut sum = Zeroizing::new(curve25519_dalek::Scalar::ZERO);
+    for (i, bytes) in subshares {
+        let s = frost::keys::SigningShare::deserialize(bytes).map_err(|_| {
+            CryptoError::BadShare(format!("dealer {i}'s sub-share does not decode"))
+        })?;
+        let c = decode_commitment(&commitments[i])?;
+        if frost::keys::VerifyingShare::from(s)
+            != frost::keys::VerifyingShare::from_commitment(me, &c)
+        {
+            return Err(CryptoError::BadShare(format!(
+                "dealer {i}'s sub-share does not match its commitment"
+            )));
+        }
+        *sum += s.to_scalar();
+    }
+    let share = frost::keys::SecretShare::new(
+        me,
+        frost::keys::SigningShare::new(*sum),
+        group.commitment.clone(),
+    );
+    let bytes = Zeroizing::new(share.serialize().map_err(frost_err)?);
+    KeyShare::from_secret_share(&bytes, index, &group)?;
+    Ok((bytes, group))
+}
+
 /// Rebuilds the admin key from at least `threshold` verified shares (for
 /// recovery and re-sharing). The caller drops it as soon as it is done.
 pub fn reconstruct(shares: &[KeyShare], group: &GroupKey) -> Result<AdminKey, CryptoError> {
@@ -777,6 +1024,134 @@ mod tests {
             .expect("verifies");
         // A missing sigma gives a share that fails the commitment check.
         assert!(enroll_finish(&sigmas[..2], new_index, &group).is_err());
+    }
+
+    fn redeal(
+        group: &GroupKey,
+        dealers: &[&KeyShare],
+        new: &[u16],
+        t: u16,
+    ) -> Result<(GroupKey, Vec<KeyShare>), CryptoError> {
+        let idx: Vec<u16> = dealers.iter().map(|s| s.index()).collect();
+        let dealt: Vec<Dealt> = dealers
+            .iter()
+            .map(|s| redeal_deal(s, &idx, new, t))
+            .collect::<Result<_, _>>()?;
+        let commitments: BTreeMap<u16, String> = idx
+            .iter()
+            .zip(&dealt)
+            .map(|(i, d)| (*i, d.commitment.clone()))
+            .collect();
+        let mut out = Vec::new();
+        let mut new_group = None;
+        for j in new {
+            let subs: BTreeMap<u16, Zeroizing<Vec<u8>>> = idx
+                .iter()
+                .zip(&dealt)
+                .map(|(i, d)| (*i, d.subshares[j].clone()))
+                .collect();
+            let (bytes, g) = redeal_receive(group, &commitments, &subs, *j, t)?;
+            out.push(KeyShare::from_secret_share(&bytes, *j, &g)?);
+            new_group = Some(g);
+        }
+        let g = redeal_group(group, &commitments, t)?;
+        assert_eq!(
+            g.commitment_hex()?,
+            new_group.expect("holders").commitment_hex()?
+        );
+        Ok((g, out))
+    }
+
+    fn copy(s: &KeyShare) -> KeyShare {
+        KeyShare {
+            index: s.index,
+            package: s.package.clone(),
+        }
+    }
+
+    #[test]
+    fn a_lone_key_is_redealt_to_two_holders_who_both_must_sign() {
+        let (master, group, shares) = dealt(1, 1);
+        let (g2, new) = redeal(&group, &[&shares[0]], &[1, 7], 2).expect("redeal");
+        assert_eq!(g2.public(), master.admin_key().public());
+        let sig = sign_with(&new, &g2, b"two").expect("both sign");
+        crate::verify_ed25519(&g2.public(), b"two", &sig).expect("verifies");
+        assert!(sign_with(&new[..1], &g2, b"one").is_err());
+        // Neither new share is the key itself.
+        let whole = master.admin_key().0.serialize();
+        for s in &new {
+            assert_ne!(s.package.signing_share().serialize(), whole);
+        }
+    }
+
+    #[test]
+    fn a_dealer_that_deals_something_else_is_named() {
+        let (_, group, shares) = dealt(2, 3);
+        let idx = [1u16, 2];
+        let good = redeal_deal(&shares[0], &idx, &[1, 2, 3, 4], 3).expect("deal");
+        // Dealer 2 deals a fresh random secret instead of its share.
+        let (_, other, other_shares) = dealt(2, 3);
+        let _ = other;
+        let bad = redeal_deal(&other_shares[1], &idx, &[1, 2, 3, 4], 3).expect("deal");
+        let commitments = BTreeMap::from([(1, good.commitment), (2, bad.commitment)]);
+        let e = redeal_group(&group, &commitments, 3).expect_err("refused");
+        assert!(e.to_string().contains("dealer 2"), "{e}");
+        // Too few dealers, and a sub-share that does not match.
+        assert!(redeal_deal(&shares[0], &[1], &[1, 2], 2).is_err());
+        let d1 = redeal_deal(&shares[0], &idx, &[5, 6], 2).expect("deal");
+        let d2 = redeal_deal(&shares[1], &idx, &[5, 6], 2).expect("deal");
+        let cs = BTreeMap::from([(1, d1.commitment.clone()), (2, d2.commitment.clone())]);
+        let swapped =
+            BTreeMap::from([(1, d1.subshares[&6].clone()), (2, d2.subshares[&5].clone())]);
+        let e = redeal_receive(&group, &cs, &swapped, 5, 2).expect_err("refused");
+        assert!(e.to_string().contains("sub-share"), "{e}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        /// Any t' new shares sign under the unchanged admin key; t' − 1 do
+        /// not; a mix of old-epoch and new-epoch shares does not.
+        #[test]
+        fn redistribution_keeps_the_key_and_the_threshold(
+            n in 1u16..6,
+            t_pick in 0u16..6,
+            n2 in 2u16..7,
+            t2_pick in 0u16..7,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let t = 1 + t_pick % n;
+            let t2 = 2 + t2_pick % (n2 - 1);
+            let (master, group, shares) = dealt(t, n);
+            let mut rng = seed;
+            let mut next = || { rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (rng >> 33) as usize };
+            // Dealers: any t of the old holders.
+            let mut pool: Vec<usize> = (0..shares.len()).collect();
+            let mut dealers = Vec::new();
+            while dealers.len() < usize::from(t) {
+                let k = next() % pool.len();
+                dealers.push(pool.remove(k));
+            }
+            let dealer_refs: Vec<&KeyShare> = dealers.iter().map(|i| &shares[*i]).collect();
+            // New holders: fresh indices, overlapping the old ones.
+            let new: Vec<u16> = (0..n2).map(|k| 3 + k * 2).collect();
+            let (g2, new_shares) = redeal(&group, &dealer_refs, &new, t2).expect("redeal");
+            proptest::prop_assert_eq!(g2.public(), master.admin_key().public());
+            let mut order: Vec<usize> = (0..new_shares.len()).collect();
+            for k in (1..order.len()).rev() { order.swap(k, next() % (k + 1)); }
+            let some: Vec<KeyShare> = order[..usize::from(t2)].iter().map(|i| copy(&new_shares[*i])).collect();
+            let sig = sign_with(&some, &g2, b"epoch").expect("t' sign");
+            proptest::prop_assert!(crate::verify_ed25519(&g2.public(), b"epoch", &sig).is_ok());
+            proptest::prop_assert!(sign_with(&some[..usize::from(t2) - 1], &g2, b"x").is_err());
+            // Old shares whose indices are not among the chosen new ones,
+            // standing in for new shares: refused under either group.
+            let chosen: Vec<u16> = some.iter().map(|s| s.index()).collect();
+            if let Some(old) = shares.iter().find(|s| !chosen[1..].contains(&s.index())) {
+                let mut mixed: Vec<KeyShare> = some[1..].iter().map(copy).collect();
+                mixed.push(copy(old));
+                proptest::prop_assert!(sign_with(&mixed, &g2, b"mix").is_err());
+                proptest::prop_assert!(sign_with(&mixed, &group, b"mix").is_err());
+            }
+        }
     }
 
     #[test]
