@@ -61,6 +61,9 @@ pub enum Command {
         node: NodeId,
         digest: Option<String>,
     },
+    /// Commits a key epoch ([`bzzz_proto::cluster::KeyEpoch`], signed by
+    /// the admin key): the next epoch of share custody.
+    KeyEpoch { record: Signed },
 }
 
 /// The result of applying a command.
@@ -185,6 +188,22 @@ pub struct ClusterState {
     /// The model registry: entries, placements, holders (SPEC §8).
     #[serde(default)]
     pub models: Registry,
+    /// The committed key epoch after genesis (`None`: epoch 0, the
+    /// genesis sharing).
+    pub key_epoch: Option<CommittedEpoch>,
+    /// Removed members: node → the admin-signed removal (handed to the
+    /// removed node as proof when it comes back).
+    pub removed: BTreeMap<NodeId, Signed>,
+}
+
+/// A committed key epoch: the signed record and what it says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommittedEpoch {
+    pub record: Signed,
+    pub epoch: u64,
+    pub threshold: u16,
+    pub policy: String,
+    pub holders: BTreeMap<u16, NodeId>,
 }
 
 impl ClusterState {
@@ -292,6 +311,45 @@ impl ClusterState {
                 .set_held(&name, node, digest)
                 .map(|()| None)
                 .map_err(|e| e.0),
+            Command::KeyEpoch { record } => {
+                let c = self
+                    .cluster
+                    .as_ref()
+                    .ok_or("key epoch refused: no genesis applied yet")?;
+                let pk = bzzz_crypto::records::parse_public_key(&c.admin_public_key)
+                    .map_err(|e| e.to_string())?;
+                let e = bzzz_crypto::records::open_epoch(&record, &pk, &c.name)
+                    .map_err(|e| format!("key epoch refused: {e}"))?;
+                let current = self.key_epoch.as_ref().map_or(0, |k| k.epoch);
+                if e.epoch != current + 1 {
+                    return Err(format!(
+                        "key epoch refused: epoch {} does not follow {current}",
+                        e.epoch
+                    ));
+                }
+                if let Some(h) = e
+                    .holders
+                    .iter()
+                    .find(|h| self.removed.contains_key(&h.node_id))
+                {
+                    return Err(format!(
+                        "key epoch refused: holder {} was removed",
+                        h.node_id
+                    ));
+                }
+                if let Some(cl) = self.cluster.as_mut() {
+                    cl.threshold = e.threshold;
+                }
+                self.share_holders = e.holder_map();
+                self.key_epoch = Some(CommittedEpoch {
+                    record,
+                    epoch: e.epoch,
+                    threshold: e.threshold,
+                    policy: e.policy.to_string(),
+                    holders: e.holder_map(),
+                });
+                Ok(None)
+            }
             Command::Admin { change } => {
                 let c = self
                     .cluster
@@ -326,6 +384,13 @@ impl ClusterState {
                             None => self.rules.remove(&name),
                         };
                     }
+                    AdminAction::RemoveMember { node_id } => {
+                        if self.removed.len() >= 10_000 {
+                            return Err("admin change refused: too many removals".into());
+                        }
+                        self.nodes.remove(&node_id);
+                        self.removed.insert(node_id, change.clone());
+                    }
                 }
                 self.admin_seq = ch.seq;
                 self.audit.push_back(AuditEntry {
@@ -356,11 +421,19 @@ type StoredSnapshot = (SnapshotMeta<NodeIdU64, BasicNode>, Vec<u8>);
 
 /// The state machine (cloneable handle; reads see the applied state).
 #[derive(Debug, Clone)]
-pub struct StateMachine(Arc<Mutex<SmInner>>, Arc<tokio::sync::watch::Sender<u64>>);
+pub struct StateMachine(
+    Arc<Mutex<SmInner>>,
+    Arc<tokio::sync::watch::Sender<u64>>,
+    Arc<tokio::sync::watch::Sender<u64>>,
+);
 
 impl Default for StateMachine {
     fn default() -> Self {
-        Self(Arc::default(), Arc::new(tokio::sync::watch::Sender::new(0)))
+        Self(
+            Arc::default(),
+            Arc::new(tokio::sync::watch::Sender::new(0)),
+            Arc::new(tokio::sync::watch::Sender::new(0)),
+        )
     }
 }
 
@@ -378,6 +451,16 @@ impl StateMachine {
 
     fn models_changed(&self) {
         self.1.send_modify(|v| *v += 1);
+    }
+
+    /// Wakes when key custody changes: a key epoch committed, a member
+    /// removed, or a snapshot installed.
+    pub fn watch_keys(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.2.subscribe()
+    }
+
+    fn keys_changed(&self) {
+        self.2.send_modify(|v| *v += 1);
     }
 
     /// A copy of the applied state.
@@ -408,6 +491,7 @@ impl StateMachine {
         }
         Ok(Self(
             Arc::new(Mutex::new(inner)),
+            Arc::new(tokio::sync::watch::Sender::new(0)),
             Arc::new(tokio::sync::watch::Sender::new(0)),
         ))
     }
@@ -467,6 +551,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut i = self.inner();
         let mut out = Vec::new();
         let mut models = false;
+        let mut keys = false;
         for e in entries {
             i.state.last_applied = Some(e.log_id);
             match e.payload {
@@ -479,6 +564,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             | Command::ModelPlace { .. }
                             | Command::ModelHeld { .. }
                     );
+                    keys |= matches!(cmd, Command::KeyEpoch { .. } | Command::Admin { .. });
                     let r = i.state.apply_command(e.log_id.index, cmd);
                     out.push(r);
                 }
@@ -491,6 +577,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         drop(i);
         if models {
             self.models_changed();
+        }
+        if keys {
+            self.keys_changed();
         }
         Ok(out)
     }
@@ -518,6 +607,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StateMachine::persist_snapshot(&i)?;
         drop(i);
         self.models_changed();
+        self.keys_changed();
         Ok(())
     }
 

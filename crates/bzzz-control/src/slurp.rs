@@ -237,6 +237,10 @@ impl Planner for ShareHolders {
     }
 
     fn plan(&self, state: &ClusterState, observed: &Observed, _ctx: &Context) -> Vec<Command> {
+        // Past genesis, the committed key epoch names the holders.
+        if state.key_epoch.is_some() {
+            return vec![];
+        }
         let mut next = state.share_holders.clone();
         for (id, n) in &observed.nodes {
             if let Some(i) = n.share_index {
@@ -258,6 +262,9 @@ pub struct MembershipPlan {
     pub add_learners: Vec<NodeId>,
     /// The new voter set, when it should change.
     pub voters: Option<BTreeSet<NodeId>>,
+    /// Learners to drop from Raft (removed or evicted members; a voter
+    /// among them is first demoted by the voter change).
+    pub remove: BTreeSet<NodeId>,
 }
 
 /// Raft membership from the members present: every healthy member not in
@@ -265,23 +272,29 @@ pub struct MembershipPlan {
 /// members (with its hysteresis), `scores` giving each one's standing
 /// (callers keep a voter that vanished only briefly at its last score, so a
 /// restart does not shuffle seats).
+///
+/// `gone`: members removed by the operator or out of sight longer than
+/// `control.evict_after`: they leave Raft (voters first become learners,
+/// then learners are dropped) and are never added back while gone.
 pub fn plan_membership(
     healthy_members: &BTreeSet<NodeId>,
     voters: &BTreeSet<NodeId>,
     learners: &BTreeSet<NodeId>,
     scores: &BTreeMap<NodeId, f64>,
+    gone: &BTreeSet<NodeId>,
     policy: &Policy,
 ) -> MembershipPlan {
     let add_learners = healthy_members
         .iter()
-        .filter(|m| !voters.contains(*m) && !learners.contains(*m))
+        .filter(|m| !voters.contains(*m) && !learners.contains(*m) && !gone.contains(*m))
         .cloned()
         .collect();
     let in_raft: BTreeMap<NodeId, f64> = scores
         .iter()
-        .filter(|(n, _)| voters.contains(*n) || learners.contains(*n))
+        .filter(|(n, _)| (voters.contains(*n) || learners.contains(*n)) && !gone.contains(*n))
         .map(|(n, s)| (n.clone(), *s))
         .collect();
+    let remove = learners.intersection(gone).cloned().collect();
     let want = choose_voters(&in_raft, voters, policy);
     // Changing voters needs a quorum of the old set alive: never plan a
     // change when most voters are gone (it could not commit) or to nobody.
@@ -294,6 +307,7 @@ pub fn plan_membership(
     MembershipPlan {
         add_learners,
         voters: voters_change,
+        remove,
     }
 }
 
@@ -444,16 +458,44 @@ mod tests {
         let all: BTreeSet<NodeId> = (1..=4).map(id).collect();
         let voters: BTreeSet<NodeId> = [id(1)].into();
         let scores: BTreeMap<NodeId, f64> = (1..=4).map(|i| (id(i), 10.0)).collect();
-        let plan = plan_membership(&all, &voters, &BTreeSet::new(), &scores, &p);
+        let plan = plan_membership(
+            &all,
+            &voters,
+            &BTreeSet::new(),
+            &scores,
+            &BTreeSet::new(),
+            &p,
+        );
         assert_eq!(plan.add_learners, vec![id(2), id(3), id(4)]);
         // Not in Raft yet: no voter change until they are learners.
         assert_eq!(plan.voters, None);
         let learners: BTreeSet<NodeId> = (2..=4).map(id).collect();
-        let plan = plan_membership(&all, &voters, &learners, &scores, &p);
+        let plan = plan_membership(&all, &voters, &learners, &scores, &BTreeSet::new(), &p);
         assert!(plan.add_learners.is_empty());
         let v = plan.voters.expect("voters grow");
         assert_eq!(v.len(), 3);
         assert!(v.contains(&id(1)), "the sitting voter keeps its seat");
+    }
+
+    #[test]
+    fn gone_members_leave_raft_and_are_not_added_back() {
+        let p = Policy::default();
+        let voters: BTreeSet<NodeId> = (1..=3).map(id).collect();
+        let learners: BTreeSet<NodeId> = (4..=5).map(id).collect();
+        let scores: BTreeMap<NodeId, f64> = (1..=5).map(|i| (id(i), 10.0)).collect();
+        let all: BTreeSet<NodeId> = (1..=5).map(id).collect();
+        let gone: BTreeSet<NodeId> = [id(2), id(5)].into();
+        let plan = plan_membership(&all, &voters, &learners, &scores, &gone, &p);
+        let v = plan.voters.expect("the removed voter is replaced");
+        assert!(!v.contains(&id(2)), "{v:?}");
+        assert_eq!(plan.remove, [id(5)].into(), "the gone learner is dropped");
+        // Once demoted, the removed voter is dropped too; nobody re-adds it.
+        let learners: BTreeSet<NodeId> = [id(2), id(4), id(5)].into();
+        let plan = plan_membership(&all, &v, &learners, &scores, &gone, &p);
+        assert_eq!(plan.remove, [id(2), id(5)].into());
+        let outside: BTreeSet<NodeId> = [id(1)].into();
+        let plan = plan_membership(&all, &outside, &BTreeSet::new(), &scores, &gone, &p);
+        assert!(!plan.add_learners.contains(&id(2)) && !plan.add_learners.contains(&id(5)));
     }
 
     #[test]
@@ -463,7 +505,7 @@ mod tests {
         let learners: BTreeSet<NodeId> = (4..=5).map(id).collect();
         let scores: BTreeMap<NodeId, f64> = [(id(1), 10.0), (id(4), 10.0), (id(5), 10.0)].into();
         let all: BTreeSet<NodeId> = [id(1), id(4), id(5)].into();
-        let plan = plan_membership(&all, &voters, &learners, &scores, &p);
+        let plan = plan_membership(&all, &voters, &learners, &scores, &BTreeSet::new(), &p);
         assert_eq!(plan.voters, None);
     }
 }

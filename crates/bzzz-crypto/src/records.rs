@@ -19,6 +19,7 @@ pub enum Domain {
     JoinToken,
     OperatorMessage,
     AdminChange,
+    KeyEpoch,
 }
 
 impl Domain {
@@ -29,6 +30,7 @@ impl Domain {
             Domain::JoinToken => b"bzzz/join-token/v1",
             Domain::OperatorMessage => b"bzzz/operator-message/v1",
             Domain::AdminChange => b"bzzz/admin-change/v1",
+            Domain::KeyEpoch => b"bzzz/key-epoch/v1",
         }
     }
 }
@@ -109,6 +111,36 @@ pub fn open_admin_change(
         role.validate().map_err(CryptoError::Record)?;
     }
     Ok(c)
+}
+
+/// Checks a key epoch record: signed by `admin_public_key` under the key
+/// epoch domain, for `cluster` and that key, well formed, and its
+/// commitment keeps the admin public key with the record's threshold.
+pub fn open_epoch(
+    record: &Signed,
+    admin_public_key: &[u8; 32],
+    cluster: &str,
+) -> Result<bzzz_proto::cluster::KeyEpoch, CryptoError> {
+    let e: bzzz_proto::cluster::KeyEpoch = open(record, Domain::KeyEpoch, admin_public_key)?;
+    if e.v != RECORD_VERSION {
+        return Err(CryptoError::Record(format!(
+            "key epoch version {} unknown",
+            e.v
+        )));
+    }
+    if e.cluster != cluster || parse_public_key(&e.admin_public_key)? != *admin_public_key {
+        return Err(CryptoError::Record(
+            "key epoch is for another cluster".into(),
+        ));
+    }
+    e.validate().map_err(CryptoError::Record)?;
+    let group = crate::threshold::GroupKey::from_commitment_hex(&e.commitment, e.threshold)?;
+    if group.public() != *admin_public_key {
+        return Err(CryptoError::Record(
+            "key epoch commitment does not keep the admin public key".into(),
+        ));
+    }
+    Ok(e)
 }
 
 /// Opens a genesis record that names its own admin key (self-signed), and

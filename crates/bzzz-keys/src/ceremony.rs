@@ -32,11 +32,20 @@ impl Keys {
         }
         let threshold = params
             .threshold
-            .unwrap_or_else(|| default_threshold(shares));
+            .unwrap_or_else(|| KeyPolicy::Majority.threshold(shares));
         if threshold == 0 || threshold > shares {
             return Err(err(
                 ErrorKind::Invalid,
                 format!("threshold must be between 1 and the share count ({shares})"),
+            ));
+        }
+        if threshold == 1 && shares > 1 {
+            return Err(err(
+                ErrorKind::Invalid,
+                format!(
+                    "threshold 1 with {shares} shares would give each of {shares} nodes the \
+                     whole admin key; use 2 or more"
+                ),
             ));
         }
         let master = match &params.recover_from {
@@ -295,6 +304,7 @@ pub(crate) fn deal(
         threshold,
         shares,
         holders: holders.clone(),
+        policy: Some(policy_for(threshold, shares)),
         commitment: sharing.commitment.clone(),
         operator_verifier: verifier,
         created_at: now,
@@ -343,8 +353,19 @@ pub(crate) fn deal(
                 cert: sign(Domain::MembershipCert, &ctext),
                 sealed_share: sealed,
                 share_index: index,
+                epoch: None,
             },
         ));
     }
     Ok((holders, bundles))
+}
+
+/// The policy a setup records: majority when the threshold is the
+/// majority of the shares (or no choice exists: one share), else fixed.
+pub(crate) fn policy_for(threshold: u16, shares: u16) -> KeyPolicy {
+    if threshold == KeyPolicy::Majority.threshold(shares) || threshold < 2 {
+        KeyPolicy::Majority
+    } else {
+        KeyPolicy::Fixed(threshold)
+    }
 }

@@ -34,8 +34,27 @@ impl Keys {
             hasher: operator::Hasher::start()?,
             auth_ended: tokio::sync::Notify::new(),
             web_sessions: Mutex::new(HashMap::new()),
+            removed: RwLock::new(BTreeMap::new()),
+            redealing: tokio::sync::Mutex::new(()),
             used_tokens: Mutex::new(load_used_tokens(&data_dir.join(USED_TOKENS_FILE))?),
         };
+        let removed = data_dir.join(REMOVED_FILE);
+        if removed.exists() {
+            let why = std::fs::read_to_string(&removed).unwrap_or_default();
+            let cluster = serde_json::from_str::<serde_json::Value>(&why)
+                .ok()
+                .and_then(|v| v["cluster"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "?".into());
+            return Err(err(
+                ErrorKind::Conflict,
+                format!(
+                    "this node was removed from cluster '{cluster}' by its operator \
+                     (an admin-signed removal, kept in {}); to use this machine again, \
+                     give it a new data dir and a join token",
+                    removed.display()
+                ),
+            ));
+        }
         let path = data_dir.join(CLUSTER_FILE);
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| {
@@ -51,20 +70,36 @@ impl Keys {
                 )
             })?;
             let cluster = keys
-                .check_records(&file.genesis, &file.cert, file.share_index, None)
+                .check_records(
+                    &file.genesis,
+                    &file.cert,
+                    file.share_index,
+                    None,
+                    file.epoch.as_ref(),
+                )
                 .map_err(|e| err(ErrorKind::Internal, format!("{}: {e}", path.display())))?;
-            let share = match (file.share_index, std::fs::read(data_dir.join(SHARE_FILE))) {
+            let share = match (
+                cluster.share_index,
+                std::fs::read(data_dir.join(share_file(cluster.epoch))),
+            ) {
                 (None, _) => ShareState::None,
                 (Some(i), Ok(sealed)) => keys.open_share(&sealed, i, &cluster.group),
-                (Some(_), Err(e)) => ShareState::Invalid(format!("cannot read {SHARE_FILE}: {e}")),
+                (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => ShareState::None,
+                (Some(_), Err(e)) => {
+                    ShareState::Invalid(format!("cannot read {}: {e}", share_file(cluster.epoch)))
+                }
             };
             if let ShareState::Invalid(why) = &share {
                 error!("this node's admin key share is unusable: {why}");
             }
+            // Shares of earlier epochs are erased (a crash may have left
+            // one behind between committing an epoch and deleting them).
+            keys.erase_shares_before(cluster.epoch);
             info!(
                 cluster = %cluster.genesis.cluster,
                 admin_public_key = %cluster.genesis.admin_public_key,
                 share_index = ?cluster.share_index,
+                epoch = cluster.epoch,
                 "cluster membership loaded"
             );
             *write(&keys.share) = share;
@@ -121,30 +156,53 @@ impl Keys {
         }
     }
 
-    /// Checks a genesis record and a certificate for this node.
+    /// Checks a genesis record, a certificate for this node and the key
+    /// epoch record (if past genesis).
     pub(crate) fn check_records(
         &self,
         genesis: &Signed,
         cert: &Signed,
         share_index: Option<u16>,
         expected_admin: Option<&[u8; 32]>,
+        epoch: Option<&Signed>,
     ) -> Result<Cluster, String> {
         let g = records::open_genesis(genesis, expected_admin)
             .map_err(|e| format!("genesis record: {e}"))?;
         let pk = records::parse_public_key(&g.admin_public_key).map_err(|e| e.to_string())?;
         let my_cert = records::open_cert(cert, &pk, Some(&self.node_id))
             .map_err(|e| format!("membership certificate: {e}"))?;
-        let group = GroupKey::from_commitment_hex(&g.commitment, g.threshold)
+        let genesis_group = GroupKey::from_commitment_hex(&g.commitment, g.threshold)
             .map_err(|e| format!("genesis commitment: {e}"))?;
-        if group.public() != pk {
+        if genesis_group.public() != pk {
             return Err("genesis commitment does not match its admin key".into());
         }
+        let (n, policy, threshold, holders, group) = match epoch {
+            None => (
+                0,
+                g.policy.unwrap_or(KeyPolicy::Fixed(g.threshold)),
+                g.threshold,
+                g.holders
+                    .iter()
+                    .map(|h| (h.index, h.node_id.clone()))
+                    .collect::<BTreeMap<_, _>>(),
+                genesis_group,
+            ),
+            Some(rec) => {
+                let e = records::open_epoch(rec, &pk, &g.cluster)
+                    .map_err(|e| format!("key epoch record: {e}"))?;
+                let group = GroupKey::from_commitment_hex(&e.commitment, e.threshold)
+                    .map_err(|e| format!("key epoch commitment: {e}"))?;
+                (e.epoch, e.policy, e.threshold, e.holder_map(), group)
+            }
+        };
+        // This node's index in the epoch: where the holders list it.
+        let mine = holders
+            .iter()
+            .find(|(_, node)| **node == self.node_id)
+            .map(|(i, _)| *i);
         if let Some(i) = share_index
+            && mine != Some(i)
             && my_cert.share_index != Some(i)
-            && !g
-                .holders
-                .iter()
-                .any(|h| h.index == i && h.node_id == self.node_id)
         {
             return Err(format!("share index {i} is not this node's"));
         }
@@ -153,11 +211,61 @@ impl Keys {
             genesis_signed: genesis.clone(),
             cert: cert.clone(),
             group,
-            share_index,
+            share_index: mine,
             genesis: g,
+            epoch: n,
+            policy,
+            threshold,
+            holders,
+            epoch_record: epoch.cloned(),
         })
     }
 
+    /// Writes `cluster.json` for `c`.
+    pub(crate) fn write_cluster_file(&self, c: &Cluster) -> Result<(), String> {
+        let file = ClusterFile {
+            v: 1,
+            genesis: c.genesis_signed.clone(),
+            cert: c.cert.clone(),
+            share_index: c.share_index,
+            epoch: c.epoch_record.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+        write_private(&self.data_dir.join(CLUSTER_FILE), &text)
+            .map_err(|e| format!("cannot store the cluster record: {e}"))
+    }
+
+    /// Deletes every share file of an epoch before `epoch`, and pending
+    /// shares of epochs up to `epoch` (overwritten first: the file's
+    /// blocks are reused, not left with sealed share bytes).
+    pub(crate) fn erase_shares_before(&self, epoch: u64) {
+        let Ok(dir) = std::fs::read_dir(&self.data_dir) else {
+            return;
+        };
+        let keep = share_file(epoch);
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("share.") || name == keep {
+                continue;
+            }
+            let file_epoch = if name == SHARE_FILE {
+                Some(0)
+            } else {
+                name.strip_prefix("share.e")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+            };
+            let pending = name.ends_with(".pending");
+            let stale = match file_epoch {
+                Some(n) if pending => n <= epoch,
+                Some(n) => n < epoch,
+                None => false,
+            };
+            if stale {
+                erase_file(&e.path());
+            }
+        }
+    }
     /// Checks and stores a bundle (setup or join). Refuses when this node
     /// already belongs to a cluster.
     pub(crate) fn install(
@@ -179,32 +287,25 @@ impl Keys {
             &bundle.cert,
             bundle.share_index,
             expected_admin,
+            bundle.epoch.as_ref(),
         )?;
         #[cfg(test)]
         if let Some(hook) = lock(&self.install_hook).clone() {
             hook();
         }
-        let share = match (&bundle.sealed_share, bundle.share_index) {
+        let share = match (&bundle.sealed_share, cluster.share_index) {
             (Some(sealed), Some(i)) => match self.open_share(sealed, i, &cluster.group) {
                 ShareState::Invalid(why) => return Err(format!("share refused: {why}")),
                 s => Some((sealed.clone(), s)),
             },
-            (None, None) => None,
-            _ => return Err("share and share index must come together".into()),
+            (None, _) => None,
+            (Some(_), None) => return Err("a share for a node that holds none".into()),
         };
         if let Some((sealed, _)) = &share {
-            write_private(&self.data_dir.join(SHARE_FILE), sealed)
+            write_private(&self.data_dir.join(share_file(cluster.epoch)), sealed)
                 .map_err(|e| format!("cannot store the share: {e}"))?;
         }
-        let file = ClusterFile {
-            v: 1,
-            genesis: bundle.genesis.clone(),
-            cert: bundle.cert.clone(),
-            share_index: bundle.share_index,
-        };
-        let text = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-        write_private(&self.data_dir.join(CLUSTER_FILE), &text)
-            .map_err(|e| format!("cannot store the cluster record: {e}"))?;
+        self.write_cluster_file(&cluster)?;
         if let Some((_, s)) = share {
             *write(&self.share) = s;
         }
@@ -224,25 +325,48 @@ impl Keys {
             ShareState::Valid(_) => ("valid", None),
             ShareState::Invalid(e) => ("invalid", Some(e.clone())),
         };
+        let mut warnings = Vec::new();
+        if let Some(c) = &c
+            && c.threshold <= 1
+        {
+            if c.holders.len() <= 1 && c.share_index.is_some() {
+                warnings.push(
+                    "only this node holds the admin key: a second node that joins gets a \
+                     share and the key is re-dealt 2 of 2"
+                        .to_owned(),
+                );
+            } else {
+                warnings.push(format!(
+                    "threshold 1: each of the {} holders holds the whole admin key",
+                    c.holders.len()
+                ));
+            }
+        }
         KeysStatus {
             initialized: c.is_some(),
             cluster: c.as_ref().map(|c| c.genesis.cluster.clone()),
             admin_public_key: c.as_ref().map(|c| c.genesis.admin_public_key.clone()),
-            threshold: c.as_ref().map(|c| c.genesis.threshold),
-            // Shares dealt at setup plus those enrolled for nodes that joined
-            // later (as far as this node knows).
-            shares: c
-                .as_ref()
-                .map(|c| c.genesis.shares.max(self.holders().len() as u16)),
+            threshold: c.as_ref().map(|c| c.threshold),
+            shares: c.as_ref().map(|c| c.holders.len() as u16),
             share_index: c.as_ref().and_then(|c| c.share_index),
             share_state: share_state.into(),
             share_error,
-            holders: self
-                .holders()
-                .into_iter()
-                .map(|(index, node_id)| ShareHolder { index, node_id })
-                .collect(),
+            holders: c
+                .as_ref()
+                .map(|c| {
+                    c.holders
+                        .iter()
+                        .map(|(index, node_id)| ShareHolder {
+                            index: *index,
+                            node_id: node_id.clone(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             setup_pending: lock(&self.pending).is_some(),
+            epoch: c.as_ref().map(|c| c.epoch),
+            policy: c.as_ref().map(|c| c.policy.to_string()),
+            warnings,
         }
     }
 
@@ -330,4 +454,21 @@ pub(crate) fn encode_used_tokens(tokens: &HashMap<String, (u32, u64)>) -> Result
         tokens,
     })
     .map_err(|e| e.to_string())
+}
+
+/// Overwrites a file with zeros, then deletes it.
+pub(crate) fn erase_file(path: &Path) {
+    if let Ok(meta) = std::fs::metadata(path) {
+        let zeros = vec![0u8; usize::try_from(meta.len()).unwrap_or(0).min(1 << 20)];
+        if let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(path) {
+            use std::io::Write;
+            let _ = f.write_all(&zeros);
+            let _ = f.sync_all();
+        }
+    }
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!("cannot delete {}: {e}", path.display());
+    }
 }

@@ -36,8 +36,8 @@ use bzzz_crypto::threshold::{self, GroupKey, KeyShare, MasterKey, Nonces};
 use bzzz_net::{LocalInfo, Membership, NetHandle, ServiceRequest};
 use bzzz_proto::NodeId;
 use bzzz_proto::cluster::{
-    Genesis, InstallBundle, JoinTokenBody, KeysRequest, KeysResponse, MembershipCert,
-    RECORD_VERSION, ShareHolder, SignPurpose, Signed, WireSecret, default_threshold,
+    Genesis, InstallBundle, JoinTokenBody, KeyEpoch, KeyPolicy, KeysRequest, KeysResponse,
+    MembershipCert, RECORD_VERSION, RedealPlan, ShareHolder, SignPurpose, Signed, WireSecret,
     validate_cluster_name,
 };
 use serde::{Deserialize, Serialize};
@@ -63,8 +63,8 @@ const SESSION_TTL: Duration = Duration::from_secs(60);
 const MAX_SESSIONS: usize = 64;
 
 pub use bzzz_proto::cluster::RefusalCode;
-pub use enroll::{EnrollOutcome, enrollment_task};
 pub use join::{JoinRefused, join_task, precheck_token};
+pub use redeal::{Removed, Standing};
 pub use signer::serve_inbound;
 
 /// What kind of failure a [`KeysError`] is; callers (the HTTP layer) map it
@@ -178,6 +178,7 @@ pub mod enroll;
 pub mod join;
 pub mod limiter;
 pub mod operator;
+pub mod redeal;
 pub mod signer;
 pub mod signing;
 pub mod wire;
@@ -205,6 +206,9 @@ struct ClusterFile {
     genesis: Signed,
     cert: Signed,
     share_index: Option<u16>,
+    /// The key epoch this node's share belongs to (absent: genesis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epoch: Option<Signed>,
 }
 
 /// What this node knows of its cluster.
@@ -214,9 +218,39 @@ pub struct Cluster {
     pub genesis_signed: Signed,
     pub cert: Signed,
     pub admin_public_key: [u8; 32],
+    /// The current key epoch's group key (commitment and threshold).
     pub group: GroupKey,
+    /// This node's share index in the current epoch, if it holds one.
     pub share_index: Option<u16>,
+    /// The current key epoch (0: the genesis sharing).
+    pub epoch: u64,
+    pub policy: KeyPolicy,
+    /// The current epoch's threshold.
+    pub threshold: u16,
+    /// The current epoch's holders: index → node.
+    pub holders: BTreeMap<u16, NodeId>,
+    /// The current epoch's record (`None` at epoch 0).
+    pub epoch_record: Option<Signed>,
 }
+
+/// The file that holds this node's sealed share of key epoch `epoch`.
+pub fn share_file(epoch: u64) -> String {
+    if epoch == 0 {
+        SHARE_FILE.to_owned()
+    } else {
+        format!("share.e{epoch}.age")
+    }
+}
+
+/// The file of a pending share (received in a re-deal of `epoch` whose
+/// commitment is `commitment`, not committed yet).
+pub fn pending_share_file(epoch: u64, commitment: &str) -> String {
+    let h = blake3::hash(commitment.as_bytes()).to_hex();
+    format!("share.e{epoch}.{}.pending", &h[..16])
+}
+
+/// Written when this node learns it was removed: later starts refuse.
+pub const REMOVED_FILE: &str = "removed.json";
 
 #[derive(Debug)]
 enum ShareState {
@@ -229,6 +263,7 @@ enum ShareState {
 #[derive(Debug, Clone)]
 pub struct SetupParams {
     pub cluster: String,
+    /// `None`: majority, or fixed at `threshold` when one is given.
     pub threshold: Option<u16>,
     pub shares: Option<u16>,
     pub operator_password: OperatorPassword,
@@ -284,6 +319,10 @@ pub struct Keys {
     auth_ended: tokio::sync::Notify,
     /// Join token id → (uses signed for, expiry), persisted.
     used_tokens: Mutex<HashMap<String, (u32, u64)>>,
+    /// Removed members (from the Raft state): node → signed removal.
+    removed: RwLock<BTreeMap<NodeId, Signed>>,
+    /// One re-deal at a time from this node.
+    redealing: tokio::sync::Mutex<()>,
     /// Web UI operator sessions: id → (credential, expiry). In memory
     /// only; signers need the credential itself to approve operator
     /// requests, so the session keeps it (zeroized when it ends).

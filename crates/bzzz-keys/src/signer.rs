@@ -8,6 +8,11 @@ impl Keys {
     /// Answers one keys-protocol request.
     pub async fn handle(&self, peer: NodeId, req: KeysRequest) -> KeysResponse {
         let refuse = |r: Refusal| r.into_response();
+        // A removed member is told so, with the signed removal, whatever it
+        // asks.
+        if let Some(change) = read(&self.removed).get(&peer).cloned() {
+            return KeysResponse::Removed { change };
+        }
         match req {
             KeysRequest::Install(bundle) => match self.install(&bundle, None) {
                 Ok(()) => KeysResponse::Installed,
@@ -20,9 +25,19 @@ impl Keys {
                 session,
                 purpose,
                 coordinator_cert,
+                epoch,
             } => {
                 if let Err(e) = self.check_member(&peer, coordinator_cert.as_ref()) {
                     return refuse(e);
+                }
+                let mine = self.cluster().map_or(0, |c| c.epoch);
+                if epoch != mine {
+                    return refuse(Refusal::new(
+                        RefusalCode::NotReady,
+                        format!(
+                            "this signer is at key epoch {mine}; the request is for epoch {epoch}"
+                        ),
+                    ));
                 }
                 // Approval may hash the operator password (Argon2id, tens of
                 // ms): keep it off the async workers' queues.
@@ -43,39 +58,58 @@ impl Keys {
                 Ok(r) => r,
                 Err(e) => refuse(e),
             },
-            KeysRequest::Enroll { cert } => match self.coordinate_enrollment(&peer, &cert).await {
+            KeysRequest::Enroll { .. }
+            | KeysRequest::EnrollDeltas { .. }
+            | KeysRequest::EnrollSigma { .. } => refuse(Refusal::new(
+                RefusalCode::Invalid,
+                "share enrollment was replaced by re-dealing; upgrade this node",
+            )),
+            KeysRequest::RedealDeal {
+                session,
+                plan,
+                coordinator_cert,
+                operator_password,
+            } => match self
+                .check_member(&peer, coordinator_cert.as_ref())
+                .and_then(|()| {
+                    tokio::task::block_in_place(|| {
+                        self.redeal_deal_step(&peer, &plan, operator_password.as_ref())
+                    })
+                }) {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!(%peer, "enrollment failed: {e}");
+                    warn!(%peer, %session, "refused to deal: {e}");
                     refuse(e)
                 }
             },
-            KeysRequest::EnrollDeltas {
+            KeysRequest::RedealReceive {
                 session,
-                cert,
-                helpers,
+                plan,
+                current,
+                commitments,
+                sealed,
+                token_uses,
                 coordinator_cert,
             } => match self
                 .check_member(&peer, coordinator_cert.as_ref())
-                .and_then(|()| self.enroll_step1(&peer, session, &cert, &helpers))
-            {
+                .and_then(|()| {
+                    self.redeal_receive_step(
+                        &plan,
+                        current.as_ref(),
+                        &commitments,
+                        &sealed,
+                        &token_uses,
+                    )
+                }) {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!(%peer, "refused enrollment step 1: {e}");
+                    warn!(%peer, %session, "refused a re-dealt share: {e}");
                     refuse(e)
                 }
             },
-            KeysRequest::EnrollSigma {
-                session,
-                cert,
-                sealed_deltas,
-                coordinator_cert,
-            } => match self
-                .check_member(&peer, coordinator_cert.as_ref())
-                .and_then(|()| self.enroll_step2(&peer, &session, &cert, &sealed_deltas))
-            {
-                Ok(r) => r,
-                Err(e) => refuse(e),
+            KeysRequest::Standing => match self.cluster() {
+                Some(c) => KeysResponse::Standing { epoch: c.epoch },
+                None => refuse(not_initialized()),
             },
             KeysRequest::Join {
                 token,
@@ -93,6 +127,12 @@ impl Keys {
     /// The requester is this node, a member in the view, or presents a
     /// valid certificate for its (Noise-authenticated) id.
     pub(crate) fn check_member(&self, peer: &NodeId, cert: Option<&Signed>) -> Result<(), Refusal> {
+        if read(&self.removed).contains_key(peer) {
+            return Err(Refusal::new(
+                RefusalCode::NotMember,
+                "the requester was removed from the cluster",
+            ));
+        }
         if self.is_member_peer(peer) {
             return Ok(());
         }
@@ -141,11 +181,7 @@ impl Keys {
         let now = unix_now();
         let mut token_use = None;
         let check_password = |p: &WireSecret| -> Result<(), String> {
-            let ok = OperatorPassword::new(p.expose().to_owned()).is_ok_and(|p| {
-                self.hasher
-                    .matches_blocking(p, c.genesis.operator_verifier.clone())
-            });
-            if ok {
+            if self.password_ok(&c, p) {
                 Ok(())
             } else {
                 Err("the operator credential is wrong".into())
@@ -192,6 +228,11 @@ impl Keys {
                 }
                 records::signing_bytes(Domain::AdminChange, body.as_bytes())
             }
+            SignPurpose::KeyEpoch {
+                body,
+                certs,
+                operator_password,
+            } => self.check_epoch_body(&c, body, certs, operator_password.as_ref())?,
             SignPurpose::Certificate { body, token } => {
                 let t = records::check_token(token.expose(), &c.admin_public_key, now)?;
                 let used = lock(&self.used_tokens).get(&t.id).map_or(0, |u| u.0);
@@ -204,14 +245,14 @@ impl Keys {
                         ),
                     ));
                 }
-                if !c.genesis.holders.iter().any(|h| h.index == share.index()) {
-                    return Err("only the share holders dealt at setup sign certificates".into());
-                }
+                // Every holder of the current epoch counts the token's uses;
+                // any two signing quorums overlap (2t > n under the
+                // majority policy) and re-deals carry the counts over.
                 token_use = Some((t.id.clone(), t.uses, t.expires_at));
                 let cert: MembershipCert =
                     serde_json::from_str(body).map_err(|e| format!("certificate body: {e}"))?;
                 if let Some(i) = cert.share_index
-                    && self.holders().contains_key(&i)
+                    && self.claimed_indices().contains(&i)
                 {
                     return Err(refusal!("share index {i} is taken"));
                 }
@@ -310,12 +351,12 @@ impl Keys {
         bzzz_crypto::seal::parse_recipient(&age_recipient).map_err(|e| e.to_string())?;
         // A random free index: two members admitting at once are unlikely
         // to collide, and signers refuse an index already taken.
-        let taken = self.holders();
+        let taken = self.claimed_indices();
         let index = loop {
             let mut b = [0u8; 2];
             getrandom::fill(&mut b).map_err(|e| e.to_string())?;
             let i = u16::from_le_bytes(b).max(1);
-            if !taken.contains_key(&i) {
+            if !taken.contains(&i) {
                 break i;
             }
         };
@@ -360,6 +401,7 @@ impl Keys {
             cert: records::signed(text, &raw),
             sealed_share: None,
             share_index: None,
+            epoch: c.epoch_record.clone(),
         })
     }
 }

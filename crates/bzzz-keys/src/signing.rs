@@ -17,18 +17,12 @@ impl Keys {
         let c = self
             .cluster()
             .ok_or_else(|| err(ErrorKind::Conflict, "the cluster is not initialized yet"))?;
-        // Certificates spend join token uses, which signers count; only the
-        // holders dealt at setup sign them, so any two signing quorums
-        // overlap whenever 2t > n and a use cannot be spent twice.
-        let genesis_only = matches!(purpose, SignPurpose::Certificate { .. });
-        let holders: BTreeMap<NodeId, u16> = self
-            .holders()
-            .into_iter()
-            .filter(|(i, _)| !genesis_only || c.genesis.holders.iter().any(|h| h.index == *i))
-            .map(|(i, n)| (n, i))
-            .collect();
+        // The current key epoch's holders sign; signers refuse any other
+        // epoch's requests.
+        let holders: BTreeMap<NodeId, u16> =
+            c.holders.iter().map(|(i, n)| (n.clone(), *i)).collect();
         let explicit = signers.is_some();
-        let t = usize::from(c.genesis.threshold);
+        let t = usize::from(c.threshold.max(1));
         // Candidates: the given signers exactly, or every holder in reach
         // (this node first); round 1 goes to all of them and the first t
         // that commit sign, so a holder that just died costs nothing.
@@ -42,6 +36,17 @@ impl Keys {
                     if !out.iter().any(|(m, _)| m == &n) {
                         out.push((n, *i));
                     }
+                }
+                if out.len() < t {
+                    return Err(err(
+                        ErrorKind::Invalid,
+                        format!(
+                            "{} signers named, {t} needed (key epoch {}: {t} of {})",
+                            out.len(),
+                            c.epoch,
+                            holders.len()
+                        ),
+                    ));
                 }
                 out
             }
@@ -63,9 +68,11 @@ impl Keys {
                     return Err(err(
                         ErrorKind::Unavailable,
                         format!(
-                            "{} share holders reachable, {} needed for an admin signature",
+                            "{} of {} share holders reachable, {t} needed for an admin \
+                             signature (key epoch {})",
                             out.len(),
-                            c.genesis.threshold
+                            holders.len(),
+                            c.epoch
                         ),
                     ));
                 }
@@ -82,6 +89,7 @@ impl Keys {
                     session: session.clone(),
                     purpose: purpose.clone(),
                     coordinator_cert: Some(c.cert.clone()),
+                    epoch: c.epoch,
                 },
             )
         }))

@@ -252,8 +252,18 @@ async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
         .await
         .expect_err("wrong password");
     assert_eq!(refused.kind, ErrorKind::Peer, "{refused}");
-    // A node whose certificate grants a share it holds needs no enrollment.
-    assert_eq!(k.try_enroll().await, EnrollOutcome::Settled);
+    // A lone holder: custody needs no re-deal, and the status warns that
+    // this node alone holds the key.
+    assert!(k.next_plan(None).expect("plan").is_none());
+    let st = k.status();
+    assert_eq!(
+        (st.epoch, st.policy.as_deref()),
+        (Some(0), Some("majority"))
+    );
+    assert!(
+        st.warnings.iter().any(|w| w.contains("only this node")),
+        "{st:?}"
+    );
 }
 
 #[test]

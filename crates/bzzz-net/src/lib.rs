@@ -103,6 +103,9 @@ pub struct LocalInfo {
     /// Set while joining with a token (before membership): only peers with
     /// a certificate under this cluster admin key enter the view.
     pub joining: Option<[u8; 32]>,
+    /// Members removed from the cluster (admin-signed removals committed
+    /// through Raft): refused and disconnected like strangers.
+    pub revoked: std::collections::BTreeSet<NodeId>,
 }
 
 /// This node's membership: the cluster admin key and its certificate.

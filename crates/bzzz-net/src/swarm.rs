@@ -350,13 +350,33 @@ impl Node {
     /// then leave.
     fn on_local_change(&mut self) {
         self.announce_due = true;
-        let membership = self.local.borrow().membership.clone();
+        let (membership, revoked) = {
+            let l = self.local.borrow();
+            (l.membership.clone(), l.revoked.clone())
+        };
         if let Some(m) = membership {
             let deadline = Instant::now() + self.cfg.announce_interval * 2;
             for e in self.view.values_mut() {
-                if e.prove_by.is_none() && member_error(&m.admin_public_key, &e.ann).is_some() {
+                if e.prove_by.is_none()
+                    && member_error(&m.admin_public_key, &revoked, &e.ann).is_some()
+                {
                     e.prove_by = Some(deadline);
                 }
+            }
+        }
+        // Removed members leave at once; their links close after the join
+        // grace (time enough to be told, with the signed removal, why).
+        let gone: Vec<PeerId> = self
+            .view
+            .iter()
+            .filter(|(_, e)| revoked.contains(&e.ann.node_id))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in gone {
+            self.leave(&p, "removed from the cluster");
+            self.known.remove(&p);
+            if self.swarm.is_connected(&p) {
+                self.unproven.entry(p).or_insert_with(Instant::now);
             }
         }
     }
@@ -829,15 +849,26 @@ impl Node {
         if signer == self.local_peer {
             return Ignore;
         }
-        let required = {
+        let (required, revoked) = {
             let l = self.local.borrow();
-            l.membership
-                .as_ref()
-                .map(|m| m.admin_public_key)
-                .or(l.joining)
+            (
+                l.membership
+                    .as_ref()
+                    .map(|m| m.admin_public_key)
+                    .or(l.joining),
+                l.revoked.contains(&ann.node_id),
+            )
         };
+        if revoked {
+            if self.refused_logged.insert(signer) {
+                warn!(peer = %signer, "refused peer: removed from the cluster");
+            }
+            self.known.remove(&signer);
+            self.unproven.entry(signer).or_insert_with(Instant::now);
+            return Reject;
+        }
         if let Some(pk) = required
-            && let Some(why) = member_error(&pk, &ann)
+            && let Some(why) = member_error(&pk, &Default::default(), &ann)
         {
             // A peer that was in the view before this node gained
             // membership gets until its `prove_by` to re-announce with a
@@ -984,7 +1015,14 @@ fn build_behaviour(
 
 /// Why an announcement does not prove membership of our cluster, if it
 /// does not.
-fn member_error(admin_public_key: &[u8; 32], ann: &Announcement) -> Option<String> {
+fn member_error(
+    admin_public_key: &[u8; 32],
+    revoked: &std::collections::BTreeSet<bzzz_proto::NodeId>,
+    ann: &Announcement,
+) -> Option<String> {
+    if revoked.contains(&ann.node_id) {
+        return Some("removed from the cluster".into());
+    }
     let Some(cert) = &ann.membership else {
         return Some("no membership certificate".into());
     };

@@ -183,6 +183,16 @@ pub struct KeysStatus {
     pub share_error: Option<String>,
     pub holders: Vec<crate::cluster::ShareHolder>,
     pub setup_pending: bool,
+    /// The current key epoch (0: the sharing dealt at setup).
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// `majority` or `fixed:T`.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Warnings about the admin key's custody (e.g. only one node holds
+    /// it).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `POST /api/v1/keys/sign` body.
@@ -285,4 +295,28 @@ pub struct DeployStarted {
     pub hosts: Vec<String>,
     /// Path of the run's event stream (Server-Sent Events).
     pub events: String,
+}
+
+/// One member as `GET /api/v1/members` lists it (`bzzz member ls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub node_id: NodeId,
+    /// `member` (in sight), `gone` (out of sight) or `removed`.
+    pub state: String,
+    /// Its share index in the current key epoch, if it holds one.
+    pub share_index: Option<u16>,
+    /// `leader`, `voter`, `learner` or `none` (not in Raft).
+    pub raft: String,
+    /// The node answering.
+    pub this_node: bool,
+    /// Seconds since the answering node last saw it (gone members).
+    pub gone_secs: Option<u64>,
+}
+
+/// `POST /api/v1/keys/policy` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// `majority` or `fixed:T`.
+    pub policy: String,
 }

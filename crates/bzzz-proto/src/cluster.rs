@@ -71,6 +71,10 @@ pub struct Genesis {
     /// Public commitment to the sharing polynomial (hex): lets every node
     /// check any share, and compute the public share of any index.
     pub commitment: String,
+    /// The threshold policy chosen at setup (records written before
+    /// policies: `None`, read as the threshold they name, fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<KeyPolicy>,
     /// Argon2id PHC string of the operator credential. Nodes check operator
     /// requests against it; it is not secret, but it is a brute-force target,
     /// hence the memory-hard hash.
@@ -134,14 +138,169 @@ pub fn validate_cluster_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Default share threshold for `n` shares: ⌈n/2⌉+1, but never more than n
-/// (SPEC §3). One share means threshold one.
+/// Default share threshold for `n` shares: a majority, ⌊n/2⌋ + 1 (2 of 3,
+/// 3 of 5, 4 of 7; SPEC §3). One share means threshold one.
 pub fn default_threshold(n: u16) -> u16 {
-    if n <= 2 {
-        n.max(1)
-    } else {
-        (n.div_ceil(2) + 1).min(n)
+    KeyPolicy::Majority.threshold(n)
+}
+
+/// How the admin key's threshold follows the number of share holders
+/// (SPEC §3). Kept in the signed records (genesis, key epochs); written
+/// `majority` or `fixed:T`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyPolicy {
+    /// t = ⌊n/2⌋ + 1.
+    #[default]
+    Majority,
+    /// t = T, clamped to the holder count, and never below 2 while there
+    /// are two holders or more (so no share is ever the whole key on two
+    /// nodes). T is at least 2.
+    Fixed(u16),
+}
+
+impl KeyPolicy {
+    /// The threshold for `n` holders.
+    pub fn threshold(self, n: u16) -> u16 {
+        let n = n.max(1);
+        match self {
+            KeyPolicy::Majority => n / 2 + 1,
+            KeyPolicy::Fixed(t) => t.clamp(n.min(2), n),
+        }
     }
+}
+
+impl std::fmt::Display for KeyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyPolicy::Majority => f.write_str("majority"),
+            KeyPolicy::Fixed(t) => write!(f, "fixed:{t}"),
+        }
+    }
+}
+
+impl std::str::FromStr for KeyPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "majority" {
+            return Ok(Self::Majority);
+        }
+        let t = s
+            .strip_prefix("fixed:")
+            .ok_or_else(|| format!("{s:?} is not a key policy: use `majority` or `fixed:T`"))?;
+        let t: u16 = t
+            .parse()
+            .map_err(|_| format!("{s:?}: T must be a whole number from 2 to 255"))?;
+        if !(2..=255).contains(&t) {
+            return Err(format!(
+                "{s:?}: T must be from 2 to 255 (a threshold of 1 makes every share the whole key)"
+            ));
+        }
+        Ok(Self::Fixed(t))
+    }
+}
+
+impl Serialize for KeyPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One epoch of the admin key's custody: who holds shares, with what
+/// threshold, and the public commitment every share is checked against.
+/// Signed by the admin key (threshold, by holders of the epoch before)
+/// and committed through Raft; epoch 0 is the genesis record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEpoch {
+    pub v: u32,
+    pub cluster: String,
+    pub admin_public_key: String,
+    /// 1, 2, … (the genesis record is epoch 0).
+    pub epoch: u64,
+    pub policy: KeyPolicy,
+    pub threshold: u16,
+    /// Share holders by index (sorted, distinct indexes and nodes).
+    pub holders: Vec<ShareHolder>,
+    /// Public commitment of the new sharing (hex).
+    pub commitment: String,
+    /// The dealers (previous epoch's share indexes) and their commitments
+    /// (hex): anyone can recompute `commitment` from them and the
+    /// previous epoch's commitment.
+    pub dealt_by: std::collections::BTreeMap<u16, String>,
+    /// Unix seconds.
+    pub issued_at: u64,
+}
+
+impl KeyEpoch {
+    /// Bounds and shape (the signature and the commitment are checked by
+    /// the caller).
+    pub fn validate(&self) -> Result<(), String> {
+        if self.epoch == 0 {
+            return Err("key epoch 0 is the genesis record".into());
+        }
+        if self.holders.is_empty() || self.holders.len() > MAX_HOLDERS {
+            return Err(format!("a key epoch has 1 to {MAX_HOLDERS} holders"));
+        }
+        let n = u16::try_from(self.holders.len()).map_err(|_| "too many holders")?;
+        if self.threshold != self.policy.threshold(n) {
+            return Err(format!(
+                "threshold {} does not follow the policy {} for {n} holders",
+                self.threshold, self.policy
+            ));
+        }
+        let mut idx = std::collections::BTreeSet::new();
+        let mut nodes = std::collections::BTreeSet::new();
+        for h in &self.holders {
+            if h.index == 0 || !idx.insert(h.index) || !nodes.insert(&h.node_id) {
+                return Err(format!("holder index {} or node listed twice", h.index));
+            }
+        }
+        if self.dealt_by.is_empty() || self.dealt_by.len() > MAX_HOLDERS {
+            return Err("a key epoch names its dealers".into());
+        }
+        Ok(())
+    }
+
+    /// Holders as a map index → node.
+    pub fn holder_map(&self) -> std::collections::BTreeMap<u16, NodeId> {
+        self.holders
+            .iter()
+            .map(|h| (h.index, h.node_id.clone()))
+            .collect()
+    }
+}
+
+/// Most share holders in one epoch.
+pub const MAX_HOLDERS: usize = 255;
+
+/// A re-deal to run: the next epoch's holders (with their certificates,
+/// which bind their age recipients) and threshold, and the current
+/// holders that deal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedealPlan {
+    /// The epoch being made.
+    pub epoch: u64,
+    pub policy: KeyPolicy,
+    pub threshold: u16,
+    pub holders: Vec<PlannedHolder>,
+    /// Share indexes of the current epoch's holders that deal (exactly the
+    /// current threshold's worth).
+    pub dealers: Vec<u16>,
+}
+
+/// A holder of the next epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlannedHolder {
+    pub index: u16,
+    pub node_id: NodeId,
+    /// Its membership certificate (names the index and its age recipient).
+    pub cert: Signed,
 }
 
 /// What a signer is asked to sign. Signers derive the message bytes from
@@ -168,6 +327,17 @@ pub enum SignPurpose {
         body: String,
         operator_password: WireSecret,
     },
+    /// A key epoch record ([`KeyEpoch`] JSON) made by a re-deal. Authorized
+    /// by the signers' own checks (holders follow membership, threshold
+    /// follows the policy, commitment follows from the dealers'); a policy
+    /// change also needs the operator credential.
+    KeyEpoch {
+        body: String,
+        /// Certificates of holders that are new in this epoch.
+        certs: Vec<Signed>,
+        #[serde(default)]
+        operator_password: Option<WireSecret>,
+    },
 }
 
 impl SignPurpose {
@@ -178,6 +348,7 @@ impl SignPurpose {
             SignPurpose::JoinToken { .. } => "join_token",
             SignPurpose::Certificate { .. } => "certificate",
             SignPurpose::AdminChange { .. } => "admin_change",
+            SignPurpose::KeyEpoch { .. } => "key_epoch",
         }
     }
 }
@@ -195,6 +366,9 @@ pub enum KeysRequest {
         /// have seen its announcement yet, e.g. right after setup).
         #[serde(default)]
         coordinator_cert: Option<Signed>,
+        /// The key epoch whose shares sign; signers refuse any other.
+        #[serde(default)]
+        epoch: u64,
     },
     /// Threshold signing round 2: sign the package (frost encoding, hex).
     SignShare {
@@ -227,6 +401,57 @@ pub enum KeysRequest {
         #[serde(default)]
         coordinator_cert: Option<Signed>,
     },
+    /// Re-deal step 1, to each dealer (a current holder): deal your
+    /// weighted share to the plan's holders.
+    RedealDeal {
+        session: String,
+        plan: RedealPlan,
+        #[serde(default)]
+        coordinator_cert: Option<Signed>,
+        /// The operator credential, when the plan changes the policy.
+        #[serde(default)]
+        operator_password: Option<WireSecret>,
+    },
+    /// Re-deal step 2, to each holder of the plan: the dealers'
+    /// commitments and your sub-shares (each sealed to you); check, sum,
+    /// keep the result as the pending share of `plan.epoch`.
+    RedealReceive {
+        session: String,
+        plan: RedealPlan,
+        /// The current epoch's record (genesis for epoch 0 is known to
+        /// every member; `None` then).
+        current: Option<Signed>,
+        commitments: std::collections::BTreeMap<u16, String>,
+        sealed: Vec<(u16, Vec<u8>)>,
+        /// Join token uses the dealers recorded (id, uses, expiry), so new
+        /// holders keep counting them.
+        #[serde(default)]
+        token_uses: Vec<(String, u32, u64)>,
+        #[serde(default)]
+        coordinator_cert: Option<Signed>,
+    },
+    /// Is this node still a member? (Asked of peers at start: a removed
+    /// node is told so, with the signed removal.)
+    Standing,
+}
+
+/// Re-deal messages (appended to [`KeysRequest`]'s variants).
+impl KeysRequest {
+    /// The request without secrets, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeysRequest::Install(_) => "install",
+            KeysRequest::SignCommit { .. } => "sign_commit",
+            KeysRequest::SignShare { .. } => "sign_share",
+            KeysRequest::Join { .. } => "join",
+            KeysRequest::Enroll { .. } => "enroll",
+            KeysRequest::EnrollDeltas { .. } => "enroll_deltas",
+            KeysRequest::EnrollSigma { .. } => "enroll_sigma",
+            KeysRequest::RedealDeal { .. } => "redeal_deal",
+            KeysRequest::RedealReceive { .. } => "redeal_receive",
+            KeysRequest::Standing => "standing",
+        }
+    }
 }
 
 /// What a node receives at setup or when it joins.
@@ -238,6 +463,9 @@ pub struct InstallBundle {
     /// node's recipient. `None` when the node joins without a share.
     pub sealed_share: Option<Vec<u8>>,
     pub share_index: Option<u16>,
+    /// The current key epoch's record, when past genesis.
+    #[serde(default)]
+    pub epoch: Option<Signed>,
 }
 
 /// Responses of the keys protocol.
@@ -269,6 +497,28 @@ pub enum KeysResponse {
     Enrolled {
         index: u16,
         sealed_sigmas: Vec<Vec<u8>>,
+    },
+    /// Re-deal step 1 answer: the dealer's commitment and the sub-shares,
+    /// each sealed to its holder, by holder index; and its token uses.
+    Dealt {
+        index: u16,
+        commitment: String,
+        sealed: Vec<(u16, Vec<u8>)>,
+        token_uses: Vec<(String, u32, u64)>,
+    },
+    /// Re-deal step 2 answer: the pending share of `epoch` is stored.
+    Received {
+        index: u16,
+        epoch: u64,
+    },
+    /// `Standing` answer for a member: the responder's key epoch.
+    Standing {
+        epoch: u64,
+    },
+    /// The requester was removed from the cluster: the admin-signed
+    /// removal ([`AdminChange`] with [`AdminAction::RemoveMember`]).
+    Removed {
+        change: Signed,
     },
     /// Refused; `reason` is shown to the operator, `code` says why to a
     /// program and `retry` whether asking again (later, or another peer)
@@ -423,6 +673,9 @@ pub enum AdminAction {
     /// Set (or, with `None`, clear) a membership rule, e.g.
     /// `max_members: "16"`.
     SetRule { name: String, value: Option<String> },
+    /// Remove a member for good: every node refuses it, Raft drops it, the
+    /// admin key is re-dealt without it.
+    RemoveMember { node_id: NodeId },
 }
 
 impl AdminAction {
@@ -435,6 +688,7 @@ impl AdminAction {
                 Some(v) => format!("set rule {name} = {v}"),
                 None => format!("clear rule {name}"),
             },
+            AdminAction::RemoveMember { node_id } => format!("remove member {node_id}"),
         }
     }
 }
@@ -462,10 +716,26 @@ mod tests {
     fn default_thresholds_follow_the_spec() {
         assert_eq!(default_threshold(1), 1);
         assert_eq!(default_threshold(2), 2);
-        assert_eq!(default_threshold(3), 3);
+        assert_eq!(default_threshold(3), 2);
         assert_eq!(default_threshold(4), 3);
-        assert_eq!(default_threshold(5), 4);
-        assert_eq!(default_threshold(7), 5);
+        assert_eq!(default_threshold(5), 3);
+        assert_eq!(default_threshold(7), 4);
+        assert_eq!(KeyPolicy::Fixed(4).threshold(3), 3);
+        assert_eq!(KeyPolicy::Fixed(2).threshold(1), 1);
+        assert_eq!(KeyPolicy::Fixed(3).threshold(9), 3);
+    }
+
+    #[test]
+    fn key_policies_parse_and_print() {
+        for s in ["majority", "fixed:2", "fixed:17"] {
+            let p: KeyPolicy = s.parse().expect(s);
+            assert_eq!(p.to_string(), s);
+            let j = serde_json::to_string(&p).expect("json");
+            assert_eq!(serde_json::from_str::<KeyPolicy>(&j).expect("back"), p);
+        }
+        for bad in ["", "fixed:1", "fixed:0", "fixed:x", "most", "fixed:256"] {
+            assert!(bad.parse::<KeyPolicy>().is_err(), "{bad}");
+        }
     }
 
     #[test]

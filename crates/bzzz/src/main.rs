@@ -4,7 +4,9 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use bzzz::cli::{Cli, Cmd, ConfigCmd, KeysCmd, ModelCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd};
+use bzzz::cli::{
+    Cli, Cmd, ConfigCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd,
+};
 use bzzz::config::{self, Config, LogFormat, Overrides};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -78,6 +80,13 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Keys {
             cmd: KeysCmd::Sign(a),
         } => report(bzzz::cli::keys::keys_sign(&a).await),
+        Cmd::Keys {
+            cmd: KeysCmd::Policy(a),
+        } => report(bzzz::cli::members::policy(&a).await),
+        Cmd::Member { cmd } => report(match cmd {
+            MemberCmd::Ls(a) => bzzz::cli::members::ls(&a).await,
+            MemberCmd::Remove(a) => bzzz::cli::members::remove(&a).await,
+        }),
         Cmd::Token {
             cmd: TokenCmd::Create(a),
         } => report(bzzz::cli::keys::token_create(&a).await),

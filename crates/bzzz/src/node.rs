@@ -155,7 +155,6 @@ pub async fn run(
         tracker.clone(),
         cancel.clone(),
     ));
-    tracker.spawn(crate::keys::enrollment_task(keys.clone(), cancel.clone()));
     let started = Instant::now();
     let control = crate::control::ControlCell::default();
     tracker.spawn(crate::control::serve(
@@ -208,6 +207,12 @@ pub async fn run(
         local_tx.clone(),
     ));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
+    tracker.spawn(crate::control::custody(
+        keys.clone(),
+        control.clone(),
+        fatal_tx.clone(),
+        cancel.clone(),
+    ));
     if let (Some(token), Some(body)) = (join_token, join) {
         if keys.is_initialized() {
             info!("already a cluster member; the join token is not needed");

@@ -11,6 +11,7 @@ pub mod client;
 pub mod control;
 pub mod deploy;
 pub mod keys;
+pub mod members;
 pub mod models;
 pub mod node;
 
@@ -84,6 +85,37 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ModelCmd,
     },
+    /// Cluster members (SPEC §3): list them; remove one for good (its
+    /// share is made useless by a re-deal).
+    Member {
+        #[command(subcommand)]
+        cmd: MemberCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCmd {
+    /// List members: state (member, gone, removed), share index, Raft role.
+    Ls(ReadArgs),
+    /// Remove a member (operator only): an admin-signed revocation; every
+    /// node refuses it, Raft drops it, the admin key is re-dealt without it.
+    Remove(MemberRemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MemberRemoveArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// The node id to remove (ask any other member's API).
+    pub node_id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// `majority` (t = ⌊n/2⌋ + 1) or `fixed:T` (T ≥ 2, clamped to n).
+    pub policy: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,6 +217,9 @@ pub enum KeysCmd {
     Status(ReadArgs),
     /// Have t share holders sign a message with the cluster admin key (operator only).
     Sign(SignArgs),
+    /// Change the threshold policy (operator only): `majority` or
+    /// `fixed:T`; the admin key is re-dealt in a new key epoch.
+    Policy(PolicyArgs),
 }
 
 #[derive(Debug, Subcommand)]

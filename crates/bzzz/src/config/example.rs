@@ -83,6 +83,9 @@ control:
   planner_interval: {plan}
   # A voter out of sight keeps its seat this long.
   voter_grace: {grace}
+  # A member out of sight this long leaves Raft (it keeps its certificate
+  # and key share until the operator removes it: `bzzz member remove`).
+  evict_after: {evict}
   # Node score = vram·vram_gib + ram·ram_gib + cores·cpu_core
   #   + disk_free·disk_free_gib + min(uptime, cap)·uptime_hour
   #   − load_per_core·load − rtt_ms·link_ms   (sizes in GiB)
@@ -146,6 +149,7 @@ serve:
         emax = d(k.election_timeout_max),
         plan = d(k.planner_interval),
         grace = d(k.voter_grace),
+        evict = d(k.evict_after),
         w_vram = k.weights.vram_gib,
         w_ram = k.weights.ram_gib,
         w_cpu = k.weights.cpu_core,

@@ -112,6 +112,11 @@ pub struct ControlFile {
     /// A voter out of sight keeps its seat (at its last score) this long.
     #[serde(with = "humantime_serde")]
     pub voter_grace: Duration,
+    /// A member out of sight this long is dropped from Raft's voters and
+    /// learners by the leader (it keeps its certificate and share until
+    /// the operator removes it).
+    #[serde(with = "humantime_serde")]
+    pub evict_after: Duration,
     /// Score weights.
     pub weights: bzzz_control::score::Weights,
     /// Hysteresis: `margin` (relative), `min_margin` (absolute),
@@ -127,6 +132,7 @@ impl Default for ControlFile {
             election_timeout_max: Duration::from_millis(300),
             planner_interval: Duration::from_millis(500),
             voter_grace: Duration::from_secs(30),
+            evict_after: Duration::from_secs(24 * 3600),
             weights: Default::default(),
             leadership: Default::default(),
         }
@@ -139,6 +145,7 @@ pub struct ControlSettings {
     pub raft: openraft::Config,
     pub planner_interval: Duration,
     pub voter_grace: Duration,
+    pub evict_after: Duration,
     pub context: bzzz_control::slurp::Context,
 }
 
@@ -194,6 +201,7 @@ pub(super) fn validate_control(c: &ControlFile) -> Result<ControlSettings, Confi
         raft,
         planner_interval: positive("control.planner_interval", c.planner_interval)?,
         voter_grace: positive("control.voter_grace", c.voter_grace)?,
+        evict_after: positive("control.evict_after", c.evict_after)?,
         context: bzzz_control::slurp::Context {
             weights: c.weights.clone(),
             policy: p.clone(),

@@ -284,6 +284,35 @@ impl Control {
         out
     }
 
+    /// Members that must leave Raft: removed by the operator (admin-signed,
+    /// in the state), or out of sight longer than `control.evict_after`
+    /// (operations; the member keeps its certificate and share). Time out
+    /// of sight counts from when this leader last saw it, or from when it
+    /// took office.
+    pub(super) fn gone_members(
+        &self,
+        voters: &BTreeSet<NodeId>,
+        learners: &BTreeSet<NodeId>,
+    ) -> BTreeSet<NodeId> {
+        let mut gone: BTreeSet<NodeId> =
+            self.sm.with_state(|s| s.removed.keys().cloned().collect());
+        let now = Instant::now();
+        let mut seen = lock(&self.last_seen);
+        for n in voters.iter().chain(learners) {
+            if *n == self.node_id {
+                continue;
+            }
+            let (_, at) = *seen.entry(n.clone()).or_insert((0.0, now));
+            if now.duration_since(at) > self.settings.evict_after {
+                if !gone.contains(n) {
+                    debug!(node = %n, "out of sight longer than control.evict_after; evicted from Raft");
+                }
+                gone.insert(n.clone());
+            }
+        }
+        gone
+    }
+
     /// One leader tick: genesis, Raft membership, planners, leadership.
     pub(super) async fn lead(
         self: &Arc<Self>,
@@ -323,13 +352,30 @@ impl Control {
             .map(|(id, _)| id.clone())
             .collect();
         let scores = self.voter_scores(&observed);
+        let gone = self.gone_members(&voters, &learners);
         let plan = slurp::plan_membership(
             &healthy,
             &voters,
             &learners,
             &scores,
+            &gone,
             &self.settings.context.policy,
         );
+        if !plan.remove.is_empty() {
+            let ids: BTreeSet<NodeIdU64> = plan.remove.iter().map(raft_id).collect();
+            info!(nodes = ?plan.remove.iter().map(NodeId::short).collect::<Vec<_>>(), "dropping removed or evicted members from Raft");
+            match tokio::time::timeout(
+                WRITE_TIMEOUT,
+                self.raft
+                    .change_membership(openraft::ChangeMembers::RemoveNodes(ids), false),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => debug!("remove learners: {e}"),
+                Err(_) => debug!("remove learners timed out"),
+            }
+        }
         for n in &plan.add_learners {
             let (id, node) = raft_node(n);
             match tokio::time::timeout(WRITE_TIMEOUT, self.raft.add_learner(id, node, false)).await

@@ -99,12 +99,14 @@ impl std::fmt::Debug for Control {
 /// Where the control plane lives once started (set once).
 pub type ControlCell = Arc<OnceLock<Arc<Control>>>;
 
+mod custody;
 mod detector;
 mod inbound;
 mod leader;
 mod network;
 mod view;
 
+pub use custody::custody;
 pub use inbound::serve;
 pub use leader::{initial_voters, run, step_down};
 use network::Net;

@@ -16,6 +16,7 @@ pub mod control;
 pub mod deploy;
 pub mod inference;
 pub mod keys;
+pub mod members;
 pub mod models;
 pub mod ollama;
 pub mod openapi;
@@ -158,6 +159,7 @@ pub fn routes() -> Vec<Route> {
     let mut all = Vec::new();
     all.extend(status::routes());
     all.extend(keys::routes());
+    all.extend(members::routes());
     all.extend(control::routes());
     all.extend(deploy::routes());
     all.extend(models::routes());

@@ -27,6 +27,10 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/v1/keys"),
     ("GET", "/api/v1/roles"),
     ("GET", "/api/v1/registry"),
+    // Members and the cluster picture: ids, states, share indexes (public
+    // data, like the peers list).
+    ("GET", "/api/v1/members"),
+    ("GET", "/cluster"),
     // Models: the registry and each copy's state (no secrets).
     ("GET", "/api/v1/models"),
     ("GET", "/api/v1/models/{name}"),

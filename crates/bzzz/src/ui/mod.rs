@@ -6,6 +6,7 @@
 //! routes in [`routes`] and an entry in [`NAV`].
 
 pub mod admin;
+pub mod cluster;
 pub mod deploy;
 pub mod models;
 pub mod overview;
@@ -23,6 +24,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(overview::routes());
     all.extend(setup::routes());
     all.extend(admin::routes());
+    all.extend(cluster::routes());
     all.extend(deploy::routes());
     all.extend(models::routes());
     all
@@ -35,6 +37,7 @@ pub const NAV: &[(&str, &str)] = &[
     ("/admin", "Administration"),
     ("/deploy", "Deploy"),
     ("/models", "Models"),
+    ("/cluster", "Cluster"),
 ];
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\

@@ -1,0 +1,94 @@
+//! `bzzz member ls|remove`, `bzzz keys policy`.
+
+use std::time::Duration;
+
+use bzzz_proto::api::{KeysStatus, MemberView, PolicyRequest};
+
+use super::client::{get, post, read_password_file, send};
+use super::{MemberRemoveArgs, PolicyArgs, ReadArgs};
+
+pub async fn ls(a: &ReadArgs) -> anyhow::Result<()> {
+    let list: Vec<MemberView> = get(&a.api, "/api/v1/members").await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&list)?);
+        return Ok(());
+    }
+    println!(
+        "{:<54} {:<8} {:<6} {:<8} note",
+        "NODE", "STATE", "SHARE", "RAFT"
+    );
+    for m in list {
+        let note = match (m.this_node, m.gone_secs) {
+            (true, _) => "this node".to_owned(),
+            (_, Some(s)) => format!("gone for {}", human(s)),
+            _ => String::new(),
+        };
+        println!(
+            "{:<54} {:<8} {:<6} {:<8} {note}",
+            m.node_id.as_str(),
+            m.state,
+            m.share_index.map_or("-".into(), |i| i.to_string()),
+            m.raft
+        );
+    }
+    Ok(())
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
+}
+
+pub async fn remove(a: &MemberRemoveArgs) -> anyhow::Result<()> {
+    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let r: Option<serde_json::Value> = send(
+        &a.op.api,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/members/{}", a.node_id),
+        None,
+        Some(&password),
+        Duration::from_secs(60),
+        false,
+    )
+    .await?;
+    let r = r.unwrap_or_default();
+    if a.op.json {
+        println!("{r}");
+    } else if r["already"] == true {
+        println!("{} was already removed.", a.node_id);
+    } else {
+        println!(
+            "{} removed: every node refuses it, Raft drops it, and the admin key is re-dealt without it.",
+            a.node_id
+        );
+    }
+    Ok(())
+}
+
+pub async fn policy(a: &PolicyArgs) -> anyhow::Result<()> {
+    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let s: KeysStatus = post(
+        &a.op.api,
+        "/api/v1/keys/policy",
+        &PolicyRequest {
+            policy: a.policy.clone(),
+        },
+        Some(&password),
+    )
+    .await?;
+    if a.op.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "key policy {}: {} of {} (key epoch {})",
+            s.policy.unwrap_or_default(),
+            s.threshold.unwrap_or(0),
+            s.shares.unwrap_or(0),
+            s.epoch.unwrap_or(0)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Members and key custody over HTTP: the member list (`member`, `gone`,
+//! `removed`, share index, Raft role), member removal (an admin-signed
+//! revocation committed through Raft; the rest re-deal at once), and the
+//! key policy (`majority` or `fixed:T`; changing it re-deals).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{LazyLock, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use bzzz_proto::NodeId;
+use bzzz_proto::api::{MemberView, PolicyRequest};
+use bzzz_proto::cluster::{AdminAction, AdminChange, KeyPolicy, RECORD_VERSION};
+use serde_json::json;
+
+use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
+
+type S = State<Shared>;
+
+pub fn routes() -> Vec<Route> {
+    use Permission::{Operator, Public};
+    vec![
+        Route::api(
+            Method::GET,
+            "/api/v1/members",
+            Public,
+            get(api_members),
+            json!({"summary": "Cluster members as this node sees them: state (member, gone, removed), share index in the current key epoch, Raft role", "operationId": "members",
+                "responses": {"200": {"description": "[{node_id, state, share_index, raft, this_node, gone_secs}]"}}}),
+        ),
+        Route::api(
+            Method::DELETE,
+            "/api/v1/members/{id}",
+            Operator,
+            delete(api_member_remove),
+            json!({"summary": "Remove a member for good (operator): an admin-signed (threshold) revocation committed through Raft; every node refuses it, Raft drops it, the admin key is re-dealt without it", "operationId": "memberRemove",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{node_id, removed}"}, "404": {"description": "Not a member"}, "422": {"description": "Refused (e.g. this node itself)"}, "503": {"description": "Too few share holders or no leader"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/keys/policy",
+            Operator,
+            post(api_policy),
+            json!({"summary": "Change the admin key's threshold policy (operator): `majority` or `fixed:T`; the key is re-dealt in a new epoch", "operationId": "keysPolicy",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["policy"], "properties": {"policy": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "The key status after the change"}, "422": {"description": "Not a policy"}, "503": {"description": "Too few holders reachable"}}}),
+        ),
+    ]
+}
+
+/// When this process last saw each node (for "gone for N h"); counts
+/// from the process start for nodes it never saw.
+static SEEN: LazyLock<Mutex<(Instant, BTreeMap<NodeId, Instant>)>> =
+    LazyLock::new(|| Mutex::new((Instant::now(), BTreeMap::new())));
+
+/// Every member this node knows of: itself, the peers in its view, the
+/// key epoch's holders, Raft's voters and learners, the inventory, and
+/// removed members.
+pub fn member_views(st: &Shared) -> Vec<MemberView> {
+    let me = st.net.local_id().clone();
+    let snap = st.net.snapshot();
+    let in_sight: BTreeSet<NodeId> = snap
+        .peers
+        .iter()
+        .filter(|p| p.proven)
+        .map(|p| p.announcement.node_id.clone())
+        .chain([me.clone()])
+        .collect();
+    let holders = st.keys.holders();
+    let index_of = |n: &NodeId| holders.iter().find(|(_, h)| *h == n).map(|(i, _)| *i);
+    let mut all: BTreeSet<NodeId> = in_sight.clone();
+    all.extend(holders.values().cloned());
+    let mut roles: BTreeMap<NodeId, &'static str> = BTreeMap::new();
+    let mut removed = st.keys.removed();
+    if let Some(c) = st.control.get() {
+        let m = c.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership().clone();
+        let addr = |id: u64| mem.get_node(&id).and_then(|n| NodeId::parse(&n.addr).ok());
+        for v in mem.learner_ids() {
+            if let Some(n) = addr(v) {
+                roles.insert(n, "learner");
+            }
+        }
+        for v in mem.voter_ids() {
+            if let Some(n) = addr(v) {
+                let role = if m.current_leader == Some(v) {
+                    "leader"
+                } else {
+                    "voter"
+                };
+                roles.insert(n, role);
+            }
+        }
+        all.extend(roles.keys().cloned());
+        c.with_state(|s| {
+            all.extend(s.nodes.keys().cloned());
+            for (n, r) in &s.removed {
+                removed.entry(n.clone()).or_insert_with(|| r.clone());
+            }
+        });
+    }
+    all.extend(removed.keys().cloned());
+    let now = Instant::now();
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    for n in &in_sight {
+        seen.1.insert(n.clone(), now);
+    }
+    let start = seen.0;
+    all.into_iter()
+        .map(|n| {
+            let state = if removed.contains_key(&n) {
+                "removed"
+            } else if in_sight.contains(&n) {
+                "member"
+            } else {
+                "gone"
+            };
+            let gone_secs = (state == "gone").then(|| {
+                now.duration_since(*seen.1.get(&n).unwrap_or(&start))
+                    .as_secs()
+            });
+            MemberView {
+                share_index: if state == "removed" {
+                    None
+                } else {
+                    index_of(&n)
+                },
+                raft: roles.get(&n).copied().unwrap_or("none").to_owned(),
+                this_node: n == me,
+                gone_secs,
+                state: state.to_owned(),
+                node_id: n,
+            }
+        })
+        .collect()
+}
+
+async fn api_members(State(st): S) -> Response {
+    json(StatusCode::OK, &member_views(&st))
+}
+
+async fn api_member_remove(
+    State(st): S,
+    Operator(pw): Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let r = remove_member(&st, &pw, &id).await?;
+    Ok(json(StatusCode::OK, &r))
+}
+
+/// Removes a member: signs the revocation (threshold) and commits it.
+pub async fn remove_member(
+    st: &Shared,
+    pw: &bzzz_crypto::operator::OperatorPassword,
+    id: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let node = NodeId::parse(id)
+        .map_err(|e| ApiError::invalid(format!("{id:?} is not a node id: {e}")))?;
+    if &node == st.net.local_id() {
+        return Err(ApiError::invalid(
+            "a node cannot remove itself; ask another member's API",
+        ));
+    }
+    let views = member_views(st);
+    let Some(v) = views.iter().find(|v| v.node_id == node) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{node} is not a member of this cluster"),
+        ));
+    };
+    if v.state == "removed" {
+        return Ok(json!({"node_id": node, "removed": true, "already": true}));
+    }
+    let control = st.control.get().ok_or_else(ApiError::no_control)?;
+    let cluster = st
+        .keys
+        .cluster()
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the cluster is not initialized yet"))?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let change = AdminChange {
+        v: RECORD_VERSION,
+        cluster: cluster.genesis.cluster.clone(),
+        seq: now_ms.max(control.with_state(|s| s.admin_seq) + 1),
+        issued_at: bzzz_keys::unix_now(),
+        action: AdminAction::RemoveMember {
+            node_id: node.clone(),
+        },
+    };
+    let signed = st.keys.sign_admin_change(&change, pw).await?;
+    let r = control
+        .propose(bzzz_control::raft::Command::Admin { change: signed })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    if let Some(why) = r.rejected {
+        return Err(ApiError::invalid(why));
+    }
+    tracing::info!(%node, "member removed by the operator");
+    Ok(json!({"node_id": node, "removed": true, "already": false}))
+}
+
+async fn api_policy(
+    State(st): S,
+    Operator(pw): Operator,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: PolicyRequest = parse(&body, "policy")?;
+    let policy: KeyPolicy = req.policy.parse().map_err(ApiError::invalid)?;
+    let control = st.control.get().ok_or_else(ApiError::no_control)?;
+    if let Some(plan) = st.keys.next_plan(Some(policy))? {
+        let record = st.keys.run_redeal(plan, Some(&pw)).await?;
+        control
+            .commit_epoch(&st.keys, record)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    }
+    Ok(json(StatusCode::OK, &st.keys.status()))
+}
