@@ -1,0 +1,406 @@
+//! Key custody follows membership (SPEC §3), with real node processes on
+//! 127.0.0.1: setup on a lone node, four joins with a token, the admin key
+//! re-dealt to 3 of 5 without ever being whole on two nodes, old shares
+//! erased, signing with exactly the named signers, holders killed, and a
+//! member removed (every view, Raft, a re-deal to 3 of 4, and the removed
+//! node told so when it comes back).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use bzzz_testkit::{LocalCluster, LocalOpts, wait_until};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "a long operator password";
+
+fn cli(args: &[&str]) -> Output {
+    bzzz_testkit::cli(BIN, args)
+}
+
+fn cli_json(args: &[&str]) -> Value {
+    bzzz_testkit::cli_json(BIN, args)
+}
+
+fn status(c: &LocalCluster, i: usize) -> Value {
+    cli_json(&["keys", "status", "--api", &c.nodes[i].api(), "--json"])
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Every node in `alive` reports threshold `t`, `n` shares, one epoch
+/// (returned) past `after`, a valid share where it holds one, and the
+/// holders' indexes are distinct.
+fn settled(c: &LocalCluster, alive: &[usize], t: u64, n: u64, after: u64) -> Option<u64> {
+    let mut epochs = BTreeSet::new();
+    for i in alive {
+        let s = status(c, *i);
+        if s["threshold"] != t || s["shares"] != n {
+            return None;
+        }
+        let e = s["epoch"].as_u64()?;
+        if e <= after {
+            return None;
+        }
+        if s["share_index"].is_u64() && s["share_state"] != "valid" {
+            return None;
+        }
+        let idx: BTreeSet<u64> = s["holders"]
+            .as_array()?
+            .iter()
+            .filter_map(|h| h["index"].as_u64())
+            .collect();
+        if idx.len() as u64 != n {
+            return None;
+        }
+        epochs.insert(e);
+    }
+    (epochs.len() == 1).then(|| epochs.into_iter().next().unwrap_or(0))
+}
+
+fn sign(c: &LocalCluster, via: usize, signers: &[usize], pw: &str) -> Output {
+    let ids: Vec<&str> = signers.iter().map(|i| c.nodes[*i].node_id()).collect();
+    let api = c.nodes[via].api();
+    let mut args = vec![
+        "keys",
+        "sign",
+        "--api",
+        &api,
+        "--operator-password-file",
+        pw,
+        "--message",
+        "custody",
+        "--json",
+    ];
+    let joined = ids.join(",");
+    if !signers.is_empty() {
+        args.extend(["--signers", &joined]);
+    }
+    cli(&args)
+}
+
+fn verify(pk_hex: &str, out: &Output) {
+    assert!(
+        out.status.success(),
+        "sign failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let pk: [u8; 32] = hex::decode(pk_hex).expect("hex").try_into().expect("32");
+    let sig: [u8; 64] = hex::decode(r["signature"].as_str().expect("sig"))
+        .expect("hex")
+        .try_into()
+        .expect("64");
+    let msg = hex::decode(r["signed_bytes_hex"].as_str().expect("bytes")).expect("hex");
+    bzzz_crypto::verify_ed25519(&pk, &msg, &sig).expect("verifies under the admin key");
+}
+
+fn page(api: &str, path: &str) -> String {
+    let addr = api.trim_start_matches("http://");
+    bzzz_testkit::http::get(addr, path).expect("page").1
+}
+
+fn members(c: &LocalCluster, i: usize) -> Vec<Value> {
+    cli_json(&["member", "ls", "--api", &c.nodes[i].api(), "--json"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Waits for a node process to exit by itself; returns its exit code.
+fn wait_exit(c: &mut LocalCluster, i: usize, within: Duration) -> Option<i32> {
+    let node = &mut c.nodes[i];
+    let r = wait_until(
+        "the node to exit",
+        within,
+        Duration::from_millis(100),
+        || node.try_wait(),
+    );
+    r.ok().and_then(|s| s.code())
+}
+
+#[test]
+fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
+    let mut c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    let pw = c.init(0, PASSWORD).expect("init");
+    // One node: it alone holds the key, and says so.
+    let s = status(&c, 0);
+    assert_eq!(
+        (s["threshold"].as_u64(), s["shares"].as_u64()),
+        (Some(1), Some(1)),
+        "{s}"
+    );
+    assert_eq!(
+        (s["epoch"].as_u64(), s["policy"].as_str()),
+        (Some(0), Some("majority"))
+    );
+    assert!(s["warnings"].to_string().contains("only this node"), "{s}");
+    let admin = s["admin_public_key"].as_str().expect("pk").to_owned();
+    let cluster_page = page(&c.nodes[0].api(), "/cluster");
+    assert!(
+        cluster_page.contains("only this node holds the admin key"),
+        "{cluster_page}"
+    );
+
+    // The lone node's share (sealed and unsealed), to look for later.
+    let key = bzzz_crypto::keyfile::load(&c.nodes[0].data_dir.join("node_key.json")).expect("key");
+    let age = bzzz_crypto::seal::AgeIdentity::derive(&key).expect("age");
+    let sealed0 = std::fs::read(c.nodes[0].data_dir.join("share.age")).expect("share");
+    let plain0 = age.open(&sealed0).expect("open").to_vec();
+    let scalar0 = frost_ed25519::keys::SecretShare::deserialize(&plain0)
+        .expect("share")
+        .signing_share()
+        .serialize();
+
+    // Four nodes join with one token.
+    let token = cli_json(&[
+        "token",
+        "create",
+        "--api",
+        &c.nodes[0].api(),
+        "--operator-password-file",
+        &pw,
+        "--uses",
+        "4",
+        "--json",
+    ])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    for _ in 0..4 {
+        c.add_node(&LocalOpts {
+            extra_args: vec!["--join-token".into(), token.clone()],
+        })
+        .expect("joiner");
+    }
+    let joined = Instant::now();
+    let all = [0, 1, 2, 3, 4];
+    let epoch = wait_until(
+        "every node at 3 of 5 in one key epoch",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || settled(&c, &all, 3, 5, 0),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    eprintln!(
+        "3 of 5 in epoch {epoch}, {:?} after the last join",
+        joined.elapsed()
+    );
+    for i in all {
+        let s = status(&c, i);
+        assert_eq!(
+            s["admin_public_key"],
+            admin.as_str(),
+            "the admin key never changes"
+        );
+        assert_eq!(s["share_state"], "valid", "{s}");
+    }
+
+    // No data dir holds a previous epoch's share: neither the lone node's
+    // share (sealed or open) nor any earlier epoch's file.
+    let mut files = Vec::new();
+    for n in &c.nodes {
+        files_under(&n.data_dir, &mut files);
+    }
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(rest) = name.strip_prefix("share.") {
+            assert!(
+                rest == format!("e{epoch}.age"),
+                "{} is a share file of another epoch",
+                f.display()
+            );
+        }
+        let bytes = std::fs::read(f).unwrap_or_default();
+        for (what, needle) in [
+            ("sealed", &sealed0[..]),
+            ("open", &plain0[..]),
+            ("scalar", &scalar0[..]),
+        ] {
+            assert!(
+                !contains(&bytes, needle),
+                "{} holds the old share ({what})",
+                f.display()
+            );
+        }
+    }
+
+    // Exactly the named signers: 3 sign, 2 cannot.
+    verify(&admin, &sign(&c, 1, &[0, 2, 4], &pw));
+    let two = sign(&c, 1, &[0, 2], &pw);
+    assert!(!two.status.success());
+    let err = String::from_utf8_lossy(&two.stderr);
+    assert!(err.contains("2 signers named, 3 needed"), "{err}");
+
+    // Two holders killed (not the leader): a role change still succeeds.
+    let leader = cli_json(&["leader", "--api", &c.nodes[0].api(), "--json"]);
+    let leader_id = leader["leader"].as_str().unwrap_or_default().to_owned();
+    let victims: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|i| c.nodes[*i].node_id() != leader_id && *i != 0)
+        .take(3)
+        .collect();
+    let live_api = |c: &LocalCluster, dead: &[usize]| {
+        let i = all.iter().find(|i| !dead.contains(i)).copied().unwrap_or(0);
+        c.nodes[i].api()
+    };
+    for v in &victims[..2] {
+        c.nodes[*v].kill9();
+    }
+    let api = live_api(&c, &victims[..2]);
+    wait_until(
+        "a role change with two holders down",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            cli(&[
+                "role",
+                "create",
+                "ops",
+                "--authority",
+                "decision",
+                "--api",
+                &api,
+                "--operator-password-file",
+                &pw,
+            ])
+            .status
+            .success()
+            .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // A third down: signing fails, naming reachable and needed holders.
+    c.nodes[victims[2]].kill9();
+    let api = live_api(&c, &victims);
+    let via = all
+        .iter()
+        .copied()
+        .find(|i| !victims.contains(i))
+        .unwrap_or(0);
+    let err = wait_until(
+        "signing to fail for want of holders",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || {
+            let o = sign(&c, via, &[], &pw);
+            let e = String::from_utf8_lossy(&o.stderr).into_owned();
+            (!o.status.success() && e.contains("2 of 5 share holders reachable, 3 needed"))
+                .then_some(e)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    eprintln!("with 3 holders down: {err}");
+    let html = page(&api, "/cluster");
+    assert!(html.contains("admin actions are blocked"), "{html}");
+    for v in &victims {
+        c.nodes[*v].restart(Path::new(BIN)).expect("restart");
+        c.nodes[*v]
+            .wait_ready(Duration::from_secs(20))
+            .expect("ready");
+    }
+    let epoch = wait_until(
+        "the cluster to settle again",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            settled(&c, &all, 3, 5, 0).filter(|_| {
+                all.iter()
+                    .all(|i| c.nodes[*i].peer_ids().unwrap_or_default().len() == 4)
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // Remove a member while it is down; the others re-deal to 3 of 4.
+    let gone = 4;
+    let gone_id = c.nodes[gone].node_id().to_owned();
+    c.nodes[gone].kill9();
+    let out = cli_json(&[
+        "member",
+        "remove",
+        &gone_id,
+        "--api",
+        &c.nodes[1].api(),
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    assert_eq!(out["removed"], true, "{out}");
+    let rest = [0, 1, 2, 3];
+    let removed_at = Instant::now();
+    wait_until(
+        "the removed member gone from every view and from Raft",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            rest.iter()
+                .all(|i| {
+                    members(&c, *i).iter().any(|m| {
+                        m["node_id"] == gone_id.as_str()
+                            && m["state"] == "removed"
+                            && m["raft"] == "none"
+                            && m["share_index"].is_null()
+                    }) && !c.nodes[*i]
+                        .peer_ids()
+                        .unwrap_or_default()
+                        .contains(&gone_id)
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let after = wait_until(
+        "the rest at 3 of 4 in a new epoch",
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || settled(&c, &rest, 3, 4, epoch),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    eprintln!(
+        "removal: epoch {epoch} → {after} in {:?}",
+        removed_at.elapsed()
+    );
+    verify(&admin, &sign(&c, 0, &[0, 1, 3], &pw));
+    // It comes back: told by a member (with the signed removal), it exits 1.
+    c.nodes[gone].restart(Path::new(BIN)).expect("restart");
+    let code = wait_exit(&mut c, gone, Duration::from_secs(30));
+    let log = std::fs::read_to_string(&c.nodes[gone].log).unwrap_or_default();
+    assert_eq!(code, Some(1), "{}", c.nodes[gone].log_tail(40));
+    assert!(
+        log.contains("this node was removed from cluster 'lab'"),
+        "{log}"
+    );
+    // And again, without asking anyone.
+    c.nodes[gone].restart(Path::new(BIN)).expect("restart");
+    let code = wait_exit(&mut c, gone, Duration::from_secs(10));
+    assert_eq!(code, Some(1));
+    assert!(
+        !c.nodes[gone]
+            .data_dir
+            .read_dir()
+            .expect("dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("share.")),
+        "the removed node erased its share"
+    );
+}
