@@ -784,26 +784,27 @@ fn answer_kind(r: &KeysResponse) -> &'static str {
     }
 }
 
-/// Fault injection for tests: `TEST_REDEAL_FAULT=STEP:FILE` makes a
-/// coordinator, at STEP (`deal`, `receive` or `sign`), create FILE and
-/// wait (at most 20 s) until the test deletes it, so the test can kill a
-/// holder exactly between two steps. Inert unless set.
+/// Fault injection for tests: with `TEST_REDEAL_FAULT=DIR`, a coordinator
+/// reaching STEP (`deal`, `receive` or `sign`) while `DIR/arm` holds STEP
+/// removes `arm`, creates `DIR/at` and waits (at most 20 s) until the test
+/// deletes it, so the test can kill a holder exactly between two steps.
+/// Inert unless set.
 async fn hook(step: &str) {
-    let Ok(v) = std::env::var("TEST_REDEAL_FAULT") else {
+    let Ok(dir) = std::env::var("TEST_REDEAL_FAULT") else {
         return;
     };
-    let Some((at, file)) = v.split_once(':') else {
-        return;
-    };
-    if at != step {
+    let dir = std::path::Path::new(&dir);
+    let arm = dir.join("arm");
+    if std::fs::read_to_string(&arm).ok().as_deref() != Some(step) {
         return;
     }
-    let path = std::path::Path::new(file);
-    if std::fs::write(path, step).is_err() {
+    let _ = std::fs::remove_file(&arm);
+    let at = dir.join("at");
+    if std::fs::write(&at, step).is_err() {
         return;
     }
     let until = Instant::now() + Duration::from_secs(20);
-    while path.exists() && Instant::now() < until {
+    while at.exists() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -89,6 +89,8 @@ pub struct NodeProc {
     pub args: Vec<String>,
     /// Prefix (e.g. `ip netns exec NS`) the node runs under.
     pub prefix: Vec<String>,
+    /// Extra environment for the process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     pub info: Option<RuntimeInfo>,
 }
@@ -109,6 +111,7 @@ impl NodeProc {
             log,
             args,
             prefix: prefix.to_vec(),
+            env: Vec::new(),
             child: None,
             info: None,
         };
@@ -147,6 +150,7 @@ impl NodeProc {
                 cmd.env_remove(k);
             }
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         self.child = Some(
             cmd.spawn()
                 .with_context(|| format!("spawn {}", bin.display()))?,
@@ -301,6 +305,8 @@ impl Drop for NodeProc {
 pub struct LocalOpts {
     /// Extra arguments for every node (e.g. `--config FILE`).
     pub extra_args: Vec<String>,
+    /// Extra environment variables (e.g. a test's fault hook).
+    pub env: Vec<(String, String)>,
 }
 
 /// N nodes as processes on 127.0.0.1.
@@ -319,6 +325,7 @@ impl LocalCluster {
         std::fs::write(&p, yaml)?;
         Ok(LocalOpts {
             extra_args: vec!["--config".into(), p.to_string_lossy().into_owned()],
+            ..Default::default()
         })
     }
 
@@ -403,7 +410,17 @@ impl LocalCluster {
             args.extend(["--bootstrap".to_owned(), b]);
         }
         args.extend(opts.extra_args.iter().cloned());
-        let mut p = NodeProc::spawn(&format!("node-{i}"), &self.bin, &[], args, data_dir, log)?;
+        let mut p = NodeProc {
+            name: format!("node-{i}"),
+            data_dir,
+            log,
+            args,
+            prefix: Vec::new(),
+            env: opts.env.clone(),
+            child: None,
+            info: None,
+        };
+        p.start(&self.bin)?;
         p.wait_ready(Duration::from_secs(20))?;
         self.nodes.push(p);
         Ok(i)

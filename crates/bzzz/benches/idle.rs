@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         extra_args: std::env::var("BENCH_CONFIG")
             .map(|f| vec!["--config".to_owned(), f])
             .unwrap_or_default(),
+        ..Default::default()
     };
     let mut c = LocalCluster::start(&bin, 5, &opts)?;
     c.wait_formed(Duration::from_secs(20))?;

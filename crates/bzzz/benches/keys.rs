@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let j = c.add_node(&LocalOpts {
             extra_args: vec!["--join-token".into(), tok],
+            ..Default::default()
         })?;
         let id = c.nodes[j].node_id().to_owned();
         let nodes = &c.nodes;

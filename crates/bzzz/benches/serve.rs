@@ -97,6 +97,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let b = c.add_node(&LocalOpts {
         extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
     })?;
     let cn = c.add_node(&LocalOpts::default())?;
     c.wait_formed(Duration::from_secs(20))?;

@@ -256,6 +256,7 @@ fn a_node_with_a_large_gpu_becomes_leader_and_keeps_it() {
     let gpu = c
         .add_node(&LocalOpts {
             extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+            ..Default::default()
         })
         .expect("gpu node");
     c.add_node(&LocalOpts::default()).expect("fifth node");

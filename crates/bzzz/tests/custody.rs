@@ -185,6 +185,7 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
     for _ in 0..4 {
         c.add_node(&LocalOpts {
             extra_args: vec!["--join-token".into(), token.clone()],
+            ..Default::default()
         })
         .expect("joiner");
     }
@@ -403,4 +404,170 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
             .any(|e| e.file_name().to_string_lossy().starts_with("share.")),
         "the removed node erased its share"
     );
+}
+
+/// Every node in `alive` reports the same key epoch, threshold, share
+/// count and policy, with a valid share where it holds one.
+fn agreed(c: &LocalCluster, alive: &[usize]) -> Option<(u64, u64, u64, String)> {
+    let mut seen = BTreeSet::new();
+    for i in alive {
+        let s = status(c, *i);
+        if s["share_index"].is_u64() && s["share_state"] != "valid" {
+            return None;
+        }
+        seen.insert((
+            s["epoch"].as_u64()?,
+            s["threshold"].as_u64()?,
+            s["shares"].as_u64()?,
+            s["policy"].as_str()?.to_owned(),
+        ));
+    }
+    (seen.len() == 1).then(|| seen.into_iter().next().unwrap_or_default())
+}
+
+#[test]
+fn a_holder_killed_at_any_step_of_a_redeal_leaves_one_epoch_that_signs() {
+    let seed: u64 = std::env::var("TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    eprintln!("seed {seed} (TEST_SEED)");
+    let mut rng = seed;
+    let mut next = move |k: u64| {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (rng >> 33) % k
+    };
+    let faults = tempfile::tempdir().expect("dir");
+    let opts = LocalOpts {
+        env: vec![(
+            "TEST_REDEAL_FAULT".into(),
+            faults.path().to_string_lossy().into_owned(),
+        )],
+        ..Default::default()
+    };
+    let mut c = LocalCluster::start(Path::new(BIN), 4, &opts).expect("start");
+    c.wait_formed(Duration::from_secs(15)).expect("formed");
+    let pw = c.init(0, PASSWORD).expect("init");
+    let all = [0, 1, 2, 3];
+    let admin = status(&c, 0)["admin_public_key"]
+        .as_str()
+        .expect("pk")
+        .to_owned();
+    wait_until(
+        "every node initialized",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || agreed(&c, &all),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let steps = ["deal", "receive", "sign"];
+    let mut committed = 0;
+    for run in 0..10 {
+        let step = steps[next(3) as usize];
+        let victim = 1 + next(3) as usize;
+        // Every holder in node 0's view (a re-deal needs them all).
+        wait_until(
+            "node 0 to see every node",
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || (c.nodes[0].peer_ids().unwrap_or_default().len() == 3).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("run {run}: {e}\n{}", c.logs()));
+        let (before, ..) = agreed(&c, &all).expect("agreed");
+        let policy = if status(&c, 0)["policy"] == "majority" {
+            "fixed:2"
+        } else {
+            "majority"
+        };
+        std::fs::write(faults.path().join("arm"), step).expect("arm");
+        let api = c.nodes[0].api();
+        let pw2 = pw.clone();
+        let change = std::thread::spawn(move || {
+            cli(&[
+                "keys",
+                "policy",
+                policy,
+                "--api",
+                &api,
+                "--operator-password-file",
+                &pw2,
+                "--json",
+            ])
+        });
+        let at = faults.path().join("at");
+        wait_until(
+            "the coordinator to reach the step",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || (at.exists() || change.is_finished()).then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("run {run} ({step}): {e}\n{}", c.logs()));
+        if !at.exists() {
+            let out = change.join().expect("cli");
+            panic!(
+                "run {run}: the change ended before {step}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                c.logs()
+            );
+        }
+        c.nodes[victim].kill9();
+        std::fs::remove_file(&at).expect("release");
+        let out = change.join().expect("cli");
+        c.nodes[victim].restart(Path::new(BIN)).expect("restart");
+        c.nodes[victim]
+            .wait_ready(Duration::from_secs(20))
+            .expect("ready");
+        let (epoch, t, n, p) = wait_until(
+            "every node to agree on one key epoch",
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || agreed(&c, &all),
+        )
+        .unwrap_or_else(|e| panic!("run {run} ({step}, node {victim}): {e}\n{}", c.logs()));
+        eprintln!(
+            "run {run}: {step}, node {victim} killed: change {} → epoch {epoch} ({t} of {n}, {p})",
+            if out.status.success() {
+                "committed"
+            } else {
+                "abandoned"
+            },
+        );
+        assert!(epoch == before || epoch == before + 1);
+        assert_eq!(
+            epoch == before + 1,
+            p == policy,
+            "the epoch and the policy go together"
+        );
+        committed += usize::from(epoch > before);
+        let signed = wait_until(
+            "the epoch to sign",
+            Duration::from_secs(20),
+            Duration::from_millis(250),
+            || {
+                let o = sign(&c, 0, &[], &pw);
+                o.status.success().then_some(o)
+            },
+        )
+        .unwrap_or_else(|e| panic!("run {run}: {e}\n{}", c.logs()));
+        verify(&admin, &signed);
+        for i in all {
+            let shares: Vec<String> = c.nodes[i]
+                .data_dir
+                .read_dir()
+                .expect("dir")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("share.") && !n.ends_with(".pending"))
+                .collect();
+            let want = if epoch == 0 {
+                "share.age".to_owned()
+            } else {
+                format!("share.e{epoch}.age")
+            };
+            assert_eq!(shares, vec![want], "node {i} after run {run}");
+        }
+    }
+    eprintln!("{committed} of 10 re-deals committed, the rest abandoned");
 }

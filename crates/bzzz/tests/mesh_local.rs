@@ -163,6 +163,7 @@ fn declared_gpu_and_labels_reach_the_peers_marked_declared() {
     let mut c = LocalCluster::start(bin(), 1, &LocalOpts::default()).expect("start");
     c.add_node(&LocalOpts {
         extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
     })
     .expect("gpu node");
     c.wait_formed(Duration::from_secs(10)).expect("formed");
@@ -180,6 +181,7 @@ fn an_unreachable_bootstrap_is_reported_and_the_node_keeps_running() {
     // Port 9 on loopback: nothing listens there (connection refused).
     let opts = LocalOpts {
         extra_args: vec!["--bootstrap".into(), "/ip4/127.0.0.1/tcp/9".into()],
+        ..Default::default()
     };
     let mut c = LocalCluster::start(bin(), 1, &opts).expect("start");
     let n = &mut c.nodes[0];
@@ -202,6 +204,7 @@ fn an_unreachable_bootstrap_is_reported_and_the_node_keeps_running() {
 fn log_format_json_writes_one_json_object_per_line() {
     let opts = LocalOpts {
         extra_args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
     };
     let mut c = LocalCluster::start(bin(), 1, &opts).expect("start");
     let n = &mut c.nodes[0];

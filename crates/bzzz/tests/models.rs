@@ -71,6 +71,7 @@ fn gpu_opts(c: &LocalCluster, name: &str) -> LocalOpts {
     .expect("config");
     LocalOpts {
         extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
     }
 }
 

@@ -62,6 +62,7 @@ fn node_with_config(yaml: &str) -> (tempfile::TempDir, LocalCluster) {
     std::fs::write(&cfg, yaml).expect("write");
     let opts = LocalOpts {
         extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
     };
     let c = LocalCluster::start(std::path::Path::new(BIN), 1, &opts).expect("start");
     (dir, c)
@@ -139,6 +140,7 @@ fn a_capability_change_reaches_the_peers_without_a_restart() {
         LocalCluster::start(std::path::Path::new(BIN), 1, &LocalOpts::default()).expect("start");
     c.add_node(&LocalOpts {
         extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
     })
     .expect("ollama node");
     c.wait_formed(Duration::from_secs(10)).expect("formed");

@@ -338,6 +338,7 @@ fn join_tokens_admit_nodes_and_strangers_are_refused() {
     let joiner = c
         .add_node(&LocalOpts {
             extra_args: vec!["--join-token".into(), token.clone()],
+            ..Default::default()
         })
         .expect("joiner");
     let jid = c.nodes[joiner].node_id().to_owned();

@@ -61,6 +61,7 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
     let cn = c
         .add_node(&LocalOpts {
             extra_args: vec!["--config".into(), c_cfg.to_string_lossy().into_owned()],
+            ..Default::default()
         })
         .expect("node c");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
@@ -474,6 +475,7 @@ fn configured_backends_auth_and_bad_input() {
     .expect("config");
     c.add_node(&LocalOpts {
         extra_args: vec!["--config".into(), cfg.to_string_lossy().into_owned()],
+        ..Default::default()
     })
     .expect("b");
     let auth_cfg = c.dir.path().join("c.yaml");
@@ -481,6 +483,7 @@ fn configured_backends_auth_and_bad_input() {
     let cn = c
         .add_node(&LocalOpts {
             extra_args: vec!["--config".into(), auth_cfg.to_string_lossy().into_owned()],
+            ..Default::default()
         })
         .expect("c");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
