@@ -18,7 +18,7 @@ TEST_PYTHON="$(ensure_python_venv)"
 export TEST_SMOLLM2_GGUF TEST_PYTHON
 
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy idle models serve)
+[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy idle models serve redeal)
 for b in "${benches[@]}"; do
   echo "==> cargo bench -p bzzz --bench $b"
   cargo bench -p bzzz --bench "$b"

@@ -7,7 +7,8 @@
 //!   including the Argon2id operator checks on the API node and each signer);
 //! * join token creation (a threshold signature);
 //! * join: process start of a node with a token → listed by every member,
-//!   and → its share enrolled (FROST RTS with 3 helpers).
+//!   and → its share valid (the leader re-deals the key to it: a new key
+//!   epoch).
 //!
 //! Environment: `BENCH_TRIALS` (default 5).
 
@@ -108,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         listed.push(t.elapsed());
         wait_until(
-            "share enrolled",
+            "share re-dealt",
             Duration::from_secs(30),
             Duration::from_millis(10),
             || {
@@ -138,7 +139,7 @@ fn main() -> anyhow::Result<()> {
         stats(listed)
     );
     println!(
-        "| join: start with token → share enrolled (RTS, 3 helpers) | {} |",
+        "| join: start with token → share re-dealt to it (new key epoch) | {} |",
         stats(enrolled)
     );
     Ok(())
