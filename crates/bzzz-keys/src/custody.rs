@@ -104,6 +104,7 @@ impl Keys {
             );
             *write(&keys.share) = share;
             keys.set_cluster(cluster);
+            keys.publish_share();
         }
         Ok(keys)
     }
@@ -309,12 +310,16 @@ impl Keys {
         if let Some((_, s)) = share {
             *write(&self.share) = s;
         }
+        let publish = true;
         info!(
             cluster = %cluster.genesis.cluster,
             share_index = ?bundle.share_index,
             "joined cluster; membership certificate stored"
         );
         self.set_cluster(cluster);
+        if publish {
+            self.publish_share();
+        }
         Ok(())
     }
 

@@ -346,6 +346,32 @@ pub(crate) fn random_hex(n: usize) -> Result<String, KeysError> {
     Ok(hex::encode(b))
 }
 
+impl Keys {
+    /// Announces this node's key epoch and share state (after any change
+    /// of either).
+    pub(crate) fn publish_share(&self) {
+        use bzzz_proto::api::{ShareCondition, ShareReport};
+        let Some(c) = self.cluster() else {
+            return;
+        };
+        let state = match (&*read(&self.share), c.share_index) {
+            (ShareState::Valid(_), _) => ShareCondition::Valid,
+            (ShareState::Invalid(_), _) => ShareCondition::Invalid,
+            (ShareState::None, Some(_)) => ShareCondition::Missing,
+            (ShareState::None, None) => ShareCondition::None,
+        };
+        let report = Some(ShareReport {
+            epoch: c.epoch,
+            state,
+        });
+        self.local_tx.send_if_modified(|l| {
+            let changed = l.share != report;
+            l.share = report;
+            changed
+        });
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -129,7 +129,11 @@ impl Keys {
         let policy = policy.unwrap_or(c.policy);
         let n = u16::try_from(wanted.len()).unwrap_or(u16::MAX);
         let t = policy.threshold(n);
-        if wanted == c.holders && t == c.threshold && policy == c.policy {
+        if wanted == c.holders
+            && t == c.threshold
+            && policy == c.policy
+            && self.missing_shares(&c).is_empty()
+        {
             return Ok(None);
         }
         if wanted.is_empty() {
@@ -159,6 +163,35 @@ impl Keys {
             holders,
             dealers: Vec::new(),
         }))
+    }
+
+    /// Holders of the current epoch (this node, or peers by their
+    /// announcements) that are at this epoch and have lost their share
+    /// (not those whose share failed its check: that may be tampering, and
+    /// is reported, never replaced automatically).
+    pub fn missing_shares(&self, c: &Cluster) -> Vec<NodeId> {
+        use bzzz_proto::api::ShareCondition;
+        let mut out = Vec::new();
+        if c.share_index.is_some() && matches!(&*read(&self.share), ShareState::None) {
+            out.push(self.node_id.clone());
+        }
+        if let Ok(net) = self.net() {
+            for p in net
+                .snapshot()
+                .peers
+                .iter()
+                .filter(|p| p.connected && p.proven)
+            {
+                if let Some(r) = p.announcement.share
+                    && r.epoch == c.epoch
+                    && r.state == ShareCondition::Missing
+                    && c.holders.values().any(|h| h == &p.announcement.node_id)
+                {
+                    out.push(p.announcement.node_id.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Checks a re-deal plan against this node's view of custody: the next
@@ -663,6 +696,7 @@ impl Keys {
         *write(&self.share) = share;
         let (epoch, t, n) = (next.epoch, next.threshold, next.holders.len());
         self.set_cluster(next);
+        self.publish_share();
         self.erase_shares_before(epoch);
         // Signing sessions of the old epoch are void.
         lock(&self.sessions).clear();
@@ -710,6 +744,7 @@ impl Keys {
             _ => return Err("the record does not remove this node".into()),
         }
         *write(&self.share) = ShareState::None;
+        self.publish_share();
         self.erase_shares_before(u64::MAX);
         erase_file(&self.data_dir.join(share_file(c.epoch)));
         let text = serde_json::json!({

@@ -106,6 +106,8 @@ pub struct LocalInfo {
     /// Members removed from the cluster (admin-signed removals committed
     /// through Raft): refused and disconnected like strangers.
     pub revoked: std::collections::BTreeSet<NodeId>,
+    /// This node's key epoch and share state, announced.
+    pub share: Option<bzzz_proto::api::ShareReport>,
 }
 
 /// This node's membership: the cluster admin key and its certificate.

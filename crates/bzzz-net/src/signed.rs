@@ -137,6 +137,7 @@ mod tests {
             },
             age_recipient: None,
             membership: None,
+            share: None,
         }
     }
 

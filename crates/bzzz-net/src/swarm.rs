@@ -406,6 +406,7 @@ impl Node {
             capabilities: info.capabilities,
             age_recipient: info.age_recipient,
             membership: info.membership.map(|m| m.cert),
+            share: info.share,
         };
         self.announce_due = false;
         self.last_announce = Some(Instant::now());

@@ -40,6 +40,30 @@ pub struct Announcement {
     /// The node's membership certificate, once the cluster is initialized.
     #[serde(default)]
     pub membership: Option<crate::cluster::Signed>,
+    /// Its key epoch and the state of its share (a holder whose share is
+    /// missing gets one in the next re-deal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<ShareReport>,
+}
+
+/// A node's key epoch and the state of its share of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareReport {
+    pub epoch: u64,
+    /// `valid`, `missing` (a holder without its share) or `invalid`
+    /// (failed its check: reported, never replaced automatically), or
+    /// `none` (not a holder).
+    pub state: ShareCondition,
+}
+
+/// See [`ShareReport::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShareCondition {
+    Valid,
+    Missing,
+    Invalid,
+    None,
 }
 
 /// Why an announcement body is not acceptable.

@@ -332,6 +332,28 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 
+    // A holder that lost its share (disk replaced) announces it and gets
+    // one in a re-deal to the same holders.
+    let lost = 2;
+    c.nodes[lost].kill9();
+    for e in c.nodes[lost].data_dir.read_dir().expect("dir").flatten() {
+        if e.file_name().to_string_lossy().starts_with("share.") {
+            std::fs::remove_file(e.path()).expect("rm share");
+        }
+    }
+    c.nodes[lost].restart(Path::new(BIN)).expect("restart");
+    c.nodes[lost]
+        .wait_ready(Duration::from_secs(20))
+        .expect("ready");
+    let epoch = wait_until(
+        "the lost share re-dealt in a new epoch",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || settled(&c, &all, 3, 5, epoch),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(status(&c, lost)["share_state"], "valid");
+
     // Remove a member while it is down; the others re-deal to 3 of 4.
     let gone = 4;
     let gone_id = c.nodes[gone].node_id().to_owned();
@@ -391,6 +413,32 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
         log.contains("this node was removed from cluster 'lab'"),
         "{log}"
     );
+    // A running member that is removed stops by itself (exit 1); the
+    // other three re-deal to 2 of 3.
+    let running = 3;
+    let running_id = c.nodes[running].node_id().to_owned();
+    let out = cli_json(&[
+        "member",
+        "remove",
+        &running_id,
+        "--api",
+        &c.nodes[0].api(),
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    assert_eq!(out["removed"], true, "{out}");
+    let code = wait_exit(&mut c, running, Duration::from_secs(20));
+    assert_eq!(code, Some(1), "{}", c.nodes[running].log_tail(40));
+    wait_until(
+        "the rest at 2 of 3",
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || settled(&c, &[0, 1, 2], 2, 3, after),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    verify(&admin, &sign(&c, 0, &[1, 2], &pw));
+
     // And again, without asking anyone.
     c.nodes[gone].restart(Path::new(BIN)).expect("restart");
     let code = wait_exit(&mut c, gone, Duration::from_secs(10));

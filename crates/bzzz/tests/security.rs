@@ -354,23 +354,40 @@ fn join_tokens_admit_nodes_and_strangers_are_refused() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    // Its share is enrolled by t holders (FROST repairable threshold
-    // scheme: no node sees the admin key), and it can sign with them.
+    // The leader re-deals the admin key to the four holders (a new key
+    // epoch, majority: 3 of 4); no node sees the admin key, and the joiner
+    // signs with two others.
     let s = wait_until(
-        "the joiner's share to be enrolled",
+        "the joiner's share to be re-dealt",
         Duration::from_secs(20),
         Duration::from_millis(100),
         || {
             let s = cli_json(&["keys", "status", "--api", &c.nodes[joiner].api(), "--json"]);
-            (s["share_state"] == "valid").then_some(s)
+            (s["share_state"] == "valid" && s["threshold"] == 3 && s["shares"] == 4).then_some(s)
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert_eq!(s["initialized"], true, "{s}");
+    assert!(s["epoch"].as_u64() >= Some(1), "{s}");
     let index = s["share_index"].as_u64().expect("share index");
     assert!(index > 3, "{s}");
     let pk = s["admin_public_key"].as_str().expect("pk").to_owned();
-    verify_plain_ed25519(&pk, &sign(&c, 1, &[joiner, 2]));
+    wait_until(
+        "every member at the joiner's key epoch",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            members
+                .iter()
+                .all(|i| {
+                    cli_json(&["keys", "status", "--api", &c.nodes[*i].api(), "--json"])["epoch"]
+                        == s["epoch"]
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    verify_plain_ed25519(&pk, &sign(&c, 1, &[joiner, 2, 0]));
 
     // The token was for one node: a second node with it is refused.
     let out = run_node_expecting_exit(&c, "again", &token);

@@ -48,6 +48,9 @@ impl Control {
     }
 }
 
+/// How often a member re-asks peers whether it still belongs.
+const STANDING_EVERY: Duration = Duration::from_secs(15);
+
 async fn changed(rx: &mut Option<watch::Receiver<u64>>) {
     match rx {
         Some(r) => {
@@ -70,7 +73,10 @@ pub async fn custody(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rx: Option<watch::Receiver<u64>> = None;
-    let mut standing_known = false;
+    // Standing: asked at start until a member answers, then every 15 s (a
+    // node removed while it could not apply the removal itself, e.g.
+    // already dropped from Raft, learns it this way).
+    let mut next_standing = Instant::now();
     let mut backoff = Duration::from_secs(1);
     let mut not_before = Instant::now();
     let mut last_problem = String::new();
@@ -85,14 +91,14 @@ pub async fn custody(
         }
         // A node removed while it was away is told so by the first member
         // it reaches (with the signed removal).
-        if !standing_known {
+        if Instant::now() >= next_standing {
             match keys.check_standing().await {
-                Standing::Member => standing_known = true,
+                Standing::Member => next_standing = Instant::now() + STANDING_EVERY,
                 Standing::Removed(r) => {
                     let _ = fatal.send(r.message).await;
                     return;
                 }
-                Standing::Unknown => {}
+                Standing::Unknown => next_standing = Instant::now() + Duration::from_secs(1),
             }
         }
         let Some(control) = cell.get() else {

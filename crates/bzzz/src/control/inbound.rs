@@ -148,6 +148,7 @@ mod tests {
                 capabilities: Default::default(),
                 age_recipient: None,
                 membership: None,
+                share: None,
             },
             last_seen: Instant::now(),
             connected: true,
