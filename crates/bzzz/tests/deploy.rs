@@ -4,7 +4,8 @@
 //! Hosts fetch the binary over HTTP from the seed; host 5 cannot (its
 //! firewall rejects the seed's HTTP port) and gets it over SSH instead.
 //! The deploy CLI (inside host 1) asks the seed to deploy to hosts 2–5:
-//! 1. all four join (5 members, one leader) within 60 s;
+//! 1. all four join (5 members, one leader) within 60 s, and within 30 s of
+//!    the last join the admin key is re-dealt to them: 3 of 5, one epoch;
 //! 2. a second run changes nothing and says so;
 //! 3. a host that no longer accepts our key fails with cause `auth` while
 //!    the other three succeed;
@@ -191,6 +192,29 @@ fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     eprintln!("leader after deploy: {}", leader["leader"]);
+    // SPEC §0: the lone seed's 1-of-1 key is re-dealt to the five members,
+    // 3 of 5, within 30 s of the last join: same epoch everywhere, five
+    // distinct share indexes, every share valid.
+    let custody = wait_until(
+        "every member at 3 of 5 in one key epoch",
+        Duration::from_secs(30).saturating_sub(t0.elapsed().saturating_sub(took)),
+        Duration::from_millis(250),
+        || {
+            let mut epochs = std::collections::BTreeSet::new();
+            let mut indexes = std::collections::BTreeSet::new();
+            for i in 1..=5 {
+                let k = lab.get_json(i, "/api/v1/keys")?;
+                if k["threshold"] != 3 || k["shares"] != 5 || k["share_state"] != "valid" {
+                    return None;
+                }
+                epochs.insert(k["epoch"].as_u64()?);
+                indexes.insert(k["share_index"].as_u64()?);
+            }
+            (epochs.len() == 1 && indexes.len() == 5 && !epochs.contains(&0)).then_some(epochs)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    eprintln!("key custody after deploy: 3 of 5, epoch {custody:?}");
     // The fingerprints are pinned in cluster state.
     let reg = lab.get_json(1, "/api/v1/registry").expect("registry");
     for i in 2..=5 {
