@@ -221,13 +221,11 @@ impl Planner for Inventory {
     }
 }
 
-/// Admin-key share distribution: records which member holds which share
-/// index (from the members' certificates), so every node sees the same
-/// holder table, and [`ClusterState::share_risk`] can tell when too few
-/// holders are alive to sign. Members that join get a share through
-/// FROST's repairable scheme as soon as their certificate grants one; a
-/// holder that left keeps its entry (its share still exists) until a
-/// re-share retires it.
+/// Admin-key share distribution at genesis (epoch 0): records which member
+/// holds which share index (from the members' certificates), so every node
+/// sees the same holder table, and [`ClusterState::share_risk`] can tell
+/// when too few holders are alive to sign. Past genesis the committed key
+/// epoch (`Command::KeyEpoch`) writes the table and this planner is idle.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShareHolders;
 

@@ -13,6 +13,10 @@
 //!   (coordinator), [`sign_share`] (round 2, signer), [`aggregate`]
 //!   (coordinator; names the signers whose shares are wrong). The result is a
 //!   plain Ed25519 signature under the cluster admin public key.
+//! * Re-dealing to a new holder set and threshold (key epochs):
+//!   [`redeal_deal`] (each of t current holders), [`redeal_group`] (anyone:
+//!   checks and sums the dealers' commitments), [`redeal_receive`] (each new
+//!   holder). Desmedt–Jajodia redistribution; see `docs/security.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -499,78 +503,6 @@ pub fn aggregate(
     }
 }
 
-/// Enrollment of a new share index without the key ever existing whole:
-/// FROST's repairable threshold scheme (RTS). Step 1, on each of t helpers:
-/// split `λ_i · share_i` into random deltas, one per helper (index →
-/// encoded delta, secret: send each only to its helper, sealed).
-pub fn enroll_deltas(
-    share: &KeyShare,
-    helpers: &[u16],
-    participant: u16,
-) -> Result<BTreeMap<u16, Zeroizing<Vec<u8>>>, CryptoError> {
-    let ids = helpers
-        .iter()
-        .map(|i| identifier(*i))
-        .collect::<Result<Vec<_>, _>>()?;
-    let deltas = frost::keys::repairable::repair_share_part1::<frost::Ed25519Sha512, _>(
-        &ids,
-        &share.package,
-        &mut rand_core::OsRng,
-        identifier(participant)?,
-    )
-    .map_err(frost_err)?;
-    let mut out = BTreeMap::new();
-    for (index, id) in helpers.iter().zip(&ids) {
-        let d = deltas
-            .get(id)
-            .ok_or_else(|| CryptoError::Threshold("missing delta".into()))?;
-        out.insert(*index, Zeroizing::new(d.serialize()));
-    }
-    Ok(out)
-}
-
-/// Enrollment step 2, on each helper: sum the deltas it received into its
-/// sigma (secret: send it only to the new participant, sealed).
-pub fn enroll_sigma(deltas: &[Zeroizing<Vec<u8>>]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let mut ds = Vec::with_capacity(deltas.len());
-    for d in deltas {
-        ds.push(
-            frost::keys::repairable::Delta::deserialize(d)
-                .map_err(|_| CryptoError::Threshold("a delta does not decode".into()))?,
-        );
-    }
-    let sigma = frost::keys::repairable::repair_share_part2(&ds);
-    Ok(Zeroizing::new(sigma.serialize()))
-}
-
-/// Enrollment step 3, on the new participant: sum the sigmas into its
-/// share and check it against the public commitment. Returns the share in
-/// the same encoding as a dealt one (for [`KeyShare::from_secret_share`]).
-pub fn enroll_finish(
-    sigmas: &[Zeroizing<Vec<u8>>],
-    participant: u16,
-    group: &GroupKey,
-) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    let mut ss = Vec::with_capacity(sigmas.len());
-    for s in sigmas {
-        ss.push(
-            frost::keys::repairable::Sigma::deserialize(s)
-                .map_err(|_| CryptoError::BadShare("a sigma does not decode".into()))?,
-        );
-    }
-    let pkp = group.package(&[participant])?;
-    let kp = frost::keys::repairable::repair_share_part3(&ss, identifier(participant)?, &pkp)
-        .map_err(frost_err)?;
-    let share = frost::keys::SecretShare::new(
-        identifier(participant)?,
-        *kp.signing_share(),
-        group.commitment.clone(),
-    );
-    let bytes = Zeroizing::new(share.serialize().map_err(frost_err)?);
-    KeyShare::from_secret_share(&bytes, participant, group)?;
-    Ok(bytes)
-}
-
 // ---- share redistribution (Desmedt–Jajodia) --------------------------------
 //
 // Every epoch of the admin key's custody is a sharing of the same secret
@@ -984,46 +916,6 @@ mod tests {
         let key = reconstruct(&shares[2..], &group).expect("reconstructs");
         assert_eq!(key.public(), master.admin_key().public());
         assert!(reconstruct(&shares[3..], &group).is_err());
-    }
-
-    #[test]
-    fn t_helpers_enroll_a_new_index_that_signs_with_the_others() {
-        let (master, group, shares) = dealt(3, 5);
-        let helpers = [1u16, 3, 5];
-        let new_index = 4242;
-        let helper_shares: Vec<&KeyShare> = shares
-            .iter()
-            .filter(|s| helpers.contains(&s.index()))
-            .collect();
-        let all: Vec<BTreeMap<u16, Zeroizing<Vec<u8>>>> = helper_shares
-            .iter()
-            .map(|s| enroll_deltas(s, &helpers, new_index).expect("deltas"))
-            .collect();
-        let sigmas: Vec<Zeroizing<Vec<u8>>> = helpers
-            .iter()
-            .map(|h| {
-                let mine: Vec<Zeroizing<Vec<u8>>> = all.iter().map(|m| m[h].clone()).collect();
-                enroll_sigma(&mine).expect("sigma")
-            })
-            .collect();
-        let bytes = enroll_finish(&sigmas, new_index, &group).expect("valid new share");
-        let new = KeyShare::from_secret_share(&bytes, new_index, &group).expect("verifies");
-        let signers = [
-            new,
-            KeyShare {
-                index: shares[1].index,
-                package: shares[1].package.clone(),
-            },
-            KeyShare {
-                index: shares[3].index,
-                package: shares[3].package.clone(),
-            },
-        ];
-        let sig = sign_with(&signers, &group, b"after enrollment").expect("signs");
-        crate::verify_ed25519(&master.admin_key().public(), b"after enrollment", &sig)
-            .expect("verifies");
-        // A missing sigma gives a share that fails the commitment check.
-        assert!(enroll_finish(&sigmas[..2], new_index, &group).is_err());
     }
 
     fn redeal(

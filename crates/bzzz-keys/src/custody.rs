@@ -180,7 +180,8 @@ impl Keys {
         let (n, policy, threshold, holders, group) = match epoch {
             None => (
                 0,
-                g.policy.unwrap_or(KeyPolicy::Fixed(g.threshold)),
+                g.policy
+                    .unwrap_or_else(|| ceremony::policy_for(g.threshold, g.shares)),
                 g.threshold,
                 g.holders
                     .iter()
@@ -310,16 +311,13 @@ impl Keys {
         if let Some((_, s)) = share {
             *write(&self.share) = s;
         }
-        let publish = true;
         info!(
             cluster = %cluster.genesis.cluster,
             share_index = ?bundle.share_index,
             "joined cluster; membership certificate stored"
         );
         self.set_cluster(cluster);
-        if publish {
-            self.publish_share();
-        }
+        self.publish_share();
         Ok(())
     }
 

@@ -345,6 +345,7 @@ impl Keys {
                     plan: plan.clone(),
                     coordinator_cert: Some(c.cert.clone()),
                     operator_password: wire_password.clone(),
+                    current: c.epoch_record.clone(),
                 },
             )
         }))
@@ -558,6 +559,7 @@ impl Keys {
         let commitment = group.commitment_hex().map_err(|e| e.to_string())?;
         let sealed_share =
             bzzz_crypto::seal::seal(&self.age.recipient(), &bytes).map_err(|e| e.to_string())?;
+        self.prune_pending(plan.epoch);
         write_private(
             &self
                 .data_dir
@@ -575,6 +577,35 @@ impl Keys {
             index: me.index,
             epoch: plan.epoch,
         })
+    }
+
+    /// Keeps at most the 3 newest pending shares of `epoch` (re-deals that
+    /// lost the race or were abandoned; bounds what a misbehaving
+    /// coordinator can make a holder write).
+    fn prune_pending(&self, epoch: u64) {
+        let prefix = format!("share.e{epoch}.");
+        let Ok(dir) = std::fs::read_dir(&self.data_dir) else {
+            return;
+        };
+        let mut pending: Vec<(std::time::SystemTime, std::path::PathBuf)> = dir
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&prefix) && n.ends_with(".pending")
+            })
+            .map(|e| {
+                let t = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (t, e.path())
+            })
+            .collect();
+        pending.sort();
+        let excess = pending.len().saturating_sub(2);
+        for (_, p) in pending.into_iter().take(excess) {
+            erase_file(&p);
+        }
     }
 
     fn merge_token_uses(&self, uses: &[(String, u32, u64)]) -> Result<(), String> {

@@ -26,9 +26,15 @@ impl Keys {
                 purpose,
                 coordinator_cert,
                 epoch,
+                current,
             } => {
                 if let Err(e) = self.check_member(&peer, coordinator_cert.as_ref()) {
                     return refuse(e);
+                }
+                if let Some(rec) = &current
+                    && let Err(e) = self.adopt_epoch(rec)
+                {
+                    return refuse(Refusal::from(e));
                 }
                 let mine = self.cluster().map_or(0, |c| c.epoch);
                 if epoch != mine {
@@ -69,9 +75,13 @@ impl Keys {
                 plan,
                 coordinator_cert,
                 operator_password,
+                current,
             } => match self
                 .check_member(&peer, coordinator_cert.as_ref())
                 .and_then(|()| {
+                    if let Some(rec) = &current {
+                        self.adopt_epoch(rec)?;
+                    }
                     tokio::task::block_in_place(|| {
                         self.redeal_deal_step(&peer, &plan, operator_password.as_ref())
                     })

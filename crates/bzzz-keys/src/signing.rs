@@ -90,6 +90,7 @@ impl Keys {
                     purpose: purpose.clone(),
                     coordinator_cert: Some(c.cert.clone()),
                     epoch: c.epoch,
+                    current: c.epoch_record.clone(),
                 },
             )
         }))

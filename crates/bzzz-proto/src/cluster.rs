@@ -369,6 +369,10 @@ pub enum KeysRequest {
         /// The key epoch whose shares sign; signers refuse any other.
         #[serde(default)]
         epoch: u64,
+        /// That epoch's record (past genesis): a signer that has not
+        /// applied it yet adopts it (it checks the admin signature).
+        #[serde(default)]
+        current: Option<Signed>,
     },
     /// Threshold signing round 2: sign the package (frost encoding, hex).
     SignShare {
@@ -411,6 +415,10 @@ pub enum KeysRequest {
         /// The operator credential, when the plan changes the policy.
         #[serde(default)]
         operator_password: Option<WireSecret>,
+        /// The current epoch's record, for a dealer that has not applied it
+        /// yet (checked like any epoch record).
+        #[serde(default)]
+        current: Option<Signed>,
     },
     /// Re-deal step 2, to each holder of the plan: the dealers'
     /// commitments and your sub-shares (each sealed to you); check, sum,

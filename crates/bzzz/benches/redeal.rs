@@ -48,13 +48,16 @@ fn main() -> anyhow::Result<()> {
             Duration::from_secs(60),
             Duration::from_millis(200),
             || {
-                c.nodes
-                    .iter()
-                    .all(|p| {
-                        p.get_json("/api/v1/keys")
-                            .is_ok_and(|s| s["share_state"] == "valid")
-                    })
-                    .then_some(())
+                let all_valid = c.nodes.iter().all(|p| {
+                    p.get_json("/api/v1/keys")
+                        .is_ok_and(|s| s["share_state"] == "valid")
+                });
+                // Node 0 (the coordinator) sees every member proven.
+                let in_sight = c.nodes[0].get_json("/api/v1/members").is_ok_and(|m| {
+                    m.as_array()
+                        .is_some_and(|a| a.iter().filter(|v| v["state"] == "member").count() == n)
+                });
+                (all_valid && in_sight).then_some(())
             },
         )?;
         let mut times = Vec::new();

@@ -206,6 +206,25 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     assert!(token.starts_with("bzzzjoin1."), "{token}");
     bzzz_crypto::records::check_token(&token, &master.admin_key().public(), bzzz::keys::unix_now())
         .expect("the page's token is signed by the cluster admin key");
+    // The cluster page: one node, 1 of 1, the lone-holder warning, the
+    // picture with this node as leader and share holder.
+    client.goto(&format!("{base}/cluster")).await.expect("goto");
+    let policy = text_of(&client, "#key-policy").await;
+    assert!(
+        policy.contains("1 of 1") && policy.contains("majority") && policy.contains("epoch 0"),
+        "{policy}"
+    );
+    let src = client.source().await.expect("source");
+    assert!(src.contains("only this node holds the admin key"), "{src}");
+    let me = wait_for(&client, "#cluster-svg g.node.member").await;
+    assert_eq!(
+        me.attr("data-share").await.expect("attr").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        me.attr("data-raft").await.expect("attr").as_deref(),
+        Some("leader")
+    );
     wait_for(&client, "#logout")
         .await
         .click()

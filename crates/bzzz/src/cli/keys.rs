@@ -186,9 +186,17 @@ pub async fn keys_status(a: &ReadArgs) -> anyhow::Result<()> {
         s.threshold.unwrap_or(0),
         s.shares.unwrap_or(0)
     );
+    println!(
+        "key epoch         {} (policy {})",
+        s.epoch.unwrap_or(0),
+        s.policy.as_deref().unwrap_or("?")
+    );
     match s.share_index {
         Some(i) => println!("this node's share #{i} ({})", s.share_state),
         None => println!("this node's share none"),
+    }
+    for w in &s.warnings {
+        println!("warning           {w}");
     }
     if let Some(e) = s.share_error {
         println!("share problem     {e}");
