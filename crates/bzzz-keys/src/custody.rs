@@ -115,6 +115,11 @@ impl Keys {
         Arc::new(self)
     }
 
+    /// The network's view, to watch (once attached).
+    pub fn watch_net(&self) -> Option<watch::Receiver<Arc<bzzz_net::Snapshot>>> {
+        self.net.get().map(NetHandle::watch)
+    }
+
     pub(crate) fn net(&self) -> Result<&NetHandle, KeysError> {
         self.net
             .get()

@@ -8,7 +8,8 @@
 //! * join token creation (a threshold signature);
 //! * join: process start of a node with a token → listed by every member,
 //!   and → its share valid (the leader re-deals the key to it: a new key
-//!   epoch).
+//!   epoch); then the joiner is stopped and removed (a dead holder would
+//!   block the next re-deal).
 //!
 //! Environment: `BENCH_TRIALS` (default 5).
 
@@ -118,7 +119,30 @@ fn main() -> anyhow::Result<()> {
             },
         )?;
         enrolled.push(t.elapsed());
+        // A dead holder would block the next re-deal (every holder of the
+        // next epoch must take part): the operator removes it.
         c.nodes[j].kill9();
+        let basic = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("operator:{PASSWORD}"))
+        );
+        let (code, text) = http::request(
+            &addr,
+            "DELETE",
+            &format!("/api/v1/members/{id}"),
+            &[("Authorization", basic.as_str())],
+            "",
+        )?;
+        anyhow::ensure!(code == 200, "remove {id}: {code} {text}");
+        wait_until(
+            "back to 5 holders",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                let s = c.nodes[0].get_json("/api/v1/keys").ok()?;
+                (s["shares"] == 5).then_some(())
+            },
+        )?;
     }
 
     println!("| measure (5 nodes, t = 3) | result |\n|---|---|");

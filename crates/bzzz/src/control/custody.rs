@@ -35,17 +35,53 @@ impl Control {
         keys: &Keys,
         record: bzzz_proto::cluster::Signed,
     ) -> Result<(), String> {
-        let r = self
-            .propose(Command::KeyEpoch {
-                record: record.clone(),
-            })
-            .await?;
+        // A leader change may be under way (right after setup the first
+        // leader hands off to the best-scored voter): the signed record
+        // stays valid for this epoch, so retry for a few seconds.
+        let until = Instant::now() + Duration::from_secs(5);
+        let r = loop {
+            match self
+                .propose(Command::KeyEpoch {
+                    record: record.clone(),
+                })
+                .await
+            {
+                Ok(r) => break r,
+                Err(e) if Instant::now() < until => {
+                    tracing::debug!("key epoch not committed yet ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         if let Some(why) = r.rejected {
             return Err(why);
         }
         keys.adopt_epoch(&record)?;
         Ok(())
     }
+}
+
+/// What custody sees of the view: the connected, proven members and
+/// their share reports (`None` once the view is gone).
+async fn view_changed(
+    rx: &mut Option<watch::Receiver<Arc<bzzz_net::Snapshot>>>,
+) -> Option<Vec<(bzzz_proto::NodeId, Option<bzzz_proto::api::ShareReport>)>> {
+    let Some(r) = rx else {
+        return std::future::pending().await;
+    };
+    if r.changed().await.is_err() {
+        *rx = None;
+        return None;
+    }
+    let snap = r.borrow_and_update().clone();
+    Some(
+        snap.peers
+            .iter()
+            .filter(|p| p.connected && p.proven)
+            .map(|p| (p.announcement.node_id.clone(), p.announcement.share))
+            .collect(),
+    )
 }
 
 /// How often a member re-asks peers whether it still belongs.
@@ -73,6 +109,11 @@ pub async fn custody(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rx: Option<watch::Receiver<u64>> = None;
+    // The view wakes the loop too (a joiner's certificate appears, a
+    // holder announces a lost share), but only when what custody looks at
+    // changed: members in reach and their share reports.
+    let mut view = keys.watch_net();
+    let mut last_view = None;
     // Standing: asked at start until a member answers, then every 15 s (a
     // node removed while it could not apply the removal itself, e.g.
     // already dropped from Raft, learns it this way).
@@ -85,6 +126,12 @@ pub async fn custody(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
             _ = changed(&mut rx) => {}
+            v = view_changed(&mut view) => {
+                if v.is_some() && v == last_view {
+                    continue;
+                }
+                last_view = v;
+            }
         }
         if !keys.is_initialized() {
             continue;
