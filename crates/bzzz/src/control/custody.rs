@@ -55,7 +55,12 @@ impl Control {
             }
         };
         if let Some(why) = r.rejected {
-            return Err(why);
+            // A retry after a lost answer: the first proposal committed it.
+            let ours =
+                self.with_state(|s| s.key_epoch.as_ref().is_some_and(|k| k.record == record));
+            if !ours {
+                return Err(why);
+            }
         }
         keys.adopt_epoch(&record)?;
         Ok(())
