@@ -110,23 +110,32 @@ async fn api_role_put(
     let role: RoleDef = parse(&body, "role")?;
     role.validate().map_err(ApiError::invalid)?;
     let control = control(&st)?;
+    let change = admin_change(&st, control, AdminAction::PutRole { role })?;
+    let signed = st.keys.sign_admin_change(&change, &pw).await?;
+    propose_admin(control, signed).await
+}
+
+/// An admin change of `action` for this cluster, with a `seq` after every
+/// applied change and time-ordered across proposers (to be signed).
+pub(super) fn admin_change(
+    st: &Shared,
+    control: &crate::control::Control,
+    action: AdminAction,
+) -> Result<AdminChange, ApiError> {
     let cluster = st
         .keys
         .cluster()
         .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the cluster is not initialized yet"))?;
-    // A seq after every applied change, and time-ordered across proposers.
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let change = AdminChange {
+    Ok(AdminChange {
         v: RECORD_VERSION,
         cluster: cluster.genesis.cluster.clone(),
         seq: now_ms.max(control.with_state(|s| s.admin_seq) + 1),
         issued_at: bzzz_keys::unix_now(),
-        action: AdminAction::PutRole { role },
-    };
-    let signed = st.keys.sign_admin_change(&change, &pw).await?;
-    propose_admin(control, signed).await
+        action,
+    })
 }
 
 /// `POST /api/v1/admin/changes` (operator): commits an already signed admin

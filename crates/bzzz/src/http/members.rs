@@ -14,7 +14,7 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use bzzz_proto::NodeId;
 use bzzz_proto::api::{MemberView, PolicyRequest};
-use bzzz_proto::cluster::{AdminAction, AdminChange, KeyPolicy, RECORD_VERSION};
+use bzzz_proto::cluster::{AdminAction, KeyPolicy};
 use serde_json::json;
 
 use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
@@ -177,22 +177,13 @@ pub async fn remove_member(
         return Ok(json!({"node_id": node, "removed": true, "already": true}));
     }
     let control = st.control.get().ok_or_else(ApiError::no_control)?;
-    let cluster = st
-        .keys
-        .cluster()
-        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the cluster is not initialized yet"))?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let change = AdminChange {
-        v: RECORD_VERSION,
-        cluster: cluster.genesis.cluster.clone(),
-        seq: now_ms.max(control.with_state(|s| s.admin_seq) + 1),
-        issued_at: bzzz_keys::unix_now(),
-        action: AdminAction::RemoveMember {
+    let change = super::control::admin_change(
+        st,
+        control,
+        AdminAction::RemoveMember {
             node_id: node.clone(),
         },
-    };
+    )?;
     let signed = st.keys.sign_admin_change(&change, pw).await?;
     let r = control
         .propose(bzzz_control::raft::Command::Admin { change: signed })
