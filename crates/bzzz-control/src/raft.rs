@@ -683,6 +683,147 @@ mod tests {
     }
 
     #[test]
+    fn key_epochs_follow_one_another_and_are_checked_on_apply() {
+        use bzzz_crypto::records::{self, Domain};
+        use bzzz_proto::cluster::{
+            AdminAction, AdminChange, Genesis, KeyEpoch, KeyPolicy, RECORD_VERSION, ShareHolder,
+        };
+        let master = bzzz_crypto::threshold::MasterKey::generate().expect("rng");
+        let admin = master.admin_key();
+        let pk = hex::encode(admin.public());
+        let sign = |domain: Domain, body: String| {
+            let sig = admin.sign(&records::signing_bytes(domain, body.as_bytes()));
+            records::signed(body, &sig)
+        };
+        let ids: Vec<NodeId> = [
+            "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xa",
+            "12D3KooWKhW5Lm3ZJqzgY6NvbsVfNrHzxJbd3fUrtRzS8Jr4zrzv",
+            "12D3KooWRBkuSNu3z5yCQMxLTxcvr2SWfj6g1dJUNvHccQyq2cst",
+        ]
+        .iter()
+        .map(|s| NodeId::parse(s).expect("id"))
+        .collect();
+        let sharing = admin.split(1, 1).expect("split");
+        let genesis = Genesis {
+            v: RECORD_VERSION,
+            cluster: "lab".into(),
+            admin_public_key: pk.clone(),
+            threshold: 1,
+            shares: 1,
+            holders: vec![ShareHolder {
+                index: 1,
+                node_id: ids[0].clone(),
+            }],
+            policy: Some(KeyPolicy::Majority),
+            commitment: sharing.commitment,
+            operator_verifier: "x".into(),
+            created_at: 1,
+        };
+        let mut st = ClusterState::default();
+        let g = sign(Domain::Genesis, records::body_text(&genesis).expect("json"));
+        assert!(
+            st.apply_command(1, Command::Genesis { record: g })
+                .rejected
+                .is_none()
+        );
+        let epoch = |n: u64, holders: &[usize], t: u16| {
+            let c = admin.split(t, holders.len() as u16).expect("split");
+            KeyEpoch {
+                v: RECORD_VERSION,
+                cluster: "lab".into(),
+                admin_public_key: pk.clone(),
+                epoch: n,
+                policy: KeyPolicy::Majority,
+                threshold: t,
+                holders: holders
+                    .iter()
+                    .map(|i| ShareHolder {
+                        index: *i as u16 + 1,
+                        node_id: ids[*i].clone(),
+                    })
+                    .collect(),
+                commitment: c.commitment,
+                dealt_by: [(1, "00".to_owned())].into(),
+                issued_at: 2,
+            }
+        };
+        let cmd = |e: &KeyEpoch| Command::KeyEpoch {
+            record: sign(Domain::KeyEpoch, records::body_text(e).expect("json")),
+        };
+        // Not the next epoch.
+        let r = st.apply_command(2, cmd(&epoch(2, &[0, 1], 2)));
+        assert!(r.rejected.is_some_and(|w| w.contains("does not follow 0")));
+        // A threshold the policy does not give (2 of 3 is majority; 3 is not).
+        assert!(
+            st.apply_command(3, cmd(&epoch(1, &[0, 1, 2], 3)))
+                .rejected
+                .is_some()
+        );
+        // Signed under another domain, or edited: refused.
+        let e1 = epoch(1, &[0, 1, 2], 2);
+        let wrong_domain = sign(Domain::AdminChange, records::body_text(&e1).expect("json"));
+        assert!(
+            st.apply_command(
+                4,
+                Command::KeyEpoch {
+                    record: wrong_domain
+                }
+            )
+            .rejected
+            .is_some()
+        );
+        let mut edited = match cmd(&e1) {
+            Command::KeyEpoch { record } => record,
+            _ => unreachable!(),
+        };
+        edited.body = edited.body.replace("\"threshold\":2", "\"threshold\":1");
+        assert!(
+            st.apply_command(5, Command::KeyEpoch { record: edited })
+                .rejected
+                .is_some()
+        );
+        assert!(st.key_epoch.is_none());
+        // The next epoch applies: holders and threshold follow it.
+        assert!(st.apply_command(6, cmd(&e1)).rejected.is_none());
+        assert_eq!(st.key_epoch.as_ref().map(|k| k.epoch), Some(1));
+        assert_eq!(st.share_holders.len(), 3);
+        assert_eq!(st.cluster.as_ref().map(|c| c.threshold), Some(2));
+        // The same epoch again (a racing coordinator): refused.
+        assert!(
+            st.apply_command(7, cmd(&epoch(1, &[0, 1], 2)))
+                .rejected
+                .is_some()
+        );
+        // A removed member cannot hold a share of a later epoch.
+        let removal = AdminChange {
+            v: RECORD_VERSION,
+            cluster: "lab".into(),
+            seq: 1,
+            issued_at: 3,
+            action: AdminAction::RemoveMember {
+                node_id: ids[2].clone(),
+            },
+        };
+        let removal = sign(
+            Domain::AdminChange,
+            records::body_text(&removal).expect("json"),
+        );
+        assert!(
+            st.apply_command(8, Command::Admin { change: removal })
+                .rejected
+                .is_none()
+        );
+        assert!(st.removed.contains_key(&ids[2]));
+        let r = st.apply_command(9, cmd(&epoch(2, &[0, 1, 2], 2)));
+        assert!(r.rejected.is_some_and(|w| w.contains("was removed")));
+        assert!(
+            st.apply_command(10, cmd(&epoch(2, &[0, 1], 2)))
+                .rejected
+                .is_none()
+        );
+    }
+
+    #[test]
     fn model_commands_are_validated_and_survive_a_snapshot() {
         let entry = |name: &str, replicas: u16| ModelEntry::sample(name, 1, replicas);
         let mut st = ClusterState::default();
