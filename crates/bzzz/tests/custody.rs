@@ -619,3 +619,101 @@ fn a_holder_killed_at_any_step_of_a_redeal_leaves_one_epoch_that_signs() {
     }
     eprintln!("{committed} of 10 re-deals committed, the rest abandoned");
 }
+
+/// Voters and learners as node `i` sees Raft's membership.
+fn in_raft(c: &LocalCluster, i: usize) -> BTreeSet<String> {
+    let l = cli_json(&["leader", "--api", &c.nodes[i].api(), "--json"]);
+    ["voters", "learners"]
+        .iter()
+        .flat_map(|k| l[*k].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn a_member_out_of_sight_past_evict_after_leaves_raft_but_keeps_its_share() {
+    let mut c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    let opts = c
+        .config("evict", "control:\n  evict_after: 4s\n")
+        .expect("config");
+    // Every node with a 4 s eviction (the first restarted with it).
+    c.nodes[0].args.extend(opts.extra_args.iter().cloned());
+    c.nodes[0].restart(Path::new(BIN)).expect("restart");
+    c.nodes[0]
+        .wait_ready(Duration::from_secs(20))
+        .expect("ready");
+    for _ in 0..3 {
+        c.add_node(&opts).expect("node");
+    }
+    c.wait_formed(Duration::from_secs(15)).expect("formed");
+    c.init(0, PASSWORD).expect("init");
+    let all = [0, 1, 2, 3];
+    wait_until(
+        "4 members in Raft",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || (in_raft(&c, 0).len() == 4).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    wait_until(
+        "one key epoch everywhere",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || agreed(&c, &all),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // A non-leader goes away for longer than evict_after.
+    let leader = cli_json(&["leader", "--api", &c.nodes[0].api(), "--json"])["leader"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let away = (1..4)
+        .find(|i| c.nodes[*i].node_id() != leader)
+        .expect("a follower");
+    let away_id = c.nodes[away].node_id().to_owned();
+    let index = status(&c, away)["share_index"].clone();
+    c.nodes[away].kill9();
+    let rest: Vec<usize> = all.iter().copied().filter(|i| *i != away).collect();
+    let started = Instant::now();
+    wait_until(
+        "the evicted member out of Raft",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            rest.iter()
+                .all(|i| !in_raft(&c, *i).contains(&away_id))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "evicted before evict_after: {took:?}"
+    );
+    // Oversight keeps its share: still a holder, listed as gone.
+    let m = members(&c, rest[0]);
+    let v = m
+        .iter()
+        .find(|m| m["node_id"] == away_id.as_str())
+        .expect("listed");
+    assert_eq!(v["state"], "gone", "{v}");
+    assert_eq!(v["share_index"], index, "{v}");
+    assert_eq!(v["raft"], "none", "{v}");
+    assert!(v["gone_secs"].as_u64().is_some(), "{v}");
+    let html = page(&c.nodes[rest[0]].api(), "/cluster");
+    assert!(html.contains("gone for"), "{html}");
+    // It comes back: a member again, back in Raft, same share.
+    c.nodes[away].restart(Path::new(BIN)).expect("restart");
+    c.nodes[away]
+        .wait_ready(Duration::from_secs(20))
+        .expect("ready");
+    wait_until(
+        "the member back in Raft",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || in_raft(&c, rest[0]).contains(&away_id).then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(status(&c, away)["share_state"], "valid");
+}
