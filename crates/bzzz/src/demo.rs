@@ -333,7 +333,7 @@ struct DemoInit {
 }
 
 /// Initializes the demo cluster through the first node's API, as `bzzz init`
-/// does unattended: every node gets a share, t = ⌈n/2⌉+1.
+/// does unattended: every node gets a share, t = ⌊n/2⌋+1 (majority).
 async fn init_demo_cluster(nodes: &[DemoNode], dir: &Path) -> anyhow::Result<DemoInit> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

@@ -225,6 +225,7 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
         me.attr("data-raft").await.expect("attr").as_deref(),
         Some("leader")
     );
+    client.goto(&format!("{base}/admin")).await.expect("goto");
     wait_for(&client, "#logout")
         .await
         .click()

@@ -314,7 +314,7 @@ pub struct InitArgs {
     /// Cluster name (a-z, 0-9, '-', '_'; up to 63 characters).
     #[arg(long, value_name = "NAME")]
     pub cluster: String,
-    /// Shares needed for an admin signature [default: ⌈n/2⌉+1].
+    /// Shares needed for an admin signature [default: ⌊n/2⌋+1, the majority policy; another T makes the policy fixed:T].
     #[arg(long, value_name = "T")]
     pub threshold: Option<u16>,
     /// Shares to deal, one per node [default: every node present].
