@@ -35,6 +35,7 @@ impl Keys {
             auth_ended: tokio::sync::Notify::new(),
             web_sessions: Mutex::new(HashMap::new()),
             removed: RwLock::new(BTreeMap::new()),
+            token_nodes: Mutex::new(HashMap::new()),
             redealing: tokio::sync::Mutex::new(()),
             used_tokens: Mutex::new(load_used_tokens(&data_dir.join(USED_TOKENS_FILE))?),
         };

@@ -293,7 +293,11 @@ struct SignSession {
     message: Vec<u8>,
     created: Instant,
     /// A join token this signature spends (id, allowed uses, expiry).
-    token_use: Option<(String, u32, u64)>,
+    token_use: Option<(String, u32, u64, NodeId)>,
+    /// The share that committed in round 1 and its key epoch: round 2
+    /// signs with it, or refuses when the epoch changed in between.
+    share: Arc<KeyShare>,
+    epoch: u64,
 }
 
 /// The keys service. Cheap to share (`Arc`).
@@ -319,6 +323,10 @@ pub struct Keys {
     auth_ended: tokio::sync::Notify,
     /// Join token id → (uses signed for, expiry), persisted.
     used_tokens: Mutex<HashMap<String, (u32, u64)>>,
+    /// Join token id → the nodes whose certificates this signer counted a
+    /// use for (in memory): signing again for the same node (a retried
+    /// join) spends no second use.
+    token_nodes: Mutex<HashMap<String, std::collections::BTreeSet<NodeId>>>,
     /// Removed members (from the Raft state): node → signed removal.
     removed: RwLock<BTreeMap<NodeId, Signed>>,
     /// One re-deal at a time from this node.

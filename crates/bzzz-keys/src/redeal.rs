@@ -51,6 +51,10 @@ pub enum Standing {
     Unknown,
 }
 
+/// How long a re-deal step waits for one holder (dealing and receiving take
+/// milliseconds; a policy change adds one Argon2id check).
+pub const REDEAL_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Sub-shares for one holder: (dealer index, sealed bytes).
 type SealedFor = BTreeMap<u16, Vec<(u16, Vec<u8>)>>;
 
@@ -302,12 +306,20 @@ impl Keys {
         // Dealers: a threshold of current holders in reach, this node first.
         let t = usize::from(c.threshold.max(1));
         let removed = read(&self.removed).clone();
+        // Holders in reach that can deal: their announcement does not say
+        // their share of this epoch is missing or invalid (older peers
+        // announce nothing: they are tried).
         let connected: BTreeSet<NodeId> = self
             .net()?
             .snapshot()
             .peers
             .iter()
             .filter(|p| p.connected && p.proven)
+            .filter(|p| {
+                p.announcement.share.is_none_or(|r| {
+                    r.epoch != c.epoch || r.state == bzzz_proto::api::ShareCondition::Valid
+                })
+            })
             .map(|p| p.announcement.node_id.clone())
             .collect();
         let mut dealers: Vec<(u16, NodeId)> = Vec::new();
@@ -338,7 +350,7 @@ impl Keys {
 
         // Step 1: deal.
         let step1 = futures::future::join_all(dealers.iter().map(|(_, node)| {
-            self.ask(
+            self.ask_within(
                 node,
                 KeysRequest::RedealDeal {
                     session: session.clone(),
@@ -400,7 +412,7 @@ impl Keys {
             .map(|(id, (n, exp))| (id, n, exp))
             .collect();
         let step2 = futures::future::join_all(plan.holders.iter().map(|h| {
-            self.ask(
+            self.ask_within(
                 &h.node_id,
                 KeysRequest::RedealReceive {
                     session: session.clone(),
@@ -480,6 +492,19 @@ impl Keys {
             "re-dealt the admin key; the new epoch is ready to commit"
         );
         Ok(signed)
+    }
+
+    /// [`Keys::ask`] with the re-deal's time limit: a holder that died a
+    /// moment ago may still look connected (QUIC notices late), and a
+    /// re-deal must not wait the keys protocol's 20 s for it.
+    async fn ask_within(&self, node: &NodeId, req: KeysRequest) -> KeysResponse {
+        match tokio::time::timeout(REDEAL_STEP_TIMEOUT, self.ask(node, req)).await {
+            Ok(r) => r,
+            Err(_) => KeysResponse::refused(
+                RefusalCode::NotReady,
+                format!("no answer within {REDEAL_STEP_TIMEOUT:?}"),
+            ),
+        }
     }
 
     /// Re-deal step 1 on a dealer.
@@ -818,14 +843,23 @@ impl Keys {
             .map(|p| p.announcement.node_id.clone())
             .take(3)
             .collect();
+        // At once, each for at most 3 s: a peer that just died may still
+        // look connected.
+        let answers = futures::future::join_all(peers.iter().map(|p| {
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                wire::request(net, p, &KeysRequest::Standing),
+            )
+        }))
+        .await;
         let mut out = Standing::Unknown;
-        for p in peers {
-            match wire::request(net, &p, &KeysRequest::Standing).await {
-                Ok(KeysResponse::Removed { change }) => match self.mark_removed(&change) {
+        for (p, a) in peers.iter().zip(answers) {
+            match a {
+                Ok(Ok(KeysResponse::Removed { change })) => match self.mark_removed(&change) {
                     Ok(r) => return Standing::Removed(r),
                     Err(e) => warn!(peer = %p, "a peer claims this node was removed: {e}"),
                 },
-                Ok(KeysResponse::Standing { .. }) => out = Standing::Member,
+                Ok(Ok(KeysResponse::Standing { .. })) => out = Standing::Member,
                 _ => {}
             }
         }

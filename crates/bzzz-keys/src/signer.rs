@@ -245,8 +245,13 @@ impl Keys {
             } => self.check_epoch_body(&c, body, certs, operator_password.as_ref())?,
             SignPurpose::Certificate { body, token } => {
                 let t = records::check_token(token.expose(), &c.admin_public_key, now)?;
+                let cert: MembershipCert =
+                    serde_json::from_str(body).map_err(|e| format!("certificate body: {e}"))?;
                 let used = lock(&self.used_tokens).get(&t.id).map_or(0, |u| u.0);
-                if used >= t.uses {
+                let again = lock(&self.token_nodes)
+                    .get(&t.id)
+                    .is_some_and(|n| n.contains(&cert.node_id));
+                if used >= t.uses && !again {
                     return Err(Refusal::new(
                         RefusalCode::TokenUsed,
                         format!(
@@ -258,9 +263,7 @@ impl Keys {
                 // Every holder of the current epoch counts the token's uses;
                 // any two signing quorums overlap (2t > n under the
                 // majority policy) and re-deals carry the counts over.
-                token_use = Some((t.id.clone(), t.uses, t.expires_at));
-                let cert: MembershipCert =
-                    serde_json::from_str(body).map_err(|e| format!("certificate body: {e}"))?;
+                token_use = Some((t.id.clone(), t.uses, t.expires_at, cert.node_id.clone()));
                 if let Some(i) = cert.share_index
                     && self.claimed_indices().contains(&i)
                 {
@@ -296,6 +299,8 @@ impl Keys {
                 message,
                 created: Instant::now(),
                 token_use,
+                share: share.clone(),
+                epoch: c.epoch,
             },
         );
         info!(%peer, purpose = purpose.kind(), "approved an admin signature request");
@@ -317,16 +322,30 @@ impl Keys {
         if &s.coordinator != peer {
             return Err("signing session belongs to another coordinator".into());
         }
-        let share = match &*read(&self.share) {
-            ShareState::Valid(s) => s.clone(),
-            _ => return Err("this node has no valid share".into()),
-        };
-        if let Some((id, uses, expires_at)) = &s.token_use {
+        // Round 2 signs with the share that committed in round 1; if a key
+        // epoch was adopted in between, that share is gone: start again.
+        let current = self.cluster().map_or(0, |c| c.epoch);
+        if current != s.epoch {
+            return Err(Refusal::new(
+                RefusalCode::Session,
+                format!(
+                    "the key epoch changed during signing ({} → {current}); sign again",
+                    s.epoch
+                ),
+            ));
+        }
+        let share = s.share.clone();
+        if let Some((id, uses, expires_at, node)) = &s.token_use {
             let mut used = lock(&self.used_tokens);
+            let mut nodes = lock(&self.token_nodes);
             let now = unix_now();
             used.retain(|_, (_, exp)| *exp + 60 > now);
+            nodes.retain(|id, _| used.contains_key(id));
+            let counted = nodes.get(id).is_some_and(|n| n.contains(node));
             let entry = used.entry(id.clone()).or_insert((0, *expires_at));
-            if entry.0 >= *uses {
+            if counted {
+                // A retried join of the same node: no second use.
+            } else if entry.0 >= *uses {
                 return Err(Refusal::new(
                     RefusalCode::TokenUsed,
                     format!(
@@ -335,7 +354,10 @@ impl Keys {
                     ),
                 ));
             }
-            entry.0 += 1;
+            if !counted {
+                entry.0 += 1;
+                nodes.entry(id.clone()).or_default().insert(node.clone());
+            }
             let bytes = custody::encode_used_tokens(&used)?;
             write_private(&self.data_dir.join(USED_TOKENS_FILE), &bytes)
                 .map_err(|e| format!("cannot record the token use: {e}"))?;

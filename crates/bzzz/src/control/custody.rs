@@ -176,6 +176,12 @@ pub async fn custody(
         let outcome = match keys.next_plan(None) {
             Ok(None) => Ok(false),
             Ok(Some(plan)) => {
+                info!(
+                    epoch = plan.epoch,
+                    holders = plan.holders.len(),
+                    threshold = plan.threshold,
+                    "custody changed: re-dealing the admin key"
+                );
                 let started = Instant::now();
                 let (n, t) = (plan.holders.len(), plan.threshold);
                 match keys.run_redeal(plan, None).await {

@@ -185,12 +185,27 @@ pub async fn remove_member(
         },
     )?;
     let signed = st.keys.sign_admin_change(&change, pw).await?;
-    let r = control
-        .propose(bzzz_control::raft::Command::Admin { change: signed })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    if let Some(why) = r.rejected {
-        return Err(ApiError::invalid(why));
+    // The signed removal stays valid: through a leader change or a slow
+    // answer, propose it again for a while (a replay of one that did
+    // commit is refused by seq, and then found in the state).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match control
+            .propose(bzzz_control::raft::Command::Admin {
+                change: signed.clone(),
+            })
+            .await
+        {
+            Ok(r) => match r.rejected {
+                None => break,
+                Some(_) if control.with_state(|s| s.removed.contains_key(&node)) => break,
+                Some(why) => return Err(ApiError::invalid(why)),
+            },
+            Err(_) if std::time::Instant::now() < until => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)),
+        }
     }
     tracing::info!(%node, "member removed by the operator");
     Ok(json!({"node_id": node, "removed": true, "already": false}))
