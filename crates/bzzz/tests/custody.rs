@@ -771,8 +771,10 @@ fn a_member_out_of_sight_past_evict_after_leaves_raft_but_keeps_its_share() {
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", custody_logs(&c)));
     let took = started.elapsed();
+    // Counted from when the leader last saw it alive (its planner looks
+    // every 500 ms), so up to a second before the kill.
     assert!(
-        took >= Duration::from_secs(4),
+        took >= Duration::from_secs(3),
         "evicted before evict_after: {took:?}"
     );
     // Oversight keeps its share: still a holder, listed as gone.
