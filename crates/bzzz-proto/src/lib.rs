@@ -11,6 +11,7 @@ pub mod caps;
 pub mod cluster;
 pub mod id;
 pub mod models;
+pub mod ucxl;
 
 pub use caps::{Capabilities, CpuInfo, GpuInfo, Labels, OllamaInfo, OllamaModel};
 pub use id::{NodeId, NodeIdError};
