@@ -75,26 +75,33 @@ impl Keys {
         {
             out.insert(self.node_id.clone(), (i, c.cert.clone()));
         }
-        if let Ok(net) = self.net() {
-            for p in net
-                .snapshot()
-                .peers
-                .iter()
-                .filter(|p| p.connected && p.proven)
+        for p in self.peers_in_reach() {
+            let id = &p.announcement.node_id;
+            if removed.contains_key(id) {
+                continue;
+            }
+            if let Some(cert) = &p.announcement.membership
+                && let Ok(mc) = records::open_cert(cert, &c.admin_public_key, Some(id))
+                && let Some(i) = mc.share_index
             {
-                let id = &p.announcement.node_id;
-                if removed.contains_key(id) {
-                    continue;
-                }
-                if let Some(cert) = &p.announcement.membership
-                    && let Ok(mc) = records::open_cert(cert, &c.admin_public_key, Some(id))
-                    && let Some(i) = mc.share_index
-                {
-                    out.insert(id.clone(), (i, cert.clone()));
-                }
+                out.insert(id.clone(), (i, cert.clone()));
             }
         }
         out
+    }
+
+    /// Peers connected to this node that proved membership.
+    fn peers_in_reach(&self) -> Vec<bzzz_net::PeerView> {
+        self.net()
+            .map(|n| {
+                n.snapshot()
+                    .peers
+                    .iter()
+                    .filter(|p| p.connected && p.proven)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Share indexes in use or claimed by a certificate in the view.
@@ -179,20 +186,13 @@ impl Keys {
         if c.share_index.is_some() && matches!(&*read(&self.share), ShareState::None) {
             out.push(self.node_id.clone());
         }
-        if let Ok(net) = self.net() {
-            for p in net
-                .snapshot()
-                .peers
-                .iter()
-                .filter(|p| p.connected && p.proven)
+        for p in self.peers_in_reach() {
+            if let Some(r) = p.announcement.share
+                && r.epoch == c.epoch
+                && r.state == ShareCondition::Missing
+                && c.holders.values().any(|h| h == &p.announcement.node_id)
             {
-                if let Some(r) = p.announcement.share
-                    && r.epoch == c.epoch
-                    && r.state == ShareCondition::Missing
-                    && c.holders.values().any(|h| h == &p.announcement.node_id)
-                {
-                    out.push(p.announcement.node_id.clone());
-                }
+                out.push(p.announcement.node_id.clone());
             }
         }
         out
@@ -309,12 +309,10 @@ impl Keys {
         // Holders in reach that can deal: their announcement does not say
         // their share of this epoch is missing or invalid (older peers
         // announce nothing: they are tried).
+        self.net()?; // "the network is not started yet"
         let connected: BTreeSet<NodeId> = self
-            .net()?
-            .snapshot()
-            .peers
+            .peers_in_reach()
             .iter()
-            .filter(|p| p.connected && p.proven)
             .filter(|p| {
                 p.announcement.share.is_none_or(|r| {
                     r.epoch != c.epoch || r.state == bzzz_proto::api::ShareCondition::Valid

@@ -467,6 +467,19 @@ impl LocalCluster {
     }
 }
 
+/// Every file under `dir`, recursively (tests that search data dirs for
+/// secrets).
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
 /// Resident set size (KiB) and total CPU time (user+system) of a process.
 pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -6,7 +6,7 @@
 //! node told so when it comes back).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -26,17 +26,6 @@ fn cli_json(args: &[&str]) -> Value {
 
 fn status(c: &LocalCluster, i: usize) -> Value {
     cli_json(&["keys", "status", "--api", &c.nodes[i].api(), "--json"])
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -130,6 +119,30 @@ fn custody_logs(c: &LocalCluster) -> String {
         }
     }
     out
+}
+
+/// Waits until every node of `nodes` but `gone` has dropped `gone_id`
+/// from its view.
+fn wait_left(c: &LocalCluster, nodes: &[usize], gone: usize, gone_id: &str) {
+    wait_until(
+        "the others to see the node leave",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            nodes
+                .iter()
+                .filter(|i| **i != gone)
+                .all(|i| {
+                    !c.nodes[*i]
+                        .peer_ids()
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|p| p == gone_id)
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", custody_logs(c)));
 }
 
 fn page(api: &str, path: &str) -> String {
@@ -238,7 +251,7 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
     // share (sealed or open) nor any earlier epoch's file.
     let mut files = Vec::new();
     for n in &c.nodes {
-        files_under(&n.data_dir, &mut files);
+        bzzz_testkit::files_under(&n.data_dir, &mut files);
     }
     for f in &files {
         let name = f
@@ -363,23 +376,7 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
     // within a second of SIGKILL can stay out of the others' views for
     // 30 s and more: their QUIC link to the dead process lingers. That is
     // the mesh's, tracked separately; this test is about the share.)
-    wait_until(
-        "the others to see the lost node leave",
-        Duration::from_secs(20),
-        Duration::from_millis(100),
-        || {
-            all.iter()
-                .filter(|i| **i != lost)
-                .all(|i| {
-                    !c.nodes[*i]
-                        .peer_ids()
-                        .unwrap_or_default()
-                        .contains(&lost_id)
-                })
-                .then_some(())
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", custody_logs(&c)));
+    wait_left(&c, &all, lost, &lost_id);
     for e in c.nodes[lost].data_dir.read_dir().expect("dir").flatten() {
         if e.file_name().to_string_lossy().starts_with("share.") {
             std::fs::remove_file(e.path()).expect("rm share");
@@ -630,23 +627,7 @@ fn a_holder_killed_at_any_step_of_a_redeal_leaves_one_epoch_that_signs() {
         // The others notice the death before it comes back (see the lost
         // share step of the first test).
         let victim_id = c.nodes[victim].node_id().to_owned();
-        wait_until(
-            "the others to see the victim leave",
-            Duration::from_secs(20),
-            Duration::from_millis(100),
-            || {
-                all.iter()
-                    .filter(|i| **i != victim)
-                    .all(|i| {
-                        !c.nodes[*i]
-                            .peer_ids()
-                            .unwrap_or_default()
-                            .contains(&victim_id)
-                    })
-                    .then_some(())
-            },
-        )
-        .unwrap_or_else(|e| panic!("run {run}: {e}\n{}", custody_logs(&c)));
+        wait_left(&c, &all, victim, &victim_id);
         c.nodes[victim].restart(Path::new(BIN)).expect("restart");
         c.nodes[victim]
             .wait_ready(Duration::from_secs(20))

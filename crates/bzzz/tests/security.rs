@@ -88,17 +88,6 @@ fn verify_plain_ed25519(pk_hex: &str, out: &Output) {
 }
 
 /// Every file below `dir`, recursively.
-fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            files_under(&p, out);
-        } else {
-            out.push(p);
-        }
-    }
-}
-
 #[test]
 fn five_nodes_threshold_three_shares_signatures_recovery_and_no_leaks() {
     let mut c = LocalCluster::start(bin(), 5, &LocalOpts::default()).expect("start");
@@ -159,7 +148,7 @@ fn five_nodes_threshold_three_shares_signatures_recovery_and_no_leaks() {
         needles.push(w.join(" ").into_bytes());
     }
     let mut files = Vec::new();
-    files_under(c.dir.path(), &mut files);
+    bzzz_testkit::files_under(c.dir.path(), &mut files);
     assert!(files.len() >= 15, "expected data dirs and logs: {files:?}");
     for f in &files {
         let bytes = std::fs::read(f).expect("read");
