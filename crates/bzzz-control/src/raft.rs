@@ -64,6 +64,16 @@ pub enum Command {
     /// Commits a key epoch ([`bzzz_proto::cluster::KeyEpoch`], signed by
     /// the admin key): the next epoch of share custody.
     KeyEpoch { record: Signed },
+    /// Hands an existing role key epoch to nodes that may read it now
+    /// (members added after it was made). Any member may propose it: only
+    /// nodes that are readers of the chain by the admin-signed registry
+    /// are accepted, and each checks that what it opens matches the
+    /// epoch's public key.
+    RoleKeyGrant {
+        chain: String,
+        epoch: u32,
+        grants: BTreeMap<NodeId, String>,
+    },
 }
 
 /// The result of applying a command.
@@ -194,6 +204,9 @@ pub struct ClusterState {
     /// Removed members: node → the admin-signed removal (handed to the
     /// removed node as proof when it comes back).
     pub removed: BTreeMap<NodeId, Signed>,
+    /// Key chains (a role's, or the members' chain): every epoch, oldest
+    /// first, with its secret sealed to each reader (ciphertext only).
+    pub role_keys: BTreeMap<String, Vec<bzzz_proto::dht::RoleKey>>,
 }
 
 /// A committed key epoch: the signed record and what it says.
@@ -207,6 +220,92 @@ pub struct CommittedEpoch {
 }
 
 impl ClusterState {
+    /// The members: nodes in the inventory and share holders, less the
+    /// removed ones.
+    pub fn members(&self) -> std::collections::BTreeSet<NodeId> {
+        self.nodes
+            .keys()
+            .chain(self.share_holders.values())
+            .filter(|n| !self.removed.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+
+    /// Removed members, as a set.
+    pub fn removed_set(&self) -> std::collections::BTreeSet<NodeId> {
+        self.removed.keys().cloned().collect()
+    }
+
+    /// The nodes that may read `chain` now.
+    pub fn chain_readers(&self, chain: &str) -> std::collections::BTreeSet<NodeId> {
+        bzzz_proto::dht::readers(chain, &self.roles, &self.members(), &self.removed_set())
+    }
+
+    /// The newest key of `chain`.
+    pub fn current_key(&self, chain: &str) -> Option<&bzzz_proto::dht::RoleKey> {
+        self.role_keys.get(chain).and_then(|v| v.last())
+    }
+
+    /// Chains whose newest key was given to a node that may no longer read
+    /// them (a role member removed, a member removed from the cluster):
+    /// the next admin change must bring their next key.
+    pub fn chains_to_rotate(&self) -> Vec<String> {
+        let removed = self.removed_set();
+        self.role_keys
+            .iter()
+            .filter_map(|(chain, keys)| {
+                let cur = keys.last()?;
+                let lost = if chain == bzzz_proto::dht::MEMBERS_CHAIN {
+                    cur.readers.iter().any(|n| removed.contains(n))
+                } else {
+                    // A deleted role takes no more writes: nothing to rotate.
+                    let now = self.chain_readers(chain);
+                    self.roles.contains_key(chain) && cur.readers.iter().any(|n| !now.contains(n))
+                };
+                lost.then(|| chain.clone())
+            })
+            .collect()
+    }
+
+    /// Adds the keys an admin change brings, then checks that no chain
+    /// is left with a key a former reader holds.
+    fn apply_role_keys(
+        &mut self,
+        keys: BTreeMap<String, bzzz_proto::dht::RoleKey>,
+    ) -> Result<(), String> {
+        if keys.len() > 1024 {
+            return Err("too many role keys".into());
+        }
+        for (chain, key) in keys {
+            let is_chain = chain == bzzz_proto::dht::MEMBERS_CHAIN || self.roles.contains_key(&chain);
+            if !is_chain {
+                return Err(format!("a key for {chain:?}, which is no role"));
+            }
+            let next = self.current_key(&chain).map_or(1, |k| k.epoch + 1);
+            if key.epoch != next {
+                return Err(format!(
+                    "key epoch {} of {chain:?} is not the next ({next})",
+                    key.epoch
+                ));
+            }
+            bzzz_crypto::seal::parse_recipient(&key.public).map_err(|e| e.to_string())?;
+            let now = self.chain_readers(&chain);
+            if let Some(n) = key.readers.iter().find(|n| !now.contains(*n)) {
+                return Err(format!("key of {chain:?} names {n}, which may not read it"));
+            }
+            if key.sealed.keys().any(|n| !key.readers.contains(n)) {
+                return Err(format!("key of {chain:?} is sealed to a node it does not name"));
+            }
+            self.role_keys.entry(chain).or_default().push(key);
+        }
+        if let Some(chain) = self.chains_to_rotate().first() {
+            return Err(format!(
+                "the change takes readers from {chain:?} without bringing its next key"
+            ));
+        }
+        Ok(())
+    }
+
     /// Why the admin key is at risk, if it is: fewer than `t + 1` share
     /// holders healthy in the inventory (one more loss and no admin
     /// signature is possible).
@@ -350,6 +449,33 @@ impl ClusterState {
                 });
                 Ok(None)
             }
+            Command::RoleKeyGrant {
+                chain,
+                epoch,
+                grants,
+            } => {
+                let readers = self.chain_readers(&chain);
+                let key = self
+                    .role_keys
+                    .get_mut(&chain)
+                    .and_then(|v| v.iter_mut().find(|k| k.epoch == epoch))
+                    .ok_or_else(|| format!("grant refused: no key epoch {epoch} of {chain:?}"))?;
+                let mut added = 0;
+                for (node, sealed) in grants.into_iter().take(4096) {
+                    if readers.contains(&node)
+                        && !key.sealed.contains_key(&node)
+                        && sealed.len() <= 4096
+                    {
+                        key.readers.insert(node.clone());
+                        key.sealed.insert(node, sealed);
+                        added += 1;
+                    }
+                }
+                if added == 0 {
+                    return Err("grant refused: no node in it may read the chain or lacks the key".into());
+                }
+                Ok(None)
+            }
             Command::Admin { change } => {
                 let c = self
                     .cluster
@@ -366,6 +492,8 @@ impl ClusterState {
                     ));
                 }
                 let summary = ch.action.summary();
+                let before = (self.roles.clone(), self.removed.clone(), self.nodes.clone());
+                let before_keys = self.role_keys.clone();
                 match ch.action {
                     AdminAction::PutRole { role } => {
                         self.roles.insert(role.name.clone(), role);
@@ -391,6 +519,12 @@ impl ClusterState {
                         self.nodes.remove(&node_id);
                         self.removed.insert(node_id, change.clone());
                     }
+                    AdminAction::RoleKeys {} => {}
+                }
+                if let Err(why) = self.apply_role_keys(ch.role_keys) {
+                    (self.roles, self.removed, self.nodes) = before;
+                    self.role_keys = before_keys;
+                    return Err(format!("admin change refused: {why}"));
                 }
                 self.admin_seq = ch.seq;
                 self.audit.push_back(AuditEntry {
@@ -564,7 +698,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             | Command::ModelPlace { .. }
                             | Command::ModelHeld { .. }
                     );
-                    keys |= matches!(cmd, Command::KeyEpoch { .. } | Command::Admin { .. });
+                    keys |= matches!(
+                        cmd,
+                        Command::KeyEpoch { .. } | Command::Admin { .. } | Command::RoleKeyGrant { .. }
+                    );
                     let r = i.state.apply_command(e.log_id.index, cmd);
                     out.push(r);
                 }
@@ -803,6 +940,7 @@ mod tests {
             action: AdminAction::RemoveMember {
                 node_id: ids[2].clone(),
             },
+            role_keys: BTreeMap::new(),
         };
         let removal = sign(
             Domain::AdminChange,

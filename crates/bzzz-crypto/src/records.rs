@@ -20,6 +20,9 @@ pub enum Domain {
     OperatorMessage,
     AdminChange,
     KeyEpoch,
+    /// A DHT record body (node-signed; records of the admin role are
+    /// operator messages over these bytes, threshold-signed).
+    DhtRecord,
 }
 
 impl Domain {
@@ -31,6 +34,7 @@ impl Domain {
             Domain::OperatorMessage => b"bzzz/operator-message/v1",
             Domain::AdminChange => b"bzzz/admin-change/v1",
             Domain::KeyEpoch => b"bzzz/key-epoch/v1",
+            Domain::DhtRecord => b"bzzz/dht-record/v1",
         }
     }
 }

@@ -52,6 +52,57 @@ impl AgeIdentity {
     }
 }
 
+/// A role key (one epoch of a key chain): an age X25519 identity made at
+/// random. Its secret only ever leaves sealed to a reader's node
+/// identity. Zeroizes (inside age), never prints.
+pub struct RoleSecret(age::x25519::Identity);
+
+impl fmt::Debug for RoleSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RoleSecret({}, ..)", self.public())
+    }
+}
+
+impl RoleSecret {
+    /// A fresh key.
+    pub fn generate() -> Self {
+        Self(age::x25519::Identity::generate())
+    }
+
+    /// The public recipient, `age1…`.
+    pub fn public(&self) -> String {
+        self.0.to_public().to_string()
+    }
+
+    /// The secret sealed to a node's `age1…` recipient.
+    pub fn seal_to(&self, recipient: &str) -> Result<Vec<u8>, CryptoError> {
+        use age::secrecy::ExposeSecret as _;
+        let text = self.0.to_string();
+        seal(recipient, text.expose_secret().as_bytes())
+    }
+
+    /// Opens a sealed secret with this node's identity and checks it is
+    /// the key of `public`.
+    pub fn open(node: &AgeIdentity, sealed: &[u8], public: &str) -> Result<Self, CryptoError> {
+        let text = node.open(sealed)?;
+        let s = std::str::from_utf8(&text).map_err(|_| CryptoError::InvalidKey("role key"))?;
+        let id = age::x25519::Identity::from_str(s.trim())
+            .map_err(|_| CryptoError::InvalidKey("role key"))?;
+        let me = Self(id);
+        if me.public() != public {
+            return Err(CryptoError::InvalidKey("role key does not match its public key"));
+        }
+        Ok(me)
+    }
+
+    /// Opens what [`seal`] sealed to this key's recipient.
+    pub fn decrypt(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        age::decrypt(&self.0, sealed)
+            .map(Zeroizing::new)
+            .map_err(|e| CryptoError::Seal(format!("cannot open: {e}")))
+    }
+}
+
 /// Checks an `age1…` recipient string.
 pub fn parse_recipient(recipient: &str) -> Result<(), CryptoError> {
     age::x25519::Recipient::from_str(recipient)
@@ -89,5 +140,21 @@ mod tests {
         bad[last] ^= 1;
         assert!(ia.open(&bad).is_err(), "tampering is detected");
         assert!(!format!("{ia:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn role_keys_travel_sealed_and_check_their_public_key() {
+        let a = AgeIdentity::derive(&NodeKey::generate().expect("rng")).expect("a");
+        let b = AgeIdentity::derive(&NodeKey::generate().expect("rng")).expect("b");
+        let k = RoleSecret::generate();
+        let sealed = k.seal_to(&a.recipient()).expect("seal");
+        let opened = RoleSecret::open(&a, &sealed, &k.public()).expect("opens");
+        assert!(RoleSecret::open(&b, &sealed, &k.public()).is_err());
+        let other = RoleSecret::generate();
+        assert!(RoleSecret::open(&a, &sealed, &other.public()).is_err());
+        let record = seal(&k.public(), b"payload").expect("seal");
+        assert_eq!(&opened.decrypt(&record).expect("decrypt")[..], b"payload");
+        assert!(other.decrypt(&record).is_err());
+        assert!(!format!("{k:?}").contains("SECRET"));
     }
 }

@@ -37,6 +37,7 @@
 
 pub mod service;
 pub mod signed;
+pub mod store;
 mod swarm;
 
 use std::sync::Arc;
@@ -70,6 +71,33 @@ pub struct NetConfig {
     /// How long a ping may take. A link with no successful ping for
     /// `2 × ping_interval + ping_timeout` is closed as dead.
     pub ping_timeout: Duration,
+    /// The Kademlia record store and how records replicate.
+    pub dht: DhtSettings,
+}
+
+/// Kademlia record settings.
+#[derive(Debug, Clone)]
+pub struct DhtSettings {
+    /// Where records live (`None`: in memory, accepting every record).
+    pub store: Option<store::DiskStore>,
+    /// Closest nodes that hold each record.
+    pub replication: usize,
+    /// How often every holder re-sends its records to the closest nodes
+    /// (the steward: lost replicas come back within this, plus a lookup).
+    pub replicate_every: Duration,
+    /// How often the original publisher re-sends its own records.
+    pub republish_every: Duration,
+}
+
+impl Default for DhtSettings {
+    fn default() -> Self {
+        Self {
+            store: None,
+            replication: 3,
+            replicate_every: Duration::from_secs(20),
+            republish_every: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for NetConfig {
@@ -83,6 +111,7 @@ impl Default for NetConfig {
             max_peers: 128,
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(1),
+            dht: DhtSettings::default(),
         }
     }
 }
@@ -121,6 +150,7 @@ pub struct Membership {
 /// connected to a member (time enough to present a join token).
 pub const JOIN_GRACE: Duration = Duration::from_secs(10);
 
+pub use libp2p::kad::{Record, RecordKey};
 pub use service::{Service, ServiceRequest};
 
 /// The streams of inbound requests, one per service.
@@ -129,6 +159,7 @@ pub struct Inbound {
     pub keys: mpsc::Receiver<ServiceRequest>,
     pub raft: mpsc::Receiver<ServiceRequest>,
     pub models: mpsc::Receiver<ServiceRequest>,
+    pub dht: mpsc::Receiver<ServiceRequest>,
 }
 
 /// A live peer in the view.
@@ -186,6 +217,26 @@ pub enum Command {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
+    /// Store a record at the closest nodes (and here).
+    DhtPut {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        quorum: usize,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Store a record at the named nodes (read repair).
+    DhtPutTo {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        peers: Vec<NodeId>,
+    },
+    /// Look a record up: the values found (with who held them, `None`:
+    /// this node), once `want` are found or the lookup ends.
+    DhtGet {
+        key: Vec<u8>,
+        want: usize,
+        reply: oneshot::Sender<Result<Vec<(Option<NodeId>, Vec<u8>)>, NetError>>,
+    },
 }
 
 /// Errors of the network layer.
@@ -203,6 +254,8 @@ pub enum NetError {
     Stopped,
     #[error("request to {peer} failed: {reason}")]
     Request { peer: NodeId, reason: String },
+    #[error("DHT: {0}")]
+    Dht(String),
 }
 
 /// Cloneable handle to the swarm task.
@@ -253,6 +306,42 @@ impl NetHandle {
                 payload,
                 reply,
             })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Stores a record at the `replication` closest nodes and here; `Ok`
+    /// once `quorum` of them (besides this node) stored it.
+    pub async fn dht_put(&self, key: Vec<u8>, value: Vec<u8>, quorum: usize) -> Result<(), NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::DhtPut {
+                key,
+                value,
+                quorum,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Sends a record to the named nodes (no answer awaited).
+    pub async fn dht_put_to(&self, key: Vec<u8>, value: Vec<u8>, peers: Vec<NodeId>) {
+        let _ = self.cmd.send(Command::DhtPutTo { key, value, peers }).await;
+    }
+
+    /// Looks a record up: every value found with its holder (`None`: this
+    /// node), returned once `want` values are in or the lookup ends.
+    pub async fn dht_get(
+        &self,
+        key: Vec<u8>,
+        want: usize,
+    ) -> Result<Vec<(Option<NodeId>, Vec<u8>)>, NetError> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::DhtGet { key, want, reply })
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?

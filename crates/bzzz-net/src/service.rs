@@ -35,10 +35,13 @@ pub enum Service {
     /// Raft's requests; the fetcher bounds its requests in flight per peer
     /// so what waits in a connection's buffers stays small.
     Models,
+    /// DHT listings (`bzzz-dht`: which records a node holds, by pattern);
+    /// records themselves travel on Kademlia's protocol.
+    Dht,
 }
 
 impl Service {
-    pub const ALL: [Service; 3] = [Service::Keys, Service::Raft, Service::Models];
+    pub const ALL: [Service; 4] = [Service::Keys, Service::Raft, Service::Models, Service::Dht];
 
     pub fn protocol(self) -> StreamProtocol {
         match self {
@@ -47,6 +50,7 @@ impl Service {
             Service::Keys => StreamProtocol::new("/bzzz/keys/2.0.0"),
             Service::Raft => StreamProtocol::new("/bzzz/raft/1.0.0"),
             Service::Models => StreamProtocol::new("/bzzz/models/1.0.0"),
+            Service::Dht => StreamProtocol::new("/bzzz/dht/1.0.0"),
         }
     }
 
@@ -56,6 +60,7 @@ impl Service {
             Service::Keys => 32,
             Service::Raft => 256,
             Service::Models => 256,
+            Service::Dht => 64,
         }
     }
 
@@ -66,6 +71,7 @@ impl Service {
             Service::Keys => Duration::from_secs(20),
             Service::Raft => Duration::from_secs(10),
             Service::Models => Duration::from_secs(20),
+            Service::Dht => Duration::from_secs(10),
         }
     }
 
@@ -75,6 +81,7 @@ impl Service {
             Service::Keys => 100,
             Service::Raft => 256,
             Service::Models => 128,
+            Service::Dht => 64,
         }
     }
 

@@ -111,6 +111,18 @@ pub fn open(bytes: &[u8]) -> Result<(PeerId, Announcement), EnvelopeError> {
     Ok((signer, ann))
 }
 
+/// The Ed25519 public key a node id names (node ids are identity-hashed
+/// Ed25519 peer ids), `None` for anything else.
+pub fn public_key_of(id: &NodeId) -> Option<[u8; 32]> {
+    let peer: PeerId = id.as_str().parse().ok()?;
+    let mh = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = libp2p::identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(pk.try_into_ed25519().ok()?.to_bytes())
+}
+
 /// The [`NodeId`] of a libp2p peer id.
 pub fn node_id(peer: &PeerId) -> Result<NodeId, bzzz_proto::NodeIdError> {
     NodeId::parse(&peer.to_base58())
@@ -139,6 +151,14 @@ mod tests {
             membership: None,
             share: None,
         }
+    }
+
+    #[test]
+    fn node_ids_name_their_public_key() {
+        let key = Keypair::generate_ed25519();
+        let id = node_id(&key.public().to_peer_id()).expect("id");
+        let pk = key.public().try_into_ed25519().expect("ed").to_bytes();
+        assert_eq!(public_key_of(&id), Some(pk));
     }
 
     #[test]

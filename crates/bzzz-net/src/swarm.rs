@@ -58,12 +58,13 @@ pub(crate) struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    kad: kad::Behaviour<crate::store::DiskStore>,
     gossipsub: gossipsub::Behaviour,
     // One field per request-response service (see `service`).
     keys: Rr,
     raft: Rr,
     models: Rr,
+    dht: Rr,
 }
 
 impl Behaviour {
@@ -72,6 +73,7 @@ impl Behaviour {
             Service::Keys => &mut self.keys,
             Service::Raft => &mut self.raft,
             Service::Models => &mut self.models,
+            Service::Dht => &mut self.dht,
         }
     }
 }
@@ -133,6 +135,18 @@ pub(crate) struct Node {
     unproven: HashMap<PeerId, Instant>,
     /// Peers already reported as refused (log once).
     refused_logged: HashSet<PeerId>,
+    /// DHT lookups and stores in progress.
+    dht_queries: HashMap<kad::QueryId, DhtQuery>,
+}
+
+enum DhtQuery {
+    Put(tokio::sync::oneshot::Sender<Result<(), NetError>>),
+    Get {
+        want: usize,
+        found: Vec<(Option<bzzz_proto::NodeId>, Vec<u8>)>,
+        reply: Option<tokio::sync::oneshot::Sender<Result<Vec<(Option<bzzz_proto::NodeId>, Vec<u8>)>, NetError>>>,
+    },
+    Fire,
 }
 
 fn now_ms() -> u64 {
@@ -275,6 +289,7 @@ impl Node {
             boots: HashMap::new(),
             unproven: HashMap::new(),
             refused_logged: HashSet::new(),
+            dht_queries: HashMap::new(),
         };
         let handle = NetHandle {
             local_id,
@@ -290,6 +305,7 @@ impl Node {
             keys: take(Service::Keys)?,
             raft: take(Service::Raft)?,
             models: take(Service::Models)?,
+            dht: take(Service::Dht)?,
         };
         Ok((node, handle, inbound))
     }
@@ -340,6 +356,116 @@ impl Node {
                 let rr = self.swarm.behaviour_mut().service(service);
                 self.services.request(rr, service, &peer, payload, reply);
             }
+            Command::DhtPut {
+                key,
+                value,
+                quorum,
+                reply,
+            } => {
+                let record = kad::Record::new(kad::RecordKey::new(&key), value);
+                let q = match std::num::NonZeroUsize::new(quorum) {
+                    Some(n) => kad::Quorum::N(n),
+                    None => kad::Quorum::One,
+                };
+                match self.swarm.behaviour_mut().kad.put_record(record, q) {
+                    // Quorum 0: stored here is enough (no peer yet); the
+                    // copies to peers go on without the caller.
+                    Ok(id) if quorum == 0 => {
+                        self.dht_queries.insert(id, DhtQuery::Fire);
+                        let _ = reply.send(Ok(()));
+                    }
+                    Ok(id) => {
+                        self.dht_queries.insert(id, DhtQuery::Put(reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dht(format!(
+                            "this node refuses the record ({e:?}); see its log"
+                        ))));
+                    }
+                }
+            }
+            Command::DhtPutTo { key, value, peers } => {
+                let peers: Vec<PeerId> = peers
+                    .iter()
+                    .filter_map(|p| p.as_str().parse().ok())
+                    .collect();
+                if !peers.is_empty() {
+                    let record = kad::Record::new(kad::RecordKey::new(&key), value);
+                    let id = self.swarm.behaviour_mut().kad.put_record_to(
+                        record,
+                        peers.into_iter(),
+                        kad::Quorum::One,
+                    );
+                    self.dht_queries.insert(id, DhtQuery::Fire);
+                }
+            }
+            Command::DhtGet { key, want, reply } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
+                self.dht_queries.insert(
+                    id,
+                    DhtQuery::Get {
+                        want: want.max(1),
+                        found: vec![],
+                        reply: Some(reply),
+                    },
+                );
+            }
+        }
+    }
+
+    /// A step of a DHT query: answers its caller when it is done (or, for
+    /// a lookup, once enough values are in).
+    fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        match result {
+            kad::QueryResult::PutRecord(r) => {
+                if let Some(DhtQuery::Put(reply)) = self.dht_queries.remove(&id) {
+                    let _ = reply.send(r.map(|_| ()).map_err(|e| match e {
+                        kad::PutRecordError::QuorumFailed { success, quorum, .. } => {
+                            NetError::Dht(format!(
+                                "stored at {} node(s), {quorum} needed (the others refused it or did not answer)",
+                                success.len()
+                            ))
+                        }
+                        kad::PutRecordError::Timeout { success, quorum, .. } => NetError::Dht(
+                            format!("timed out: stored at {} node(s), {quorum} needed", success.len()),
+                        ),
+                    }));
+                } else if !last {
+                    return;
+                }
+            }
+            kad::QueryResult::GetRecord(r) => {
+                let mut finish = last;
+                if let Some(DhtQuery::Get { want, found, reply }) = self.dht_queries.get_mut(&id) {
+                    if let Ok(kad::GetRecordOk::FoundRecord(pr)) = r {
+                        let who = pr.peer.and_then(|p| signed::node_id(&p).ok());
+                        if found.len() < 64 {
+                            found.push((who, pr.record.value));
+                        }
+                        if found.len() >= *want {
+                            finish = true;
+                        }
+                    }
+                    if finish && let Some(reply) = reply.take() {
+                        let _ = reply.send(Ok(std::mem::take(found)));
+                    }
+                }
+                if finish {
+                    self.dht_queries.remove(&id);
+                    if !last && let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        q.finish();
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
+        if last {
+            self.dht_queries.remove(&id);
         }
     }
 
@@ -803,6 +929,9 @@ impl Node {
                     self.dial_peer(peer, addrs);
                 }
             }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => self.on_kad_progress(id, result, step.last),
             BehaviourEvent::Kad(kad::Event::RoutingUpdated {
                 peer, addresses, ..
             }) => {
@@ -994,6 +1123,26 @@ fn build_behaviour(
     };
     let mut kcfg = kad::Config::new(KAD_PROTOCOL);
     kcfg.set_query_timeout(Duration::from_secs(30));
+    let d = &cfg.dht;
+    // Records of up to 256 KiB of payload (sealed, encoded, signed) plus
+    // the message framing; the default 16 KiB would refuse them.
+    kcfg.set_max_packet_size(crate::store::MAX_RECORD_VALUE + 64 * 1024);
+    kcfg.set_replication_factor(
+        std::num::NonZeroUsize::new(d.replication.max(1)).unwrap_or(std::num::NonZeroUsize::MIN),
+    );
+    kcfg.set_record_ttl(None);
+    kcfg.set_provider_record_ttl(None);
+    kcfg.set_replication_interval(Some(d.replicate_every));
+    kcfg.set_publication_interval(Some(d.republish_every));
+    // A dead peer (a killed process can look connected over QUIC) must not
+    // hold a lookup for long.
+    kcfg.set_substreams_timeout(Duration::from_secs(3));
+    kcfg.set_caching(kad::Caching::Disabled);
+    let store = match &d.store {
+        Some(s) => s.clone(),
+        None => crate::store::DiskStore::in_memory(std::sync::Arc::new(crate::store::AcceptAll))
+            .map_err(|e| e.to_string())?,
+    };
     Ok(Behaviour {
         limits: connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(
@@ -1006,11 +1155,12 @@ fn build_behaviour(
                 .with_timeout(cfg.ping_timeout),
         ),
         mdns: mdns.into(),
-        kad: kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg),
+        kad: kad::Behaviour::with_config(peer, store, kcfg),
         gossipsub,
         keys: Service::Keys.behaviour(),
         raft: Service::Raft.behaviour(),
         models: Service::Models.behaviour(),
+        dht: Service::Dht.behaviour(),
     })
 }
 

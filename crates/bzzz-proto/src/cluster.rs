@@ -7,6 +7,8 @@
 //! `bzzz_crypto::records`) before they parse them, so a record can gain
 //! fields later without breaking the signature of older ones.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
@@ -684,6 +686,9 @@ pub enum AdminAction {
     /// Remove a member for good: every node refuses it, Raft drops it, the
     /// admin key is re-dealt without it.
     RemoveMember { node_id: NodeId },
+    /// Only adds the change's `role_keys` (a key chain's first key, made
+    /// when a record needs one).
+    RoleKeys {},
 }
 
 impl AdminAction {
@@ -697,6 +702,7 @@ impl AdminAction {
                 None => format!("clear rule {name}"),
             },
             AdminAction::RemoveMember { node_id } => format!("remove member {node_id}"),
+            AdminAction::RoleKeys {} => "add role keys".to_owned(),
         }
     }
 }
@@ -714,6 +720,11 @@ pub struct AdminChange {
     pub issued_at: u64,
     #[serde(flatten)]
     pub action: AdminAction,
+    /// New key epochs (chain → key) this change brings: a role's first
+    /// key, and the next key of every chain the change takes a reader
+    /// from (required then: revocation rotates the key).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub role_keys: BTreeMap<String, crate::dht::RoleKey>,
 }
 
 #[cfg(test)]

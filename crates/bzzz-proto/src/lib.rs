@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod caps;
+pub mod dht;
 pub mod cluster;
 pub mod id;
 pub mod models;

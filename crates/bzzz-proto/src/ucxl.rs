@@ -367,11 +367,13 @@ impl Address {
             || self.path.iter().any(|s| !matches!(s, Segment::Name(_)))
     }
 
-    /// Checks an address a write may name: concrete components and path,
-    /// temporal `*^` (a write makes the next version).
+    /// Checks an address a write may name: concrete ROLE, PROJECT, TASK
+    /// and path, temporal `*^` (a write makes the next version). AGENT may
+    /// be `any`: a record no particular agent wrote, such as the cluster
+    /// configuration at `ucxl://any:admin@cluster:config/*^/…` (the
+    /// address issue #14 documents); it is then part of the key as `any`.
     pub fn check_writable(&self) -> Result<(), UcxlError> {
         for (c, which) in [
-            (&self.agent, "agent"),
             (&self.role, "role"),
             (&self.project, "project"),
             (&self.task, "task"),
@@ -524,6 +526,11 @@ mod tests {
         let stars = format!("ucxl://a:b@c:d/*^/{}/y", vec!["**"; 31].join("/"));
         assert!(!a(&stars).matches(&a(&deep)));
         assert!(a("ucxl://a:b@c:d/*^/x").check_writable().is_ok());
+        assert!(a("ucxl://any:admin@cluster:config/*^/x").check_writable().is_ok());
+        assert_eq!(
+            a("ucxl://a:any@c:d/*^/x").check_writable().expect_err("w").component,
+            "role"
+        );
         assert_eq!(
             a("ucxl://a:b@c:d/*~/x")
                 .check_writable()

@@ -1,0 +1,738 @@
+//! BZZZ's DHT (SPEC §7): records under UCXL addresses, signed by their
+//! author, sealed with age to a role's key chain, with their whole version
+//! history, stored in Kademlia (`bzzz-net`'s persistent record store).
+//!
+//! * **Keys.** Each version is stored under `sha256(address, version)`;
+//!   the latest also under `sha256(address)` (the *head*). A write looks
+//!   the head up, writes version N+1 and the new head, each at the
+//!   `replication` closest nodes, and succeeds once a quorum (2) of them
+//!   stored it.
+//! * **Checks** ([`record::check`]): every storing node (through
+//!   [`record::StoreCheck`], Kademlia's store hook) and every reader
+//!   checks the signature, that the author is a certified, not removed
+//!   member of the address's ROLE (the admin role: the cluster admin
+//!   signature), and that the key and the chain match the address. A head
+//!   only moves forward; a stored version is never replaced.
+//! * **Reads** ask the closest nodes for the head, wait for a quorum (2),
+//!   take the newest valid record and send it to holders of older ones
+//!   (read repair). Temporal segments resolve against the head: `*~3` is
+//!   one lookup, `~~N`/`^^N` two, an ISO time a binary search on the
+//!   versions' timestamps.
+//! * **Keys of roles** ([`Keyring`]): this node opens the epochs sealed to
+//!   it; a reader without the chain's key gets [`DhtError::Forbidden`],
+//!   naming the roles that read.
+//! * **Listing** asks every member for the heads it holds that match a
+//!   pattern ([`bzzz_net::Service::Dht`]).
+//!
+//! The steward that restores the replication factor is Kademlia's
+//! replication job (every holder re-sends its records to the closest nodes
+//! every `replicate_every`, 20 s by default); the original publisher also
+//! republishes. Records persist in redb across restarts.
+
+pub mod record;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bzzz_crypto::seal::{AgeIdentity, RoleSecret};
+use bzzz_net::store::DiskStore;
+use bzzz_net::{NetHandle, Service};
+use bzzz_proto::NodeId;
+use bzzz_proto::cluster::Signed;
+use bzzz_proto::dht::{
+    ADMIN_ROLE, HistoryEntry, ListEntry, MEMBERS_CHAIN, RoleKey, SignedBy, chain_of,
+    reading_roles,
+};
+use bzzz_proto::ucxl::{Address, Component, Temporal};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+pub use record::{Authz, Checked, SharedAuthz};
+
+/// Copies of a write (besides the author's) that must succeed.
+pub const WRITE_QUORUM: usize = 2;
+/// Records a read waits for before it decides.
+pub const READ_QUORUM: usize = 2;
+/// Most entries one node lists.
+pub const MAX_LIST: usize = 10_000;
+
+/// Errors of DHT operations (each maps to one HTTP status).
+#[derive(Debug, thiserror::Error)]
+pub enum DhtError {
+    /// Bad input (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// This node may not do it (403); `readable_by` names the roles whose
+    /// members may read.
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        readable_by: Vec<String>,
+    },
+    /// No such record or version (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The chain has no key yet: an admin change must make its first one.
+    #[error("role {0:?} has no key yet")]
+    NeedsKey(String),
+    /// Not enough nodes answered (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// This node's opened role keys: (chain, epoch) → key.
+#[derive(Default)]
+pub struct Keyring(HashMap<(String, u32), RoleSecret>);
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Keyring({} keys)", self.0.len())
+    }
+}
+
+impl Keyring {
+    /// Opens every epoch sealed to `me` (a sealed key that does not open,
+    /// or does not match its public key, is skipped with a warning).
+    pub fn open(authz: &Authz, me: &NodeId, age: &AgeIdentity) -> Self {
+        use base64::Engine as _;
+        let mut out = HashMap::new();
+        for (chain, keys) in &authz.role_keys {
+            for k in keys {
+                let Some(sealed) = k.sealed.get(me) else {
+                    continue;
+                };
+                let opened = base64::engine::general_purpose::STANDARD
+                    .decode(sealed)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| RoleSecret::open(age, &b, &k.public).map_err(|e| e.to_string()));
+                match opened {
+                    Ok(s) => {
+                        out.insert((chain.clone(), k.epoch), s);
+                    }
+                    Err(e) => warn!(chain, epoch = k.epoch, "a role key sealed to this node does not open: {e}"),
+                }
+            }
+        }
+        Self(out)
+    }
+
+    pub fn get(&self, chain: &str, epoch: u32) -> Option<&RoleSecret> {
+        self.0.get(&(chain.to_owned(), epoch))
+    }
+
+    /// (chain, epoch) pairs held.
+    pub fn held(&self) -> Vec<(String, u32)> {
+        let mut v: Vec<_> = self.0.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// New keys for `chains` (the next epoch of each), sealed to the readers
+/// with a known age recipient (the others get it later by a grant).
+pub fn new_keys(
+    chains: &[String],
+    current: &BTreeMap<String, Vec<RoleKey>>,
+    readers: impl Fn(&str) -> BTreeSet<NodeId>,
+    recipients: &BTreeMap<NodeId, String>,
+    now_secs: u64,
+) -> Result<BTreeMap<String, RoleKey>, String> {
+    use base64::Engine as _;
+    let mut out = BTreeMap::new();
+    for chain in chains {
+        let secret = RoleSecret::generate();
+        let mut sealed = BTreeMap::new();
+        for n in readers(chain) {
+            if let Some(r) = recipients.get(&n) {
+                let s = secret.seal_to(r).map_err(|e| e.to_string())?;
+                sealed.insert(n, base64::engine::general_purpose::STANDARD.encode(s));
+            }
+        }
+        let epoch = current.get(chain).and_then(|v| v.last()).map_or(1, |k| k.epoch + 1);
+        out.insert(
+            chain.clone(),
+            RoleKey {
+                epoch,
+                public: secret.public(),
+                readers: sealed.keys().cloned().collect(),
+                sealed,
+                created_at: now_secs,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Grants this node can make: for every epoch it holds, the current
+/// readers that lack it and have a known recipient.
+pub fn grants(
+    authz: &Authz,
+    keyring: &Keyring,
+    readers: impl Fn(&str) -> BTreeSet<NodeId>,
+    recipients: &BTreeMap<NodeId, String>,
+) -> Vec<(String, u32, BTreeMap<NodeId, String>)> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for (chain, keys) in &authz.role_keys {
+        let now = readers(chain);
+        for k in keys {
+            let Some(secret) = keyring.get(chain, k.epoch) else {
+                continue;
+            };
+            let mut g = BTreeMap::new();
+            for n in now.iter().filter(|n| !k.sealed.contains_key(*n)) {
+                if let Some(r) = recipients.get(n)
+                    && let Ok(s) = secret.seal_to(r)
+                {
+                    g.insert(n.clone(), base64::engine::general_purpose::STANDARD.encode(s));
+                }
+            }
+            if !g.is_empty() {
+                out.push((chain.clone(), k.epoch, g));
+            }
+        }
+    }
+    out
+}
+
+/// How a write is signed: by this node, or by the cluster admin key
+/// (records of the admin role; the closure runs the threshold signature).
+#[allow(missing_debug_implementations)]
+pub enum Signer {
+    Node,
+    Admin(Box<dyn FnOnce(Vec<u8>) -> futures::future::BoxFuture<'static, Result<[u8; 64], String>> + Send>),
+}
+
+/// A record read and opened.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub record: Checked,
+    pub value: Vec<u8>,
+}
+
+/// Request on [`Service::Dht`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Request {
+    List { pattern: String },
+}
+
+/// The DHT client and server of one node.
+#[derive(Clone)]
+pub struct Dht {
+    net: NetHandle,
+    store: DiskStore,
+    authz: SharedAuthz,
+    keyring: Arc<RwLock<Arc<Keyring>>>,
+    age: Arc<AgeIdentity>,
+    sign: Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>,
+    cert: Arc<RwLock<Option<Signed>>>,
+}
+
+impl std::fmt::Debug for Dht {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dht")
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// RFC 3339 of unix milliseconds.
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+impl Dht {
+    /// `store` is the one the swarm uses (built with a
+    /// [`record::StoreCheck`] over `authz`); `sign` signs with the node key.
+    pub fn new(
+        net: NetHandle,
+        store: DiskStore,
+        authz: SharedAuthz,
+        age: AgeIdentity,
+        sign: Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>,
+    ) -> Self {
+        Self {
+            net,
+            store,
+            authz,
+            keyring: Arc::default(),
+            age: Arc::new(age),
+            sign,
+            cert: Arc::default(),
+        }
+    }
+
+    /// Installs a new snapshot of roles and keys (and opens the keys).
+    pub fn set_authz(&self, authz: Authz) {
+        let ring = Keyring::open(&authz, self.net.local_id(), &self.age);
+        if let Ok(mut a) = self.authz.write() {
+            *a = Arc::new(authz);
+        }
+        if let Ok(mut k) = self.keyring.write() {
+            *k = Arc::new(ring);
+        }
+    }
+
+    /// This node's membership certificate (records carry it).
+    pub fn set_cert(&self, cert: Option<Signed>) {
+        if let Ok(mut c) = self.cert.write() {
+            *c = cert;
+        }
+    }
+
+    pub fn authz(&self) -> Arc<Authz> {
+        self.authz.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    pub fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.read().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    pub fn store(&self) -> &DiskStore {
+        &self.store
+    }
+
+    fn peers(&self) -> usize {
+        self.net.snapshot().peers.iter().filter(|p| p.proven).count()
+    }
+
+    /// Looks a key up and returns the valid records found (with holders).
+    async fn lookup(&self, key: Vec<u8>, want: usize) -> Result<Vec<(Option<NodeId>, Vec<u8>, Checked)>, DhtError> {
+        let found = self
+            .net
+            .dht_get(key.clone(), want)
+            .await
+            .map_err(|e| DhtError::Unavailable(e.to_string()))?;
+        let authz = self.authz();
+        let mut out = Vec::new();
+        for (who, raw) in found {
+            match record::check(&authz, Some(&key), &raw) {
+                Ok(c) => out.push((who, raw, c)),
+                Err(e) => debug!(holder = ?who, "a holder returned a record that fails the checks: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest version of an address (with read repair), if any.
+    pub async fn head(&self, addr: &Address) -> Result<Option<Checked>, DhtError> {
+        let key = record::head_key(addr);
+        let found = self.lookup(key.clone(), READ_QUORUM).await?;
+        let Some(best) = found
+            .iter()
+            .max_by_key(|(_, _, c)| (c.body.version, c.body.timestamp_ms))
+            .map(|(_, raw, c)| (raw.clone(), c.clone()))
+        else {
+            return Ok(None);
+        };
+        let stale: Vec<NodeId> = found
+            .iter()
+            .filter(|(_, _, c)| c.body.version < best.1.body.version)
+            .filter_map(|(w, _, _)| w.clone())
+            .collect();
+        if !stale.is_empty() {
+            debug!(count = stale.len(), "read repair: sending the newest head");
+            self.net.dht_put_to(key.clone(), best.0.clone(), stale).await;
+        }
+        if found.iter().any(|(w, _, c)| w.is_none() && c.body.version < best.1.body.version) {
+            use bzzz_net::store::RecordStore as _;
+            let mut s = self.store.clone();
+            let _ = s.put(bzzz_net::Record::new(bzzz_net::RecordKey::new(&key), best.0));
+        }
+        Ok(Some(best.1))
+    }
+
+    /// One version of an address, if stored.
+    pub async fn version(&self, addr: &Address, version: u64) -> Result<Option<Checked>, DhtError> {
+        let found = self.lookup(record::version_key(addr, version), 1).await?;
+        Ok(found
+            .into_iter()
+            .map(|(_, _, c)| c)
+            .find(|c| c.body.version == version))
+    }
+
+    /// The record an address names, its temporal segment resolved.
+    pub async fn resolve(&self, addr: &Address) -> Result<Checked, DhtError> {
+        if addr.is_pattern() {
+            return Err(DhtError::Invalid(format!(
+                "{addr} is a pattern; list it with `bzzz dht ls` (get takes one address)"
+            )));
+        }
+        let base = record::write_address(addr);
+        let missing = || DhtError::NotFound(format!("no record at {base}"));
+        let wanted = match &addr.temporal {
+            Temporal::Latest => return self.head(&base).await?.ok_or_else(missing),
+            Temporal::First => 1,
+            Temporal::Version(n) => *n,
+            Temporal::Back(n) => {
+                let head = self.head(&base).await?.ok_or_else(missing)?;
+                let latest = head.body.version;
+                if *n >= latest {
+                    return Err(DhtError::NotFound(format!(
+                        "~~{n} asks for {n} versions back from version {latest}; the history starts at version 1 (at most ~~{})",
+                        latest - 1
+                    )));
+                }
+                if *n == 0 {
+                    return Ok(head);
+                }
+                latest - n
+            }
+            Temporal::Forward(n) => {
+                let head = self.head(&base).await?.ok_or_else(missing)?;
+                let latest = head.body.version;
+                let v = n.saturating_add(1);
+                if v > latest {
+                    return Err(DhtError::NotFound(format!(
+                        "^^{n} asks for version {v}; the latest is {latest} (at most ^^{})",
+                        latest - 1
+                    )));
+                }
+                if v == latest {
+                    return Ok(head);
+                }
+                v
+            }
+            Temporal::At { secs, nanos } => {
+                let t_ms = secs.saturating_mul(1000) + u64::from(*nanos) / 1_000_000;
+                return self.at_time(&base, t_ms).await;
+            }
+        };
+        if let Some(c) = self.version(&base, wanted).await? {
+            return Ok(c);
+        }
+        match self.head(&base).await? {
+            None => Err(missing()),
+            Some(h) if wanted > h.body.version => Err(DhtError::NotFound(format!(
+                "version {wanted} of {base} does not exist; the latest is {}",
+                h.body.version
+            ))),
+            Some(h) if wanted == h.body.version => Ok(h),
+            Some(_) => Err(DhtError::Unavailable(format!(
+                "version {wanted} of {base} exists but no holder answered"
+            ))),
+        }
+    }
+
+    /// The version current at `t_ms`: the newest written at or before it.
+    async fn at_time(&self, base: &Address, t_ms: u64) -> Result<Checked, DhtError> {
+        let head = self
+            .head(base)
+            .await?
+            .ok_or_else(|| DhtError::NotFound(format!("no record at {base}")))?;
+        if head.body.timestamp_ms <= t_ms {
+            return Ok(head);
+        }
+        // Versions' timestamps never decrease: binary search 1..latest.
+        let (mut lo, mut hi) = (1u64, head.body.version - 1);
+        let mut best: Option<Checked> = None;
+        while lo <= hi {
+            let mid = lo + (hi - lo) / 2;
+            let c = self.version(base, mid).await?.ok_or_else(|| {
+                DhtError::Unavailable(format!("version {mid} of {base}: no holder answered"))
+            })?;
+            if c.body.timestamp_ms <= t_ms {
+                best = Some(c);
+                lo = mid + 1;
+            } else {
+                if mid == 1 {
+                    break;
+                }
+                hi = mid - 1;
+            }
+        }
+        best.ok_or_else(|| {
+            DhtError::NotFound(format!(
+                "{base} did not exist at {} (the history starts later)",
+                rfc3339(t_ms)
+            ))
+        })
+    }
+
+    /// Opens a record's value with this node's keys; `Forbidden` (naming
+    /// the roles that read it) without them.
+    pub fn open(&self, c: &Checked) -> Result<Vec<u8>, DhtError> {
+        let ring = self.keyring();
+        let Some(secret) = ring.get(&c.body.chain, c.body.key_epoch) else {
+            let roles = readable_by(&self.authz(), c);
+            return Err(DhtError::Forbidden {
+                message: format!(
+                    "this node ({}) cannot read {}: it is readable by members of {}",
+                    self.net.local_id(),
+                    c.body.address,
+                    roles.join(", ")
+                ),
+                readable_by: roles,
+            });
+        };
+        let sealed = record::payload(&c.body).map_err(DhtError::Invalid)?;
+        secret
+            .decrypt(&sealed)
+            .map(|v| v.to_vec())
+            .map_err(|e| DhtError::Invalid(format!("the record does not open: {e}")))
+    }
+
+    /// Whether any key this node holds (its node identity or any role key
+    /// of any epoch) opens a record's payload (for the raw-record check).
+    pub fn any_key_opens(&self, c: &Checked) -> (bool, usize) {
+        let Ok(sealed) = record::payload(&c.body) else {
+            return (false, 0);
+        };
+        let ring = self.keyring();
+        let mut tried = 1;
+        if self.age.open(&sealed).is_ok() {
+            return (true, tried);
+        }
+        for secret in ring.0.values() {
+            tried += 1;
+            if secret.decrypt(&sealed).is_ok() {
+                return (true, tried);
+            }
+        }
+        (false, tried)
+    }
+
+    /// Reads and opens the record an address names.
+    pub async fn get(&self, addr: &Address) -> Result<Opened, DhtError> {
+        let record = self.resolve(addr).await?;
+        let value = self.open(&record)?;
+        Ok(Opened { record, value })
+    }
+
+    /// Writes the next version of `addr`; returns the stored record and
+    /// how many nodes besides this one stored it.
+    pub async fn put(&self, addr: &Address, value: &[u8], signer: Signer) -> Result<(Checked, usize), DhtError> {
+        addr.check_writable().map_err(|e| DhtError::Invalid(e.to_string()))?;
+        if addr.query.is_some() || addr.fragment.is_some() {
+            return Err(DhtError::Invalid("a write names no query or fragment".into()));
+        }
+        if value.len() > bzzz_proto::dht::MAX_VALUE {
+            return Err(DhtError::Invalid(format!(
+                "the value is {} bytes; records hold at most {} bytes (256 KiB)",
+                value.len(),
+                bzzz_proto::dht::MAX_VALUE
+            )));
+        }
+        let authz = self.authz();
+        let me = self.net.local_id().clone();
+        let Component::Name(role) = &addr.role else {
+            return Err(DhtError::Invalid("a write names its role".into()));
+        };
+        let is_admin = role == ADMIN_ROLE;
+        match (&signer, is_admin) {
+            (Signer::Node, true) => {
+                return Err(DhtError::Invalid(
+                    "records of the admin role need the cluster admin signature".into(),
+                ));
+            }
+            (Signer::Admin(_), false) => {
+                return Err(DhtError::Invalid("only admin records are admin-signed".into()));
+            }
+            _ => {}
+        }
+        if !is_admin {
+            let r = authz.roles.get(role).ok_or_else(|| {
+                DhtError::Invalid(format!("no role {role:?}; create it with `bzzz role create`"))
+            })?;
+            if !r.members.contains(&me) {
+                return Err(DhtError::Forbidden {
+                    message: format!(
+                        "this node ({me}) is not a member of role {role}: only its members write under it"
+                    ),
+                    readable_by: vec![role.clone()],
+                });
+            }
+        }
+        let chain = chain_of(addr).ok_or_else(|| DhtError::Invalid("no role".into()))?;
+        let key = authz
+            .role_keys
+            .get(&chain)
+            .and_then(|v| v.last())
+            .cloned()
+            .ok_or_else(|| DhtError::NeedsKey(chain.clone()))?;
+        let cert = self
+            .cert
+            .read()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or_else(|| DhtError::Unavailable("this node has no membership certificate yet".into()))?;
+        let base = record::write_address(addr);
+        let prev = self.head(&base).await?;
+        let version = prev.as_ref().map_or(1, |p| p.body.version + 1);
+        let ts = prev
+            .as_ref()
+            .map_or(0, |p| p.body.timestamp_ms + 1)
+            .max(now_ms());
+        let d = record::draft(&authz.cluster, &base, version, &me, ts, &chain, &key, value)
+            .map_err(DhtError::Invalid)?;
+        let text = serde_json::to_string(&d.body).map_err(|e| DhtError::Invalid(e.to_string()))?;
+        let (by, sig) = match signer {
+            Signer::Node => (SignedBy::Node, (self.sign)(&record::signing_bytes(&text, SignedBy::Node))),
+            Signer::Admin(f) => {
+                // The admin signature is an operator message over the
+                // record's node-signing bytes.
+                let msg = bzzz_crypto::records::signing_bytes(
+                    bzzz_crypto::records::Domain::DhtRecord,
+                    text.as_bytes(),
+                );
+                (SignedBy::Admin, f(msg).await.map_err(DhtError::Unavailable)?)
+            }
+        };
+        let env = record::envelope(text, &sig, by, cert);
+        let raw = serde_json::to_vec(&env).map_err(|e| DhtError::Invalid(e.to_string()))?;
+        let checked = record::check(&authz, None, &raw).map_err(|e| DhtError::Invalid(format!("the record fails its own checks: {e}")))?;
+        let quorum = self.peers().min(WRITE_QUORUM);
+        // Storing nodes may not have applied a role change made a moment
+        // ago: retry briefly before giving up.
+        let mut last = None;
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+            }
+            let (a, b) = tokio::join!(
+                self.net.dht_put(record::version_key(&base, version), raw.clone(), quorum),
+                self.net.dht_put(record::head_key(&base), raw.clone(), quorum),
+            );
+            match a.and(b) {
+                Ok(()) => return Ok((checked, quorum)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DhtError::Unavailable(format!(
+            "the write of version {version} did not reach a quorum: {}",
+            last.map_or_else(String::new, |e| e.to_string())
+        )))
+    }
+
+    /// The history of an address, oldest first.
+    pub async fn history(&self, addr: &Address) -> Result<Vec<HistoryEntry>, DhtError> {
+        let base = record::write_address(addr);
+        let head = self
+            .head(&base)
+            .await?
+            .ok_or_else(|| DhtError::NotFound(format!("no record at {base}")))?;
+        let latest = head.body.version;
+        let mut entries: Vec<HistoryEntry> = futures::stream::iter(1..latest)
+            .map(|v| {
+                let base = base.clone();
+                async move { self.version(&base, v).await }
+            })
+            .buffer_unordered(16)
+            .filter_map(|r| async move { r.ok().flatten() })
+            .map(|c| entry(&c))
+            .collect()
+            .await;
+        entries.push(entry(&head));
+        entries.sort_by_key(|e| e.version);
+        Ok(entries)
+    }
+
+    /// Heads held here that match `pattern`.
+    pub fn list_local(&self, pattern: &Address) -> Vec<ListEntry> {
+        let mut out = Vec::new();
+        self.store.scan(|key, value| {
+            if let Ok(env) = serde_json::from_slice::<bzzz_proto::dht::Envelope>(value)
+                && let Ok(body) = serde_json::from_str::<bzzz_proto::dht::RecordBody>(&env.body)
+                && let Ok(addr) = body.address.parse::<Address>()
+                && record::head_key(&addr) == key
+                && pattern.matches(&addr)
+            {
+                out.push(ListEntry {
+                    role: match &addr.role {
+                        Component::Name(r) => r.clone(),
+                        Component::Any => String::new(),
+                    },
+                    address: body.address,
+                    version: body.version,
+                    author: Some(body.author),
+                    timestamp_ms: body.timestamp_ms,
+                });
+            }
+            out.len() < MAX_LIST
+        });
+        out
+    }
+
+    /// Every record in the cluster matching `pattern` (asks every member).
+    pub async fn ls(&self, pattern: &Address) -> Result<Vec<ListEntry>, DhtError> {
+        let mut all = self.list_local(pattern);
+        let peers: Vec<NodeId> = self
+            .net
+            .snapshot()
+            .peers
+            .iter()
+            .filter(|p| p.proven)
+            .map(|p| p.announcement.node_id.clone())
+            .collect();
+        let req = serde_json::to_vec(&Request::List {
+            pattern: pattern.to_string(),
+        })
+        .map_err(|e| DhtError::Invalid(e.to_string()))?;
+        let answers = futures::future::join_all(peers.iter().map(|p| {
+            let req = req.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(3), self.net.call(Service::Dht, p, req)).await
+            }
+        }))
+        .await;
+        for a in answers.into_iter().flatten().flatten() {
+            if let Ok(list) = serde_json::from_slice::<Vec<ListEntry>>(&a) {
+                all.extend(list.into_iter().take(MAX_LIST));
+            }
+        }
+        let mut best: BTreeMap<String, ListEntry> = BTreeMap::new();
+        for e in all {
+            if e.address.parse::<Address>().is_ok_and(|a| pattern.matches(&a)) {
+                match best.get(&e.address) {
+                    Some(b) if b.version >= e.version => {}
+                    _ => {
+                        best.insert(e.address.clone(), e);
+                    }
+                }
+            }
+        }
+        Ok(best.into_values().collect())
+    }
+
+    /// Answers a peer's [`Service::Dht`] request.
+    pub fn serve(&self, payload: &[u8]) -> Option<Vec<u8>> {
+        match serde_json::from_slice::<Request>(payload).ok()? {
+            Request::List { pattern } => {
+                let p: Address = pattern.parse().ok()?;
+                serde_json::to_vec(&self.list_local(&p)).ok()
+            }
+        }
+    }
+}
+
+fn entry(c: &Checked) -> HistoryEntry {
+    HistoryEntry {
+        version: c.body.version,
+        author: c.body.author.clone(),
+        timestamp: rfc3339(c.body.timestamp_ms),
+        timestamp_ms: c.body.timestamp_ms,
+    }
+}
+
+/// The roles whose members read a record.
+pub fn readable_by(authz: &Authz, c: &Checked) -> Vec<String> {
+    if c.body.chain == MEMBERS_CHAIN {
+        return vec!["every member (cluster configuration)".into()];
+    }
+    reading_roles(c.role(), &authz.roles)
+}

@@ -1,0 +1,270 @@
+//! Records: keys, sealing, signing, and the checks every storing node and
+//! every reader makes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bzzz_crypto::records::{self, Domain};
+use bzzz_proto::NodeId;
+use bzzz_proto::cluster::{RoleDef, Signed};
+use bzzz_proto::dht::{
+    ADMIN_ROLE, Envelope, MAX_VALUE, RECORD_BODY_VERSION, RecordBody, RoleKey, SignedBy, chain_of,
+};
+use bzzz_proto::ucxl::{Address, Component, Temporal};
+use sha2::{Digest, Sha256};
+
+/// What the checks need from the replicated cluster state (a snapshot;
+/// the runtime swaps in a new one on every change of roles or keys).
+#[derive(Debug, Clone, Default)]
+pub struct Authz {
+    pub cluster: String,
+    pub admin_public_key: [u8; 32],
+    pub roles: BTreeMap<String, RoleDef>,
+    pub role_keys: BTreeMap<String, Vec<RoleKey>>,
+    pub removed: BTreeSet<NodeId>,
+}
+
+/// The shared, swappable snapshot.
+pub type SharedAuthz = Arc<RwLock<Arc<Authz>>>;
+
+/// The DHT key of an address's latest version.
+pub fn head_key(addr: &Address) -> Vec<u8> {
+    hash(&[b"bzzz/dht/head/v1\0", addr.key_text().as_bytes()])
+}
+
+/// The DHT key of one version of an address.
+pub fn version_key(addr: &Address, version: u64) -> Vec<u8> {
+    hash(&[
+        b"bzzz/dht/version/v1\0",
+        addr.key_text().as_bytes(),
+        b"\0",
+        &version.to_be_bytes(),
+    ])
+}
+
+fn hash(parts: &[&[u8]]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().to_vec()
+}
+
+/// The address a write stores (canonical, temporal `*^`, no query or
+/// fragment).
+pub fn write_address(addr: &Address) -> Address {
+    Address {
+        temporal: Temporal::Latest,
+        query: None,
+        fragment: None,
+        ..addr.clone()
+    }
+}
+
+/// The bytes a record's signature covers. Records of the admin role are
+/// threshold-signed as operator messages over the same bytes.
+pub fn signing_bytes(body: &str, by: SignedBy) -> Vec<u8> {
+    let inner = records::signing_bytes(Domain::DhtRecord, body.as_bytes());
+    match by {
+        SignedBy::Node => inner,
+        SignedBy::Admin => records::signing_bytes(Domain::OperatorMessage, &inner),
+    }
+}
+
+/// A record that passed the checks.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub envelope: Envelope,
+    pub body: RecordBody,
+    pub address: Address,
+}
+
+impl Checked {
+    pub fn role(&self) -> &str {
+        match &self.address.role {
+            Component::Name(r) => r,
+            Component::Any => "any",
+        }
+    }
+}
+
+/// Parses and checks a stored record: well formed, for this cluster, its
+/// key (when given) is its address's head or version key, sealed to a key
+/// of the right chain, and authorized: signed by the author, a certified
+/// member that is not removed and is a member of the address's ROLE; for
+/// the admin role, signed by the cluster admin key (threshold).
+pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, String> {
+    if raw.len() > bzzz_net::store::MAX_RECORD_VALUE {
+        return Err("record too large".into());
+    }
+    let envelope: Envelope = serde_json::from_slice(raw).map_err(|e| format!("not a record: {e}"))?;
+    let body: RecordBody =
+        serde_json::from_str(&envelope.body).map_err(|e| format!("record body: {e}"))?;
+    if body.v != RECORD_BODY_VERSION {
+        return Err(format!("record version {} is not supported", body.v));
+    }
+    if body.cluster != authz.cluster {
+        return Err(format!("record of cluster {:?}", body.cluster));
+    }
+    let address: Address = body.address.parse().map_err(|e| format!("{e}"))?;
+    address.check_writable().map_err(|e| format!("{e}"))?;
+    if address.to_string() != body.address || address.query.is_some() || address.fragment.is_some()
+    {
+        return Err("record address is not canonical".into());
+    }
+    if body.version == 0 {
+        return Err("record version 0".into());
+    }
+    if let Some(k) = key
+        && k != head_key(&address)
+        && k != version_key(&address, body.version)
+    {
+        return Err("record stored under a key that is not its address's".into());
+    }
+    let chain = chain_of(&address).ok_or("record names no role")?;
+    if body.chain != chain {
+        return Err(format!("record sealed to {:?}, not {chain:?}", body.chain));
+    }
+    if !authz
+        .role_keys
+        .get(&chain)
+        .is_some_and(|v| v.iter().any(|k| k.epoch == body.key_epoch))
+    {
+        return Err(format!("record sealed to an unknown key ({chain} epoch {})", body.key_epoch));
+    }
+    let role = match &address.role {
+        Component::Name(r) => r.clone(),
+        Component::Any => return Err("record names no role".into()),
+    };
+    // The author: a certified member, not removed.
+    records::open_cert(&envelope.cert, &authz.admin_public_key, Some(&body.author))
+        .map_err(|e| format!("author certificate: {e}"))?;
+    if authz.removed.contains(&body.author) {
+        return Err(format!("author {} was removed from the cluster", body.author));
+    }
+    let sig: [u8; 64] = hex::decode(&envelope.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("record signature is malformed")?;
+    let msg = signing_bytes(&envelope.body, envelope.signed_by);
+    if role == ADMIN_ROLE {
+        if envelope.signed_by != SignedBy::Admin {
+            return Err("records of the admin role need the cluster admin signature".into());
+        }
+        bzzz_crypto::verify_ed25519(&authz.admin_public_key, &msg, &sig)
+            .map_err(|_| "bad admin signature".to_owned())?;
+    } else {
+        if envelope.signed_by != SignedBy::Node {
+            return Err("records of a role are signed by their author".into());
+        }
+        let r = authz
+            .roles
+            .get(&role)
+            .ok_or_else(|| format!("no role {role:?}"))?;
+        if !r.members.contains(&body.author) {
+            return Err(format!("author {} is not a member of role {role}", body.author));
+        }
+        let pk = bzzz_net::signed::public_key_of(&body.author).ok_or("author id names no key")?;
+        bzzz_crypto::verify_ed25519(&pk, &msg, &sig).map_err(|_| "bad author signature".to_owned())?;
+    }
+    Ok(Checked {
+        envelope,
+        body,
+        address,
+    })
+}
+
+/// What a storing node adds to [`check`]: a head only moves forward, and
+/// a version, once stored, is never replaced by another record.
+pub fn check_replace(new: &Checked, existing: &[u8]) -> Result<(), String> {
+    let Ok(old) = serde_json::from_slice::<Envelope>(existing) else {
+        return Ok(()); // unreadable: replace it
+    };
+    let Ok(old) = serde_json::from_str::<RecordBody>(&old.body) else {
+        return Ok(());
+    };
+    if old.version > new.body.version {
+        return Err(format!(
+            "stale: version {} is older than the stored {}",
+            new.body.version, old.version
+        ));
+    }
+    if old.version == new.body.version && old != new.body {
+        return Err(format!("a different record of version {} is stored", old.version));
+    }
+    Ok(())
+}
+
+/// The storing node's check, for the Kademlia store.
+#[derive(Debug)]
+pub struct StoreCheck(pub SharedAuthz);
+
+impl bzzz_net::store::RecordCheck for StoreCheck {
+    fn check(&self, key: &[u8], value: &[u8], existing: Option<&[u8]>) -> Result<(), String> {
+        let authz = self.0.read().map_err(|_| "lock")?.clone();
+        let c = check(&authz, Some(key), value)?;
+        match existing {
+            Some(e) => check_replace(&c, e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Builds a record body for a write (signature added by the caller).
+#[derive(Debug)]
+pub struct Draft {
+    pub body: RecordBody,
+    pub address: Address,
+}
+
+/// Seals `value` to `key` and drafts the body.
+pub fn draft(
+    cluster: &str,
+    addr: &Address,
+    version: u64,
+    author: &NodeId,
+    timestamp_ms: u64,
+    chain: &str,
+    key: &RoleKey,
+    value: &[u8],
+) -> Result<Draft, String> {
+    if value.len() > MAX_VALUE {
+        return Err(format!(
+            "the value is {} bytes; records hold at most {MAX_VALUE} bytes (256 KiB)",
+            value.len()
+        ));
+    }
+    let sealed = bzzz_crypto::seal::seal(&key.public, value).map_err(|e| e.to_string())?;
+    let address = write_address(addr);
+    Ok(Draft {
+        body: RecordBody {
+            v: RECORD_BODY_VERSION,
+            cluster: cluster.to_owned(),
+            address: address.to_string(),
+            version,
+            author: author.clone(),
+            timestamp_ms,
+            chain: chain.to_owned(),
+            key_epoch: key.epoch,
+            payload: B64.encode(sealed),
+        },
+        address,
+    })
+}
+
+/// Wraps a signed body.
+pub fn envelope(body_text: String, signature: &[u8; 64], by: SignedBy, cert: Signed) -> Envelope {
+    Envelope {
+        body: body_text,
+        signature: hex::encode(signature),
+        signed_by: by,
+        cert,
+    }
+}
+
+/// Decodes a record's sealed payload.
+pub fn payload(body: &RecordBody) -> Result<Vec<u8>, String> {
+    B64.decode(&body.payload).map_err(|_| "payload is not base64".to_owned())
+}
