@@ -277,7 +277,8 @@ impl ClusterState {
             return Err("too many role keys".into());
         }
         for (chain, key) in keys {
-            let is_chain = chain == bzzz_proto::dht::MEMBERS_CHAIN || self.roles.contains_key(&chain);
+            let is_chain =
+                chain == bzzz_proto::dht::MEMBERS_CHAIN || self.roles.contains_key(&chain);
             if !is_chain {
                 return Err(format!("a key for {chain:?}, which is no role"));
             }
@@ -294,7 +295,9 @@ impl ClusterState {
                 return Err(format!("key of {chain:?} names {n}, which may not read it"));
             }
             if key.sealed.keys().any(|n| !key.readers.contains(n)) {
-                return Err(format!("key of {chain:?} is sealed to a node it does not name"));
+                return Err(format!(
+                    "key of {chain:?} is sealed to a node it does not name"
+                ));
             }
             self.role_keys.entry(chain).or_default().push(key);
         }
@@ -472,7 +475,9 @@ impl ClusterState {
                     }
                 }
                 if added == 0 {
-                    return Err("grant refused: no node in it may read the chain or lacks the key".into());
+                    return Err(
+                        "grant refused: no node in it may read the chain or lacks the key".into(),
+                    );
                 }
                 Ok(None)
             }
@@ -700,7 +705,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     );
                     keys |= matches!(
                         cmd,
-                        Command::KeyEpoch { .. } | Command::Admin { .. } | Command::RoleKeyGrant { .. }
+                        Command::KeyEpoch { .. }
+                            | Command::Admin { .. }
+                            | Command::RoleKeyGrant { .. }
                     );
                     let r = i.state.apply_command(e.log_id.index, cmd);
                     out.push(r);

@@ -90,7 +90,9 @@ impl RoleSecret {
             .map_err(|_| CryptoError::InvalidKey("role key"))?;
         let me = Self(id);
         if me.public() != public {
-            return Err(CryptoError::InvalidKey("role key does not match its public key"));
+            return Err(CryptoError::InvalidKey(
+                "role key does not match its public key",
+            ));
         }
         Ok(me)
     }

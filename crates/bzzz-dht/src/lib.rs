@@ -41,8 +41,7 @@ use bzzz_net::{NetHandle, Service};
 use bzzz_proto::NodeId;
 use bzzz_proto::cluster::Signed;
 use bzzz_proto::dht::{
-    ADMIN_ROLE, HistoryEntry, ListEntry, MEMBERS_CHAIN, RoleKey, SignedBy, chain_of,
-    reading_roles,
+    ADMIN_ROLE, HistoryEntry, ListEntry, MEMBERS_CHAIN, RoleKey, SignedBy, chain_of, reading_roles,
 };
 use bzzz_proto::ucxl::{Address, Component, Temporal};
 use futures::StreamExt as _;
@@ -111,7 +110,11 @@ impl Keyring {
                     Ok(s) => {
                         out.insert((chain.clone(), k.epoch), s);
                     }
-                    Err(e) => warn!(chain, epoch = k.epoch, "a role key sealed to this node does not open: {e}"),
+                    Err(e) => warn!(
+                        chain,
+                        epoch = k.epoch,
+                        "a role key sealed to this node does not open: {e}"
+                    ),
                 }
             }
         }
@@ -158,7 +161,10 @@ pub fn new_keys(
                 sealed.insert(n, base64::engine::general_purpose::STANDARD.encode(s));
             }
         }
-        let epoch = current.get(chain).and_then(|v| v.last()).map_or(1, |k| k.epoch + 1);
+        let epoch = current
+            .get(chain)
+            .and_then(|v| v.last())
+            .map_or(1, |k| k.epoch + 1);
         out.insert(
             chain.clone(),
             RoleKey {
@@ -194,7 +200,10 @@ pub fn grants(
                 if let Some(r) = recipients.get(n)
                     && let Ok(s) = secret.seal_to(r)
                 {
-                    g.insert(n.clone(), base64::engine::general_purpose::STANDARD.encode(s));
+                    g.insert(
+                        n.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(s),
+                    );
                 }
             }
             if !g.is_empty() {
@@ -205,12 +214,19 @@ pub fn grants(
     out
 }
 
+/// Signs bytes with this node's key.
+pub type NodeSign = Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
+/// Runs the cluster admin (threshold) signature over bytes.
+pub type AdminSign = Box<
+    dyn FnOnce(Vec<u8>) -> futures::future::BoxFuture<'static, Result<[u8; 64], String>> + Send,
+>;
+
 /// How a write is signed: by this node, or by the cluster admin key
 /// (records of the admin role; the closure runs the threshold signature).
 #[allow(missing_debug_implementations)]
 pub enum Signer {
     Node,
-    Admin(Box<dyn FnOnce(Vec<u8>) -> futures::future::BoxFuture<'static, Result<[u8; 64], String>> + Send>),
+    Admin(AdminSign),
 }
 
 /// A record read and opened.
@@ -235,8 +251,9 @@ pub struct Dht {
     authz: SharedAuthz,
     keyring: Arc<RwLock<Arc<Keyring>>>,
     age: Arc<AgeIdentity>,
-    sign: Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>,
+    sign: NodeSign,
     cert: Arc<RwLock<Option<Signed>>>,
+    stamp: Arc<std::sync::Mutex<Option<(u64, usize)>>>,
 }
 
 impl std::fmt::Debug for Dht {
@@ -264,7 +281,7 @@ impl Dht {
         store: DiskStore,
         authz: SharedAuthz,
         age: AgeIdentity,
-        sign: Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>,
+        sign: NodeSign,
     ) -> Self {
         Self {
             net,
@@ -274,6 +291,19 @@ impl Dht {
             age: Arc::new(age),
             sign,
             cert: Arc::default(),
+            stamp: Arc::default(),
+        }
+    }
+
+    /// Installs `build()` unless the state it comes from is unchanged
+    /// (`stamp`: the last admin change's seq and how many keys are sealed).
+    pub fn refresh(&self, stamp: (u64, usize), build: impl FnOnce() -> Authz) {
+        let Ok(mut last) = self.stamp.lock() else {
+            return;
+        };
+        if *last != Some(stamp) {
+            self.set_authz(build());
+            *last = Some(stamp);
         }
     }
 
@@ -303,16 +333,29 @@ impl Dht {
         self.keyring.read().map(|k| k.clone()).unwrap_or_default()
     }
 
+    pub fn net(&self) -> &NetHandle {
+        &self.net
+    }
+
     pub fn store(&self) -> &DiskStore {
         &self.store
     }
 
     fn peers(&self) -> usize {
-        self.net.snapshot().peers.iter().filter(|p| p.proven).count()
+        self.net
+            .snapshot()
+            .peers
+            .iter()
+            .filter(|p| p.proven)
+            .count()
     }
 
     /// Looks a key up and returns the valid records found (with holders).
-    async fn lookup(&self, key: Vec<u8>, want: usize) -> Result<Vec<(Option<NodeId>, Vec<u8>, Checked)>, DhtError> {
+    async fn lookup(
+        &self,
+        key: Vec<u8>,
+        want: usize,
+    ) -> Result<Vec<(Option<NodeId>, Vec<u8>, Checked)>, DhtError> {
         let found = self
             .net
             .dht_get(key.clone(), want)
@@ -323,7 +366,9 @@ impl Dht {
         for (who, raw) in found {
             match record::check(&authz, Some(&key), &raw) {
                 Ok(c) => out.push((who, raw, c)),
-                Err(e) => debug!(holder = ?who, "a holder returned a record that fails the checks: {e}"),
+                Err(e) => {
+                    debug!(holder = ?who, "a holder returned a record that fails the checks: {e}")
+                }
             }
         }
         Ok(out)
@@ -347,12 +392,20 @@ impl Dht {
             .collect();
         if !stale.is_empty() {
             debug!(count = stale.len(), "read repair: sending the newest head");
-            self.net.dht_put_to(key.clone(), best.0.clone(), stale).await;
+            self.net
+                .dht_put_to(key.clone(), best.0.clone(), stale)
+                .await;
         }
-        if found.iter().any(|(w, _, c)| w.is_none() && c.body.version < best.1.body.version) {
+        if found
+            .iter()
+            .any(|(w, _, c)| w.is_none() && c.body.version < best.1.body.version)
+        {
             use bzzz_net::store::RecordStore as _;
             let mut s = self.store.clone();
-            let _ = s.put(bzzz_net::Record::new(bzzz_net::RecordKey::new(&key), best.0));
+            let _ = s.put(bzzz_net::Record::new(
+                bzzz_net::RecordKey::new(&key),
+                best.0,
+            ));
         }
         Ok(Some(best.1))
     }
@@ -516,10 +569,18 @@ impl Dht {
 
     /// Writes the next version of `addr`; returns the stored record and
     /// how many nodes besides this one stored it.
-    pub async fn put(&self, addr: &Address, value: &[u8], signer: Signer) -> Result<(Checked, usize), DhtError> {
-        addr.check_writable().map_err(|e| DhtError::Invalid(e.to_string()))?;
+    pub async fn put(
+        &self,
+        addr: &Address,
+        value: &[u8],
+        signer: Signer,
+    ) -> Result<(Checked, usize), DhtError> {
+        addr.check_writable()
+            .map_err(|e| DhtError::Invalid(e.to_string()))?;
         if addr.query.is_some() || addr.fragment.is_some() {
-            return Err(DhtError::Invalid("a write names no query or fragment".into()));
+            return Err(DhtError::Invalid(
+                "a write names no query or fragment".into(),
+            ));
         }
         if value.len() > bzzz_proto::dht::MAX_VALUE {
             return Err(DhtError::Invalid(format!(
@@ -541,13 +602,17 @@ impl Dht {
                 ));
             }
             (Signer::Admin(_), false) => {
-                return Err(DhtError::Invalid("only admin records are admin-signed".into()));
+                return Err(DhtError::Invalid(
+                    "only admin records are admin-signed".into(),
+                ));
             }
             _ => {}
         }
         if !is_admin {
             let r = authz.roles.get(role).ok_or_else(|| {
-                DhtError::Invalid(format!("no role {role:?}; create it with `bzzz role create`"))
+                DhtError::Invalid(format!(
+                    "no role {role:?}; create it with `bzzz role create`"
+                ))
             })?;
             if !r.members.contains(&me) {
                 return Err(DhtError::Forbidden {
@@ -570,7 +635,9 @@ impl Dht {
             .read()
             .ok()
             .and_then(|c| c.clone())
-            .ok_or_else(|| DhtError::Unavailable("this node has no membership certificate yet".into()))?;
+            .ok_or_else(|| {
+                DhtError::Unavailable("this node has no membership certificate yet".into())
+            })?;
         let base = record::write_address(addr);
         let prev = self.head(&base).await?;
         let version = prev.as_ref().map_or(1, |p| p.body.version + 1);
@@ -582,7 +649,10 @@ impl Dht {
             .map_err(DhtError::Invalid)?;
         let text = serde_json::to_string(&d.body).map_err(|e| DhtError::Invalid(e.to_string()))?;
         let (by, sig) = match signer {
-            Signer::Node => (SignedBy::Node, (self.sign)(&record::signing_bytes(&text, SignedBy::Node))),
+            Signer::Node => (
+                SignedBy::Node,
+                (self.sign)(&record::signing_bytes(&text, SignedBy::Node)),
+            ),
             Signer::Admin(f) => {
                 // The admin signature is an operator message over the
                 // record's node-signing bytes.
@@ -590,12 +660,16 @@ impl Dht {
                     bzzz_crypto::records::Domain::DhtRecord,
                     text.as_bytes(),
                 );
-                (SignedBy::Admin, f(msg).await.map_err(DhtError::Unavailable)?)
+                (
+                    SignedBy::Admin,
+                    f(msg).await.map_err(DhtError::Unavailable)?,
+                )
             }
         };
         let env = record::envelope(text, &sig, by, cert);
         let raw = serde_json::to_vec(&env).map_err(|e| DhtError::Invalid(e.to_string()))?;
-        let checked = record::check(&authz, None, &raw).map_err(|e| DhtError::Invalid(format!("the record fails its own checks: {e}")))?;
+        let checked = record::check(&authz, None, &raw)
+            .map_err(|e| DhtError::Invalid(format!("the record fails its own checks: {e}")))?;
         let quorum = self.peers().min(WRITE_QUORUM);
         // Storing nodes may not have applied a role change made a moment
         // ago: retry briefly before giving up.
@@ -605,8 +679,10 @@ impl Dht {
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
             }
             let (a, b) = tokio::join!(
-                self.net.dht_put(record::version_key(&base, version), raw.clone(), quorum),
-                self.net.dht_put(record::head_key(&base), raw.clone(), quorum),
+                self.net
+                    .dht_put(record::version_key(&base, version), raw.clone(), quorum),
+                self.net
+                    .dht_put(record::head_key(&base), raw.clone(), quorum),
             );
             match a.and(b) {
                 Ok(()) => return Ok((checked, quorum)),
@@ -686,7 +762,8 @@ impl Dht {
         let answers = futures::future::join_all(peers.iter().map(|p| {
             let req = req.clone();
             async move {
-                tokio::time::timeout(Duration::from_secs(3), self.net.call(Service::Dht, p, req)).await
+                tokio::time::timeout(Duration::from_secs(3), self.net.call(Service::Dht, p, req))
+                    .await
             }
         }))
         .await;
@@ -697,7 +774,10 @@ impl Dht {
         }
         let mut best: BTreeMap<String, ListEntry> = BTreeMap::new();
         for e in all {
-            if e.address.parse::<Address>().is_ok_and(|a| pattern.matches(&a)) {
+            if e.address
+                .parse::<Address>()
+                .is_ok_and(|a| pattern.matches(&a))
+            {
                 match best.get(&e.address) {
                     Some(b) if b.version >= e.version => {}
                     _ => {

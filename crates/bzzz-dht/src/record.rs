@@ -99,7 +99,8 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
     if raw.len() > bzzz_net::store::MAX_RECORD_VALUE {
         return Err("record too large".into());
     }
-    let envelope: Envelope = serde_json::from_slice(raw).map_err(|e| format!("not a record: {e}"))?;
+    let envelope: Envelope =
+        serde_json::from_slice(raw).map_err(|e| format!("not a record: {e}"))?;
     let body: RecordBody =
         serde_json::from_str(&envelope.body).map_err(|e| format!("record body: {e}"))?;
     if body.v != RECORD_BODY_VERSION {
@@ -132,7 +133,10 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
         .get(&chain)
         .is_some_and(|v| v.iter().any(|k| k.epoch == body.key_epoch))
     {
-        return Err(format!("record sealed to an unknown key ({chain} epoch {})", body.key_epoch));
+        return Err(format!(
+            "record sealed to an unknown key ({chain} epoch {})",
+            body.key_epoch
+        ));
     }
     let role = match &address.role {
         Component::Name(r) => r.clone(),
@@ -142,7 +146,10 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
     records::open_cert(&envelope.cert, &authz.admin_public_key, Some(&body.author))
         .map_err(|e| format!("author certificate: {e}"))?;
     if authz.removed.contains(&body.author) {
-        return Err(format!("author {} was removed from the cluster", body.author));
+        return Err(format!(
+            "author {} was removed from the cluster",
+            body.author
+        ));
     }
     let sig: [u8; 64] = hex::decode(&envelope.signature)
         .ok()
@@ -164,10 +171,14 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
             .get(&role)
             .ok_or_else(|| format!("no role {role:?}"))?;
         if !r.members.contains(&body.author) {
-            return Err(format!("author {} is not a member of role {role}", body.author));
+            return Err(format!(
+                "author {} is not a member of role {role}",
+                body.author
+            ));
         }
         let pk = bzzz_net::signed::public_key_of(&body.author).ok_or("author id names no key")?;
-        bzzz_crypto::verify_ed25519(&pk, &msg, &sig).map_err(|_| "bad author signature".to_owned())?;
+        bzzz_crypto::verify_ed25519(&pk, &msg, &sig)
+            .map_err(|_| "bad author signature".to_owned())?;
     }
     Ok(Checked {
         envelope,
@@ -192,7 +203,10 @@ pub fn check_replace(new: &Checked, existing: &[u8]) -> Result<(), String> {
         ));
     }
     if old.version == new.body.version && old != new.body {
-        return Err(format!("a different record of version {} is stored", old.version));
+        return Err(format!(
+            "a different record of version {} is stored",
+            old.version
+        ));
     }
     Ok(())
 }
@@ -220,6 +234,7 @@ pub struct Draft {
 }
 
 /// Seals `value` to `key` and drafts the body.
+#[allow(clippy::too_many_arguments)]
 pub fn draft(
     cluster: &str,
     addr: &Address,
@@ -266,5 +281,6 @@ pub fn envelope(body_text: String, signature: &[u8; 64], by: SignedBy, cert: Sig
 
 /// Decodes a record's sealed payload.
 pub fn payload(body: &RecordBody) -> Result<Vec<u8>, String> {
-    B64.decode(&body.payload).map_err(|_| "payload is not base64".to_owned())
+    B64.decode(&body.payload)
+        .map_err(|_| "payload is not base64".to_owned())
 }

@@ -235,9 +235,12 @@ pub enum Command {
     DhtGet {
         key: Vec<u8>,
         want: usize,
-        reply: oneshot::Sender<Result<Vec<(Option<NodeId>, Vec<u8>)>, NetError>>,
+        reply: oneshot::Sender<Result<Vec<Found>, NetError>>,
     },
 }
+
+/// A value a DHT lookup found, with its holder (`None`: this node).
+pub type Found = (Option<NodeId>, Vec<u8>);
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -313,7 +316,12 @@ impl NetHandle {
 
     /// Stores a record at the `replication` closest nodes and here; `Ok`
     /// once `quorum` of them (besides this node) stored it.
-    pub async fn dht_put(&self, key: Vec<u8>, value: Vec<u8>, quorum: usize) -> Result<(), NetError> {
+    pub async fn dht_put(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        quorum: usize,
+    ) -> Result<(), NetError> {
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::DhtPut {
@@ -334,11 +342,7 @@ impl NetHandle {
 
     /// Looks a record up: every value found with its holder (`None`: this
     /// node), returned once `want` values are in or the lookup ends.
-    pub async fn dht_get(
-        &self,
-        key: Vec<u8>,
-        want: usize,
-    ) -> Result<Vec<(Option<NodeId>, Vec<u8>)>, NetError> {
+    pub async fn dht_get(&self, key: Vec<u8>, want: usize) -> Result<Vec<Found>, NetError> {
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::DhtGet { key, want, reply })

@@ -34,7 +34,12 @@ pub const MAX_RECORDS: usize = 200_000;
 pub trait RecordCheck: Send + Sync + 'static {
     /// `Ok` to store `value` under `key`, replacing `existing` (if any);
     /// `Err(why)` refuses it.
-    fn check(&self, key: &[u8], value: &[u8], existing: Option<&[u8]>) -> std::result::Result<(), String>;
+    fn check(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        existing: Option<&[u8]>,
+    ) -> std::result::Result<(), String>;
 }
 
 /// Accepts every record (tests and nodes without a DHT).
@@ -106,7 +111,10 @@ impl DiskStore {
         Self::init(db, check)
     }
 
-    fn init(db: redb::Database, check: Arc<dyn RecordCheck>) -> std::result::Result<Self, StoreError> {
+    fn init(
+        db: redb::Database,
+        check: Arc<dyn RecordCheck>,
+    ) -> std::result::Result<Self, StoreError> {
         let tx = db.begin_write().map_err(store_err)?;
         tx.open_table(RECORDS).map_err(store_err)?;
         tx.commit().map_err(store_err)?;
@@ -128,7 +136,9 @@ impl DiskStore {
     /// returning `false`.
     pub fn scan(&self, mut f: impl FnMut(&[u8], &[u8]) -> bool) {
         let Ok(tx) = self.db.begin_read() else { return };
-        let Ok(t) = tx.open_table(RECORDS) else { return };
+        let Ok(t) = tx.open_table(RECORDS) else {
+            return;
+        };
         let Ok(iter) = t.iter() else { return };
         for item in iter.flatten() {
             let (k, v) = item;
@@ -192,7 +202,10 @@ impl RecordStore for DiskStore {
         if existing.is_none() && self.len() >= MAX_RECORDS {
             return Err(Error::MaxRecords);
         }
-        if let Err(why) = self.check.check(r.key.as_ref(), &r.value, existing.as_deref()) {
+        if let Err(why) = self
+            .check
+            .check(r.key.as_ref(), &r.value, existing.as_deref())
+        {
             debug!("record refused: {why}");
             // kad has no "refused" error; this one makes it answer the
             // sender with a failure, which is what a refusal needs.
@@ -206,7 +219,9 @@ impl RecordStore for DiskStore {
     }
 
     fn remove(&mut self, k: &RecordKey) {
-        let Ok(tx) = self.db.begin_write() else { return };
+        let Ok(tx) = self.db.begin_write() else {
+            return;
+        };
         if let Ok(mut t) = tx.open_table(RECORDS) {
             let _ = t.remove(k.as_ref());
         }
@@ -257,7 +272,12 @@ mod tests {
 
     struct NoOverwrite;
     impl RecordCheck for NoOverwrite {
-        fn check(&self, _: &[u8], v: &[u8], existing: Option<&[u8]>) -> std::result::Result<(), String> {
+        fn check(
+            &self,
+            _: &[u8],
+            v: &[u8],
+            existing: Option<&[u8]>,
+        ) -> std::result::Result<(), String> {
             if v.starts_with(b"bad") {
                 return Err("bad".into());
             }
@@ -281,9 +301,21 @@ mod tests {
             r.publisher = Some(publisher);
             s.put(r.clone()).expect("put");
             s.put(r).expect("the same value again is fine");
-            assert!(s.put(Record::new(RecordKey::new(&b"k1"), b"v2".to_vec())).is_err());
-            assert!(s.put(Record::new(RecordKey::new(&b"k2"), b"bad".to_vec())).is_err());
-            assert!(s.put(Record::new(RecordKey::new(&b"k3"), vec![0; MAX_RECORD_VALUE + 1])).is_err());
+            assert!(
+                s.put(Record::new(RecordKey::new(&b"k1"), b"v2".to_vec()))
+                    .is_err()
+            );
+            assert!(
+                s.put(Record::new(RecordKey::new(&b"k2"), b"bad".to_vec()))
+                    .is_err()
+            );
+            assert!(
+                s.put(Record::new(
+                    RecordKey::new(&b"k3"),
+                    vec![0; MAX_RECORD_VALUE + 1]
+                ))
+                .is_err()
+            );
         }
         let s = DiskStore::open(&path, Arc::new(AcceptAll)).expect("reopen");
         let r = s.get(&RecordKey::new(&b"k1")).expect("kept");

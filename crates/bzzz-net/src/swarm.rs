@@ -143,8 +143,8 @@ enum DhtQuery {
     Put(tokio::sync::oneshot::Sender<Result<(), NetError>>),
     Get {
         want: usize,
-        found: Vec<(Option<bzzz_proto::NodeId>, Vec<u8>)>,
-        reply: Option<tokio::sync::oneshot::Sender<Result<Vec<(Option<bzzz_proto::NodeId>, Vec<u8>)>, NetError>>>,
+        found: Vec<crate::Found>,
+        reply: Option<tokio::sync::oneshot::Sender<Result<Vec<crate::Found>, NetError>>>,
     },
     Fire,
 }

@@ -238,7 +238,11 @@ mod tests {
     fn readers_follow_roles_reads_and_admin() {
         let roles: BTreeMap<String, RoleDef> = [
             role("backend_developer", &[], &[id(1)]),
-            role("senior_software_architect", &["backend_developer"], &[id(2)]),
+            role(
+                "senior_software_architect",
+                &["backend_developer"],
+                &[id(2)],
+            ),
             role("observer", &[], &[id(3)]),
             role("admin", &[], &[id(4)]),
         ]
@@ -268,7 +272,9 @@ mod tests {
             .parse()
             .expect("parse");
         assert_eq!(chain_of(&a).as_deref(), Some(MEMBERS_CHAIN));
-        let b: Address = "ucxl://bob:admin@cluster:other/*^/x".parse().expect("parse");
+        let b: Address = "ucxl://bob:admin@cluster:other/*^/x"
+            .parse()
+            .expect("parse");
         assert_eq!(chain_of(&b).as_deref(), Some("admin"));
         let c: Address = "ucxl://bob:any@cluster:other/*^/x".parse().expect("parse");
         assert_eq!(chain_of(&c), None);

@@ -8,8 +8,8 @@
 
 pub mod api;
 pub mod caps;
-pub mod dht;
 pub mod cluster;
+pub mod dht;
 pub mod id;
 pub mod models;
 pub mod ucxl;

@@ -526,9 +526,16 @@ mod tests {
         let stars = format!("ucxl://a:b@c:d/*^/{}/y", vec!["**"; 31].join("/"));
         assert!(!a(&stars).matches(&a(&deep)));
         assert!(a("ucxl://a:b@c:d/*^/x").check_writable().is_ok());
-        assert!(a("ucxl://any:admin@cluster:config/*^/x").check_writable().is_ok());
+        assert!(
+            a("ucxl://any:admin@cluster:config/*^/x")
+                .check_writable()
+                .is_ok()
+        );
         assert_eq!(
-            a("ucxl://a:any@c:d/*^/x").check_writable().expect_err("w").component,
+            a("ucxl://a:any@c:d/*^/x")
+                .check_writable()
+                .expect_err("w")
+                .component,
             "role"
         );
         assert_eq!(

@@ -18,6 +18,7 @@ pub mod control;
 pub mod demo;
 pub mod deploy;
 pub mod detect;
+pub mod dht;
 pub use bzzz_keys as keys;
 pub mod http;
 pub mod models;

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use bzzz::cli::{
-    Cli, Cmd, ConfigCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd,
+    Cli, Cmd, ConfigCmd, DhtCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd,
 };
 use bzzz::config::{self, Config, LogFormat, Overrides};
 use clap::Parser;
@@ -83,6 +83,15 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Keys {
             cmd: KeysCmd::Policy(a),
         } => report(bzzz::cli::members::policy(&a).await),
+        Cmd::Dht { cmd } => report(match cmd {
+            DhtCmd::Put(a) => bzzz::cli::dht::put(&a).await,
+            DhtCmd::Get(a) => bzzz::cli::dht::get_cmd(&a).await,
+            DhtCmd::History(a) => bzzz::cli::dht::history(&a).await,
+            DhtCmd::Ls(a) => bzzz::cli::dht::ls(&a).await,
+        }),
+        Cmd::Config {
+            cmd: ConfigCmd::Migrate(a),
+        } => report(bzzz::cli::dht::migrate(&a).await),
         Cmd::Member { cmd } => report(match cmd {
             MemberCmd::Ls(a) => bzzz::cli::members::ls(&a).await,
             MemberCmd::Remove(a) => bzzz::cli::members::remove(&a).await,

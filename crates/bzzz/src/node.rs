@@ -64,6 +64,8 @@ pub struct AppState {
     pub deploys: Arc<crate::deploy::Deployments>,
     /// Model distribution: the store, the swarm, the agent's fetches.
     pub models: Arc<crate::models::Runtime>,
+    /// The DHT under UCXL addresses.
+    pub dht: bzzz_dht::Dht,
     /// `serve.require_auth`: the inference API asks for the operator.
     pub inference_auth: bool,
     /// `serve.backends`: servers already running on this node.
@@ -139,6 +141,10 @@ pub async fn run(
     // membership, so that it never runs open in an initialized cluster.
     let node_id = bzzz_net::node_id_of(&key.seed()).context("invalid node key")?;
     let keys = crate::keys::Keys::load(&cfg.data_dir, &key, node_id, local_tx.clone())?;
+    let authz: bzzz_dht::SharedAuthz = Arc::default();
+    let store = crate::dht::open_store(&cfg.data_dir, &authz)
+        .context("cannot open the DHT record store")?;
+    net_cfg.dht.store = Some(store.clone());
     let (net, inbound) = bzzz_net::start(
         &key.seed(),
         net_cfg,
@@ -148,6 +154,16 @@ pub async fn run(
     )
     .context("cannot start the network")?;
     let keys = keys.attach(net.clone());
+    let dht = {
+        let signer = bzzz_crypto::NodeKey::from_seed(&key.seed());
+        bzzz_dht::Dht::new(
+            net.clone(),
+            store,
+            authz,
+            bzzz_crypto::seal::AgeIdentity::derive(&key).context("node age identity")?,
+            Arc::new(move |msg: &[u8]| signer.sign(msg)),
+        )
+    };
     drop(key);
     tracker.spawn(crate::keys::serve_inbound(
         keys.clone(),
@@ -206,6 +222,15 @@ pub async fn run(
         tasks.clone(),
         local_tx.clone(),
     ));
+    tracker.spawn(crate::dht::run(
+        dht.clone(),
+        keys.clone(),
+        control.clone(),
+        cfg.control.clone(),
+        crate::config::local_cluster_sections(cfg.source.as_deref()),
+        inbound.dht,
+        tasks.clone(),
+    ));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
     tracker.spawn(crate::control::custody(
         keys.clone(),
@@ -252,6 +277,7 @@ pub async fn run(
         control_settings: cfg.control.clone(),
         deploys: Arc::default(),
         models,
+        dht,
         inference_auth: cfg.serve.require_auth,
         backends: cfg.serve.backends.clone(),
         tasks,

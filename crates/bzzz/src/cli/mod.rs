@@ -10,6 +10,7 @@
 pub mod client;
 pub mod control;
 pub mod deploy;
+pub mod dht;
 pub mod keys;
 pub mod members;
 pub mod models;
@@ -91,6 +92,69 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: MemberCmd,
     },
+    /// The DHT (SPEC §7): records under UCXL addresses, signed, sealed to
+    /// the roles that may read them, with their version history.
+    Dht {
+        #[command(subcommand)]
+        cmd: DhtCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DhtCmd {
+    /// Write the next version of an address (operator only); the node at
+    /// --api is the author and must be a member of the address's ROLE.
+    Put(DhtPutArgs),
+    /// Read a record; the temporal segment picks the version (`*^`
+    /// latest, `*~` first, `*~N`, `~~N` back, `^^N` forward, an ISO time).
+    Get(DhtAddrArgs),
+    /// Every version of an address: version, author, time.
+    History(DhtAddrArgs),
+    /// Records whose address matches a pattern (`any`, `*`, `**`).
+    Ls(DhtLsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DhtPutArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// `ucxl://AGENT:ROLE@PROJECT:TASK/*^/PATH`.
+    pub address: String,
+    /// The value (UTF-8 text).
+    #[arg(long, conflicts_with = "file")]
+    pub value: Option<String>,
+    /// Read the value from a file (at most 256 KiB; any bytes).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DhtAddrArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// `ucxl://AGENT:ROLE@PROJECT:TASK/TEMPORAL/PATH`.
+    pub address: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DhtLsArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// A pattern, e.g. `ucxl://any:backend_developer@any:any/*^/**`.
+    pub pattern: String,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// The node's config file to migrate (rewritten without the moved
+    /// sections; the old one is kept as `<file>.pre-migrate`).
+    #[arg(long, env = "BZZZ_CONFIG", value_name = "PATH")]
+    pub config: PathBuf,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -392,6 +456,11 @@ pub enum ConfigCmd {
         #[arg(long, env = "BZZZ_CONFIG", value_name = "PATH")]
         config: Option<PathBuf>,
     },
+    /// Move the cluster-wide sections of a node's config file
+    /// (`control.weights`, `control.leadership`) into the DHT under
+    /// `ucxl://any:admin@cluster:config/*^/control/…`; every node then
+    /// applies them from there. Idempotent; `--dry-run` shows the plan.
+    Migrate(MigrateArgs),
 }
 
 /// Options of read commands.

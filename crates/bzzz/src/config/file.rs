@@ -21,6 +21,32 @@ pub struct FileConfig {
     pub control: ControlFile,
     pub models: ModelsFile,
     pub serve: ServeFile,
+    pub dht: DhtFile,
+}
+
+/// `dht:` section: the DHT under UCXL addresses (SPEC §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhtFile {
+    /// How many nodes hold each record (the closest by Kademlia distance).
+    pub replication: usize,
+    /// How often each holder re-sends its records to the closest nodes:
+    /// a lost replica is restored within this (plus a lookup).
+    #[serde(with = "humantime_serde")]
+    pub replicate_every: Duration,
+    /// How often a record's author republishes it.
+    #[serde(with = "humantime_serde")]
+    pub republish_every: Duration,
+}
+
+impl Default for DhtFile {
+    fn default() -> Self {
+        Self {
+            replication: 3,
+            replicate_every: Duration::from_secs(20),
+            republish_every: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `serve:` section: model backends on this node and the inference API.
@@ -146,7 +172,18 @@ pub struct ControlSettings {
     pub planner_interval: Duration,
     pub voter_grace: Duration,
     pub evict_after: Duration,
+    /// Weights and leadership from the local file.
     pub context: bzzz_control::slurp::Context,
+    /// The cluster's values from the DHT, once `bzzz config migrate` put
+    /// them there: they win over the local ones ([`Self::ctx`]).
+    pub cluster: std::sync::Arc<std::sync::RwLock<ClusterOverrides>>,
+}
+
+/// Cluster-wide settings read from the DHT (`None`: not set there).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterOverrides {
+    pub weights: Option<bzzz_control::score::Weights>,
+    pub leadership: Option<bzzz_control::leadership::Policy>,
 }
 
 impl ControlSettings {
@@ -154,6 +191,16 @@ impl ControlSettings {
     /// hearing from a leader.
     pub fn lease(&self) -> Duration {
         Duration::from_millis(self.raft.election_timeout_max)
+    }
+
+    /// The weights and leadership policy in force: the cluster's (DHT)
+    /// where set, else the local file's.
+    pub fn ctx(&self) -> bzzz_control::slurp::Context {
+        let o = self.cluster.read().map(|o| o.clone()).unwrap_or_default();
+        bzzz_control::slurp::Context {
+            weights: o.weights.unwrap_or_else(|| self.context.weights.clone()),
+            policy: o.leadership.unwrap_or_else(|| self.context.policy.clone()),
+        }
     }
 }
 
@@ -206,6 +253,7 @@ pub(super) fn validate_control(c: &ControlFile) -> Result<ControlSettings, Confi
             weights: c.weights.clone(),
             policy: p.clone(),
         },
+        cluster: Default::default(),
     })
 }
 
@@ -299,6 +347,7 @@ impl Default for FileConfig {
             control: ControlFile::default(),
             models: ModelsFile::default(),
             serve: ServeFile::default(),
+            dht: DhtFile::default(),
         }
     }
 }

@@ -309,6 +309,26 @@ fn path_known(defaults: &Value, path: &[String]) -> bool {
     true
 }
 
+/// Which cluster-wide sections (`control.weights`, `control.leadership`)
+/// a config file sets explicitly (`Some` with the parsed value).
+pub fn local_cluster_sections(source: Option<&Path>) -> ClusterOverrides {
+    let mut o = ClusterOverrides::default();
+    let Some(text) = source.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return o;
+    };
+    let Ok(tree) = serde_norway::from_str::<Value>(&text) else {
+        return o;
+    };
+    let control = tree.get("control");
+    if let Some(w) = control.and_then(|c| c.get("weights")) {
+        o.weights = serde_norway::from_value(w.clone()).ok();
+    }
+    if let Some(l) = control.and_then(|c| c.get("leadership")) {
+        o.leadership = serde_norway::from_value(l.clone()).ok();
+    }
+    o
+}
+
 fn set_path(tree: &mut Value, path: &[String], value: Value) {
     let mut cur = tree;
     for seg in &path[..path.len() - 1] {
@@ -477,6 +497,9 @@ fn validate(
     };
     labels.validate().map_err(|e| cerr(e.field, e.problem))?;
     let control = validate_control(&f.control)?;
+    if !(1..=20).contains(&f.dht.replication) {
+        return Err(cerr("dht.replication", "must be between 1 and 20"));
+    }
     let serve = validate_serve(&f.serve)?;
 
     Ok(Config {
@@ -493,6 +516,12 @@ fn validate(
             max_peers: n.max_peers,
             ping_interval,
             ping_timeout,
+            dht: bzzz_net::DhtSettings {
+                store: None,
+                replication: f.dht.replication,
+                replicate_every: positive("dht.replicate_every", f.dht.replicate_every)?,
+                republish_every: positive("dht.republish_every", f.dht.republish_every)?,
+            },
         },
         refresh_interval,
         ollama_url: c.ollama_url.trim_end_matches('/').to_owned(),

@@ -88,7 +88,7 @@ pub async fn run(
         .any(|h| h.node_id == control.node_id);
     if is_holder && !control.raft.is_initialized().await.unwrap_or(true) {
         let voters: BTreeMap<NodeIdU64, BasicNode> =
-            initial_voters(&cluster.genesis, settings.context.policy.max_voters)
+            initial_voters(&cluster.genesis, settings.ctx().policy.max_voters)
                 .iter()
                 .map(raft_node)
                 .collect();
@@ -255,7 +255,7 @@ impl Control {
     /// for less than `voter_grace`, their last live score (so a restart or
     /// a short partition never shuffles seats).
     pub(super) fn voter_scores(&self, observed: &Observed) -> BTreeMap<NodeId, f64> {
-        let live = observed.scores(&self.settings.context.weights);
+        let live = observed.scores(&self.settings.ctx().weights);
         let mut seen = lock(&self.last_seen);
         let now = Instant::now();
         for (id, s) in &live {
@@ -359,7 +359,7 @@ impl Control {
             &learners,
             &scores,
             &gone,
-            &self.settings.context.policy,
+            &self.settings.ctx().policy,
         );
         if !plan.remove.is_empty() {
             let ids: BTreeSet<NodeIdU64> = plan.remove.iter().map(raft_id).collect();
@@ -414,7 +414,7 @@ impl Control {
         for p in slurp::planners() {
             let cmds = self
                 .sm
-                .with_state(|s| p.plan(s, &observed, &self.settings.context));
+                .with_state(|s| p.plan(s, &observed, &self.settings.ctx()));
             for cmd in cmds {
                 if let Err(e) = self.write_local(cmd).await {
                     debug!(planner = p.name(), "write: {e}");
@@ -428,12 +428,12 @@ impl Control {
             id: self.node_id.clone(),
             tenure,
         };
-        let live = observed.scores(&self.settings.context.weights);
+        let live = observed.scores(&self.settings.ctx().weights);
         if let Some(best) = preferred_leader(
             &live,
             &voters,
             Some(&incumbent),
-            &self.settings.context.policy,
+            &self.settings.ctx().policy,
         ) && best != self.node_id
         {
             info!(to = %best, "a better-scored voter should lead; handing off");

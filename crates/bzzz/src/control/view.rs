@@ -22,7 +22,7 @@ pub fn leader_info(
 ) -> LeaderInfo {
     let observed = observe(net, local, started);
     let mut scores: BTreeMap<String, f64> = observed
-        .scores(&settings.context.weights)
+        .scores(&settings.ctx().weights)
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();

@@ -71,7 +71,7 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-fn control(st: &Shared) -> Result<&crate::control::Control, ApiError> {
+pub(super) fn control(st: &Shared) -> Result<&crate::control::Control, ApiError> {
     st.control
         .get()
         .map(|c| &**c)
@@ -81,7 +81,7 @@ fn control(st: &Shared) -> Result<&crate::control::Control, ApiError> {
 /// Proposes a signed admin change; 200 when every node applies it, 422 when
 /// the state machine refuses it (the reason names why), 503 without a
 /// leader.
-async fn propose_admin(
+pub(super) async fn propose_admin(
     control: &crate::control::Control,
     change: Signed,
 ) -> Result<Response, ApiError> {
@@ -129,13 +129,62 @@ pub(super) fn admin_change(
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let role_keys = role_keys_for(st, control, &action)?;
     Ok(AdminChange {
         v: RECORD_VERSION,
         cluster: cluster.genesis.cluster.clone(),
         seq: now_ms.max(control.with_state(|s| s.admin_seq) + 1),
         issued_at: bzzz_keys::unix_now(),
         action,
+        role_keys,
     })
+}
+
+/// The key epochs an admin change must bring (SPEC §9): the first key of
+/// every chain that has none (a new role, the members' chain), and the
+/// next key of every chain the change takes a reader from (revocation
+/// rotates the key). Each is sealed to the readers in reach; the others
+/// get it later by a grant from a node that holds it.
+fn role_keys_for(
+    st: &Shared,
+    control: &crate::control::Control,
+    action: &AdminAction,
+) -> Result<std::collections::BTreeMap<String, bzzz_proto::dht::RoleKey>, ApiError> {
+    let mut sim = control.state();
+    match action {
+        AdminAction::PutRole { role } => {
+            sim.roles.insert(role.name.clone(), role.clone());
+        }
+        AdminAction::RemoveRole { name } => {
+            sim.roles.remove(name);
+        }
+        AdminAction::RemoveMember { node_id } => {
+            sim.nodes.remove(node_id);
+            sim.removed.insert(
+                node_id.clone(),
+                bzzz_proto::cluster::Signed {
+                    body: String::new(),
+                    signature: String::new(),
+                },
+            );
+        }
+        AdminAction::SetRule { .. } | AdminAction::RoleKeys {} => {}
+    }
+    let mut chains = sim.chains_to_rotate();
+    for c in bzzz_proto::dht::chains(&sim.roles) {
+        if !sim.role_keys.contains_key(&c) && !chains.contains(&c) {
+            chains.push(c);
+        }
+    }
+    let recipients = crate::dht::recipients(&st.net, &st.keys);
+    bzzz_dht::new_keys(
+        &chains,
+        &sim.role_keys,
+        |c| sim.chain_readers(c),
+        &recipients,
+        bzzz_keys::unix_now(),
+    )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 /// `POST /api/v1/admin/changes` (operator): commits an already signed admin

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod control;
 pub mod deploy;
+pub mod dht;
 pub mod inference;
 pub mod keys;
 pub mod members;
@@ -163,6 +164,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(control::routes());
     all.extend(deploy::routes());
     all.extend(models::routes());
+    all.extend(dht::routes());
     all.extend(inference::routes());
     all.extend(ollama::routes());
     all.extend(crate::ui::routes());

@@ -27,6 +27,14 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/v1/keys"),
     ("GET", "/api/v1/roles"),
     ("GET", "/api/v1/registry"),
+    // DHT reads answer with this node's own rights (a node whose roles
+    // cannot read a record answers 403); the raw record is ciphertext.
+    ("GET", "/api/v1/dht/get"),
+    ("GET", "/api/v1/dht/history"),
+    ("GET", "/api/v1/dht/ls"),
+    ("GET", "/api/v1/dht/raw"),
+    ("GET", "/api/v1/dht/local"),
+    ("GET", "/dht"),
     // Members and the cluster picture: ids, states, share indexes (public
     // data, like the peers list).
     ("GET", "/api/v1/members"),
@@ -113,6 +121,14 @@ async fn test_node() -> TestNode {
         backends: Vec::new(),
         models: crate::models::Runtime::open(&dir.path().join("ollama"), net.clone(), None)
             .expect("models"),
+        dht: bzzz_dht::Dht::new(
+            net.clone(),
+            bzzz_net::store::DiskStore::in_memory(Arc::new(bzzz_net::store::AcceptAll))
+                .expect("store"),
+            Arc::default(),
+            bzzz_crypto::seal::AgeIdentity::derive(&key).expect("age"),
+            Arc::new(|_: &[u8]| [0u8; 64]),
+        ),
         tasks: Tasks {
             tracker,
             cancel: cancel.clone(),

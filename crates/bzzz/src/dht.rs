@@ -1,0 +1,288 @@
+//! The DHT in the node (SPEC §7): keeps `bzzz-dht`'s view of roles and
+//! keys in step with the Raft state, hands role keys to new readers
+//! (grants), serves peers' listings, and applies the cluster
+//! configuration stored in the DHT.
+//!
+//! | takes | sends |
+//! |---|---|
+//! | the Raft state (woken by `watch_keys`), a 2 s tick, `Service::Dht` requests | `Dht::set_authz`, `RoleKeyGrant` proposals, the control settings' cluster overrides |
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bzzz_dht::{Authz, Dht, SharedAuthz};
+use bzzz_net::NetHandle;
+use bzzz_proto::NodeId;
+use bzzz_proto::ucxl::Address;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::config::{ClusterOverrides, ControlSettings};
+use crate::control::ControlCell;
+use crate::node::Tasks;
+
+/// The cluster-wide settings `bzzz config migrate` moves into the DHT:
+/// (local YAML section, address).
+pub const CONFIG_ADDRESSES: [(&str, &str); 2] = [
+    (
+        "control.weights",
+        "ucxl://any:admin@cluster:config/*^/control/weights",
+    ),
+    (
+        "control.leadership",
+        "ucxl://any:admin@cluster:config/*^/control/leadership",
+    ),
+];
+
+/// How often a node reads the cluster configuration from the DHT.
+const CONFIG_EVERY: Duration = Duration::from_secs(2);
+
+/// Opens the persistent record store (`<data_dir>/dht.redb`).
+pub fn open_store(
+    data_dir: &std::path::Path,
+    authz: &SharedAuthz,
+) -> anyhow::Result<bzzz_net::store::DiskStore> {
+    let check = Arc::new(bzzz_dht::record::StoreCheck(authz.clone()));
+    Ok(bzzz_net::store::DiskStore::open(
+        &data_dir.join("dht.redb"),
+        check,
+    )?)
+}
+
+/// Age recipients of this node and of the proven members in view.
+pub fn recipients(net: &NetHandle, keys: &bzzz_keys::Keys) -> BTreeMap<NodeId, String> {
+    let mut out: BTreeMap<NodeId, String> = net
+        .snapshot()
+        .peers
+        .iter()
+        .filter(|p| p.proven)
+        .filter_map(|p| {
+            p.announcement
+                .age_recipient
+                .clone()
+                .map(|r| (p.announcement.node_id.clone(), r))
+        })
+        .collect();
+    out.insert(net.local_id().clone(), keys.age_recipient());
+    out
+}
+
+/// What the checks need, from the replicated state.
+pub fn authz_of(state: &bzzz_control::raft::ClusterState) -> Authz {
+    let Some(c) = &state.cluster else {
+        return Authz::default();
+    };
+    Authz {
+        cluster: c.name.clone(),
+        admin_public_key: bzzz_crypto::records::parse_public_key(&c.admin_public_key)
+            .unwrap_or_default(),
+        roles: state.roles.clone(),
+        role_keys: state.role_keys.clone(),
+        removed: state.removed_set(),
+    }
+}
+
+/// Brings the DHT's view of roles, keys and this node's certificate up to
+/// date with the applied state (cheap when nothing changed).
+pub fn sync(dht: &Dht, keys: &bzzz_keys::Keys, control: &crate::control::Control) {
+    if let Some(c) = keys.cluster() {
+        dht.set_cert(Some(c.cert));
+    }
+    let stamp = control.with_state(|s| {
+        (
+            s.admin_seq,
+            s.role_keys
+                .values()
+                .flatten()
+                .map(|k| k.sealed.len())
+                .sum::<usize>(),
+        )
+    });
+    dht.refresh(stamp, || control.with_state(authz_of));
+}
+
+/// Parses the cluster overrides from the records' values (YAML or JSON).
+pub fn parse_override(section: &str, text: &str, o: &mut ClusterOverrides) -> Result<(), String> {
+    match section {
+        "control.weights" => {
+            let w: bzzz_control::score::Weights =
+                serde_norway::from_str(text).map_err(|e| format!("{section}: {e}"))?;
+            w.validate().map_err(|e| format!("{section}: {e}"))?;
+            o.weights = Some(w);
+        }
+        "control.leadership" => {
+            let p: bzzz_control::leadership::Policy =
+                serde_norway::from_str(text).map_err(|e| format!("{section}: {e}"))?;
+            o.leadership = Some(p);
+        }
+        _ => return Err(format!("unknown section {section}")),
+    }
+    Ok(())
+}
+
+/// Runs the DHT's node duties until cancelled.
+pub async fn run(
+    dht: Dht,
+    keys: Arc<bzzz_keys::Keys>,
+    cell: ControlCell,
+    settings: ControlSettings,
+    local_file: crate::config::ClusterOverrides,
+    inbound: tokio::sync::mpsc::Receiver<bzzz_net::ServiceRequest>,
+    tasks: Tasks,
+) {
+    {
+        let dht = dht.clone();
+        tasks.tracker.spawn(bzzz_net::service::serve(
+            inbound,
+            16,
+            tasks.tracker.clone(),
+            tasks.cancel.clone(),
+            move |_peer, payload| {
+                let dht = dht.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || dht.serve(&payload))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            },
+        ));
+    }
+    let mut tick = tokio::time::interval(CONFIG_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rx: Option<watch::Receiver<u64>> = None;
+    let mut warned = false;
+    let mut applied = ClusterOverrides::default();
+    loop {
+        tokio::select! {
+            _ = tasks.cancel.cancelled() => return,
+            _ = tick.tick() => {}
+            _ = async {
+                match rx.as_mut() {
+                    Some(r) => { if r.changed().await.is_err() { std::future::pending::<()>().await } }
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let Some(cluster) = keys.cluster() else {
+            continue;
+        };
+        let Some(control) = cell.get() else {
+            continue;
+        };
+        if rx.is_none() {
+            rx = Some(control.watch_keys());
+        }
+        let _ = cluster;
+        sync(&dht, &keys, control);
+        let authz = dht.authz();
+        grant(&dht, &keys, control, &authz).await;
+        // The cluster configuration.
+        let mut o = ClusterOverrides::default();
+        for (section, addr) in CONFIG_ADDRESSES {
+            let Ok(a) = addr.parse::<Address>() else {
+                continue;
+            };
+            match dht.get(&a).await {
+                Ok(v) => {
+                    let text = String::from_utf8_lossy(&v.value);
+                    if let Err(e) = parse_override(section, &text, &mut o) {
+                        warn!(
+                            "the cluster's {section} in the DHT is invalid ({e}); the local value stays"
+                        );
+                    }
+                }
+                Err(bzzz_dht::DhtError::NotFound(_)) => {}
+                Err(e) => debug!("cannot read {addr}: {e}"),
+            }
+        }
+        if o != applied {
+            if !warned {
+                for (section, local_set) in [
+                    (
+                        "control.weights",
+                        local_file.weights.is_some() && o.weights.is_some(),
+                    ),
+                    (
+                        "control.leadership",
+                        local_file.leadership.is_some() && o.leadership.is_some(),
+                    ),
+                ] {
+                    if local_set {
+                        warn!(
+                            "{section} in the local config file is overridden by the cluster's value in the DHT (see `bzzz config migrate`)"
+                        );
+                    }
+                }
+                warned = true;
+            }
+            info!(
+                weights = o.weights.is_some(),
+                leadership = o.leadership.is_some(),
+                "applying the cluster configuration from the DHT"
+            );
+            if let Ok(mut c) = settings.cluster.write() {
+                *c = o.clone();
+            }
+            applied = o;
+        }
+    }
+}
+
+/// Hands role keys this node holds to readers that lack them; only the
+/// lowest-id holder in reach does it, to avoid duplicate proposals
+/// (duplicates would be refused anyway).
+async fn grant(
+    dht: &Dht,
+    keys: &bzzz_keys::Keys,
+    control: &crate::control::Control,
+    authz: &Authz,
+) {
+    let ring = dht.keyring();
+    if ring.is_empty() {
+        return;
+    }
+    let recipients = recipients(&dht_net(dht), keys);
+    let me = keys.node_id().clone();
+    let todo = control.with_state(|s| {
+        bzzz_dht::grants(authz, &ring, |c| s.chain_readers(c), &recipients)
+            .into_iter()
+            .filter(|(chain, epoch, _)| {
+                // The lowest-id node in reach that holds this epoch.
+                s.role_keys
+                    .get(chain)
+                    .and_then(|v| v.iter().find(|k| k.epoch == *epoch))
+                    .and_then(|k| {
+                        k.sealed
+                            .keys()
+                            .filter(|n| recipients.contains_key(*n))
+                            .min()
+                            .cloned()
+                    })
+                    .is_some_and(|first| first == me)
+            })
+            .collect::<Vec<_>>()
+    });
+    for (chain, epoch, grants) in todo {
+        let n = grants.len();
+        match control
+            .propose(bzzz_control::raft::Command::RoleKeyGrant {
+                chain: chain.clone(),
+                epoch,
+                grants,
+            })
+            .await
+        {
+            Ok(r) if r.rejected.is_none() => {
+                info!(chain, epoch, nodes = n, "role key granted to new readers")
+            }
+            Ok(r) => debug!(chain, epoch, "grant refused: {:?}", r.rejected),
+            Err(e) => debug!(chain, epoch, "grant not committed: {e}"),
+        }
+    }
+}
+
+fn dht_net(dht: &Dht) -> NetHandle {
+    dht.net().clone()
+}

