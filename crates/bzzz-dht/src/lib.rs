@@ -421,7 +421,16 @@ impl Dht {
 
     /// The record an address names, its temporal segment resolved.
     pub async fn resolve(&self, addr: &Address) -> Result<Checked, DhtError> {
-        if addr.is_pattern() {
+        // AGENT `any` names records no particular agent wrote (the
+        // cluster configuration): a plain address, not a pattern.
+        let pattern = [&addr.role, &addr.project, &addr.task]
+            .iter()
+            .any(|c| matches!(c, Component::Any))
+            || addr
+                .path
+                .iter()
+                .any(|s| !matches!(s, bzzz_proto::ucxl::Segment::Name(_)));
+        if pattern {
             return Err(DhtError::Invalid(format!(
                 "{addr} is a pattern; list it with `bzzz dht ls` (get takes one address)"
             )));

@@ -6,7 +6,7 @@
 //! and `bzzz config migrate` moving the weights into the DHT.
 
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
 use serde_json::Value;
@@ -203,6 +203,23 @@ fn records_are_sealed_to_roles_with_history_and_revocation() {
     assert_eq!(l[0]["address"], addr);
     assert_eq!(l[0]["version"], 5);
 
+    // The DHT browser: the record, its versions, who reads it, whether
+    // this node can.
+    let (code, page) = http::get(&hostport(&c, 2), "/dht").expect("page");
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("notes/design.md") && page.contains("can read"),
+        "{page}"
+    );
+    let (_, page) = http::get(&hostport(&c, 3), &format!("/dht?{q}")).expect("page");
+    assert!(page.contains("This node cannot read it."), "{page}");
+    assert!(page.contains("senior_software_architect"), "{page}");
+    let (_, page) = http::get(&hostport(&c, 1), &format!("/dht?{q}")).expect("page");
+    assert!(
+        page.contains("This node can read it.") && page.contains("id=\"versions\""),
+        "{page}"
+    );
+
     // A node that is not a member of the role cannot write under it.
     let out = cli(&[
         "dht",
@@ -276,4 +293,285 @@ fn records_are_sealed_to_roles_with_history_and_revocation() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert_eq!(v["value"], "design v1");
     assert_eq!(get_json(&c, 3, addr)["value"], "design v6");
+}
+
+/// Every record at `addrs` is held (head) by at least `want` of the nodes
+/// in `alive`.
+fn replicas(c: &LocalCluster, alive: &[usize], addrs: &[String]) -> Vec<usize> {
+    let mut count = vec![0; addrs.len()];
+    for i in alive {
+        let Ok((200, body)) = http::get(&hostport(c, *i), "/api/v1/dht/local") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        for (k, a) in addrs.iter().enumerate() {
+            if v.as_array().is_some_and(|l| {
+                l.iter()
+                    .any(|e| e["head"] == true && e["address"] == a.as_str())
+            }) {
+                count[k] += 1;
+            }
+        }
+    }
+    count
+}
+
+#[test]
+fn ten_nodes_lose_two_heal_and_keep_everything_across_a_restart() {
+    let (mut c, pw) = started(10);
+    role(
+        &c,
+        &pw,
+        "backend_developer",
+        &[],
+        &(0..10).collect::<Vec<_>>(),
+    );
+    let addrs: Vec<String> = (0..12)
+        .map(|k| format!("ucxl://agent{k}:backend_developer@bzzz:heal/*^/item/{k}"))
+        .collect();
+    for (k, a) in addrs.iter().enumerate() {
+        put(&c, k % 10, &pw, a, &format!("value {k} v1"));
+        put(&c, (k + 1) % 10, &pw, a, &format!("value {k} v2"));
+    }
+    let all: Vec<usize> = (0..10).collect();
+    let r = replicas(&c, &all, &addrs);
+    assert!(
+        r.iter().all(|n| *n >= 3),
+        "every record at 3 replicas or more: {r:?}"
+    );
+    // Kill two holders of the record with the fewest holders, so that it
+    // drops below 3 live replicas (authors keep a copy too, so most
+    // records start with more than 3).
+    let held: Vec<Vec<usize>> = addrs
+        .iter()
+        .map(|a| {
+            all.iter()
+                .copied()
+                .filter(|i| replicas(&c, &[*i], std::slice::from_ref(a))[0] == 1)
+                .collect()
+        })
+        .collect();
+    let fewest = held.iter().min_by_key(|h| h.len()).expect("records");
+    let holders: Vec<usize> = fewest.iter().copied().take(2).collect();
+    assert_eq!(holders.len(), 2);
+    for i in &holders {
+        c.nodes[*i].kill9();
+    }
+    let alive: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|i| !holders.contains(i))
+        .collect();
+    for (k, a) in addrs.iter().enumerate() {
+        let v = get_json(&c, alive[k % alive.len()], a);
+        assert_eq!(
+            v["value"],
+            format!("value {k} v2"),
+            "{a} readable with two nodes down"
+        );
+    }
+    let t0 = Instant::now();
+    let after = replicas(&c, &alive, &addrs);
+    assert!(
+        after.iter().any(|n| *n < 3),
+        "a record lost replicas with the kill (else the test proves nothing): {after:?}"
+    );
+    wait_until(
+        "3 live replicas of every record",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            replicas(&c, &alive, &addrs)
+                .iter()
+                .all(|n| *n >= 3)
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", replicas(&c, &alive, &addrs), c.logs()));
+    eprintln!(
+        "replicas restored {} ms after the kill",
+        t0.elapsed().as_millis()
+    );
+    // Stop everything, start everything: every record and version is there.
+    for i in &alive {
+        c.nodes[*i].kill9();
+    }
+    // Node 0 comes back on new ports: the others bootstrap to it there.
+    for i in 0..10 {
+        if i > 0 {
+            let b = c.nodes[0].tcp_addr().expect("node 0 address");
+            let args = &mut c.nodes[i].args;
+            if let Some(k) = args.iter().position(|a| a == "--bootstrap") {
+                args[k + 1] = b;
+            }
+        }
+        c.nodes[i]
+            .restart(std::path::Path::new(BIN))
+            .expect("restart");
+        c.nodes[i]
+            .wait_ready(Duration::from_secs(20))
+            .expect("ready");
+    }
+    c.wait_formed(Duration::from_secs(60))
+        .expect("formed again");
+    for (k, a) in addrs.iter().enumerate() {
+        let v = wait_until(
+            "the record after a restart",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let out = get(&c, k % 10, a);
+                out.status
+                    .success()
+                    .then(|| serde_json::from_slice::<Value>(&out.stdout).ok())
+                    .flatten()
+            },
+        )
+        .unwrap_or_else(|e| {
+            let out = get(&c, k % 10, a);
+            panic!(
+                "{e}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                c.logs()
+            )
+        });
+        assert_eq!(v["value"], format!("value {k} v2"));
+        let h = cli_json(&[
+            "dht",
+            "history",
+            a,
+            "--api",
+            &c.nodes[(k + 3) % 10].api(),
+            "--json",
+        ]);
+        assert_eq!(h.as_array().map(Vec::len), Some(2), "{a}: {h}");
+    }
+}
+
+#[test]
+fn config_migrate_moves_the_weights_and_every_node_applies_them() {
+    let mut c =
+        LocalCluster::start(std::path::Path::new(BIN), 0, &LocalOpts::default()).expect("dir");
+    let yaml = "control:\n  weights:\n    cpu_core: 1.0\n    ram_gib: 0.5\n";
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let o = c.config(&format!("node{i}"), yaml).expect("config");
+        files.push(o.extra_args[1].clone());
+        c.add_node(&o).expect("node");
+    }
+    c.wait_formed(Duration::from_secs(30)).expect("formed");
+    let pw = c.init(0, PASSWORD).expect("init");
+    let score = |i: usize| -> Option<f64> {
+        let v = cli_json(&["leader", "--api", &c.nodes[i].api(), "--json"]);
+        v["scores"][c.nodes[i].node_id()].as_f64().or_else(|| {
+            v["scores"]
+                .as_array()?
+                .iter()
+                .find(|s| s["node_id"] == c.nodes[i].node_id())?["score"]
+                .as_f64()
+        })
+    };
+    wait_until(
+        "scores",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || (0..3).all(|i| score(i).is_some()).then_some(()),
+    )
+    .expect("scores");
+    let before: Vec<f64> = (0..3).filter_map(score).collect();
+    // The plan, then the migration (twice: idempotent).
+    let dry = cli_json(&[
+        "config",
+        "migrate",
+        "--config",
+        &files[0],
+        "--dry-run",
+        "--api",
+        &c.nodes[0].api(),
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    assert_eq!(dry["steps"][0]["action"], "put", "{dry}");
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .expect("file")
+            .contains("weights"),
+        "a dry run changes nothing"
+    );
+    let out = wait_until(
+        "the migration",
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || {
+            let out = cli(&[
+                "config",
+                "migrate",
+                "--config",
+                &files[0],
+                "--api",
+                &c.nodes[0].api(),
+                "--operator-password-file",
+                &pw,
+                "--json",
+            ]);
+            (out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("503"))
+                .then_some(out)
+        },
+    )
+    .expect("migrate");
+    ok(&out);
+    let text = std::fs::read_to_string(&files[0]).expect("file");
+    assert!(
+        !text.contains("weights"),
+        "the file no longer holds the weights: {text}"
+    );
+    assert!(
+        std::path::Path::new(&format!("{}.pre-migrate", files[0])).exists(),
+        "backup kept"
+    );
+    let again = cli_json(&[
+        "config",
+        "migrate",
+        "--config",
+        &files[0],
+        "--api",
+        &c.nodes[0].api(),
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ]);
+    assert_eq!(again["steps"][0]["action"], "none", "idempotent: {again}");
+    let w = get_json(&c, 2, "ucxl://any:admin@cluster:config/*^/control/weights");
+    assert_eq!(w["version"], 1);
+    // A new value in the DHT changes every node's scores within 5 s.
+    put(
+        &c,
+        1,
+        &pw,
+        "ucxl://any:admin@cluster:config/*^/control/weights",
+        "{\"cpu_core\": 50.0, \"ram_gib\": 0.5}",
+    );
+    let t0 = Instant::now();
+    wait_until(
+        "every node's scores to follow the DHT",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        || {
+            (0..3)
+                .all(|i| score(i).is_some_and(|s| s > before[i] + 10.0))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: before {before:?}, now {:?}\n{}",
+            (0..3).map(score).collect::<Vec<_>>(),
+            c.logs()
+        )
+    });
+    eprintln!(
+        "scores changed on every node {} ms after the write",
+        t0.elapsed().as_millis()
+    );
 }

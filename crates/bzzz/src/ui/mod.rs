@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod deploy;
+pub mod dht;
 pub mod models;
 pub mod overview;
 pub mod setup;
@@ -27,6 +28,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(cluster::routes());
     all.extend(deploy::routes());
     all.extend(models::routes());
+    all.extend(dht::routes());
     all
 }
 
@@ -38,6 +40,7 @@ pub const NAV: &[(&str, &str)] = &[
     ("/deploy", "Deploy"),
     ("/models", "Models"),
     ("/cluster", "Cluster"),
+    ("/dht", "DHT"),
 ];
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
