@@ -284,3 +284,197 @@ pub fn payload(body: &RecordBody) -> Result<Vec<u8>, String> {
     B64.decode(&body.payload)
         .map_err(|_| "payload is not base64".to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bzzz_crypto::NodeKey;
+    use bzzz_crypto::seal::RoleSecret;
+    use bzzz_proto::cluster::{Authority, MembershipCert};
+
+    struct World {
+        admin: NodeKey,
+        authz: Authz,
+        dev: (NodeKey, NodeId, Signed),
+        other: (NodeKey, NodeId, Signed),
+        key: RoleKey,
+    }
+
+    fn member(admin: &NodeKey, cluster: &str) -> (NodeKey, NodeId, Signed) {
+        let k = NodeKey::generate().expect("rng");
+        let id = bzzz_net::node_id_of(&k.seed()).expect("id");
+        let cert = MembershipCert {
+            v: 1,
+            cluster: cluster.into(),
+            admin_public_key: hex::encode(admin.public()),
+            node_id: id.clone(),
+            issued_at: 1,
+            share_index: None,
+            age_recipient: None,
+        };
+        let body = records::body_text(&cert).expect("json");
+        let sig = admin.sign(&records::signing_bytes(
+            Domain::MembershipCert,
+            body.as_bytes(),
+        ));
+        (k, id, records::signed(body, &sig))
+    }
+
+    fn world() -> World {
+        let admin = NodeKey::generate().expect("rng");
+        let dev = member(&admin, "lab");
+        let other = member(&admin, "lab");
+        let secret = RoleSecret::generate();
+        let key = RoleKey {
+            epoch: 1,
+            public: secret.public(),
+            readers: BTreeSet::new(),
+            sealed: BTreeMap::new(),
+            created_at: 0,
+        };
+        let role = |name: &str, m: &NodeId| RoleDef {
+            name: name.into(),
+            authority: Authority::Suggestion,
+            permissions: vec![],
+            reads: vec![],
+            members: vec![m.clone()],
+        };
+        let authz = Authz {
+            cluster: "lab".into(),
+            admin_public_key: admin.public(),
+            roles: [
+                (
+                    "backend_developer".to_owned(),
+                    role("backend_developer", &dev.1),
+                ),
+                ("observer".to_owned(), role("observer", &other.1)),
+            ]
+            .into_iter()
+            .collect(),
+            role_keys: [
+                ("backend_developer".to_owned(), vec![key.clone()]),
+                ("observer".to_owned(), vec![key.clone()]),
+            ]
+            .into_iter()
+            .collect(),
+            removed: BTreeSet::new(),
+        };
+        World {
+            admin,
+            authz,
+            dev,
+            other,
+            key,
+        }
+    }
+
+    fn record(w: &World, who: &(NodeKey, NodeId, Signed), addr: &str, version: u64) -> Vec<u8> {
+        let a: Address = addr.parse().expect("addr");
+        let chain = chain_of(&a).expect("chain");
+        let d = draft("lab", &a, version, &who.1, 5, &chain, &w.key, b"secret").expect("draft");
+        let text = serde_json::to_string(&d.body).expect("json");
+        let sig = who.0.sign(&signing_bytes(&text, SignedBy::Node));
+        serde_json::to_vec(&envelope(text, &sig, SignedBy::Node, who.2.clone())).expect("json")
+    }
+
+    const ADDR: &str = "ucxl://alice:backend_developer@bzzz:api/*^/notes";
+
+    #[test]
+    fn a_good_record_passes_storers_and_readers() {
+        let w = world();
+        let raw = record(&w, &w.dev, ADDR, 1);
+        let a: Address = ADDR.parse().expect("addr");
+        let c = check(&w.authz, Some(&head_key(&a)), &raw).expect("valid");
+        assert_eq!(c.body.version, 1);
+        check(&w.authz, Some(&version_key(&a, 1)), &raw).expect("valid at its version key");
+        let store = StoreCheck(Arc::new(RwLock::new(Arc::new(w.authz.clone()))));
+        use bzzz_net::store::RecordCheck as _;
+        store.check(&head_key(&a), &raw, None).expect("stored");
+        // Heads only move forward; a version is never replaced.
+        let v2 = record(&w, &w.dev, ADDR, 2);
+        store
+            .check(&head_key(&a), &v2, Some(&raw))
+            .expect("newer head");
+        assert!(
+            store.check(&head_key(&a), &raw, Some(&v2)).is_err(),
+            "stale head"
+        );
+        let other_v1 = record(&w, &w.dev, ADDR, 1);
+        assert!(
+            store
+                .check(&version_key(&a, 1), &other_v1, Some(&raw))
+                .is_err()
+        );
+        // Under another key: refused.
+        assert!(check(&w.authz, Some(&version_key(&a, 2)), &raw).is_err());
+    }
+
+    #[test]
+    fn tampered_unsigned_non_member_and_wrong_role_records_are_refused() {
+        let w = world();
+        let raw = record(&w, &w.dev, ADDR, 1);
+        let mut env: Envelope = serde_json::from_slice(&raw).expect("env");
+        // Tampered: the body changed after signing.
+        let mut t = env.clone();
+        t.body = t.body.replace("\"version\":1", "\"version\":7");
+        let e =
+            check(&w.authz, None, &serde_json::to_vec(&t).expect("json")).expect_err("tampered");
+        assert!(e.contains("signature"), "{e}");
+        // Tampered payload.
+        let mut body: RecordBody = serde_json::from_str(&env.body).expect("body");
+        body.payload = format!("AAAA{}", body.payload);
+        let mut t = env.clone();
+        t.body = serde_json::to_string(&body).expect("json");
+        assert!(check(&w.authz, None, &serde_json::to_vec(&t).expect("json")).is_err());
+        // Unsigned.
+        env.signature = String::new();
+        let e =
+            check(&w.authz, None, &serde_json::to_vec(&env).expect("json")).expect_err("unsigned");
+        assert!(e.contains("signature"), "{e}");
+        // A member of another role writes under backend_developer.
+        let raw = record(&w, &w.other, ADDR, 1);
+        let e = check(&w.authz, None, &raw).expect_err("wrong role");
+        assert!(e.contains("not a member of role backend_developer"), "{e}");
+        // A node with no certificate of this cluster.
+        let stranger_admin = NodeKey::generate().expect("rng");
+        let stranger = member(&stranger_admin, "lab");
+        let raw = record(&w, &stranger, ADDR, 1);
+        let e = check(&w.authz, None, &raw).expect_err("non-member");
+        assert!(e.contains("certificate"), "{e}");
+        // A removed member.
+        let mut gone = w.authz.clone();
+        gone.removed.insert(w.dev.1.clone());
+        let e = check(&gone, None, &record(&w, &w.dev, ADDR, 1)).expect_err("removed");
+        assert!(e.contains("removed"), "{e}");
+        // The admin role needs the admin signature, not a node's.
+        let admin_addr = "ucxl://any:admin@cluster:config/*^/control/weights";
+        let mut with_members = w.authz.clone();
+        with_members
+            .role_keys
+            .insert(bzzz_proto::dht::MEMBERS_CHAIN.into(), vec![w.key.clone()]);
+        let e = check(&with_members, None, &record(&w, &w.dev, admin_addr, 1)).expect_err("admin");
+        assert!(e.contains("admin signature"), "{e}");
+        // …and passes with it.
+        let a: Address = admin_addr.parse().expect("addr");
+        let d = draft(
+            "lab",
+            &a,
+            1,
+            &w.dev.1,
+            5,
+            bzzz_proto::dht::MEMBERS_CHAIN,
+            &w.key,
+            b"{}",
+        )
+        .expect("draft");
+        let text = serde_json::to_string(&d.body).expect("json");
+        let sig = w.admin.sign(&signing_bytes(&text, SignedBy::Admin));
+        let raw = serde_json::to_vec(&envelope(text, &sig, SignedBy::Admin, w.dev.2.clone()))
+            .expect("json");
+        check(&with_members, None, &raw).expect("admin-signed config record");
+        // Garbage never panics.
+        for junk in [&b""[..], b"{}", b"null", &[0xff; 64]] {
+            assert!(check(&w.authz, None, junk).is_err());
+        }
+    }
+}
