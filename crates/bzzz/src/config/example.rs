@@ -131,6 +131,16 @@ serve:
   # The inference API alone on a second address (Ollama's port, where no
   # Ollama listens).
   # listen: 0.0.0.0:11434
+
+# The DHT under UCXL addresses (docs/dht.md).
+dht:
+  # Nodes (closest by Kademlia distance) that hold each record.
+  replication: 3
+  # Each holder re-sends its records to the closest nodes this often (a lost
+  # replica is back within this plus a lookup).
+  replicate_every: 20s
+  # A record's author republishes it this often.
+  republish_every: 5m
 "#,
         l0 = n.listen[0],
         l1 = n.listen[1],
