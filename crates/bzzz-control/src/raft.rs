@@ -220,14 +220,21 @@ pub struct CommittedEpoch {
 }
 
 impl ClusterState {
-    /// The members: nodes in the inventory and share holders, less the
-    /// removed ones.
+    /// The members: Raft's voters and learners, nodes in the inventory and
+    /// share holders, less the removed ones. (Right after setup only Raft's
+    /// membership names everyone; the inventory follows a moment later.)
     pub fn members(&self) -> std::collections::BTreeSet<NodeId> {
+        let raft = self
+            .membership
+            .membership()
+            .nodes()
+            .filter_map(|(_, n)| NodeId::parse(&n.addr).ok());
         self.nodes
             .keys()
             .chain(self.share_holders.values())
-            .filter(|n| !self.removed.contains_key(*n))
             .cloned()
+            .chain(raft)
+            .filter(|n| !self.removed.contains_key(n))
             .collect()
     }
 

@@ -449,7 +449,6 @@ fn ten_nodes_lose_two_heal_and_keep_everything_across_a_restart() {
 }
 
 #[test]
-#[ignore = "open bug (issue #14 note): a node sometimes never gets the members' key for the config records; run with --ignored"]
 fn config_migrate_moves_the_weights_and_every_node_applies_them() {
     let mut c =
         LocalCluster::start(std::path::Path::new(BIN), 0, &LocalOpts::default()).expect("dir");
@@ -558,7 +557,11 @@ fn config_migrate_moves_the_weights_and_every_node_applies_them() {
                 .flatten()
         },
     )
-    .expect("readable");
+    .unwrap_or_else(|e| {
+        let (_, cl) = http::get(&hostport(&c, 2), "/api/v1/cluster").expect("cluster");
+        let ids: Vec<&str> = (0..3).map(|i| c.nodes[i].node_id()).collect();
+        panic!("{e}\nids {ids:?}\n{cl}\n{}", c.logs())
+    });
     assert_eq!(w["version"], 1);
     // A new value in the DHT changes every node's scores within 5 s.
     put(

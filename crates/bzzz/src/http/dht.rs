@@ -209,7 +209,9 @@ async fn api_put(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<Re
                 let change = super::control::admin_change(&st, control, AdminAction::RoleKeys {})
                     .map_err(axum::response::IntoResponse::into_response)?;
                 if change.role_keys.is_empty() {
-                    return Err(dht_error(DhtError::NeedsKey(chain)));
+                    return Err(dht_error(DhtError::Unavailable(format!(
+                        "no reader of {chain:?} is in reach to hold its first key; try again when one is"
+                    ))));
                 }
                 let signed =
                     st.keys.sign_admin_change(&change, &pw).await.map_err(|e| {

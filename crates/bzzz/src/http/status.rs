@@ -185,6 +185,10 @@ async fn cluster(State(st): S) -> Response {
         "share_holders": s.share_holders,
         "share_risk": s.share_risk(),
         "last_applied": s.last_applied.map(|l| l.index),
+        // Key chains without their sealed secrets: epoch, public key, readers.
+        "role_keys": s.role_keys.iter().map(|(chain, keys)| {
+            (chain.clone(), keys.iter().map(|k| json!({"epoch": k.epoch, "public": k.public, "readers": k.readers})).collect::<Vec<_>>())
+        }).collect::<std::collections::BTreeMap<_, _>>(),
     }))
     .into_response()
 }
