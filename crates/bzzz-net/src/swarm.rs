@@ -367,6 +367,10 @@ impl Node {
                     Some(n) => kad::Quorum::N(n),
                     None => kad::Quorum::One,
                 };
+                if let Some(peers) = self.closest_members(&record.key) {
+                    self.put_direct(record, peers, q, quorum, reply);
+                    return;
+                }
                 match self.swarm.behaviour_mut().kad.put_record(record, q) {
                     // Quorum 0: stored here is enough (no peer yet); the
                     // copies to peers go on without the caller.
@@ -414,6 +418,68 @@ impl Node {
                     },
                 );
             }
+        }
+    }
+
+    /// The `replication` members closest to `key`, when the routing table
+    /// knows every member in the view (then the local answer is the exact
+    /// one and the iterative lookup of a Kademlia put can be skipped: one
+    /// round trip instead of three). `None`: look them up.
+    fn closest_members(&mut self, key: &kad::RecordKey) -> Option<Vec<PeerId>> {
+        let members: HashSet<PeerId> = self
+            .view
+            .keys()
+            .filter(|p| self.swarm.is_connected(p))
+            .copied()
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let mut known = 0;
+        for b in kad.kbuckets() {
+            known += b
+                .iter()
+                .filter(|e| members.contains(e.node.key.preimage()))
+                .count();
+        }
+        if known < members.len() {
+            return None;
+        }
+        let target = kad::KBucketKey::new(key.clone());
+        Some(
+            kad.get_closest_local_peers(&target)
+                .map(|k| *k.preimage())
+                .filter(|p| members.contains(p))
+                .take(self.cfg.dht.replication.max(1))
+                .collect(),
+        )
+    }
+
+    /// Stores a record here and sends it to `peers` (the closest members).
+    fn put_direct(
+        &mut self,
+        mut record: kad::Record,
+        peers: Vec<PeerId>,
+        q: kad::Quorum,
+        quorum: usize,
+        reply: tokio::sync::oneshot::Sender<Result<(), NetError>>,
+    ) {
+        use kad::store::RecordStore as _;
+        record.publisher = Some(self.local_peer);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if let Err(e) = kad.store_mut().put(record.clone()) {
+            let _ = reply.send(Err(NetError::Dht(format!(
+                "this node refuses the record ({e:?}); see its log"
+            ))));
+            return;
+        }
+        let id = kad.put_record_to(record, peers.into_iter(), q);
+        if quorum == 0 {
+            self.dht_queries.insert(id, DhtQuery::Fire);
+            let _ = reply.send(Ok(()));
+        } else {
+            self.dht_queries.insert(id, DhtQuery::Put(reply));
         }
     }
 
