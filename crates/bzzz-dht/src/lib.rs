@@ -687,20 +687,36 @@ impl Dht {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
             }
-            let (a, b) = tokio::join!(
-                self.net
-                    .dht_put(record::version_key(&base, version), raw.clone(), quorum),
-                self.net
-                    .dht_put(record::head_key(&base), raw.clone(), quorum),
+            let records = vec![
+                (record::version_key(&base, version), raw.clone()),
+                (record::head_key(&base), raw.clone()),
+            ];
+            // This node's copy (one transaction, off the swarm task) while
+            // the copies travel to the closest nodes.
+            let store = self.store.clone();
+            let author = me.clone();
+            let local = records.clone();
+            let (here, there) = tokio::join!(
+                tokio::task::spawn_blocking(move || store.put_many(&local, &author)),
+                self.net.dht_put(records, quorum),
             );
-            match a.and(b) {
+            match here {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(DhtError::Invalid(format!(
+                        "this node refuses the record: {e}"
+                    )));
+                }
+                Err(e) => return Err(DhtError::Unavailable(e.to_string())),
+            }
+            match there {
                 Ok(()) => return Ok((checked, quorum)),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(e.to_string()),
             }
         }
         Err(DhtError::Unavailable(format!(
             "the write of version {version} did not reach a quorum: {}",
-            last.map_or_else(String::new, |e| e.to_string())
+            last.unwrap_or_default()
         )))
     }
 

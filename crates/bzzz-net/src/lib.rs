@@ -217,10 +217,10 @@ pub enum Command {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
-    /// Store a record at the closest nodes (and here).
+    /// Send records to the closest nodes (this node stores its own copy
+    /// with [`store::DiskStore::put_many`], meanwhile).
     DhtPut {
-        key: Vec<u8>,
-        value: Vec<u8>,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
         quorum: usize,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
@@ -314,19 +314,18 @@ impl NetHandle {
         rx.await.map_err(|_| NetError::Stopped)?
     }
 
-    /// Stores a record at the `replication` closest nodes and here; `Ok`
-    /// once `quorum` of them (besides this node) stored it.
+    /// Sends records to the `replication` closest nodes; `Ok` once
+    /// `quorum` of them stored each (0: at once, the copies go on). This
+    /// node's own copy is the caller's ([`store::DiskStore::put_many`]).
     pub async fn dht_put(
         &self,
-        key: Vec<u8>,
-        value: Vec<u8>,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
         quorum: usize,
     ) -> Result<(), NetError> {
         let (reply, rx) = oneshot::channel();
         self.cmd
             .send(Command::DhtPut {
-                key,
-                value,
+                records,
                 quorum,
                 reply,
             })

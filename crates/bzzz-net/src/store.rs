@@ -164,6 +164,40 @@ impl DiskStore {
         self.len() == 0
     }
 
+    /// Stores this node's own records (`publisher`: this node) in one
+    /// transaction, each first passing the size limits and the check.
+    /// Run it off the swarm task (it waits for the disk).
+    pub fn put_many(
+        &self,
+        records: &[(Vec<u8>, Vec<u8>)],
+        publisher: &bzzz_proto::NodeId,
+    ) -> std::result::Result<(), String> {
+        let publisher: PeerId = publisher.as_str().parse().map_err(|_| "bad node id")?;
+        let mut out = Vec::new();
+        for (key, value) in records {
+            if value.len() > MAX_RECORD_VALUE || key.len() > MAX_KEY {
+                return Err("record too large".into());
+            }
+            let existing = self.value(key);
+            if existing.as_deref() == Some(&value[..]) {
+                continue;
+            }
+            self.check.check(key, value, existing.as_deref())?;
+            out.push((key, encode(Some(&publisher), value)));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut t = tx.open_table(RECORDS).map_err(|e| e.to_string())?;
+            for (k, raw) in &out {
+                t.insert(&k[..], &raw[..]).map_err(|e| e.to_string())?;
+            }
+        }
+        tx.commit().map_err(|e| e.to_string())
+    }
+
     fn write(&self, key: &[u8], raw: &[u8]) -> std::result::Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(store_err)?;
         {

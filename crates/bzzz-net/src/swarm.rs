@@ -137,10 +137,20 @@ pub(crate) struct Node {
     refused_logged: HashSet<PeerId>,
     /// DHT lookups and stores in progress.
     dht_queries: HashMap<kad::QueryId, DhtQuery>,
+    put_groups: HashMap<u64, PutGroup>,
+    next_put_group: u64,
+}
+
+/// A put of several records: answered when every one is done.
+struct PutGroup {
+    left: usize,
+    error: Option<String>,
+    reply: tokio::sync::oneshot::Sender<Result<(), NetError>>,
 }
 
 enum DhtQuery {
-    Put(tokio::sync::oneshot::Sender<Result<(), NetError>>),
+    /// One record of a [`PutGroup`].
+    Part(u64),
     Get {
         want: usize,
         found: Vec<crate::Found>,
@@ -290,6 +300,8 @@ impl Node {
             unproven: HashMap::new(),
             refused_logged: HashSet::new(),
             dht_queries: HashMap::new(),
+            put_groups: HashMap::new(),
+            next_put_group: 0,
         };
         let handle = NetHandle {
             local_id,
@@ -357,37 +369,10 @@ impl Node {
                 self.services.request(rr, service, &peer, payload, reply);
             }
             Command::DhtPut {
-                key,
-                value,
+                records,
                 quorum,
                 reply,
-            } => {
-                let record = kad::Record::new(kad::RecordKey::new(&key), value);
-                let q = match std::num::NonZeroUsize::new(quorum) {
-                    Some(n) => kad::Quorum::N(n),
-                    None => kad::Quorum::One,
-                };
-                if let Some(peers) = self.closest_members(&record.key) {
-                    self.put_direct(record, peers, q, quorum, reply);
-                    return;
-                }
-                match self.swarm.behaviour_mut().kad.put_record(record, q) {
-                    // Quorum 0: stored here is enough (no peer yet); the
-                    // copies to peers go on without the caller.
-                    Ok(id) if quorum == 0 => {
-                        self.dht_queries.insert(id, DhtQuery::Fire);
-                        let _ = reply.send(Ok(()));
-                    }
-                    Ok(id) => {
-                        self.dht_queries.insert(id, DhtQuery::Put(reply));
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(NetError::Dht(format!(
-                            "this node refuses the record ({e:?}); see its log"
-                        ))));
-                    }
-                }
-            }
+            } => self.dht_put(records, quorum, reply),
             Command::DhtPutTo { key, value, peers } => {
                 let peers: Vec<PeerId> = peers
                     .iter()
@@ -456,31 +441,62 @@ impl Node {
         )
     }
 
-    /// Stores a record here and sends it to `peers` (the closest members).
-    fn put_direct(
+    /// Sends records to the closest members: straight to them when the
+    /// routing table knows every member, else by Kademlia's lookup (which
+    /// also stores here: the same value again costs a read).
+    fn dht_put(
         &mut self,
-        mut record: kad::Record,
-        peers: Vec<PeerId>,
-        q: kad::Quorum,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
         quorum: usize,
         reply: tokio::sync::oneshot::Sender<Result<(), NetError>>,
     ) {
-        use kad::store::RecordStore as _;
-        record.publisher = Some(self.local_peer);
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        if let Err(e) = kad.store_mut().put(record.clone()) {
-            let _ = reply.send(Err(NetError::Dht(format!(
-                "this node refuses the record ({e:?}); see its log"
-            ))));
+        let q = match std::num::NonZeroUsize::new(quorum) {
+            Some(n) => kad::Quorum::N(n),
+            None => kad::Quorum::One,
+        };
+        let group = self.next_put_group;
+        self.next_put_group += 1;
+        let mut left = 0;
+        for (key, value) in records {
+            let mut record = kad::Record::new(kad::RecordKey::new(&key), value);
+            record.publisher = Some(self.local_peer);
+            let id = match self.closest_members(&record.key) {
+                Some(peers) => {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .put_record_to(record, peers.into_iter(), q)
+                }
+                None => match self.swarm.behaviour_mut().kad.put_record(record, q) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dht(format!(
+                            "this node refuses the record ({e:?}); see its log"
+                        ))));
+                        return;
+                    }
+                },
+            };
+            let part = if quorum == 0 {
+                DhtQuery::Fire
+            } else {
+                DhtQuery::Part(group)
+            };
+            self.dht_queries.insert(id, part);
+            left += 1;
+        }
+        if quorum == 0 || left == 0 {
+            let _ = reply.send(Ok(()));
             return;
         }
-        let id = kad.put_record_to(record, peers.into_iter(), q);
-        if quorum == 0 {
-            self.dht_queries.insert(id, DhtQuery::Fire);
-            let _ = reply.send(Ok(()));
-        } else {
-            self.dht_queries.insert(id, DhtQuery::Put(reply));
-        }
+        self.put_groups.insert(
+            group,
+            PutGroup {
+                left,
+                error: None,
+                reply,
+            },
+        );
     }
 
     /// A step of a DHT query: answers its caller when it is done (or, for
@@ -488,18 +504,32 @@ impl Node {
     fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
         match result {
             kad::QueryResult::PutRecord(r) => {
-                if let Some(DhtQuery::Put(reply)) = self.dht_queries.remove(&id) {
-                    let _ = reply.send(r.map(|_| ()).map_err(|e| match e {
-                        kad::PutRecordError::QuorumFailed { success, quorum, .. } => {
-                            NetError::Dht(format!(
-                                "stored at {} node(s), {quorum} needed (the others refused it or did not answer)",
-                                success.len()
-                            ))
+                if let Some(DhtQuery::Part(g)) = self.dht_queries.remove(&id) {
+                    let done = match self.put_groups.get_mut(&g) {
+                        Some(group) => {
+                            group.left -= 1;
+                            if let Err(e) = r {
+                                group.error.get_or_insert(match e {
+                                    kad::PutRecordError::QuorumFailed { success, quorum, .. } => format!(
+                                        "stored at {} node(s), {quorum} needed (the others refused it or did not answer)",
+                                        success.len()
+                                    ),
+                                    kad::PutRecordError::Timeout { success, quorum, .. } => format!(
+                                        "timed out: stored at {} node(s), {quorum} needed",
+                                        success.len()
+                                    ),
+                                });
+                            }
+                            group.left == 0
                         }
-                        kad::PutRecordError::Timeout { success, quorum, .. } => NetError::Dht(
-                            format!("timed out: stored at {} node(s), {quorum} needed", success.len()),
-                        ),
-                    }));
+                        None => false,
+                    };
+                    if done && let Some(group) = self.put_groups.remove(&g) {
+                        let _ = group.reply.send(match group.error {
+                            Some(e) => Err(NetError::Dht(e)),
+                            None => Ok(()),
+                        });
+                    }
                 } else if !last {
                     return;
                 }
