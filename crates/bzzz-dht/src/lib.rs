@@ -240,7 +240,14 @@ pub struct Opened {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
-    List { pattern: String },
+    List {
+        pattern: String,
+    },
+    /// The record this node stores under a key (hex); the answer is the
+    /// raw value, empty when it holds none.
+    Get {
+        key: String,
+    },
 }
 
 /// The DHT client and server of one node.
@@ -356,11 +363,19 @@ impl Dht {
         key: Vec<u8>,
         want: usize,
     ) -> Result<Vec<(Option<NodeId>, Vec<u8>, Checked)>, DhtError> {
-        let found = self
-            .net
-            .dht_get(key.clone(), want)
-            .await
-            .map_err(|e| DhtError::Unavailable(e.to_string()))?;
+        let found = match self.net.dht_closest(key.clone()).await {
+            Some(peers) if !peers.is_empty() => {
+                let direct = self.ask_closest(&key, peers, want).await;
+                if direct.is_empty() {
+                    // Not where it belongs now (the closest nodes changed
+                    // since it was written): Kademlia's lookup finds it.
+                    self.kad_get(&key, want).await?
+                } else {
+                    direct
+                }
+            }
+            _ => self.kad_get(&key, want).await?,
+        };
         let authz = self.authz();
         let mut out = Vec::new();
         for (who, raw) in found {
@@ -372,6 +387,60 @@ impl Dht {
             }
         }
         Ok(out)
+    }
+
+    async fn kad_get(&self, key: &[u8], want: usize) -> Result<Vec<bzzz_net::Found>, DhtError> {
+        self.net
+            .dht_get(key.to_vec(), want)
+            .await
+            .map_err(|e| DhtError::Unavailable(e.to_string()))
+    }
+
+    /// Reads a key here and from the closest members at once (one round
+    /// trip); returns once `want` copies are in, or every one answered.
+    async fn ask_closest(
+        &self,
+        key: &[u8],
+        peers: Vec<NodeId>,
+        want: usize,
+    ) -> Vec<bzzz_net::Found> {
+        let mut found = Vec::new();
+        if let Some(v) = self.store.value(key) {
+            found.push((None, v));
+        }
+        let me = self.net.local_id();
+        let req = match serde_json::to_vec(&Request::Get {
+            key: hex::encode(key),
+        }) {
+            Ok(r) => r,
+            Err(_) => return found,
+        };
+        let mut asks: futures::stream::FuturesUnordered<_> = peers
+            .into_iter()
+            .filter(|p| p != me)
+            .map(|p| {
+                let req = req.clone();
+                async move {
+                    let r = tokio::time::timeout(
+                        Duration::from_secs(3),
+                        self.net.call(Service::Dht, &p, req),
+                    )
+                    .await;
+                    (p, r)
+                }
+            })
+            .collect();
+        while found.len() < want {
+            let Some((p, r)) = asks.next().await else {
+                break;
+            };
+            if let Ok(Ok(v)) = r
+                && !v.is_empty()
+            {
+                found.push((Some(p), v));
+            }
+        }
+        found
     }
 
     /// The newest version of an address (with read repair), if any.
@@ -820,6 +889,10 @@ impl Dht {
             Request::List { pattern } => {
                 let p: Address = pattern.parse().ok()?;
                 serde_json::to_vec(&self.list_local(&p)).ok()
+            }
+            Request::Get { key } => {
+                let key = hex::decode(key).ok().filter(|k| k.len() <= 64)?;
+                Some(self.store.value(&key).unwrap_or_default())
             }
         }
     }

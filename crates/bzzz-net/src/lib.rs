@@ -224,6 +224,12 @@ pub enum Command {
         quorum: usize,
         reply: oneshot::Sender<Result<(), NetError>>,
     },
+    /// The members closest to a key, when the routing table knows every
+    /// member (`None`: ask Kademlia).
+    DhtClosest {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Option<Vec<NodeId>>>,
+    },
     /// Store a record at the named nodes (read repair).
     DhtPutTo {
         key: Vec<u8>,
@@ -332,6 +338,18 @@ impl NetHandle {
             .await
             .map_err(|_| NetError::Stopped)?;
         rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// The `replication` members closest to `key` when this node's
+    /// routing table knows every member in the view (the exact answer,
+    /// no lookup needed); `None` otherwise.
+    pub async fn dht_closest(&self, key: Vec<u8>) -> Option<Vec<NodeId>> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::DhtClosest { key, reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Sends a record to the named nodes (no answer awaited).

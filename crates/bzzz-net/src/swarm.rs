@@ -373,6 +373,12 @@ impl Node {
                 quorum,
                 reply,
             } => self.dht_put(records, quorum, reply),
+            Command::DhtClosest { key, reply } => {
+                let peers = self
+                    .closest_members(&kad::RecordKey::new(&key))
+                    .map(|v| v.iter().filter_map(|p| signed::node_id(p).ok()).collect());
+                let _ = reply.send(peers);
+            }
             Command::DhtPutTo { key, value, peers } => {
                 let peers: Vec<PeerId> = peers
                     .iter()
@@ -979,6 +985,7 @@ impl Node {
             BehaviourEvent::Models(ev) => {
                 self.services.on_event(Service::Models, ev, &self.local_id)
             }
+            BehaviourEvent::Dht(ev) => self.services.on_event(Service::Dht, ev, &self.local_id),
             BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                 debug!(peer = %peer_id, "peer subscribed to announcements");
                 self.announce_due = true;

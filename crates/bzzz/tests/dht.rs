@@ -339,7 +339,23 @@ fn ten_nodes_lose_two_heal_and_keep_everything_across_a_restart() {
         put(&c, k % 10, &pw, a, &format!("value {k} v2"));
     }
     let all: Vec<usize> = (0..10).collect();
+    // A listing asks every member (no node holds all of them).
+    let l = cli_json(&[
+        "dht",
+        "ls",
+        "ucxl://any:backend_developer@bzzz:heal/*^/**",
+        "--api",
+        &c.nodes[9].api(),
+        "--json",
+    ]);
+    assert_eq!(l.as_array().map(Vec::len), Some(addrs.len()), "{l}");
+    assert!(
+        l.as_array()
+            .is_some_and(|v| v.iter().all(|e| e["version"] == 2)),
+        "{l}"
+    );
     let r = replicas(&c, &all, &addrs);
+    eprintln!("holders of each record: {r:?}");
     assert!(
         r.iter().all(|n| *n >= 3),
         "every record at 3 replicas or more: {r:?}"
@@ -589,8 +605,18 @@ fn config_migrate_moves_the_weights_and_every_node_applies_them() {
         },
     )
     .unwrap_or_else(|e| {
+        let seen: Vec<String> = (0..3)
+            .map(|i| {
+                let out = get(&c, i, "ucxl://any:admin@cluster:config/*^/control/weights");
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .collect();
         panic!(
-            "{e}: before {before:?}, now {:?}\n{}",
+            "{e}: before {before:?}, now {:?}\nconfig as each node reads it: {seen:?}\n{}",
             (0..3).map(score).collect::<Vec<_>>(),
             c.logs()
         )
