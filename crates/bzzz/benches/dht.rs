@@ -61,7 +61,36 @@ fn hostport(c: &LocalCluster, i: usize) -> String {
 fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut c = LocalCluster::start(Path::new(BIN), n, &LocalOpts::default())?;
     c.wait_formed(Duration::from_secs(120))?;
-    let pw = c.init(0, PASSWORD)?;
+    // Setup needs every node in view at once; with 30 processes on a
+    // small machine one may blink out of view meanwhile: start again.
+    let pw = c.dir.path().join("operator-password");
+    std::fs::write(&pw, format!("{PASSWORD}\n"))?;
+    let pw = pw.to_string_lossy().into_owned();
+    let api0 = c.nodes[0].api();
+    wait_until(
+        "setup",
+        Duration::from_secs(300),
+        Duration::from_secs(2),
+        || {
+            let _ = c.wait_formed(Duration::from_secs(30));
+            bzzz_testkit::cli(
+                BIN,
+                &[
+                    "init",
+                    "--api",
+                    &api0,
+                    "--cluster",
+                    "lab",
+                    "--operator-password-file",
+                    &pw,
+                    "--json",
+                ],
+            )
+            .status
+            .success()
+            .then_some(())
+        },
+    )?;
     let ids: Vec<String> = (0..n).map(|i| c.nodes[i].node_id().to_owned()).collect();
     let mut args = vec!["role", "create", "bench", "--authority", "suggestion"];
     for id in &ids {
@@ -114,6 +143,12 @@ fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration
         puts.push(t.elapsed());
         anyhow::ensure!(code == 200, "put: {code} {b}");
     }
+    eprintln!(
+        "{n} nodes: load average after the puts: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     let mut gets = Vec::with_capacity(ops);
     for k in 0..ops {
         let reader = (k * 7 + 3) % n;
