@@ -29,25 +29,25 @@
 //! every `replicate_every`, 20 s by default); the original publisher also
 //! republishes. Records persist in redb across restarts.
 
+pub mod keys;
+mod list;
 pub mod record;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bzzz_crypto::seal::{AgeIdentity, RoleSecret};
+use bzzz_crypto::seal::AgeIdentity;
 use bzzz_net::store::DiskStore;
 use bzzz_net::{NetHandle, Service};
 use bzzz_proto::NodeId;
 use bzzz_proto::cluster::Signed;
-use bzzz_proto::dht::{
-    ADMIN_ROLE, HistoryEntry, ListEntry, MEMBERS_CHAIN, RoleKey, SignedBy, chain_of, reading_roles,
-};
+use bzzz_proto::dht::{ADMIN_ROLE, HistoryEntry, MEMBERS_CHAIN, SignedBy, chain_of, reading_roles};
 use bzzz_proto::ucxl::{Address, Component, Temporal};
 use futures::StreamExt as _;
-use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::debug;
 
+pub use keys::{Keyring, grants, new_keys};
+use list::Request;
 pub use record::{Authz, Checked, SharedAuthz};
 
 /// Copies of a write (besides the author's) that must succeed.
@@ -81,139 +81,6 @@ pub enum DhtError {
     Unavailable(String),
 }
 
-/// This node's opened role keys: (chain, epoch) → key.
-#[derive(Default)]
-pub struct Keyring(HashMap<(String, u32), RoleSecret>);
-
-impl std::fmt::Debug for Keyring {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyring({} keys)", self.0.len())
-    }
-}
-
-impl Keyring {
-    /// Opens every epoch sealed to `me` (a sealed key that does not open,
-    /// or does not match its public key, is skipped with a warning).
-    pub fn open(authz: &Authz, me: &NodeId, age: &AgeIdentity) -> Self {
-        use base64::Engine as _;
-        let mut out = HashMap::new();
-        for (chain, keys) in &authz.role_keys {
-            for k in keys {
-                let Some(sealed) = k.sealed.get(me) else {
-                    continue;
-                };
-                let opened = base64::engine::general_purpose::STANDARD
-                    .decode(sealed)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| RoleSecret::open(age, &b, &k.public).map_err(|e| e.to_string()));
-                match opened {
-                    Ok(s) => {
-                        out.insert((chain.clone(), k.epoch), s);
-                    }
-                    Err(e) => warn!(
-                        chain,
-                        epoch = k.epoch,
-                        "a role key sealed to this node does not open: {e}"
-                    ),
-                }
-            }
-        }
-        Self(out)
-    }
-
-    pub fn get(&self, chain: &str, epoch: u32) -> Option<&RoleSecret> {
-        self.0.get(&(chain.to_owned(), epoch))
-    }
-
-    /// (chain, epoch) pairs held.
-    pub fn held(&self) -> Vec<(String, u32)> {
-        let mut v: Vec<_> = self.0.keys().cloned().collect();
-        v.sort();
-        v
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// New keys for `chains` (the next epoch of each), sealed to the readers
-/// with a known age recipient (the others get it later by a grant).
-pub fn new_keys(
-    chains: &[String],
-    current: &BTreeMap<String, Vec<RoleKey>>,
-    readers: impl Fn(&str) -> BTreeSet<NodeId>,
-    recipients: &BTreeMap<NodeId, String>,
-    now_secs: u64,
-) -> Result<BTreeMap<String, RoleKey>, String> {
-    use base64::Engine as _;
-    let mut out = BTreeMap::new();
-    for chain in chains {
-        let secret = RoleSecret::generate();
-        let mut sealed = BTreeMap::new();
-        for n in readers(chain) {
-            if let Some(r) = recipients.get(&n) {
-                let s = secret.seal_to(r).map_err(|e| e.to_string())?;
-                sealed.insert(n, base64::engine::general_purpose::STANDARD.encode(s));
-            }
-        }
-        let epoch = current
-            .get(chain)
-            .and_then(|v| v.last())
-            .map_or(1, |k| k.epoch + 1);
-        out.insert(
-            chain.clone(),
-            RoleKey {
-                epoch,
-                public: secret.public(),
-                readers: sealed.keys().cloned().collect(),
-                sealed,
-                created_at: now_secs,
-            },
-        );
-    }
-    Ok(out)
-}
-
-/// Grants this node can make: for every epoch it holds, the current
-/// readers that lack it and have a known recipient.
-pub fn grants(
-    authz: &Authz,
-    keyring: &Keyring,
-    readers: impl Fn(&str) -> BTreeSet<NodeId>,
-    recipients: &BTreeMap<NodeId, String>,
-) -> Vec<(String, u32, BTreeMap<NodeId, String>)> {
-    use base64::Engine as _;
-    let mut out = Vec::new();
-    for (chain, keys) in &authz.role_keys {
-        let now = readers(chain);
-        for k in keys {
-            let Some(secret) = keyring.get(chain, k.epoch) else {
-                continue;
-            };
-            let mut g = BTreeMap::new();
-            for n in now.iter().filter(|n| !k.sealed.contains_key(*n)) {
-                if let Some(r) = recipients.get(n)
-                    && let Ok(s) = secret.seal_to(r)
-                {
-                    g.insert(
-                        n.clone(),
-                        base64::engine::general_purpose::STANDARD.encode(s),
-                    );
-                }
-            }
-            if !g.is_empty() {
-                out.push((chain.clone(), k.epoch, g));
-            }
-        }
-    }
-    out
-}
-
 /// Signs bytes with this node's key.
 pub type NodeSign = Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
 /// Runs the cluster admin (threshold) signature over bytes.
@@ -234,20 +101,6 @@ pub enum Signer {
 pub struct Opened {
     pub record: Checked,
     pub value: Vec<u8>,
-}
-
-/// Request on [`Service::Dht`].
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Request {
-    List {
-        pattern: String,
-    },
-    /// The record this node stores under a key (hex); the answer is the
-    /// raw value, empty when it holds none.
-    Get {
-        key: String,
-    },
 }
 
 /// The DHT client and server of one node.
@@ -629,7 +482,7 @@ impl Dht {
         if self.age.open(&sealed).is_ok() {
             return (true, tried);
         }
-        for secret in ring.0.values() {
+        for secret in ring.all() {
             tried += 1;
             if secret.decrypt(&sealed).is_ok() {
                 return (true, tried);
@@ -810,91 +663,6 @@ impl Dht {
         entries.push(entry(&head));
         entries.sort_by_key(|e| e.version);
         Ok(entries)
-    }
-
-    /// Heads held here that match `pattern`.
-    pub fn list_local(&self, pattern: &Address) -> Vec<ListEntry> {
-        let mut out = Vec::new();
-        self.store.scan(|key, value| {
-            if let Ok(env) = serde_json::from_slice::<bzzz_proto::dht::Envelope>(value)
-                && let Ok(body) = serde_json::from_str::<bzzz_proto::dht::RecordBody>(&env.body)
-                && let Ok(addr) = body.address.parse::<Address>()
-                && record::head_key(&addr) == key
-                && pattern.matches(&addr)
-            {
-                out.push(ListEntry {
-                    role: match &addr.role {
-                        Component::Name(r) => r.clone(),
-                        Component::Any => String::new(),
-                    },
-                    address: body.address,
-                    version: body.version,
-                    author: Some(body.author),
-                    timestamp_ms: body.timestamp_ms,
-                });
-            }
-            out.len() < MAX_LIST
-        });
-        out
-    }
-
-    /// Every record in the cluster matching `pattern` (asks every member).
-    pub async fn ls(&self, pattern: &Address) -> Result<Vec<ListEntry>, DhtError> {
-        let mut all = self.list_local(pattern);
-        let peers: Vec<NodeId> = self
-            .net
-            .snapshot()
-            .peers
-            .iter()
-            .filter(|p| p.proven)
-            .map(|p| p.announcement.node_id.clone())
-            .collect();
-        let req = serde_json::to_vec(&Request::List {
-            pattern: pattern.to_string(),
-        })
-        .map_err(|e| DhtError::Invalid(e.to_string()))?;
-        let answers = futures::future::join_all(peers.iter().map(|p| {
-            let req = req.clone();
-            async move {
-                tokio::time::timeout(Duration::from_secs(3), self.net.call(Service::Dht, p, req))
-                    .await
-            }
-        }))
-        .await;
-        for a in answers.into_iter().flatten().flatten() {
-            if let Ok(list) = serde_json::from_slice::<Vec<ListEntry>>(&a) {
-                all.extend(list.into_iter().take(MAX_LIST));
-            }
-        }
-        let mut best: BTreeMap<String, ListEntry> = BTreeMap::new();
-        for e in all {
-            if e.address
-                .parse::<Address>()
-                .is_ok_and(|a| pattern.matches(&a))
-            {
-                match best.get(&e.address) {
-                    Some(b) if b.version >= e.version => {}
-                    _ => {
-                        best.insert(e.address.clone(), e);
-                    }
-                }
-            }
-        }
-        Ok(best.into_values().collect())
-    }
-
-    /// Answers a peer's [`Service::Dht`] request.
-    pub fn serve(&self, payload: &[u8]) -> Option<Vec<u8>> {
-        match serde_json::from_slice::<Request>(payload).ok()? {
-            Request::List { pattern } => {
-                let p: Address = pattern.parse().ok()?;
-                serde_json::to_vec(&self.list_local(&p)).ok()
-            }
-            Request::Get { key } => {
-                let key = hex::decode(key).ok().filter(|k| k.len() <= 64)?;
-                Some(self.store.value(&key).unwrap_or_default())
-            }
-        }
     }
 }
 

@@ -382,6 +382,13 @@ impl Keys {
     /// Nodes that can take part in setup: this one and every peer in the
     /// view that announces an age recipient, sorted by id.
     pub(crate) fn setup_members(&self) -> Vec<(NodeId, String)> {
+        self.recipients(false)
+    }
+
+    /// This node and the peers in the view (with `proven_only`, proven
+    /// members only) that announce a valid age recipient, with it, sorted
+    /// by id: whom secrets can be sealed to.
+    pub fn recipients(&self, proven_only: bool) -> Vec<(NodeId, String)> {
         let Ok(net) = self.net() else {
             return vec![(self.node_id.clone(), self.age.recipient())];
         };
@@ -389,6 +396,7 @@ impl Keys {
         let mut m: Vec<(NodeId, String)> = snap
             .peers
             .iter()
+            .filter(|p| p.proven || !proven_only)
             .filter_map(|p| {
                 let r = p.announcement.age_recipient.clone()?;
                 bzzz_crypto::seal::parse_recipient(&r).ok()?;

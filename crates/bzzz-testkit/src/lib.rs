@@ -270,15 +270,18 @@ impl NodeProc {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The API's `IP:PORT` (for [`http`]); empty before the node is ready.
+    pub fn api_addr(&self) -> String {
+        self.info
+            .as_ref()
+            .map(|i| i.api_addr.clone())
+            .unwrap_or_default()
+    }
+
     /// GET a JSON document from the node's API (direct HTTP from this process).
     pub fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        let addr = self
-            .info
-            .as_ref()
-            .context("node not ready")?
-            .api_addr
-            .clone();
-        http::get_json(&addr, path)
+        anyhow::ensure!(self.info.is_some(), "node not ready");
+        http::get_json(&self.api_addr(), path)
     }
 
     /// Node ids in this node's `/api/v1/peers`.

@@ -54,10 +54,6 @@ fn login(addr: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no session cookie: {out}"))
 }
 
-fn hostport(c: &LocalCluster, i: usize) -> String {
-    c.nodes[i].api().trim_start_matches("http://").to_owned()
-}
-
 fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
     let mut c = LocalCluster::start(Path::new(BIN), n, &LocalOpts::default())?;
     c.wait_formed(Duration::from_secs(120))?;
@@ -107,7 +103,7 @@ fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration
     let writers: Vec<usize> = (0..n.min(5)).collect();
     let cookies: Vec<String> = writers
         .iter()
-        .map(|i| login(&hostport(&c, *i)))
+        .map(|i| login(&c.nodes[*i].api_addr()))
         .collect::<anyhow::Result<_>>()?;
     let addr = |k: usize| format!("ucxl://bench:bench@bzzz:bench/*^/item/{k}");
     // Warm-up: the role's key is made at the first write.
@@ -118,7 +114,7 @@ fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration
         Duration::from_millis(300),
         || {
             let r = http::request(
-                &hostport(&c, 0),
+                &c.nodes[0].api_addr(),
                 "POST",
                 "/api/v1/dht/put",
                 &[("Cookie", &cookies[0])],
@@ -134,7 +130,7 @@ fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration
         let body = serde_json::json!({"address": addr(k % 50), "value": value}).to_string();
         let t = Instant::now();
         let (code, b) = http::request(
-            &hostport(&c, writers[w]),
+            &c.nodes[writers[w]].api_addr(),
             "POST",
             "/api/v1/dht/put",
             &[("Cookie", &cookies[w])],
@@ -154,7 +150,7 @@ fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration
         let reader = (k * 7 + 3) % n;
         let q = serde_urlencoded::to_string([("address", addr(k % 50))])?;
         let t = Instant::now();
-        let (code, b) = http::get(&hostport(&c, reader), &format!("/api/v1/dht/get?{q}"))?;
+        let (code, b) = http::get(&c.nodes[reader].api_addr(), &format!("/api/v1/dht/get?{q}"))?;
         gets.push(t.elapsed());
         anyhow::ensure!(code == 200, "get: {code} {b}");
     }

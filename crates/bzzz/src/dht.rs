@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bzzz_dht::{Authz, Dht, SharedAuthz};
-use bzzz_net::NetHandle;
 use bzzz_proto::NodeId;
 use bzzz_proto::ucxl::Address;
 use tokio::sync::watch;
@@ -51,21 +50,8 @@ pub fn open_store(
 }
 
 /// Age recipients of this node and of the proven members in view.
-pub fn recipients(net: &NetHandle, keys: &bzzz_keys::Keys) -> BTreeMap<NodeId, String> {
-    let mut out: BTreeMap<NodeId, String> = net
-        .snapshot()
-        .peers
-        .iter()
-        .filter(|p| p.proven)
-        .filter_map(|p| {
-            p.announcement
-                .age_recipient
-                .clone()
-                .map(|r| (p.announcement.node_id.clone(), r))
-        })
-        .collect();
-    out.insert(net.local_id().clone(), keys.age_recipient());
-    out
+pub fn recipients(keys: &bzzz_keys::Keys) -> BTreeMap<NodeId, String> {
+    keys.recipients(true).into_iter().collect()
 }
 
 /// What the checks need, from the replicated state.
@@ -243,7 +229,7 @@ async fn grant(
     if ring.is_empty() {
         return;
     }
-    let recipients = recipients(&dht_net(dht), keys);
+    let recipients = recipients(keys);
     let me = keys.node_id().clone();
     let todo = control.with_state(|s| {
         bzzz_dht::grants(authz, &ring, |c| s.chain_readers(c), &recipients)
@@ -281,8 +267,4 @@ async fn grant(
             Err(e) => debug!(chain, epoch, "grant not committed: {e}"),
         }
     }
-}
-
-fn dht_net(dht: &Dht) -> NetHandle {
-    dht.net().clone()
 }

@@ -176,7 +176,7 @@ fn role_keys_for(
             chains.push(c);
         }
     }
-    let recipients = crate::dht::recipients(&st.net, &st.keys);
+    let recipients = crate::dht::recipients(&st.keys);
     let mut keys = bzzz_dht::new_keys(
         &chains,
         &sim.role_keys,
