@@ -38,8 +38,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bzzz_crypto::seal::AgeIdentity;
-use bzzz_net::store::DiskStore;
 use bzzz_net::NetHandle;
+use bzzz_net::store::DiskStore;
 use bzzz_proto::cluster::Signed;
 use bzzz_proto::dht::{ADMIN_ROLE, HistoryEntry, MEMBERS_CHAIN, SignedBy, chain_of, reading_roles};
 use bzzz_proto::ucxl::{Address, Component};
