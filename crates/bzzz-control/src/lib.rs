@@ -18,7 +18,11 @@
 //! * [`placement`]: where each model's copies go (VRAM fit, CPU fallback,
 //!   replicas, zones, holders first, hysteresis).
 //! * [`wire`]: the messages of the control-plane protocol.
+//! * [`access`]: users, API keys and the audit chain in the state;
+//!   [`audit`]: the chain's records, their verification, the audit file.
 
+pub mod access;
+pub mod audit;
 pub mod leadership;
 pub mod placement;
 pub mod raft;

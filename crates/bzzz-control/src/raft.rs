@@ -74,6 +74,18 @@ pub enum Command {
         epoch: u32,
         grants: BTreeMap<NodeId, String>,
     },
+    /// Audit entries, committed with the change they record (both or
+    /// neither): `cmd` is applied as `notes[0]`'s principal, and each
+    /// note becomes one entry of the chain. Without `cmd`: entries for
+    /// actions outside the state (a DHT write, a deploy, a signature) or
+    /// aggregated refusals.
+    Audited {
+        notes: Vec<bzzz_proto::access::AuditNote>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cmd: Option<Box<Command>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        access: Option<crate::access::AccessChange>,
+    },
 }
 
 /// The result of applying a command.
@@ -207,6 +219,16 @@ pub struct ClusterState {
     /// Key chains (a role's, or the members' chain): every epoch, oldest
     /// first, with its secret sealed to each reader (ciphertext only).
     pub role_keys: BTreeMap<String, Vec<bzzz_proto::dht::RoleKey>>,
+    /// Users (SPEC §9), by name (the operator, `admin`, is not here).
+    pub users: BTreeMap<String, bzzz_proto::access::UserRecord>,
+    /// API keys by id (hashes only).
+    pub api_keys: BTreeMap<String, bzzz_proto::access::ApiKeyRecord>,
+    /// The audit chain's head.
+    pub audit_head: bzzz_proto::access::AuditHead,
+    /// Records appended since the state machine last took them (for the
+    /// audit file; never in snapshots).
+    #[serde(skip)]
+    pub audit_out: Vec<bzzz_proto::access::AuditRecord>,
 }
 
 /// A committed key epoch: the signed record and what it says.
@@ -488,6 +510,30 @@ impl ClusterState {
                 }
                 Ok(None)
             }
+            Command::Audited { notes, cmd, access } => {
+                if notes.is_empty() || notes.len() > crate::access::MAX_NOTES {
+                    return Err("an audited command carries 1 to 256 notes".into());
+                }
+                for n in &notes {
+                    crate::access::check_note(n)?;
+                }
+                if matches!(cmd.as_deref(), Some(Command::Audited { .. })) {
+                    return Err("audited commands do not nest".into());
+                }
+                let principal = notes[0].principal.clone();
+                let mut result = Ok(None);
+                if let Some(change) = access {
+                    result = self.apply_access(&principal, change);
+                }
+                if let (Some(cmd), Ok(_)) = (cmd, &result) {
+                    result = self.try_apply(log_index, *cmd);
+                }
+                let refused = result.as_ref().err().cloned();
+                for n in notes {
+                    self.append_audit(log_index, n, refused.clone());
+                }
+                result
+            }
             Command::Admin { change } => {
                 let c = self
                     .cluster
@@ -561,6 +607,8 @@ struct SmInner {
     snapshot_seq: u64,
     /// Where snapshots are kept (none: memory only).
     db: Option<crate::store::RaftDb>,
+    /// Where audit records go (none: dropped).
+    audit: Option<crate::audit::AuditFile>,
 }
 
 type StoredSnapshot = (SnapshotMeta<NodeIdU64, BasicNode>, Vec<u8>);
@@ -642,6 +690,18 @@ impl StateMachine {
         ))
     }
 
+    /// Sends audit records to the file at `path` (see [`crate::audit`]).
+    pub fn set_audit_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let f = crate::audit::AuditFile::open(path)?;
+        self.inner().audit = Some(f);
+        Ok(())
+    }
+
+    /// The audit file, if any.
+    pub fn audit_path(&self) -> Option<std::path::PathBuf> {
+        self.inner().audit.as_ref().map(|f| f.path().to_owned())
+    }
+
     fn persist_snapshot(i: &SmInner) -> Result<(), StorageError<NodeIdU64>> {
         if let (Some(db), Some(snap)) = (&i.db, &i.snapshot) {
             db.put_meta("snapshot", &serde_json::to_vec(snap).map_err(io_err)?)?;
@@ -703,8 +763,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             match e.payload {
                 EntryPayload::Blank => out.push(Response::default()),
                 EntryPayload::Normal(cmd) => {
+                    let inner = match &cmd {
+                        Command::Audited { cmd: Some(c), .. } => c.as_ref(),
+                        c => c,
+                    };
                     models |= matches!(
-                        cmd,
+                        inner,
                         Command::ModelPut { .. }
                             | Command::ModelRemove { .. }
                             | Command::ModelPlace { .. }
@@ -715,9 +779,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Command::KeyEpoch { .. }
                             | Command::Admin { .. }
                             | Command::RoleKeyGrant { .. }
+                            | Command::Audited { .. }
                     );
                     let r = i.state.apply_command(e.log_id.index, cmd);
                     out.push(r);
+                    let recs = std::mem::take(&mut i.state.audit_out);
+                    if let Some(f) = i.audit.as_mut() {
+                        // An entry that cannot be kept on disk stops the
+                        // state machine (openraft then stops this node):
+                        // never an action without its record.
+                        f.append(&recs).map_err(io_err)?;
+                    }
                 }
                 EntryPayload::Membership(m) => {
                     i.state.membership = StoredMembership::new(Some(e.log_id), m);

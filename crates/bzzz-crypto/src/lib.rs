@@ -16,6 +16,7 @@
 //! Every secret is a distinct type that zeroizes on drop and whose `Debug`
 //! prints `(..)`.
 
+pub mod access;
 pub mod keyfile;
 pub mod operator;
 pub mod records;

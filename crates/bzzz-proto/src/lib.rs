@@ -6,6 +6,7 @@
 //! versioned: every wire envelope carries a `v` field so later releases can
 //! read what earlier ones wrote.
 
+pub mod access;
 pub mod api;
 pub mod caps;
 pub mod cluster;

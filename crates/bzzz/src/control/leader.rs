@@ -174,6 +174,13 @@ pub(super) async fn start(
         .await?
         .context("cannot open the Raft store")?;
     let sm = StateMachine::open(db.clone()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The audit file sits beside the Raft database, one per cluster too.
+    let audit = dir.join(format!(
+        "{}.audit.jsonl",
+        &cluster.genesis.admin_public_key[..16.min(cluster.genesis.admin_public_key.len())]
+    ));
+    sm.set_audit_file(&audit)
+        .with_context(|| format!("cannot open the audit file {}", audit.display()))?;
     let node_id = net.local_id().clone();
     let id = raft_id(&node_id);
     let behind = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,0 +1,686 @@
+//! Access control (SPEC §9): principals, permissions as *action on
+//! resource pattern*, and the one pure function that decides.
+//!
+//! * A permission rule is `ACTION:RESOURCE` or `deny:ACTION:RESOURCE`.
+//!   ACTION is `read`, `write`, `infer`, `deploy`, `manage` or `*`.
+//!   RESOURCE is a `ucxl://` pattern (`any` components, `*`/`**` path
+//!   segments), `model:GLOB`, `node:GLOB`, `tasks:GLOB`, one of the words
+//!   `cluster`, `audit`, `users`, `keys`, `roles`, `members`, or `*`.
+//!   Globs know `*` (any run of characters) only.
+//! * [`decide`]: deny by default; an explicit deny wins over every allow;
+//!   the `admin` role may do everything (Vault's root policy, etcd's root
+//!   role). Each role also reads the DHT records of itself and of the
+//!   roles its `reads` names, and writes its own (implicit rules, so a
+//!   role's `reads` means one thing for node keys and for principals).
+//! * [`may_grant`]: Kubernetes' escalation rule: no principal creates a
+//!   user, key or role holding more than it holds itself.
+//!
+//! Users and API keys ([`UserRecord`], [`ApiKeyRecord`]) live in the
+//! replicated state; only an API key's SHA-256 is ever stored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Authority, RoleDef, validate_cluster_name};
+use crate::dht::ADMIN_ROLE;
+use crate::ucxl::Address;
+
+/// What a caller wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Read,
+    Write,
+    Infer,
+    Deploy,
+    Manage,
+}
+
+impl Action {
+    pub const ALL: [Action; 5] = [
+        Action::Read,
+        Action::Write,
+        Action::Infer,
+        Action::Deploy,
+        Action::Manage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Infer => "infer",
+            Action::Deploy => "deploy",
+            Action::Manage => "manage",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Action::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not an action (read, write, infer, deploy, manage)"))
+    }
+}
+
+/// The fixed resources (no name inside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Fixed {
+    /// Cluster facts and settings: members, roles, placements, tokens,
+    /// key policy, the registry.
+    Cluster,
+    Audit,
+    Users,
+    Keys,
+    Roles,
+    Members,
+}
+
+impl Fixed {
+    pub const ALL: [Fixed; 6] = [
+        Fixed::Cluster,
+        Fixed::Audit,
+        Fixed::Users,
+        Fixed::Keys,
+        Fixed::Roles,
+        Fixed::Members,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fixed::Cluster => "cluster",
+            Fixed::Audit => "audit",
+            Fixed::Users => "users",
+            Fixed::Keys => "keys",
+            Fixed::Roles => "roles",
+            Fixed::Members => "members",
+        }
+    }
+}
+
+/// A concrete resource a request acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resource {
+    Ucxl(Address),
+    Model(String),
+    Node(String),
+    Tasks(String),
+    Fixed(Fixed),
+}
+
+impl Resource {
+    pub const CLUSTER: Resource = Resource::Fixed(Fixed::Cluster);
+    pub const AUDIT: Resource = Resource::Fixed(Fixed::Audit);
+    pub const USERS: Resource = Resource::Fixed(Fixed::Users);
+    pub const KEYS: Resource = Resource::Fixed(Fixed::Keys);
+    pub const ROLES: Resource = Resource::Fixed(Fixed::Roles);
+    pub const MEMBERS: Resource = Resource::Fixed(Fixed::Members);
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Ucxl(a) => write!(f, "{}", a.key_text()),
+            Resource::Model(m) => write!(f, "model:{m}"),
+            Resource::Node(n) => write!(f, "node:{n}"),
+            Resource::Tasks(r) => write!(f, "tasks:{r}"),
+            Resource::Fixed(x) => f.write_str(x.as_str()),
+        }
+    }
+}
+
+/// The resource side of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    Any,
+    Ucxl(Address),
+    Model(String),
+    Node(String),
+    Tasks(String),
+    Fixed(Fixed),
+}
+
+impl Pattern {
+    pub fn matches(&self, r: &Resource) -> bool {
+        match (self, r) {
+            (Pattern::Any, _) => true,
+            (Pattern::Ucxl(p), Resource::Ucxl(a)) => p.matches(a),
+            (Pattern::Model(g), Resource::Model(m)) => glob(g, m),
+            (Pattern::Node(g), Resource::Node(n)) => glob(g, n),
+            (Pattern::Tasks(g), Resource::Tasks(t)) => glob(g, t),
+            (Pattern::Fixed(a), Resource::Fixed(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pattern::Any => f.write_str("*"),
+            Pattern::Ucxl(a) => write!(f, "{a}"),
+            Pattern::Model(m) => write!(f, "model:{m}"),
+            Pattern::Node(n) => write!(f, "node:{n}"),
+            Pattern::Tasks(t) => write!(f, "tasks:{t}"),
+            Pattern::Fixed(x) => f.write_str(x.as_str()),
+        }
+    }
+}
+
+/// Longest glob in a rule.
+const MAX_GLOB: usize = 256;
+
+fn parse_glob(s: &str, what: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_GLOB {
+        return Err(format!("{what} pattern must be 1–{MAX_GLOB} characters"));
+    }
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!("{what} pattern: {c:?} is not allowed"));
+    }
+    Ok(s.to_owned())
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "*" {
+            return Ok(Pattern::Any);
+        }
+        if s.len() >= 7 && s[..7].eq_ignore_ascii_case("ucxl://") {
+            return s
+                .parse::<Address>()
+                .map(Pattern::Ucxl)
+                .map_err(|e| e.to_string());
+        }
+        if let Some(m) = s.strip_prefix("model:") {
+            return parse_glob(m, "model").map(Pattern::Model);
+        }
+        if let Some(n) = s.strip_prefix("node:") {
+            return parse_glob(n, "node").map(Pattern::Node);
+        }
+        if let Some(t) = s.strip_prefix("tasks:") {
+            return parse_glob(t, "tasks").map(Pattern::Tasks);
+        }
+        Fixed::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .map(Pattern::Fixed)
+            .ok_or_else(|| {
+                format!(
+                    "{s:?} is not a resource (ucxl://…, model:GLOB, node:GLOB, tasks:GLOB, cluster, audit, users, keys, roles, members, *)"
+                )
+            })
+    }
+}
+
+/// `*` matches any run of characters; everything else itself. Linear
+/// time (greedy with one back-tracking point, no blow-up).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while j < t.len() {
+        if i < p.len() && p[i] == b'*' {
+            star = Some((i, j));
+            i += 1;
+        } else if i < p.len() && p[i] == t[j] {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|c| *c == b'*')
+}
+
+/// One permission rule of a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub deny: bool,
+    /// `None`: every action (`*`).
+    pub action: Option<Action>,
+    pub resource: Pattern,
+}
+
+impl Rule {
+    pub fn matches(&self, action: Action, r: &Resource) -> bool {
+        self.action.is_none_or(|a| a == action) && self.resource.matches(r)
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.deny {
+            f.write_str("deny:")?;
+        }
+        match self.action {
+            Some(a) => write!(f, "{a}:{}", self.resource),
+            None => write!(f, "*:{}", self.resource),
+        }
+    }
+}
+
+impl std::str::FromStr for Rule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() > 512 {
+            return Err("a permission is longer than 512 bytes".into());
+        }
+        let (deny, rest) = match s.strip_prefix("deny:") {
+            Some(r) => (true, r),
+            None => (false, s),
+        };
+        let (action, resource) = rest
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: a permission is ACTION:RESOURCE"))?;
+        let action = match action {
+            "*" => None,
+            a => Some(a.parse::<Action>().map_err(|e| format!("{s:?}: {e}"))?),
+        };
+        let resource = resource
+            .parse::<Pattern>()
+            .map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(Rule {
+            deny,
+            action,
+            resource,
+        })
+    }
+}
+
+/// A pattern for every record of `role` (any agent, project, task, path).
+pub fn role_records(role: &str) -> Pattern {
+    // Role names are validated names, so this always parses.
+    format!("ucxl://any:{role}@any:any/*^/**")
+        .parse()
+        .unwrap_or(Pattern::Fixed(Fixed::Cluster))
+}
+
+/// The roles BZZZ starts with (SPEC §9). A definition in the registry
+/// (admin-signed) replaces the built-in one of the same name.
+pub fn builtin_role(name: &str) -> Option<RoleDef> {
+    let def = |authority, permissions: &[&str], reads: &[&str]| RoleDef {
+        name: name.to_owned(),
+        authority,
+        permissions: permissions.iter().map(|s| (*s).to_owned()).collect(),
+        reads: reads.iter().map(|s| (*s).to_owned()).collect(),
+        members: Vec::new(),
+    };
+    Some(match name {
+        ADMIN_ROLE => def(Authority::Master, &["*:*"], &[]),
+        "senior_software_architect" => def(
+            Authority::Decision,
+            &[
+                "read:cluster",
+                "read:audit",
+                "infer:model:*",
+                "read:tasks:*",
+                "write:tasks:*",
+            ],
+            &["backend_developer", "observer"],
+        ),
+        "backend_developer" => def(
+            Authority::Coordination,
+            &[
+                "read:cluster",
+                "infer:model:*",
+                "read:tasks:*",
+                "write:tasks:*",
+            ],
+            &[],
+        ),
+        "observer" => def(Authority::ReadOnly, &["read:cluster"], &[]),
+        _ => return None,
+    })
+}
+
+/// The names of the built-in roles.
+pub const BUILTIN_ROLES: [&str; 4] = [
+    ADMIN_ROLE,
+    "senior_software_architect",
+    "backend_developer",
+    "observer",
+];
+
+/// A role as in force: the registry's definition, else the built-in one.
+pub fn role_def<'a>(
+    name: &str,
+    registry: &'a BTreeMap<String, RoleDef>,
+) -> Option<std::borrow::Cow<'a, RoleDef>> {
+    registry
+        .get(name)
+        .map(std::borrow::Cow::Borrowed)
+        .or_else(|| builtin_role(name).map(std::borrow::Cow::Owned))
+}
+
+/// The outcome of [`decide`], with the rule that decided (for the audit
+/// log and the 403's body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub rule: String,
+}
+
+/// Whether a caller holding `roles` may do `action` on `resource`.
+pub fn decide(
+    roles: &[String],
+    registry: &BTreeMap<String, RoleDef>,
+    action: Action,
+    resource: &Resource,
+) -> Decision {
+    if roles.iter().any(|r| r == ADMIN_ROLE) {
+        return Decision {
+            allowed: true,
+            rule: "role admin may do everything".into(),
+        };
+    }
+    let mut allow: Option<String> = None;
+    for name in roles {
+        let Some(def) = role_def(name, registry) else {
+            continue;
+        };
+        let implicit_reads = std::iter::once(name.as_str())
+            .chain(def.reads.iter().map(String::as_str))
+            .map(|r| Rule {
+                deny: false,
+                action: Some(Action::Read),
+                resource: role_records(r),
+            });
+        let implicit_write = Rule {
+            deny: false,
+            action: Some(Action::Write),
+            resource: role_records(name),
+        };
+        let explicit = def
+            .permissions
+            .iter()
+            .filter_map(|p| p.parse::<Rule>().ok());
+        for rule in explicit
+            .chain(implicit_reads)
+            .chain(std::iter::once(implicit_write))
+        {
+            if !rule.matches(action, resource) {
+                continue;
+            }
+            if rule.deny {
+                return Decision {
+                    allowed: false,
+                    rule: format!("rule {rule} of role {name} denies {action} on {resource}"),
+                };
+            }
+            allow.get_or_insert_with(|| format!("rule {rule} of role {name}"));
+        }
+    }
+    match allow {
+        Some(rule) => Decision {
+            allowed: true,
+            rule,
+        },
+        None => Decision {
+            allowed: false,
+            rule: format!(
+                "no rule of the caller's roles allows {action} on {resource} (deny by default)"
+            ),
+        },
+    }
+}
+
+/// The escalation rule: may a caller holding `holder` give `granted` to
+/// a new user or key? Only roles it holds itself (admin may give any).
+pub fn may_grant(holder: &[String], granted: &[String]) -> Result<(), String> {
+    if holder.iter().any(|r| r == ADMIN_ROLE) {
+        return Ok(());
+    }
+    match granted.iter().find(|g| !holder.contains(g)) {
+        Some(g) => Err(format!(
+            "cannot grant role {g}: a principal grants only roles it holds itself"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The user name of the setup ceremony's operator (the operator password
+/// is its password; it holds the admin role).
+pub const ADMIN_USER: &str = "admin";
+
+/// Checks a user name: like role names, and never `admin` (the operator).
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    validate_cluster_name(name).map_err(|e| format!("user name: {e}"))
+}
+
+/// A user (a person): roles and an Argon2id verifier of the password.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// Argon2id PHC string.
+    pub verifier: String,
+    /// Unix seconds.
+    pub created_at: u64,
+    /// The principal that created it.
+    pub created_by: String,
+}
+
+/// Prefix of every API key secret (secret scanners find leaked keys).
+pub const API_KEY_PREFIX: &str = "bzzz_";
+
+/// An API key: its SHA-256 (hex), never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    /// `k` + the first 16 hex digits of the secret's SHA-256.
+    pub id: String,
+    /// A label for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// SHA-256 of the secret (hex).
+    pub hash: String,
+    /// The role the key acts with.
+    pub role: String,
+    /// The user it is bound to (the key dies with the user, and acts only
+    /// while the user holds `role`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub created_at: u64,
+    pub created_by: String,
+    /// Unix seconds after which it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// When it was revoked (refused from then on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+}
+
+/// An API key as listed (no hash, no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyView {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub created_at: u64,
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+    /// `active`, `expired` or `revoked` (at the answering node's time).
+    pub state: String,
+}
+
+impl ApiKeyRecord {
+    pub fn view(&self, now: u64) -> ApiKeyView {
+        let state = if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.expires_at.is_some_and(|e| now >= e) {
+            "expired"
+        } else {
+            "active"
+        };
+        ApiKeyView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role.clone(),
+            user: self.user.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            state: state.into(),
+        }
+    }
+}
+
+/// A user as listed (no verifier).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub created_at: u64,
+    pub created_by: String,
+}
+
+/// `POST /api/v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserAdd {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub password: crate::cluster::WireSecret,
+}
+
+/// `POST /api/v1/apikeys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyCreate {
+    pub role: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Seconds of validity (none: until revoked).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// The answer to [`ApiKeyCreate`]: the secret, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiKeyCreated {
+    pub id: String,
+    pub secret: crate::cluster::WireSecret,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// What a privileged action or a refusal leaves in the audit log (the
+/// part the accepting node signs; the chain adds `seq` and the hashes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditNote {
+    /// Unix milliseconds at the accepting node.
+    pub time_ms: u64,
+    /// `admin`, `user:NAME`, `key:ID`, or `anonymous`.
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    /// `ok`, `denied` (with the count of refusals aggregated in the
+    /// minute), or `refused: WHY` (the state machine refused the change).
+    pub outcome: String,
+    /// The accepting node.
+    pub node: crate::NodeId,
+    /// Refusals this entry stands for (aggregated per principal and
+    /// minute); 1 for actions.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Ed25519 signature (hex) of the accepting node over
+    /// [`AuditNote::signed_bytes`].
+    pub signature: String,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl AuditNote {
+    /// The bytes the node signs: every field but the signature, as JSON
+    /// in a fixed order, after a domain tag.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        let body = serde_json::json!([
+            self.time_ms,
+            self.principal,
+            self.action,
+            self.resource,
+            self.outcome,
+            self.node.as_str(),
+            self.count,
+        ]);
+        let mut out = b"bzzz audit note v1\0".to_vec();
+        out.extend_from_slice(body.to_string().as_bytes());
+        out
+    }
+
+    /// Checks the bounds of a note that arrives in a command.
+    pub fn validate(&self) -> Result<(), String> {
+        let long = [&self.principal, &self.action, &self.outcome]
+            .iter()
+            .any(|s| s.len() > 256)
+            || self.resource.len() > 2048
+            || self.signature.len() != 128;
+        if long {
+            return Err("audit note out of bounds".into());
+        }
+        Ok(())
+    }
+}
+
+/// One entry of the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: u64,
+    /// RFC 3339 of `time_ms`.
+    pub time: String,
+    #[serde(flatten)]
+    pub note: AuditNote,
+    /// The Raft log index that committed it.
+    pub log_index: u64,
+    /// SHA-256 (hex) of the previous entry (64 zeros for the first).
+    pub prev_hash: String,
+    /// SHA-256 (hex) over `seq`, `prev_hash`, the signed note and
+    /// `refused`.
+    pub hash: String,
+    /// Set when the state machine refused the change the entry records
+    /// (nothing changed; the attempt is still on record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+/// The head of the chain kept in the replicated state (and so in every
+/// snapshot): entries before it may be compacted away and the chain
+/// still verifies from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The hash of the first entry's predecessor.
+pub const AUDIT_GENESIS_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[cfg(test)]
+mod tests;
