@@ -24,6 +24,25 @@ impl Keys {
                 "the cluster is not initialized yet; run setup",
             ));
         };
+        self.check_password(client, password, c.genesis.operator_verifier.clone())
+            .await
+            .map_err(|e| {
+                if e.kind == ErrorKind::Unauthorized {
+                    warn!(client, "operator authentication failed");
+                    return err(ErrorKind::Unauthorized, "wrong operator credential");
+                }
+                e
+            })
+    }
+
+    /// Checks a password against an Argon2id `verifier` (a user's), with
+    /// the same per-client limit and bounded hashing as the operator's.
+    pub async fn check_password(
+        &self,
+        client: &str,
+        password: OperatorPassword,
+        verifier: String,
+    ) -> Result<(), KeysError> {
         loop {
             let ended = self.auth_ended.notified();
             tokio::pin!(ended);
@@ -50,16 +69,12 @@ impl Keys {
             client,
             ok: false,
         };
-        let ok = self
-            .hasher
-            .matches(password, c.genesis.operator_verifier.clone())
-            .await?;
+        let ok = self.hasher.matches(password, verifier).await?;
         attempt.ok = ok;
         if ok {
             return Ok(());
         }
-        warn!(client, "operator authentication failed");
-        Err(err(ErrorKind::Unauthorized, "wrong operator credential"))
+        Err(err(ErrorKind::Unauthorized, "wrong credential"))
     }
 
     /// Starts a web session for an operator whose credential was checked.

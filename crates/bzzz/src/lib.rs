@@ -12,6 +12,7 @@
 //! * [`cli`] (one file per command group, a typed client), [`demo`]: the
 //!   command-line front end.
 
+pub mod access;
 pub mod cli;
 pub mod config;
 pub mod control;

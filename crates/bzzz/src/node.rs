@@ -66,8 +66,8 @@ pub struct AppState {
     pub models: Arc<crate::models::Runtime>,
     /// The DHT under UCXL addresses.
     pub dht: bzzz_dht::Dht,
-    /// `serve.require_auth`: the inference API asks for the operator.
-    pub inference_auth: bool,
+    /// Who is calling; this node's side of the audit log.
+    pub access: Arc<crate::access::Access>,
     /// `serve.backends`: servers already running on this node.
     pub backends: Vec<(String, String)>,
     /// Where request-started work (deploy runs) is spawned, so that
@@ -154,6 +154,14 @@ pub async fn run(
     )
     .context("cannot start the network")?;
     let keys = keys.attach(net.clone());
+    let access = {
+        let signer = bzzz_crypto::NodeKey::from_seed(&key.seed());
+        Arc::new(crate::access::Access::new(
+            net.local_id().clone(),
+            Arc::new(move |msg: &[u8]| signer.sign(msg)),
+            cfg.serve.anonymous_inference,
+        ))
+    };
     let dht = {
         let signer = bzzz_crypto::NodeKey::from_seed(&key.seed());
         bzzz_dht::Dht::new(
@@ -278,10 +286,20 @@ pub async fn run(
         deploys: Arc::default(),
         models,
         dht,
-        inference_auth: cfg.serve.require_auth,
+        access: access.clone(),
         backends: cfg.serve.backends.clone(),
         tasks,
     });
+    {
+        let st = state.clone();
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = crate::access::flush_denials(st) => {}
+            }
+        });
+    }
     if let Some(addr) = cfg.serve.listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await

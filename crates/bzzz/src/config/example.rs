@@ -125,9 +125,11 @@ serve:
   #   command: [python3, scripts/serve-llamacpp.py, --model, "{{model_path}}", --port, "{{port}}"]
   #   ctx: 4096
   #   start_timeout: 2m
-  # Ask for the operator credential on the inference API (default: open on
-  # the cluster's network, like Ollama).
-  require_auth: false
+  # After setup the inference API needs an API key with `infer` on the
+  # model (`bzzz apikey create --role backend_developer`). true opens it to
+  # callers without a key (the cluster rule set by `bzzz serve anonymous
+  # on|off` overrides this on every node).
+  anonymous_inference: false
   # The inference API alone on a second address (Ollama's port, where no
   # Ollama listens).
   # listen: 0.0.0.0:11434

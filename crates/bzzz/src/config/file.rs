@@ -59,9 +59,15 @@ pub struct ServeFile {
     /// start_timeout}`; `{model_path}`, `{port}`, `{ctx}` in `command` are
     /// replaced.
     pub managed: Option<ManagedFile>,
-    /// Ask for the operator credential on the inference API (default: open
-    /// on the cluster's network, like Ollama).
+    /// Deprecated and ignored: after setup the inference API always needs
+    /// an API key with `infer` on the model, unless inference is opened
+    /// with `anonymous_inference`.
     pub require_auth: bool,
+    /// Open the inference API to callers without a key (after setup it
+    /// needs an API key with `infer` on the model). The cluster rule
+    /// `anonymous_inference` (admin-signed, `bzzz serve anonymous`)
+    /// overrides this per-node default everywhere.
+    pub anonymous_inference: bool,
     /// A second address (`IP:PORT`) serving only the inference API, for
     /// clients that expect Ollama's port (e.g. `0.0.0.0:11434` where no
     /// Ollama listens).

@@ -94,7 +94,8 @@ pub struct ServeSettings {
     /// `(kind, base URL)`; kind is `ollama` or `openai`.
     pub backends: Vec<(String, String)>,
     pub managed: Option<ManagedSettings>,
-    pub require_auth: bool,
+    /// `serve.anonymous_inference`: the inference API without a key.
+    pub anonymous_inference: bool,
     /// `serve.listen`: the inference API alone on a second address.
     pub listen: Option<SocketAddr>,
 }
@@ -164,7 +165,7 @@ fn validate_serve(s: &file::ServeFile) -> Result<ServeSettings, ConfigError> {
     Ok(ServeSettings {
         backends,
         managed,
-        require_auth: s.require_auth,
+        anonymous_inference: s.anonymous_inference,
         listen,
     })
 }

@@ -168,6 +168,11 @@ impl Control {
         self.sm.state()
     }
 
+    /// This node's audit file (see `bzzz_control::audit`).
+    pub fn audit_path(&self) -> Option<std::path::PathBuf> {
+        self.sm.audit_path()
+    }
+
     /// Wakes when the model registry changes.
     pub fn watch_models(&self) -> watch::Receiver<u64> {
         self.sm.watch_models()

@@ -1,45 +1,62 @@
-//! Who is calling: the operator credential (HTTP Basic, any user name, the
-//! operator password; or the web session cookie from `/login`), checked by
-//! the guard in front of every route against the route's permission.
+//! The guard in front of every route: who is calling ([`crate::access`]),
+//! what the request does (the route's [`Permission`]: an action on the
+//! resource the request names), and the one decision
+//! ([`bzzz_proto::access::decide`]). 401 without a credential (with
+//! `WWW-Authenticate: Bearer`, never `Basic`: a browser must not cache a
+//! password a hostile page could then ride on), 403 naming the missing
+//! permission as `action` on `resource`.
 //!
-//! The password check itself (rate limit before hashing, at most a few
-//! Argon2id hashes at once) is `bzzz_keys::Keys::check_operator`.
+//! Cross-site requests: a state-changing API request must carry
+//! `Content-Type: application/json` (a hostile page cannot send that
+//! without a CORS preflight, which this server never grants), and a
+//! request whose `Origin` names another host is refused.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bzzz_crypto::operator::OperatorPassword;
+use bzzz_proto::access::{Action, Decision, Resource, decide};
+use serde_json::json;
 
-use super::{ApiError, Kind, Permission, Shared};
+use super::{ApiError, Kind, Permission, Res, Shared};
+use crate::access::Caller;
 
 /// The web UI session cookie.
 pub const SESSION_COOKIE: &str = "bzzz_session";
 
-/// The caller of a request, as the guard established it. Role-bound
-/// credentials will add variants here.
-#[derive(Clone)]
+/// The caller of a request, as the guard established it.
+#[derive(Debug, Clone)]
 pub enum Principal {
     Anonymous,
-    /// The operator, with the credential (signers approve operator
-    /// requests with it).
-    Operator(OperatorPassword),
+    Caller(Arc<Caller>),
 }
 
-impl std::fmt::Debug for Principal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Anonymous => "Anonymous",
-            Self::Operator(_) => "Operator(..)",
-        })
+impl Principal {
+    /// The audit log's name of the caller.
+    pub fn id(&self) -> &str {
+        match self {
+            Principal::Anonymous => "anonymous",
+            Principal::Caller(c) => &c.id,
+        }
+    }
+
+    pub fn caller(&self) -> Option<&Caller> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Caller(c) => Some(c),
+        }
     }
 }
 
-/// Extractor for handlers behind [`Permission::Operator`]: the checked
-/// operator credential.
+/// Extractor for handlers whose work the threshold signers approve: the
+/// checked operator password (user `admin` with the password; the
+/// signers check it themselves, so an API key cannot stand in for it).
 #[derive(Debug)]
 pub struct Operator(pub OperatorPassword);
 
@@ -48,7 +65,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         match parts.extensions.get::<Principal>() {
-            Some(Principal::Operator(pw)) => Ok(Self(pw.clone())),
+            Some(Principal::Caller(c)) => match &c.operator {
+                Some(pw) => Ok(Self(pw.clone())),
+                None => Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "this action is signed by the cluster admin key, whose signers check the operator password: use the operator credential (user admin)",
+                )),
+            },
             _ => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "operator credential required",
@@ -82,21 +105,6 @@ pub fn session_id(headers: &HeaderMap) -> Option<String> {
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// The operator password from `Authorization: Basic …` (user name ignored).
-fn basic_credential(headers: &HeaderMap) -> Option<OperatorPassword> {
-    use base64::Engine as _;
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let b64 = v.strip_prefix("Basic ")?;
-    let decoded = zeroize::Zeroizing::new(
-        base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()?,
-    );
-    let text = std::str::from_utf8(&decoded).ok()?;
-    let (_, pw) = text.split_once(':')?;
-    OperatorPassword::new(pw.to_owned()).ok()
-}
-
 /// The client address (for rate limits); "unknown" where the server did
 /// not record it.
 pub fn client_of(req_ext: &axum::http::Extensions) -> String {
@@ -106,28 +114,17 @@ pub fn client_of(req_ext: &axum::http::Extensions) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Establishes the caller: a live web session, or HTTP Basic checked
-/// against the operator verifier (rate limited), or anonymous. An HTTP
-/// Basic credential that fails is an error, not anonymous.
+/// Establishes the caller (see [`crate::access::Access::resolve`]). A
+/// credential that fails is an error, never anonymous.
 pub async fn principal(
     st: &crate::node::AppState,
     client: &str,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
-    if let Some(pw) = session_id(headers).and_then(|id| st.keys.web_session(&id)) {
-        return Ok(Principal::Operator(pw));
-    }
-    match basic_credential(headers) {
-        Some(pw) => {
-            st.keys.check_operator(client, Some(pw.clone())).await?;
-            Ok(Principal::Operator(pw))
-        }
-        None if headers.contains_key(header::AUTHORIZATION) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "malformed Authorization header (HTTP Basic with the operator password)",
-        )),
-        None => Ok(Principal::Anonymous),
-    }
+    Ok(match st.access.resolve(st, client, headers).await? {
+        Some(c) => Principal::Caller(Arc::new(c)),
+        None => Principal::Anonymous,
+    })
 }
 
 /// What the guard of one route knows.
@@ -136,30 +133,248 @@ pub struct Guard {
     pub state: Shared,
     pub permission: Permission,
     pub kind: Kind,
+    pub body_limit: usize,
+    pub json_body: bool,
+}
+
+/// 403 naming the permission that is missing.
+pub fn forbidden(action: Action, resource: &Resource, d: &Decision) -> ApiError {
+    ApiError::forbidden(action, resource, &d.rule)
+}
+
+/// Whether `caller` may do `action` on `resource` by the roles in force.
+pub fn decide_for(st: &crate::node::AppState, roles: &[String], action: Action, resource: &Resource) -> Decision {
+    match st.control.get() {
+        Some(c) => c.with_state(|s| decide(roles, &s.roles, action, resource)),
+        None => decide(roles, &Default::default(), action, resource),
+    }
+}
+
+/// Checks `action` on `resource` for a principal inside a handler (for
+/// resources only the handler knows); counts a refusal for the audit log.
+pub fn authorize(
+    st: &crate::node::AppState,
+    p: &Principal,
+    action: Action,
+    resource: &Resource,
+) -> Result<(), ApiError> {
+    let Some(c) = p.caller() else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "credential required"));
+    };
+    let d = decide_for(st, &c.roles, action, resource);
+    if d.allowed {
+        return Ok(());
+    }
+    st.access.deny(&c.id, action.as_str(), &resource.to_string());
+    Err(forbidden(action, resource, &d))
+}
+
+/// Methods that change something (cross-site checks apply).
+fn changes(m: &Method) -> bool {
+    !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// Refuses a request whose `Origin` is another host than the one it was
+/// sent to (a hostile page's fetch or form).
+fn cross_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let o = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    o != host || host.is_empty()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The guard in front of every handler: checks the route's permission and
 /// puts the [`Principal`] into the request.
-pub async fn guard(State(g): State<Guard>, mut req: Request, next: Next) -> Response {
-    let principal = match g.permission {
-        Permission::Public | Permission::Setup | Permission::DeployToken => Principal::Anonymous,
-        Permission::Inference if !g.state.inference_auth => Principal::Anonymous,
-        Permission::Operator | Permission::Inference => {
-            let client = client_of(req.extensions());
-            match principal(&g.state, &client, req.headers()).await {
-                Ok(p @ Principal::Operator(_)) => p,
-                Ok(Principal::Anonymous) => {
-                    return refuse(
-                        g.kind,
-                        ApiError::new(StatusCode::UNAUTHORIZED, "operator credential required"),
-                    );
-                }
-                Err(e) => return refuse(g.kind, e),
-            }
+pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    match check(&g, req).await {
+        Ok(req) => next.run(req).await,
+        Err(e) => refuse(g.kind, e),
+    }
+}
+
+async fn check(g: &Guard, mut req: Request) -> Result<Request, ApiError> {
+    let (action, res) = match g.permission {
+        Permission::Public | Permission::Setup | Permission::DeployToken => {
+            req.extensions_mut().insert(Principal::Anonymous);
+            return Ok(req);
         }
+        Permission::Principal => (None, None),
+        Permission::Need(a, r) => (Some(a), Some(r)),
     };
-    req.extensions_mut().insert(principal);
-    next.run(req).await
+    if changes(req.method()) && cross_origin(req.headers()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a request from another site's page is refused (Origin is not this host)",
+        ));
+    }
+    let has_body = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v != "0");
+    let json_required = g.kind == Kind::Api && g.json_body && changes(req.method()) && has_body;
+    if json_required && !is_json(req.headers()) && req.method() != Method::DELETE {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the API takes Content-Type: application/json",
+        ));
+    }
+    let st = &g.state;
+    let client = client_of(req.extensions());
+    let p = principal(st, &client, req.headers()).await?;
+    if let (Principal::Anonymous, Some(Action::Infer)) = (&p, action)
+        && crate::access::anonymous_inference(st)
+    {
+        req.extensions_mut().insert(p);
+        return Ok(req);
+    }
+    let Principal::Caller(caller) = &p else {
+        let what = match (action, res) {
+            (Some(a), Some(r)) => format!("credential required ({a} on {})", r.describe()),
+            _ => "credential required".to_owned(),
+        };
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, what));
+    };
+    if let (Some(action), Some(res)) = (action, res) {
+        let (req2, resources) = resources_of(req, res, g.body_limit).await?;
+        req = req2;
+        let allowed = match &resources {
+            Named::One(r) => {
+                let d = decide_for(st, &caller.roles, action, r);
+                (!d.allowed).then(|| (r.clone(), d))
+            }
+            Named::SomeModel => some_model(st, &caller.roles, action),
+        };
+        if let Some((r, d)) = allowed {
+            st.access.deny(&caller.id, action.as_str(), &r.to_string());
+            return Err(forbidden(action, &r, &d));
+        }
+    }
+    req.extensions_mut().insert(p);
+    Ok(req)
+}
+
+/// The resource a request names.
+enum Named {
+    One(Resource),
+    /// Any model the caller may act on (listings, blobs).
+    SomeModel,
+}
+
+/// `None` when the caller may `action` some registered model (or every
+/// model); else the refusal for `model:*`.
+fn some_model(
+    st: &crate::node::AppState,
+    roles: &[String],
+    action: Action,
+) -> Option<(Resource, Decision)> {
+    let every = Resource::Model("*".into());
+    let d = decide_for(st, roles, action, &every);
+    if d.allowed {
+        return None;
+    }
+    let names: Vec<String> = st
+        .control
+        .get()
+        .map(|c| c.with_state(|s| s.models.models.keys().cloned().collect()))
+        .unwrap_or_default();
+    let any = names
+        .into_iter()
+        .any(|m| decide_for(st, roles, action, &Resource::Model(m)).allowed);
+    (!any).then_some((every, d))
+}
+
+/// Reads what the route's [`Res`] needs from the request (the body is
+/// read, bounded by the route's limit, and put back).
+async fn resources_of(
+    req: Request,
+    res: Res,
+    limit: usize,
+) -> Result<(Request, Named), ApiError> {
+    let one = |r| Named::One(r);
+    Ok(match res {
+        Res::Is(f) => (req, one(Resource::Fixed(f))),
+        Res::SomeModel => (req, Named::SomeModel),
+        Res::AllNodes => (req, one(Resource::Node("*".into()))),
+        Res::ModelInPath => {
+            let (mut parts, body) = req.into_parts();
+            let axum::extract::Path(params): axum::extract::Path<
+                std::collections::HashMap<String, String>,
+            > = axum::extract::Path::from_request_parts(&mut parts, &())
+                .await
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            let name = params.get("name").cloned().unwrap_or_default();
+            (Request::from_parts(parts, body), one(Resource::Model(model_name(&name))))
+        }
+        Res::AddressInQuery => {
+            let q = req.uri().query().unwrap_or("");
+            let addr = form_urlencoded_value(q, "address").unwrap_or_default();
+            let a = addr
+                .parse::<bzzz_proto::ucxl::Address>()
+                .map_err(|e| ApiError::invalid(e.to_string()))?;
+            (req, one(Resource::Ucxl(a)))
+        }
+        Res::ModelInBody | Res::AddressInBody | Res::NameInBody => {
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the request body is over {limit} bytes"),
+                )
+            })?;
+            let field = match res {
+                Res::ModelInBody => "model",
+                Res::AddressInBody => "address",
+                _ => "name",
+            };
+            let v = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get(field).and_then(|x| x.as_str()).map(str::to_owned))
+                .unwrap_or_default();
+            let r = if res == Res::AddressInBody {
+                Resource::Ucxl(
+                    v.parse::<bzzz_proto::ucxl::Address>()
+                        .map_err(|e| ApiError::invalid(e.to_string()))?,
+                )
+            } else {
+                Resource::Model(model_name(&v))
+            };
+            (Request::from_parts(parts, Body::from(bytes)), one(r))
+        }
+    })
+}
+
+/// A model name as the registry writes it (`smollm2` is
+/// `smollm2:latest`), so rules match what is served.
+fn model_name(s: &str) -> String {
+    bzzz_proto::models::ModelName::parse(s)
+        .map(|m| m.full())
+        .unwrap_or_else(|_| s.to_owned())
+}
+
+/// The first value of `key` in a query string (percent-decoded).
+fn form_urlencoded_value(q: &str, key: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
 }
 
 /// API routes answer JSON; pages answer with the login form (same status).
@@ -168,4 +383,14 @@ fn refuse(kind: Kind, e: ApiError) -> Response {
         Kind::Api => e.into_response(),
         Kind::Page => crate::ui::admin::login_required(e.status, &e.message),
     }
+}
+
+/// The JSON body of a 403 (see [`ApiError::forbidden`]).
+pub fn forbidden_body(action: Action, resource: &Resource, rule: &str) -> serde_json::Value {
+    json!({
+        "error": format!("permission denied: {action} on {resource} ({rule})"),
+        "action": action.as_str(),
+        "resource": resource.to_string(),
+        "rule": rule,
+    })
 }

@@ -10,17 +10,17 @@ use bzzz_proto::api::{Applied, RegistrySet};
 use bzzz_proto::cluster::{AdminAction, AdminChange, RECORD_VERSION, RoleDef, Signed};
 use serde_json::json;
 
-use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
+use super::{Action, Fixed, Res, ApiError, Operator, Permission, Route, Shared, json, parse};
 
 type S = State<Shared>;
 
 pub fn routes() -> Vec<Route> {
-    use Permission::{Operator, Public};
+    
     vec![
         Route::api(
             Method::GET,
             "/api/v1/roles",
-            Public,
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
             get(api_roles),
             json!(
             {"summary": "The role registry", "operationId": "roles",
@@ -29,7 +29,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/v1/roles",
-            Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Roles)),
             post(api_role_put),
             json!(
             {"summary": "Create or replace a role (operator): threshold-signed admin change, committed through Raft", "operationId": "rolePut",
@@ -42,7 +42,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/v1/admin/changes",
-            Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
             post(api_admin_change),
             json!(
             {"summary": "Commit an already signed admin change ({body, signature}); refused (422) unless signed by the cluster admin key (operator)", "operationId": "adminChange",
@@ -51,7 +51,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/registry",
-            Public,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
             get(api_registry),
             json!(
             {"summary": "The cluster key-value registry (replicated through Raft)", "operationId": "registry",
@@ -60,7 +60,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/v1/registry",
-            Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
             post(api_registry_set),
             json!(
             {"summary": "Set a registry key (operator); 200 once committed by a quorum", "operationId": "registrySet",
@@ -81,12 +81,13 @@ pub(super) fn control(st: &Shared) -> Result<&crate::control::Control, ApiError>
 /// Proposes a signed admin change; 200 when every node applies it, 422 when
 /// the state machine refuses it (the reason names why), 503 without a
 /// leader.
-pub(super) async fn propose_admin(
+pub async fn propose_admin(
+    st: &Shared,
     control: &crate::control::Control,
     change: Signed,
 ) -> Result<Response, ApiError> {
     let r = control
-        .propose(bzzz_control::raft::Command::Admin { change })
+        .propose(crate::access::audited_admin(st, change))
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     match r.rejected {
@@ -112,12 +113,12 @@ async fn api_role_put(
     let control = control(&st)?;
     let change = admin_change(&st, control, AdminAction::PutRole { role })?;
     let signed = st.keys.sign_admin_change(&change, &pw).await?;
-    propose_admin(control, signed).await
+    propose_admin(&st, control, signed).await
 }
 
 /// An admin change of `action` for this cluster, with a `seq` after every
 /// applied change and time-ordered across proposers (to be signed).
-pub(super) fn admin_change(
+pub fn admin_change(
     st: &Shared,
     control: &crate::control::Control,
     action: AdminAction,
@@ -196,9 +197,9 @@ fn role_keys_for(
 /// `POST /api/v1/admin/changes` (operator): commits an already signed admin
 /// change (`{"body": …, "signature": …}`) as is. Every node checks the
 /// signature when applying it; an unsigned or forged one is refused (422).
-async fn api_admin_change(State(st): S, _: Operator, body: Bytes) -> Result<Response, ApiError> {
+async fn api_admin_change(State(st): S, _: super::Principal, body: Bytes) -> Result<Response, ApiError> {
     let change: Signed = parse(&body, "signed change")?;
-    propose_admin(control(&st)?, change).await
+    propose_admin(&st, control(&st)?, change).await
 }
 
 /// `GET /api/v1/registry`: the cluster's key-value registry (operations
@@ -210,13 +211,20 @@ async fn api_registry(State(st): S) -> Result<Response, ApiError> {
 
 /// `POST /api/v1/registry` (operator): sets a key; 200 only once the write
 /// is committed by a quorum (acknowledged), 503 when no quorum is reachable.
-async fn api_registry_set(State(st): S, _: Operator, body: Bytes) -> Result<Response, ApiError> {
+async fn api_registry_set(State(st): S, p: super::Principal, body: Bytes) -> Result<Response, ApiError> {
     let b: RegistrySet = parse(&body, "registry write")?;
-    let r = control(&st)?
-        .propose(bzzz_control::raft::Command::Set {
+    let cmd = crate::access::audited(
+        &st,
+        p.id(),
+        Action::Manage,
+        &bzzz_proto::access::Resource::CLUSTER,
+        bzzz_control::raft::Command::Set {
             key: b.key,
             value: b.value,
-        })
+        },
+    );
+    let r = control(&st)?
+        .propose(cmd)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
     match r.rejected {

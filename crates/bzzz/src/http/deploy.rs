@@ -23,7 +23,7 @@ use bzzz_deploy::job::Event;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Operator, Permission, Route, Shared, json, no_store, parse};
+use super::{Action, Res, ApiError, Operator, Permission, Route, Shared, json, no_store, parse};
 use crate::deploy::{DeployRequest, StartError, lock, pinned};
 
 type S = State<Shared>;
@@ -32,16 +32,16 @@ type S = State<Shared>;
 const DEPLOY_BODY_LIMIT: usize = 2 << 20;
 
 pub fn routes() -> Vec<Route> {
-    use Permission::{DeployToken, Operator};
+    use Permission::DeployToken;
     vec![
-        Route::api(Method::POST, "/api/v1/deploy", Operator, post(api_deploy), json!(
+        Route::api(Method::POST, "/api/v1/deploy", Permission::Need(Action::Deploy, Res::AllNodes), post(api_deploy), json!(
             {"summary": "Deploy BZZZ to hosts over SSH, or remove it (operator). Body: hosts, ssh_user, ssh_port, ssh_key | ssh_password, ssh_key_passphrase, known_hosts, accept_new_host_keys, confirmed_fingerprints, prefix, http_port, p2p_port, mdns, parallel, uninstall, join_timeout_secs", "operationId": "deployStart",
                 "responses": {"202": {"description": "Started: id, hosts, events (the event stream's path)"}, "409": {"description": "This node is not in a cluster yet"}, "422": {"description": "Invalid request (named)"}}}))
         .body_limit(DEPLOY_BODY_LIMIT),
-        Route::api(Method::POST, "/api/v1/deploy/scan", Operator, post(api_scan), json!(
+        Route::api(Method::POST, "/api/v1/deploy/scan", Permission::Need(Action::Deploy, Res::AllNodes), post(api_scan), json!(
             {"summary": "Read hosts' SSH host-key fingerprints without logging in (operator). Body: hosts, ssh_port", "operationId": "deployScan",
                 "responses": {"200": {"description": "hosts: [{host, fingerprint, pinned, changed} | {host, error}]"}}})),
-        Route::api(Method::GET, "/api/v1/deploy/{id}/events", Operator, get(api_events), json!(
+        Route::api(Method::GET, "/api/v1/deploy/{id}/events", Permission::Need(Action::Deploy, Res::AllNodes), get(api_events), json!(
             {"summary": "A deploy run's progress as Server-Sent Events (operator): every event so far, then live ones; data = {host, state, message?, cause?, fingerprint?, trust?, node_id?, changed?, elapsed_ms}; ends with `event: done` (ok, outcomes)", "operationId": "deployEvents",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "text/event-stream"}, "404": {"description": "No such run"}}})),
@@ -58,6 +58,13 @@ async fn api_deploy(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: DeployRequest = parse(&body, "deploy request")?;
+    crate::access::record(
+        &st,
+        bzzz_proto::access::ADMIN_USER,
+        Action::Deploy,
+        &bzzz_proto::access::Resource::Node("*".into()),
+    )
+    .await?;
     match crate::deploy::start(st.clone(), password, req).await {
         Ok(s) => Ok(json(
             StatusCode::ACCEPTED,
@@ -78,7 +85,7 @@ async fn api_deploy(
 
 async fn api_events(
     State(st): S,
-    _: Operator,
+    _: super::Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let run = st
@@ -180,7 +187,7 @@ fn default_ssh_port() -> u16 {
     22
 }
 
-async fn api_scan(State(st): S, _: Operator, body: Bytes) -> Result<Response, ApiError> {
+async fn api_scan(State(st): S, _: super::Principal, body: Bytes) -> Result<Response, ApiError> {
     let req: ScanRequest = parse(&body, "scan request")?;
     let hosts = bzzz_deploy::parse_hosts(&req.hosts)
         .map_err(|e| ApiError::invalid(format!("hosts: {e}")))?;

@@ -2,8 +2,15 @@
 //! get with temporal segments, history, listing by pattern, the raw
 //! record (ciphertext, for audits), and what this node holds.
 //!
-//! Reads answer with this node's rights: a node whose roles cannot read a
-//! record answers 403 naming the roles that can.
+//! Every route answers by the caller's rights, never by this node's: the
+//! guard checks the caller's roles against the address (a role reads its
+//! own records and those of the roles its `reads` names; admin reads
+//! all). A permitted caller asking a node that holds no key of the
+//! record's role gets the read forwarded to a node that does, with the
+//! caller's own credential, which that node checks again (decision in
+//! `docs/security.md`: no node vouches for a caller, and no key material
+//! leaves the nodes that hold it). Writes are recorded in the audit log
+//! with the principal before they are made.
 
 use std::time::Duration;
 
@@ -20,19 +27,23 @@ use bzzz_proto::ucxl::Address;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use bzzz_proto::access::Resource;
+
+use super::{Action, ApiError, Fixed, Permission, Principal, Res, Route, Shared, json, parse};
 
 type S = State<Shared>;
 
 pub fn routes() -> Vec<Route> {
-    use Permission::{Operator, Public};
+    
     let addr_param =
         json!([{"name": "address", "in": "query", "required": true, "schema": {"type": "string"}}]);
     vec![
         Route::api(
             Method::POST,
             "/api/v1/dht/put",
-            Operator,
+            Permission::Need(Action::Write, Res::AddressInBody),
             post(api_put),
             json!({"summary": "Write the next version of a UCXL address (operator); this node is the author and must be a member of the address's role (the admin role: threshold admin signature)", "operationId": "dhtPut",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["address"], "properties": {"address": {"type": "string"}, "value": {"type": "string"}, "value_base64": {"type": "string"}}}}}},
@@ -41,7 +52,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/dht/get",
-            Public,
+            Permission::Need(Action::Read, Res::AddressInQuery),
             get(api_get),
             json!({"summary": "Read a record: the address's temporal segment picks the version (*^ latest, *~ first, *~N, ~~N, ^^N, an ISO time)", "operationId": "dhtGet",
                 "parameters": addr_param,
@@ -50,7 +61,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/dht/history",
-            Public,
+            Permission::Need(Action::Read, Res::AddressInQuery),
             get(api_history),
             json!({"summary": "Every version of an address: [{version, author, timestamp}]", "operationId": "dhtHistory",
                 "parameters": addr_param,
@@ -59,7 +70,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/dht/ls",
-            Public,
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
             get(api_ls),
             json!({"summary": "Records whose address matches a pattern (`any` components, `*` and `**` path segments), asked of every member", "operationId": "dhtLs",
                 "parameters": [{"name": "pattern", "in": "query", "required": true, "schema": {"type": "string"}}],
@@ -68,7 +79,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/dht/raw",
-            Public,
+            Permission::Need(Action::Read, Res::AddressInQuery),
             get(api_raw),
             json!({"summary": "A record as stored (signed envelope, payload sealed), and whether any key this node holds opens it", "operationId": "dhtRaw",
                 "parameters": addr_param,
@@ -77,7 +88,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/dht/local",
-            Public,
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
             get(api_local),
             json!({"summary": "Records this node stores (heads and versions)", "operationId": "dhtLocal",
                 "responses": {"200": {"description": "[{key, address, version, head}]"}}}),
@@ -151,10 +162,25 @@ pub fn view(st: &Shared, o: &bzzz_dht::Opened) -> RecordView {
     }
 }
 
-async fn api_put(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<Response, Response> {
-    let req: PutRequest =
-        parse(&body, "put").map_err(axum::response::IntoResponse::into_response)?;
+async fn api_put(State(st): S, p: Principal, body: Bytes) -> Result<Response, Response> {
+    let req: PutRequest = parse(&body, "put").map_err(IntoResponse::into_response)?;
     let addr = address(&req.address)?;
+    let caller = p.caller().ok_or_else(|| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "credential required").into_response()
+    })?;
+    // Admin records and a role's first key are signed by the threshold
+    // admin key, whose signers check the operator password.
+    let pw = caller.operator.clone();
+    let need_pw = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this write needs the threshold admin signature, whose signers check the operator password: use the operator credential (user admin)",
+        )
+        .into_response()
+    };
+    crate::access::record(&st, &caller.id, Action::Write, &Resource::Ucxl(addr.clone()))
+        .await
+        .map_err(IntoResponse::into_response)?;
     let value = match (&req.value, &req.value_base64) {
         (Some(v), None) => v.as_bytes().to_vec(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
@@ -173,7 +199,7 @@ async fn api_put(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<Re
     loop {
         let signer = if is_admin {
             let keys = st.keys.clone();
-            let pw = pw.clone();
+            let pw = pw.clone().ok_or_else(need_pw)?;
             Signer::Admin(Box::new(move |msg: Vec<u8>| {
                 Box::pin(async move {
                     let sig = keys
@@ -213,11 +239,12 @@ async fn api_put(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<Re
                         "no reader of {chain:?} is in reach to hold its first key; try again when one is"
                     ))));
                 }
+                let pw = pw.as_ref().ok_or_else(need_pw)?;
                 let signed =
-                    st.keys.sign_admin_change(&change, &pw).await.map_err(|e| {
+                    st.keys.sign_admin_change(&change, pw).await.map_err(|e| {
                         axum::response::IntoResponse::into_response(ApiError::from(e))
                     })?;
-                super::control::propose_admin(control, signed)
+                super::control::propose_admin(&st, control, signed)
                     .await
                     .map_err(axum::response::IntoResponse::into_response)?;
                 // The local view of roles and keys follows the state.
@@ -229,11 +256,68 @@ async fn api_put(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<Re
     }
 }
 
-async fn api_get(State(st): S, Query(q): Query<AddrQuery>) -> Result<Response, Response> {
+async fn api_get(
+    State(st): S,
+    headers: HeaderMap,
+    Query(q): Query<AddrQuery>,
+) -> Result<Response, Response> {
     let addr = address(&q.address)?;
     sync(&st);
-    let o = st.dht.get(&addr).await.map_err(dht_error)?;
-    Ok(json(StatusCode::OK, &view(&st, &o)))
+    match st.dht.get(&addr).await {
+        Ok(o) => Ok(json(StatusCode::OK, &view(&st, &o))),
+        // The caller may read it (the guard checked), this node cannot:
+        // a node that holds the role's key answers, by the caller's
+        // rights.
+        Err(e @ DhtError::Forbidden { .. }) if !headers.contains_key(super::inference::HOP) => {
+            match forward_get(&st, &headers, &addr).await {
+                Some(r) => Ok(r),
+                None => Err(dht_error(e)),
+            }
+        }
+        Err(e) => Err(dht_error(e)),
+    }
+}
+
+/// Asks the readers of `addr`'s key chain in reach for the record, with
+/// the caller's own `Authorization`; the first answer that is not a
+/// transport failure is passed through.
+async fn forward_get(st: &Shared, headers: &HeaderMap, addr: &Address) -> Option<Response> {
+    let chain = bzzz_proto::dht::chain_of(addr)?;
+    let readers = st
+        .control
+        .get()?
+        .with_state(|s| s.chain_readers(&chain));
+    let me = st.net.local_id().clone();
+    let q = serde_urlencoded::to_string([("address", addr.to_string())]).ok()?;
+    for node in readers.into_iter().filter(|n| *n != me) {
+        let Some(api) = super::inference::api_of(st, &node) else {
+            continue;
+        };
+        let mut req = super::inference::client()
+            .get(format!("http://{api}/api/v1/dht/get?{q}"))
+            .header(super::inference::HOP, "1")
+            .timeout(Duration::from_secs(20));
+        if let Some(a) = headers.get(axum::http::header::AUTHORIZATION) {
+            req = req.header(axum::http::header::AUTHORIZATION, a.clone());
+        }
+        let Ok(resp) = req.send().await else {
+            continue;
+        };
+        let code = StatusCode::from_u16(resp.status().as_u16()).ok()?;
+        if code.is_server_error() {
+            continue;
+        }
+        let body = resp.bytes().await.ok()?;
+        return Some(super::no_store(
+            (
+                code,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response(),
+        ));
+    }
+    None
 }
 
 async fn api_history(State(st): S, Query(q): Query<AddrQuery>) -> Result<Response, Response> {

@@ -21,7 +21,7 @@ use bzzz_proto::models::ModelName;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use super::{Permission, Route, Shared};
+use super::{Action, Fixed, Res, Permission, Route, Shared};
 
 /// Largest request accepted (a long prompt fits; a runaway one does not).
 pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
@@ -31,12 +31,12 @@ pub const HOP: &str = "x-bzzz-hop";
 const PARK: Duration = Duration::from_secs(10);
 
 pub fn routes() -> Vec<Route> {
-    use Permission::{Inference, Public};
+    
     vec![
         Route::api(
             Method::GET,
             "/v1/models",
-            Inference,
+            Permission::Need(Action::Infer, Res::SomeModel),
             get(models),
             json!({"summary": "OpenAI: the models this cluster serves", "operationId": "openaiModels",
                 "responses": {"200": {"description": "{object: list, data: [{id, object, created, owned_by}]}"}}}),
@@ -44,7 +44,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/v1/chat/completions",
-            Inference,
+            Permission::Need(Action::Infer, Res::ModelInBody),
             post(chat_completions),
             json!({"summary": "OpenAI: chat completion, routed to a replica of the model (stream: SSE passthrough)", "operationId": "openaiChat",
                 "responses": {"200": {"description": "The backend's answer"}, "400": {"description": "Malformed request"},
@@ -55,7 +55,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/serve/backends",
-            Public,
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
             get(backends),
             json!({"summary": "This node's managed backends: model, port, state (starting, ready, failed), restarts", "operationId": "serveBackends",
                 "responses": {"200": {"description": "array"}}}),
@@ -172,13 +172,23 @@ fn pass_through<G: Send + 'static>(resp: reqwest::Response, guard: Option<G>) ->
     r
 }
 
-async fn send(url: &str, body: &Bytes, hop: bool) -> Result<reqwest::Response, String> {
+/// POSTs a request to a backend, or (with `hop`) to another node,
+/// carrying the caller's own `Authorization`: the other node checks the
+/// caller's rights itself and never trusts this one's word for them.
+async fn send(
+    url: &str,
+    body: &Bytes,
+    hop: Option<Option<&axum::http::HeaderValue>>,
+) -> Result<reqwest::Response, String> {
     let mut req = client()
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.clone());
-    if hop {
+    if let Some(auth) = hop {
         req = req.header(HOP, "1");
+        if let Some(a) = auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a.clone());
+        }
     }
     let resp = req.send().await.map_err(|e| e.to_string())?;
     if resp.status().is_server_error() {
@@ -228,6 +238,13 @@ pub async fn dispatch(st: &Shared, headers: &HeaderMap, body: Bytes, dialect: Di
         .and_then(|v| v.get("model").and_then(Value::as_str).map(str::to_owned))
         .and_then(|m| ModelName::parse(&m).ok())
         .map(|m| m.full());
+    // Only registered models get metric labels (an unknown name must not
+    // make a new label set).
+    let model = model.filter(|m| {
+        st.control
+            .get()
+            .is_some_and(|c| c.with_state(|s| s.models.models.contains_key(m)))
+    });
     let mut node = None;
     let resp = route_request(st, headers, body, dialect, &mut node).await;
     match model {
@@ -312,7 +329,7 @@ async fn route_request(
         match dialect {
             Dialect::OpenAi => {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-                match send(&url, &body, false).await {
+                match send(&url, &body, None).await {
                     Ok(resp) => {
                         *served = Some(me.to_string());
                         return pass_through(resp, busy);
@@ -338,10 +355,10 @@ async fn route_request(
     if !st.backends.is_empty() && ctl.with_state(|s| s.models.holders(&name).contains(&me)) {
         for (kind, url) in &st.backends {
             let r = match (kind.as_str(), dialect) {
-                (_, Dialect::OpenAi) => send(&format!("{url}/v1/chat/completions"), &body, false)
+                (_, Dialect::OpenAi) => send(&format!("{url}/v1/chat/completions"), &body, None)
                     .await
                     .map(|resp| pass_through::<()>(resp, None)),
-                ("ollama", d) => send(&format!("{url}{}", d.path()), &body, false)
+                ("ollama", d) => send(&format!("{url}{}", d.path()), &body, None)
                     .await
                     .map(|resp| pass_through::<()>(resp, None)),
                 (_, d) => super::ollama::serve_locally(st, url, &name, &req, d, None).await,
@@ -407,7 +424,8 @@ async fn route_request(
         };
         *lock(&r.in_flight).entry(node.clone()).or_default() += 1;
         let guard = InFlight(r.clone(), node.clone());
-        match send(&format!("http://{addr}{}", dialect.path()), &body, true).await {
+        let auth = headers.get(header::AUTHORIZATION);
+        match send(&format!("http://{addr}{}", dialect.path()), &body, Some(auth)).await {
             Ok(resp) => {
                 *served = Some(node.to_string());
                 return pass_through(resp, Some(guard));

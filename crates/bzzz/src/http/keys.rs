@@ -18,12 +18,12 @@ use bzzz_proto::cluster::WireSecret;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, Operator, Permission, Route, Shared, json, parse, setup_locked};
+use super::{Action, Fixed, Res, ApiError, Operator, Permission, Route, Shared, json, parse, setup_locked};
 
 type S = State<Shared>;
 
 pub fn routes() -> Vec<Route> {
-    use Permission::{Operator, Public, Setup};
+    use Permission::{Public, Setup};
     vec![
         Route::api(
             Method::POST,
@@ -59,7 +59,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/v1/keys/sign",
-            Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
             post(api_sign),
             json!(
             {"summary": "Threshold-sign a message with the cluster admin key (operator)", "operationId": "keysSign",
@@ -68,7 +68,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/v1/tokens",
-            Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Members)),
             post(api_tokens),
             json!(
             {"summary": "Create a join token (operator)", "operationId": "tokenCreate",
@@ -147,6 +147,13 @@ async fn api_sign(State(st): S, Operator(pw): Operator, body: Bytes) -> Result<R
     if b.message.len() > 16 * 1024 {
         return Err(ApiError::invalid("message longer than 16 KiB"));
     }
+    crate::access::record(
+        &st,
+        bzzz_proto::access::ADMIN_USER,
+        Action::Manage,
+        &bzzz_proto::access::Resource::KEYS,
+    )
+    .await?;
     let signers = match b.signers {
         Some(list) => Some(
             list.iter()
@@ -175,6 +182,13 @@ async fn api_tokens(
         parse(&body, "token request")?
     };
     let ttl = Duration::from_secs(b.ttl_secs.unwrap_or(3600));
+    crate::access::record(
+        &st,
+        bzzz_proto::access::ADMIN_USER,
+        Action::Manage,
+        &bzzz_proto::access::Resource::MEMBERS,
+    )
+    .await?;
     let (token, body) = st.keys.create_token(ttl, b.uses.unwrap_or(1), &pw).await?;
     Ok(json(
         StatusCode::CREATED,

@@ -17,17 +17,17 @@ use bzzz_proto::api::{MemberView, PolicyRequest};
 use bzzz_proto::cluster::{AdminAction, KeyPolicy};
 use serde_json::json;
 
-use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
+use super::{Action, Fixed, Res, ApiError, Operator, Permission, Route, Shared, json, parse};
 
 type S = State<Shared>;
 
 pub fn routes() -> Vec<Route> {
-    use Permission::{Operator, Public};
+    
     vec![
         Route::api(
             Method::GET,
             "/api/v1/members",
-            Public,
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
             get(api_members),
             json!({"summary": "Cluster members as this node sees them: state (member, gone, removed), share index in the current key epoch, Raft role", "operationId": "members",
                 "responses": {"200": {"description": "[{node_id, state, share_index, raft, this_node, gone_secs}]"}}}),
@@ -35,7 +35,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::DELETE,
             "/api/v1/members/{id}",
-            Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Members)),
             delete(api_member_remove),
             json!({"summary": "Remove a member for good (operator): an admin-signed (threshold) revocation committed through Raft; every node refuses it, Raft drops it, the admin key is re-dealt without it", "operationId": "memberRemove",
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
@@ -44,7 +44,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/v1/keys/policy",
-            Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
             post(api_policy),
             json!({"summary": "Change the admin key's threshold policy (operator): `majority` or `fixed:T`; the key is re-dealt in a new epoch", "operationId": "keysPolicy",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["policy"], "properties": {"policy": {"type": "string"}}}}}},
@@ -191,9 +191,7 @@ pub async fn remove_member(
     let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match control
-            .propose(bzzz_control::raft::Command::Admin {
-                change: signed.clone(),
-            })
+            .propose(crate::access::audited_admin(st, signed.clone()))
             .await
         {
             Ok(r) => match r.rejected {
@@ -219,6 +217,13 @@ async fn api_policy(
     let req: PolicyRequest = parse(&body, "policy")?;
     let policy: KeyPolicy = req.policy.parse().map_err(ApiError::invalid)?;
     let control = st.control.get().ok_or_else(ApiError::no_control)?;
+    crate::access::record(
+        &st,
+        bzzz_proto::access::ADMIN_USER,
+        super::Action::Manage,
+        &bzzz_proto::access::Resource::Fixed(super::Fixed::Cluster),
+    )
+    .await?;
     if let Some(plan) = st.keys.next_plan(Some(policy))? {
         let record = st.keys.run_redeal(plan, Some(&pw)).await?;
         control

@@ -11,6 +11,7 @@
 //! bounded server: connection cap, header and request timeouts),
 //! `openapi` (the document from the table). Pages live in `crate::ui`.
 
+pub mod access;
 pub mod auth;
 pub mod control;
 pub mod deploy;
@@ -33,9 +34,10 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 use bzzz_keys::{ErrorKind, KeysError};
+pub use bzzz_proto::access::{Action, Fixed};
 use serde_json::Value;
 
-pub use auth::{Operator, Principal};
+pub use auth::{Operator, Principal, authorize};
 
 use crate::node::AppState;
 
@@ -48,31 +50,82 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// signing waits on peers, setup delivers records to every node).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Who may call a route.
+/// Who may call a route: each route maps a request to the action it
+/// does and the resource it does it on (or is one of the reviewed public
+/// routes). There is no default: a route cannot be built without one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
-    /// Anyone: public cluster facts (status, peers, leader, roles, key
-    /// status, metrics), the overview and the login page.
+    /// Anyone (the reviewed list in `docs/security.md`): this node's own
+    /// status, the peers and leader the public overview shows, the admin
+    /// public key, metrics, the OpenAPI document, the overview and login
+    /// pages.
     Public,
     /// Anyone while this node is not initialized (the setup wizard); the
     /// handler answers 409 once it is.
     Setup,
-    /// The operator: HTTP Basic with the operator password, or a web
-    /// session cookie from `/login`.
-    Operator,
     /// A deploy run's random download token in the query (the hosts of
     /// the run fetch the binary with it); 401 without it.
     DeployToken,
-    /// The inference API (Ollama's and OpenAI's routes): open on the
-    /// cluster's network like Ollama, unless `serve.require_auth` asks for
-    /// the operator credential.
-    Inference,
+    /// Any authenticated principal; the handler decides (creating an API
+    /// key for oneself, revoking one's own key), and the state machine
+    /// applies the escalation rule.
+    Principal,
+    /// A principal allowed `Action` on the resource the request names.
+    /// Inference (`Action::Infer`) is open to anonymous callers when the
+    /// cluster says so (`anonymous_inference`).
+    Need(Action, Res),
 }
 
 impl Permission {
     /// Routes an anonymous caller may use.
     pub fn is_public(self) -> bool {
-        matches!(self, Self::Public | Self::Setup | Self::Inference)
+        matches!(self, Self::Public | Self::Setup)
+    }
+
+    /// A label for the OpenAPI document and the matrix test.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Public => "public".into(),
+            Self::Setup => "setup".into(),
+            Self::DeployToken => "deploy token".into(),
+            Self::Principal => "any principal".into(),
+            Self::Need(a, r) => format!("{a} on {}", r.describe()),
+        }
+    }
+}
+
+/// Where the resource of a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Res {
+    /// A fixed resource (`cluster`, `audit`, `users`, `keys`, `roles`,
+    /// `members`).
+    Is(Fixed),
+    /// `model:NAME` from the path parameter `{name}`.
+    ModelInPath,
+    /// `model:NAME` from the JSON body's `model` field.
+    ModelInBody,
+    /// `model:NAME` from the JSON body's `name` field.
+    NameInBody,
+    /// Any model the caller may act on (listings; content-addressed
+    /// blobs).
+    SomeModel,
+    /// The UCXL address in the query parameter `address`.
+    AddressInQuery,
+    /// The UCXL address in the JSON body's `address` field.
+    AddressInBody,
+    /// `node:*` (a deploy may reach any host).
+    AllNodes,
+}
+
+impl Res {
+    pub fn describe(self) -> String {
+        match self {
+            Res::Is(f) => f.as_str().into(),
+            Res::ModelInPath | Res::ModelInBody | Res::NameInBody => "model:NAME".into(),
+            Res::SomeModel => "some model".into(),
+            Res::AddressInQuery | Res::AddressInBody => "ucxl://ADDRESS".into(),
+            Res::AllNodes => "node:*".into(),
+        }
     }
 }
 
@@ -90,6 +143,10 @@ pub struct Route {
     pub permission: Permission,
     pub kind: Kind,
     pub body_limit: usize,
+    /// A state-changing API request must say `application/json` (false:
+    /// binary uploads, and the inference dialects, whose clients are
+    /// authenticated by a bearer key, not an ambient credential).
+    pub json_body: bool,
     /// A handler that has not answered in this long gets 408.
     pub timeout: Duration,
     /// The OpenAPI operation object (API routes).
@@ -117,6 +174,7 @@ impl Route {
             path,
             permission,
             kind: Kind::Api,
+            json_body: !matches!(permission, Permission::Need(Action::Infer, _)),
             body_limit: BODY_LIMIT,
             timeout: REQUEST_TIMEOUT,
             openapi: Some(openapi),
@@ -136,11 +194,18 @@ impl Route {
             path,
             permission,
             kind: Kind::Page,
+            json_body: false,
             body_limit: BODY_LIMIT,
             timeout: REQUEST_TIMEOUT,
             openapi: None,
             handler,
         }
+    }
+
+    /// A body that is not JSON (uploads).
+    pub fn raw_body(mut self) -> Self {
+        self.json_body = false;
+        self
     }
 
     pub fn body_limit(mut self, bytes: usize) -> Self {
@@ -159,6 +224,7 @@ impl Route {
 pub fn routes() -> Vec<Route> {
     let mut all = Vec::new();
     all.extend(status::routes());
+    all.extend(access::routes());
     all.extend(keys::routes());
     all.extend(members::routes());
     all.extend(control::routes());
@@ -193,6 +259,8 @@ fn router_of(table: Vec<Route>, state: Shared) -> Router {
                 state: state.clone(),
                 permission: route.permission,
                 kind: route.kind,
+                body_limit: route.body_limit,
+                json_body: route.json_body,
             },
             auth::guard,
         );
@@ -220,11 +288,14 @@ async fn not_found() -> Response {
 }
 
 /// An API error: a status and a message, answered as `{"error": …}` with
-/// `Cache-Control: no-store` (and `WWW-Authenticate` on 401).
+/// `Cache-Control: no-store` (and `WWW-Authenticate: Bearer` on 401; a
+/// 403 names the missing permission as `action` on `resource`).
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// The whole JSON body, when it says more than `error`.
+    pub body: Option<Value>,
 }
 
 impl ApiError {
@@ -232,6 +303,17 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            body: None,
+        }
+    }
+
+    /// 403: `action` on `resource` is not allowed (`rule` says why).
+    pub fn forbidden(action: Action, resource: &bzzz_proto::access::Resource, rule: &str) -> Self {
+        let body = auth::forbidden_body(action, resource, rule);
+        Self {
+            status: StatusCode::FORBIDDEN,
+            message: body["error"].as_str().unwrap_or("permission denied").to_owned(),
+            body: Some(body),
         }
     }
 
@@ -272,17 +354,22 @@ impl From<KeysError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.status,
-            axum::Json(bzzz_proto::api::ApiError {
-                error: self.message,
-            }),
-        )
-            .into_response();
+        let mut r = match self.body {
+            Some(b) => (self.status, axum::Json(b)).into_response(),
+            None => (
+                self.status,
+                axum::Json(bzzz_proto::api::ApiError {
+                    error: self.message,
+                }),
+            )
+                .into_response(),
+        };
         if self.status == StatusCode::UNAUTHORIZED {
+            // Bearer, never Basic: a browser would cache a Basic password
+            // and send it with any page's requests to this host.
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"bzzz operator\""),
+                HeaderValue::from_static("Bearer realm=\"bzzz\""),
             );
         }
         no_store(r)

@@ -26,7 +26,7 @@ use bzzz_proto::models::{
 use futures::StreamExt as _;
 use serde_json::json;
 
-use super::{ApiError, Operator, Permission, Route, Shared, json, parse};
+use super::{Action, Fixed, Res, ApiError, Permission, Route, Shared, json, parse};
 
 type S = State<Shared>;
 
@@ -38,12 +38,12 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const PROGRESS_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub fn routes() -> Vec<Route> {
-    use Permission::{Operator, Public};
+    
     vec![
         Route::api(
             Method::GET,
             "/api/v1/models",
-            Public,
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
             get(api_list),
             json!({"summary": "Every model in the registry with each copy's state (planned, fetching, ready, extra) and progress", "operationId": "models",
                 "responses": {"200": {"description": "array of {name, digest, size_bytes, vram_bytes, replicas, ready, facts, nodes[{node_id, state, bytes_done, bytes_total, cpu_only}]}"}, "503": {"description": "Control plane not running"}}}),
@@ -51,7 +51,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/v1/models",
-            Operator,
+            Permission::Need(Action::Deploy, Res::NameInBody),
             post(api_add),
             json!({"summary": "Register a model whose blobs were uploaded to this node (operator): {name, manifest, replicas, spread_zones, pinned, excluded}", "operationId": "modelAdd",
                 "responses": {"200": {"description": "{name, digest, size_bytes, vram_bytes, replicas, changed}"}, "422": {"description": "Invalid name or manifest, or a blob is missing"}, "503": {"description": "No leader"}}}),
@@ -59,7 +59,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/models/{name}",
-            Public,
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
             get(api_status),
             json!({"summary": "One model (NAME:TAG, URL-encoded) with each copy's state", "operationId": "modelStatus",
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
@@ -68,7 +68,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::DELETE,
             "/api/v1/models/{name}",
-            Operator,
+            Permission::Need(Action::Deploy, Res::ModelInPath),
             delete(api_remove),
             json!({"summary": "Remove a model (operator): every node deletes its copy", "operationId": "modelRemove",
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
@@ -77,7 +77,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/models/blobs/{digest}",
-            Operator,
+            Permission::Need(Action::Deploy, Res::SomeModel),
             get(api_blob_check),
             json!({"summary": "Whether this node holds a blob (operator)", "operationId": "blobCheck",
                 "parameters": [{"name": "digest", "in": "path", "required": true, "schema": {"type": "string"}}],
@@ -86,7 +86,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::PUT,
             "/api/v1/models/blobs/{digest}",
-            Operator,
+            Permission::Need(Action::Deploy, Res::SomeModel),
             put(api_blob_upload),
             json!({"summary": "Upload a blob (operator; body = the bytes, ?size=N); refused unless its sha256 is the digest", "operationId": "blobUpload",
                 "parameters": [{"name": "digest", "in": "path", "required": true, "schema": {"type": "string"}},
@@ -275,12 +275,19 @@ async fn propose(c: &crate::control::Control, cmd: Command) -> Result<(), ApiErr
 
 async fn api_remove(
     State(st): S,
-    _: Operator,
+    p: super::Principal,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let name = model_name(&name)?.full();
     let c = control(&st)?;
-    propose(c, Command::ModelRemove { name: name.clone() }).await?;
+    let cmd = crate::access::audited(
+        &st,
+        p.id(),
+        Action::Deploy,
+        &bzzz_proto::access::Resource::Model(name.clone()),
+        Command::ModelRemove { name: name.clone() },
+    );
+    propose(c, cmd).await?;
     applied(c, |s| s.models.models.get(&name).is_none_or(|e| e.removed)).await;
     Ok(json(
         StatusCode::OK,
@@ -308,7 +315,7 @@ fn checked_digest(d: &str) -> Result<String, ApiError> {
 
 async fn api_blob_check(
     State(st): S,
-    _: Operator,
+    _: super::Principal,
     Path(digest): Path<String>,
 ) -> Result<Response, ApiError> {
     let digest = checked_digest(&digest)?;
@@ -329,7 +336,7 @@ struct SizeQuery {
 
 async fn api_blob_upload(
     State(st): S,
-    _: Operator,
+    _: super::Principal,
     Path(digest): Path<String>,
     Query(q): Query<SizeQuery>,
     body: Body,
@@ -400,7 +407,7 @@ async fn api_blob_upload(
     ))
 }
 
-async fn api_add(State(st): S, _: Operator, body: Bytes) -> Result<Response, ApiError> {
+async fn api_add(State(st): S, p: super::Principal, body: Bytes) -> Result<Response, ApiError> {
     let req: AddModel = parse(&body, "model")?;
     let name = model_name(&req.name)?;
     let manifest =
@@ -479,11 +486,18 @@ async fn api_add(State(st): S, _: Operator, body: Bytes) -> Result<Response, Api
         replicas: entry.replicas,
         changed,
     };
+    let resource = bzzz_proto::access::Resource::Model(entry.name.clone());
     propose(
         c,
-        Command::ModelPut {
-            entry: Box::new(entry),
-        },
+        crate::access::audited(
+            &st,
+            p.id(),
+            Action::Deploy,
+            &resource,
+            Command::ModelPut {
+                entry: Box::new(entry),
+            },
+        ),
     )
     .await?;
     // Read your write: answer once this node has applied it too (the

@@ -16,16 +16,15 @@ use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
 
 use super::inference::{Dialect, MAX_REQUEST, dispatch};
-use super::{Permission, Route, Shared};
+use super::{Action, Res, Permission, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
-    use Permission::Inference;
     let long = std::time::Duration::from_secs(3600);
     vec![
         Route::api(
             Method::GET,
             "/api/tags",
-            Inference,
+            Permission::Need(Action::Infer, Res::SomeModel),
             get(tags),
             json!({"summary": "Ollama: the models this cluster serves", "operationId": "ollamaTags",
                 "responses": {"200": {"description": "{models: [{name, model, modified_at, size, digest, details}]}"}}}),
@@ -33,7 +32,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/ps",
-            Inference,
+            Permission::Need(Action::Infer, Res::SomeModel),
             get(ps),
             json!({"summary": "Ollama: models with a running backend on this node", "operationId": "ollamaPs",
                 "responses": {"200": {"description": "{models: [...]}"}}}),
@@ -41,7 +40,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/chat",
-            Inference,
+            Permission::Need(Action::Infer, Res::ModelInBody),
             post(chat),
             json!({"summary": "Ollama: chat, routed to a replica (NDJSON stream unless stream: false)", "operationId": "ollamaChat",
                 "responses": {"200": {"description": "Ollama's answer"}, "404": {"description": "Unknown model"}, "503": {"description": "No replica serving"}}}),
@@ -51,7 +50,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::POST,
             "/api/generate",
-            Inference,
+            Permission::Need(Action::Infer, Res::ModelInBody),
             post(generate),
             json!({"summary": "Ollama: completion of a prompt, routed to a replica (NDJSON stream unless stream: false)", "operationId": "ollamaGenerate",
                 "responses": {"200": {"description": "Ollama's answer"}, "404": {"description": "Unknown model"}, "503": {"description": "No replica serving"}}}),

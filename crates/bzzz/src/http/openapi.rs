@@ -12,14 +12,17 @@ pub fn document() -> Value {
         let (Kind::Api, Some(mut op)) = (r.kind, r.openapi) else {
             continue;
         };
-        if r.permission == Permission::Operator {
-            op["security"] = json!([{"operator": []}]);
+        if matches!(r.permission, Permission::Need(..) | Permission::Principal) {
+            op["security"] = json!([{"apiKey": []}, {"basic": []}]);
             if let Some(resp) = op["responses"].as_object_mut() {
                 resp.entry("401")
-                    .or_insert(json!({"description": "No or wrong operator credential"}));
+                    .or_insert(json!({"description": "No credential, or a wrong, revoked or expired one"}));
+                resp.entry("403").or_insert(
+                    json!({"description": "The caller's roles lack the permission: {error, action, resource, rule}"}),
+                );
             }
         }
-        op["x-bzzz-permission"] = json!(format!("{:?}", r.permission).to_lowercase());
+        op["x-bzzz-permission"] = json!(r.permission.describe());
         let entry = paths
             .entry(r.path.to_owned())
             .or_insert_with(|| Value::Object(Map::new()));
@@ -59,7 +62,7 @@ pub fn document() -> Value {
         "info": {"title": "BZZZ node API", "version": bzzz_proto::VERSION,
                  "description": "Fields may be added in later versions, never renamed or removed. Routes marked `operator` take HTTP Basic (any user name, the operator password) or the web session cookie."},
         "paths": paths,
-        "components": {"securitySchemes": {"operator": {"type": "http", "scheme": "basic"}}, "schemas": {
+        "components": {"securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "an API key, bzzz_…"}, "basic": {"type": "http", "scheme": "basic", "description": "a user name and password (any name that is no user: the operator, admin)"}}, "schemas": {
             "Capabilities": caps,
             "Status": {"type": "object",
                 "required": ["node_id", "version", "uptime_secs", "listen_addrs", "api_addr", "peer_count", "connected_peers", "mdns", "capabilities"],

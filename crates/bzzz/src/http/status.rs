@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use super::{ApiError, Permission, Route, Shared};
+use super::{Action, ApiError, Fixed, Permission, Res, Route, Shared};
 use crate::node::AppState;
 
 type S = State<Shared>;
@@ -74,7 +74,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/cluster",
-            Public,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
             get(cluster),
             json!(
             {"summary": "The replicated cluster state: inventory (per-node resources and scores), totals, roles, rules, audit", "operationId": "cluster",

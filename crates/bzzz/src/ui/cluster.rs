@@ -13,17 +13,18 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout;
+use crate::http::{Action, Fixed, Res};
 use crate::http::auth::Operator;
 use crate::http::members::{member_views, remove_member};
 use crate::http::{Permission, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::page(Method::GET, "/cluster", Permission::Public, get(page)),
+        Route::page(Method::GET, "/cluster", Permission::Need(Action::Read, Res::Is(Fixed::Cluster)), get(page)),
         Route::page(
             Method::POST,
             "/cluster/remove",
-            Permission::Operator,
+            Permission::Need(Action::Manage, Res::Is(Fixed::Members)),
             post(remove_form),
         ),
     ]

@@ -9,13 +9,14 @@ use axum::routing::get;
 use maud::{PreEscaped, html};
 
 use super::layout;
+use crate::http::{Action, Res};
 use crate::http::{Operator, Permission, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
     vec![Route::page(
         Method::GET,
         "/deploy",
-        Permission::Operator,
+        Permission::Need(Action::Deploy, Res::AllNodes),
         get(deploy_page),
     )]
 }

@@ -11,13 +11,14 @@ use maud::html;
 use serde::Deserialize;
 
 use super::layout;
+use crate::http::{Action, Fixed, Res};
 use crate::http::{Permission, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
     vec![Route::page(
         Method::GET,
         "/dht",
-        Permission::Public,
+        Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
         get(page),
     )]
 }

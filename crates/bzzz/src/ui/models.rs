@@ -11,13 +11,14 @@ use bzzz_proto::models::ReplicaState;
 use maud::{PreEscaped, html};
 
 use super::{gib, layout};
+use crate::http::{Action, Fixed, Res};
 use crate::http::{Permission, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
     vec![Route::page(
         Method::GET,
         "/models",
-        Permission::Public,
+        Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
         get(page),
     )]
 }

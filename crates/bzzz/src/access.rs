@@ -1,0 +1,470 @@
+//! Who is calling (SPEC §9), and each node's side of the audit log.
+//!
+//! * [`Access::resolve`] turns a request's credential into a [`Caller`]:
+//!   an API key (`Authorization: Bearer bzzz_…`, one SHA-256 and a map
+//!   lookup in the replicated state: revoked, expired or orphaned keys
+//!   are refused), a user or the operator (HTTP Basic; a user name that
+//!   is no user is the operator `admin`, so older scripts keep working),
+//!   or the operator's web session. A password is hashed with Argon2id
+//!   once; later requests with the same credential hit a cache keyed by
+//!   a keyed hash of it (a process-random key, memory only), checked
+//!   against the user's current verifier, so a changed password or a
+//!   removed user is refused at once.
+//! * Audit: [`Access::note`] signs what a privileged request does with
+//!   the node key; [`commit`] puts notes into the chain through Raft and
+//!   answers 503 when they cannot commit (the action is then not done).
+//!   Refusals are counted per principal and minute ([`Access::deny`]) and
+//!   flushed as one entry each by [`flush_denials`], so a flood of wrong
+//!   calls cannot grow the log without bound.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use bzzz_crypto::operator::OperatorPassword;
+use bzzz_proto::NodeId;
+use bzzz_proto::access::{ADMIN_USER, Action, AuditNote, Resource};
+use bzzz_proto::dht::ADMIN_ROLE;
+use sha2::{Digest, Sha256};
+
+use crate::http::ApiError;
+
+/// Signs with the node key.
+pub type NodeSigner = Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
+
+/// How long a checked password stays in the cache.
+const CACHE_TTL: Duration = Duration::from_secs(300);
+/// Most cached credentials.
+const CACHE_MAX: usize = 4096;
+/// Most principals whose refusals are counted between flushes.
+const DENIALS_MAX: usize = 1024;
+
+/// An authenticated caller.
+pub struct Caller {
+    /// `admin`, `user:NAME` or `key:ID` (the audit log's principal).
+    pub id: String,
+    pub roles: Vec<String>,
+    /// The operator password, when the caller is the operator with it
+    /// (threshold signers check it).
+    pub operator: Option<OperatorPassword>,
+    /// The `Authorization` header, to forward with a request this node
+    /// hands to another (the other node checks it itself; a web session
+    /// has none).
+    pub forward: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caller")
+            .field("id", &self.id)
+            .field("roles", &self.roles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == ADMIN_ROLE)
+    }
+}
+
+struct Cached {
+    id: String,
+    verifier: String,
+    until: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Denied {
+    count: u32,
+    action: String,
+    resource: String,
+}
+
+/// The node's access state (see the module doc).
+pub struct Access {
+    node: NodeId,
+    signer: NodeSigner,
+    cache_key: [u8; 32],
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    denials: Mutex<BTreeMap<String, Denied>>,
+    /// `serve.anonymous_inference` of this node's config (the cluster
+    /// rule `anonymous_inference`, admin-signed, overrides it).
+    pub anonymous_inference: bool,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Access({})", self.node)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Access {
+    pub fn new(node: NodeId, signer: NodeSigner, anonymous_inference: bool) -> Self {
+        let mut cache_key = [0u8; 32];
+        // Without randomness the cache key is zero: the cache still keys
+        // on a hash of the credential, which never leaves memory.
+        let _ = getrandom::fill(&mut cache_key);
+        Self {
+            node,
+            signer,
+            cache_key,
+            cache: Mutex::default(),
+            denials: Mutex::default(),
+            anonymous_inference,
+        }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    fn cache_slot(&self, user: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_key);
+        h.update(user.as_bytes());
+        h.update([0]);
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    /// A signed audit note of this node.
+    pub fn note(
+        &self,
+        principal: &str,
+        action: &str,
+        resource: &str,
+        outcome: &str,
+        count: u32,
+    ) -> AuditNote {
+        let mut n = AuditNote {
+            time_ms: now_ms(),
+            principal: clip(principal, 256),
+            action: clip(action, 256),
+            resource: clip(resource, 2048),
+            outcome: clip(outcome, 256),
+            node: self.node.clone(),
+            count,
+            signature: String::new(),
+        };
+        n.signature = hex::encode((self.signer)(&n.signed_bytes()));
+        n
+    }
+
+    /// Counts a refusal of `principal` (flushed once a minute).
+    pub fn deny(&self, principal: &str, action: &str, resource: &str) {
+        let mut d = lock(&self.denials);
+        if !d.contains_key(principal) && d.len() >= DENIALS_MAX {
+            // Beyond the bound, refusals are counted under one name.
+            let e = d.entry("(other principals)".into()).or_default();
+            e.count = e.count.saturating_add(1);
+            return;
+        }
+        let e = d.entry(clip(principal, 200)).or_default();
+        e.count = e.count.saturating_add(1);
+        e.action = action.to_owned();
+        e.resource = clip(resource, 2048);
+    }
+
+    fn take_denials(&self) -> Vec<AuditNote> {
+        let d = std::mem::take(&mut *lock(&self.denials));
+        d.into_iter()
+            .map(|(p, x)| self.note(&p, &x.action, &x.resource, "denied", x.count.max(1)))
+            .collect()
+    }
+
+    /// The caller a credential names. `Ok(None)`: no credential.
+    pub async fn resolve(
+        &self,
+        st: &crate::node::AppState,
+        client: &str,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<Caller>, ApiError> {
+        use axum::http::header;
+        if let Some(pw) =
+            crate::http::auth::session_id(headers).and_then(|id| st.keys.web_session(&id))
+        {
+            return Ok(Some(operator(pw, None)));
+        }
+        let Some(v) = headers.get(header::AUTHORIZATION) else {
+            return Ok(None);
+        };
+        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+        let text = v
+            .to_str()
+            .map_err(|_| unauthorized("malformed Authorization header"))?;
+        let forward = Some(zeroize::Zeroizing::new(text.to_owned()));
+        if let Some(secret) = text.strip_prefix("Bearer ") {
+            return self.api_key(st, secret.trim(), forward).map(Some);
+        }
+        let Some((user, pw)) = basic(text) else {
+            return Err(unauthorized(
+                "malformed Authorization header (Bearer API key, or HTTP Basic user:password)",
+            ));
+        };
+        let user_rec = st
+            .control
+            .get()
+            .and_then(|c| c.with_state(|s| s.users.get(user.as_str()).cloned()));
+        let (id, verifier) = match &user_rec {
+            Some(u) => (format!("user:{}", u.name), Some(u.verifier.clone())),
+            None => (ADMIN_USER.to_owned(), None),
+        };
+        let verifier = match verifier {
+            Some(v) => v,
+            None => match st.keys.cluster() {
+                Some(c) => c.genesis.operator_verifier.clone(),
+                None => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "the cluster is not initialized yet; run setup",
+                    ));
+                }
+            },
+        };
+        let slot = self.cache_slot(&id, pw.expose());
+        let hit = lock(&self.cache)
+            .get(&slot)
+            .is_some_and(|c| c.id == id && c.verifier == verifier && c.until > Instant::now());
+        if !hit {
+            match &user_rec {
+                Some(_) => st
+                    .keys
+                    .check_password(client, pw.clone(), verifier.clone())
+                    .await
+                    .map_err(ApiError::from)?,
+                None => st
+                    .keys
+                    .check_operator(client, Some(pw.clone()))
+                    .await
+                    .map_err(ApiError::from)?,
+            }
+            let mut c = lock(&self.cache);
+            if c.len() >= CACHE_MAX {
+                let now = Instant::now();
+                c.retain(|_, v| v.until > now);
+                if c.len() >= CACHE_MAX {
+                    c.clear();
+                }
+            }
+            c.insert(
+                slot,
+                Cached {
+                    id: id.clone(),
+                    verifier,
+                    until: Instant::now() + CACHE_TTL,
+                },
+            );
+        }
+        Ok(Some(match user_rec {
+            Some(u) => Caller {
+                id,
+                roles: u.roles,
+                operator: None,
+                forward,
+            },
+            None => operator(pw, forward),
+        }))
+    }
+
+    fn api_key(
+        &self,
+        st: &crate::node::AppState,
+        secret: &str,
+        forward: Option<zeroize::Zeroizing<String>>,
+    ) -> Result<Caller, ApiError> {
+        let refuse = |m: &str| Err(ApiError::new(StatusCode::UNAUTHORIZED, m));
+        let Some((id, hash)) = bzzz_crypto::access::parse_api_key(secret) else {
+            return refuse("not an API key (bzzz_ and 64 hex digits)");
+        };
+        let Some(control) = st.control.get() else {
+            return refuse("this node is not in a cluster yet: no API key is valid");
+        };
+        let now = bzzz_keys::unix_now();
+        let found = control.with_state(|s| {
+            let k = s.api_keys.get(&id)?;
+            Some((k.clone(), s.key_roles(k)))
+        });
+        match found {
+            Some((k, _)) if !bzzz_crypto::access::same_hash(&k.hash, &hash) => {
+                refuse("unknown API key")
+            }
+            Some((k, _)) if k.revoked_at.is_some() => refuse("this API key was revoked"),
+            Some((k, _)) if k.expires_at.is_some_and(|e| now >= e) => {
+                refuse("this API key has expired")
+            }
+            Some((_, None)) => refuse("this API key's user is gone or lost its role"),
+            Some((k, Some(roles))) => Ok(Caller {
+                id: format!("key:{}", k.id),
+                roles,
+                operator: None,
+                forward,
+            }),
+            None => refuse("unknown API key"),
+        }
+    }
+}
+
+fn operator(pw: OperatorPassword, forward: Option<zeroize::Zeroizing<String>>) -> Caller {
+    Caller {
+        id: ADMIN_USER.to_owned(),
+        roles: vec![ADMIN_ROLE.to_owned()],
+        operator: Some(pw),
+        forward,
+    }
+}
+
+/// `Basic base64(user:password)` → the user name and password.
+fn basic(v: &str) -> Option<(String, OperatorPassword)> {
+    use base64::Engine as _;
+    let b64 = v.strip_prefix("Basic ")?;
+    let decoded = zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .ok()?,
+    );
+    let text = std::str::from_utf8(&decoded).ok()?;
+    let (user, pw) = text.split_once(':')?;
+    Some((user.to_owned(), OperatorPassword::new(pw.to_owned()).ok()?))
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_owned();
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// Whether the inference API is open to anonymous callers: the cluster
+/// rule `anonymous_inference` (admin-signed) when set, else this node's
+/// `serve.anonymous_inference`; always before setup (no principal exists
+/// yet).
+pub fn anonymous_inference(st: &crate::node::AppState) -> bool {
+    let Some(c) = st.control.get() else {
+        return !st.keys.is_initialized() || st.access.anonymous_inference;
+    };
+    c.with_state(|s| s.rules.get(ANONYMOUS_INFERENCE_RULE).cloned())
+        .map_or(st.access.anonymous_inference, |v| v == "true")
+}
+
+/// The cluster rule that opens (`true`) or closes the inference API.
+pub const ANONYMOUS_INFERENCE_RULE: &str = "anonymous_inference";
+
+/// Commits audit `notes` (with `cmd`, or a change to users and keys, when
+/// given) as one Raft command: 503 when it cannot commit, so the action
+/// is not done; the state machine's refusal comes back as `Ok(Err(why))`.
+pub async fn commit(
+    st: &crate::node::AppState,
+    notes: Vec<AuditNote>,
+    cmd: Option<bzzz_control::raft::Command>,
+    access: Option<bzzz_control::access::AccessChange>,
+) -> Result<Result<Option<String>, String>, ApiError> {
+    let control = st.control.get().ok_or_else(ApiError::no_control)?;
+    let r = control
+        .propose(bzzz_control::raft::Command::Audited {
+            notes,
+            cmd: cmd.map(Box::new),
+            access,
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the audit entry could not be committed, so nothing was done: {e}"),
+            )
+        })?;
+    Ok(match r.rejected {
+        Some(why) => Err(why),
+        None => Ok(r.previous),
+    })
+}
+
+/// Records `action` on `resource` by `caller` before it is done (for
+/// actions outside the replicated state: a DHT write, a deploy, a
+/// signature, a join token): 503 when the entry cannot commit.
+pub async fn record(
+    st: &crate::node::AppState,
+    caller: &str,
+    action: Action,
+    resource: &Resource,
+) -> Result<(), ApiError> {
+    let note = st
+        .access
+        .note(caller, action.as_str(), &resource.to_string(), "ok", 1);
+    match commit(st, vec![note], None, None).await? {
+        Ok(_) => Ok(()),
+        Err(why) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, why)),
+    }
+}
+
+/// Flushes the counted refusals into the audit log once a minute (when
+/// there were any), until the node stops.
+pub async fn flush_denials(st: Arc<crate::node::AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if lock(&st.access.denials).is_empty() || st.control.get().is_none() {
+            continue;
+        }
+        let notes = st.access.take_denials();
+        for chunk in notes.chunks(bzzz_control::access::MAX_NOTES) {
+            if let Err(e) = commit(&st, chunk.to_vec(), None, None).await {
+                tracing::debug!(error = %e.message, "refusals not recorded this minute");
+            }
+        }
+    }
+}
+
+/// A signed admin change as a command with its audit entry (admin
+/// changes are signed with the operator password: the principal is the
+/// operator, `admin`).
+pub fn audited_admin(
+    st: &crate::node::AppState,
+    change: bzzz_proto::cluster::Signed,
+) -> bzzz_control::raft::Command {
+    let what = serde_json::from_str::<bzzz_proto::cluster::AdminChange>(&change.body)
+        .map(|c| c.action.summary())
+        .unwrap_or_else(|_| "admin change".into());
+    bzzz_control::raft::Command::Audited {
+        notes: vec![st.access.note(ADMIN_USER, "manage", &what, "ok", 1)],
+        cmd: Some(Box::new(bzzz_control::raft::Command::Admin { change })),
+        access: None,
+    }
+}
+
+/// `cmd` with the audit entry of `caller` doing `action` on `resource`.
+pub fn audited(
+    st: &crate::node::AppState,
+    caller: &str,
+    action: Action,
+    resource: &Resource,
+    cmd: bzzz_control::raft::Command,
+) -> bzzz_control::raft::Command {
+    bzzz_control::raft::Command::Audited {
+        notes: vec![
+            st.access
+                .note(caller, action.as_str(), &resource.to_string(), "ok", 1),
+        ],
+        cmd: Some(Box::new(cmd)),
+        access: None,
+    }
+}

@@ -1,0 +1,362 @@
+//! Access control over HTTP (SPEC §9): users, API keys, who am I, the
+//! audit log, and the cluster switch for anonymous inference.
+//!
+//! Every change to users and keys commits in one Raft command with its
+//! audit entry; the state machine applies the escalation rule against the
+//! principal the entry names (no principal grants a role it lacks).
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use bzzz_control::access::AccessChange;
+use bzzz_crypto::operator::OperatorPassword;
+use bzzz_proto::access::{
+    ADMIN_USER, ApiKeyCreate, ApiKeyCreated, ApiKeyRecord, Resource, UserAdd, UserRecord, UserView,
+};
+use bzzz_proto::cluster::AdminAction;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{
+    Action, ApiError, Fixed, Operator, Permission, Principal, Res, Route, Shared, authorize, json,
+    parse,
+};
+
+type S = State<Shared>;
+
+/// Most audit entries one request returns.
+pub const AUDIT_PAGE: usize = 1000;
+
+pub fn routes() -> Vec<Route> {
+    use Permission::{Need, Principal as Any};
+    let users = Need(Action::Manage, Res::Is(Fixed::Users));
+    let audit = Need(Action::Read, Res::Is(Fixed::Audit));
+    vec![
+        Route::api(
+            Method::GET,
+            "/api/v1/whoami",
+            Any,
+            get(api_whoami),
+            json!({"summary": "The caller: principal (admin, user:NAME, key:ID) and roles", "operationId": "whoami",
+                "responses": {"200": {"description": "{principal, roles}"}}}),
+        ),
+        Route::api(
+            Method::GET,
+            "/api/v1/users",
+            users,
+            get(api_users),
+            json!({"summary": "Users (the operator, admin, first) with their roles; never a password or verifier", "operationId": "userList",
+                "responses": {"200": {"description": "[{name, roles, created_at, created_by}]"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/users",
+            users,
+            post(api_user_add),
+            json!({"summary": "Add or replace a user (name, roles, password of at least 12 characters); the caller must hold every role it grants", "operationId": "userAdd",
+                "responses": {"200": {"description": "{name, roles}"}, "403": {"description": "A role the caller lacks"}, "422": {"description": "Bad name, role or password"}, "503": {"description": "No quorum: nothing changed"}}}),
+        ),
+        Route::api(
+            Method::DELETE,
+            "/api/v1/users/{name}",
+            users,
+            delete(api_user_rm),
+            json!({"summary": "Remove a user (its keys stop working at once)", "operationId": "userRemove",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{name, removed}"}, "404": {"description": "No such user"}}}),
+        ),
+        Route::api(
+            Method::GET,
+            "/api/v1/apikeys",
+            Any,
+            get(api_keys),
+            json!({"summary": "API keys (no secrets, no hashes): every key for callers with manage on keys, else the caller's own", "operationId": "apikeyList",
+                "responses": {"200": {"description": "[{id, name, role, user, created_at, expires_at, revoked_at, state}]"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/apikeys",
+            Any,
+            post(api_key_create),
+            json!({"summary": "Create an API key for a role (bound to a user or not), optional ttl_secs; the secret is in this answer only. A user may make keys for itself; others need manage on keys; no one grants a role it lacks", "operationId": "apikeyCreate",
+                "responses": {"200": {"description": "{id, secret, role, user, expires_at}"}, "403": {"description": "Not allowed"}, "503": {"description": "No quorum: nothing changed"}}}),
+        ),
+        Route::api(
+            Method::DELETE,
+            "/api/v1/apikeys/{id}",
+            Any,
+            delete(api_key_revoke),
+            json!({"summary": "Revoke an API key (refused by every node as soon as it applies the change)", "operationId": "apikeyRevoke",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{id, revoked}"}, "404": {"description": "No such key"}}}),
+        ),
+        Route::api(
+            Method::GET,
+            "/api/v1/audit",
+            audit,
+            get(api_audit),
+            json!({"summary": "Audit entries this node holds, oldest first: seq, time, principal, action, resource, outcome, node, count, signature, log_index, prev_hash, hash (query: since, limit ≤ 1000)", "operationId": "auditList",
+                "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "{node, head: {seq, hash}, entries: [...]}"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/serve/anonymous",
+            Need(Action::Manage, Res::Is(Fixed::Cluster)),
+            post(api_anonymous),
+            json!({"summary": "Open (enabled: true) or close the inference API to callers without an API key, on every node (an admin-signed cluster rule)", "operationId": "serveAnonymous",
+                "responses": {"200": {"description": "{anonymous_inference}"}}}),
+        ),
+    ]
+}
+
+fn control(st: &Shared) -> Result<&crate::control::Control, ApiError> {
+    st.control
+        .get()
+        .map(|c| &**c)
+        .ok_or_else(ApiError::no_control)
+}
+
+fn caller(p: &Principal) -> Result<&crate::access::Caller, ApiError> {
+    p.caller()
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "credential required"))
+}
+
+/// Commits an access change with its entry; a refusal by the state
+/// machine is a 403 (escalation) or 422.
+async fn change(
+    st: &Shared,
+    who: &str,
+    resource: &Resource,
+    c: AccessChange,
+) -> Result<(), ApiError> {
+    let note = st
+        .access
+        .note(who, Action::Manage.as_str(), &resource.to_string(), "ok", 1);
+    match crate::access::commit(st, vec![note], None, Some(c)).await? {
+        Ok(_) => Ok(()),
+        Err(why) if why.contains("cannot grant") || why.contains("no principal") => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, why))
+        }
+        Err(why) if why.starts_with("no user") || why.starts_with("no API key") => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, why))
+        }
+        Err(why) => Err(ApiError::invalid(why)),
+    }
+}
+
+async fn api_whoami(p: Principal) -> Result<Response, ApiError> {
+    let c = caller(&p)?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"principal": c.id, "roles": c.roles}),
+    ))
+}
+
+async fn api_users(State(st): S) -> Result<Response, ApiError> {
+    let mut out = vec![UserView {
+        name: ADMIN_USER.into(),
+        roles: vec![bzzz_proto::dht::ADMIN_ROLE.into()],
+        created_at: st.keys.cluster().map_or(0, |c| c.genesis.created_at),
+        created_by: "setup".into(),
+    }];
+    control(&st)?.with_state(|s| {
+        out.extend(s.users.values().map(|u| UserView {
+            name: u.name.clone(),
+            roles: u.roles.clone(),
+            created_at: u.created_at,
+            created_by: u.created_by.clone(),
+        }));
+    });
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn api_user_add(State(st): S, p: Principal, body: Bytes) -> Result<Response, ApiError> {
+    let req: UserAdd = parse(&body, "user")?;
+    let c = caller(&p)?;
+    bzzz_proto::access::validate_user_name(&req.name).map_err(ApiError::invalid)?;
+    if req.name == ADMIN_USER {
+        return Err(ApiError::invalid(
+            "admin is the operator: its password is the operator password",
+        ));
+    }
+    let pw = OperatorPassword::new_for_setup(req.password.expose().to_owned())
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let verifier = tokio::task::spawn_blocking(move || pw.verifier())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let user = UserRecord {
+        name: req.name.clone(),
+        roles: req.roles.clone(),
+        verifier,
+        created_at: bzzz_keys::unix_now(),
+        created_by: c.id.clone(),
+    };
+    change(&st, &c.id, &Resource::USERS, AccessChange::UserPut { user }).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"name": req.name, "roles": req.roles}),
+    ))
+}
+
+async fn api_user_rm(
+    State(st): S,
+    p: Principal,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = caller(&p)?;
+    change(
+        &st,
+        &c.id,
+        &Resource::USERS,
+        AccessChange::UserRemove { name: name.clone() },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &json!({"name": name, "removed": true})))
+}
+
+/// The user a caller is (`admin` for the operator), if any.
+fn user_of(c: &crate::access::Caller) -> Option<&str> {
+    c.id.strip_prefix("user:")
+        .or((c.id == ADMIN_USER).then_some(ADMIN_USER))
+}
+
+async fn api_keys(State(st): S, p: Principal) -> Result<Response, ApiError> {
+    let c = caller(&p)?;
+    let all = authorize(&st, &p, Action::Manage, &Resource::KEYS).is_ok();
+    let me = user_of(c).map(str::to_owned);
+    let own_key = c.id.strip_prefix("key:").map(str::to_owned);
+    let now = bzzz_keys::unix_now();
+    let out: Vec<_> = control(&st)?.with_state(|s| {
+        s.api_keys
+            .values()
+            .filter(|k| {
+                all || (me.is_some() && k.user == me) || own_key.as_deref() == Some(k.id.as_str())
+            })
+            .map(|k| k.view(now))
+            .collect()
+    });
+    Ok(json(StatusCode::OK, &out))
+}
+
+async fn api_key_create(State(st): S, p: Principal, body: Bytes) -> Result<Response, ApiError> {
+    let req: ApiKeyCreate = parse(&body, "API key request")?;
+    let c = caller(&p)?;
+    bzzz_proto::cluster::validate_cluster_name(&req.role)
+        .map_err(|e| ApiError::invalid(format!("role: {e}")))?;
+    if req.name.as_ref().is_some_and(|n| n.len() > 128) {
+        return Err(ApiError::invalid("a key's name is at most 128 bytes"));
+    }
+    // A user makes keys for itself; anything else needs manage on keys.
+    let own = req.user.is_some() && req.user.as_deref() == user_of(c);
+    if !own {
+        authorize(&st, &p, Action::Manage, &Resource::KEYS)?;
+    }
+    let now = bzzz_keys::unix_now();
+    let expires_at = match req.ttl_secs {
+        Some(0) => return Err(ApiError::invalid("ttl_secs must be positive")),
+        Some(t) => Some(now.saturating_add(t)),
+        None => None,
+    };
+    let (secret, id, hash) = bzzz_crypto::access::new_api_key()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let key = ApiKeyRecord {
+        id: id.clone(),
+        name: req.name,
+        hash,
+        role: req.role.clone(),
+        user: req.user.clone(),
+        created_at: now,
+        created_by: c.id.clone(),
+        expires_at,
+        revoked_at: None,
+    };
+    change(&st, &c.id, &Resource::KEYS, AccessChange::KeyPut { key }).await?;
+    Ok(json(
+        StatusCode::OK,
+        &ApiKeyCreated {
+            id,
+            secret,
+            role: req.role,
+            user: req.user,
+            expires_at,
+        },
+    ))
+}
+
+async fn api_key_revoke(
+    State(st): S,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let c = caller(&p)?;
+    change(
+        &st,
+        &c.id,
+        &Resource::KEYS,
+        AccessChange::KeyRevoke {
+            id: id.clone(),
+            at: bzzz_keys::unix_now(),
+        },
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &json!({"id": id, "revoked": true})))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+async fn api_audit(State(st): S, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
+    let c = control(&st)?;
+    let head = c.with_state(|s| s.audit_head.clone());
+    let limit = q.limit.unwrap_or(AUDIT_PAGE).clamp(1, AUDIT_PAGE);
+    let entries = match c.audit_path() {
+        Some(path) => tokio::task::spawn_blocking(move || {
+            bzzz_control::audit::read(&path, q.since, limit)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &json!({"node": st.net.local_id(), "head": head, "entries": entries}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct AnonymousRequest {
+    enabled: bool,
+}
+
+async fn api_anonymous(
+    State(st): S,
+    Operator(pw): Operator,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: AnonymousRequest = parse(&body, "request")?;
+    let control = control(&st)?;
+    let change = super::control::admin_change(
+        &st,
+        control,
+        AdminAction::SetRule {
+            name: crate::access::ANONYMOUS_INFERENCE_RULE.into(),
+            value: Some(req.enabled.to_string()),
+        },
+    )?;
+    let signed = st.keys.sign_admin_change(&change, &pw).await?;
+    super::control::propose_admin(&st, control, signed).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"anonymous_inference": req.enabled}),
+    ))
+}
