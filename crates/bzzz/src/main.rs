@@ -8,11 +8,22 @@ use bzzz::cli::{
     Cli, Cmd, ConfigCmd, DhtCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd,
 };
 use bzzz::config::{self, Config, LogFormat, Overrides};
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // Setup and recovery read their password file themselves (it may be
+    // a new password); every other command sends its credential.
+    if !matches!(cli.cmd, Cmd::Init(_) | Cmd::Recover(_) | Cmd::Node { .. })
+        && let Err(e) = bzzz::cli::install_credential(&matches)
+    {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -11,6 +11,64 @@ use serde::de::DeserializeOwned;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A credential the CLI sends: the operator password (user `admin`, HTTP
+/// Basic) or an API key (`Authorization: Bearer`).
+#[derive(Debug, Clone)]
+pub enum Credential {
+    Operator(OperatorPassword),
+    ApiKey(bzzz_proto::cluster::WireSecret),
+}
+
+impl Credential {
+    /// The `Authorization` header value.
+    pub fn header(&self) -> zeroize::Zeroizing<String> {
+        match self {
+            Credential::Operator(p) => basic_auth(p),
+            Credential::ApiKey(k) => zeroize::Zeroizing::new(format!("Bearer {}", k.expose())),
+        }
+    }
+
+    /// Reads the credential the options name: `--api-key-file`, then
+    /// `BZZZ_API_KEY` (the key itself), then `--operator-password-file`.
+    pub fn from_options(
+        api_key_file: Option<&std::path::Path>,
+        operator_password_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Option<Self>> {
+        if let Some(p) = api_key_file {
+            let k = read_first_line(p, "API key")?;
+            return Ok(Some(Credential::ApiKey(
+                bzzz_proto::cluster::WireSecret::new(k.trim().to_owned()),
+            )));
+        }
+        if let Ok(k) = std::env::var("BZZZ_API_KEY")
+            && !k.trim().is_empty()
+        {
+            return Ok(Some(Credential::ApiKey(
+                bzzz_proto::cluster::WireSecret::new(k.trim().to_owned()),
+            )));
+        }
+        operator_password_file
+            .map(|p| read_password_file(p, false).map(Credential::Operator))
+            .transpose()
+    }
+}
+
+/// The credential of this process (from the command's options), sent
+/// with every request that names none itself.
+static GLOBAL: std::sync::OnceLock<Credential> = std::sync::OnceLock::new();
+
+/// Sets the process's credential (once; later calls are ignored).
+pub fn set_credential(c: Credential) {
+    let _ = GLOBAL.set(c);
+}
+
+fn with_auth(req: reqwest::RequestBuilder, auth: Option<&Credential>) -> reqwest::RequestBuilder {
+    match auth.or(GLOBAL.get()) {
+        Some(c) => req.header(reqwest::header::AUTHORIZATION, c.header().as_str()),
+        None => req,
+    }
+}
+
 /// Checks and normalizes an `--api` URL.
 pub fn api_base(url: &str) -> anyhow::Result<String> {
     let u = url.trim().trim_end_matches('/');
@@ -58,8 +116,7 @@ async fn success(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest:
 pub async fn get<T: DeserializeOwned>(api: &str, path: &str) -> anyhow::Result<T> {
     let base = api_base(api)?;
     let url = format!("{base}{path}");
-    let resp = client()?
-        .get(&url)
+    let resp = with_auth(client()?.get(&url), None)
         .send()
         .await
         .with_context(|| unreachable(&base))?;
@@ -78,17 +135,17 @@ pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
     api: &str,
     path: &str,
     body: &B,
-    auth: Option<&OperatorPassword>,
+    auth: Option<&Credential>,
 ) -> anyhow::Result<T> {
     let base = api_base(api)?;
     let url = format!("{base}{path}");
-    let mut req = client()?
-        .post(&url)
-        .json(body)
-        .timeout(Duration::from_secs(60));
-    if let Some(p) = auth {
-        req = req.header(reqwest::header::AUTHORIZATION, basic_auth(p).as_str());
-    }
+    let req = with_auth(
+        client()?
+            .post(&url)
+            .json(body)
+            .timeout(Duration::from_secs(60)),
+        auth,
+    );
     let resp = req.send().await.with_context(|| unreachable(&base))?;
     let code = resp.status();
     let text = resp.text().await.unwrap_or_default();
@@ -107,18 +164,20 @@ pub async fn send<T: DeserializeOwned>(
     method: reqwest::Method,
     path: &str,
     body: Option<reqwest::Body>,
-    auth: Option<&OperatorPassword>,
+    auth: Option<&Credential>,
     timeout: Duration,
     not_found_ok: bool,
 ) -> anyhow::Result<Option<T>> {
     let base = api_base(api)?;
     let url = format!("{base}{path}");
-    let mut req = client()?.request(method, &url).timeout(timeout);
+    // Bodies are JSON except uploads (PUT).
+    let json_body = method != reqwest::Method::PUT;
+    let mut req = with_auth(client()?.request(method, &url).timeout(timeout), auth);
     if let Some(b) = body {
+        if json_body {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
         req = req.body(b);
-    }
-    if let Some(p) = auth {
-        req = req.header(reqwest::header::AUTHORIZATION, basic_auth(p).as_str());
     }
     let resp = req.send().await.with_context(|| unreachable(&base))?;
     let code = resp.status();
@@ -152,7 +211,7 @@ pub struct SseReader {
 }
 
 impl SseReader {
-    pub async fn open(api: &str, path: &str, auth: &OperatorPassword) -> anyhow::Result<Self> {
+    pub async fn open(api: &str, path: &str, auth: &Credential) -> anyhow::Result<Self> {
         let base = api_base(api)?;
         let c = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -161,7 +220,7 @@ impl SseReader {
             .context("cannot build an HTTP client")?;
         let resp = c
             .get(format!("{base}{path}"))
-            .header(reqwest::header::AUTHORIZATION, basic_auth(auth).as_str())
+            .header(reqwest::header::AUTHORIZATION, auth.header().as_str())
             .send()
             .await
             .with_context(|| unreachable(&base))?;

@@ -2,7 +2,7 @@
 
 use bzzz_proto::api::{Applied, LeaderInfo};
 
-use super::client::{get, post, read_password_file};
+use super::client::{get, post};
 use super::{ReadArgs, RoleArgs};
 
 pub async fn leader(a: &ReadArgs) -> anyhow::Result<()> {
@@ -23,7 +23,7 @@ pub async fn leader(a: &ReadArgs) -> anyhow::Result<()> {
 }
 
 pub async fn role_create(a: &RoleArgs) -> anyhow::Result<()> {
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let authority: bzzz_proto::cluster::Authority = a
         .authority
         .parse()

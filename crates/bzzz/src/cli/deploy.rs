@@ -12,10 +12,10 @@ use bzzz_deploy::job::{Done, Event, State};
 use bzzz_proto::api::DeployStarted;
 
 use super::DeployArgs;
-use super::client::{SseReader, post, read_first_line, read_password_file};
+use super::client::{SseReader, post, read_first_line};
 
 pub async fn deploy(a: &DeployArgs) -> anyhow::Result<bool> {
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let hosts = match a.hosts.strip_prefix('@') {
         Some(file) => std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the host file {file}"))?,

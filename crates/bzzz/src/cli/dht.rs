@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use bzzz_proto::dht::{HistoryEntry, ListEntry, PutRequest, PutResult, RecordView};
 
-use super::client::{get, post, read_password_file};
+use super::client::{get, post};
 use super::{DhtAddrArgs, DhtLsArgs, DhtPutArgs, MigrateArgs};
 
 fn q(s: &str) -> String {
@@ -13,7 +13,7 @@ fn q(s: &str) -> String {
 }
 
 pub async fn put(a: &DhtPutArgs) -> anyhow::Result<()> {
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let req = match (&a.value, &a.file) {
         (Some(v), None) => PutRequest {
             address: a.address.clone(),
@@ -210,7 +210,7 @@ pub async fn migrate(a: &MigrateArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let mut versions = Vec::new();
     for (address, value) in puts {
         let r: PutResult = post(

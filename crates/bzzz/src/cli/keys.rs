@@ -27,7 +27,7 @@ async fn confirm(
 }
 
 pub async fn init(a: &InitArgs) -> anyhow::Result<()> {
-    let password = read_password_file(&a.op.operator_password_file, true)?;
+    let password = read_password_file(a.op.operator_password_path()?, true)?;
     let started: SetupStarted = post(
         &a.op.api,
         "/api/v1/setup",
@@ -205,7 +205,7 @@ pub async fn keys_status(a: &ReadArgs) -> anyhow::Result<()> {
 }
 
 pub async fn keys_sign(a: &SignArgs) -> anyhow::Result<()> {
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let body = SignRequest {
         message: a.message.clone(),
         signers: (!a.signers.is_empty()).then(|| a.signers.clone()),
@@ -230,7 +230,7 @@ pub async fn keys_sign(a: &SignArgs) -> anyhow::Result<()> {
 }
 
 pub async fn token_create(a: &TokenArgs) -> anyhow::Result<()> {
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let ttl: Duration = a.ttl.into();
     let body = TokenRequest {
         ttl_secs: Some(ttl.as_secs()),

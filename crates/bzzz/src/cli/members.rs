@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bzzz_proto::api::{KeysStatus, MemberView, PolicyRequest};
 
-use super::client::{get, post, read_password_file, send};
+use super::client::{get, post, send};
 use super::{MemberRemoveArgs, PolicyArgs, ReadArgs};
 
 pub async fn ls(a: &ReadArgs) -> anyhow::Result<()> {
@@ -43,7 +43,7 @@ fn human(secs: u64) -> String {
 }
 
 pub async fn remove(a: &MemberRemoveArgs) -> anyhow::Result<()> {
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let r: Option<serde_json::Value> = send(
         &a.op.api,
         reqwest::Method::DELETE,
@@ -69,7 +69,7 @@ pub async fn remove(a: &MemberRemoveArgs) -> anyhow::Result<()> {
 }
 
 pub async fn policy(a: &PolicyArgs) -> anyhow::Result<()> {
-    let password = read_password_file(&a.op.operator_password_file, false)?;
+    let password = a.op.credential()?;
     let s: KeysStatus = post(
         &a.op.api,
         "/api/v1/keys/policy",

@@ -363,12 +363,40 @@ pub struct OperatorArgs {
         value_name = "URL"
     )]
     pub api: String,
-    /// File whose first line is the operator password (keeps it out of the process list).
+    /// File whose first line is the operator password (user admin; keeps it
+    /// out of the process list). Actions signed by the cluster admin key
+    /// (roles, members, tokens, policy, deploy) need it.
     #[arg(long, value_name = "PATH")]
-    pub operator_password_file: PathBuf,
+    pub operator_password_file: Option<PathBuf>,
+    /// File whose first line is an API key (`bzzz apikey create`); the
+    /// environment variable BZZZ_API_KEY may hold the key itself instead.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+impl OperatorArgs {
+    /// The credential these options name (an error when there is none).
+    pub fn credential(&self) -> anyhow::Result<client::Credential> {
+        client::Credential::from_options(
+            self.api_key_file.as_deref(),
+            self.operator_password_file.as_deref(),
+        )?
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "a credential is needed: --operator-password-file F, --api-key-file F or BZZZ_API_KEY"
+            )
+        })
+    }
+
+    /// The operator password (for setup and recovery, which create it).
+    pub fn operator_password_path(&self) -> anyhow::Result<&std::path::Path> {
+        self.operator_password_file
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--operator-password-file is required"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -477,6 +505,30 @@ pub struct ReadArgs {
     /// Print JSON (stable fields) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// File whose first line is an API key (or BZZZ_API_KEY: the key).
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+    /// File whose first line is the operator password (user admin).
+    #[arg(long, value_name = "PATH")]
+    pub operator_password_file: Option<PathBuf>,
+}
+
+/// Reads the credential the command line names (`--api-key-file`,
+/// `BZZZ_API_KEY`, `--operator-password-file`, on whichever subcommand)
+/// and sends it with every request of this process.
+pub fn install_credential(m: &clap::ArgMatches) -> anyhow::Result<()> {
+    let mut m = m;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    let get = |id: &str| m.try_get_one::<PathBuf>(id).ok().flatten().cloned();
+    if let Some(c) = client::Credential::from_options(
+        get("api_key_file").as_deref(),
+        get("operator_password_file").as_deref(),
+    )? {
+        client::set_credential(c);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]

@@ -9,14 +9,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use bzzz_crypto::operator::OperatorPassword;
 use bzzz_models::ollama::{self, Prepared, Source};
 use bzzz_proto::NodeId;
 use bzzz_proto::models::{AddModel, AddedModel, BlobStored, ModelName, ModelStatus, ReplicaState};
 use futures::StreamExt as _;
 use reqwest::Method;
 
-use super::client::{get, read_password_file, send};
+use super::client::{get, send};
 use super::{ModelAddArgs, ModelNameArgs, ModelRmArgs, ReadArgs};
 
 fn encode_name(n: &ModelName) -> String {
@@ -81,7 +80,7 @@ fn prepare(a: &ModelAddArgs) -> anyhow::Result<(ModelName, Prepared)> {
 
 async fn upload(
     api: &str,
-    pw: &OperatorPassword,
+    pw: &super::client::Credential,
     layer: &ollama::Layer,
     src: &Source,
     json: bool,
@@ -134,7 +133,7 @@ async fn upload(
 }
 
 pub async fn add(a: &ModelAddArgs) -> anyhow::Result<()> {
-    let pw = read_password_file(&a.op.operator_password_file, false)?;
+    let pw = a.op.credential()?;
     let (name, prep) = prepare(a)?;
     for (layer, src) in &prep.blobs {
         upload(&a.op.api, &pw, layer, src, a.op.json).await?;
@@ -299,7 +298,7 @@ pub async fn ls(a: &ReadArgs) -> anyhow::Result<()> {
 }
 
 pub async fn rm(a: &ModelRmArgs) -> anyhow::Result<()> {
-    let pw = read_password_file(&a.op.operator_password_file, false)?;
+    let pw = a.op.credential()?;
     let name = ModelName::parse(&a.name).map_err(|e| anyhow::anyhow!("{e}"))?;
     let r: serde_json::Value = send(
         &a.op.api,

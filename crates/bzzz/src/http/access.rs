@@ -215,7 +215,10 @@ async fn api_user_rm(
         AccessChange::UserRemove { name: name.clone() },
     )
     .await?;
-    Ok(json(StatusCode::OK, &json!({"name": name, "removed": true})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"name": name, "removed": true}),
+    ))
 }
 
 /// The user a caller is (`admin` for the operator), if any.
@@ -319,12 +322,12 @@ async fn api_audit(State(st): S, Query(q): Query<AuditQuery>) -> Result<Response
     let head = c.with_state(|s| s.audit_head.clone());
     let limit = q.limit.unwrap_or(AUDIT_PAGE).clamp(1, AUDIT_PAGE);
     let entries = match c.audit_path() {
-        Some(path) => tokio::task::spawn_blocking(move || {
-            bzzz_control::audit::read(&path, q.since, limit)
-        })
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+        Some(path) => {
+            tokio::task::spawn_blocking(move || bzzz_control::audit::read(&path, q.since, limit))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        }
         None => Vec::new(),
     };
     Ok(json(

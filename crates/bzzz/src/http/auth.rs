@@ -143,7 +143,12 @@ pub fn forbidden(action: Action, resource: &Resource, d: &Decision) -> ApiError 
 }
 
 /// Whether `caller` may do `action` on `resource` by the roles in force.
-pub fn decide_for(st: &crate::node::AppState, roles: &[String], action: Action, resource: &Resource) -> Decision {
+pub fn decide_for(
+    st: &crate::node::AppState,
+    roles: &[String],
+    action: Action,
+    resource: &Resource,
+) -> Decision {
     match st.control.get() {
         Some(c) => c.with_state(|s| decide(roles, &s.roles, action, resource)),
         None => decide(roles, &Default::default(), action, resource),
@@ -159,13 +164,17 @@ pub fn authorize(
     resource: &Resource,
 ) -> Result<(), ApiError> {
     let Some(c) = p.caller() else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "credential required"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "credential required",
+        ));
     };
     let d = decide_for(st, &c.roles, action, resource);
     if d.allowed {
         return Ok(());
     }
-    st.access.deny(&c.id, action.as_str(), &resource.to_string());
+    st.access
+        .deny(&c.id, action.as_str(), &resource.to_string());
     Err(forbidden(action, resource, &d))
 }
 
@@ -302,11 +311,7 @@ fn some_model(
 
 /// Reads what the route's [`Res`] needs from the request (the body is
 /// read, bounded by the route's limit, and put back).
-async fn resources_of(
-    req: Request,
-    res: Res,
-    limit: usize,
-) -> Result<(Request, Named), ApiError> {
+async fn resources_of(req: Request, res: Res, limit: usize) -> Result<(Request, Named), ApiError> {
     let one = |r| Named::One(r);
     Ok(match res {
         Res::Is(f) => (req, one(Resource::Fixed(f))),
@@ -320,7 +325,10 @@ async fn resources_of(
                 .await
                 .map_err(|e| ApiError::invalid(e.to_string()))?;
             let name = params.get("name").cloned().unwrap_or_default();
-            (Request::from_parts(parts, body), one(Resource::Model(model_name(&name))))
+            (
+                Request::from_parts(parts, body),
+                one(Resource::Model(model_name(&name))),
+            )
         }
         Res::AddressInQuery => {
             let q = req.uri().query().unwrap_or("");

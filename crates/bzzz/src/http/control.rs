@@ -10,12 +10,11 @@ use bzzz_proto::api::{Applied, RegistrySet};
 use bzzz_proto::cluster::{AdminAction, AdminChange, RECORD_VERSION, RoleDef, Signed};
 use serde_json::json;
 
-use super::{Action, Fixed, Res, ApiError, Operator, Permission, Route, Shared, json, parse};
+use super::{Action, ApiError, Fixed, Operator, Permission, Res, Route, Shared, json, parse};
 
 type S = State<Shared>;
 
 pub fn routes() -> Vec<Route> {
-    
     vec![
         Route::api(
             Method::GET,
@@ -197,7 +196,11 @@ fn role_keys_for(
 /// `POST /api/v1/admin/changes` (operator): commits an already signed admin
 /// change (`{"body": …, "signature": …}`) as is. Every node checks the
 /// signature when applying it; an unsigned or forged one is refused (422).
-async fn api_admin_change(State(st): S, _: super::Principal, body: Bytes) -> Result<Response, ApiError> {
+async fn api_admin_change(
+    State(st): S,
+    _: super::Principal,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let change: Signed = parse(&body, "signed change")?;
     propose_admin(&st, control(&st)?, change).await
 }
@@ -211,7 +214,11 @@ async fn api_registry(State(st): S) -> Result<Response, ApiError> {
 
 /// `POST /api/v1/registry` (operator): sets a key; 200 only once the write
 /// is committed by a quorum (acknowledged), 503 when no quorum is reachable.
-async fn api_registry_set(State(st): S, p: super::Principal, body: Bytes) -> Result<Response, ApiError> {
+async fn api_registry_set(
+    State(st): S,
+    p: super::Principal,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let b: RegistrySet = parse(&body, "registry write")?;
     let cmd = crate::access::audited(
         &st,

@@ -23,7 +23,7 @@ use bzzz_deploy::job::Event;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Action, Res, ApiError, Operator, Permission, Route, Shared, json, no_store, parse};
+use super::{Action, ApiError, Operator, Permission, Res, Route, Shared, json, no_store, parse};
 use crate::deploy::{DeployRequest, StartError, lock, pinned};
 
 type S = State<Shared>;

@@ -36,7 +36,6 @@ use super::{Action, ApiError, Fixed, Permission, Principal, Res, Route, Shared, 
 type S = State<Shared>;
 
 pub fn routes() -> Vec<Route> {
-    
     let addr_param =
         json!([{"name": "address", "in": "query", "required": true, "schema": {"type": "string"}}]);
     vec![
@@ -178,9 +177,14 @@ async fn api_put(State(st): S, p: Principal, body: Bytes) -> Result<Response, Re
         )
         .into_response()
     };
-    crate::access::record(&st, &caller.id, Action::Write, &Resource::Ucxl(addr.clone()))
-        .await
-        .map_err(IntoResponse::into_response)?;
+    crate::access::record(
+        &st,
+        &caller.id,
+        Action::Write,
+        &Resource::Ucxl(addr.clone()),
+    )
+    .await
+    .map_err(IntoResponse::into_response)?;
     let value = match (&req.value, &req.value_base64) {
         (Some(v), None) => v.as_bytes().to_vec(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
@@ -283,10 +287,7 @@ async fn api_get(
 /// transport failure is passed through.
 async fn forward_get(st: &Shared, headers: &HeaderMap, addr: &Address) -> Option<Response> {
     let chain = bzzz_proto::dht::chain_of(addr)?;
-    let readers = st
-        .control
-        .get()?
-        .with_state(|s| s.chain_readers(&chain));
+    let readers = st.control.get()?.with_state(|s| s.chain_readers(&chain));
     let me = st.net.local_id().clone();
     let q = serde_urlencoded::to_string([("address", addr.to_string())]).ok()?;
     for node in readers.into_iter().filter(|n| *n != me) {

@@ -21,7 +21,7 @@ use bzzz_proto::models::ModelName;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use super::{Action, Fixed, Res, Permission, Route, Shared};
+use super::{Action, Fixed, Permission, Res, Route, Shared};
 
 /// Largest request accepted (a long prompt fits; a runaway one does not).
 pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
@@ -31,7 +31,6 @@ pub const HOP: &str = "x-bzzz-hop";
 const PARK: Duration = Duration::from_secs(10);
 
 pub fn routes() -> Vec<Route> {
-    
     vec![
         Route::api(
             Method::GET,
@@ -425,7 +424,13 @@ async fn route_request(
         *lock(&r.in_flight).entry(node.clone()).or_default() += 1;
         let guard = InFlight(r.clone(), node.clone());
         let auth = headers.get(header::AUTHORIZATION);
-        match send(&format!("http://{addr}{}", dialect.path()), &body, Some(auth)).await {
+        match send(
+            &format!("http://{addr}{}", dialect.path()),
+            &body,
+            Some(auth),
+        )
+        .await
+        {
             Ok(resp) => {
                 *served = Some(node.to_string());
                 return pass_through(resp, Some(guard));

@@ -18,7 +18,9 @@ use bzzz_proto::cluster::WireSecret;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Action, Fixed, Res, ApiError, Operator, Permission, Route, Shared, json, parse, setup_locked};
+use super::{
+    Action, ApiError, Fixed, Operator, Permission, Res, Route, Shared, json, parse, setup_locked,
+};
 
 type S = State<Shared>;
 

@@ -17,12 +17,11 @@ use bzzz_proto::api::{MemberView, PolicyRequest};
 use bzzz_proto::cluster::{AdminAction, KeyPolicy};
 use serde_json::json;
 
-use super::{Action, Fixed, Res, ApiError, Operator, Permission, Route, Shared, json, parse};
+use super::{Action, ApiError, Fixed, Operator, Permission, Res, Route, Shared, json, parse};
 
 type S = State<Shared>;
 
 pub fn routes() -> Vec<Route> {
-    
     vec![
         Route::api(
             Method::GET,

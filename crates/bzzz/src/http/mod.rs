@@ -312,7 +312,10 @@ impl ApiError {
         let body = auth::forbidden_body(action, resource, rule);
         Self {
             status: StatusCode::FORBIDDEN,
-            message: body["error"].as_str().unwrap_or("permission denied").to_owned(),
+            message: body["error"]
+                .as_str()
+                .unwrap_or("permission denied")
+                .to_owned(),
             body: Some(body),
         }
     }

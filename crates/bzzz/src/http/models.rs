@@ -26,7 +26,7 @@ use bzzz_proto::models::{
 use futures::StreamExt as _;
 use serde_json::json;
 
-use super::{Action, Fixed, Res, ApiError, Permission, Route, Shared, json, parse};
+use super::{Action, ApiError, Fixed, Permission, Res, Route, Shared, json, parse};
 
 type S = State<Shared>;
 
@@ -38,7 +38,6 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const PROGRESS_TIMEOUT: Duration = Duration::from_millis(1500);
 
 pub fn routes() -> Vec<Route> {
-    
     vec![
         Route::api(
             Method::GET,
@@ -93,6 +92,7 @@ pub fn routes() -> Vec<Route> {
                                {"name": "size", "in": "query", "required": true, "schema": {"type": "integer"}}],
                 "responses": {"200": {"description": "{digest, size}"}, "422": {"description": "Digest or size mismatch"}}}),
         )
+        .raw_body()
         .body_limit(MAX_BLOB as usize)
         .timeout(UPLOAD_TIMEOUT),
     ]

@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use serde_json::{Map, Value, json};
 
 use super::inference::{Dialect, MAX_REQUEST, dispatch};
-use super::{Action, Res, Permission, Route, Shared};
+use super::{Action, Permission, Res, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
     let long = std::time::Duration::from_secs(3600);

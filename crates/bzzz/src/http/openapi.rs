@@ -15,8 +15,9 @@ pub fn document() -> Value {
         if matches!(r.permission, Permission::Need(..) | Permission::Principal) {
             op["security"] = json!([{"apiKey": []}, {"basic": []}]);
             if let Some(resp) = op["responses"].as_object_mut() {
-                resp.entry("401")
-                    .or_insert(json!({"description": "No credential, or a wrong, revoked or expired one"}));
+                resp.entry("401").or_insert(
+                    json!({"description": "No credential, or a wrong, revoked or expired one"}),
+                );
                 resp.entry("403").or_insert(
                     json!({"description": "The caller's roles lack the permission: {error, action, resource, rule}"}),
                 );

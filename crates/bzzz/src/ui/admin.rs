@@ -16,9 +16,9 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout;
-use crate::http::{Action, Fixed, Res};
 use super::setup::form;
 use crate::http::auth::{SESSION_COOKIE, client_of, session_id};
+use crate::http::{Action, Fixed, Res};
 use crate::http::{Operator, Permission, Route, Shared, see_other, status_of_kind};
 
 type S = State<Shared>;
@@ -29,7 +29,12 @@ pub fn routes() -> Vec<Route> {
         Route::page(Method::GET, "/login", Public, get(login_page)),
         Route::page(Method::POST, "/login", Public, post(login_form)),
         Route::page(Method::POST, "/logout", Public, post(logout_form)),
-        Route::page(Method::GET, "/admin", Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)), get(admin_page)),
+        Route::page(
+            Method::GET,
+            "/admin",
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
+            get(admin_page),
+        ),
         Route::page(
             Method::POST,
             "/admin/token",

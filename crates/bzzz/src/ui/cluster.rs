@@ -13,14 +13,19 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::layout;
-use crate::http::{Action, Fixed, Res};
 use crate::http::auth::Operator;
 use crate::http::members::{member_views, remove_member};
+use crate::http::{Action, Fixed, Res};
 use crate::http::{Permission, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
     vec![
-        Route::page(Method::GET, "/cluster", Permission::Need(Action::Read, Res::Is(Fixed::Cluster)), get(page)),
+        Route::page(
+            Method::GET,
+            "/cluster",
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
+            get(page),
+        ),
         Route::page(
             Method::POST,
             "/cluster/remove",
