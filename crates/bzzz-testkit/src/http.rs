@@ -12,8 +12,36 @@ pub fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
     request(addr, "GET", path, &[], "")
 }
 
-/// Any method, extra headers, a body (sent as JSON); returns (status, body).
+/// Any method, extra headers, a body (sent as JSON); returns (status,
+/// body). Without an `Authorization` header of its own, the request
+/// carries the operator credential of [`crate::act_as_operator`], if any.
 pub fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let own = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    match crate::operator() {
+        Some((_, pw)) if !own => {
+            use base64::Engine as _;
+            let v = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("admin:{pw}"))
+            );
+            let mut all = headers.to_vec();
+            all.push(("Authorization", &v));
+            raw(addr, method, path, &all, body)
+        }
+        _ => raw(addr, method, path, headers, body),
+    }
+}
+
+/// [`request`] exactly as given: no credential added.
+pub fn raw(
     addr: &str,
     method: &str,
     path: &str,

@@ -46,8 +46,13 @@ pub fn available() -> bool {
 }
 
 fn run(args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
+    let mut c = Command::new(args[0]);
+    c.args(&args[1..]);
+    // bzzz commands act as the operator once the lab set one.
+    if let Some((file, _)) = crate::operator() {
+        c.env("BZZZ_OPERATOR_PASSWORD_FILE", file);
+    }
+    let out = c
         .output()
         .with_context(|| format!("cannot run {}", args[0]))?;
     Ok(out)
@@ -400,6 +405,7 @@ impl Lab {
     pub fn init_cluster(&self, i: usize, cluster: &str, password: &str) -> anyhow::Result<()> {
         let pw = self.dir.path().join("operator-password");
         std::fs::write(&pw, format!("{password}\n"))?;
+        crate::act_as_operator(&pw, password);
         let api = format!("http://{}:8080", self.host(i).ip);
         let bin = self.bin.to_string_lossy().into_owned();
         let out = self.exec(

@@ -47,11 +47,43 @@ pub fn wait_until<T>(
 
 /// Runs the `bzzz` binary `bin` with `args` (no `BZZZ_API` inherited).
 pub fn cli(bin: &str, args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(bin);
+    c.args(args)
+        .env_remove("BZZZ_API")
+        .env_remove("BZZZ_API_KEY");
+    match operator() {
+        Some((file, _)) => c.env("BZZZ_OPERATOR_PASSWORD_FILE", file),
+        None => c.env_remove("BZZZ_OPERATOR_PASSWORD_FILE"),
+    };
+    c.output().expect("run bzzz")
+}
+
+/// [`cli`] without any credential (no operator password file in the
+/// environment): what an anonymous caller gets.
+pub fn cli_anonymous(bin: &str, args: &[&str]) -> std::process::Output {
     Command::new(bin)
         .args(args)
         .env_remove("BZZZ_API")
+        .env_remove("BZZZ_API_KEY")
+        .env_remove("BZZZ_OPERATOR_PASSWORD_FILE")
         .output()
         .expect("run bzzz")
+}
+
+/// The operator credential this test process acts with (set by
+/// [`LocalCluster::init`] and the lab's `init_cluster`): the CLI gets it
+/// as `BZZZ_OPERATOR_PASSWORD_FILE`, [`http`] as HTTP Basic (user admin).
+static OPERATOR: std::sync::Mutex<Option<(PathBuf, String)>> = std::sync::Mutex::new(None);
+
+/// Acts as the operator with this password (file and text) from now on.
+pub fn act_as_operator(file: &Path, password: &str) {
+    *OPERATOR.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((file.to_path_buf(), password.to_owned()));
+}
+
+/// The operator credential set by [`act_as_operator`], if any.
+pub fn operator() -> Option<(PathBuf, String)> {
+    OPERATOR.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 /// [`cli`], which must succeed and print JSON (panics with its stderr).
@@ -337,6 +369,7 @@ impl LocalCluster {
     pub fn init(&self, i: usize, password: &str) -> anyhow::Result<String> {
         let pw = self.dir.path().join("operator-password");
         std::fs::write(&pw, format!("{password}\n"))?;
+        act_as_operator(&pw, password);
         let pw = pw.to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
         let api = self.nodes[i].api();

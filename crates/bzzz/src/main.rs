@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use bzzz::cli::{
-    Cli, Cmd, ConfigCmd, DhtCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd, RoleCmd, RunArgs, TokenCmd,
+    ApikeyCmd, AuditCmd, Cli, Cmd, ConfigCmd, DhtCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd,
+    RoleCmd, RunArgs, TokenCmd, UserCmd,
 };
 use bzzz::config::{self, Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
@@ -131,6 +132,20 @@ async fn dispatch(cli: Cli) -> ExitCode {
             ModelCmd::Ls(a) => bzzz::cli::models::ls(&a).await,
             ModelCmd::Status(a) => bzzz::cli::models::status(&a).await,
             ModelCmd::Rm(a) => bzzz::cli::models::rm(&a).await,
+        }),
+        Cmd::User { cmd } => report(match cmd {
+            UserCmd::Add(a) => bzzz::cli::access::user_add(&a).await,
+            UserCmd::Ls(a) => bzzz::cli::access::user_ls(&a).await,
+            UserCmd::Rm(a) => bzzz::cli::access::user_rm(&a).await,
+        }),
+        Cmd::Apikey { cmd } => report(match cmd {
+            ApikeyCmd::Create(a) => bzzz::cli::access::apikey_create(&a).await,
+            ApikeyCmd::Ls(a) => bzzz::cli::access::apikey_ls(&a).await,
+            ApikeyCmd::Revoke(a) => bzzz::cli::access::apikey_revoke(&a).await,
+        }),
+        Cmd::Audit { cmd } => report(match cmd {
+            AuditCmd::Ls(a) => bzzz::cli::access::audit_ls(&a).await,
+            AuditCmd::Verify(a) => bzzz::cli::access::audit_verify(&a).await,
         }),
         Cmd::Config {
             cmd: ConfigCmd::Example,

@@ -7,6 +7,7 @@
 //! (`client`: request and response types from `bzzz_proto::api`, one
 //! Server-Sent Events reader).
 
+pub mod access;
 pub mod client;
 pub mod control;
 pub mod deploy;
@@ -98,6 +99,103 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: DhtCmd,
     },
+    /// Users (SPEC §9): people with a password and roles. The operator is
+    /// the user `admin`.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+    /// API keys (SPEC §9): for scripts and agents; `bzzz_…`, shown once,
+    /// stored as a hash, bound to a role (and a user), revocable.
+    Apikey {
+        #[command(subcommand)]
+        cmd: ApikeyCmd,
+    },
+    /// The audit log (SPEC §9): every privileged action and refusal, hash
+    /// chained, signed by the accepting node, replicated through Raft.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Add (or replace) a user; the caller must hold every role it grants.
+    Add(UserAddArgs),
+    /// List users and their roles (never passwords).
+    Ls(ReadArgs),
+    /// Remove a user; its API keys stop working at once.
+    Rm(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserAddArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// User name (a-z, 0-9, '-', '_'; not `admin`).
+    pub name: String,
+    /// A role the user holds (repeatable, at least one).
+    #[arg(long = "role", value_name = "ROLE", required = true)]
+    pub roles: Vec<String>,
+    /// File whose first line is the user's password (at least 12 characters).
+    #[arg(long, value_name = "PATH")]
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// The user name or key id.
+    pub name: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCmd {
+    /// Create a key; `--json` prints `{id, secret, …}` (the secret only this once).
+    Create(ApiKeyCreateArgs),
+    /// List keys (never secrets): all with manage on keys, else your own.
+    Ls(ReadArgs),
+    /// Revoke a key: every node refuses it as soon as it applies the change.
+    Revoke(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiKeyCreateArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// The role the key acts with.
+    #[arg(long, value_name = "ROLE")]
+    pub role: String,
+    /// Bind the key to a user (it dies with the user and acts only while
+    /// the user holds the role).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// A label for people.
+    #[arg(long, value_name = "LABEL")]
+    pub name: Option<String>,
+    /// Validity, e.g. 30d, 12h (default: until revoked).
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<humantime::Duration>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Entries this node holds, oldest first.
+    Ls(AuditLsArgs),
+    /// Check every hash, link and signature here; exit 1 naming the first
+    /// bad `seq`.
+    Verify(ReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditLsArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Only entries after this sequence number.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub since: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -366,7 +464,7 @@ pub struct OperatorArgs {
     /// File whose first line is the operator password (user admin; keeps it
     /// out of the process list). Actions signed by the cluster admin key
     /// (roles, members, tokens, policy, deploy) need it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "BZZZ_OPERATOR_PASSWORD_FILE", value_name = "PATH")]
     pub operator_password_file: Option<PathBuf>,
     /// File whose first line is an API key (`bzzz apikey create`); the
     /// environment variable BZZZ_API_KEY may hold the key itself instead.
@@ -509,7 +607,7 @@ pub struct ReadArgs {
     #[arg(long, value_name = "PATH")]
     pub api_key_file: Option<PathBuf>,
     /// File whose first line is the operator password (user admin).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "BZZZ_OPERATOR_PASSWORD_FILE", value_name = "PATH")]
     pub operator_password_file: Option<PathBuf>,
 }
 
