@@ -61,6 +61,7 @@ fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration
     // small machine one may blink out of view meanwhile: start again.
     let pw = c.dir.path().join("operator-password");
     std::fs::write(&pw, format!("{PASSWORD}\n"))?;
+    bzzz_testkit::act_as_operator(&pw, PASSWORD);
     let pw = pw.to_string_lossy().into_owned();
     let api0 = c.nodes[0].api();
     wait_until(

@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
     }
     let pw = c.dir.path().join("operator-password");
     std::fs::write(&pw, format!("{PASSWORD}\n"))?;
+    bzzz_testkit::act_as_operator(&pw, PASSWORD);
     let out = bzzz_testkit::cli(
         &bin.to_string_lossy(),
         &[

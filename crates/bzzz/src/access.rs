@@ -376,24 +376,44 @@ pub async fn commit(
     cmd: Option<bzzz_control::raft::Command>,
     access: Option<bzzz_control::access::AccessChange>,
 ) -> Result<Result<Option<String>, String>, ApiError> {
-    let control = st.control.get().ok_or_else(ApiError::no_control)?;
-    let r = control
-        .propose(bzzz_control::raft::Command::Audited {
-            notes,
-            cmd: cmd.map(Box::new),
-            access,
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the audit entry could not be committed, so nothing was done: {e}"),
-            )
-        })?;
+    let command = bzzz_control::raft::Command::Audited {
+        notes,
+        cmd: cmd.map(Box::new),
+        access,
+    };
+    // Right after setup (or an election) there may be no leader for a
+    // moment: wait for one a little while, then fail closed.
+    let until = Instant::now() + COMMIT_PATIENCE;
+    let r = loop {
+        let attempt = match st.control.get() {
+            Some(c) => c.propose(command.clone()).await,
+            None => Err("the control plane is not running yet".to_owned()),
+        };
+        match attempt {
+            Ok(r) => break r,
+            Err(e) if Instant::now() >= until || !retriable(&e) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the audit entry could not be committed, so nothing was done: {e}"),
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
     Ok(match r.rejected {
         Some(why) => Err(why),
         None => Ok(r.previous),
     })
+}
+
+/// How long a privileged request waits for a leader to record it.
+const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Failures that a moment may cure (no leader yet, the control plane
+/// starting); a write that timed out may have committed, so it is not
+/// retried.
+fn retriable(e: &str) -> bool {
+    e.contains("no leader") || e.contains("not running yet") || e.contains("has no address")
 }
 
 /// Records `action` on `resource` by `caller` before it is done (for

@@ -20,6 +20,7 @@ const RSS_LIMIT_KIB: u64 = 100 * 1024;
 fn init(c: &LocalCluster) {
     let pw = c.dir.path().join("operator-password");
     std::fs::write(&pw, format!("{PASSWORD}\n")).expect("write password");
+    bzzz_testkit::act_as_operator(&pw, PASSWORD);
     bzzz_testkit::cli_json(
         BIN,
         &[

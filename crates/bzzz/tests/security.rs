@@ -29,6 +29,7 @@ fn cli_json(args: &[&str]) -> Value {
 fn password_file(c: &LocalCluster) -> String {
     let p = c.dir.path().join("operator-password");
     std::fs::write(&p, format!("{PASSWORD}\n")).expect("write password");
+    bzzz_testkit::act_as_operator(&p, PASSWORD);
     p.to_string_lossy().into_owned()
 }
 

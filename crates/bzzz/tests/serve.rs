@@ -178,17 +178,45 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
     assert_eq!(code, 404);
     assert!(body.contains("\"error\""), "{body}");
 
-    // The real client libraries, against node C.
+    // The real client libraries, against node C, with API keys (SPEC §9):
+    // a backend_developer key may infer, an observer key may not, and no
+    // key is refused.
+    let key = |role: &str| -> String {
+        let v = bzzz_testkit::cli_json(
+            BIN,
+            &[
+                "apikey", "create", "--role", role, "--api", &c_api, "--json",
+            ],
+        );
+        v["secret"].as_str().expect("secret").to_owned()
+    };
+    let (dev_key, observer_key) = (key("backend_developer"), key("observer"));
+    assert!(dev_key.starts_with("bzzz_"));
     let script = format!(
         r#"
 import ollama, openai, sys
-c = ollama.Client(host="http://127.0.0.1:{ollama_port}")
+try:
+    openai.OpenAI(base_url="{c_api}/v1", api_key="{observer_key}").chat.completions.create(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], max_tokens=4)
+    raise SystemExit("an observer key was served")
+except openai.PermissionDeniedError as e:
+    assert "infer" in str(e), e
+try:
+    openai.OpenAI(base_url="{c_api}/v1", api_key="no-key").chat.completions.create(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], max_tokens=4)
+    raise SystemExit("a call without a key was served")
+except openai.AuthenticationError:
+    pass
+try:
+    ollama.Client(host="http://127.0.0.1:{ollama_port}").chat(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}])
+    raise SystemExit("an Ollama call without a key was served")
+except ollama.ResponseError as e:
+    assert e.status_code == 401, e
+c = ollama.Client(host="http://127.0.0.1:{ollama_port}", headers={{"Authorization": "Bearer {dev_key}"}})
 r = c.chat(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], options={{"num_predict": 6}})
 assert r.message.content, r
 parts = [p.message.content for p in c.chat(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], options={{"num_predict": 6}}, stream=True)]
 assert len(parts) >= 2, parts
 assert any(m.model == "smollm2:135m" for m in c.list().models)
-o = openai.OpenAI(base_url="{c_api}/v1", api_key="unused")
+o = openai.OpenAI(base_url="{c_api}/v1", api_key="{dev_key}")
 r = o.chat.completions.create(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], max_tokens=6)
 assert r.choices[0].message.content, r
 chunks = list(o.chat.completions.create(model="smollm2:135m", messages=[{{"role": "user", "content": "Hi"}}], max_tokens=6, stream=True))
@@ -423,9 +451,10 @@ fn two_replicas_share_the_load_and_survive_a_backend_crash() {
 }
 
 /// A backend already running on the node (`serve.backends`, an OpenAI
-/// server started by the test), a router that asks for the operator
-/// (`serve.require_auth`), and bad input: a huge body, clients that hang
-/// up mid-stream (no slot leaks: the node keeps answering).
+/// server started by the test), a router that refuses anonymous callers
+/// (after setup inference needs a credential; the caller's own is
+/// forwarded to the serving node), and bad input: a huge body, clients
+/// that hang up mid-stream (no slot leaks: the node keeps answering).
 #[test]
 fn configured_backends_auth_and_bad_input() {
     let Some((python, gguf)) = inputs() else {
@@ -479,7 +508,7 @@ fn configured_backends_auth_and_bad_input() {
     })
     .expect("b");
     let auth_cfg = c.dir.path().join("c.yaml");
-    std::fs::write(&auth_cfg, "serve:\n  require_auth: true\n").expect("config");
+    std::fs::write(&auth_cfg, "serve:\n  anonymous_inference: false\n").expect("config");
     let cn = c
         .add_node(&LocalOpts {
             extra_args: vec!["--config".into(), auth_cfg.to_string_lossy().into_owned()],
@@ -503,8 +532,13 @@ fn configured_backends_auth_and_bad_input() {
             .expect("request")
     };
     let ask = r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"stream":false,"options":{"num_predict":4}}"#;
-    // Anonymous callers are refused on the node that asks for the operator.
-    assert_eq!(post(&api, "/api/chat", ask).0, 401);
+    // Anonymous callers are refused.
+    assert_eq!(
+        bzzz_testkit::http::raw(&addr, "POST", "/api/chat", &[], ask)
+            .expect("request")
+            .0,
+        401
+    );
     wait_until(
         "served through the configured backend",
         Duration::from_secs(60),

@@ -177,14 +177,6 @@ async fn api_put(State(st): S, p: Principal, body: Bytes) -> Result<Response, Re
         )
         .into_response()
     };
-    crate::access::record(
-        &st,
-        &caller.id,
-        Action::Write,
-        &Resource::Ucxl(addr.clone()),
-    )
-    .await
-    .map_err(IntoResponse::into_response)?;
     let value = match (&req.value, &req.value_base64) {
         (Some(v), None) => v.as_bytes().to_vec(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
@@ -196,6 +188,14 @@ async fn api_put(State(st): S, p: Principal, body: Bytes) -> Result<Response, Re
             )));
         }
     };
+    crate::access::record(
+        &st,
+        &caller.id,
+        Action::Write,
+        &Resource::Ucxl(addr.clone()),
+    )
+    .await
+    .map_err(IntoResponse::into_response)?;
     sync(&st);
     let is_admin =
         addr.role == bzzz_proto::ucxl::Component::Name(bzzz_proto::dht::ADMIN_ROLE.into());
