@@ -4,7 +4,7 @@
 # plane, ansible for SSH deploys; openssh-server for the lab hosts' sshd).
 # The namespace-lab parts need root.
 #   scripts/bench.sh            # all
-#   scripts/bench.sh control    # one (mesh, keys, control, deploy, idle, models, serve, redeal, dht)
+#   scripts/bench.sh control    # one (mesh, keys, control, deploy, idle, models, serve, redeal, dht, access)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +18,7 @@ TEST_PYTHON="$(ensure_python_venv)"
 export TEST_SMOLLM2_GGUF TEST_PYTHON
 
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy idle models serve redeal dht)
+[ ${#benches[@]} -gt 0 ] || benches=(mesh keys control deploy idle models serve redeal dht access)
 for b in "${benches[@]}"; do
   echo "==> cargo bench -p bzzz --bench $b"
   cargo bench -p bzzz --bench "$b"

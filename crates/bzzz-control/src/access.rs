@@ -14,10 +14,9 @@
 //!   ([`crate::audit`]).
 
 use bzzz_proto::access::{
-    ADMIN_USER, ApiKeyRecord, AuditHead, AuditNote, AuditRecord, UserRecord, may_grant,
-    validate_user_name,
+    ADMIN_USER, Action, ApiKeyRecord, AuditHead, AuditNote, AuditRecord, Resource, decide,
+    may_grant, validate_user_name,
 };
-use serde::{Deserialize, Serialize};
 
 use crate::raft::ClusterState;
 
@@ -27,15 +26,7 @@ pub const MAX_KEYS: usize = 10_000;
 /// Most notes in one [`crate::raft::Command::Audited`].
 pub const MAX_NOTES: usize = 256;
 
-/// A change to users or API keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum AccessChange {
-    UserPut { user: UserRecord },
-    UserRemove { name: String },
-    KeyPut { key: ApiKeyRecord },
-    KeyRevoke { id: String, at: u64 },
-}
+pub use bzzz_proto::access::AccessChange;
 
 impl ClusterState {
     /// The roles a principal named in an audit note holds now (`admin`,
@@ -71,6 +62,36 @@ impl ClusterState {
         }
     }
 
+    /// Checks that `principal` (a user or a key) signed `change` as
+    /// recorded by `note`: the signature by the key its credential
+    /// derives. The operator's changes come admin-signed instead.
+    pub(crate) fn check_proof(
+        &self,
+        note: &AuditNote,
+        change: &AccessChange,
+        proof: Option<&str>,
+    ) -> Result<(), String> {
+        let principal = note.principal.as_str();
+        let public = if let Some(name) = principal.strip_prefix("user:") {
+            self.users.get(name).map(|u| u.public.clone())
+        } else if let Some(id) = principal.strip_prefix("key:") {
+            self.api_keys.get(id).map(|k| k.public.clone())
+        } else {
+            return Err(format!(
+                "changes to users and keys by {principal} must be signed by the admin key"
+            ));
+        };
+        let public =
+            public.ok_or_else(|| format!("{principal} is no principal of this cluster"))?;
+        let proof = proof.ok_or("a change to users and keys needs its principal's signature")?;
+        bzzz_crypto::access::verify_hex(
+            &public,
+            &bzzz_proto::access::proof_bytes(note, change),
+            proof,
+        )
+        .map_err(|_| format!("the signature of {principal} does not verify"))
+    }
+
     /// Applies a change to users or keys made by `principal`.
     pub(crate) fn apply_access(
         &mut self,
@@ -80,6 +101,15 @@ impl ClusterState {
         let held = self
             .principal_roles(principal)
             .ok_or_else(|| format!("{principal} is no principal of this cluster"))?;
+        let may = |r: &Resource| decide(&held, &self.roles, Action::Manage, r).allowed;
+        let (manages_users, manages_keys) = (may(&Resource::USERS), may(&Resource::KEYS));
+        let is_users = matches!(
+            change,
+            AccessChange::UserPut { .. } | AccessChange::UserRemove { .. }
+        );
+        if is_users && !manages_users {
+            return Err(format!("{principal} may not manage users"));
+        }
         match change {
             AccessChange::UserPut { user } => {
                 validate_user_name(&user.name)?;
@@ -96,10 +126,19 @@ impl ClusterState {
                     bzzz_proto::cluster::validate_cluster_name(r)
                         .map_err(|e| format!("role {r:?}: {e}"))?;
                 }
-                if !user.verifier.starts_with("$argon2id$") || user.verifier.len() > 512 {
+                let public_ok = user.public.len() == 64 && hex_ok(&user.public);
+                if !user.verifier.starts_with("$argon2id$")
+                    || user.verifier.len() > 512
+                    || !public_ok
+                {
                     return Err("a user's verifier is an Argon2id PHC string".into());
                 }
                 may_grant(&held, &user.roles)?;
+                // Replacing a user also needs every role it holds now (no
+                // taking over a stronger account).
+                if let Some(old) = self.users.get(&user.name) {
+                    may_grant(&held, &old.roles)?;
+                }
                 if !self.users.contains_key(&user.name) && self.users.len() >= MAX_USERS {
                     return Err(format!("too many users (at most {MAX_USERS})"));
                 }
@@ -118,11 +157,25 @@ impl ClusterState {
             AccessChange::KeyPut { key } => {
                 bzzz_proto::cluster::validate_cluster_name(&key.role)
                     .map_err(|e| format!("role {:?}: {e}", key.role))?;
-                if key.hash.len() != 64 || !key.id.starts_with('k') || key.id.len() != 17 {
+                if key.hash.len() != 64
+                    || !key.id.starts_with('k')
+                    || key.id.len() != 17
+                    || key.public.len() != 64
+                    || !hex_ok(&key.public)
+                {
                     return Err("malformed key record".into());
                 }
                 if key.name.as_ref().is_some_and(|n| n.len() > 128) {
                     return Err("a key's name is at most 128 bytes".into());
+                }
+                let own = key
+                    .user
+                    .as_ref()
+                    .is_some_and(|u| principal == format!("user:{u}"));
+                if !own && !manages_keys {
+                    return Err(format!(
+                        "{principal} may create keys only for itself (manage on keys is needed for others)"
+                    ));
                 }
                 if self.api_keys.contains_key(&key.id) {
                     return Err(format!("key {} exists", key.id));
@@ -146,12 +199,19 @@ impl ClusterState {
                     .api_keys
                     .get(&id)
                     .ok_or_else(|| format!("no API key {id:?}"))?;
-                // A key's own user may revoke it; others need its role.
+                // The key itself or its own user may revoke it; anyone
+                // else needs manage on keys (checked by the node) and the
+                // key's role.
                 let own = key
                     .user
                     .as_ref()
                     .is_some_and(|u| principal == format!("user:{u}"))
                     || principal == format!("key:{id}");
+                if !own && !manages_keys {
+                    return Err(format!(
+                        "{principal} may revoke only its own keys (manage on keys is needed for others)"
+                    ));
+                }
                 if !own {
                     may_grant(&held, std::slice::from_ref(&key.role))?;
                 }
@@ -186,6 +246,10 @@ impl ClusterState {
             self.audit_out.push(rec);
         }
     }
+}
+
+fn hex_ok(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Checks a note's shape before it enters the chain.

@@ -85,6 +85,10 @@ pub enum Command {
         cmd: Option<Box<Command>>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         access: Option<crate::access::AccessChange>,
+        /// With `access`: the principal's signature over
+        /// `bzzz_proto::access::proof_bytes(notes[0], access)`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        proof: Option<String>,
     },
 }
 
@@ -510,7 +514,12 @@ impl ClusterState {
                 }
                 Ok(None)
             }
-            Command::Audited { notes, cmd, access } => {
+            Command::Audited {
+                notes,
+                cmd,
+                access,
+                proof,
+            } => {
                 if notes.is_empty() || notes.len() > crate::access::MAX_NOTES {
                     return Err("an audited command carries 1 to 256 notes".into());
                 }
@@ -523,7 +532,9 @@ impl ClusterState {
                 let principal = notes[0].principal.clone();
                 let mut result = Ok(None);
                 if let Some(change) = access {
-                    result = self.apply_access(&principal, change);
+                    result = self
+                        .check_proof(&notes[0], &change, proof.as_deref())
+                        .and_then(|()| self.apply_access(&principal, change));
                 }
                 if let (Some(cmd), Ok(_)) = (cmd, &result) {
                     result = self.try_apply(log_index, *cmd);
@@ -578,6 +589,12 @@ impl ClusterState {
                         self.removed.insert(node_id, change.clone());
                     }
                     AdminAction::RoleKeys {} => {}
+                    AdminAction::Access { change } => {
+                        if let Err(why) = self.apply_access(bzzz_proto::access::ADMIN_USER, change)
+                        {
+                            return Err(format!("admin change refused: {why}"));
+                        }
+                    }
                 }
                 if let Err(why) = self.apply_role_keys(ch.role_keys) {
                     (self.roles, self.removed, self.nodes) = before;

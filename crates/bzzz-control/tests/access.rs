@@ -26,11 +26,16 @@ fn note(key: &NodeKey, principal: &str, action: &str) -> AuditNote {
     n
 }
 
+/// Every test user's password.
+const PW: &str = "a user password";
+
 fn user(name: &str, roles: &[&str]) -> UserRecord {
+    let signer = bzzz_crypto::access::user_signer(name, PW).expect("signer");
     UserRecord {
         name: name.into(),
         roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         verifier: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
+        public: hex::encode(signer.public()),
         created_at: 1,
         created_by: "admin".into(),
     }
@@ -41,6 +46,7 @@ fn key(id: &str, role: &str, user: Option<&str>) -> ApiKeyRecord {
         id: id.into(),
         name: None,
         hash: "ab".repeat(32),
+        public: hex::encode(bzzz_crypto::access::api_key_signer(id).public()),
         role: role.into(),
         user: user.map(str::to_owned),
         created_at: 1,
@@ -50,11 +56,20 @@ fn key(id: &str, role: &str, user: Option<&str>) -> ApiKeyRecord {
     }
 }
 
+/// A change by a user (signed with the key its password derives) or a
+/// key (the test's key ids double as their secrets).
 fn audited(n: AuditNote, change: AccessChange) -> Command {
+    let signer = match n.principal.split_once(':') {
+        Some(("user", name)) => bzzz_crypto::access::user_signer(name, PW).ok(),
+        Some(("key", id)) => Some(bzzz_crypto::access::api_key_signer(id)),
+        _ => None,
+    };
+    let proof = signer.map(|k| hex::encode(k.sign(&bzzz_proto::access::proof_bytes(&n, &change))));
     Command::Audited {
         notes: vec![n],
         cmd: None,
         access: Some(change),
+        proof,
     }
 }
 
@@ -68,21 +83,42 @@ fn access_changes_commit_with_their_entries_and_never_escalate() {
         records.append(&mut s.audit_out);
         r
     };
+    // A note naming the operator is no proof: the operator's changes
+    // come admin-signed (a member node forging one is refused).
     let r = apply(
         &mut s,
         1,
         audited(
             note(&k, "admin", "manage"),
             AccessChange::UserPut {
-                user: user("alice", &["backend_developer"]),
+                user: user("mallory", &["admin"]),
             },
         ),
     );
-    assert_eq!(r.rejected, None);
-    assert_eq!(
-        s.principal_roles("user:alice"),
-        Some(vec!["backend_developer".to_owned()])
+    assert!(
+        r.rejected
+            .expect("refused")
+            .contains("signed by the admin key")
     );
+    assert!(s.users.is_empty());
+    // As an admin-signed change would: alice leads (manages users and
+    // keys) and develops; bob develops.
+    s.roles.insert(
+        "lead".into(),
+        bzzz_proto::cluster::RoleDef {
+            name: "lead".into(),
+            authority: bzzz_proto::cluster::Authority::Coordination,
+            permissions: vec!["manage:users".into(), "manage:keys".into()],
+            reads: vec![],
+            members: vec![],
+        },
+    );
+    s.users.insert(
+        "alice".into(),
+        user("alice", &["lead", "backend_developer"]),
+    );
+    s.users
+        .insert("bob".into(), user("bob", &["backend_developer"]));
     // alice cannot make an admin, nor a key with a role she lacks.
     let r = apply(
         &mut s,
@@ -138,10 +174,40 @@ fn access_changes_commit_with_their_entries_and_never_escalate() {
         ),
     );
     assert!(r.rejected.is_some());
-    // Revocation: the key stops acting at once.
+    // A change signed with the wrong password is refused.
+    let n = note(&k, "user:alice", "manage");
+    let change = AccessChange::UserRemove { name: "bob".into() };
+    let wrong = bzzz_crypto::access::user_signer("alice", "not her password").expect("signer");
     let r = apply(
         &mut s,
         6,
+        Command::Audited {
+            proof: Some(hex::encode(
+                wrong.sign(&bzzz_proto::access::proof_bytes(&n, &change)),
+            )),
+            notes: vec![n],
+            cmd: None,
+            access: Some(change),
+        },
+    );
+    assert!(r.rejected.expect("refused").contains("does not verify"));
+    assert!(s.users.contains_key("bob"));
+    // bob (no manage on keys) cannot revoke alice's key; she can.
+    let r = apply(
+        &mut s,
+        7,
+        audited(
+            note(&k, "user:bob", "manage"),
+            AccessChange::KeyRevoke {
+                id: "k0000000000000002".into(),
+                at: 9,
+            },
+        ),
+    );
+    assert!(r.rejected.expect("refused").contains("only its own keys"));
+    let r = apply(
+        &mut s,
+        8,
         audited(
             note(&k, "user:alice", "manage"),
             AccessChange::KeyRevoke {
@@ -152,33 +218,23 @@ fn access_changes_commit_with_their_entries_and_never_escalate() {
     );
     assert_eq!(r.rejected, None);
     assert_eq!(s.principal_roles("key:k0000000000000002"), None);
-    // Removing the user ends the keys bound to it.
-    apply(
+    // bob may not take over alice's account (she holds more than he does).
+    let r = apply(
         &mut s,
-        7,
+        9,
         audited(
-            note(&k, "admin", "manage"),
-            AccessChange::KeyPut {
-                key: key("k0000000000000003", "backend_developer", Some("alice")),
+            note(&k, "user:bob", "manage"),
+            AccessChange::UserPut {
+                user: user("alice", &["backend_developer"]),
             },
         ),
     );
-    assert!(s.principal_roles("key:k0000000000000003").is_some());
-    apply(
-        &mut s,
-        8,
-        audited(
-            note(&k, "admin", "manage"),
-            AccessChange::UserRemove {
-                name: "alice".into(),
-            },
-        ),
-    );
-    assert_eq!(s.principal_roles("key:k0000000000000003"), None);
+    assert!(r.rejected.is_some());
+    assert!(s.users["alice"].roles.contains(&"lead".to_owned()));
     // Every attempt, refused ones too, is one entry of the chain.
-    assert_eq!(records.len(), 8);
-    assert_eq!(s.audit_head.seq, 8);
-    assert_eq!(s.audit_head.hash, records[7].hash);
+    assert_eq!(records.len(), 9);
+    assert_eq!(s.audit_head.seq, 9);
+    assert_eq!(s.audit_head.hash, records[8].hash);
     assert!(records[1].refused.is_some());
     let pk = k.public();
     assert_eq!(audit::verify(&records, |_| Some(pk)), Ok(()));
@@ -222,6 +278,7 @@ fn the_audit_file_keeps_what_was_written_and_cuts_a_torn_line() {
                 notes: vec![note(&k, "admin", "write")],
                 cmd: None,
                 access: None,
+                proof: None,
             },
         );
     }

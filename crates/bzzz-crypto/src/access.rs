@@ -40,6 +40,39 @@ fn api_key_hash(secret: &str) -> (String, String) {
     (format!("k{}", &hash[..16]), hash)
 }
 
+/// The signing key an API key derives (its public half is in the key's
+/// record).
+pub fn api_key_signer(secret: &str) -> crate::NodeKey {
+    let seed = blake3::derive_key("bzzz api key signing v1", secret.as_bytes());
+    crate::NodeKey::from_seed(&SecretBytes32::from_bytes(seed))
+}
+
+/// The signing key a user's password derives: Argon2id (the default
+/// parameters) under a salt from the user name, so the key is as hard to
+/// guess as the password and differs from the verifier's hash.
+pub fn user_signer(name: &str, password: &str) -> Result<crate::NodeKey, CryptoError> {
+    let salt = blake3::derive_key("bzzz user signing salt v1", name.as_bytes());
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    argon2::Argon2::default()
+        .hash_password_into(password.as_bytes(), &salt[..16], &mut *seed)
+        .map_err(|e| CryptoError::Password(e.to_string()))?;
+    Ok(crate::NodeKey::from_seed(&SecretBytes32::from_bytes(*seed)))
+}
+
+/// Checks a principal's signature (hex) over `msg` with its public key
+/// (hex).
+pub fn verify_hex(public: &str, msg: &[u8], signature: &str) -> Result<(), CryptoError> {
+    let pk: [u8; 32] = hex::decode(public)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(CryptoError::InvalidKey("public key"))?;
+    let sig: [u8; 64] = hex::decode(signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(CryptoError::BadSignature)?;
+    crate::verify_ed25519(&pk, msg, &sig)
+}
+
 /// Constant-time comparison of two hex hashes.
 pub fn same_hash(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))

@@ -641,7 +641,8 @@ pub struct RoleDef {
     /// Lower-case letters, digits, `_` and `-` (1–63).
     pub name: String,
     pub authority: Authority,
-    /// Allowed actions on resources, e.g. `dht:write:ucxl://*/backend/*`.
+    /// Permission rules, `ACTION:RESOURCE` or `deny:ACTION:RESOURCE`
+    /// (see `crate::access`), e.g. `infer:model:smollm2*`.
     #[serde(default)]
     pub permissions: Vec<String>,
     /// Roles whose data this role may read.
@@ -658,12 +659,8 @@ impl RoleDef {
         if self.permissions.len() > 256 || self.reads.len() > 256 || self.members.len() > 4096 {
             return Err("role has too many entries".into());
         }
-        if self
-            .permissions
-            .iter()
-            .any(|p| p.is_empty() || p.len() > 512)
-        {
-            return Err("a permission is empty or longer than 512 bytes".into());
+        for p in &self.permissions {
+            p.parse::<crate::access::Rule>()?;
         }
         for r in &self.reads {
             validate_cluster_name(r).map_err(|e| format!("readable role {r:?}: {e}"))?;
@@ -689,6 +686,8 @@ pub enum AdminAction {
     /// Only adds the change's `role_keys` (a key chain's first key, made
     /// when a record needs one).
     RoleKeys {},
+    /// A change to users or API keys made by the operator.
+    Access { change: crate::access::AccessChange },
 }
 
 impl AdminAction {
@@ -703,6 +702,7 @@ impl AdminAction {
             },
             AdminAction::RemoveMember { node_id } => format!("remove member {node_id}"),
             AdminAction::RoleKeys {} => "add role keys".to_owned(),
+            AdminAction::Access { change } => change.summary(),
         }
     }
 }

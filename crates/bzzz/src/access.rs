@@ -52,6 +52,44 @@ pub struct Caller {
     /// hands to another (the other node checks it itself; a web session
     /// has none).
     pub forward: Option<zeroize::Zeroizing<String>>,
+    /// How the caller signs its changes to users and keys (every node
+    /// checks the signature; the operator's are admin-signed instead).
+    pub proof: Option<ProofKey>,
+}
+
+/// The key a credential derives for signing access changes.
+#[derive(Clone)]
+pub enum ProofKey {
+    /// An API key's (cheap: derived when the key is checked).
+    Key(Arc<bzzz_crypto::NodeKey>),
+    /// A user's password and name (Argon2id when it is needed).
+    User(String, OperatorPassword),
+}
+
+impl std::fmt::Debug for ProofKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProofKey(..)")
+    }
+}
+
+impl ProofKey {
+    /// Signs `msg` (a user's key is derived first, off the runtime).
+    pub async fn sign(&self, msg: Vec<u8>) -> Result<String, ApiError> {
+        let key = match self {
+            ProofKey::Key(k) => k.clone(),
+            ProofKey::User(name, pw) => {
+                let (name, pw) = (name.clone(), pw.clone());
+                let k = tokio::task::spawn_blocking(move || {
+                    bzzz_crypto::access::user_signer(&name, pw.expose())
+                })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                Arc::new(k)
+            }
+        };
+        Ok(hex::encode(key.sign(&msg)))
+    }
 }
 
 impl std::fmt::Debug for Caller {
@@ -275,6 +313,7 @@ impl Access {
                 roles: u.roles,
                 operator: None,
                 forward,
+                proof: Some(ProofKey::User(u.name, pw)),
             },
             None => operator(pw, forward),
         }))
@@ -312,6 +351,9 @@ impl Access {
                 roles,
                 operator: None,
                 forward,
+                proof: Some(ProofKey::Key(Arc::new(
+                    bzzz_crypto::access::api_key_signer(secret),
+                ))),
             }),
             None => refuse("unknown API key"),
         }
@@ -324,6 +366,7 @@ fn operator(pw: OperatorPassword, forward: Option<zeroize::Zeroizing<String>>) -
         roles: vec![ADMIN_ROLE.to_owned()],
         operator: Some(pw),
         forward,
+        proof: None,
     }
 }
 
@@ -374,12 +417,17 @@ pub async fn commit(
     st: &crate::node::AppState,
     notes: Vec<AuditNote>,
     cmd: Option<bzzz_control::raft::Command>,
-    access: Option<bzzz_control::access::AccessChange>,
+    access: Option<(bzzz_control::access::AccessChange, String)>,
 ) -> Result<Result<Option<String>, String>, ApiError> {
+    let (access, proof) = match access {
+        Some((a, p)) => (Some(a), Some(p)),
+        None => (None, None),
+    };
     let command = bzzz_control::raft::Command::Audited {
         notes,
         cmd: cmd.map(Box::new),
         access,
+        proof,
     };
     // Right after setup (or an election) there may be no leader for a
     // moment: wait for one a little while, then fail closed.
@@ -407,13 +455,19 @@ pub async fn commit(
 }
 
 /// How long a privileged request waits for a leader to record it.
-const COMMIT_PATIENCE: Duration = Duration::from_secs(5);
+const COMMIT_PATIENCE: Duration = Duration::from_secs(8);
 
-/// Failures that a moment may cure (no leader yet, the control plane
-/// starting); a write that timed out may have committed, so it is not
-/// retried.
+/// Failures that a moment may cure: no leader yet, the control plane
+/// starting, a leader that died or handed off. A write to a leader that
+/// died may have committed: the retry may then record the entry twice
+/// (an extra line, never a lost one), and a change that did apply is
+/// refused the second time (replays are refused by the state machine).
 fn retriable(e: &str) -> bool {
-    e.contains("no leader") || e.contains("not running yet") || e.contains("has no address")
+    e.contains("did not answer in time")
+        || e.contains("no leader")
+        || e.contains("not running yet")
+        || e.contains("has no address")
+        || e.contains("forward request to")
 }
 
 /// Records `action` on `resource` by `caller` before it is done (for
@@ -468,6 +522,7 @@ pub fn audited_admin(
         notes: vec![st.access.note(ADMIN_USER, "manage", &what, "ok", 1)],
         cmd: Some(Box::new(bzzz_control::raft::Command::Admin { change })),
         access: None,
+        proof: None,
     }
 }
 
@@ -486,5 +541,6 @@ pub fn audited(
         ],
         cmd: Some(Box::new(cmd)),
         access: None,
+        proof: None,
     }
 }

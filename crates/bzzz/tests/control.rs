@@ -426,7 +426,7 @@ fn admin_changes_need_the_cluster_admin_signature_on_every_node() {
         assert_eq!(s["roles"], serde_json::json!({}), "node {i}: {s}");
     }
     // Without the operator credential the API refuses before anything.
-    let (code, _) = http::request(
+    let (code, _) = http::raw(
         &api(0),
         "POST",
         "/api/v1/admin/changes",
@@ -445,7 +445,7 @@ fn admin_changes_need_the_cluster_admin_signature_on_every_node() {
         "--authority",
         "decision",
         "--permission",
-        "dht:write:ucxl://*/backend/*",
+        "write:ucxl://any:backend_developer@any:any/*^/**",
         "--reads",
         "backend_developer",
         "--api",

@@ -166,7 +166,7 @@ fn five_nodes_threshold_three_shares_signatures_recovery_and_no_leaks() {
     let addr = c.nodes[2].api().trim_start_matches("http://").to_owned();
     let (code, _) = http::request(&addr, "POST", "/api/v1/setup", &[], "{}").expect("post");
     assert_eq!(code, 409);
-    let (code, _) = http::request(&addr, "POST", "/api/v1/tokens", &[], "{}").expect("post");
+    let (code, _) = http::raw(&addr, "POST", "/api/v1/tokens", &[], "{}").expect("post");
     assert_eq!(code, 401);
     let (code, _) = http::request(
         &addr,

@@ -155,6 +155,11 @@ impl Pattern {
         match (self, r) {
             (Pattern::Any, _) => true,
             (Pattern::Ucxl(p), Resource::Ucxl(a)) => p.matches(a),
+            // A pattern without a tag (`llama3`, `llama3*`) is about the
+            // name: it matches every tag of it.
+            (Pattern::Model(g), Resource::Model(m)) if !g.contains(':') => {
+                glob(g, m.split(':').next().unwrap_or(m))
+            }
             (Pattern::Model(g), Resource::Model(m)) => glob(g, m),
             (Pattern::Node(g), Resource::Node(n)) => glob(g, n),
             (Pattern::Tasks(g), Resource::Tasks(t)) => glob(g, t),
@@ -196,7 +201,9 @@ impl std::str::FromStr for Pattern {
         if s == "*" {
             return Ok(Pattern::Any);
         }
-        if s.len() >= 7 && s[..7].eq_ignore_ascii_case("ucxl://") {
+        if s.get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("ucxl://"))
+        {
             return s
                 .parse::<Address>()
                 .map(Pattern::Ucxl)
@@ -457,6 +464,10 @@ pub fn may_grant(holder: &[String], granted: &[String]) -> Result<(), String> {
 /// is its password; it holds the admin role).
 pub const ADMIN_USER: &str = "admin";
 
+/// User names that are the operator's (HTTP Basic with any of these, or
+/// with a name that is no user, is the operator).
+pub const RESERVED_USERS: [&str; 3] = [ADMIN_USER, "operator", "root"];
+
 /// Checks a user name: like role names, and never `admin` (the operator).
 pub fn validate_user_name(name: &str) -> Result<(), String> {
     validate_cluster_name(name).map_err(|e| format!("user name: {e}"))
@@ -469,6 +480,13 @@ pub struct UserRecord {
     pub roles: Vec<String>,
     /// Argon2id PHC string.
     pub verifier: String,
+    /// Ed25519 public key (hex) derived from the password with Argon2id
+    /// under a second salt (`bzzz_crypto::access::user_signer`): the
+    /// user's changes to users and keys carry a signature with it, which
+    /// every node checks (no node can act as the user without the
+    /// password).
+    #[serde(default)]
+    pub public: String,
     /// Unix seconds.
     pub created_at: u64,
     /// The principal that created it.
@@ -488,6 +506,11 @@ pub struct ApiKeyRecord {
     pub name: Option<String>,
     /// SHA-256 of the secret (hex).
     pub hash: String,
+    /// Ed25519 public key (hex) derived from the secret
+    /// (`bzzz_crypto::access::api_key_signer`): changes made with the key
+    /// carry a signature with it.
+    #[serde(default)]
+    pub public: String,
     /// The role the key acts with.
     pub role: String,
     /// The user it is bound to (the key dies with the user, and acts only
@@ -502,6 +525,40 @@ pub struct ApiKeyRecord {
     /// When it was revoked (refused from then on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<u64>,
+}
+
+/// A change to users or API keys. The operator's are admin-signed
+/// (threshold, `AdminAction::Access`); a user's or a key's carry a
+/// signature by the key its credential derives ([`proof_bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum AccessChange {
+    UserPut { user: UserRecord },
+    UserRemove { name: String },
+    KeyPut { key: ApiKeyRecord },
+    KeyRevoke { id: String, at: u64 },
+}
+
+impl AccessChange {
+    pub fn summary(&self) -> String {
+        match self {
+            AccessChange::UserPut { user } => {
+                format!("put user {} ({})", user.name, user.roles.join(","))
+            }
+            AccessChange::UserRemove { name } => format!("remove user {name}"),
+            AccessChange::KeyPut { key } => format!("create API key {} ({})", key.id, key.role),
+            AccessChange::KeyRevoke { id, .. } => format!("revoke API key {id}"),
+        }
+    }
+}
+
+/// What a principal signs to make `change` (recorded by `note`).
+pub fn proof_bytes(note: &AuditNote, change: &AccessChange) -> Vec<u8> {
+    let mut out = b"bzzz access change v1\0".to_vec();
+    out.extend_from_slice(&note.signed_bytes());
+    out.push(0);
+    out.extend_from_slice(serde_json::to_string(change).unwrap_or_default().as_bytes());
+    out
 }
 
 /// An API key as listed (no hash, no secret).

@@ -323,7 +323,7 @@ pub fn basic_auth(p: &OperatorPassword) -> zeroize::Zeroizing<String> {
     use base64::Engine as _;
     zeroize::Zeroizing::new(format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("operator:{}", p.expose()))
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", p.expose()))
     ))
 }
 

@@ -362,7 +362,7 @@ pub struct RoleArgs {
     /// Authority level: master, decision, coordination, suggestion or read_only.
     #[arg(long, value_name = "LEVEL")]
     pub authority: String,
-    /// Allowed action on a resource (repeatable), e.g. dht:write:ucxl://*/backend/*.
+    /// A permission rule (repeatable): ACTION:RESOURCE or deny:ACTION:RESOURCE, e.g. infer:model:smollm2* or read:ucxl://any:backend_developer@any:any/*^/** (docs/access.md).
     #[arg(long = "permission", value_name = "PERMISSION")]
     pub permissions: Vec<String>,
     /// A role whose data this role may read (repeatable).

@@ -97,13 +97,26 @@ impl Control {
                 Reply::HandOff { accepted: ok }
             }
             Rpc::Propose(cmd) => {
+                let inner = match &cmd {
+                    Command::Audited { cmd: Some(c), .. } => c.as_ref(),
+                    c => c,
+                };
                 if matches!(
-                    cmd,
+                    inner,
                     Command::Genesis { .. }
                         | Command::Inventory { .. }
                         | Command::ShareHolders { .. }
                 ) {
                     return Reply::Refused("only the leader's planners write that".into());
+                }
+                // Audit entries a peer proposes are its own: signed by it.
+                if let Command::Audited { notes, .. } = &cmd
+                    && let Some(bad) = notes.iter().find(|n| !signed_by(n, &peer))
+                {
+                    return Reply::Refused(format!(
+                        "an audit entry of node {} proposed by {peer}, or badly signed",
+                        bad.node
+                    ));
                 }
                 Reply::Proposed(self.write_local(cmd).await)
             }
@@ -168,4 +181,12 @@ mod tests {
         assert!(admits(true, &[], &a));
         assert!(!admits(false, &[], &a));
     }
+}
+
+/// Whether an audit note names `peer` as its node and carries its valid
+/// signature.
+fn signed_by(n: &bzzz_proto::access::AuditNote, peer: &NodeId) -> bool {
+    &n.node == peer
+        && bzzz_net::signed::public_key_of(peer)
+            .is_some_and(|pk| bzzz_crypto::access::verify_note(n, &pk).is_ok())
 }

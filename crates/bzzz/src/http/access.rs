@@ -124,26 +124,54 @@ fn caller(p: &Principal) -> Result<&crate::access::Caller, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "credential required"))
 }
 
-/// Commits an access change with its entry; a refusal by the state
-/// machine is a 403 (escalation) or 422.
+/// Commits an access change with its entry: the operator's signed by the
+/// admin key (threshold), anyone else's signed by the key its credential
+/// derives; every node checks the signature. A refusal by the state
+/// machine is a 403 (escalation), 404 or 422.
 async fn change(
     st: &Shared,
-    who: &str,
-    resource: &Resource,
+    caller: &crate::access::Caller,
     c: AccessChange,
 ) -> Result<(), ApiError> {
+    let refused = |why: String| {
+        if why.contains("cannot grant") || why.contains("may not") || why.contains("only its own") {
+            ApiError::new(StatusCode::FORBIDDEN, why)
+        } else if why.contains("no user") || why.contains("no API key") {
+            ApiError::new(StatusCode::NOT_FOUND, why)
+        } else {
+            ApiError::invalid(why)
+        }
+    };
+    if let Some(pw) = &caller.operator {
+        let control = control(st)?;
+        let change = super::control::admin_change(st, control, AdminAction::Access { change: c })?;
+        let signed = st.keys.sign_admin_change(&change, pw).await?;
+        let r = control
+            .propose(crate::access::audited_admin(st, signed))
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        return match r.rejected {
+            None => Ok(()),
+            Some(why) => Err(refused(
+                why.trim_start_matches("admin change refused: ").to_owned(),
+            )),
+        };
+    }
+    let Some(proof_key) = &caller.proof else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this credential cannot sign changes to users and keys (a web session: use the operator password or an API key)",
+        ));
+    };
     let note = st
         .access
-        .note(who, Action::Manage.as_str(), &resource.to_string(), "ok", 1);
-    match crate::access::commit(st, vec![note], None, Some(c)).await? {
+        .note(&caller.id, Action::Manage.as_str(), &c.summary(), "ok", 1);
+    let proof = proof_key
+        .sign(bzzz_proto::access::proof_bytes(&note, &c))
+        .await?;
+    match crate::access::commit(st, vec![note], None, Some((c, proof))).await? {
         Ok(_) => Ok(()),
-        Err(why) if why.contains("cannot grant") || why.contains("no principal") => {
-            Err(ApiError::new(StatusCode::FORBIDDEN, why))
-        }
-        Err(why) if why.starts_with("no user") || why.starts_with("no API key") => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, why))
-        }
-        Err(why) => Err(ApiError::invalid(why)),
+        Err(why) => Err(refused(why)),
     }
 }
 
@@ -177,25 +205,32 @@ async fn api_user_add(State(st): S, p: Principal, body: Bytes) -> Result<Respons
     let req: UserAdd = parse(&body, "user")?;
     let c = caller(&p)?;
     bzzz_proto::access::validate_user_name(&req.name).map_err(ApiError::invalid)?;
-    if req.name == ADMIN_USER {
-        return Err(ApiError::invalid(
-            "admin is the operator: its password is the operator password",
-        ));
+    if bzzz_proto::access::RESERVED_USERS.contains(&req.name.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "{} is reserved for the operator, whose password is the operator password",
+            req.name
+        )));
     }
     let pw = OperatorPassword::new_for_setup(req.password.expose().to_owned())
         .map_err(|e| ApiError::invalid(e.to_string()))?;
-    let verifier = tokio::task::spawn_blocking(move || pw.verifier())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let name = req.name.clone();
+    let (verifier, public) = tokio::task::spawn_blocking(move || {
+        let v = pw.verifier()?;
+        let k = bzzz_crypto::access::user_signer(&name, pw.expose())?;
+        Ok::<_, bzzz_crypto::CryptoError>((v, hex::encode(k.public())))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let user = UserRecord {
         name: req.name.clone(),
         roles: req.roles.clone(),
         verifier,
+        public,
         created_at: bzzz_keys::unix_now(),
         created_by: c.id.clone(),
     };
-    change(&st, &c.id, &Resource::USERS, AccessChange::UserPut { user }).await?;
+    change(&st, c, AccessChange::UserPut { user }).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"name": req.name, "roles": req.roles}),
@@ -208,13 +243,7 @@ async fn api_user_rm(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = caller(&p)?;
-    change(
-        &st,
-        &c.id,
-        &Resource::USERS,
-        AccessChange::UserRemove { name: name.clone() },
-    )
-    .await?;
+    change(&st, c, AccessChange::UserRemove { name: name.clone() }).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"name": name, "removed": true}),
@@ -270,6 +299,7 @@ async fn api_key_create(State(st): S, p: Principal, body: Bytes) -> Result<Respo
         id: id.clone(),
         name: req.name,
         hash,
+        public: hex::encode(bzzz_crypto::access::api_key_signer(secret.expose()).public()),
         role: req.role.clone(),
         user: req.user.clone(),
         created_at: now,
@@ -277,7 +307,7 @@ async fn api_key_create(State(st): S, p: Principal, body: Bytes) -> Result<Respo
         expires_at,
         revoked_at: None,
     };
-    change(&st, &c.id, &Resource::KEYS, AccessChange::KeyPut { key }).await?;
+    change(&st, c, AccessChange::KeyPut { key }).await?;
     Ok(json(
         StatusCode::OK,
         &ApiKeyCreated {
@@ -296,10 +326,22 @@ async fn api_key_revoke(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let c = caller(&p)?;
+    // Revoking another's key needs manage on keys (the state machine
+    // checks it again).
+    let owner = control(&st)?.with_state(|s| s.api_keys.get(&id).map(|k| k.user.clone()));
+    let Some(owner) = owner else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no API key {id:?}"),
+        ));
+    };
+    let own = c.id == format!("key:{id}") || (owner.is_some() && owner.as_deref() == user_of(c));
+    if !own {
+        authorize(&st, &p, Action::Manage, &Resource::KEYS)?;
+    }
     change(
         &st,
-        &c.id,
-        &Resource::KEYS,
+        c,
         AccessChange::KeyRevoke {
             id: id.clone(),
             at: bzzz_keys::unix_now(),

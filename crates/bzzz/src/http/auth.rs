@@ -211,10 +211,27 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// The guard in front of every handler: checks the route's permission and
 /// puts the [`Principal`] into the request.
 pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
+    let openai = req.uri().path().starts_with("/v1/");
     match check(&g, req).await {
         Ok(req) => next.run(req).await,
+        Err(e) if openai => openai_shape(e).into_response(),
         Err(e) => refuse(g.kind, e),
     }
+}
+
+/// OpenAI's routes answer refusals in OpenAI's error shape
+/// (`{"error": {"message", "type", "code"}}`, which its SDK reads), with
+/// the missing permission beside it.
+fn openai_shape(mut e: ApiError) -> ApiError {
+    let kind = match e.status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::FORBIDDEN => "permission_denied",
+        _ => "invalid_request_error",
+    };
+    let mut body = e.body.take().unwrap_or_else(|| json!({}));
+    body["error"] = json!({"message": e.message, "type": kind, "code": kind});
+    e.body = Some(body);
+    e
 }
 
 async fn check(g: &Guard, mut req: Request) -> Result<Request, ApiError> {

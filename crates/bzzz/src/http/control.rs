@@ -168,7 +168,7 @@ fn role_keys_for(
                 },
             );
         }
-        AdminAction::SetRule { .. } | AdminAction::RoleKeys {} => {}
+        AdminAction::SetRule { .. } | AdminAction::RoleKeys {} | AdminAction::Access { .. } => {}
     }
     let mut chains = sim.chains_to_rotate();
     for c in bzzz_proto::dht::chains(&sim.roles) {

@@ -272,7 +272,9 @@ async fn api_get(
         // The caller may read it (the guard checked), this node cannot:
         // a node that holds the role's key answers, by the caller's
         // rights.
-        Err(e @ DhtError::Forbidden { .. }) if !headers.contains_key(super::inference::HOP) => {
+        Err(e @ DhtError::Forbidden { .. })
+            if !headers.contains_key(super::inference::HOP) && bearer(&headers) =>
+        {
             match forward_get(&st, &headers, &addr).await {
                 Some(r) => Ok(r),
                 None => Err(dht_error(e)),
@@ -280,6 +282,15 @@ async fn api_get(
         }
         Err(e) => Err(dht_error(e)),
     }
+}
+
+/// Whether the caller used an API key: only those are forwarded (a
+/// password never leaves the node it was sent to).
+fn bearer(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("Bearer "))
 }
 
 /// Asks the readers of `addr`'s key chain in reach for the record, with

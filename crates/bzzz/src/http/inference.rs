@@ -417,6 +417,21 @@ async fn route_request(
         )
     };
     let mut last = format!("no replica of {name} is serving right now");
+    // Only API keys travel to the replica (it checks them itself); a
+    // password is never sent on to another node, and a session is this
+    // node's own.
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .filter(|v| v.to_str().is_ok_and(|t| t.starts_with("Bearer ")));
+    if auth.is_none() && !crate::access::anonymous_inference(st) && !order.is_empty() {
+        return dialect.error(
+            StatusCode::FORBIDDEN,
+            "permission_denied",
+            format!(
+                "{name} is served by another node, and a password is never forwarded to other nodes: call with an API key (bzzz apikey create) or through a node that serves it"
+            ),
+        );
+    }
     for node in order {
         let Some(addr) = api_of(st, &node) else {
             continue;

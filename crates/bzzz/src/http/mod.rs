@@ -276,7 +276,29 @@ fn router_of(table: Vec<Route>, state: Shared) -> Router {
             );
         r = r.route(route.path, handler);
     }
-    r.fallback(not_found).with_state(state)
+    r.fallback(not_found)
+        .layer(axum::middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+/// Headers on every answer: no framing by other sites (clickjacking of
+/// the console's forms), no content-type sniffing, no referrer leaks.
+async fn security_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
 }
 
 async fn not_found() -> Response {

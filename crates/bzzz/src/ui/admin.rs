@@ -191,6 +191,20 @@ async fn admin_token_form(State(st): S, Operator(pw): Operator, body: Bytes) -> 
         }
     };
     let ttl = Duration::from_secs(f.ttl_minutes.saturating_mul(60));
+    if let Err(e) = crate::access::record(
+        &st,
+        bzzz_proto::access::ADMIN_USER,
+        bzzz_proto::access::Action::Manage,
+        &bzzz_proto::access::Resource::MEMBERS,
+    )
+    .await
+    {
+        return admin(
+            &st,
+            e.status,
+            html! { p class="err" id="error" { (e.message) } },
+        );
+    }
     match st.keys.create_token(ttl, f.uses, &pw).await {
         Ok((token, body)) => admin(
             &st,
