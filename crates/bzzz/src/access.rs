@@ -429,16 +429,42 @@ pub async fn commit(
         access,
         proof,
     };
-    // Right after setup (or an election) there may be no leader for a
-    // moment: wait for one a little while, then fail closed.
+    let r = propose(st, command).await?;
+    Ok(match r.rejected {
+        Some(why) => Err(why),
+        None => Ok(r.previous),
+    })
+}
+
+/// The control plane, waited for a little while right after setup.
+pub async fn control(st: &crate::node::AppState) -> Result<Arc<crate::control::Control>, ApiError> {
     let until = Instant::now() + COMMIT_PATIENCE;
-    let r = loop {
+    loop {
+        if let Some(c) = st.control.get() {
+            return Ok(c.clone());
+        }
+        if Instant::now() >= until {
+            return Err(ApiError::no_control());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Proposes a command through the leader. Right after setup (or an
+/// election) there may be no leader for a moment: waits for one a little
+/// while, then fails closed (503, nothing done).
+pub async fn propose(
+    st: &crate::node::AppState,
+    command: bzzz_control::raft::Command,
+) -> Result<bzzz_control::raft::Response, ApiError> {
+    let until = Instant::now() + COMMIT_PATIENCE;
+    loop {
         let attempt = match st.control.get() {
             Some(c) => c.propose(command.clone()).await,
             None => Err("the control plane is not running yet".to_owned()),
         };
         match attempt {
-            Ok(r) => break r,
+            Ok(r) => return Ok(r),
             Err(e) if Instant::now() >= until || !retriable(&e) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -447,11 +473,7 @@ pub async fn commit(
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-    };
-    Ok(match r.rejected {
-        Some(why) => Err(why),
-        None => Ok(r.previous),
-    })
+    }
 }
 
 /// How long a privileged request waits for a leader to record it.

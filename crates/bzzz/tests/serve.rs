@@ -33,9 +33,47 @@ fn inputs() -> Option<(PathBuf, PathBuf)> {
     None
 }
 
+thread_local! {
+    /// This test's API key (`Bearer …`): inference through a node that
+    /// does not serve the model needs one (a password is never forwarded).
+    static KEY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Creates a `backend_developer` API key through `api` for this test's
+/// requests; returns the `Authorization` value.
+fn use_key(api: &str) -> String {
+    let v = bzzz_testkit::cli_json(
+        BIN,
+        &[
+            "apikey",
+            "create",
+            "--role",
+            "backend_developer",
+            "--api",
+            api,
+            "--json",
+        ],
+    );
+    let auth = format!("Bearer {}", v["secret"].as_str().expect("secret"));
+    KEY.with(|k| *k.borrow_mut() = Some(auth.clone()));
+    auth
+}
+
 fn post(api: &str, path: &str, body: &str) -> (u16, String) {
-    bzzz_testkit::http::request(api.trim_start_matches("http://"), "POST", path, &[], body)
-        .expect("request")
+    post_as(api, path, body, KEY.with(|k| k.borrow().clone()).as_deref())
+}
+
+/// [`post`] with this `Authorization` (for threads of a test).
+fn post_as(api: &str, path: &str, body: &str, auth: Option<&str>) -> (u16, String) {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    bzzz_testkit::http::request(
+        api.trim_start_matches("http://"),
+        "POST",
+        path,
+        &headers,
+        body,
+    )
+    .expect("request")
 }
 
 #[test]
@@ -66,6 +104,7 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
         .expect("node c");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
     let pw = c.init(0, PASSWORD).expect("init");
+    use_key(&c.nodes[0].api());
     c.add_model(0, &gguf, "smollm2:135m", &pw, &[]);
     wait_until(
         "B's backend is ready",
@@ -191,6 +230,24 @@ fn a_real_model_is_served_by_a_managed_backend_through_another_node() {
         v["secret"].as_str().expect("secret").to_owned()
     };
     let (dev_key, observer_key) = (key("backend_developer"), key("observer"));
+    // Passwords are never forwarded: through C (which serves nothing),
+    // the operator's password is refused with the reason.
+    let (code, body) = bzzz_testkit::http::raw(
+        c_api.trim_start_matches("http://"),
+        "POST",
+        "/v1/chat/completions",
+        &[(
+            "authorization",
+            &format!("Basic {}", {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD.encode(format!("admin:{PASSWORD}"))
+            }),
+        )],
+        r#"{"model":"smollm2:135m","messages":[{"role":"user","content":"Hi"}],"max_tokens":4}"#,
+    )
+    .expect("request");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("never forwarded"), "{body}");
     assert!(dev_key.starts_with("bzzz_"));
     let script = format!(
         r#"
@@ -357,6 +414,7 @@ fn two_replicas_share_the_load_and_survive_a_backend_crash() {
     let router = c.add_node(&LocalOpts::default()).expect("router");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
     let pw = c.init(0, PASSWORD).expect("init");
+    use_key(&c.nodes[0].api());
     c.add_model(0, &gguf, "smollm2:135m", &pw, &["--replicas", "2"]);
     wait_until(
         "both backends are ready",
@@ -401,9 +459,10 @@ fn two_replicas_share_the_load_and_survive_a_backend_crash() {
 
     // 20 at once through the router node: spread by in-flight count.
     let (b0, d0) = (requests(&c, b), requests(&c, d));
+    let key = KEY.with(|k| k.borrow().clone());
     let codes: Vec<u16> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..20)
-            .map(|_| s.spawn(|| post(&api, "/v1/chat/completions", ask).0))
+            .map(|_| s.spawn(|| post_as(&api, "/v1/chat/completions", ask, key.as_deref()).0))
             .collect();
         hs.into_iter().map(|h| h.join().expect("thread")).collect()
     });
@@ -517,16 +576,12 @@ fn configured_backends_auth_and_bad_input() {
         .expect("c");
     c.wait_formed(Duration::from_secs(20)).expect("mesh");
     let pw = c.init(0, PASSWORD).expect("init");
+    // An API key: the configured backend is on another node (B), and a
+    // password is never forwarded.
+    let basic = use_key(&c.nodes[0].api());
     c.add_model(0, &gguf, "smollm2:135m", &pw, &[]);
     let api = c.nodes[cn].api();
     let addr = api.trim_start_matches("http://").to_owned();
-    let basic = {
-        use base64::Engine as _;
-        format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("operator:{PASSWORD}"))
-        )
-    };
     let authed = |path: &str, body: &str| {
         bzzz_testkit::http::request(&addr, "POST", path, &[("authorization", &basic)], body)
             .expect("request")

@@ -143,13 +143,10 @@ async fn change(
         }
     };
     if let Some(pw) = &caller.operator {
-        let control = control(st)?;
-        let change = super::control::admin_change(st, control, AdminAction::Access { change: c })?;
+        let control = crate::access::control(st).await?;
+        let change = super::control::admin_change(st, &control, AdminAction::Access { change: c })?;
         let signed = st.keys.sign_admin_change(&change, pw).await?;
-        let r = control
-            .propose(crate::access::audited_admin(st, signed))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let r = crate::access::propose(st, crate::access::audited_admin(st, signed)).await?;
         return match r.rejected {
             None => Ok(()),
             Some(why) => Err(refused(

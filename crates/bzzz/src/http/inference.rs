@@ -21,7 +21,7 @@ use bzzz_proto::models::ModelName;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 
-use super::{Action, Fixed, Permission, Res, Route, Shared};
+use super::{Action, Permission, Res, Route, Shared};
 
 /// Largest request accepted (a long prompt fits; a runaway one does not).
 pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
@@ -54,7 +54,7 @@ pub fn routes() -> Vec<Route> {
         Route::api(
             Method::GET,
             "/api/v1/serve/backends",
-            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
+            Permission::Public,
             get(backends),
             json!({"summary": "This node's managed backends: model, port, state (starting, ready, failed), restarts", "operationId": "serveBackends",
                 "responses": {"200": {"description": "array"}}}),

@@ -28,6 +28,10 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/v1/openapi.json"),
     // The admin public key, t and n: what every client verifies with.
     ("GET", "/api/v1/keys"),
+    // This node's backends: the serving state its announcement already
+    // shows in /api/v1/peers, plus loopback ports and process ids (the
+    // models page of any node reads them from every placed node).
+    ("GET", "/api/v1/serve/backends"),
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/logout"),
