@@ -23,6 +23,8 @@ use crate::raft::ClusterState;
 /// Most users and API keys the state holds.
 pub const MAX_USERS: usize = 1_000;
 pub const MAX_KEYS: usize = 10_000;
+/// Most active keys a principal other than admin may have created.
+pub const MAX_KEYS_PER_PRINCIPAL: usize = 100;
 /// Most notes in one [`crate::raft::Command::Audited`].
 pub const MAX_NOTES: usize = 256;
 
@@ -179,6 +181,29 @@ impl ClusterState {
                 }
                 if self.api_keys.contains_key(&key.id) {
                     return Err(format!("key {} exists", key.id));
+                }
+                let admin = held.iter().any(|r| r == bzzz_proto::dht::ADMIN_ROLE);
+                let active = self
+                    .api_keys
+                    .values()
+                    .filter(|k| k.created_by == principal && k.revoked_at.is_none())
+                    .count();
+                if !admin && active >= MAX_KEYS_PER_PRINCIPAL {
+                    return Err(format!(
+                        "{principal} holds {MAX_KEYS_PER_PRINCIPAL} active keys: revoke some first"
+                    ));
+                }
+                if self.api_keys.len() >= MAX_KEYS {
+                    // Make room: revoked keys are kept only for the record.
+                    let oldest_revoked = self
+                        .api_keys
+                        .values()
+                        .filter(|k| k.revoked_at.is_some())
+                        .min_by_key(|k| k.revoked_at)
+                        .map(|k| k.id.clone());
+                    if let Some(id) = oldest_revoked {
+                        self.api_keys.remove(&id);
+                    }
                 }
                 if self.api_keys.len() >= MAX_KEYS {
                     return Err(format!("too many API keys (at most {MAX_KEYS})"));

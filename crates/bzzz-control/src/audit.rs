@@ -37,8 +37,9 @@ pub fn record(
 /// the state machine's refusal, if any).
 pub fn hash_record(r: &AuditRecord) -> String {
     let mut note = r.note.clone();
+    // The refusal and the Raft index are part of what the chain commits to.
+    note.outcome = format!("{}|{}", note.outcome, r.log_index);
     if let Some(why) = &r.refused {
-        // The refusal is part of what the chain commits to.
         note.outcome = format!("{}|refused: {why}", note.outcome);
     }
     bzzz_crypto::access::audit_hash(r.seq, &r.prev_hash, &note)
@@ -58,8 +59,9 @@ pub struct Bad {
 
 /// Checks a run of consecutive records: each hash, each link to the
 /// previous record (the first links to `anchor` when given), and each
-/// note's signature with `public_key_of`. A gap in `seq` (a node that
-/// started from a snapshot) starts a new run.
+/// note's signature with `public_key_of`. Only the first record may
+/// start after 1 (a node that started from a snapshot holds the chain
+/// from there); any later gap is an error.
 pub fn verify(
     records: &[AuditRecord],
     public_key_of: impl Fn(&bzzz_proto::NodeId) -> Option<[u8; 32]>,
@@ -71,10 +73,12 @@ pub fn verify(
             return Err(bad("its hash does not match its content".into()));
         }
         match prev {
-            Some(p) if p.seq + 1 == r.seq && p.hash != r.prev_hash => {
+            Some(p) if p.seq + 1 != r.seq => {
+                return Err(bad(format!("entry {} is missing before it", p.seq + 1)));
+            }
+            Some(p) if p.hash != r.prev_hash => {
                 return Err(bad(format!("prev_hash does not match entry {}", p.seq)));
             }
-            Some(p) if r.seq <= p.seq => return Err(bad("out of order".into())),
             None if r.seq == 1 && r.prev_hash != AUDIT_GENESIS_HASH => {
                 return Err(bad("the first entry does not start the chain".into()));
             }

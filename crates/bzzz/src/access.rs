@@ -537,11 +537,21 @@ pub fn audited_admin(
     st: &crate::node::AppState,
     change: bzzz_proto::cluster::Signed,
 ) -> bzzz_control::raft::Command {
+    audited_admin_by(st, ADMIN_USER, change)
+}
+
+/// [`audited_admin`] recorded as `who`'s (an already signed change that
+/// a caller hands in).
+pub fn audited_admin_by(
+    st: &crate::node::AppState,
+    who: &str,
+    change: bzzz_proto::cluster::Signed,
+) -> bzzz_control::raft::Command {
     let what = serde_json::from_str::<bzzz_proto::cluster::AdminChange>(&change.body)
         .map(|c| c.action.summary())
         .unwrap_or_else(|_| "admin change".into());
     bzzz_control::raft::Command::Audited {
-        notes: vec![st.access.note(ADMIN_USER, "manage", &what, "ok", 1)],
+        notes: vec![st.access.note(who, "manage", &what, "ok", 1)],
         cmd: Some(Box::new(bzzz_control::raft::Command::Admin { change })),
         access: None,
         proof: None,

@@ -226,6 +226,60 @@ fn every_route_answers_by_the_callers_rights() {
         checked > 200,
         "the matrix covers the table ({checked} cells)"
     );
+
+    // Cross-site requests with the operator's credential: a hostile
+    // page's fetch or form is refused before anything is done.
+    let op = basic_operator();
+    let body = r#"{"role":"observer"}"#;
+    for (what, headers) in [
+        (
+            "foreign Origin",
+            vec![
+                ("authorization", op.as_str()),
+                ("origin", "http://evil.example"),
+            ],
+        ),
+        (
+            "Sec-Fetch-Site cross-site",
+            vec![
+                ("authorization", op.as_str()),
+                ("sec-fetch-site", "cross-site"),
+            ],
+        ),
+    ] {
+        let (code, text) =
+            http::raw(&addr, "POST", "/api/v1/apikeys", &headers, body).expect("post");
+        assert_eq!(code, 403, "{what}: {text}");
+    }
+    let raw_http = |req: String| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let text_plain = raw_http(format!(
+        "POST /api/v1/apikeys HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {op}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(text_plain.starts_with("HTTP/1.1 415"), "{text_plain}");
+    let keys = cli_json(&["apikey", "ls", "--api", &c.nodes[0].api(), "--json"]);
+    assert_eq!(
+        keys.as_array().map(Vec::len),
+        Some(5),
+        "no key was made cross-site: {keys}"
+    );
+    // A 401 never asks the browser for a password.
+    let anon = raw_http(format!(
+        "GET /api/v1/members HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    ))
+    .to_ascii_lowercase();
+    assert!(anon.starts_with("http/1.1 401"), "{anon}");
+    assert!(
+        anon.contains("www-authenticate: bearer") && !anon.contains("basic"),
+        "{anon}"
+    );
     // Refusals reach the audit log, aggregated per principal (flushed
     // once a minute: checked in the audit test's scripted session).
 }

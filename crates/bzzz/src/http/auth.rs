@@ -183,16 +183,26 @@ fn changes(m: &Method) -> bool {
     !matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// Refuses a request whose `Origin` is another host than the one it was
-/// sent to (a hostile page's fetch or form).
+/// Whether a request comes from another site's page: `Sec-Fetch-Site`
+/// (sent by current browsers) says `cross-site` or `same-site`, or an
+/// `Origin` names another host. (`Origin: null`, which pages under
+/// `no-referrer` send for their own forms, is left to `Sec-Fetch-Site`;
+/// the session cookie is `SameSite=Strict` besides.)
 fn cross_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let text = |h| {
+        headers
+            .get(h)
+            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text(axum::http::HeaderName::from_static("sec-fetch-site"))
+        && !matches!(site, "same-origin" | "none")
+    {
+        return true;
+    }
+    let Some(origin) = text(header::ORIGIN).filter(|o| *o != "null") else {
         return false;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let host = text(header::HOST).unwrap_or("");
     let o = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))

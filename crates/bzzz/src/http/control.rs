@@ -129,6 +129,12 @@ pub fn admin_change(
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    if control.with_state(|s| s.cluster.is_none()) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the replicated state has not applied the cluster's genesis yet (right after setup); retry in a moment",
+        ));
+    }
     let role_keys = role_keys_for(st, control, &action)?;
     Ok(AdminChange {
         v: RECORD_VERSION,
@@ -198,11 +204,18 @@ fn role_keys_for(
 /// signature when applying it; an unsigned or forged one is refused (422).
 async fn api_admin_change(
     State(st): S,
-    _: super::Principal,
+    p: super::Principal,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let change: Signed = parse(&body, "signed change")?;
-    propose_admin(&st, control(&st)?, change).await
+    let r = control(&st)?
+        .propose(crate::access::audited_admin_by(&st, p.id(), change))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    match r.rejected {
+        Some(why) => Err(ApiError::invalid(why)),
+        None => Ok(json(StatusCode::OK, &Applied { applied: true })),
+    }
 }
 
 /// `GET /api/v1/registry`: the cluster's key-value registry (operations

@@ -171,6 +171,17 @@ fn pass_through<G: Send + 'static>(resp: reqwest::Response, guard: Option<G>) ->
     r
 }
 
+/// The request as checked: re-encoded, without any other spelling of
+/// `model` (Ollama's decoder matches keys case-insensitively, so a
+/// `"MODEL"` beside the checked `"model"` could pick another model).
+fn canonical(req: &Value) -> Bytes {
+    let mut v = req.clone();
+    if let Some(o) = v.as_object_mut() {
+        o.retain(|k, _| k == "model" || !k.eq_ignore_ascii_case("model"));
+    }
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
 /// POSTs a request to a backend, or (with `hop`) to another node,
 /// carrying the caller's own `Authorization`: the other node checks the
 /// caller's rights itself and never trusts this one's word for them.
@@ -357,7 +368,7 @@ async fn route_request(
                 (_, Dialect::OpenAi) => send(&format!("{url}/v1/chat/completions"), &body, None)
                     .await
                     .map(|resp| pass_through::<()>(resp, None)),
-                ("ollama", d) => send(&format!("{url}{}", d.path()), &body, None)
+                ("ollama", d) => send(&format!("{url}{}", d.path()), &canonical(&req), None)
                     .await
                     .map(|resp| pass_through::<()>(resp, None)),
                 (_, d) => super::ollama::serve_locally(st, url, &name, &req, d, None).await,

@@ -34,7 +34,7 @@ struct Q {
     address: Option<String>,
 }
 
-async fn page(State(st): State<Shared>, Query(q): Query<Q>) -> Response {
+async fn page(State(st): State<Shared>, p: crate::http::Principal, Query(q): Query<Q>) -> Response {
     if let Some(c) = st.control.get() {
         crate::dht::sync(&st.dht, &st.keys, c);
     }
@@ -47,6 +47,18 @@ async fn page(State(st): State<Shared>, Query(q): Query<Q>) -> Response {
     let detail = match q.address.as_deref().map(str::parse::<Address>) {
         None => None,
         Some(Err(e)) => Some(Err(e.to_string())),
+        // A record's details (history, readers) need read on its address.
+        Some(Ok(a))
+            if crate::http::authorize(
+                &st,
+                &p,
+                Action::Read,
+                &bzzz_proto::access::Resource::Ucxl(a.clone()),
+            )
+            .is_err() =>
+        {
+            Some(Err(format!("permission denied: read on {}", a.key_text())))
+        }
         Some(Ok(a)) => Some(match st.dht.resolve(&a).await {
             Ok(c) => {
                 let readable = bzzz_dht::readable_by(&authz, &c);
