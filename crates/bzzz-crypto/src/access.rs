@@ -3,9 +3,9 @@
 //! * An API key is `bzzz_` + 64 hex digits (256 random bits). Only its
 //!   SHA-256 is stored: the secret has full entropy, so a slow hash adds
 //!   nothing (GitHub and Stripe store keys the same way). Its id is `k`
-//!   + the first 16 hex digits of that hash, so a presented key finds its
-//!   record without a scan, and the full hash is then compared in
-//!   constant time.
+//!   followed by the first 16 hex digits of that hash, so a presented key
+//!   finds its record without a scan, and the full hash is then compared
+//!   in constant time.
 //! * An audit entry's hash is SHA-256 over a domain tag, the sequence
 //!   number, the previous entry's hash and the signed note.
 

@@ -374,6 +374,31 @@ pub fn role_def<'a>(
         .or_else(|| builtin_role(name).map(std::borrow::Cow::Owned))
 }
 
+/// A rule string parsed once per thread (roles' rules are few and
+/// reused; parsing a `ucxl://` pattern on every request would cost more
+/// than the decision). `None` for a rule that does not parse (role
+/// definitions are validated when made; older ones may hold others).
+fn parsed(text: &str) -> Option<std::rc::Rc<Rule>> {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+    thread_local! {
+        static CACHE: RefCell<HashMap<String, Option<Rc<Rule>>>> = RefCell::new(HashMap::new());
+    }
+    CACHE.with(|c| {
+        if let Some(r) = c.borrow().get(text) {
+            return r.clone();
+        }
+        let r = text.parse::<Rule>().ok().map(Rc::new);
+        let mut c = c.borrow_mut();
+        if c.len() >= 4096 {
+            c.clear();
+        }
+        c.insert(text.to_owned(), r.clone());
+        r
+    })
+}
+
 /// The outcome of [`decide`], with the rule that decided (for the audit
 /// log and the 403's body).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,26 +425,27 @@ pub fn decide(
         let Some(def) = role_def(name, registry) else {
             continue;
         };
-        let implicit_reads = std::iter::once(name.as_str())
-            .chain(def.reads.iter().map(String::as_str))
-            .map(|r| Rule {
-                deny: false,
-                action: Some(Action::Read),
-                resource: role_records(r),
-            });
-        let implicit_write = Rule {
-            deny: false,
-            action: Some(Action::Write),
-            resource: role_records(name),
-        };
-        let explicit = def
-            .permissions
-            .iter()
-            .filter_map(|p| p.parse::<Rule>().ok());
-        for rule in explicit
-            .chain(implicit_reads)
-            .chain(std::iter::once(implicit_write))
-        {
+        // Implicit rules: read the records of this role and of the roles
+        // it reads, write its own (matched on the address's role, which
+        // is what `role_records` patterns would match).
+        if let Resource::Ucxl(a) = resource {
+            let role_is = |r: &str| matches!(&a.role, crate::ucxl::Component::Name(n) if n == r);
+            let hit = match action {
+                Action::Read => role_is(name) || def.reads.iter().any(|r| role_is(r)),
+                Action::Write => role_is(name),
+                _ => false,
+            };
+            if hit && allow.is_none() {
+                allow = Some(format!(
+                    "rule {action}:{} of role {name}",
+                    role_records(a.role.to_string().as_str())
+                ));
+            }
+        }
+        for text in &def.permissions {
+            let Some(rule) = parsed(text) else {
+                continue;
+            };
             if !rule.matches(action, resource) {
                 continue;
             }

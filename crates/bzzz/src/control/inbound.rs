@@ -111,7 +111,7 @@ impl Control {
                 }
                 // Audit entries a peer proposes are its own: signed by it.
                 if let Command::Audited { notes, .. } = &cmd
-                    && let Some(bad) = notes.iter().find(|n| !signed_by(n, &peer))
+                    && let Some(bad) = notes.iter().find(|n| !signed_by(n, peer))
                 {
                     return Reply::Refused(format!(
                         "an audit entry of node {} proposed by {peer}, or badly signed",
@@ -143,6 +143,14 @@ impl Control {
             tokio::time::sleep(lease / 2).await;
         }
     }
+}
+
+/// Whether an audit note names `peer` as its node and carries its valid
+/// signature.
+fn signed_by(n: &bzzz_proto::access::AuditNote, peer: &NodeId) -> bool {
+    &n.node == peer
+        && bzzz_net::signed::public_key_of(peer)
+            .is_some_and(|pk| bzzz_crypto::access::verify_note(n, &pk).is_ok())
 }
 
 #[cfg(test)]
@@ -181,12 +189,4 @@ mod tests {
         assert!(admits(true, &[], &a));
         assert!(!admits(false, &[], &a));
     }
-}
-
-/// Whether an audit note names `peer` as its node and carries its valid
-/// signature.
-fn signed_by(n: &bzzz_proto::access::AuditNote, peer: &NodeId) -> bool {
-    &n.node == peer
-        && bzzz_net::signed::public_key_of(peer)
-            .is_some_and(|pk| bzzz_crypto::access::verify_note(n, &pk).is_ok())
 }
