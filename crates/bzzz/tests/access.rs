@@ -618,3 +618,68 @@ fn the_audit_log_verifies_everywhere_names_an_edited_entry_and_fails_closed() {
         keys_before
     );
 }
+
+#[test]
+fn anonymous_inference_is_the_operators_explicit_choice() {
+    let mut c = LocalCluster::start(Path::new(BIN), 0, &LocalOpts::default()).expect("start");
+    let open = c
+        .config("open", "serve:\n  anonymous_inference: true\n")
+        .expect("config");
+    c.add_node(&open).expect("open node");
+    c.add_node(&LocalOpts::default()).expect("closed node");
+    c.wait_formed(Duration::from_secs(30)).expect("formed");
+    let _pw = c.init(0, PASSWORD).expect("init");
+    let ask = r#"{"model":"nope:1","messages":[{"role":"user","content":"Hi"}]}"#;
+    let anonymous = |i: usize, method: &str, path: &str, body: &str| {
+        call(&c.nodes[i].api_addr(), method, path, None, body).0
+    };
+    // Node 0 was opened by its config: no key needed (the model is
+    // unknown: 404, not 401). Node 1 was not: 401. Other routes stay closed.
+    wait_until(
+        "the control plane runs",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || (anonymous(0, "POST", "/v1/chat/completions", ask) == 404).then_some(()),
+    )
+    .expect("open");
+    assert_eq!(anonymous(0, "GET", "/v1/models", ""), 200);
+    assert_eq!(anonymous(0, "GET", "/api/v1/members", ""), 401);
+    assert_eq!(anonymous(1, "POST", "/v1/chat/completions", ask), 401);
+    // The cluster rule (admin-signed) decides on every node.
+    let (code, body) = http::request(
+        &c.nodes[0].api_addr(),
+        "POST",
+        "/api/v1/serve/anonymous",
+        &[],
+        r#"{"enabled":true}"#,
+    )
+    .expect("post");
+    assert_eq!(code, 200, "{body}");
+    wait_until(
+        "node 1 opens",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || (anonymous(1, "POST", "/v1/chat/completions", ask) == 404).then_some(()),
+    )
+    .expect("opened everywhere");
+    let (code, body) = http::request(
+        &c.nodes[1].api_addr(),
+        "POST",
+        "/api/v1/serve/anonymous",
+        &[],
+        r#"{"enabled":false}"#,
+    )
+    .expect("post");
+    assert_eq!(code, 200, "{body}");
+    wait_until(
+        "both close",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            (anonymous(0, "POST", "/v1/chat/completions", ask) == 401
+                && anonymous(1, "POST", "/v1/chat/completions", ask) == 401)
+                .then_some(())
+        },
+    )
+    .expect("closed everywhere");
+}
