@@ -112,12 +112,7 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-fn control(st: &Shared) -> Result<&crate::control::Control, ApiError> {
-    st.control
-        .get()
-        .map(|c| &**c)
-        .ok_or_else(ApiError::no_control)
-}
+use super::control::control;
 
 fn caller(p: &Principal) -> Result<&crate::access::Caller, ApiError> {
     p.caller()
