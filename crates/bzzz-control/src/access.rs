@@ -77,7 +77,15 @@ impl ClusterState {
         let public = if let Some(name) = principal.strip_prefix("user:") {
             self.users.get(name).map(|u| u.public.clone())
         } else if let Some(id) = principal.strip_prefix("key:") {
-            self.api_keys.get(id).map(|k| k.public.clone())
+            let k = self.api_keys.get(id);
+            // An expired key signs nothing (by the cluster's audit clock:
+            // the latest time any applied entry named).
+            if let Some(e) = k.and_then(|k| k.expires_at)
+                && e.saturating_mul(1000) <= self.audit_clock_ms.max(note.time_ms)
+            {
+                return Err(format!("{principal} has expired"));
+            }
+            k.map(|k| k.public.clone())
         } else {
             return Err(format!(
                 "changes to users and keys by {principal} must be signed by the admin key"
@@ -86,12 +94,42 @@ impl ClusterState {
         let public =
             public.ok_or_else(|| format!("{principal} is no principal of this cluster"))?;
         let proof = proof.ok_or("a change to users and keys needs its principal's signature")?;
+        // Single use: a principal's changes come in the order of their
+        // (signed) times; a replayed one is older than the last.
+        if let Some(last) = self.last_change_ms.get(principal)
+            && note.time_ms <= *last
+        {
+            return Err(format!(
+                "a change by {principal} no newer than its last one (a replay?)"
+            ));
+        }
+        let cluster = self.cluster.as_ref().map_or("", |c| c.name.as_str());
         bzzz_crypto::access::verify_hex(
             &public,
-            &bzzz_proto::access::proof_bytes(note, change),
+            &bzzz_proto::access::proof_bytes(cluster, note, change),
             proof,
         )
         .map_err(|_| format!("the signature of {principal} does not verify"))
+    }
+
+    /// Records that `principal` made a proven change at `time_ms`.
+    pub(crate) fn proven_change(&mut self, principal: &str, time_ms: u64) {
+        if self.last_change_ms.len() >= MAX_USERS + MAX_KEYS
+            && !self.last_change_ms.contains_key(principal)
+        {
+            // Principals that are gone make room.
+            let live = |p: &String| self.principal_roles(p).is_some();
+            let gone: Vec<String> = self
+                .last_change_ms
+                .keys()
+                .filter(|p| !live(p))
+                .cloned()
+                .collect();
+            for p in gone {
+                self.last_change_ms.remove(&p);
+            }
+        }
+        self.last_change_ms.insert(principal.to_owned(), time_ms);
     }
 
     /// Applies a change to users or keys made by `principal`.
@@ -115,11 +153,11 @@ impl ClusterState {
         match change {
             AccessChange::UserPut { user } => {
                 validate_user_name(&user.name)?;
-                if user.name == ADMIN_USER {
-                    return Err(
-                        "the admin user is the operator; its password is the operator password"
-                            .into(),
-                    );
+                if bzzz_proto::access::RESERVED_USERS.contains(&user.name.as_str()) {
+                    return Err(format!(
+                        "{} is reserved for the operator, whose password is the operator password",
+                        user.name
+                    ));
                 }
                 if user.roles.is_empty() || user.roles.len() > 32 {
                     return Err("a user holds 1 to 32 roles".into());
@@ -154,9 +192,26 @@ impl ClusterState {
                     .ok_or_else(|| format!("no user {name:?}"))?;
                 may_grant(&held, &user.roles)?;
                 self.users.remove(&name);
+                // Its keys end with it (a user of the same name made later
+                // does not bring them back).
+                let at = self.audit_clock_ms / 1000;
+                for k in self.api_keys.values_mut() {
+                    if k.user.as_deref() == Some(name.as_str()) {
+                        k.revoked_at.get_or_insert(at);
+                    }
+                }
                 Ok(None)
             }
-            AccessChange::KeyPut { key } => {
+            AccessChange::KeyPut { mut key } => {
+                key.created_by = principal.to_owned();
+                // The same key again (a retried write that did commit).
+                if self
+                    .api_keys
+                    .get(&key.id)
+                    .is_some_and(|k| k.hash == key.hash && k.public == key.public)
+                {
+                    return Ok(None);
+                }
                 bzzz_proto::cluster::validate_cluster_name(&key.role)
                     .map_err(|e| format!("role {:?}: {e}", key.role))?;
                 if key.hash.len() != 64

@@ -46,8 +46,15 @@ pub fn hash_record(r: &AuditRecord) -> String {
 }
 
 fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    // Notes are bounded to year 9999 (`AuditNote::validate`); anything
+    // else is printed as milliseconds, never a panic.
+    use std::fmt::Write as _;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let mut out = String::new();
+    match write!(out, "{}", humantime::format_rfc3339_millis(t)) {
+        Ok(()) => out,
+        Err(_) => format!("{ms} ms"),
+    }
 }
 
 /// The first problem of a run of records, by `seq`.

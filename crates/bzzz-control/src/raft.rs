@@ -229,6 +229,12 @@ pub struct ClusterState {
     pub api_keys: BTreeMap<String, bzzz_proto::access::ApiKeyRecord>,
     /// The audit chain's head.
     pub audit_head: bzzz_proto::access::AuditHead,
+    /// The latest time (Unix ms) any applied audit entry named: the
+    /// cluster's clock for key expiry in the state machine.
+    pub audit_clock_ms: u64,
+    /// Each principal's last proven change to users and keys (Unix ms of
+    /// its note): older or equal ones are replays.
+    pub last_change_ms: BTreeMap<String, u64>,
     /// Records appended since the state machine last took them (for the
     /// audit file; never in snapshots).
     #[serde(skip)]
@@ -529,13 +535,21 @@ impl ClusterState {
                 if matches!(cmd.as_deref(), Some(Command::Audited { .. })) {
                     return Err("audited commands do not nest".into());
                 }
+                if cmd.is_some() && access.is_some() {
+                    return Err("an audited command carries a change or a command, not both".into());
+                }
                 let principal = notes[0].principal.clone();
                 let mut result = Ok(None);
                 if let Some(change) = access {
                     result = self
                         .check_proof(&notes[0], &change, proof.as_deref())
                         .and_then(|()| self.apply_access(&principal, change));
+                    if result.is_ok() {
+                        self.proven_change(&principal, notes[0].time_ms);
+                    }
                 }
+                let latest = notes.iter().map(|n| n.time_ms).max().unwrap_or(0);
+                self.audit_clock_ms = self.audit_clock_ms.max(latest);
                 if let (Some(cmd), Ok(_)) = (cmd, &result) {
                     result = self.try_apply(log_index, *cmd);
                 }

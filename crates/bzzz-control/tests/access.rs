@@ -13,7 +13,13 @@ const NODE: &str = "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xa";
 
 fn note(key: &NodeKey, principal: &str, action: &str) -> AuditNote {
     let mut n = AuditNote {
-        time_ms: 1_800_000_000_000,
+        time_ms: {
+            // Each note later than the last (a principal's changes must
+            // come in time order).
+            static T: std::sync::atomic::AtomicU64 =
+                std::sync::atomic::AtomicU64::new(1_800_000_000_000);
+            T.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        },
         principal: principal.into(),
         action: action.into(),
         resource: "users".into(),
@@ -64,7 +70,8 @@ fn audited(n: AuditNote, change: AccessChange) -> Command {
         Some(("key", id)) => Some(bzzz_crypto::access::api_key_signer(id)),
         _ => None,
     };
-    let proof = signer.map(|k| hex::encode(k.sign(&bzzz_proto::access::proof_bytes(&n, &change))));
+    let proof =
+        signer.map(|k| hex::encode(k.sign(&bzzz_proto::access::proof_bytes("", &n, &change))));
     Command::Audited {
         notes: vec![n],
         cmd: None,
@@ -162,6 +169,16 @@ fn access_changes_commit_with_their_entries_and_never_escalate() {
         s.principal_roles("key:k0000000000000002"),
         Some(vec!["backend_developer".to_owned()])
     );
+    // The very same command again (a member replaying it): refused.
+    let replay = audited(
+        note(&k, "user:alice", "manage"),
+        AccessChange::UserRemove { name: "bob".into() },
+    );
+    assert_eq!(s.clone().apply_command(40, replay.clone()).rejected, None);
+    let mut later = s.clone();
+    later.apply_command(40, replay.clone());
+    let again = later.apply_command(41, replay);
+    assert!(again.rejected.expect("refused").contains("replay"));
     // A principal that is not one cannot change anything.
     let r = apply(
         &mut s,
@@ -183,7 +200,7 @@ fn access_changes_commit_with_their_entries_and_never_escalate() {
         6,
         Command::Audited {
             proof: Some(hex::encode(
-                wrong.sign(&bzzz_proto::access::proof_bytes(&n, &change)),
+                wrong.sign(&bzzz_proto::access::proof_bytes("", &n, &change)),
             )),
             notes: vec![n],
             cmd: None,

@@ -70,7 +70,15 @@ pub fn verify_hex(public: &str, msg: &[u8], signature: &str) -> Result<(), Crypt
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or(CryptoError::BadSignature)?;
-    crate::verify_ed25519(&pk, msg, &sig)
+    // Strict: no small-order keys, no malleable signatures (a record's
+    // public key came from a node that could be hostile).
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&pk)
+        .map_err(|_| CryptoError::InvalidKey("public key"))?;
+    if key.is_weak() {
+        return Err(CryptoError::InvalidKey("weak public key"));
+    }
+    key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&sig))
+        .map_err(|_| CryptoError::BadSignature)
 }
 
 /// Constant-time comparison of two hex hashes.

@@ -453,6 +453,66 @@ fn a_revoked_key_is_refused_by_every_node_within_two_seconds() {
         !text.contains(&secret[5..]) && !text.contains("hash"),
         "{text}"
     );
+    // A user makes and revokes keys for itself (signed with the key its
+    // password derives, checked by every node), never with more roles.
+    let pwf = c.dir.path().join("alice-password");
+    std::fs::write(&pwf, "alice's long password\n").expect("pw");
+    let out = cli(&[
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "observer",
+        "--password-file",
+        &pwf.to_string_lossy(),
+        "--api",
+        &c.nodes[0].api(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alice = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("alice:alice's long password")
+        )
+    };
+    let addr2 = c.nodes[2].api_addr();
+    let create = |body: &str| call(&addr2, "POST", "/api/v1/apikeys", Some(&alice), body);
+    let (code, body) = create(r#"{"role":"observer","user":"alice"}"#);
+    assert_eq!(code, 200, "{body}");
+    let made: Value = serde_json::from_str(&body).expect("json");
+    let (code, body) = create(r#"{"role":"admin","user":"alice"}"#);
+    assert_eq!(code, 403, "alice grants admin: {body}");
+    let (code, body) = create(r#"{"role":"observer"}"#);
+    assert_eq!(code, 403, "alice makes a key for no one: {body}");
+    let (code, body) = call(&addr2, "GET", "/api/v1/apikeys", Some(&alice), "");
+    assert_eq!(code, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "her own keys only: {body}"
+    );
+    // Her key works; she revokes it through another node.
+    let hers = bearer(made["secret"].as_str().expect("secret"));
+    assert_eq!(
+        call(&addr2, "GET", "/api/v1/whoami", Some(&hers), "").0,
+        200
+    );
+    let path = format!("/api/v1/apikeys/{}", made["id"].as_str().expect("id"));
+    let (code, body) = call(&c.nodes[1].api_addr(), "DELETE", &path, Some(&alice), "");
+    assert_eq!(code, 200, "{body}");
+    wait_until(
+        "her key is refused",
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        || (call(&addr2, "GET", "/api/v1/whoami", Some(&hers), "").0 == 401).then_some(()),
+    )
+    .expect("revoked");
 }
 
 fn audit_head(c: &LocalCluster, i: usize) -> Option<(u64, String)> {

@@ -578,9 +578,13 @@ impl AccessChange {
     }
 }
 
-/// What a principal signs to make `change` (recorded by `note`).
-pub fn proof_bytes(note: &AuditNote, change: &AccessChange) -> Vec<u8> {
+/// What a principal signs to make `change` (recorded by `note`) in
+/// `cluster`. The note's time makes it single-use: the state machine
+/// takes a principal's change only with a time after its last one.
+pub fn proof_bytes(cluster: &str, note: &AuditNote, change: &AccessChange) -> Vec<u8> {
     let mut out = b"bzzz access change v1\0".to_vec();
+    out.extend_from_slice(cluster.as_bytes());
+    out.push(0);
     out.extend_from_slice(&note.signed_bytes());
     out.push(0);
     out.extend_from_slice(serde_json::to_string(change).unwrap_or_default().as_bytes());
@@ -723,13 +727,17 @@ impl AuditNote {
             .iter()
             .any(|s| s.len() > 256)
             || self.resource.len() > 2048
-            || self.signature.len() != 128;
+            || self.signature.len() != 128
+            || self.time_ms > MAX_TIME_MS;
         if long {
             return Err("audit note out of bounds".into());
         }
         Ok(())
     }
 }
+
+/// The last millisecond of the year 9999 (notes name a time before it).
+pub const MAX_TIME_MS: u64 = 253_402_300_799_999;
 
 /// One entry of the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -178,6 +178,12 @@ pub async fn audit_verify(a: &ReadArgs) -> anyhow::Result<()> {
         .context("cannot read the audit log")?;
     let mut result = bzzz_control::audit::verify(&entries, bzzz_net::signed::public_key_of)
         .map_err(|b| (b.seq, b.why));
+    if result.is_ok() && entries.is_empty() && head.seq > 0 {
+        result = Err((
+            head.seq,
+            "the node holds no entry, but the replicated head is not empty".into(),
+        ));
+    }
     if result.is_ok()
         && let Some(last) = entries.last()
         && (last.seq != head.seq || last.hash != head.hash)

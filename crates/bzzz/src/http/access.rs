@@ -159,7 +159,14 @@ async fn change(
         .access
         .note(&caller.id, Action::Manage.as_str(), &c.summary(), "ok", 1);
     let proof = proof_key
-        .sign(bzzz_proto::access::proof_bytes(&note, &c))
+        .sign(bzzz_proto::access::proof_bytes(
+            &st.keys
+                .cluster()
+                .map(|c| c.genesis.cluster)
+                .unwrap_or_default(),
+            &note,
+            &c,
+        ))
         .await?;
     match crate::access::commit(st, vec![note], None, Some((c, proof))).await? {
         Ok(_) => Ok(()),

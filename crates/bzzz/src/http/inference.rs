@@ -449,7 +449,6 @@ async fn route_request(
         };
         *lock(&r.in_flight).entry(node.clone()).or_default() += 1;
         let guard = InFlight(r.clone(), node.clone());
-        let auth = headers.get(header::AUTHORIZATION);
         match send(
             &format!("http://{addr}{}", dialect.path()),
             &body,
