@@ -81,22 +81,35 @@ impl Keys {
     pub fn open_web_session(&self, password: OperatorPassword) -> Result<String, KeysError> {
         let id = random_hex(32)?;
         let mut s = lock(&self.web_sessions);
-        s.retain(|_, (_, until)| *until > Instant::now());
+        let now = Instant::now();
+        s.retain(|_, (_, until, used)| {
+            *until > now && now.duration_since(*used) < WEB_SESSION_IDLE
+        });
         if s.len() >= MAX_WEB_SESSIONS
-            && let Some(oldest) = s.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| k.clone())
+            && let Some(oldest) = s.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone())
         {
             s.remove(&oldest);
         }
-        s.insert(id.clone(), (password, Instant::now() + WEB_SESSION_TTL));
+        s.insert(id.clone(), (password, now + WEB_SESSION_TTL, now));
         Ok(id)
     }
 
-    /// The credential of a live web session.
+    /// The credential of a live web session (used now: the idle clock
+    /// restarts). A session ends 12 h after login or 30 min after its
+    /// last use, whichever comes first.
     pub fn web_session(&self, id: &str) -> Option<OperatorPassword> {
-        let s = lock(&self.web_sessions);
-        s.get(id)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(p, _)| p.clone())
+        let mut s = lock(&self.web_sessions);
+        let now = Instant::now();
+        let live = s.get(id).is_some_and(|(_, until, used)| {
+            *until > now && now.duration_since(*used) < WEB_SESSION_IDLE
+        });
+        if !live {
+            s.remove(id);
+            return None;
+        }
+        let e = s.get_mut(id)?;
+        e.2 = now;
+        Some(e.0.clone())
     }
 
     pub fn close_web_session(&self, id: &str) {

@@ -178,8 +178,55 @@ fn canonical(req: &Value) -> Bytes {
     let mut v = req.clone();
     if let Some(o) = v.as_object_mut() {
         o.retain(|k, _| k == "model" || !k.eq_ignore_ascii_case("model"));
+        if let Some(opts) = o.get_mut("options").and_then(Value::as_object_mut) {
+            bound_options(opts);
+        }
     }
     Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+/// Ollama options a caller may pass to an Ollama backend, with bounds:
+/// others are dropped, and a context or output length beyond the bound
+/// is cut to it (a caller must not make a backend allocate a context of
+/// a million tokens).
+const OLLAMA_OPTIONS: &[(&str, Option<(f64, f64)>)] = &[
+    ("num_ctx", Some((1.0, 32_768.0))),
+    ("num_predict", Some((-2.0, 32_768.0))),
+    ("num_keep", Some((-1.0, 32_768.0))),
+    ("temperature", Some((0.0, 10.0))),
+    ("top_p", Some((0.0, 1.0))),
+    ("min_p", Some((0.0, 1.0))),
+    ("top_k", Some((0.0, 1_000.0))),
+    ("seed", None),
+    ("stop", None),
+    ("repeat_penalty", Some((0.0, 10.0))),
+    ("repeat_last_n", Some((-1.0, 32_768.0))),
+    ("presence_penalty", Some((-10.0, 10.0))),
+    ("frequency_penalty", Some((-10.0, 10.0))),
+];
+
+fn bound_options(opts: &mut serde_json::Map<String, Value>) {
+    opts.retain(|k, _| OLLAMA_OPTIONS.iter().any(|(name, _)| name == k));
+    for (name, bounds) in OLLAMA_OPTIONS {
+        let (Some((lo, hi)), Some(v)) = (bounds, opts.get_mut(*name)) else {
+            continue;
+        };
+        match v.as_f64() {
+            Some(x) if x.is_finite() => {
+                let clamped = x.clamp(*lo, *hi);
+                if clamped != x {
+                    *v = if v.is_i64() || v.is_u64() {
+                        json!(clamped as i64)
+                    } else {
+                        json!(clamped)
+                    };
+                }
+            }
+            _ => {
+                opts.remove(*name);
+            }
+        }
+    }
 }
 
 /// POSTs a request to a backend, or (with `hop`) to another node,
@@ -587,5 +634,24 @@ pub mod metrics {
             chunk
         });
         Response::from_parts(parts, Body::from_stream(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ollama_options_are_allow_listed_and_bounded() {
+        let req = serde_json::json!({"model": "m", "MODEL": "other", "options": {
+            "num_ctx": 1_048_576, "temperature": 0.5, "num_predict": -1,
+            "use_mmap": false, "num_gpu": 99, "top_p": "x"}});
+        let out: serde_json::Value = serde_json::from_slice(&super::canonical(&req)).expect("json");
+        assert_eq!(out["model"], "m");
+        assert!(out.get("MODEL").is_none());
+        assert_eq!(out["options"]["num_ctx"], 32_768);
+        assert_eq!(out["options"]["temperature"], 0.5);
+        assert_eq!(out["options"]["num_predict"], -1);
+        for gone in ["use_mmap", "num_gpu", "top_p"] {
+            assert!(out["options"].get(gone).is_none(), "{gone}: {out}");
+        }
     }
 }
