@@ -436,15 +436,21 @@ pub async fn commit(
     })
 }
 
-/// The control plane, waited for a little while right after setup.
+/// The control plane with the cluster's genesis applied, waited for a
+/// little while right after setup.
 pub async fn control(st: &crate::node::AppState) -> Result<Arc<crate::control::Control>, ApiError> {
     let until = Instant::now() + COMMIT_PATIENCE;
     loop {
-        if let Some(c) = st.control.get() {
+        if let Some(c) = st.control.get()
+            && c.with_state(|s| s.cluster.is_some())
+        {
             return Ok(c.clone());
         }
         if Instant::now() >= until {
-            return Err(ApiError::no_control());
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the control plane has not applied the cluster's genesis yet (right after setup); retry in a moment",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -45,18 +45,21 @@ fn role(c: &LocalCluster, pw: &str, name: &str, reads: &[&str], members: &[usize
         args.extend(["--member", id]);
     }
     args.extend(["--api", &api, "--operator-password-file", pw]);
-    // Right after setup the first leader may still be handing off.
+    // Right after setup the first leader may still be handing off, and
+    // the genesis entry may not be applied yet (503, retried).
+    let last = std::cell::RefCell::new(String::new());
     let out = wait_until(
         "a role change",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         Duration::from_millis(200),
         || {
             let out = cli(&args);
+            *last.borrow_mut() = String::from_utf8_lossy(&out.stderr).into_owned();
             (out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("503"))
                 .then_some(out)
         },
     )
-    .expect("role change answered");
+    .unwrap_or_else(|e| panic!("{e}: last answer: {}\n{}", last.borrow(), c.logs()));
     ok(&out);
 }
 

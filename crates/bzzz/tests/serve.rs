@@ -42,18 +42,28 @@ thread_local! {
 /// Creates a `backend_developer` API key through `api` for this test's
 /// requests; returns the `Authorization` value.
 fn use_key(api: &str) -> String {
-    let v = bzzz_testkit::cli_json(
-        BIN,
-        &[
-            "apikey",
-            "create",
-            "--role",
-            "backend_developer",
-            "--api",
-            api,
-            "--json",
-        ],
-    );
+    // Right after setup the genesis entry may not be applied yet (503).
+    let args = [
+        "apikey",
+        "create",
+        "--role",
+        "backend_developer",
+        "--api",
+        api,
+        "--json",
+    ];
+    let v = wait_until(
+        "an API key",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let out = bzzz_testkit::cli(BIN, &args);
+            out.status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&out.stdout).expect("json"))
+        },
+    )
+    .expect("an API key");
     let auth = format!("Bearer {}", v["secret"].as_str().expect("secret"));
     KEY.with(|k| *k.borrow_mut() = Some(auth.clone()));
     auth
