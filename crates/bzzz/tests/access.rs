@@ -481,6 +481,21 @@ fn a_revoked_key_is_refused_by_every_node_within_two_seconds() {
         )
     };
     let addr2 = c.nodes[2].api_addr();
+    // Node 2 knows her once it applied the change (a wrong guess would
+    // count against this client's login allowance).
+    wait_until(
+        "node 2 knows alice",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let v = cli_json(&["user", "ls", "--api", &c.nodes[2].api(), "--json"]);
+            v.as_array()?
+                .iter()
+                .any(|u| u["name"] == "alice")
+                .then_some(())
+        },
+    )
+    .expect("alice everywhere");
     let create = |body: &str| call(&addr2, "POST", "/api/v1/apikeys", Some(&alice), body);
     let (code, body) = create(r#"{"role":"observer","user":"alice"}"#);
     assert_eq!(code, 200, "{body}");
