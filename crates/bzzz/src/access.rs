@@ -483,7 +483,7 @@ pub async fn propose(
 }
 
 /// How long a privileged request waits for a leader to record it.
-const COMMIT_PATIENCE: Duration = Duration::from_secs(8);
+const COMMIT_PATIENCE: Duration = Duration::from_secs(15);
 
 /// Failures that a moment may cure: no leader yet, the control plane
 /// starting, a leader that died or handed off. A write to a leader that
