@@ -492,6 +492,7 @@ const COMMIT_PATIENCE: Duration = Duration::from_secs(15);
 /// refused the second time (replays are refused by the state machine).
 fn retriable(e: &str) -> bool {
     e.contains("did not answer in time")
+        || e.contains("did not commit in time")
         || e.contains("no leader")
         || e.contains("not running yet")
         || e.contains("has no address")

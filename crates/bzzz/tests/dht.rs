@@ -64,18 +64,39 @@ fn role(c: &LocalCluster, pw: &str, name: &str, reads: &[&str], members: &[usize
 }
 
 fn put(c: &LocalCluster, i: usize, pw: &str, addr: &str, value: &str) -> Value {
-    cli_json(&[
+    let api = c.nodes[i].api();
+    let args = [
         "dht",
         "put",
         addr,
         "--value",
         value,
         "--api",
-        &c.nodes[i].api(),
+        &api,
         "--operator-password-file",
         pw,
         "--json",
-    ])
+    ];
+    // A 503 (no quorum right now: the write's audit entry could not
+    // commit, so nothing was written) is for the client to retry.
+    let last = std::cell::RefCell::new(String::new());
+    wait_until(
+        "a DHT write",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let out = cli(&args);
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            let retry = !out.status.success() && err.contains("503");
+            *last.borrow_mut() = err;
+            (!retry).then_some(out)
+        },
+    )
+    .map(|out| {
+        assert!(out.status.success(), "bzzz {args:?}: {}", last.borrow());
+        serde_json::from_slice(&out.stdout).expect("json")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", last.borrow()))
 }
 
 fn get(c: &LocalCluster, i: usize, addr: &str) -> Output {
