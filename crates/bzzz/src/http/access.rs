@@ -388,17 +388,17 @@ async fn api_anonymous(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: AnonymousRequest = parse(&body, "request")?;
-    let control = control(&st)?;
+    let control = crate::access::control(&st).await?;
     let change = super::control::admin_change(
         &st,
-        control,
+        &control,
         AdminAction::SetRule {
             name: crate::access::ANONYMOUS_INFERENCE_RULE.into(),
             value: Some(req.enabled.to_string()),
         },
     )?;
     let signed = st.keys.sign_admin_change(&change, &pw).await?;
-    super::control::propose_admin(&st, control, signed).await?;
+    super::control::propose_admin(&st, &control, signed).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"anonymous_inference": req.enabled}),
