@@ -100,6 +100,30 @@ pub fn verify(
     Ok(())
 }
 
+/// [`verify`], and the run must end at the replicated `head` (a node
+/// that holds no entry while the head is not empty fails too).
+pub fn verify_to_head(
+    records: &[AuditRecord],
+    head: &bzzz_proto::access::AuditHead,
+    public_key_of: impl Fn(&bzzz_proto::NodeId) -> Option<[u8; 32]>,
+) -> Result<(), Bad> {
+    verify(records, public_key_of)?;
+    match records.last() {
+        None if head.seq > 0 => Err(Bad {
+            seq: head.seq,
+            why: "the node holds no entry, but the replicated head is not empty".into(),
+        }),
+        Some(last) if last.seq != head.seq || last.hash != head.hash => Err(Bad {
+            seq: last.seq,
+            why: format!(
+                "the last entry does not match the replicated head (seq {}, hash {})",
+                head.seq, head.hash
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A node's audit file.
 #[derive(Debug)]
 pub struct AuditFile {

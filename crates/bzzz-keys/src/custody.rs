@@ -33,7 +33,6 @@ impl Keys {
             install_hook: Mutex::new(None),
             hasher: operator::Hasher::start()?,
             auth_ended: tokio::sync::Notify::new(),
-            web_sessions: Mutex::new(HashMap::new()),
             removed: RwLock::new(BTreeMap::new()),
             token_nodes: Mutex::new(HashMap::new()),
             redealing: tokio::sync::Mutex::new(()),

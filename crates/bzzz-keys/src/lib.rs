@@ -331,18 +331,7 @@ pub struct Keys {
     removed: RwLock<BTreeMap<NodeId, Signed>>,
     /// One re-deal at a time from this node.
     redealing: tokio::sync::Mutex<()>,
-    /// Web UI operator sessions: id → (credential, expiry). In memory
-    /// only; signers need the credential itself to approve operator
-    /// requests, so the session keeps it (zeroized when it ends).
-    /// Session id → (credential, absolute end, last use).
-    web_sessions: Mutex<HashMap<String, (OperatorPassword, Instant, Instant)>>,
 }
-
-/// How long a web UI login lasts.
-pub const WEB_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// A web session unused this long ends (the credential leaves memory).
-pub const WEB_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-const MAX_WEB_SESSIONS: usize = 256;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -76,45 +76,6 @@ impl Keys {
         }
         Err(err(ErrorKind::Unauthorized, "wrong credential"))
     }
-
-    /// Starts a web session for an operator whose credential was checked.
-    pub fn open_web_session(&self, password: OperatorPassword) -> Result<String, KeysError> {
-        let id = random_hex(32)?;
-        let mut s = lock(&self.web_sessions);
-        let now = Instant::now();
-        s.retain(|_, (_, until, used)| {
-            *until > now && now.duration_since(*used) < WEB_SESSION_IDLE
-        });
-        if s.len() >= MAX_WEB_SESSIONS
-            && let Some(oldest) = s.iter().min_by_key(|(_, v)| v.2).map(|(k, _)| k.clone())
-        {
-            s.remove(&oldest);
-        }
-        s.insert(id.clone(), (password, now + WEB_SESSION_TTL, now));
-        Ok(id)
-    }
-
-    /// The credential of a live web session (used now: the idle clock
-    /// restarts). A session ends 12 h after login or 30 min after its
-    /// last use, whichever comes first.
-    pub fn web_session(&self, id: &str) -> Option<OperatorPassword> {
-        let mut s = lock(&self.web_sessions);
-        let now = Instant::now();
-        let live = s.get(id).is_some_and(|(_, until, used)| {
-            *until > now && now.duration_since(*used) < WEB_SESSION_IDLE
-        });
-        if !live {
-            s.remove(id);
-            return None;
-        }
-        let e = s.get_mut(id)?;
-        e.2 = now;
-        Some(e.0.clone())
-    }
-
-    pub fn close_web_session(&self, id: &str) {
-        lock(&self.web_sessions).remove(id);
-    }
 }
 
 /// Most Argon2id hashes (19 MiB each) this node runs at once for operator

@@ -267,19 +267,6 @@ async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
 }
 
 #[test]
-fn web_sessions_open_and_close() {
-    let dir = tempfile::tempdir().expect("dir");
-    let k = node(dir.path());
-    let id = k
-        .open_web_session(OperatorPassword::new(PASSWORD.into()).expect("pw"))
-        .expect("open");
-    assert_eq!(id.len(), 64);
-    assert!(k.web_session(&id).is_some());
-    k.close_web_session(&id);
-    assert!(k.web_session(&id).is_none());
-}
-
-#[test]
 fn the_token_use_record_is_versioned_and_migrated() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join(USED_TOKENS_FILE);

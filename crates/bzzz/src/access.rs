@@ -55,6 +55,9 @@ pub struct Caller {
     /// How the caller signs its changes to users and keys (every node
     /// checks the signature; the operator's are admin-signed instead).
     pub proof: Option<ProofKey>,
+    /// The CSRF token of the web session the caller came with (form
+    /// POSTs must bring it back); `None` for header credentials.
+    pub csrf: Option<String>,
 }
 
 /// The key a credential derives for signing access changes.
@@ -127,6 +130,8 @@ pub struct Access {
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Cached>>,
     denials: Mutex<BTreeMap<String, Denied>>,
+    /// This node's web sessions.
+    pub sessions: crate::sessions::Sessions,
     /// `serve.anonymous_inference` of this node's config (the cluster
     /// rule `anonymous_inference`, admin-signed, overrides it).
     pub anonymous_inference: bool,
@@ -162,6 +167,7 @@ impl Access {
             cache_key,
             cache: Mutex::default(),
             denials: Mutex::default(),
+            sessions: Default::default(),
             anonymous_inference,
         }
     }
@@ -232,10 +238,10 @@ impl Access {
         headers: &axum::http::HeaderMap,
     ) -> Result<Option<Caller>, ApiError> {
         use axum::http::header;
-        if let Some(pw) =
-            crate::http::auth::session_id(headers).and_then(|id| st.keys.web_session(&id))
+        if let Some(id) = crate::http::auth::session_id(headers)
+            && let Some(c) = self.session(st, &id)
         {
-            return Ok(Some(operator(pw, None)));
+            return Ok(Some(c));
         }
         let Some(v) = headers.get(header::AUTHORIZATION) else {
             return Ok(None);
@@ -314,9 +320,112 @@ impl Access {
                 operator: None,
                 forward,
                 proof: Some(ProofKey::User(u.name, pw)),
+                csrf: None,
             },
             None => operator(pw, forward),
         }))
+    }
+
+    /// The caller of live web session `id`. A user's session ends here
+    /// when the user is gone or its password changed.
+    fn session(&self, st: &crate::node::AppState, id: &str) -> Option<Caller> {
+        let (who, csrf) = self.sessions.get(id)?;
+        match who {
+            crate::sessions::Who::Operator(pw) => {
+                let mut c = operator(pw, None);
+                c.csrf = Some(csrf);
+                Some(c)
+            }
+            crate::sessions::Who::User {
+                name,
+                verifier,
+                key,
+            } => {
+                let roles = st.control.get().and_then(|c| {
+                    c.with_state(|s| {
+                        s.users
+                            .get(name.as_str())
+                            .filter(|u| u.verifier == verifier)
+                            .map(|u| u.roles.clone())
+                    })
+                });
+                let Some(roles) = roles else {
+                    self.sessions.close(id);
+                    return None;
+                };
+                Some(Caller {
+                    id: format!("user:{name}"),
+                    roles,
+                    operator: None,
+                    forward: None,
+                    proof: Some(ProofKey::Key(key)),
+                    csrf: Some(csrf),
+                })
+            }
+        }
+    }
+
+    /// Checks `name` and `password` for a web login (a user, or `admin`
+    /// for the operator) and opens a session: its id and CSRF token. A
+    /// user's session holds the key its password derives, never the
+    /// password (see [`crate::sessions`]).
+    pub async fn login(
+        &self,
+        st: &crate::node::AppState,
+        client: &str,
+        name: &str,
+        password: OperatorPassword,
+    ) -> Result<(String, String), ApiError> {
+        let user = st
+            .control
+            .get()
+            .and_then(|c| c.with_state(|s| s.users.get(name).cloned()));
+        let who = match user {
+            Some(u) => {
+                st.keys
+                    .check_password(client, password.clone(), u.verifier.clone())
+                    .await
+                    .map_err(ApiError::from)?;
+                let n = u.name.clone();
+                let key = tokio::task::spawn_blocking(move || {
+                    bzzz_crypto::access::user_signer(&n, password.expose())
+                })
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                crate::sessions::Who::User {
+                    name: u.name,
+                    verifier: u.verifier,
+                    key: Arc::new(key),
+                }
+            }
+            // Only `admin` (or an empty name) is the operator here: a
+            // mistyped user name must not be tried as the operator's.
+            None if name.is_empty() || name == ADMIN_USER => {
+                st.keys
+                    .check_operator(client, Some(password.clone()))
+                    .await
+                    .map_err(ApiError::from)?;
+                crate::sessions::Who::Operator(password)
+            }
+            None => {
+                // The same work and answer as a wrong password, so a
+                // login does not tell which user names exist.
+                let dummy = st
+                    .keys
+                    .cluster()
+                    .map(|c| c.genesis.operator_verifier.clone())
+                    .unwrap_or_default();
+                let _ = st.keys.check_password(client, password, dummy).await;
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "wrong user name or password",
+                ));
+            }
+        };
+        self.sessions
+            .open(who)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
     fn api_key(
@@ -354,6 +463,7 @@ impl Access {
                 proof: Some(ProofKey::Key(Arc::new(
                     bzzz_crypto::access::api_key_signer(secret),
                 ))),
+                csrf: None,
             }),
             None => refuse("unknown API key"),
         }
@@ -367,6 +477,7 @@ fn operator(pw: OperatorPassword, forward: Option<zeroize::Zeroizing<String>>) -
         operator: Some(pw),
         forward,
         proof: None,
+        csrf: None,
     }
 }
 

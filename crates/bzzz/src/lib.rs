@@ -24,4 +24,5 @@ pub use bzzz_keys as keys;
 pub mod http;
 pub mod models;
 pub mod node;
+pub mod sessions;
 pub mod ui;

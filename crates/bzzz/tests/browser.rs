@@ -235,3 +235,194 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     wait_for(&client, "#login-form").await;
     client.close().await.expect("close");
 }
+
+/// Types `v` into the field `css` (cleared first).
+async fn fill(client: &fantoccini::Client, css: &str, v: &str) {
+    let e = wait_for(client, css).await;
+    e.clear().await.expect("clear");
+    e.send_keys(v).await.expect("type");
+}
+
+async fn click(client: &fantoccini::Client, css: &str) {
+    wait_for(client, css).await.click().await.expect("click");
+}
+
+/// Logs in on the node at `base` as `user`.
+async fn log_in(client: &fantoccini::Client, base: &str, user: &str, password: &str) {
+    client.goto(&format!("{base}/login")).await.expect("goto");
+    fill(client, "#user", user).await;
+    fill(client, "#password", password).await;
+    click(client, "#login").await;
+    wait_for(client, "#logout").await;
+}
+
+/// Roles, users and API keys in the console (SPEC §9): the operator
+/// creates a role in the form on node 0 (threshold-signed, committed);
+/// a user logs in on node 1, sees it on that node's roles page and makes
+/// itself an API key (the secret shown once works as a Bearer
+/// credential); a form POST without the session's CSRF token is refused
+/// and changes nothing; removing the user ends its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_users_and_keys_in_the_console_with_csrf_tokens() {
+    use std::time::Duration;
+    if !browser::available() {
+        return;
+    }
+    const PASSWORD: &str = "a long operator password";
+    const OLGA: &str = "olga's own long password";
+    let mut c = LocalCluster::start(Path::new(BIN), 2, &LocalOpts::default()).expect("start");
+    c.wait_formed(Duration::from_secs(30)).expect("formed");
+    c.init(0, PASSWORD).expect("init");
+    let olga_pw = c.dir.path().join("olga-password");
+    std::fs::write(&olga_pw, format!("{OLGA}\n")).expect("write");
+    let (api0, api1) = (c.nodes[0].api(), c.nodes[1].api());
+    let olga_pw_s = olga_pw.to_string_lossy().into_owned();
+    bzzz_testkit::wait_until(
+        "user olga is added and known on node 1",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let out = bzzz_testkit::cli(
+                BIN,
+                &[
+                    "user",
+                    "add",
+                    "olga",
+                    "--role",
+                    "observer",
+                    "--password-file",
+                    &olga_pw_s,
+                    "--api",
+                    &api0,
+                ],
+            );
+            if !out.status.success() {
+                return None;
+            }
+            let v = bzzz_testkit::cli_json(BIN, &["user", "ls", "--api", &api1, "--json"]);
+            v.as_array()?
+                .iter()
+                .any(|u| u["name"] == "olga")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    let (_driver, port) = browser::start_driver(c.dir.path(), &[]);
+    let client = browser::session(c.dir.path(), port).await;
+
+    // The operator makes a role in the form on node 0.
+    log_in(&client, &api0, "admin", PASSWORD).await;
+    client.goto(&format!("{api0}/roles")).await.expect("goto");
+    fill(&client, "#role-name", "reviewer").await;
+    fill(
+        &client,
+        "#role-permissions",
+        "read:cluster\ninfer:model:smollm2*",
+    )
+    .await;
+    click(&client, "#save-role").await;
+    let notice = text_of(&client, "#notice").await;
+    assert!(notice.contains("reviewer"), "{notice}");
+
+    // A form POST without the CSRF token: refused, nothing changes.
+    client.goto(&format!("{api0}/roles")).await.expect("goto");
+    fill(&client, "#role-name", "sneaky").await;
+    client
+        .execute(
+            "document.querySelector('#role-form input[name=csrf]').remove();",
+            vec![],
+        )
+        .await
+        .expect("js");
+    click(&client, "#save-role").await;
+    let error = text_of(&client, "#error").await;
+    assert!(error.contains("CSRF"), "{error}");
+    let (code, roles) = http::get(&c.nodes[0].api_addr(), "/api/v1/roles").expect("roles");
+    assert_eq!(code, 200);
+    assert!(
+        roles.contains("reviewer") && !roles.contains("sneaky"),
+        "{roles}"
+    );
+    // The same without a session's token but from a script with a header
+    // credential is not a browser form: the token applies to sessions.
+
+    // The user logs in on node 1 and sees the role there.
+    let page1 = |client: &fantoccini::Client| {
+        let client = client.clone();
+        let api1 = api1.clone();
+        async move {
+            client.goto(&format!("{api1}/roles")).await.expect("goto");
+            client.source().await.expect("source")
+        }
+    };
+    let src = page1(&client).await;
+    assert!(src.contains("login-form"), "node 1 has no session yet");
+    log_in(&client, &api1, "olga", OLGA).await;
+    let whoami = text_of(&client, "#whoami").await;
+    assert!(
+        whoami.contains("user:olga") && whoami.contains("observer"),
+        "{whoami}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let src = page1(&client).await;
+        if src.contains("data-role=\"reviewer\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the role reaches node 1's page: {src}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Olga makes herself a key; the secret is shown once and works.
+    client.goto(&format!("{api1}/access")).await.expect("goto");
+    fill(&client, "#key-name", "laptop").await;
+    click(&client, "#create-key").await;
+    let secret = text_of(&client, "#secret").await;
+    assert!(secret.starts_with("bzzz_"), "{secret}");
+    let auth = format!("Bearer {secret}");
+    let (code, who) = http::raw(
+        &c.nodes[0].api_addr(),
+        "GET",
+        "/api/v1/whoami",
+        &[("authorization", auth.as_str())],
+        "",
+    )
+    .expect("whoami");
+    assert_eq!(code, 200, "{who}");
+    assert!(who.contains("\"observer\""), "{who}");
+    client.goto(&format!("{api1}/access")).await.expect("goto");
+    let src = client.source().await.expect("source");
+    assert!(!src.contains(&secret), "the secret is shown once");
+    // Olga cannot grant herself more: the form refuses a role she lacks.
+    fill(&client, "#key-role", "admin").await;
+    click(&client, "#create-key").await;
+    let error = text_of(&client, "#error").await;
+    assert!(error.contains("admin"), "{error}");
+
+    // Removing the user ends its session on every node's next request.
+    let out = bzzz_testkit::cli(BIN, &["user", "rm", "olga", "--api", &api0]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        client.goto(&format!("{api1}/access")).await.expect("goto");
+        if client
+            .source()
+            .await
+            .expect("source")
+            .contains("login-form")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "olga's session ends");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.close().await.expect("close");
+}

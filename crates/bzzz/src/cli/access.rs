@@ -176,26 +176,9 @@ pub async fn audit_verify(a: &ReadArgs) -> anyhow::Result<()> {
     let (node, head, entries) = fetch(&a.api, 0)
         .await
         .context("cannot read the audit log")?;
-    let mut result = bzzz_control::audit::verify(&entries, bzzz_net::signed::public_key_of)
-        .map_err(|b| (b.seq, b.why));
-    if result.is_ok() && entries.is_empty() && head.seq > 0 {
-        result = Err((
-            head.seq,
-            "the node holds no entry, but the replicated head is not empty".into(),
-        ));
-    }
-    if result.is_ok()
-        && let Some(last) = entries.last()
-        && (last.seq != head.seq || last.hash != head.hash)
-    {
-        result = Err((
-            last.seq,
-            format!(
-                "the last entry does not match the replicated head (seq {}, hash {})",
-                head.seq, head.hash
-            ),
-        ));
-    }
+    let result =
+        bzzz_control::audit::verify_to_head(&entries, &head, bzzz_net::signed::public_key_of)
+            .map_err(|b| (b.seq, b.why));
     match result {
         Ok(()) => {
             if a.json {

@@ -183,13 +183,18 @@ async fn api_whoami(p: Principal) -> Result<Response, ApiError> {
 }
 
 async fn api_users(State(st): S) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &list_users(&st)?))
+}
+
+/// Users (the operator, `admin`, first).
+pub fn list_users(st: &Shared) -> Result<Vec<UserView>, ApiError> {
     let mut out = vec![UserView {
         name: ADMIN_USER.into(),
         roles: vec![bzzz_proto::dht::ADMIN_ROLE.into()],
         created_at: st.keys.cluster().map_or(0, |c| c.genesis.created_at),
         created_by: "setup".into(),
     }];
-    control(&st)?.with_state(|s| {
+    control(st)?.with_state(|s| {
         out.extend(s.users.values().map(|u| UserView {
             name: u.name.clone(),
             roles: u.roles.clone(),
@@ -197,12 +202,21 @@ async fn api_users(State(st): S) -> Result<Response, ApiError> {
             created_by: u.created_by.clone(),
         }));
     });
-    Ok(json(StatusCode::OK, &out))
+    Ok(out)
 }
 
 async fn api_user_add(State(st): S, p: Principal, body: Bytes) -> Result<Response, ApiError> {
     let req: UserAdd = parse(&body, "user")?;
-    let c = caller(&p)?;
+    add_user(&st, &p, &req).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"name": req.name, "roles": req.roles}),
+    ))
+}
+
+/// Adds (or replaces) a user for caller `p` (committed with its entry).
+pub async fn add_user(st: &Shared, p: &Principal, req: &UserAdd) -> Result<(), ApiError> {
+    let c = caller(p)?;
     bzzz_proto::access::validate_user_name(&req.name).map_err(ApiError::invalid)?;
     if bzzz_proto::access::RESERVED_USERS.contains(&req.name.as_str()) {
         return Err(ApiError::invalid(format!(
@@ -229,11 +243,7 @@ async fn api_user_add(State(st): S, p: Principal, body: Bytes) -> Result<Respons
         created_at: bzzz_keys::unix_now(),
         created_by: c.id.clone(),
     };
-    change(&st, c, AccessChange::UserPut { user }).await?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({"name": req.name, "roles": req.roles}),
-    ))
+    change(st, c, AccessChange::UserPut { user }).await
 }
 
 async fn api_user_rm(
@@ -241,12 +251,24 @@ async fn api_user_rm(
     p: Principal,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = caller(&p)?;
-    change(&st, c, AccessChange::UserRemove { name: name.clone() }).await?;
+    remove_user(&st, &p, &name).await?;
     Ok(json(
         StatusCode::OK,
         &json!({"name": name, "removed": true}),
     ))
+}
+
+/// Removes user `name` for caller `p`.
+pub async fn remove_user(st: &Shared, p: &Principal, name: &str) -> Result<(), ApiError> {
+    let c = caller(p)?;
+    change(
+        st,
+        c,
+        AccessChange::UserRemove {
+            name: name.to_owned(),
+        },
+    )
+    .await
 }
 
 /// The user a caller is (`admin` for the operator), if any.
@@ -256,12 +278,21 @@ fn user_of(c: &crate::access::Caller) -> Option<&str> {
 }
 
 async fn api_keys(State(st): S, p: Principal) -> Result<Response, ApiError> {
-    let c = caller(&p)?;
-    let all = authorize(&st, &p, Action::Manage, &Resource::KEYS).is_ok();
+    Ok(json(StatusCode::OK, &list_keys(&st, &p)?))
+}
+
+/// The API keys caller `p` may see: every key with manage on keys, else
+/// its own.
+pub fn list_keys(
+    st: &Shared,
+    p: &Principal,
+) -> Result<Vec<bzzz_proto::access::ApiKeyView>, ApiError> {
+    let c = caller(p)?;
+    let all = crate::http::auth::decide_for(st, &c.roles, Action::Manage, &Resource::KEYS).allowed;
     let me = user_of(c).map(str::to_owned);
     let own_key = c.id.strip_prefix("key:").map(str::to_owned);
     let now = bzzz_keys::unix_now();
-    let out: Vec<_> = control(&st)?.with_state(|s| {
+    let out: Vec<_> = control(st)?.with_state(|s| {
         s.api_keys
             .values()
             .filter(|k| {
@@ -270,12 +301,22 @@ async fn api_keys(State(st): S, p: Principal) -> Result<Response, ApiError> {
             .map(|k| k.view(now))
             .collect()
     });
-    Ok(json(StatusCode::OK, &out))
+    Ok(out)
 }
 
 async fn api_key_create(State(st): S, p: Principal, body: Bytes) -> Result<Response, ApiError> {
     let req: ApiKeyCreate = parse(&body, "API key request")?;
-    let c = caller(&p)?;
+    Ok(json(StatusCode::OK, &create_key(&st, &p, req).await?))
+}
+
+/// Creates an API key for caller `p`; the answer holds the secret (shown
+/// once).
+pub async fn create_key(
+    st: &Shared,
+    p: &Principal,
+    req: ApiKeyCreate,
+) -> Result<ApiKeyCreated, ApiError> {
+    let c = caller(p)?;
     bzzz_proto::cluster::validate_cluster_name(&req.role)
         .map_err(|e| ApiError::invalid(format!("role: {e}")))?;
     if req.name.as_ref().is_some_and(|n| n.len() > 128) {
@@ -284,7 +325,7 @@ async fn api_key_create(State(st): S, p: Principal, body: Bytes) -> Result<Respo
     // A user makes keys for itself; anything else needs manage on keys.
     let own = req.user.is_some() && req.user.as_deref() == user_of(c);
     if !own {
-        authorize(&st, &p, Action::Manage, &Resource::KEYS)?;
+        authorize(st, p, Action::Manage, &Resource::KEYS)?;
     }
     let now = bzzz_keys::unix_now();
     let expires_at = match req.ttl_secs {
@@ -306,17 +347,14 @@ async fn api_key_create(State(st): S, p: Principal, body: Bytes) -> Result<Respo
         expires_at,
         revoked_at: None,
     };
-    change(&st, c, AccessChange::KeyPut { key }).await?;
-    Ok(json(
-        StatusCode::OK,
-        &ApiKeyCreated {
-            id,
-            secret,
-            role: req.role,
-            user: req.user,
-            expires_at,
-        },
-    ))
+    change(st, c, AccessChange::KeyPut { key }).await?;
+    Ok(ApiKeyCreated {
+        id,
+        secret,
+        role: req.role,
+        user: req.user,
+        expires_at,
+    })
 }
 
 async fn api_key_revoke(
@@ -324,10 +362,17 @@ async fn api_key_revoke(
     p: Principal,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let c = caller(&p)?;
+    revoke_key(&st, &p, &id).await?;
+    Ok(json(StatusCode::OK, &json!({"id": id, "revoked": true})))
+}
+
+/// Revokes API key `id` for caller `p` (its own, or any with manage on
+/// keys).
+pub async fn revoke_key(st: &Shared, p: &Principal, id: &str) -> Result<(), ApiError> {
+    let c = caller(p)?;
     // Revoking another's key needs manage on keys (the state machine
     // checks it again).
-    let owner = control(&st)?.with_state(|s| s.api_keys.get(&id).map(|k| k.user.clone()));
+    let owner = control(st)?.with_state(|s| s.api_keys.get(id).map(|k| k.user.clone()));
     let Some(owner) = owner else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -336,18 +381,17 @@ async fn api_key_revoke(
     };
     let own = c.id == format!("key:{id}") || (owner.is_some() && owner.as_deref() == user_of(c));
     if !own {
-        authorize(&st, &p, Action::Manage, &Resource::KEYS)?;
+        authorize(st, p, Action::Manage, &Resource::KEYS)?;
     }
     change(
-        &st,
+        st,
         c,
         AccessChange::KeyRevoke {
-            id: id.clone(),
+            id: id.to_owned(),
             at: bzzz_keys::unix_now(),
         },
     )
-    .await?;
-    Ok(json(StatusCode::OK, &json!({"id": id, "revoked": true})))
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -359,22 +403,39 @@ struct AuditQuery {
 }
 
 async fn api_audit(State(st): S, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
-    let c = control(&st)?;
-    let head = c.with_state(|s| s.audit_head.clone());
     let limit = q.limit.unwrap_or(AUDIT_PAGE).clamp(1, AUDIT_PAGE);
+    let (head, entries) = audit_entries(&st, q.since, limit).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"node": st.net.local_id(), "head": head, "entries": entries}),
+    ))
+}
+
+/// The replicated head and up to `limit` entries from `since` that this
+/// node holds.
+pub async fn audit_entries(
+    st: &Shared,
+    since: u64,
+    limit: usize,
+) -> Result<
+    (
+        bzzz_proto::access::AuditHead,
+        Vec<bzzz_proto::access::AuditRecord>,
+    ),
+    ApiError,
+> {
+    let c = control(st)?;
+    let head = c.with_state(|s| s.audit_head.clone());
     let entries = match c.audit_path() {
         Some(path) => {
-            tokio::task::spawn_blocking(move || bzzz_control::audit::read(&path, q.since, limit))
+            tokio::task::spawn_blocking(move || bzzz_control::audit::read(&path, since, limit))
                 .await
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
                 .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         }
         None => Vec::new(),
     };
-    Ok(json(
-        StatusCode::OK,
-        &json!({"node": st.net.local_id(), "head": head, "entries": entries}),
-    ))
+    Ok((head, entries))
 }
 
 #[derive(Debug, Deserialize)]

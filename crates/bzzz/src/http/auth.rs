@@ -302,8 +302,42 @@ async fn check(g: &Guard, mut req: Request) -> Result<Request, ApiError> {
             return Err(forbidden(action, &r, &d));
         }
     }
+    if g.kind == Kind::Page
+        && changes(req.method())
+        && let Some(expected) = &caller.csrf
+    {
+        req = check_csrf(req, expected, g.body_limit).await?;
+    }
     req.extensions_mut().insert(p);
     Ok(req)
+}
+
+/// The form field that carries a web session's CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+
+/// A form POST that came with a session cookie must bring the session's
+/// CSRF token as the form field [`CSRF_FIELD`] (the body is read, bounded
+/// by the route's limit, and put back): 403 otherwise.
+async fn check_csrf(req: Request, expected: &str, limit: usize) -> Result<Request, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is over {limit} bytes"),
+        )
+    })?;
+    let given = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|b| form_urlencoded_value(b, CSRF_FIELD))
+        .unwrap_or_default();
+    let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), expected.as_bytes()).into();
+    if !same {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is missing or wrong (reload the page and submit again)",
+        ));
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
 /// The resource a request names.

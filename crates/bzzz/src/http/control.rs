@@ -108,11 +108,22 @@ async fn api_role_put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let role: RoleDef = parse(&body, "role")?;
+    put_role(&st, &pw, role).await
+}
+
+/// Creates or replaces `role`: an admin change signed by the threshold
+/// signers (who check the operator password `pw`), committed through
+/// Raft with its audit entry.
+pub async fn put_role(
+    st: &Shared,
+    pw: &bzzz_crypto::operator::OperatorPassword,
+    role: RoleDef,
+) -> Result<Response, ApiError> {
     role.validate().map_err(ApiError::invalid)?;
-    let control = control(&st)?;
-    let change = admin_change(&st, control, AdminAction::PutRole { role })?;
-    let signed = st.keys.sign_admin_change(&change, &pw).await?;
-    propose_admin(&st, control, signed).await
+    let control = control(st)?;
+    let change = admin_change(st, control, AdminAction::PutRole { role })?;
+    let signed = st.keys.sign_admin_change(&change, pw).await?;
+    propose_admin(st, control, signed).await
 }
 
 /// An admin change of `action` for this cluster, with a `seq` after every

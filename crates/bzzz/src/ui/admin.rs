@@ -1,8 +1,10 @@
-//! Operator login (`/login`, a session cookie: HttpOnly, SameSite=Strict)
-//! and the administration page (`/admin`: join tokens, link to deploy).
-//! A page behind the operator permission, asked for without a session,
-//! answers 401 with the login form; a login lands on `/admin` (links to
-//! every operator page, and the log-out button).
+//! Login (`/login`: a user, or `admin` for the operator; a session
+//! cookie: HttpOnly, SameSite=Strict, see [`crate::sessions`]), logout
+//! (this session, or every session of the caller on this node) and the
+//! administration page (`/admin`: join tokens, link to deploy). A page
+//! behind a permission, asked for without a session, answers 401 with
+//! the login form; a login lands on `/admin` for the operator and on
+//! `/access` for a user.
 
 use std::time::Duration;
 
@@ -15,9 +17,9 @@ use bzzz_crypto::operator::OperatorPassword;
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::layout;
 use super::setup::form;
-use crate::http::auth::{SESSION_COOKIE, client_of, session_id};
+use super::{csrf_field, layout};
+use crate::http::auth::{Principal, SESSION_COOKIE, client_of, session_id};
 use crate::http::{Action, Fixed, Res};
 use crate::http::{Operator, Permission, Route, Shared, see_other, status_of_kind};
 
@@ -28,7 +30,12 @@ pub fn routes() -> Vec<Route> {
     vec![
         Route::page(Method::GET, "/login", Public, get(login_page)),
         Route::page(Method::POST, "/login", Public, post(login_form)),
-        Route::page(Method::POST, "/logout", Public, post(logout_form)),
+        Route::page(
+            Method::POST,
+            "/logout",
+            Permission::Principal,
+            post(logout_form),
+        ),
         Route::page(
             Method::GET,
             "/admin",
@@ -47,7 +54,9 @@ pub fn routes() -> Vec<Route> {
 fn login_form_markup() -> Markup {
     html! {
         form id="login-form" method="post" action="/login" {
-            label for="password" { "Operator password" }
+            label for="user" { "User name (" code { "admin" } " for the operator)" }
+            input id="user" name="user" type="text" value="admin" autocomplete="username" maxlength="64";
+            label for="password" { "Password" }
             input id="password" name="password" type="password" required autocomplete="current-password";
             br;
             button id="login" type="submit" { "Log in" }
@@ -61,7 +70,7 @@ pub fn login_required(code: StatusCode, message: &str) -> Response {
     layout(
         code,
         "/admin",
-        "Operator login",
+        "Log in",
         html! {
             @if code != StatusCode::UNAUTHORIZED { p class="err" id="error" { (message) } }
             (login_form_markup())
@@ -73,16 +82,13 @@ async fn login_page(State(st): S) -> Response {
     if !st.keys.is_initialized() {
         return see_other("/setup");
     }
-    layout(
-        StatusCode::OK,
-        "/admin",
-        "Operator login",
-        login_form_markup(),
-    )
+    layout(StatusCode::OK, "/admin", "Log in", login_form_markup())
 }
 
 #[derive(Deserialize)]
 struct LoginForm {
+    #[serde(default)]
+    user: String,
     password: String,
 }
 
@@ -90,7 +96,7 @@ fn login_error(code: StatusCode, message: &str) -> Response {
     layout(
         code,
         "/admin",
-        "Operator login",
+        "Log in",
         html! {
             p class="err" id="error" { (message) }
             (login_form_markup())
@@ -98,7 +104,17 @@ fn login_error(code: StatusCode, message: &str) -> Response {
     )
 }
 
+fn session_cookie(id: &str, max_age: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+    ))
+    .ok()
+}
+
 async fn login_form(State(st): S, req_parts: axum::http::Extensions, body: Bytes) -> Response {
+    if !st.keys.is_initialized() {
+        return see_other("/setup");
+    }
     let f: LoginForm = match form(&body) {
         Ok(f) => f,
         Err(e) => return login_error(StatusCode::UNPROCESSABLE_ENTITY, &e),
@@ -108,36 +124,58 @@ async fn login_form(State(st): S, req_parts: axum::http::Extensions, body: Bytes
         Err(e) => return login_error(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()),
     };
     let client = client_of(&req_parts);
-    if let Err(e) = st.keys.check_operator(&client, Some(pw.clone())).await {
-        return login_error(status_of_kind(e.kind), &e.message);
-    }
-    let id = match st.keys.open_web_session(pw) {
-        Ok(id) => id,
-        Err(e) => return login_error(StatusCode::INTERNAL_SERVER_ERROR, &e.message),
+    let name = f.user.trim();
+    let (id, _csrf) = match st.access.login(&st, &client, name, pw).await {
+        Ok(s) => s,
+        Err(e) => return login_error(e.status, &e.message),
     };
-    let mut r = see_other("/admin");
-    if let Ok(v) = HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        bzzz_keys::WEB_SESSION_TTL.as_secs()
-    )) {
+    let operator = name.is_empty() || name == bzzz_proto::access::ADMIN_USER;
+    let mut r = see_other(if operator { "/admin" } else { "/access" });
+    if let Some(v) = session_cookie(&id, crate::sessions::SESSION_TTL.as_secs()) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
 }
 
-async fn logout_form(State(st): S, headers: HeaderMap) -> Response {
-    if let Some(id) = session_id(&headers) {
-        st.keys.close_web_session(&id);
+#[derive(Deserialize)]
+struct LogoutForm {
+    #[serde(default)]
+    everywhere: Option<String>,
+}
+
+/// `POST /logout`: ends this session; with `everywhere`, every session
+/// of the caller on this node.
+async fn logout_form(State(st): S, p: Principal, headers: HeaderMap, body: Bytes) -> Response {
+    let everywhere = form::<LogoutForm>(&body).is_ok_and(|f| f.everywhere.is_some());
+    if everywhere {
+        st.access.sessions.close_all(p.id());
+    } else if let Some(id) = session_id(&headers) {
+        st.access.sessions.close(&id);
     }
     let mut r = see_other("/login");
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("bzzz_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    if let Some(v) = session_cookie("", 0) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
     r
 }
 
-fn admin(st: &Shared, code: StatusCode, extra: Markup) -> Response {
+/// The log-out buttons (this session; every session on this node).
+pub fn logout_buttons(p: &Principal) -> Markup {
+    html! {
+        form method="post" action="/logout" style="display:inline" {
+            (csrf_field(p))
+            button id="logout" type="submit" { "Log out" }
+        }
+        " "
+        form method="post" action="/logout" style="display:inline" {
+            (csrf_field(p))
+            input type="hidden" name="everywhere" value="1";
+            button id="logout-everywhere" type="submit" { "Log out everywhere on this node" }
+        }
+    }
+}
+
+fn admin(st: &Shared, p: &Principal, code: StatusCode, extra: Markup) -> Response {
     let s = st.keys.status();
     layout(
         code,
@@ -156,6 +194,7 @@ fn admin(st: &Shared, code: StatusCode, extra: Markup) -> Response {
                 " (BZZZ installs itself and joins them), or create a token for a node you install yourself:"
             }
             form id="token-form" method="post" action="/admin/token" {
+                (csrf_field(p))
                 label for="ttl" { "Valid for (minutes)" }
                 input id="ttl" name="ttl_minutes" type="number" min="1" max="43200" value="60";
                 label for="uses" { "Nodes that may use it" }
@@ -164,13 +203,14 @@ fn admin(st: &Shared, code: StatusCode, extra: Markup) -> Response {
                 button id="create-token" type="submit" { "Create a join token" }
             }
             p { "On the new node: " code { "bzzz node run --join-token-file FILE" } "." }
-            form method="post" action="/logout" { button id="logout" type="submit" { "Log out" } }
+            p { a id="access-link" href="/access" { "Users, API keys and roles" } ", " a href="/audit" { "the audit log" } "." }
+            (logout_buttons(p))
         },
     )
 }
 
-async fn admin_page(State(st): S, _: Operator) -> Response {
-    admin(&st, StatusCode::OK, html! {})
+async fn admin_page(State(st): S, p: Principal, _: Operator) -> Response {
+    admin(&st, &p, StatusCode::OK, html! {})
 }
 
 #[derive(Deserialize)]
@@ -179,12 +219,18 @@ struct TokenForm {
     uses: u32,
 }
 
-async fn admin_token_form(State(st): S, Operator(pw): Operator, body: Bytes) -> Response {
+async fn admin_token_form(
+    State(st): S,
+    p: Principal,
+    Operator(pw): Operator,
+    body: Bytes,
+) -> Response {
     let f: TokenForm = match form(&body) {
         Ok(f) => f,
         Err(e) => {
             return admin(
                 &st,
+                &p,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 html! { p class="err" id="error" { (e) } },
             );
@@ -201,6 +247,7 @@ async fn admin_token_form(State(st): S, Operator(pw): Operator, body: Bytes) -> 
     {
         return admin(
             &st,
+            &p,
             e.status,
             html! { p class="err" id="error" { (e.message) } },
         );
@@ -208,6 +255,7 @@ async fn admin_token_form(State(st): S, Operator(pw): Operator, body: Bytes) -> 
     match st.keys.create_token(ttl, f.uses, &pw).await {
         Ok((token, body)) => admin(
             &st,
+            &p,
             StatusCode::OK,
             html! {
                 div class="warn" {
@@ -219,6 +267,7 @@ async fn admin_token_form(State(st): S, Operator(pw): Operator, body: Bytes) -> 
         ),
         Err(e) => admin(
             &st,
+            &p,
             status_of_kind(e.kind),
             html! { p class="err" id="error" { (e.message) } },
         ),

@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::layout;
-use crate::http::auth::Operator;
+use super::{csrf_field, layout};
+use crate::http::auth::{Operator, Principal};
 use crate::http::members::{member_views, remove_member};
 use crate::http::{Action, Fixed, Res};
 use crate::http::{Permission, Route, Shared};
@@ -117,7 +117,7 @@ fn picture(st: &Shared) -> Markup {
     }
 }
 
-fn render(st: &Shared, code: StatusCode, notice: Markup) -> Response {
+fn render(st: &Shared, p: &Principal, code: StatusCode, notice: Markup) -> Response {
     let status = st.keys.status();
     let views = member_views(st);
     let warnings = custody_warnings(st);
@@ -148,6 +148,7 @@ fn render(st: &Shared, code: StatusCode, notice: Markup) -> Response {
                         td {
                             @if !v.this_node && v.state != "removed" {
                                 form method="post" action="/cluster/remove" {
+                                    (csrf_field(p))
                                     input type="hidden" name="node_id" value=(v.node_id.as_str());
                                     button type="submit" { "Remove" }
                                 }
@@ -162,8 +163,8 @@ fn render(st: &Shared, code: StatusCode, notice: Markup) -> Response {
     layout(code, "/cluster", "Cluster", content)
 }
 
-async fn page(State(st): State<Shared>) -> Response {
-    render(&st, StatusCode::OK, html! {})
+async fn page(State(st): State<Shared>, p: Principal) -> Response {
+    render(&st, &p, StatusCode::OK, html! {})
 }
 
 #[derive(Deserialize)]
@@ -171,12 +172,18 @@ struct RemoveForm {
     node_id: String,
 }
 
-async fn remove_form(State(st): State<Shared>, Operator(pw): Operator, body: Bytes) -> Response {
+async fn remove_form(
+    State(st): State<Shared>,
+    p: Principal,
+    Operator(pw): Operator,
+    body: Bytes,
+) -> Response {
     let f: RemoveForm = match serde_urlencoded::from_bytes(&body) {
         Ok(f) => f,
         Err(e) => {
             return render(
                 &st,
+                &p,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 html! { p class="err" id="error" { "bad form: " (e) } },
             );
@@ -185,11 +192,13 @@ async fn remove_form(State(st): State<Shared>, Operator(pw): Operator, body: Byt
     match remove_member(&st, &pw, &f.node_id).await {
         Ok(_) => render(
             &st,
+            &p,
             StatusCode::OK,
             html! { p class="warn" id="notice" { (f.node_id) " removed; the admin key is re-dealt without it." } },
         ),
         Err(e) => render(
             &st,
+            &p,
             e.status,
             html! { p class="err" id="error" { (e.message) } },
         ),

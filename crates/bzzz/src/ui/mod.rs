@@ -5,12 +5,15 @@
 //! Later pages (members, DHT, models, roles, tasks) add a file, their
 //! routes in [`routes`] and an entry in [`NAV`].
 
+pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod cluster;
 pub mod deploy;
 pub mod dht;
 pub mod models;
 pub mod overview;
+pub mod roles;
 pub mod setup;
 
 use axum::http::StatusCode;
@@ -29,6 +32,9 @@ pub fn routes() -> Vec<Route> {
     all.extend(deploy::routes());
     all.extend(models::routes());
     all.extend(dht::routes());
+    all.extend(access::routes());
+    all.extend(roles::routes());
+    all.extend(audit::routes());
     all
 }
 
@@ -41,6 +47,9 @@ pub const NAV: &[(&str, &str)] = &[
     ("/models", "Models"),
     ("/cluster", "Cluster"),
     ("/dht", "DHT"),
+    ("/access", "Access"),
+    ("/roles", "Roles"),
+    ("/audit", "Audit"),
 ];
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
@@ -81,6 +90,16 @@ pub fn layout(code: StatusCode, here: &str, title: &str, content: Markup) -> Res
         }
     };
     no_store((code, doc).into_response())
+}
+
+/// The hidden form field with the caller's session CSRF token (every
+/// form that POSTs to a guarded page route carries it; see
+/// `http::auth::check_csrf`). Empty for callers without a session.
+pub fn csrf_field(p: &crate::http::auth::Principal) -> Markup {
+    match p.caller().and_then(|c| c.csrf.clone()) {
+        Some(t) => html! { input type="hidden" name=(crate::http::auth::CSRF_FIELD) value=(t); },
+        None => html! {},
+    }
 }
 
 /// `1.5 GiB`.

@@ -1,0 +1,209 @@
+//! Web sessions (SPEC §9, "web sessions done right"): one per login on
+//! this node, named by a 256-bit random id in a cookie (`HttpOnly`,
+//! `SameSite=Strict`), each with its own CSRF token that every form POST
+//! must bring back (checked by the route guard, `http::auth`).
+//!
+//! What a session holds is the least its principal needs:
+//! * a user: the signing key derived from the password (Argon2id, once at
+//!   login), never the password; the session ends as soon as the user is
+//!   removed or its verifier changes (checked on every use against the
+//!   replicated state), or when the user logs out everywhere;
+//! * the operator (`admin`): the operator password, because the threshold
+//!   signers still check it for every admin signature. That ends with the
+//!   custody issue's signer authorization (a request signed by the
+//!   principal's own key); until then the password lives in this node's
+//!   memory only, zeroized when the session ends.
+//!
+//! A session ends 30 minutes after its last use and 12 hours after login
+//! at most; at most [`MAX_SESSIONS`] live at once (the oldest idle one
+//! goes first). Sessions are per node: logging in on one node does not
+//! log in on another.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bzzz_crypto::operator::OperatorPassword;
+
+/// A session's longest life.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// A session ends this long after its last use.
+pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// Most live sessions on one node.
+pub const MAX_SESSIONS: usize = 1024;
+
+/// Who a session is for.
+#[derive(Clone)]
+pub enum Who {
+    /// The operator, user `admin` (see the module doc for why the
+    /// password).
+    Operator(OperatorPassword),
+    /// A user: name, the verifier it logged in against, and the key its
+    /// password derives (signs the user's own access changes).
+    User {
+        name: String,
+        verifier: String,
+        key: Arc<bzzz_crypto::NodeKey>,
+    },
+}
+
+impl std::fmt::Debug for Who {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Who::Operator(_) => f.write_str("Operator(..)"),
+            Who::User { name, .. } => write!(f, "User({name}, ..)"),
+        }
+    }
+}
+
+impl Who {
+    /// The audit log's principal (`admin` or `user:NAME`).
+    pub fn principal(&self) -> String {
+        match self {
+            Who::Operator(_) => bzzz_proto::access::ADMIN_USER.to_owned(),
+            Who::User { name, .. } => format!("user:{name}"),
+        }
+    }
+}
+
+struct Session {
+    who: Who,
+    csrf: String,
+    until: Instant,
+    used: Instant,
+}
+
+/// The live sessions of this node.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sessions(..)")
+    }
+}
+
+fn random_hex() -> Result<String, getrandom::Error> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn live(s: &Session, now: Instant) -> bool {
+    s.until > now && now.duration_since(s.used) < SESSION_IDLE
+}
+
+impl Sessions {
+    /// Opens a session: its id (the cookie) and CSRF token.
+    pub fn open(&self, who: Who) -> Result<(String, String), getrandom::Error> {
+        let (id, csrf) = (random_hex()?, random_hex()?);
+        let now = Instant::now();
+        let mut m = lock(&self.map);
+        m.retain(|_, s| live(s, now));
+        if m.len() >= MAX_SESSIONS
+            && let Some(oldest) = m.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone())
+        {
+            m.remove(&oldest);
+        }
+        m.insert(
+            id.clone(),
+            Session {
+                who,
+                csrf: csrf.clone(),
+                until: now + SESSION_TTL,
+                used: now,
+            },
+        );
+        Ok((id, csrf))
+    }
+
+    /// The live session `id` (its use is recorded): who and the CSRF
+    /// token.
+    pub fn get(&self, id: &str) -> Option<(Who, String)> {
+        let now = Instant::now();
+        let mut m = lock(&self.map);
+        let s = m.get_mut(id)?;
+        if !live(s, now) {
+            m.remove(id);
+            return None;
+        }
+        s.used = now;
+        Some((s.who.clone(), s.csrf.clone()))
+    }
+
+    /// Ends session `id`.
+    pub fn close(&self, id: &str) {
+        lock(&self.map).remove(id);
+    }
+
+    /// Ends every session of `principal` on this node (log out
+    /// everywhere; a removed user); how many ended.
+    pub fn close_all(&self, principal: &str) -> usize {
+        let mut m = lock(&self.map);
+        let before = m.len();
+        m.retain(|_, s| s.who.principal() != principal);
+        before - m.len()
+    }
+
+    /// Live sessions.
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        lock(&self.map).values().filter(|s| live(s, now)).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> Who {
+        Who::User {
+            name: name.into(),
+            verifier: "v".into(),
+            key: Arc::new(bzzz_crypto::NodeKey::generate().expect("key")),
+        }
+    }
+
+    #[test]
+    fn sessions_open_close_and_close_everywhere() {
+        let s = Sessions::default();
+        let (a, csrf_a) = s.open(user("ann")).expect("open");
+        let (b, _) = s.open(user("ann")).expect("open");
+        let (c, _) = s.open(user("bob")).expect("open");
+        assert_ne!(a, b);
+        assert_ne!(a, csrf_a);
+        let (who, csrf) = s.get(&a).expect("live");
+        assert_eq!(who.principal(), "user:ann");
+        assert_eq!(csrf, csrf_a);
+        s.close(&a);
+        assert!(s.get(&a).is_none());
+        assert_eq!(s.close_all("user:ann"), 1);
+        assert!(s.get(&b).is_none());
+        assert!(s.get(&c).is_some());
+        assert!(format!("{:?}", s.get(&c).map(|x| x.0)).contains("bob"));
+    }
+
+    #[test]
+    fn the_oldest_idle_session_goes_when_full() {
+        let s = Sessions::default();
+        let (first, _) = s.open(user("u0")).expect("open");
+        for i in 1..MAX_SESSIONS {
+            s.open(user(&format!("u{i}"))).expect("open");
+        }
+        assert!(s.get(&first).is_some(), "still there at the bound");
+        // `first` was just used; the next oldest goes instead.
+        s.open(user("one more")).expect("open");
+        assert_eq!(s.len(), MAX_SESSIONS);
+        assert!(s.get(&first).is_some());
+    }
+}
