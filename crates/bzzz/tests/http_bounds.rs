@@ -1,7 +1,8 @@
 //! Bounds at the HTTP edge, against a real initialized node process on
 //! 127.0.0.1: a flood of wrong operator passwords neither grows the node's
 //! memory (at most a few Argon2id hashes at once, attempts limited before
-//! hashing) nor slows its public API; a client that never finishes its
+//! hashing) nor slows its public API for other clients; one address
+//! cannot hold every connection; a client that never finishes its
 //! request headers is dropped.
 
 use std::io::{Read, Write};
@@ -86,9 +87,11 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_status_fast() {
             let mut max_rss = 0u64;
             let mut samples = 0;
             while !done.load(Ordering::Relaxed) || samples < 5 {
+                // From another address: the flood's own address is held
+                // to its connection limit.
                 let t = Instant::now();
-                let (code, _) = http::get(&api, "/api/v1/status").expect("status answers");
-                assert_eq!(code, 200);
+                let answer = status_over(connect_from("127.0.0.2", &api));
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
                 worst = worst.max(t.elapsed());
                 if let Ok((rss, _)) = proc_usage(pid) {
                     max_rss = max_rss.max(rss);
@@ -169,4 +172,65 @@ fn a_client_that_never_finishes_its_headers_is_dropped() {
     );
     // Others are served meanwhile and after.
     assert_eq!(http::get(&api, "/api/v1/status").expect("status").0, 200);
+}
+
+/// `GET /api/v1/status` over `s`; the whole answer.
+fn status_over(mut s: std::net::TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// A connection from `source` (any port) to `api`.
+fn connect_from(source: &str, api: &str) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(format!("{source}:0").parse().expect("addr"))
+            .expect("bind");
+        sock.connect(api.parse().expect("api"))
+            .await
+            .expect("connect")
+            .into_std()
+            .expect("std")
+    });
+    s.set_nonblocking(false).expect("blocking");
+    s
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    let api = addr(&c);
+    // Idle connections from 127.0.0.1 up to the per-source limit (the
+    // server counts them as it accepts, in order).
+    let held: Vec<_> = (0..64)
+        .map(|_| std::net::TcpStream::connect(&api).expect("connect"))
+        .collect();
+    let over = status_over(std::net::TcpStream::connect(&api).expect("connect"));
+    assert!(over.starts_with("HTTP/1.1 429"), "{over}");
+    assert!(over.contains("too many open connections"), "{over}");
+    // Another address is served meanwhile.
+    let other = status_over(connect_from("127.0.0.2", &api));
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
+    // Once the held connections close, the first address is served again.
+    drop(held);
+    bzzz_testkit::wait_until(
+        "127.0.0.1 is served again",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            status_over(std::net::TcpStream::connect(&api).expect("connect"))
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        },
+    )
+    .expect("served again");
 }

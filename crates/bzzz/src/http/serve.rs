@@ -1,13 +1,16 @@
 //! The HTTP server with bounds at the edge: at most [`MAX_CONNECTIONS`]
-//! open connections (more wait in the kernel's accept queue), request
+//! open connections (more wait in the kernel's accept queue), at most
+//! [`MAX_PER_SOURCE`] of them from one address (one more is answered
+//! `429` at once and closed, so one client cannot hold every slot), request
 //! headers within [`HEADER_TIMEOUT`] (a client that trickles headers is
 //! dropped), HTTP/1.1 only. Handler time and body sizes are bounded per
 //! route by the router (`http::router`). Each connection is a task on the
 //! node's tracker; cancel stops accepting and closes connections
 //! gracefully.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -24,6 +27,8 @@ use tracing::debug;
 
 /// Open connections at most.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Open connections from one address at most.
+pub const MAX_PER_SOURCE: u32 = 64;
 /// Request headers must arrive within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection left open when the server stops is closed after this.
@@ -37,6 +42,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let sources = Arc::new(Sources::default());
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -58,6 +64,15 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let Some(source) = Sources::take(&sources, remote.ip()) else {
+            debug!(%remote, "too many connections from one address");
+            // The refusal holds its global slot for its short life.
+            tracker.spawn(async move {
+                too_many(stream).await;
+                drop(permit);
+            });
+            continue;
+        };
         let svc =
             app.clone()
                 .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
@@ -68,6 +83,7 @@ pub async fn serve(
         let cancel = cancel.clone();
         tracker.spawn(async move {
             let _permit = permit;
+            let _source = source;
             let mut builder = Builder::new(TokioExecutor::new()).http1_only();
             builder
                 .http1()
@@ -91,4 +107,61 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// Open connections per source address.
+#[derive(Debug, Default)]
+struct Sources(Mutex<HashMap<IpAddr, u32>>);
+
+/// One connection counted for its source (uncounted on drop).
+struct Source {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+}
+
+impl Sources {
+    fn take(this: &Arc<Self>, ip: IpAddr) -> Option<Source> {
+        let mut m = this.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(Source {
+            sources: this.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        let mut m = self.sources.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The whole answer to a connection over its source's limit (written
+/// without parsing the request; what the client sends is read and
+/// dropped until it closes, so the answer is not lost to a reset;
+/// bounded in time).
+async fn too_many(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const BODY: &str = "{\"error\":\"too many open connections from this address\"}";
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
