@@ -48,10 +48,51 @@ pub fn raw(
     headers: &[(&str, &str)],
     body: &str,
 ) -> anyhow::Result<(u16, String)> {
+    raw_from(None, addr, method, path, headers, body)
+}
+
+/// A connection to `addr` from `source` (any port; e.g. `127.0.0.2`, to
+/// be another client than `127.0.0.1`), blocking.
+pub fn connect_from(source: std::net::IpAddr, addr: &str) -> anyhow::Result<TcpStream> {
     let sa: SocketAddr = addr
         .parse()
         .with_context(|| format!("bad address {addr}"))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let s = rt.block_on(async {
+        let sock = match source {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        sock.bind(SocketAddr::new(source, 0))?;
+        let s = tokio::time::timeout(Duration::from_secs(2), sock.connect(sa))
+            .await
+            .context("connect timed out")??;
+        anyhow::Ok(s.into_std()?)
+    })?;
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
+/// [`raw`] from client address `source` (`None`: the system's choice).
+pub fn raw_from(
+    source: Option<std::net::IpAddr>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
+    let mut s = match source {
+        Some(ip) => connect_from(ip, addr)?,
+        None => {
+            let sa: SocketAddr = addr
+                .parse()
+                .with_context(|| format!("bad address {addr}"))?;
+            TcpStream::connect_timeout(&sa, Duration::from_secs(2))?
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut extra = String::new();
     for (k, v) in headers {

@@ -187,22 +187,7 @@ fn status_over(mut s: std::net::TcpStream) -> String {
 
 /// A connection from `source` (any port) to `api`.
 fn connect_from(source: &str, api: &str) -> std::net::TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let s = rt.block_on(async {
-        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-        sock.bind(format!("{source}:0").parse().expect("addr"))
-            .expect("bind");
-        sock.connect(api.parse().expect("api"))
-            .await
-            .expect("connect")
-            .into_std()
-            .expect("std")
-    });
-    s.set_nonblocking(false).expect("blocking");
-    s
+    http::connect_from(source.parse().expect("ip"), api).expect("connect")
 }
 
 #[test]
