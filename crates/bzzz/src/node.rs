@@ -195,6 +195,7 @@ pub async fn run(
         local_rx.clone(),
         started,
         control.clone(),
+        access.clone(),
         tracker.clone(),
         cancel.clone(),
     ));

@@ -623,6 +623,11 @@ fn the_audit_log_verifies_everywhere_names_an_edited_entry_and_fails_closed() {
         assert!(e.get(f).is_some(), "entries have {f}: {e}");
     }
     assert_eq!(e["principal"], "admin");
+    assert_eq!(
+        (e["seq"].as_u64(), e["action"].as_str()),
+        (Some(1), Some("setup")),
+        "the chain starts with the setup ceremony: {e}"
+    );
 
     // Edit one stored entry on node 2's disk, with the node stopped.
     c.nodes[2]

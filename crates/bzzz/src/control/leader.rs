@@ -33,6 +33,7 @@ pub async fn run(
     mut local: watch::Receiver<LocalInfo>,
     started: Instant,
     cell: ControlCell,
+    access: Arc<crate::access::Access>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -50,7 +51,7 @@ pub async fn run(
         tracker,
         cancel: cancel.clone(),
     };
-    let control = match start(&settings, &data_dir, &cluster, &net, tasks).await {
+    let control = match start(&settings, &data_dir, &cluster, &net, access, tasks).await {
         Ok(c) => c,
         Err(e) => {
             warn!("the control plane cannot start: {e:#}");
@@ -160,6 +161,7 @@ pub(super) async fn start(
     data_dir: &Path,
     cluster: &crate::keys::Cluster,
     net: &NetHandle,
+    access: Arc<crate::access::Access>,
     tasks: crate::node::Tasks,
 ) -> anyhow::Result<Arc<Control>> {
     // One database per cluster: a node recovered into a new cluster starts
@@ -212,6 +214,7 @@ pub(super) async fn start(
         handing_off: Mutex::new(None),
         last_risk: Mutex::new(None),
         last_seen: Mutex::new(BTreeMap::new()),
+        access,
         tasks,
     }))
 }
@@ -332,8 +335,25 @@ impl Control {
             return;
         }
         if self.sm.with_state(|s| s.cluster.is_none()) {
-            let cmd = Command::Genesis {
-                record: cluster.genesis_signed.clone(),
+            // The chain's first entry records the setup ceremony: the
+            // operator (`admin`) made the cluster; the leader that writes
+            // the genesis signs the note (Raft starts after setup).
+            let cmd = Command::Audited {
+                notes: vec![self.access.note(
+                    bzzz_proto::access::ADMIN_USER,
+                    "setup",
+                    &format!(
+                        "cluster {} ({} of {} shares sign)",
+                        cluster.genesis.cluster, cluster.genesis.threshold, cluster.genesis.shares
+                    ),
+                    "ok",
+                    1,
+                )],
+                cmd: Some(Box::new(Command::Genesis {
+                    record: cluster.genesis_signed.clone(),
+                })),
+                access: None,
+                proof: None,
             };
             if let Err(e) = self.write_local(cmd).await {
                 debug!("genesis entry: {e}");

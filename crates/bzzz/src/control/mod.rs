@@ -85,6 +85,8 @@ pub struct Control {
     /// Each member's last live score and when it was last seen healthy
     /// (a voter out of sight keeps its seat for `voter_grace`).
     last_seen: Mutex<BTreeMap<NodeId, (f64, Instant)>>,
+    /// This node's audit notes (the setup entry with the genesis).
+    access: Arc<crate::access::Access>,
     /// The node's tracker and token: every task the control plane starts
     /// runs there and stops on cancel.
     tasks: crate::node::Tasks,
