@@ -305,6 +305,16 @@ impl ClusterState {
 
     /// Appends an entry to the audit chain (the record goes to
     /// `audit_out`, for the node's audit file).
+    /// Whether this copy of the chain holds entry `seq` with `hash` (the
+    /// head, or one of the recent entries).
+    pub fn holds_audit_entry(&self, seq: u64, hash: &str) -> bool {
+        (self.audit_head.seq == seq && self.audit_head.hash == hash)
+            || self
+                .audit_recent
+                .iter()
+                .any(|(s, h)| *s == seq && h == hash)
+    }
+
     pub(crate) fn append_audit(
         &mut self,
         log_index: u64,
@@ -322,6 +332,10 @@ impl ClusterState {
             seq,
             hash: rec.hash.clone(),
         };
+        if self.audit_recent.len() >= crate::raft::RECENT_HASHES {
+            self.audit_recent.pop_front();
+        }
+        self.audit_recent.push_back((seq, rec.hash.clone()));
         if self.audit_out.len() < 100_000 {
             self.audit_out.push(rec);
         }

@@ -124,6 +124,55 @@ pub fn verify_to_head(
     }
 }
 
+/// Checks threshold-signed `checkpoints` (oldest first) against a run of
+/// records: each signature under `admin_public_key` for `cluster`, and
+/// each checkpoint's entry, where the run holds it, has the checkpoint's
+/// hash (entries before the run were compacted away; a checkpoint beyond
+/// the run is an error). Returns how many checkpoints fell inside the
+/// run.
+pub fn verify_checkpoints(
+    records: &[AuditRecord],
+    checkpoints: &[bzzz_proto::cluster::Signed],
+    admin_public_key: &[u8; 32],
+    cluster: &str,
+) -> Result<usize, Bad> {
+    let first = records.first().map_or(u64::MAX, |r| r.seq);
+    let last = records.last().map_or(0, |r| r.seq);
+    let mut inside = 0;
+    for (i, signed) in checkpoints.iter().enumerate() {
+        let cp = bzzz_crypto::records::open_checkpoint(signed, admin_public_key, cluster).map_err(
+            |e| Bad {
+                seq: serde_json::from_str::<bzzz_proto::access::AuditCheckpoint>(&signed.body)
+                    .map_or(0, |c| c.seq),
+                why: format!("checkpoint {i} does not verify under the admin key: {e}"),
+            },
+        )?;
+        if cp.seq < first {
+            continue;
+        }
+        if cp.seq > last {
+            return Err(Bad {
+                seq: cp.seq,
+                why: "a checkpoint names an entry beyond those this node holds".into(),
+            });
+        }
+        let r = &records[usize::try_from(cp.seq - first)
+            .unwrap_or(usize::MAX)
+            .min(records.len() - 1)];
+        if r.seq != cp.seq || r.hash != cp.hash {
+            return Err(Bad {
+                seq: cp.seq,
+                why: format!(
+                    "the entry does not match the threshold-signed checkpoint (hash {})",
+                    cp.hash
+                ),
+            });
+        }
+        inside += 1;
+    }
+    Ok(inside)
+}
+
 /// A node's audit file.
 #[derive(Debug)]
 pub struct AuditFile {

@@ -90,7 +90,16 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         proof: Option<String>,
     },
+    /// A checkpoint of the audit chain signed by the threshold admin key
+    /// ([`bzzz_proto::access::AuditCheckpoint`]): accepted when the
+    /// signature verifies, it names an entry the chain has, and it is
+    /// newer than the last one.
+    AuditCheckpoint { record: Signed },
 }
+
+/// Checkpoints kept in the state (the newest; older entries may be
+/// compacted away anyway).
+pub const MAX_CHECKPOINTS: usize = 1024;
 
 /// The result of applying a command.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -229,6 +238,10 @@ pub struct ClusterState {
     pub api_keys: BTreeMap<String, bzzz_proto::access::ApiKeyRecord>,
     /// The audit chain's head.
     pub audit_head: bzzz_proto::access::AuditHead,
+    /// Threshold-signed checkpoints of the chain, oldest first (at most
+    /// [`MAX_CHECKPOINTS`]).
+    #[serde(default)]
+    pub audit_checkpoints: Vec<Signed>,
     /// The latest time (Unix ms) any applied audit entry named: the
     /// cluster's clock for key expiry in the state machine.
     pub audit_clock_ms: u64,
@@ -239,7 +252,15 @@ pub struct ClusterState {
     /// audit file; never in snapshots).
     #[serde(skip)]
     pub audit_out: Vec<bzzz_proto::access::AuditRecord>,
+    /// The last [`RECENT_HASHES`] entries' (seq, hash), newest last, so a
+    /// checkpoint signer checks what it holds without reading its file
+    /// (memory only: empty after a restart until new entries apply).
+    #[serde(skip)]
+    pub audit_recent: std::collections::VecDeque<(u64, String)>,
 }
+
+/// Entries whose hashes [`ClusterState::audit_recent`] keeps.
+pub const RECENT_HASHES: usize = 512;
 
 /// A committed key epoch: the signed record and what it says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +273,14 @@ pub struct CommittedEpoch {
 }
 
 impl ClusterState {
+    /// The newest checkpoint (unverified here: every one in the state was
+    /// checked when it was applied).
+    pub fn last_checkpoint(&self) -> Option<bzzz_proto::access::AuditCheckpoint> {
+        self.audit_checkpoints
+            .last()
+            .and_then(|r| serde_json::from_str(&r.body).ok())
+    }
+
     /// The members: Raft's voters and learners, nodes in the inventory and
     /// share holders, less the removed ones. (Right after setup only Raft's
     /// membership names everyone; the inventory follows a moment later.)
@@ -416,6 +445,35 @@ impl ClusterState {
                         Ok(None)
                     }
                 }
+            }
+            Command::AuditCheckpoint { record } => {
+                let c = self
+                    .cluster
+                    .as_ref()
+                    .ok_or("checkpoint refused: no genesis applied yet")?;
+                let pk = bzzz_crypto::records::parse_public_key(&c.admin_public_key)
+                    .map_err(|e| e.to_string())?;
+                let cp = bzzz_crypto::records::open_checkpoint(&record, &pk, &c.name)
+                    .map_err(|e| format!("checkpoint refused: {e}"))?;
+                if cp.seq > self.audit_head.seq {
+                    return Err(format!(
+                        "checkpoint refused: entry {} is beyond the head {}",
+                        cp.seq, self.audit_head.seq
+                    ));
+                }
+                if let Some(last) = self.last_checkpoint()
+                    && cp.seq <= last.seq
+                {
+                    return Err(format!(
+                        "checkpoint refused: entry {} is not after the last checkpoint ({})",
+                        cp.seq, last.seq
+                    ));
+                }
+                if self.audit_checkpoints.len() >= MAX_CHECKPOINTS {
+                    self.audit_checkpoints.remove(0);
+                }
+                self.audit_checkpoints.push(record);
+                Ok(None)
             }
             Command::ShareHolders { holders } => {
                 if holders.len() > 10_000 {

@@ -313,3 +313,91 @@ fn the_audit_file_keeps_what_was_written_and_cuts_a_torn_line() {
     assert_eq!(back, recs);
     assert_eq!(audit::read(&path, 2, 100).expect("read").len(), 1);
 }
+
+/// A checkpoint of entry `seq` with `hash`, signed by `admin` (a plain
+/// Ed25519 key stands for the threshold admin key: the signature is the
+/// same kind).
+fn checkpoint(admin: &NodeKey, seq: u64, hash: &str) -> bzzz_proto::cluster::Signed {
+    let body = serde_json::to_string(&bzzz_proto::access::AuditCheckpoint {
+        v: bzzz_proto::cluster::RECORD_VERSION,
+        cluster: "lab".into(),
+        seq,
+        hash: hash.into(),
+        time_ms: 1_800_000_000_000,
+    })
+    .expect("json");
+    let sig = admin.sign(&bzzz_crypto::records::signing_bytes(
+        bzzz_crypto::records::Domain::AuditCheckpoint,
+        body.as_bytes(),
+    ));
+    bzzz_crypto::records::signed(body, &sig)
+}
+
+#[test]
+fn checkpoints_catch_a_consistent_rewrite_of_the_history() {
+    let k = NodeKey::generate().expect("key");
+    let admin = NodeKey::generate().expect("admin key");
+    let mut s = ClusterState::default();
+    for i in 1..=10 {
+        s.apply_command(
+            i,
+            Command::Audited {
+                notes: vec![note(&k, "admin", "write")],
+                cmd: None,
+                access: None,
+                proof: None,
+            },
+        );
+    }
+    let recs = std::mem::take(&mut s.audit_out);
+    let pk = |_: &NodeId| Some(k.public());
+    let cp = checkpoint(&admin, 8, &recs[7].hash);
+    assert!(s.holds_audit_entry(8, &recs[7].hash));
+    assert!(!s.holds_audit_entry(8, &recs[6].hash));
+    assert_eq!(
+        audit::verify_checkpoints(&recs, std::slice::from_ref(&cp), &admin.public(), "lab"),
+        Ok(1)
+    );
+    // Entries before the run (compacted) are not checked; a checkpoint
+    // beyond the run is an error.
+    assert_eq!(
+        audit::verify_checkpoints(
+            &recs[8..],
+            std::slice::from_ref(&cp),
+            &admin.public(),
+            "lab"
+        ),
+        Ok(0)
+    );
+    assert!(
+        audit::verify_checkpoints(
+            &recs[..5],
+            std::slice::from_ref(&cp),
+            &admin.public(),
+            "lab"
+        )
+        .is_err()
+    );
+
+    // The accepting node rewrites entry 5 and every later hash, and signs
+    // its own note again: the chain itself verifies...
+    let mut forged = recs.clone();
+    forged[4].note.resource = "nothing happened".into();
+    forged[4].note.signature = hex::encode(k.sign(&forged[4].note.signed_bytes()));
+    for i in 4..forged.len() {
+        if i > 4 {
+            forged[i].prev_hash = forged[i - 1].hash.clone();
+        }
+        forged[i].hash = audit::hash_record(&forged[i]);
+    }
+    audit::verify(&forged, pk).expect("a consistent rewrite verifies as a chain");
+    // ...but not against the threshold-signed checkpoint.
+    let bad = audit::verify_checkpoints(&forged, std::slice::from_ref(&cp), &admin.public(), "lab")
+        .expect_err("caught");
+    assert_eq!(bad.seq, 8, "{bad:?}");
+    // Nor can it sign a checkpoint of its own: only the admin key counts.
+    let own = checkpoint(&k, 8, &forged[7].hash);
+    let bad = audit::verify_checkpoints(&forged, &[own], &admin.public(), "lab")
+        .expect_err("not the admin key");
+    assert!(bad.why.contains("admin key"), "{bad:?}");
+}

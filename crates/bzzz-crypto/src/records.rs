@@ -23,6 +23,8 @@ pub enum Domain {
     /// A DHT record body (node-signed; records of the admin role are
     /// operator messages over these bytes, threshold-signed).
     DhtRecord,
+    /// A checkpoint of the audit chain (threshold-signed).
+    AuditCheckpoint,
 }
 
 impl Domain {
@@ -35,6 +37,7 @@ impl Domain {
             Domain::AdminChange => b"bzzz/admin-change/v1",
             Domain::KeyEpoch => b"bzzz/key-epoch/v1",
             Domain::DhtRecord => b"bzzz/dht-record/v1",
+            Domain::AuditCheckpoint => b"bzzz/audit-checkpoint/v1",
         }
     }
 }
@@ -90,6 +93,28 @@ pub fn open<T: DeserializeOwned>(
         &sig,
     )?;
     serde_json::from_str(&record.body).map_err(|e| CryptoError::Record(e.to_string()))
+}
+
+/// Checks an audit checkpoint: signed by `admin_public_key` under the
+/// checkpoint domain, a known version, for `cluster`, well formed.
+pub fn open_checkpoint(
+    record: &Signed,
+    admin_public_key: &[u8; 32],
+    cluster: &str,
+) -> Result<bzzz_proto::access::AuditCheckpoint, CryptoError> {
+    let c: bzzz_proto::access::AuditCheckpoint =
+        open(record, Domain::AuditCheckpoint, admin_public_key)?;
+    if c.v != RECORD_VERSION {
+        return Err(CryptoError::Record(format!(
+            "checkpoint version {} unknown",
+            c.v
+        )));
+    }
+    if c.cluster != cluster {
+        return Err(CryptoError::Record("checkpoint of another cluster".into()));
+    }
+    c.validate().map_err(CryptoError::Record)?;
+    Ok(c)
 }
 
 /// Checks an admin change: signed by `admin_public_key` under the admin

@@ -36,6 +36,7 @@ impl Keys {
             removed: RwLock::new(BTreeMap::new()),
             token_nodes: Mutex::new(HashMap::new()),
             redealing: tokio::sync::Mutex::new(()),
+            audit_witness: std::sync::OnceLock::new(),
             used_tokens: Mutex::new(load_used_tokens(&data_dir.join(USED_TOKENS_FILE))?),
         };
         let removed = data_dir.join(REMOVED_FILE);

@@ -331,7 +331,14 @@ pub struct Keys {
     removed: RwLock<BTreeMap<NodeId, Signed>>,
     /// One re-deal at a time from this node.
     redealing: tokio::sync::Mutex<()>,
+    /// Whether this node's copy of the audit chain holds entry `seq` with
+    /// `hash` (set by the control plane; a signer asked for a checkpoint
+    /// signs only what this says it holds).
+    audit_witness: std::sync::OnceLock<AuditWitness>,
 }
+
+/// See [`Keys::set_audit_witness`].
+pub type AuditWitness = Arc<dyn Fn(u64, &str) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

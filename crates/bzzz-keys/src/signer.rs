@@ -243,6 +243,26 @@ impl Keys {
                 certs,
                 operator_password,
             } => self.check_epoch_body(&c, body, certs, operator_password.as_ref())?,
+            SignPurpose::AuditCheckpoint { body } => {
+                let cp: bzzz_proto::access::AuditCheckpoint =
+                    serde_json::from_str(body).map_err(|e| format!("checkpoint: {e}"))?;
+                cp.validate()?;
+                if cp.cluster != c.genesis.cluster || cp.v != bzzz_proto::cluster::RECORD_VERSION {
+                    return Err("checkpoint is for another cluster or version".into());
+                }
+                let holds = self
+                    .audit_witness
+                    .get()
+                    .is_some_and(|w| w(cp.seq, &cp.hash));
+                if !holds {
+                    return Err(refusal!(
+                        "this node's audit chain holds no entry {} with hash {}",
+                        cp.seq,
+                        cp.hash
+                    ));
+                }
+                records::signing_bytes(Domain::AuditCheckpoint, body.as_bytes())
+            }
             SignPurpose::Certificate { body, token } => {
                 let t = records::check_token(token.expose(), &c.admin_public_key, now)?;
                 let cert: MembershipCert =

@@ -243,6 +243,24 @@ impl Keys {
         self.sign_record(Domain::AdminChange, text, purpose).await
     }
 
+    /// Sets how this node checks an audit checkpoint against its own copy
+    /// of the chain (once; the control plane sets it when it starts).
+    pub fn set_audit_witness(&self, w: AuditWitness) {
+        let _ = self.audit_witness.set(w);
+    }
+
+    /// Threshold-signs a checkpoint of the audit chain: each signer first
+    /// checks that its own copy holds entry `seq` with `hash`.
+    pub async fn sign_audit_checkpoint(
+        &self,
+        cp: &bzzz_proto::access::AuditCheckpoint,
+    ) -> Result<Signed, KeysError> {
+        let text = records::body_text(cp).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let purpose = SignPurpose::AuditCheckpoint { body: text.clone() };
+        self.sign_record(Domain::AuditCheckpoint, text, purpose)
+            .await
+    }
+
     /// Threshold-signs a record body under `domain` for `purpose` (which
     /// names the same body) and wraps it as a signed record.
     pub(crate) async fn sign_record(

@@ -340,6 +340,10 @@ pub enum SignPurpose {
         #[serde(default)]
         operator_password: Option<WireSecret>,
     },
+    /// A checkpoint of the audit chain ([`crate::access::AuditCheckpoint`]
+    /// JSON). Authorized by the signer's own check: its copy of the chain
+    /// holds that entry with that hash (it attests only what it holds).
+    AuditCheckpoint { body: String },
 }
 
 impl SignPurpose {
@@ -351,6 +355,7 @@ impl SignPurpose {
             SignPurpose::Certificate { .. } => "certificate",
             SignPurpose::AdminChange { .. } => "admin_change",
             SignPurpose::KeyEpoch { .. } => "key_epoch",
+            SignPurpose::AuditCheckpoint { .. } => "audit_checkpoint",
         }
     }
 }

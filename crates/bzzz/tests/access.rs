@@ -28,7 +28,11 @@ fn cli_json(args: &[&str]) -> Value {
 }
 
 fn started(n: usize) -> (LocalCluster, String) {
-    let mut c = LocalCluster::start(Path::new(BIN), n, &LocalOpts::default()).expect("start");
+    started_with(n, &LocalOpts::default())
+}
+
+fn started_with(n: usize, opts: &LocalOpts) -> (LocalCluster, String) {
+    let mut c = LocalCluster::start(Path::new(BIN), n, opts).expect("start");
     c.wait_formed(Duration::from_secs(30)).expect("formed");
     let pw = c.init(0, PASSWORD).expect("init");
     wait_until(
@@ -540,7 +544,15 @@ fn audit_head(c: &LocalCluster, i: usize) -> Option<(u64, String)> {
 
 #[test]
 fn the_audit_log_verifies_everywhere_names_an_edited_entry_and_fails_closed() {
-    let (mut c, _pw) = started(3);
+    // Checkpoints every 16 entries (256 by default), so 50 actions make
+    // some.
+    let (mut c, _pw) = started_with(
+        3,
+        &LocalOpts {
+            env: vec![("BZZZ_CONTROL__AUDIT_CHECKPOINT_EVERY".into(), "16".into())],
+            ..Default::default()
+        },
+    );
     let api = c.nodes[0].api();
     // A scripted session of 50 privileged actions.
     let pwf = c.dir.path().join("user-password");
@@ -602,11 +614,49 @@ fn the_audit_log_verifies_everywhere_names_an_edited_entry_and_fails_closed() {
     )
     .expect("heads")
     .expect("head");
+    let admin_key = c.nodes[0].get_json("/api/v1/keys").expect("status")["admin_public_key"]
+        .as_str()
+        .expect("admin key")
+        .to_owned();
     for n in &c.nodes {
+        // Checkpoints are made in the background: wait for the ones the
+        // 50 actions call for (the leader's, committed everywhere).
+        let v = wait_until(
+            "threshold-signed checkpoints",
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                let v = cli_json(&[
+                    "audit",
+                    "verify",
+                    "--api",
+                    &n.api(),
+                    "--admin-key",
+                    &admin_key,
+                    "--json",
+                ]);
+                (v["checkpoints"].as_u64()? >= 2).then_some(v)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        assert_eq!(v["ok"], true, "{v}");
+        assert_eq!(v["admin_key"], "given", "{v}");
+        assert!(v["checkpoints_checked"].as_u64() >= Some(2), "{v}");
         let v = cli_json(&["audit", "verify", "--api", &n.api(), "--json"]);
         assert_eq!(v["ok"], true, "{v}");
         assert_eq!(v["head"]["hash"], head.1.as_str());
     }
+    // A checkpoint checked against another admin key fails.
+    let out = cli(&[
+        "audit",
+        "verify",
+        "--api",
+        &api,
+        "--admin-key",
+        &"ab".repeat(32),
+        "--json",
+    ]);
+    assert!(!out.status.success(), "a wrong admin key is caught");
     let entries = cli_json(&["audit", "ls", "--api", &api, "--json"]);
     let e = &entries.as_array().expect("entries")[0];
     for f in [

@@ -288,6 +288,36 @@ pub struct AuditHead {
     pub hash: String,
 }
 
+/// A checkpoint of the audit chain (SPEC §10): entry `seq` has `hash`,
+/// signed by the threshold admin key. Each signer checks the entry in its
+/// own copy of the chain before it signs, so a node that rewrites its
+/// history (even consistently, re-hashing every later entry) no longer
+/// matches a checkpoint, and forging one takes t colluders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    pub v: u32,
+    pub cluster: String,
+    pub seq: u64,
+    pub hash: String,
+    /// When the leader asked for it (Unix ms).
+    pub time_ms: u64,
+}
+
+impl AuditCheckpoint {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.seq == 0 {
+            return Err("a checkpoint names an entry (seq ≥ 1)".into());
+        }
+        if self.hash.len() != 64 || !self.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("a checkpoint's hash is 64 hex digits".into());
+        }
+        if self.cluster.is_empty() || self.cluster.len() > 128 {
+            return Err("a checkpoint names its cluster".into());
+        }
+        Ok(())
+    }
+}
+
 /// The hash of the first entry's predecessor.
 pub const AUDIT_GENESIS_HASH: &str =
     "0000000000000000000000000000000000000000000000000000000000000000";

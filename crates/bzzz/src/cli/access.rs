@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::client::{get, post, read_first_line, send};
-use super::{ApiKeyCreateArgs, AuditLsArgs, NameArgs, ReadArgs, UserAddArgs};
+use super::{ApiKeyCreateArgs, AuditLsArgs, AuditVerifyArgs, NameArgs, ReadArgs, UserAddArgs};
 
 pub async fn user_add(a: &UserAddArgs) -> anyhow::Result<()> {
     let cred = a.op.credential()?;
@@ -124,10 +124,27 @@ struct AuditPage {
     node: String,
     head: AuditHead,
     entries: Vec<AuditRecord>,
+    #[serde(default)]
+    checkpoints: Vec<bzzz_proto::cluster::Signed>,
+    #[serde(default)]
+    cluster: String,
+    #[serde(default)]
+    admin_public_key: String,
 }
 
-/// Every entry after `since` (page by page), with the node and its head.
-async fn fetch(api: &str, since: u64) -> anyhow::Result<(String, AuditHead, Vec<AuditRecord>)> {
+/// What a node holds of the audit log.
+struct Fetched {
+    node: String,
+    head: AuditHead,
+    entries: Vec<AuditRecord>,
+    checkpoints: Vec<bzzz_proto::cluster::Signed>,
+    cluster: String,
+    admin_public_key: String,
+}
+
+/// Every entry after `since` (page by page), with the node, its head and
+/// the checkpoints.
+async fn fetch(api: &str, since: u64) -> anyhow::Result<Fetched> {
     let mut out = Vec::new();
     let mut after = since;
     loop {
@@ -138,7 +155,14 @@ async fn fetch(api: &str, since: u64) -> anyhow::Result<(String, AuditHead, Vec<
         }
         out.extend(page.entries);
         if n < 1000 {
-            return Ok((page.node, page.head, out));
+            return Ok(Fetched {
+                node: page.node,
+                head: page.head,
+                entries: out,
+                checkpoints: page.checkpoints,
+                cluster: page.cluster,
+                admin_public_key: page.admin_public_key,
+            });
         }
         if out.len() > 10_000_000 {
             bail!("the audit log is longer than 10 million entries");
@@ -147,7 +171,7 @@ async fn fetch(api: &str, since: u64) -> anyhow::Result<(String, AuditHead, Vec<
 }
 
 pub async fn audit_ls(a: &AuditLsArgs) -> anyhow::Result<()> {
-    let (_, _, entries) = fetch(&a.read.api, a.since).await?;
+    let entries = fetch(&a.read.api, a.since).await?.entries;
     if a.read.json {
         println!("{}", serde_json::to_string(&entries)?);
         return Ok(());
@@ -172,23 +196,46 @@ pub async fn audit_ls(a: &AuditLsArgs) -> anyhow::Result<()> {
 
 /// Exit 0 when the chain, every signature and the head verify; an error
 /// naming the first bad `seq` otherwise (exit 1).
-pub async fn audit_verify(a: &ReadArgs) -> anyhow::Result<()> {
-    let (node, head, entries) = fetch(&a.api, 0)
+pub async fn audit_verify(v: &AuditVerifyArgs) -> anyhow::Result<()> {
+    let a = &v.read;
+    let Fetched {
+        node,
+        head,
+        entries,
+        checkpoints,
+        cluster,
+        admin_public_key,
+    } = fetch(&a.api, 0)
         .await
         .context("cannot read the audit log")?;
+    let (key_hex, key_from) = match &v.admin_key {
+        Some(k) => (k.trim().to_owned(), "given"),
+        None => (admin_public_key, "reported by the node"),
+    };
     let result =
         bzzz_control::audit::verify_to_head(&entries, &head, bzzz_net::signed::public_key_of)
-            .map_err(|b| (b.seq, b.why));
+            .map_err(|b| (b.seq, b.why))
+            .and_then(|()| {
+                if checkpoints.is_empty() {
+                    return Ok(0);
+                }
+                let pk = bzzz_crypto::records::parse_public_key(&key_hex)
+                    .map_err(|e| (0, format!("admin public key: {e}")))?;
+                bzzz_control::audit::verify_checkpoints(&entries, &checkpoints, &pk, &cluster)
+                    .map_err(|b| (b.seq, b.why))
+            });
+    let result = result.map(|inside| (inside, checkpoints.len()));
     match result {
-        Ok(()) => {
+        Ok((inside, total)) => {
             if a.json {
                 println!(
                     "{}",
-                    json!({"ok": true, "node": node, "entries": entries.len(), "head": head})
+                    json!({"ok": true, "node": node, "entries": entries.len(), "head": head,
+                        "checkpoints": total, "checkpoints_checked": inside, "admin_key": key_from})
                 );
             } else {
                 println!(
-                    "audit log of {node}: {} entries verify; head seq {} {}",
+                    "audit log of {node}: {} entries verify; head seq {} {}; {total} checkpoint(s) signed by the admin key ({key_from}), {inside} against entries held here",
                     entries.len(),
                     head.seq,
                     head.hash

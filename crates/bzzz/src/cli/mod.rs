@@ -184,9 +184,20 @@ pub struct ApiKeyCreateArgs {
 pub enum AuditCmd {
     /// Entries this node holds, oldest first.
     Ls(AuditLsArgs),
-    /// Check every hash, link and signature here; exit 1 naming the first
-    /// bad `seq`.
-    Verify(ReadArgs),
+    /// Check every hash, link, signature and threshold-signed checkpoint
+    /// here; exit 1 naming the first bad `seq`.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// The cluster's admin public key (hex, as `bzzz init` and
+    /// `bzzz recover` print it) to check checkpoints against; without it,
+    /// the key the node reports is used (and the output says so).
+    #[arg(long, value_name = "HEX")]
+    pub admin_key: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -86,6 +86,11 @@ control:
   # A member out of sight this long leaves Raft (it keeps its certificate
   # and key share until the operator removes it: `bzzz member remove`).
   evict_after: {evict}
+  # The audit chain's head is signed by the threshold admin key every this
+  # many entries, and this long after the last checkpoint when newer
+  # entries exist (`bzzz audit verify` checks every checkpoint).
+  audit_checkpoint_every: {cp_every}
+  audit_checkpoint_interval: {cp_interval}
   # Node score = vram·vram_gib + ram·ram_gib + cores·cpu_core
   #   + disk_free·disk_free_gib + min(uptime, cap)·uptime_hour
   #   − load_per_core·load − rtt_ms·link_ms   (sizes in GiB)
@@ -162,6 +167,8 @@ dht:
         plan = d(k.planner_interval),
         grace = d(k.voter_grace),
         evict = d(k.evict_after),
+        cp_every = k.audit_checkpoint_every,
+        cp_interval = d(k.audit_checkpoint_interval),
         w_vram = k.weights.vram_gib,
         w_ram = k.weights.ram_gib,
         w_cpu = k.weights.cpu_core,

@@ -149,6 +149,13 @@ pub struct ControlFile {
     /// the operator removes it).
     #[serde(with = "humantime_serde")]
     pub evict_after: Duration,
+    /// The leader has the audit chain's head signed by the threshold
+    /// admin key every this many entries...
+    pub audit_checkpoint_every: u64,
+    /// ...and this long after the last checkpoint when there are newer
+    /// entries.
+    #[serde(with = "humantime_serde")]
+    pub audit_checkpoint_interval: Duration,
     /// Score weights.
     pub weights: bzzz_control::score::Weights,
     /// Hysteresis: `margin` (relative), `min_margin` (absolute),
@@ -165,6 +172,8 @@ impl Default for ControlFile {
             planner_interval: Duration::from_millis(500),
             voter_grace: Duration::from_secs(30),
             evict_after: Duration::from_secs(24 * 3600),
+            audit_checkpoint_every: 256,
+            audit_checkpoint_interval: Duration::from_secs(3600),
             weights: Default::default(),
             leadership: Default::default(),
         }
@@ -178,6 +187,9 @@ pub struct ControlSettings {
     pub planner_interval: Duration,
     pub voter_grace: Duration,
     pub evict_after: Duration,
+    /// See [`ControlFile::audit_checkpoint_every`].
+    pub audit_checkpoint_every: u64,
+    pub audit_checkpoint_interval: Duration,
     /// Weights and leadership from the local file.
     pub context: bzzz_control::slurp::Context,
     /// The cluster's values from the DHT, once `bzzz config migrate` put
@@ -255,6 +267,19 @@ pub(super) fn validate_control(c: &ControlFile) -> Result<ControlSettings, Confi
         planner_interval: positive("control.planner_interval", c.planner_interval)?,
         voter_grace: positive("control.voter_grace", c.voter_grace)?,
         evict_after: positive("control.evict_after", c.evict_after)?,
+        audit_checkpoint_every: match c.audit_checkpoint_every {
+            1..=1_000_000 => c.audit_checkpoint_every,
+            _ => {
+                return Err(cerr(
+                    "control.audit_checkpoint_every",
+                    "between 1 and 1000000 entries",
+                ));
+            }
+        },
+        audit_checkpoint_interval: positive(
+            "control.audit_checkpoint_interval",
+            c.audit_checkpoint_interval,
+        )?,
         context: bzzz_control::slurp::Context {
             weights: c.weights.clone(),
             policy: p.clone(),

@@ -77,6 +77,7 @@ pub async fn run(
             }
         });
     }
+    control.witness_audit(&keys);
     let _ = cell.set(control.clone());
     info!(raft_id = control.id, "control plane started");
     control.spawn(control.clone().detect_leader_loss(cancel.clone()));
@@ -145,6 +146,7 @@ pub async fn run(
         control.voter_scores(&observe(&net, &l, started));
         if let Some((_, since)) = leader_since {
             control.lead(&l, started, since.elapsed(), &cluster).await;
+            control.maybe_checkpoint(&keys, cluster.genesis.created_at);
         }
     }
 
@@ -215,6 +217,7 @@ pub(super) async fn start(
         last_risk: Mutex::new(None),
         last_seen: Mutex::new(BTreeMap::new()),
         access,
+        checkpointing: Mutex::new(None),
         tasks,
     }))
 }

@@ -87,6 +87,8 @@ pub struct Control {
     last_seen: Mutex<BTreeMap<NodeId, (f64, Instant)>>,
     /// This node's audit notes (the setup entry with the genesis).
     access: Arc<crate::access::Access>,
+    /// When the running (or last failed) checkpoint attempt started.
+    checkpointing: Mutex<Option<Instant>>,
     /// The node's tracker and token: every task the control plane starts
     /// runs there and stops on cancel.
     tasks: crate::node::Tasks,
@@ -101,6 +103,7 @@ impl std::fmt::Debug for Control {
 /// Where the control plane lives once started (set once).
 pub type ControlCell = Arc<OnceLock<Arc<Control>>>;
 
+mod checkpoint;
 mod custody;
 mod detector;
 mod inbound;

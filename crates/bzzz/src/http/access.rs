@@ -97,9 +97,9 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/audit",
             audit,
             get(api_audit),
-            json!({"summary": "Audit entries this node holds, oldest first: seq, time, principal, action, resource, outcome, node, count, signature, log_index, prev_hash, hash (query: since, limit ≤ 1000)", "operationId": "auditList",
+            json!({"summary": "Audit entries this node holds, oldest first: seq, time, principal, action, resource, outcome, node, count, signature, log_index, prev_hash, hash (query: since, limit ≤ 1000); the threshold-signed checkpoints, the cluster and its admin public key", "operationId": "auditList",
                 "parameters": [{"name": "since", "in": "query", "schema": {"type": "integer"}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
-                "responses": {"200": {"description": "{node, head: {seq, hash}, entries: [...]}"}}}),
+                "responses": {"200": {"description": "{node, head: {seq, hash}, entries: [...], checkpoints: [{body, signature}], cluster, admin_public_key}"}}}),
         ),
         Route::api(
             Method::POST,
@@ -405,9 +405,14 @@ struct AuditQuery {
 async fn api_audit(State(st): S, Query(q): Query<AuditQuery>) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(AUDIT_PAGE).clamp(1, AUDIT_PAGE);
     let (head, entries) = audit_entries(&st, q.since, limit).await?;
+    let checkpoints = control(&st)?.with_state(|s| s.audit_checkpoints.clone());
+    let cluster = st.keys.cluster();
     Ok(json(
         StatusCode::OK,
-        &json!({"node": st.net.local_id(), "head": head, "entries": entries}),
+        &json!({"node": st.net.local_id(), "head": head, "entries": entries,
+            "checkpoints": checkpoints,
+            "cluster": cluster.as_ref().map(|c| c.genesis.cluster.clone()),
+            "admin_public_key": cluster.as_ref().map(|c| c.genesis.admin_public_key.clone())}),
     ))
 }
 

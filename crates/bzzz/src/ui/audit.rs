@@ -1,8 +1,8 @@
 //! `/audit`: the audit log this node holds, newest first, filtered by
 //! principal, action and outcome (substring matches), and whether the
 //! whole chain this node holds verifies (hashes, links, every accepting
-//! node's signature, the replicated head): the same check as
-//! `bzzz audit verify`.
+//! node's signature, the replicated head, the checkpoints signed by the
+//! threshold admin key): the same check as `bzzz audit verify`.
 
 use axum::extract::{Query, State};
 use axum::http::{Method, StatusCode};
@@ -59,6 +59,20 @@ async fn page(State(st): State<Shared>, Query(f): Query<Filter>) -> Response {
         bzzz_control::audit::verify_to_head(&records, &head, bzzz_net::signed::public_key_of)
             .map_err(|b| (b.seq, b.why))
     };
+    let checkpoints = st
+        .control
+        .get()
+        .map(|c| c.with_state(|s| s.audit_checkpoints.clone()))
+        .unwrap_or_default();
+    let verdict = verdict.and_then(|()| {
+        let Some(c) = st.keys.cluster() else {
+            return Ok(0);
+        };
+        let pk = bzzz_crypto::records::parse_public_key(&c.genesis.admin_public_key)
+            .map_err(|e| (0, e.to_string()))?;
+        bzzz_control::audit::verify_checkpoints(&records, &checkpoints, &pk, &c.genesis.cluster)
+            .map_err(|b| (b.seq, b.why))
+    });
     let keep = |have: &str, want: &str| want.is_empty() || have.contains(want);
     let shown: Vec<_> = records
         .iter()
@@ -72,8 +86,9 @@ async fn page(State(st): State<Shared>, Query(f): Query<Filter>) -> Response {
         .collect();
     let content = html! {
         @match &verdict {
-            Ok(()) => p id="verdict" class="ok" {
-                "The chain verifies: " (records.len()) " entries, head seq " (head.seq) " " code { (head.hash) } "."
+            Ok(inside) => p id="verdict" class="ok" {
+                "The chain verifies: " (records.len()) " entries, head seq " (head.seq) " " code { (head.hash) } "; "
+                (checkpoints.len()) " checkpoint(s) signed by the threshold admin key (" (inside) " checked against entries held here)."
             },
             Err((seq, why)) => p id="verdict" class="err" {
                 "The chain does NOT verify at seq " (seq) ": " (why)
