@@ -423,9 +423,14 @@ impl Access {
                 ));
             }
         };
-        self.sessions
-            .open(who)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        self.sessions.open(who).map_err(|e| match e {
+            crate::sessions::OpenError::Full => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            crate::sessions::OpenError::Random(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        })
     }
 
     fn api_key(

@@ -15,9 +15,11 @@
 //!   memory only, zeroized when the session ends.
 //!
 //! A session ends 30 minutes after its last use and 12 hours after login
-//! at most; at most [`MAX_SESSIONS`] live at once (the oldest idle one
-//! goes first). Sessions are per node: logging in on one node does not
-//! log in on another.
+//! at most. One principal holds at most [`MAX_PER_PRINCIPAL`] sessions
+//! (a new login ends its own least recently used one); the node holds at
+//! most [`MAX_SESSIONS`], and when that many are live a new login is
+//! refused rather than ending someone else's session. Sessions are per
+//! node: logging in on one node does not log in on another.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +33,28 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 /// Most live sessions on one node.
 pub const MAX_SESSIONS: usize = 1024;
+/// Most live sessions of one principal on one node.
+pub const MAX_PER_PRINCIPAL: usize = 16;
+
+/// Why a session was not opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// [`MAX_SESSIONS`] are live.
+    Full,
+    Random(getrandom::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Full => write!(
+                f,
+                "this node holds {MAX_SESSIONS} web sessions already; retry when some end"
+            ),
+            OpenError::Random(e) => write!(f, "no randomness for a session id: {e}"),
+        }
+    }
+}
 
 /// Who a session is for.
 #[derive(Clone)]
@@ -101,15 +125,25 @@ fn live(s: &Session, now: Instant) -> bool {
 
 impl Sessions {
     /// Opens a session: its id (the cookie) and CSRF token.
-    pub fn open(&self, who: Who) -> Result<(String, String), getrandom::Error> {
-        let (id, csrf) = (random_hex()?, random_hex()?);
+    pub fn open(&self, who: Who) -> Result<(String, String), OpenError> {
+        let id = random_hex().map_err(OpenError::Random)?;
+        let csrf = random_hex().map_err(OpenError::Random)?;
         let now = Instant::now();
+        let principal = who.principal();
         let mut m = lock(&self.map);
         m.retain(|_, s| live(s, now));
-        if m.len() >= MAX_SESSIONS
-            && let Some(oldest) = m.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| k.clone())
+        let own: Vec<(String, Instant)> = m
+            .iter()
+            .filter(|(_, s)| s.who.principal() == principal)
+            .map(|(k, s)| (k.clone(), s.used))
+            .collect();
+        if own.len() >= MAX_PER_PRINCIPAL
+            && let Some((oldest, _)) = own.iter().min_by_key(|(_, used)| *used)
         {
-            m.remove(&oldest);
+            m.remove(oldest);
+        }
+        if m.len() >= MAX_SESSIONS {
+            return Err(OpenError::Full);
         }
         m.insert(
             id.clone(),
@@ -194,16 +228,28 @@ mod tests {
     }
 
     #[test]
-    fn the_oldest_idle_session_goes_when_full() {
+    fn a_principal_ends_only_its_own_sessions_and_a_full_node_refuses() {
         let s = Sessions::default();
-        let (first, _) = s.open(user("u0")).expect("open");
-        for i in 1..MAX_SESSIONS {
-            s.open(user(&format!("u{i}"))).expect("open");
+        let (operator, _) = s
+            .open(Who::Operator(
+                OperatorPassword::new("a long operator password".into()).expect("pw"),
+            ))
+            .expect("open");
+        // One user logging in again and again ends only its own oldest.
+        let (first, _) = s.open(user("mallory")).expect("open");
+        for _ in 0..MAX_SESSIONS {
+            s.open(user("mallory")).expect("open");
         }
-        assert!(s.get(&first).is_some(), "still there at the bound");
-        // `first` was just used; the next oldest goes instead.
-        s.open(user("one more")).expect("open");
+        assert!(s.get(&operator).is_some(), "the operator's session stays");
+        assert!(s.get(&first).is_none(), "mallory's oldest went");
+        assert_eq!(s.len(), 1 + MAX_PER_PRINCIPAL);
+        // Many principals fill the node: a new login is refused, nobody
+        // else's session ends.
+        for i in 0..MAX_SESSIONS {
+            let _ = s.open(user(&format!("u{i}")));
+        }
         assert_eq!(s.len(), MAX_SESSIONS);
-        assert!(s.get(&first).is_some());
+        assert!(matches!(s.open(user("late")), Err(OpenError::Full)));
+        assert!(s.get(&operator).is_some());
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP server with bounds at the edge: at most [`MAX_CONNECTIONS`]
 //! open connections (more wait in the kernel's accept queue), at most
 //! [`MAX_PER_SOURCE`] of them from one address (one more is answered
-//! `429` at once and closed, so one client cannot hold every slot), request
+//! `429` at once and closed, without taking a slot, so one client cannot
+//! hold every slot or stall the accept loop), request
 //! headers within [`HEADER_TIMEOUT`] (a client that trickles headers is
 //! dropped), HTTP/1.1 only. Handler time and body sizes are bounded per
 //! route by the router (`http::router`). Each connection is a task on the
@@ -29,6 +30,10 @@ use tracing::debug;
 pub const MAX_CONNECTIONS: usize = 512;
 /// Open connections from one address at most.
 pub const MAX_PER_SOURCE: u32 = 64;
+/// Refusals (`429`, see [`MAX_PER_SOURCE`]) being written at once at
+/// most; each lasts [`REFUSAL_TIME`] at most.
+const MAX_REFUSALS: usize = 32;
+const REFUSAL_TIME: Duration = Duration::from_millis(200);
 /// Request headers must arrive within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection left open when the server stops is closed after this.
@@ -43,6 +48,7 @@ pub async fn serve(
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let sources = Arc::new(Sources::default());
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
         let permit = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -66,11 +72,15 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let Some(source) = Sources::take(&sources, remote.ip()) else {
             debug!(%remote, "too many connections from one address");
-            // The refusal holds its global slot for its short life.
-            tracker.spawn(async move {
-                too_many(stream).await;
-                drop(permit);
-            });
+            // The global slot goes back at once: refusals have their own
+            // few slots, and without one the connection is just closed.
+            drop(permit);
+            if let Ok(slot) = refusals.clone().try_acquire_owned() {
+                tracker.spawn(async move {
+                    too_many(stream).await;
+                    drop(slot);
+                });
+            }
             continue;
         };
         let svc =
@@ -157,7 +167,7 @@ async fn too_many(mut stream: tokio::net::TcpStream) {
         "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
         let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
         let mut sink = [0u8; 4096];
