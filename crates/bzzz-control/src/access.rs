@@ -51,17 +51,60 @@ impl ClusterState {
     }
 
     /// The roles a key acts with: its role, while its user (if bound)
-    /// exists and holds that role.
+    /// exists and holds that role and the principal that made it still
+    /// stands (a user that exists and holds the role; a key that is not
+    /// revoked or expired and stands itself; the operator), plus, as
+    /// deny-only entries (`!NAME`, see [`bzzz_proto::access::DENY_ONLY`]),
+    /// the roles with deny rules of that user and of that maker. So a key
+    /// made by a user, or by a key, ends when its maker is removed or
+    /// revoked, and never escapes a deny its maker or user is bound by.
     pub fn key_roles(&self, k: &ApiKeyRecord) -> Option<Vec<String>> {
-        match &k.user {
-            None => Some(vec![k.role.clone()]),
-            Some(u) if u == ADMIN_USER => Some(vec![k.role.clone()]),
-            Some(u) => {
-                let user = self.users.get(u)?;
-                let admin = user.roles.iter().any(|r| r == bzzz_proto::dht::ADMIN_ROLE);
-                (admin || user.roles.contains(&k.role)).then(|| vec![k.role.clone()])
-            }
+        self.key_roles_at(k, 0)
+    }
+
+    fn key_roles_at(&self, k: &ApiKeyRecord, depth: u32) -> Option<Vec<String>> {
+        // Keys made by keys: a chain this long is refused.
+        if depth > 8 {
+            return None;
         }
+        let mut roles = vec![k.role.clone()];
+        let denies = |of: &[String]| -> Vec<String> {
+            of.iter()
+                .filter(|r| bzzz_proto::access::has_denies(r, &self.roles))
+                .map(|r| {
+                    let base = r.strip_prefix(bzzz_proto::access::DENY_ONLY).unwrap_or(r);
+                    format!("{}{base}", bzzz_proto::access::DENY_ONLY)
+                })
+                .collect()
+        };
+        if let Some(u) = &k.user
+            && u != ADMIN_USER
+        {
+            let user = self.users.get(u)?;
+            may_grant(&user.roles, std::slice::from_ref(&k.role)).ok()?;
+            roles.extend(denies(&user.roles));
+        }
+        if let Some(name) = k.created_by.strip_prefix("user:") {
+            let maker = self.users.get(name)?;
+            may_grant(&maker.roles, std::slice::from_ref(&k.role)).ok()?;
+            roles.extend(denies(&maker.roles));
+        } else if let Some(id) = k.created_by.strip_prefix("key:") {
+            let maker = self.api_keys.get(id)?;
+            let now = self.audit_clock_ms / 1000;
+            if maker.revoked_at.is_some() || maker.expires_at.is_some_and(|e| now >= e) {
+                return None;
+            }
+            let held = self.key_roles_at(maker, depth + 1)?;
+            may_grant(&held, std::slice::from_ref(&k.role)).ok()?;
+            roles.extend(denies(&held));
+        }
+        roles.sort();
+        roles.dedup();
+        // The key's own role first (the one it acts with).
+        if let Some(i) = roles.iter().position(|r| *r == k.role) {
+            roles.swap(0, i);
+        }
+        Some(roles)
     }
 
     /// Checks that `principal` (a user or a key) signed `change` as
@@ -173,7 +216,7 @@ impl ClusterState {
                 {
                     return Err("a user's verifier is an Argon2id PHC string".into());
                 }
-                may_grant(&held, &user.roles)?;
+                bzzz_proto::access::may_grant_keeping_denies(&held, &user.roles, &self.roles)?;
                 // Replacing a user also needs every role it holds now (no
                 // taking over a stronger account).
                 if let Some(old) = self.users.get(&user.name) {

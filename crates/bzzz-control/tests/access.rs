@@ -401,3 +401,97 @@ fn checkpoints_catch_a_consistent_rewrite_of_the_history() {
         .expect_err("not the admin key");
     assert!(bad.why.contains("admin key"), "{bad:?}");
 }
+
+/// Review findings: a narrower key or user never escapes a deny of its
+/// user or maker, and keys end with the principal that made them.
+#[test]
+fn keys_keep_their_makers_denies_and_end_with_their_maker() {
+    use bzzz_proto::access::{Action, Resource, decide};
+    let k = NodeKey::generate().expect("key");
+    let mut s = ClusterState::default();
+    let role = |name: &str, perms: &[&str]| bzzz_proto::cluster::RoleDef {
+        name: name.into(),
+        authority: bzzz_proto::cluster::Authority::Coordination,
+        permissions: perms.iter().map(|p| (*p).to_owned()).collect(),
+        reads: vec![],
+        members: vec![],
+    };
+    s.roles.insert(
+        "lead".into(),
+        role("lead", &["manage:users", "manage:keys"]),
+    );
+    s.roles.insert(
+        "no_secret".into(),
+        role("no_secret", &["deny:infer:model:secret*"]),
+    );
+    s.users.insert(
+        "bob".into(),
+        user("bob", &["lead", "backend_developer", "no_secret"]),
+    );
+    let secret = Resource::Model("secret-x:latest".into());
+    let open = Resource::Model("open:latest".into());
+    let infer = |roles: &[String], r: &Resource| decide(roles, &s.roles, Action::Infer, r).allowed;
+    assert!(!infer(
+        &s.principal_roles("user:bob").expect("bob"),
+        &secret
+    ));
+
+    // A key of one role, bound to bob: the deny still holds.
+    let mut bound = key("k000000000000000b", "backend_developer", Some("bob"));
+    bound.created_by = "user:bob".into();
+    let roles = s.key_roles(&bound).expect("stands");
+    assert_eq!(roles[0], "backend_developer");
+    assert!(roles.contains(&"!no_secret".to_owned()), "{roles:?}");
+    assert!(infer(&roles, &open));
+    assert!(
+        !infer(&roles, &secret),
+        "the key escapes bob's deny: {roles:?}"
+    );
+    // An unbound key bob made: the same.
+    let mut unbound = key("k000000000000000c", "backend_developer", None);
+    unbound.created_by = "user:bob".into();
+    let roles = s.key_roles(&unbound).expect("stands");
+    assert!(!infer(&roles, &secret), "{roles:?}");
+    // A key made by that key: the same, and it ends with it.
+    s.api_keys.insert(unbound.id.clone(), unbound.clone());
+    let mut child = key("k000000000000000d", "backend_developer", None);
+    child.created_by = format!("key:{}", unbound.id);
+    let roles = s.key_roles(&child).expect("stands");
+    assert!(!infer(&roles, &secret), "{roles:?}");
+    s.api_keys.get_mut(&unbound.id).expect("key").revoked_at = Some(1);
+    assert_eq!(s.key_roles(&child), None, "its maker was revoked");
+
+    // Bob may not make a user without his deny role.
+    let r = s.apply_command(
+        1,
+        audited(
+            note(&k, "user:bob", "manage"),
+            AccessChange::UserPut {
+                user: user("carol", &["backend_developer"]),
+            },
+        ),
+    );
+    assert!(
+        r.rejected
+            .as_deref()
+            .is_some_and(|w| w.contains("no_secret")),
+        "{r:?}"
+    );
+    let r = s.apply_command(
+        2,
+        audited(
+            note(&k, "user:bob", "manage"),
+            AccessChange::UserPut {
+                user: user("carol", &["backend_developer", "no_secret"]),
+            },
+        ),
+    );
+    assert_eq!(r.rejected, None);
+
+    // Bob leaves: the keys he made end with him.
+    s.users.remove("bob");
+    assert_eq!(s.key_roles(&bound), None);
+    let mut again = unbound.clone();
+    again.revoked_at = None;
+    assert_eq!(s.key_roles(&again), None, "made by a user who is gone");
+}

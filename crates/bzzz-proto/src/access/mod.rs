@@ -422,9 +422,26 @@ pub fn decide(
     }
     let mut allow: Option<String> = None;
     for name in roles {
+        // `!NAME`: only the deny rules of role NAME apply (see
+        // [`DENY_ONLY`]).
+        let (name, deny_only) = match name.strip_prefix(DENY_ONLY) {
+            Some(n) => (n, true),
+            None => (name.as_str(), false),
+        };
         let Some(def) = role_def(name, registry) else {
             continue;
         };
+        if deny_only {
+            for rule in def.permissions.iter().filter_map(|t| parsed(t)) {
+                if rule.deny && rule.matches(action, resource) {
+                    return Decision {
+                        allowed: false,
+                        rule: format!("rule {rule} of role {name} denies {action} on {resource}"),
+                    };
+                }
+            }
+            continue;
+        }
         // Implicit rules: read the records of this role and of the roles
         // it reads, write its own (matched on the address's role, which
         // is what `role_records` patterns would match).
@@ -474,6 +491,46 @@ pub fn decide(
 
 /// The escalation rule: may a caller holding `holder` give `granted` to
 /// a new user or key? Only roles it holds itself (admin may give any).
+/// A principal's role list entry `!NAME` stands for "the deny rules of
+/// role NAME apply, its allows do not": a key acts with its one role, and
+/// the denies of the user it is bound to and of the principal that made
+/// it still hold (so a narrower key never escapes a deny).
+pub const DENY_ONLY: &str = "!";
+
+/// Whether role `name` (as in force) carries any deny rule.
+pub fn has_denies(name: &str, registry: &BTreeMap<String, RoleDef>) -> bool {
+    let name = name.strip_prefix(DENY_ONLY).unwrap_or(name);
+    role_def(name, registry).is_some_and(|d| {
+        d.permissions
+            .iter()
+            .filter_map(|t| parsed(t))
+            .any(|r| r.deny)
+    })
+}
+
+/// [`may_grant`], and a granter that holds roles with deny rules (not
+/// admin) gives every one of them too: a user made by a principal never
+/// escapes that principal's denies.
+pub fn may_grant_keeping_denies(
+    holder: &[String],
+    granted: &[String],
+    registry: &BTreeMap<String, RoleDef>,
+) -> Result<(), String> {
+    may_grant(holder, granted)?;
+    if holder.iter().any(|r| r == ADMIN_ROLE) {
+        return Ok(());
+    }
+    for h in holder.iter().filter(|h| has_denies(h, registry)) {
+        let base = h.strip_prefix(DENY_ONLY).unwrap_or(h);
+        if !granted.iter().any(|g| g == base) {
+            return Err(format!(
+                "cannot leave out role {base}: its deny rules bind the granter, so they bind whom it grants to"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub fn may_grant(holder: &[String], granted: &[String]) -> Result<(), String> {
     if holder.iter().any(|r| r == ADMIN_ROLE) {
         return Ok(());
