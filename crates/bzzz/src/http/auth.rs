@@ -210,6 +210,38 @@ fn cross_origin(headers: &HeaderMap) -> bool {
     o != host || host.is_empty()
 }
 
+/// Whether the `Host` header names this machine: an IP address,
+/// `localhost`, or its host name. Setup (before any credential exists)
+/// answers only then, so a page under another DNS name that resolves here
+/// (DNS rebinding) cannot drive it from the operator's browser.
+pub fn host_is_this_machine(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        // HTTP/1.0 without Host: not a browser page.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    if name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    static ME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ME.get_or_init(|| sysinfo::System::host_name().ok())
+        .as_deref()
+        .is_some_and(|me| {
+            let me = me.trim_end_matches('.');
+            let name = name.trim_end_matches('.');
+            !me.is_empty()
+                && (name.eq_ignore_ascii_case(me)
+                    || me
+                        .split('.')
+                        .next()
+                        .is_some_and(|short| name.eq_ignore_ascii_case(short)))
+        })
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -247,6 +279,21 @@ fn openai_shape(mut e: ApiError) -> ApiError {
 async fn check(g: &Guard, mut req: Request) -> Result<Request, ApiError> {
     let (action, res) = match g.permission {
         Permission::Public | Permission::Setup | Permission::DeployToken => {
+            // Credential-free routes too: another site's page must not
+            // post to them (a login flood locking the operator out, a
+            // setup cancelled from a hostile page).
+            if changes(req.method()) && cross_origin(req.headers()) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "a request from another site's page is refused (Origin is not this host)",
+                ));
+            }
+            if matches!(g.permission, Permission::Setup) && !host_is_this_machine(req.headers()) {
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "setup answers only under this machine's address or name (an IP address, localhost or its host name): another name could be a DNS-rebinding page",
+                ));
+            }
             req.extensions_mut().insert(Principal::Anonymous);
             return Ok(req);
         }

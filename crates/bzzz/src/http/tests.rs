@@ -34,7 +34,6 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/v1/serve/backends"),
     ("GET", "/login"),
     ("POST", "/login"),
-    ("POST", "/logout"),
     // The wizard: open until the cluster exists, 409 after.
     ("POST", "/api/v1/setup"),
     ("POST", "/api/v1/setup/confirm"),
@@ -253,4 +252,93 @@ async fn an_answer_that_cannot_be_encoded_is_a_500_not_a_null() {
         .await
         .expect("body");
     assert!(String::from_utf8_lossy(&body).contains("cannot encode"));
+}
+
+#[test]
+fn setup_answers_only_under_this_machines_address_or_name() {
+    let with = |host: &str| {
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(
+            axum::http::header::HOST,
+            axum::http::HeaderValue::from_str(host).expect("value"),
+        );
+        auth::host_is_this_machine(&h)
+    };
+    assert!(with("127.0.0.1:8080"));
+    assert!(with("10.0.0.5"));
+    assert!(with("[::1]:8080"));
+    assert!(with("localhost:8080"));
+    if let Ok(me) = sysinfo::System::host_name() {
+        assert!(with(&format!("{me}:8080")), "{me}");
+    }
+    assert!(!with("rebind.attacker.example:8080"));
+    assert!(!with("localhost.attacker.example"));
+}
+
+/// Exploits from a review: a hostile page posts to the credential-free
+/// routes (a login flood locks the operator's address out; a setup is
+/// started or cancelled); a DNS-rebinding page drives setup under its
+/// own name. Each is refused before anything is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_free_posts_refuse_other_sites_and_setup_other_names() {
+    let n = test_node().await;
+    let app = router(n.state.clone());
+    let post = |path: &str, headers: &[(&str, &str)], body: &str| {
+        let mut b = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header("host", "127.0.0.1:8080");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Body::from(body.to_owned())).expect("request");
+        let app = app.clone();
+        async move { app.oneshot(req).await.expect("infallible").status() }
+    };
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let json_ct = ("content-type", "application/json");
+    for (path, ct, body) in [
+        ("/login", form, "user=admin&password=guess+guess+guess"),
+        (
+            "/setup/start",
+            form,
+            "cluster=evil&password=a+long+operator+password&password2=a+long+operator+password",
+        ),
+        ("/setup/cancel", form, ""),
+        (
+            "/api/v1/setup",
+            json_ct,
+            r#"{"cluster":"evil","operator_password":"a long operator password"}"#,
+        ),
+    ] {
+        for hostile in [
+            ("origin", "http://evil.example"),
+            ("sec-fetch-site", "cross-site"),
+        ] {
+            assert_eq!(
+                post(path, &[ct, hostile], body).await,
+                StatusCode::FORBIDDEN,
+                "{path} with {hostile:?}"
+            );
+        }
+    }
+    // Under a rebinding name, setup is refused (no setup is started).
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/setup")
+        .header("host", "rebind.attacker.example:8080")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"cluster":"evil","operator_password":"a long operator password"}"#,
+        ))
+        .expect("request");
+    assert_eq!(
+        app.clone().oneshot(req).await.expect("infallible").status(),
+        StatusCode::MISDIRECTED_REQUEST
+    );
+    assert!(!n.state.keys.is_initialized());
+    assert!(
+        n.state.keys.reveal_pending().is_err(),
+        "no setup is pending"
+    );
 }
