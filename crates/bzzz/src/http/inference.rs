@@ -171,14 +171,19 @@ fn pass_through<G: Send + 'static>(resp: reqwest::Response, guard: Option<G>) ->
     r
 }
 
-/// The request as checked: re-encoded, without any other spelling of
-/// `model` (Ollama's decoder matches keys case-insensitively, so a
-/// `"MODEL"` beside the checked `"model"` could pick another model).
+/// The request as checked, as every backend and node gets it:
+/// re-encoded, with no key that is not all lower case at the top or in
+/// `options` (both dialects' fields are; Ollama's decoder matches keys
+/// case-insensitively, so a `"MODEL"` or `"OPTIONS"` beside the checked
+/// field could pick another model or pass unbounded options), and
+/// Ollama's options allow-listed and bounded.
 fn canonical(req: &Value) -> Bytes {
+    let lower = |k: &String| !k.bytes().any(|b| b.is_ascii_uppercase()) && k.is_ascii();
     let mut v = req.clone();
     if let Some(o) = v.as_object_mut() {
-        o.retain(|k, _| k == "model" || !k.eq_ignore_ascii_case("model"));
+        o.retain(|k, _| lower(k));
         if let Some(opts) = o.get_mut("options").and_then(Value::as_object_mut) {
+            opts.retain(|k, _| lower(k));
             bound_options(opts);
         }
     }
@@ -386,7 +391,7 @@ async fn route_request(
         match dialect {
             Dialect::OpenAi => {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-                match send(&url, &body, None).await {
+                match send(&url, &canonical(&req), None).await {
                     Ok(resp) => {
                         *served = Some(me.to_string());
                         return pass_through(resp, busy);
@@ -412,9 +417,11 @@ async fn route_request(
     if !st.backends.is_empty() && ctl.with_state(|s| s.models.holders(&name).contains(&me)) {
         for (kind, url) in &st.backends {
             let r = match (kind.as_str(), dialect) {
-                (_, Dialect::OpenAi) => send(&format!("{url}/v1/chat/completions"), &body, None)
-                    .await
-                    .map(|resp| pass_through::<()>(resp, None)),
+                (_, Dialect::OpenAi) => {
+                    send(&format!("{url}/v1/chat/completions"), &canonical(&req), None)
+                        .await
+                        .map(|resp| pass_through::<()>(resp, None))
+                }
                 ("ollama", d) => send(&format!("{url}{}", d.path()), &canonical(&req), None)
                     .await
                     .map(|resp| pass_through::<()>(resp, None)),
@@ -498,7 +505,7 @@ async fn route_request(
         let guard = InFlight(r.clone(), node.clone());
         match send(
             &format!("http://{addr}{}", dialect.path()),
-            &body,
+            &canonical(&req),
             Some(auth),
         )
         .await
@@ -641,12 +648,16 @@ pub mod metrics {
 mod tests {
     #[test]
     fn ollama_options_are_allow_listed_and_bounded() {
-        let req = serde_json::json!({"model": "m", "MODEL": "other", "options": {
-            "num_ctx": 1_048_576, "temperature": 0.5, "num_predict": -1,
+        let req = serde_json::json!({"model": "m", "MODEL": "other", "Model": "x",
+            "OPTIONS": {"num_ctx": 1_048_576}, "options": {
+            "num_ctx": 1_048_576, "temperature": 0.5, "num_predict": -1, "NUM_CTX": 1_048_576,
             "use_mmap": false, "num_gpu": 99, "top_p": "x"}});
         let out: serde_json::Value = serde_json::from_slice(&super::canonical(&req)).expect("json");
         assert_eq!(out["model"], "m");
-        assert!(out.get("MODEL").is_none());
+        for gone in ["MODEL", "Model", "OPTIONS"] {
+            assert!(out.get(gone).is_none(), "{gone}: {out}");
+        }
+        assert!(out["options"].get("NUM_CTX").is_none());
         assert_eq!(out["options"]["num_ctx"], 32_768);
         assert_eq!(out["options"]["temperature"], 0.5);
         assert_eq!(out["options"]["num_predict"], -1);
