@@ -37,6 +37,10 @@ pub type NodeSigner = Arc<dyn Fn(&[u8]) -> [u8; 64] + Send + Sync>;
 const CACHE_TTL: Duration = Duration::from_secs(300);
 /// Most cached credentials.
 const CACHE_MAX: usize = 4096;
+/// Changes a principal may make at once, and then per second (see
+/// [`Access::rate`]).
+pub const CHANGES_BURST: f64 = 50.0;
+pub const CHANGES_PER_SEC: f64 = 10.0;
 /// Most principals whose refusals are counted between flushes.
 const DENIALS_MAX: usize = 1024;
 
@@ -132,6 +136,8 @@ pub struct Access {
     denials: Mutex<BTreeMap<String, Denied>>,
     /// This node's web sessions.
     pub sessions: crate::sessions::Sessions,
+    /// Changes per principal (token buckets; see [`Access::rate`]).
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// `serve.anonymous_inference` of this node's config (the cluster
     /// rule `anonymous_inference`, admin-signed, overrides it).
     pub anonymous_inference: bool,
@@ -168,6 +174,7 @@ impl Access {
             cache: Mutex::default(),
             denials: Mutex::default(),
             sessions: Default::default(),
+            buckets: Mutex::default(),
             anonymous_inference,
         }
     }
@@ -183,6 +190,47 @@ impl Access {
         h.update([0]);
         h.update(password.as_bytes());
         h.finalize().into()
+    }
+
+    /// Takes one change from `principal`'s allowance on this node:
+    /// [`CHANGES_BURST`] at once, then [`CHANGES_PER_SEC`] a second (each
+    /// change is a Raft entry and an audit line: a user's loop must not
+    /// grow them without bound). 429 beyond it. The operator is not
+    /// limited.
+    pub fn rate(&self, principal: &str) -> Result<(), ApiError> {
+        if principal == ADMIN_USER {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let mut b = lock(&self.buckets);
+        if !b.contains_key(principal) && b.len() >= CACHE_MAX {
+            // Full buckets carry no state worth keeping.
+            b.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * CHANGES_PER_SEC < CHANGES_BURST
+            });
+            if b.len() >= CACHE_MAX {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many principals are changing things at once; retry in a moment",
+                ));
+            }
+        }
+        let (tokens, at) = b
+            .entry(principal.to_owned())
+            .or_insert((CHANGES_BURST, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * CHANGES_PER_SEC)
+            .min(CHANGES_BURST);
+        *at = now;
+        if *tokens < 1.0 {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{principal} makes changes faster than {CHANGES_PER_SEC} a second on this node; retry in a second"
+                ),
+            ));
+        }
+        *tokens -= 1.0;
+        Ok(())
     }
 
     /// A signed audit note of this node.
@@ -697,5 +745,26 @@ pub fn audited(
         cmd: Some(Box::new(cmd)),
         access: None,
         proof: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_principal_changes_at_a_bounded_rate_and_the_operator_is_not_limited() {
+        let key = bzzz_crypto::NodeKey::generate().expect("key");
+        let node = bzzz_net::node_id_of(&key.seed()).expect("id");
+        let a = Access::new(node, Arc::new(|_: &[u8]| [0u8; 64]), false);
+        for _ in 0..CHANGES_BURST as usize {
+            a.rate("user:mallory").expect("within the burst");
+        }
+        let e = a.rate("user:mallory").expect_err("beyond the burst");
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        a.rate("user:alice").expect("others are not limited by mallory");
+        for _ in 0..1000 {
+            a.rate(ADMIN_USER).expect("the operator");
+        }
     }
 }

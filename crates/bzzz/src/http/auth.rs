@@ -349,6 +349,9 @@ async fn check(g: &Guard, mut req: Request) -> Result<Request, ApiError> {
             return Err(forbidden(action, &r, &d));
         }
     }
+    if changes(req.method()) && !matches!(action, Some(Action::Infer | Action::Read)) {
+        st.access.rate(&caller.id)?;
+    }
     if g.kind == Kind::Page
         && changes(req.method())
         && let Some(expected) = &caller.csrf
