@@ -218,8 +218,8 @@ impl Access {
         let (tokens, at) = b
             .entry(principal.to_owned())
             .or_insert((CHANGES_BURST, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * CHANGES_PER_SEC)
-            .min(CHANGES_BURST);
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * CHANGES_PER_SEC).min(CHANGES_BURST);
         *at = now;
         if *tokens < 1.0 {
             return Err(ApiError::new(
@@ -762,7 +762,8 @@ mod tests {
         }
         let e = a.rate("user:mallory").expect_err("beyond the burst");
         assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
-        a.rate("user:alice").expect("others are not limited by mallory");
+        a.rate("user:alice")
+            .expect("others are not limited by mallory");
         for _ in 0..1000 {
             a.rate(ADMIN_USER).expect("the operator");
         }

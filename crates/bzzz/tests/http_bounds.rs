@@ -117,11 +117,15 @@ fn a_flood_of_wrong_passwords_keeps_memory_bounded_and_status_fast() {
     );
     let unauthorized = codes.iter().filter(|c| **c == 401).count();
     let limited = codes.iter().filter(|c| **c == 429).count();
+    // 0: the connection was closed at the edge (over the per-source
+    // limit, when the refusal pool is busy): refused too, at no cost.
+    let closed = codes.iter().filter(|c| **c == 0).count();
     assert_eq!(
-        unauthorized + limited,
+        unauthorized + limited + closed,
         FLOOD,
         "every flood request is refused: {codes:?}"
     );
+    eprintln!("{unauthorized} × 401, {limited} × 429, {closed} closed at the edge");
     assert!(
         unauthorized <= 5,
         "at most 5 wrong passwords are hashed per client per minute, {unauthorized} were"

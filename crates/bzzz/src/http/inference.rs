@@ -417,11 +417,13 @@ async fn route_request(
     if !st.backends.is_empty() && ctl.with_state(|s| s.models.holders(&name).contains(&me)) {
         for (kind, url) in &st.backends {
             let r = match (kind.as_str(), dialect) {
-                (_, Dialect::OpenAi) => {
-                    send(&format!("{url}/v1/chat/completions"), &canonical(&req), None)
-                        .await
-                        .map(|resp| pass_through::<()>(resp, None))
-                }
+                (_, Dialect::OpenAi) => send(
+                    &format!("{url}/v1/chat/completions"),
+                    &canonical(&req),
+                    None,
+                )
+                .await
+                .map(|resp| pass_through::<()>(resp, None)),
                 ("ollama", d) => send(&format!("{url}{}", d.path()), &canonical(&req), None)
                     .await
                     .map(|resp| pass_through::<()>(resp, None)),

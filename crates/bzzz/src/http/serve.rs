@@ -32,7 +32,7 @@ pub const MAX_CONNECTIONS: usize = 512;
 pub const MAX_PER_SOURCE: u32 = 64;
 /// Refusals (`429`, see [`MAX_PER_SOURCE`]) being written at once at
 /// most; each lasts [`REFUSAL_TIME`] at most.
-const MAX_REFUSALS: usize = 32;
+const MAX_REFUSALS: usize = 256;
 const REFUSAL_TIME: Duration = Duration::from_millis(200);
 /// Request headers must arrive within this.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
