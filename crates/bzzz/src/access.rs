@@ -281,7 +281,7 @@ impl Access {
     /// The caller a credential names. `Ok(None)`: no credential.
     pub async fn resolve(
         &self,
-        st: &crate::node::AppState,
+        st: &crate::state::AppState,
         client: &str,
         headers: &axum::http::HeaderMap,
     ) -> Result<Option<Caller>, ApiError> {
@@ -376,7 +376,7 @@ impl Access {
 
     /// The caller of live web session `id`. A user's session ends here
     /// when the user is gone or its password changed.
-    fn session(&self, st: &crate::node::AppState, id: &str) -> Option<Caller> {
+    fn session(&self, st: &crate::state::AppState, id: &str) -> Option<Caller> {
         let (who, csrf) = self.sessions.get(id)?;
         match who {
             crate::sessions::Who::Operator(pw) => {
@@ -419,7 +419,7 @@ impl Access {
     /// password (see [`crate::sessions`]).
     pub async fn login(
         &self,
-        st: &crate::node::AppState,
+        st: &crate::state::AppState,
         client: &str,
         name: &str,
         password: OperatorPassword,
@@ -483,7 +483,7 @@ impl Access {
 
     fn api_key(
         &self,
-        st: &crate::node::AppState,
+        st: &crate::state::AppState,
         secret: &str,
         forward: Option<zeroize::Zeroizing<String>>,
     ) -> Result<Caller, ApiError> {
@@ -563,7 +563,7 @@ fn clip(s: &str, n: usize) -> String {
 /// rule `anonymous_inference` (admin-signed) when set, else this node's
 /// `serve.anonymous_inference`; always before setup (no principal exists
 /// yet).
-pub fn anonymous_inference(st: &crate::node::AppState) -> bool {
+pub fn anonymous_inference(st: &crate::state::AppState) -> bool {
     let Some(c) = st.control.get() else {
         return !st.keys.is_initialized() || st.access.anonymous_inference;
     };
@@ -578,7 +578,7 @@ pub const ANONYMOUS_INFERENCE_RULE: &str = "anonymous_inference";
 /// given) as one Raft command: 503 when it cannot commit, so the action
 /// is not done; the state machine's refusal comes back as `Ok(Err(why))`.
 pub async fn commit(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     notes: Vec<AuditNote>,
     cmd: Option<bzzz_control::raft::Command>,
     access: Option<(bzzz_control::access::AccessChange, String)>,
@@ -602,7 +602,9 @@ pub async fn commit(
 
 /// The control plane with the cluster's genesis applied, waited for a
 /// little while right after setup.
-pub async fn control(st: &crate::node::AppState) -> Result<Arc<crate::control::Control>, ApiError> {
+pub async fn control(
+    st: &crate::state::AppState,
+) -> Result<Arc<crate::control::Control>, ApiError> {
     let until = Instant::now() + COMMIT_PATIENCE;
     loop {
         if let Some(c) = st.control.get()
@@ -624,7 +626,7 @@ pub async fn control(st: &crate::node::AppState) -> Result<Arc<crate::control::C
 /// election) there may be no leader for a moment: waits for one a little
 /// while, then fails closed (503, nothing done).
 pub async fn propose(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     command: bzzz_control::raft::Command,
 ) -> Result<bzzz_control::raft::Response, ApiError> {
     let until = Instant::now() + COMMIT_PATIENCE;
@@ -667,7 +669,7 @@ fn retriable(e: &str) -> bool {
 /// actions outside the replicated state: a DHT write, a deploy, a
 /// signature, a join token): 503 when the entry cannot commit.
 pub async fn record(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     caller: &str,
     action: Action,
     resource: &Resource,
@@ -683,7 +685,7 @@ pub async fn record(
 
 /// Flushes the counted refusals into the audit log once a minute (when
 /// there were any), until the node stops.
-pub async fn flush_denials(st: Arc<crate::node::AppState>) {
+pub async fn flush_denials(st: Arc<crate::state::AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -705,7 +707,7 @@ pub async fn flush_denials(st: Arc<crate::node::AppState>) {
 /// changes are signed with the operator password: the principal is the
 /// operator, `admin`).
 pub fn audited_admin(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     change: bzzz_proto::cluster::Signed,
 ) -> bzzz_control::raft::Command {
     audited_admin_by(st, ADMIN_USER, change)
@@ -714,7 +716,7 @@ pub fn audited_admin(
 /// [`audited_admin`] recorded as `who`'s (an already signed change that
 /// a caller hands in).
 pub fn audited_admin_by(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     who: &str,
     change: bzzz_proto::cluster::Signed,
 ) -> bzzz_control::raft::Command {
@@ -731,7 +733,7 @@ pub fn audited_admin_by(
 
 /// `cmd` with the audit entry of `caller` doing `action` on `resource`.
 pub fn audited(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     caller: &str,
     action: Action,
     resource: &Resource,

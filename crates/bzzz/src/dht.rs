@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ClusterOverrides, ControlSettings};
 use crate::control::ControlCell;
-use crate::node::Tasks;
+use crate::state::Tasks;
 
 /// The cluster-wide settings `bzzz config migrate` moves into the DHT:
 /// (local YAML section, address).

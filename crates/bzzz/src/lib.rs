@@ -13,6 +13,7 @@
 //!   command-line front end.
 
 pub mod access;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
@@ -25,4 +26,5 @@ pub mod http;
 pub mod models;
 pub mod node;
 pub mod sessions;
+pub mod state;
 pub mod ui;

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::control::ControlCell;
-use crate::node::Tasks;
+use crate::state::Tasks;
 
 /// How often the agent compares the registry with the store.
 pub const TICK: Duration = Duration::from_millis(500);

@@ -50,38 +50,7 @@ pub struct RuntimeInfo {
     pub listen_addrs: Vec<String>,
 }
 
-/// Shared by the HTTP handlers.
-#[derive(Debug)]
-pub struct AppState {
-    pub net: NetHandle,
-    pub keys: Arc<crate::keys::Keys>,
-    pub local: watch::Receiver<LocalInfo>,
-    pub started: Instant,
-    pub api_addr: SocketAddr,
-    pub control: crate::control::ControlCell,
-    pub control_settings: crate::config::ControlSettings,
-    /// SSH deploy runs started on this node.
-    pub deploys: Arc<crate::deploy::Deployments>,
-    /// Model distribution: the store, the swarm, the agent's fetches.
-    pub models: Arc<crate::models::Runtime>,
-    /// The DHT under UCXL addresses.
-    pub dht: bzzz_dht::Dht,
-    /// Who is calling; this node's side of the audit log.
-    pub access: Arc<crate::access::Access>,
-    /// `serve.backends`: servers already running on this node.
-    pub backends: Vec<(String, String)>,
-    /// Where request-started work (deploy runs) is spawned, so that
-    /// shutdown stops it too.
-    pub tasks: Tasks,
-}
-
-/// The node's task tracker and its cancellation token: every task the
-/// node starts, at start or later, is spawned here.
-#[derive(Debug, Clone)]
-pub struct Tasks {
-    pub tracker: TaskTracker,
-    pub cancel: CancellationToken,
-}
+pub use crate::state::{AppState, Tasks};
 
 /// Runs a node until SIGINT/SIGTERM (or `cancel`). With a join token, the
 /// node asks members to admit it; a token refused for good (forged,
@@ -313,7 +282,7 @@ pub async fn run(
             cancel.clone(),
         ));
     }
-    let app = crate::http::router(state);
+    let app = crate::app::router(state);
     tracker.spawn(crate::http::serve::serve(
         listener,
         app,

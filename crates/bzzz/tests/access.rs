@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use bzzz::http::{Permission, Res, routes};
+use bzzz::app::routes;
+use bzzz::http::{Permission, Res};
 use bzzz_proto::access::{Resource, decide};
 use bzzz_testkit::{LocalCluster, LocalOpts, http, wait_until};
 use serde_json::Value;

@@ -47,7 +47,7 @@ pub async fn run(
             r = local.changed() => if r.is_err() { return },
         }
     };
-    let tasks = crate::node::Tasks {
+    let tasks = crate::state::Tasks {
         tracker,
         cancel: cancel.clone(),
     };
@@ -164,7 +164,7 @@ pub(super) async fn start(
     cluster: &crate::keys::Cluster,
     net: &NetHandle,
     access: Arc<crate::access::Access>,
-    tasks: crate::node::Tasks,
+    tasks: crate::state::Tasks,
 ) -> anyhow::Result<Arc<Control>> {
     // One database per cluster: a node recovered into a new cluster starts
     // a fresh log.

@@ -91,7 +91,7 @@ pub struct Control {
     checkpointing: Mutex<Option<Instant>>,
     /// The node's tracker and token: every task the control plane starts
     /// runs there and stops on cancel.
-    tasks: crate::node::Tasks,
+    tasks: crate::state::Tasks,
 }
 
 impl std::fmt::Debug for Control {

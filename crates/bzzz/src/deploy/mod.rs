@@ -29,7 +29,7 @@ use tokio::sync::{OnceCell, watch};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// Registry prefix of pinned host keys.
 pub const PIN_PREFIX: &str = "deploy/hostkey/";

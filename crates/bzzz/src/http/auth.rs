@@ -117,7 +117,7 @@ pub fn client_of(req_ext: &axum::http::Extensions) -> String {
 /// Establishes the caller (see [`crate::access::Access::resolve`]). A
 /// credential that fails is an error, never anonymous.
 pub async fn principal(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     client: &str,
     headers: &HeaderMap,
 ) -> Result<Principal, ApiError> {
@@ -135,6 +135,8 @@ pub struct Guard {
     pub kind: Kind,
     pub body_limit: usize,
     pub json_body: bool,
+    /// How a refused page request is answered.
+    pub page_refusal: super::PageRefusal,
 }
 
 /// 403 naming the permission that is missing.
@@ -144,7 +146,7 @@ pub fn forbidden(action: Action, resource: &Resource, d: &Decision) -> ApiError 
 
 /// Whether `caller` may do `action` on `resource` by the roles in force.
 pub fn decide_for(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     roles: &[String],
     action: Action,
     resource: &Resource,
@@ -158,7 +160,7 @@ pub fn decide_for(
 /// Checks `action` on `resource` for a principal inside a handler (for
 /// resources only the handler knows); counts a refusal for the audit log.
 pub fn authorize(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     p: &Principal,
     action: Action,
     resource: &Resource,
@@ -257,7 +259,7 @@ pub async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response
     match check(&g, req).await {
         Ok(req) => next.run(req).await,
         Err(e) if openai => openai_shape(e).into_response(),
-        Err(e) => refuse(g.kind, e),
+        Err(e) => refuse(g.kind, g.page_refusal, e),
     }
 }
 
@@ -400,7 +402,7 @@ enum Named {
 /// `None` when the caller may `action` some registered model (or every
 /// model); else the refusal for `model:*`.
 fn some_model(
-    st: &crate::node::AppState,
+    st: &crate::state::AppState,
     roles: &[String],
     action: Action,
 ) -> Option<(Resource, Decision)> {
@@ -497,10 +499,10 @@ fn form_urlencoded_value(q: &str, key: &str) -> Option<String> {
 }
 
 /// API routes answer JSON; pages answer with the login form (same status).
-fn refuse(kind: Kind, e: ApiError) -> Response {
+fn refuse(kind: Kind, page_refusal: super::PageRefusal, e: ApiError) -> Response {
     match kind {
         Kind::Api => e.into_response(),
-        Kind::Page => crate::ui::admin::login_required(e.status, &e.message),
+        Kind::Page => page_refusal(e.status, &e.message),
     }
 }
 

@@ -9,7 +9,9 @@
 //! Files: one per feature (`status`, `keys`, `control`, `deploy`) with its
 //! routes and JSON handlers; `auth` (credentials, the guard), `serve` (the
 //! bounded server: connection cap, header and request timeouts),
-//! `openapi` (the document from the table). Pages live in `crate::ui`.
+//! `openapi` (the document from the table). Pages live in `crate::ui`;
+//! `crate::app` joins both into the node's router (this module imports
+//! no page).
 
 pub mod access;
 pub mod auth;
@@ -39,7 +41,7 @@ use serde_json::Value;
 
 pub use auth::{Operator, Principal, authorize};
 
-use crate::node::AppState;
+use crate::state::AppState;
 
 /// The state every handler gets.
 pub type Shared = Arc<AppState>;
@@ -233,25 +235,28 @@ pub fn routes() -> Vec<Route> {
     all.extend(dht::routes());
     all.extend(inference::routes());
     all.extend(ollama::routes());
-    all.extend(crate::ui::routes());
     all
 }
 
-/// The router built from [`routes`]: each handler behind its permission
-/// guard and body limit; a request timeout; a JSON 404 for the rest.
-pub fn router(state: Shared) -> Router {
-    router_of(routes(), state)
-}
+/// How a refused page request is answered (the login form, from `ui`;
+/// given by whoever builds the router, so `http` does not import the
+/// pages).
+pub type PageRefusal = fn(StatusCode, &str) -> Response;
 
 /// The inference API alone (Ollama's and OpenAI's routes), for the second
 /// listen address `serve.listen` (clients that expect Ollama's port).
 pub fn inference_router(state: Shared) -> Router {
     let mut all = inference::routes();
     all.extend(ollama::routes());
-    router_of(all, state)
+    router_of(all, state, |code, message| {
+        ApiError::new(code, message).into_response()
+    })
 }
 
-fn router_of(table: Vec<Route>, state: Shared) -> Router {
+/// A router of `table`: each handler behind its permission guard and
+/// body limit; a request timeout; a JSON 404 for the rest. Refused page
+/// requests are answered by `page_refusal`.
+pub fn router_of(table: Vec<Route>, state: Shared, page_refusal: PageRefusal) -> Router {
     let mut r: Router<Shared> = Router::new();
     for route in table {
         let guard = axum::middleware::from_fn_with_state(
@@ -261,6 +266,7 @@ fn router_of(table: Vec<Route>, state: Shared) -> Router {
                 kind: route.kind,
                 body_limit: route.body_limit,
                 json_body: route.json_body,
+                page_refusal,
             },
             auth::guard,
         );

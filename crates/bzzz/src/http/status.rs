@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use super::{Action, ApiError, Fixed, Permission, Res, Route, Shared};
-use crate::node::AppState;
+use crate::state::AppState;
 
 type S = State<Shared>;
 

@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 use super::*;
-use crate::node::{AppState, Tasks};
+use crate::app::{router, routes};
+use crate::state::{AppState, Tasks};
 
 /// The routes an anonymous caller may use (the reviewed list of
 /// `docs/security.md`). Adding one here is a decision: the walk below
