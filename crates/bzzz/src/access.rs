@@ -41,6 +41,10 @@ const CACHE_MAX: usize = 4096;
 /// [`Access::rate`]).
 pub const CHANGES_BURST: f64 = 50.0;
 pub const CHANGES_PER_SEC: f64 = 10.0;
+/// Failed passwords an account may take per window before attempts on it
+/// slow down (see [`Access::slow_down`]).
+pub const ACCOUNT_FREE_FAILURES: u32 = 10;
+pub const ACCOUNT_WINDOW: Duration = Duration::from_secs(60);
 /// Most principals whose refusals are counted between flushes.
 const DENIALS_MAX: usize = 1024;
 
@@ -138,6 +142,9 @@ pub struct Access {
     pub sessions: crate::sessions::Sessions,
     /// Changes per principal (token buckets; see [`Access::rate`]).
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Failed password attempts per account in the current window (see
+    /// [`Access::slow_down`]).
+    account_failures: Mutex<HashMap<String, (u32, Instant)>>,
     /// `serve.anonymous_inference` of this node's config (the cluster
     /// rule `anonymous_inference`, admin-signed, overrides it).
     pub anonymous_inference: bool,
@@ -175,6 +182,7 @@ impl Access {
             denials: Mutex::default(),
             sessions: Default::default(),
             buckets: Mutex::default(),
+            account_failures: Mutex::default(),
             anonymous_inference,
         }
     }
@@ -231,6 +239,63 @@ impl Access {
         }
         *tokens -= 1.0;
         Ok(())
+    }
+
+    /// Waits before a password is tried for `account` (`admin` or
+    /// `user:NAME`) when it failed more than [`ACCOUNT_FREE_FAILURES`]
+    /// times in the last [`ACCOUNT_WINDOW`], from any addresses: 250 ms
+    /// more for each failure beyond, 2 s at most. A slowdown, never a
+    /// lockout: guesses spread over many addresses get slow, and the
+    /// operator elsewhere still logs in (the per-address limit of the
+    /// keys service stays in front of this).
+    pub async fn slow_down(&self, account: &str) {
+        let d = self.delay(account);
+        if !d.is_zero() {
+            tokio::time::sleep(d).await;
+        }
+    }
+
+    /// How long [`Access::slow_down`] waits for `account` now.
+    pub fn delay(&self, account: &str) -> Duration {
+        lock(&self.account_failures)
+            .get(account)
+            .filter(|(n, since)| since.elapsed() < ACCOUNT_WINDOW && *n > ACCOUNT_FREE_FAILURES)
+            .map_or(Duration::ZERO, |(n, _)| {
+                Duration::from_millis(250 * u64::from(n - ACCOUNT_FREE_FAILURES))
+                    .min(Duration::from_secs(2))
+            })
+    }
+
+    /// Counts a failed password for `account` (see [`Access::slow_down`]).
+    pub fn failed(&self, account: &str) {
+        let now = Instant::now();
+        let mut m = lock(&self.account_failures);
+        if !m.contains_key(account) && m.len() >= CACHE_MAX {
+            m.retain(|_, (_, since)| since.elapsed() < ACCOUNT_WINDOW);
+            if m.len() >= CACHE_MAX {
+                m.clear();
+            }
+        }
+        let e = m.entry(clip(account, 200)).or_insert((0, now));
+        if e.1.elapsed() >= ACCOUNT_WINDOW {
+            *e = (0, now);
+        }
+        e.0 = e.0.saturating_add(1);
+    }
+
+    /// A password check for `account`, slowed down and counted.
+    async fn tried<T>(
+        &self,
+        account: &str,
+        check: impl std::future::Future<Output = Result<T, bzzz_keys::KeysError>>,
+    ) -> Result<T, ApiError> {
+        self.slow_down(account).await;
+        check.await.map_err(|e| {
+            if e.kind == bzzz_keys::ErrorKind::Unauthorized {
+                self.failed(account);
+            }
+            ApiError::from(e)
+        })
     }
 
     /// A signed audit note of this node.
@@ -333,16 +398,17 @@ impl Access {
             .is_some_and(|c| c.id == id && c.verifier == verifier && c.until > Instant::now());
         if !hit {
             match &user_rec {
-                Some(_) => st
-                    .keys
-                    .check_password(client, pw.clone(), verifier.clone())
-                    .await
-                    .map_err(ApiError::from)?,
-                None => st
-                    .keys
-                    .check_operator(client, Some(pw.clone()))
-                    .await
-                    .map_err(ApiError::from)?,
+                Some(_) => {
+                    self.tried(
+                        &id,
+                        st.keys.check_password(client, pw.clone(), verifier.clone()),
+                    )
+                    .await?
+                }
+                None => {
+                    self.tried(&id, st.keys.check_operator(client, Some(pw.clone())))
+                        .await?
+                }
             }
             let mut c = lock(&self.cache);
             if c.len() >= CACHE_MAX {
@@ -430,10 +496,12 @@ impl Access {
             .and_then(|c| c.with_state(|s| s.users.get(name).cloned()));
         let who = match user {
             Some(u) => {
-                st.keys
-                    .check_password(client, password.clone(), u.verifier.clone())
-                    .await
-                    .map_err(ApiError::from)?;
+                self.tried(
+                    &format!("user:{}", u.name),
+                    st.keys
+                        .check_password(client, password.clone(), u.verifier.clone()),
+                )
+                .await?;
                 let n = u.name.clone();
                 let key = tokio::task::spawn_blocking(move || {
                     bzzz_crypto::access::user_signer(&n, password.expose())
@@ -450,10 +518,11 @@ impl Access {
             // Only `admin` (or an empty name) is the operator here: a
             // mistyped user name must not be tried as the operator's.
             None if name.is_empty() || name == ADMIN_USER => {
-                st.keys
-                    .check_operator(client, Some(password.clone()))
-                    .await
-                    .map_err(ApiError::from)?;
+                self.tried(
+                    ADMIN_USER,
+                    st.keys.check_operator(client, Some(password.clone())),
+                )
+                .await?;
                 crate::sessions::Who::Operator(password)
             }
             None => {
@@ -753,6 +822,26 @@ pub fn audited(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_passwords_slow_an_account_down_without_locking_it() {
+        let key = bzzz_crypto::NodeKey::generate().expect("key");
+        let node = bzzz_net::node_id_of(&key.seed()).expect("id");
+        let a = Access::new(node, Arc::new(|_: &[u8]| [0u8; 64]), false);
+        for _ in 0..ACCOUNT_FREE_FAILURES {
+            a.failed("admin");
+        }
+        assert_eq!(a.delay("admin"), Duration::ZERO, "free failures");
+        for _ in 0..4 {
+            a.failed("admin");
+        }
+        assert_eq!(a.delay("admin"), Duration::from_secs(1));
+        for _ in 0..100 {
+            a.failed("admin");
+        }
+        assert_eq!(a.delay("admin"), Duration::from_secs(2), "capped");
+        assert_eq!(a.delay("user:bob"), Duration::ZERO, "per account");
+    }
 
     #[test]
     fn a_principal_changes_at_a_bounded_rate_and_the_operator_is_not_limited() {
