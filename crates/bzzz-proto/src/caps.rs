@@ -109,6 +109,10 @@ pub struct OllamaInfo {
     pub version: Option<String>,
     #[serde(default)]
     pub models: Vec<OllamaModel>,
+    /// How many models, where `models` is left out (public answers to
+    /// anonymous callers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_count: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

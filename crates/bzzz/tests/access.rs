@@ -285,6 +285,23 @@ fn every_route_answers_by_the_callers_rights() {
         anon.contains("www-authenticate: bearer") && !anon.contains("basic"),
         "{anon}"
     );
+    // Public answers show members more than anonymous callers: no
+    // Ollama endpoint nor model names for the latter.
+    let (_, anon_status) = call(&addr, "GET", "/api/v1/status", None, "");
+    let anon_status: Value = serde_json::from_str(&anon_status).expect("json");
+    assert!(
+        anon_status["capabilities"]["ollama"]["model_count"].is_u64()
+            && anon_status["capabilities"]["ollama"]["endpoint"].is_null(),
+        "{anon_status}"
+    );
+    let (_, op_status) = call(&addr, "GET", "/api/v1/status", Some(&op), "");
+    let op_status: Value = serde_json::from_str(&op_status).expect("json");
+    assert!(
+        op_status["capabilities"]["ollama"]
+            .get("model_count")
+            .is_none(),
+        "{op_status}"
+    );
     // Refusals reach the audit log, aggregated per principal (flushed
     // once a minute: checked in the audit test's scripted session).
 }

@@ -58,7 +58,10 @@ pub async fn status(args: &ReadArgs) -> anyhow::Result<()> {
     println!(
         "ollama:       {}",
         if c.ollama.present {
-            format!("present, {} model(s)", c.ollama.models.len())
+            format!(
+                "present, {} model(s)",
+                c.ollama.model_count.unwrap_or(c.ollama.models.len())
+            )
         } else {
             "absent".into()
         }
@@ -100,7 +103,10 @@ pub fn peers_table(peers: &[PeerInfo]) -> String {
             c.gpus.len().to_string(),
             gib(c.vram_total_bytes()),
             if c.ollama.present {
-                format!("{} models", c.ollama.models.len())
+                format!(
+                    "{} models",
+                    c.ollama.model_count.unwrap_or(c.ollama.models.len())
+                )
             } else {
                 "-".into()
             },

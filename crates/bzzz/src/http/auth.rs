@@ -157,6 +157,24 @@ pub fn decide_for(
     }
 }
 
+/// Whether `p` may read the cluster's state (what public routes show in
+/// full to members; anonymous callers get less). Before setup no
+/// principal exists and everything is open.
+pub fn reads_cluster(st: &crate::state::AppState, p: &Principal) -> bool {
+    if !st.keys.is_initialized() {
+        return true;
+    }
+    p.caller().is_some_and(|c| {
+        decide_for(
+            st,
+            &c.roles,
+            Action::Read,
+            &Resource::Fixed(bzzz_proto::access::Fixed::Cluster),
+        )
+        .allowed
+    })
+}
+
 /// Checks `action` on `resource` for a principal inside a handler (for
 /// resources only the handler knows); counts a refusal for the audit log.
 pub fn authorize(
@@ -296,7 +314,17 @@ async fn check(g: &Guard, mut req: Request) -> Result<Request, ApiError> {
                     "setup answers only under this machine's address or name (an IP address, localhost or its host name): another name could be a DNS-rebinding page",
                 ));
             }
-            req.extensions_mut().insert(Principal::Anonymous);
+            // A public read with a credential answers by it (public
+            // routes show more to members); a credential that fails here
+            // is just not used (public routes never refuse).
+            let mut p = Principal::Anonymous;
+            if matches!(g.permission, Permission::Public) && !changes(req.method()) {
+                let client = client_of(req.extensions());
+                if let Ok(found) = principal(&g.state, &client, req.headers()).await {
+                    p = found;
+                }
+            }
+            req.extensions_mut().insert(p);
             return Ok(req);
         }
         Permission::Principal => (None, None),

@@ -122,13 +122,20 @@ async fn models(State(st): State<Shared>) -> Response {
     super::json(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-async fn backends(State(st): State<Shared>) -> Response {
-    let list = st
+async fn backends(State(st): State<Shared>, p: super::Principal) -> Response {
+    let mut list = st
         .models
         .serve
         .as_ref()
         .map(|s| s.list())
         .unwrap_or_default();
+    // Process ids and error text are for members.
+    if !super::auth::reads_cluster(&st, &p) {
+        for b in &mut list {
+            b.pid = None;
+            b.error = None;
+        }
+    }
     super::json(StatusCode::OK, &list)
 }
 

@@ -142,12 +142,32 @@ pub(crate) fn routable_api_addr(api: &str, p2p_addrs: &[String]) -> String {
         .unwrap_or_else(|| api.to_owned())
 }
 
-async fn status(State(st): S) -> axum::Json<StatusResponse> {
-    axum::Json(status_of(&st))
+/// What an anonymous caller sees of a node's Ollama: whether it is there
+/// and how many models it holds, not its endpoint nor the model names
+/// (members with `read` on `cluster` see everything).
+pub(crate) fn redact(c: &mut bzzz_proto::caps::Capabilities) {
+    let o = &mut c.ollama;
+    o.endpoint = None;
+    o.model_count = Some(o.models.len());
+    o.models.clear();
 }
 
-async fn peers(State(st): S) -> axum::Json<Vec<PeerInfo>> {
-    axum::Json(peers_of(&st))
+async fn status(State(st): S, p: super::Principal) -> axum::Json<StatusResponse> {
+    let mut s = status_of(&st);
+    if !super::auth::reads_cluster(&st, &p) {
+        redact(&mut s.capabilities);
+    }
+    axum::Json(s)
+}
+
+async fn peers(State(st): S, p: super::Principal) -> axum::Json<Vec<PeerInfo>> {
+    let mut all = peers_of(&st);
+    if !super::auth::reads_cluster(&st, &p) {
+        for peer in &mut all {
+            redact(&mut peer.capabilities);
+        }
+    }
+    axum::Json(all)
 }
 
 pub(crate) fn leader_of(st: &AppState) -> crate::control::LeaderInfo {

@@ -343,3 +343,21 @@ async fn credential_free_posts_refuse_other_sites_and_setup_other_names() {
         "no setup is pending"
     );
 }
+
+#[test]
+fn anonymous_callers_see_no_ollama_endpoint_nor_model_names() {
+    let mut c = bzzz_proto::caps::Capabilities::default();
+    c.ollama.present = true;
+    c.ollama.endpoint = Some("http://127.0.0.1:11434".into());
+    c.ollama.models = vec![bzzz_proto::caps::OllamaModel {
+        name: "secret-project:7b".into(),
+        ..Default::default()
+    }];
+    status::redact(&mut c);
+    let text = serde_json::to_string(&c).expect("json");
+    assert!(
+        !text.contains("secret-project") && !text.contains("11434"),
+        "{text}"
+    );
+    assert_eq!(c.ollama.model_count, Some(1));
+}
