@@ -31,6 +31,23 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::detect::Detector;
 
+/// The per-source connection limit spares proven, connected members (a
+/// node forwards many callers' requests from its one address).
+fn members_exempt(net: &NetHandle) -> crate::http::serve::Exempt {
+    let net = net.clone();
+    Arc::new(move |ip| {
+        let ip = ip.to_string();
+        net.snapshot().peers.iter().any(|p| {
+            p.proven
+                && p.connected
+                && p.announcement.addrs.iter().any(|a| {
+                    let mut parts = a.split('/');
+                    matches!(parts.nth(1), Some("ip4" | "ip6")) && parts.next() == Some(ip.as_str())
+                })
+        })
+    })
+}
+
 /// Longest time shutdown may take before the process exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// File in the data dir with the node's addresses, rewritten as they change.
@@ -278,14 +295,17 @@ pub async fn run(
         tracker.spawn(crate::http::serve::serve(
             l,
             crate::http::inference_router(state.clone()),
+            members_exempt(&state.net),
             tracker.clone(),
             cancel.clone(),
         ));
     }
+    let exempt = members_exempt(&state.net);
     let app = crate::app::router(state);
     tracker.spawn(crate::http::serve::serve(
         listener,
         app,
+        exempt,
         tracker.clone(),
         cancel.clone(),
     ));

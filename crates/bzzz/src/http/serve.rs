@@ -43,6 +43,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    exempt: Exempt,
     tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
@@ -70,7 +71,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let Some(source) = Sources::take(&sources, remote.ip()) else {
+        let Some(source) = Sources::take(&sources, remote.ip(), &exempt) else {
             debug!(%remote, "too many connections from one address");
             // The global slot goes back at once: refusals have their own
             // few slots, and without one the connection is just closed.
@@ -119,6 +120,10 @@ pub async fn serve(
     }
 }
 
+/// Addresses the per-source limit does not apply to (the cluster's proven
+/// members: a node forwards many callers' requests from its one address).
+pub type Exempt = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
 /// Open connections per source address.
 #[derive(Debug, Default)]
 struct Sources(Mutex<HashMap<IpAddr, u32>>);
@@ -130,10 +135,11 @@ struct Source {
 }
 
 impl Sources {
-    fn take(this: &Arc<Self>, ip: IpAddr) -> Option<Source> {
+    fn take(this: &Arc<Self>, ip: IpAddr, exempt: &Exempt) -> Option<Source> {
         let mut m = this.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(ip).or_insert(0);
-        if *n >= MAX_PER_SOURCE {
+        // Asked only at the limit: the common case costs no lookup.
+        if *n >= MAX_PER_SOURCE && !exempt(ip) {
             return None;
         }
         *n += 1;
@@ -174,4 +180,31 @@ async fn too_many(mut stream: tokio::net::TcpStream) {
         while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_source_limit_counts_per_address_and_spares_members() {
+        let sources = Arc::new(Sources::default());
+        let stranger: IpAddr = "10.0.0.9".parse().expect("ip");
+        let member: IpAddr = "10.0.0.2".parse().expect("ip");
+        let exempt: Exempt = Arc::new(move |ip| ip == member);
+        let held: Vec<_> = (0..MAX_PER_SOURCE)
+            .map(|_| Sources::take(&sources, stranger, &exempt).expect("under the limit"))
+            .collect();
+        assert!(Sources::take(&sources, stranger, &exempt).is_none());
+        let more: Vec<_> = (0..MAX_PER_SOURCE * 2)
+            .map(|_| Sources::take(&sources, member, &exempt).expect("a member is spared"))
+            .collect();
+        drop(held.into_iter().next());
+        assert!(
+            Sources::take(&sources, stranger, &exempt).is_some(),
+            "a closed connection frees its count"
+        );
+        drop(more);
+        assert!(!sources.0.lock().expect("lock").contains_key(&member));
+    }
 }
