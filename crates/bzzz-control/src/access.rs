@@ -235,11 +235,14 @@ impl ClusterState {
                     .ok_or_else(|| format!("no user {name:?}"))?;
                 may_grant(&held, &user.roles)?;
                 self.users.remove(&name);
-                // Its keys end with it (a user of the same name made later
-                // does not bring them back).
+                // Its keys, and the keys it made, end with it (a user of
+                // the same name made later does not bring them back; keys
+                // made by those keys stand no longer, their maker being
+                // revoked).
                 let at = self.audit_clock_ms / 1000;
+                let maker = format!("user:{name}");
                 for k in self.api_keys.values_mut() {
-                    if k.user.as_deref() == Some(name.as_str()) {
+                    if k.user.as_deref() == Some(name.as_str()) || k.created_by == maker {
                         k.revoked_at.get_or_insert(at);
                     }
                 }

@@ -173,6 +173,36 @@ pub fn verify_checkpoints(
     Ok(inside)
 }
 
+/// Given a trusted admin key, the node's word is not enough: checkpoints
+/// must cover the log up to its last `max_unchecked` entries (`inside`:
+/// how many fell inside the entries held, from [`verify_checkpoints`]),
+/// or a node could serve a rewritten tail, or no checkpoint at all. A log
+/// no longer than `max_unchecked` passes without one.
+pub fn verify_coverage(
+    head: &bzzz_proto::access::AuditHead,
+    checkpoints: &[bzzz_proto::cluster::Signed],
+    inside: usize,
+    max_unchecked: u64,
+) -> Result<(), Bad> {
+    if head.seq <= max_unchecked {
+        return Ok(());
+    }
+    let newest = checkpoints
+        .last()
+        .and_then(|c| serde_json::from_str::<bzzz_proto::access::AuditCheckpoint>(&c.body).ok())
+        .map_or(0, |c| c.seq);
+    let after = head.seq.saturating_sub(newest);
+    if inside == 0 || after > max_unchecked {
+        return Err(Bad {
+            seq: newest + 1,
+            why: format!(
+                "{after} entries after seq {newest} are not covered by a checkpoint signed by the admin key (at most {max_unchecked})"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// A node's audit file.
 #[derive(Debug)]
 pub struct AuditFile {

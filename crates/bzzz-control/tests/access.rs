@@ -395,6 +395,23 @@ fn checkpoints_catch_a_consistent_rewrite_of_the_history() {
     let bad = audit::verify_checkpoints(&forged, std::slice::from_ref(&cp), &admin.public(), "lab")
         .expect_err("caught");
     assert_eq!(bad.seq, 8, "{bad:?}");
+    // A node that shows no checkpoint, or only old ones, fails once the
+    // log is longer than the allowance.
+    let head = |seq: u64| bzzz_proto::access::AuditHead {
+        seq,
+        hash: String::new(),
+    };
+    assert!(audit::verify_coverage(&head(10), &[], 0, 16).is_ok());
+    assert_eq!(
+        audit::verify_coverage(&head(10), &[], 0, 4).map_err(|b| b.seq),
+        Err(1)
+    );
+    assert!(audit::verify_coverage(&head(10), std::slice::from_ref(&cp), 1, 4).is_ok());
+    assert_eq!(
+        audit::verify_coverage(&head(20), std::slice::from_ref(&cp), 1, 4).map_err(|b| b.seq),
+        Err(9)
+    );
+    assert!(audit::verify_coverage(&head(20), std::slice::from_ref(&cp), 0, 16).is_err());
     // Nor can it sign a checkpoint of its own: only the admin key counts.
     let own = checkpoint(&k, 8, &forged[7].hash);
     let bad = audit::verify_checkpoints(&forged, &[own], &admin.public(), "lab")
@@ -494,4 +511,47 @@ fn keys_keep_their_makers_denies_and_end_with_their_maker() {
     let mut again = unbound.clone();
     again.revoked_at = None;
     assert_eq!(s.key_roles(&again), None, "made by a user who is gone");
+}
+
+#[test]
+fn removing_a_user_revokes_the_keys_it_made_for_good() {
+    let k = NodeKey::generate().expect("key");
+    let mut s = ClusterState::default();
+    s.roles.insert(
+        "lead".into(),
+        bzzz_proto::cluster::RoleDef {
+            name: "lead".into(),
+            authority: bzzz_proto::cluster::Authority::Coordination,
+            permissions: vec!["manage:users".into(), "manage:keys".into()],
+            reads: vec![],
+            members: vec![],
+        },
+    );
+    s.users.insert(
+        "alice".into(),
+        user("alice", &["lead", "backend_developer"]),
+    );
+    s.users
+        .insert("bob".into(), user("bob", &["lead", "backend_developer"]));
+    // Bob makes a key for the role, bound to nobody.
+    let mut made = key("k000000000000000e", "backend_developer", None);
+    made.created_by = "user:bob".into();
+    s.api_keys.insert(made.id.clone(), made.clone());
+    assert!(s.key_roles(&made).is_some());
+    let r = s.apply_command(
+        1,
+        audited(
+            note(&k, "user:alice", "manage"),
+            AccessChange::UserRemove { name: "bob".into() },
+        ),
+    );
+    assert_eq!(r.rejected, None);
+    assert!(
+        s.api_keys[&made.id].revoked_at.is_some(),
+        "revoked with its maker"
+    );
+    // A new user of the same name does not bring it back.
+    s.users
+        .insert("bob".into(), user("bob", &["lead", "backend_developer"]));
+    assert!(s.api_keys[&made.id].revoked_at.is_some());
 }

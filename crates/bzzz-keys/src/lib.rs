@@ -298,6 +298,9 @@ struct SignSession {
     /// signs with it, or refuses when the epoch changed in between.
     share: Arc<KeyShare>,
     epoch: u64,
+    /// An audit checkpoint (asked without a secret: one per coordinator
+    /// at a time, so no member fills the table with them).
+    checkpoint: bool,
 }
 
 /// The keys service. Cheap to share (`Arc`).

@@ -250,6 +250,11 @@ impl Keys {
                 if cp.cluster != c.genesis.cluster || cp.v != bzzz_proto::cluster::RECORD_VERSION {
                     return Err("checkpoint is for another cluster or version".into());
                 }
+                // Its time decides when the next one is due: it must be
+                // now (60 s of clock skew either way).
+                if cp.time_ms.abs_diff(now.saturating_mul(1000)) > 60_000 {
+                    return Err("checkpoint time is not now".into());
+                }
                 let holds = self
                     .audit_witness
                     .get()
@@ -299,8 +304,13 @@ impl Keys {
             }
         };
         let (nonces, commitments) = threshold::commit(&share).map_err(|e| e.to_string())?;
+        let checkpoint = matches!(purpose, SignPurpose::AuditCheckpoint { .. });
         let mut sessions = lock(&self.sessions);
         sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
+        if checkpoint {
+            // A coordinator's newer checkpoint request replaces its older.
+            sessions.retain(|_, s| !(s.checkpoint && &s.coordinator == peer));
+        }
         // Coordinators ask every reachable holder and use the first t, so
         // some sessions are never finished: the oldest gives way.
         if sessions.len() >= MAX_SESSIONS
@@ -321,6 +331,7 @@ impl Keys {
                 token_use,
                 share: share.clone(),
                 epoch: c.epoch,
+                checkpoint,
             },
         );
         info!(%peer, purpose = purpose.kind(), "approved an admin signature request");

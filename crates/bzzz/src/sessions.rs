@@ -17,8 +17,9 @@
 //! A session ends 30 minutes after its last use and 12 hours after login
 //! at most. One principal holds at most [`MAX_PER_PRINCIPAL`] sessions
 //! (a new login ends its own least recently used one); the node holds at
-//! most [`MAX_SESSIONS`], and when that many are live a new login is
-//! refused rather than ending someone else's session. Sessions are per
+//! most [`MAX_SESSIONS`] (plus the operator's), and when that many are
+//! live a new login is refused rather than ending someone else's session
+//! (the operator's login is never refused for others' sessions). Sessions are per
 //! node: logging in on one node does not log in on another.
 
 use std::collections::HashMap;
@@ -142,7 +143,9 @@ impl Sessions {
         {
             m.remove(oldest);
         }
-        if m.len() >= MAX_SESSIONS {
+        // The operator is never refused for others' sessions (it holds
+        // at most MAX_PER_PRINCIPAL itself).
+        if m.len() >= MAX_SESSIONS && !matches!(who, Who::Operator(_)) {
             return Err(OpenError::Full);
         }
         m.insert(
@@ -251,5 +254,9 @@ mod tests {
         assert_eq!(s.len(), MAX_SESSIONS);
         assert!(matches!(s.open(user("late")), Err(OpenError::Full)));
         assert!(s.get(&operator).is_some());
+        s.open(Who::Operator(
+            OperatorPassword::new("a long operator password".into()).expect("pw"),
+        ))
+        .expect("the operator still logs in");
     }
 }

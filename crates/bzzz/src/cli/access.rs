@@ -210,7 +210,10 @@ pub async fn audit_verify(v: &AuditVerifyArgs) -> anyhow::Result<()> {
         .context("cannot read the audit log")?;
     let (key_hex, key_from) = match &v.admin_key {
         Some(k) => (k.trim().to_owned(), "given"),
-        None => (admin_public_key, "reported by the node"),
+        None => (
+            admin_public_key,
+            "reported by the node (unverified: pass --admin-key)",
+        ),
     };
     let result =
         bzzz_control::audit::verify_to_head(&entries, &head, bzzz_net::signed::public_key_of)
@@ -224,6 +227,17 @@ pub async fn audit_verify(v: &AuditVerifyArgs) -> anyhow::Result<()> {
                 bzzz_control::audit::verify_checkpoints(&entries, &checkpoints, &pk, &cluster)
                     .map_err(|b| (b.seq, b.why))
             });
+    // Given the admin key, the node's word is not enough: checkpoints must
+    // cover the log up to the last `max_unchecked` entries, or a node
+    // could serve a rewritten tail (or no checkpoint at all).
+    let result = result.and_then(|inside| {
+        if v.admin_key.is_none() {
+            return Ok(inside);
+        }
+        bzzz_control::audit::verify_coverage(&head, &checkpoints, inside, v.max_unchecked)
+            .map(|()| inside)
+            .map_err(|b| (b.seq, b.why))
+    });
     let result = result.map(|inside| (inside, checkpoints.len()));
     match result {
         Ok((inside, total)) => {
@@ -231,6 +245,7 @@ pub async fn audit_verify(v: &AuditVerifyArgs) -> anyhow::Result<()> {
                 println!(
                     "{}",
                     json!({"ok": true, "node": node, "entries": entries.len(), "head": head,
+                        "first_seq": entries.first().map(|e| e.seq),
                         "checkpoints": total, "checkpoints_checked": inside, "admin_key": key_from})
                 );
             } else {

@@ -198,6 +198,12 @@ pub struct AuditVerifyArgs {
     /// the key the node reports is used (and the output says so).
     #[arg(long, value_name = "HEX")]
     pub admin_key: Option<String>,
+    /// With --admin-key: at most this many entries may follow the newest
+    /// checkpoint (a node could rewrite only those); more, or no
+    /// checkpoint over a longer log, fails. Raise it with
+    /// `control.audit_checkpoint_every` above 512.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_unchecked: u64,
 }
 
 #[derive(Debug, Args)]
