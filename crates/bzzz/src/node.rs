@@ -91,14 +91,12 @@ pub async fn run(
         info!(path = %key_path.display(), "created a new node identity");
     }
 
-    let listener = tokio::net::TcpListener::bind(cfg.http)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot serve HTTP on {} (set another with --http)",
-                cfg.http
-            )
-        })?;
+    let listener = crate::http::serve::bind(cfg.http).with_context(|| {
+        format!(
+            "cannot serve HTTP on {} (set another with --http)",
+            cfg.http
+        )
+    })?;
     let api_addr = listener.local_addr()?;
 
     let mut detector = Detector::new(&cfg);
@@ -288,8 +286,7 @@ pub async fn run(
         });
     }
     if let Some(addr) = cfg.serve.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
+        let l = crate::http::serve::bind(addr)
             .with_context(|| format!("cannot serve the inference API on {addr} (serve.listen)"))?;
         info!(%addr, "inference API also on serve.listen");
         tracker.spawn(crate::http::serve::serve(

@@ -39,6 +39,23 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection left open when the server stops is closed after this.
 const DRAIN: Duration = Duration::from_secs(2);
 
+/// The kernel's accept queue for a listener (capped by
+/// `net.core.somaxconn`). The default of the socket libraries (128) is
+/// too short for a burst of clients: a full queue drops SYNs, and every
+/// client then waits a 1 s retransmission, a stranger's flood included.
+pub const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a [`BACKLOG`] accept queue.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(BACKLOG)
+}
+
 /// Serves `app` on `listener` until `cancel`.
 pub async fn serve(
     listener: TcpListener,
@@ -185,6 +202,31 @@ async fn too_many(mut stream: tokio::net::TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of clients beyond the libraries' default backlog (128)
+    /// completes its handshakes while nothing accepts (no SYN dropped).
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_a_long_accept_queue() {
+        let l = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(128);
+        let n = (4096u32.min(somaxconn) as usize).min(400);
+        let mut held = Vec::new();
+        for i in 0..n {
+            let c = tokio::time::timeout(
+                Duration::from_millis(500),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("connection {i} of {n} waited: the accept queue is short"))
+            .expect("connect");
+            held.push(c);
+        }
+        drop(l);
+    }
 
     #[test]
     fn the_per_source_limit_counts_per_address_and_spares_members() {
