@@ -107,6 +107,10 @@ pub fn parse_override(section: &str, text: &str, o: &mut ClusterOverrides) -> Re
     Ok(())
 }
 
+/// The answer to a DHT request from a peer that is no member (callers
+/// read it as a failed answer: it is neither a listing nor a record).
+pub const NOT_A_MEMBER: &[u8] = br#"{"error":"not a member of this cluster"}"#;
+
 /// Runs the DHT's node duties until cancelled.
 pub async fn run(
     dht: Dht,
@@ -118,15 +122,24 @@ pub async fn run(
     tasks: Tasks,
 ) {
     {
+        // Members only (a Raft member or a peer whose certificate this
+        // node verified), like every P2P service but the keys service's
+        // admission: a stranger that connects lists and fetches nothing.
         let dht = dht.clone();
+        let cell = cell.clone();
         tasks.tracker.spawn(bzzz_net::service::serve(
             inbound,
             16,
             tasks.tracker.clone(),
             tasks.cancel.clone(),
-            move |_peer, payload| {
+            move |peer, payload| {
                 let dht = dht.clone();
+                let admitted = cell.get().is_some_and(|c| c.admits(&peer));
                 async move {
+                    if !admitted {
+                        tracing::debug!(%peer, "a DHT request from a non-member is refused");
+                        return Some(NOT_A_MEMBER.to_vec());
+                    }
                     tokio::task::spawn_blocking(move || dht.serve(&payload))
                         .await
                         .ok()

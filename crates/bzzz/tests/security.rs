@@ -478,3 +478,100 @@ fn recover_rebuilds_a_cluster_with_the_same_admin_key_and_fresh_shares() {
     c.wait_formed(Duration::from_secs(15)).expect("formed");
     verify_plain_ed25519(&pk, &sign(&c, 2, &[1, 2]));
 }
+
+/// Issue #22: a peer that connects but is no member (a stranger on the LAN
+/// running the BZZZ protocols) is refused by every members-only P2P
+/// service: the DHT's listings and reads (which answered anyone before),
+/// the models swarm, the control plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_no_member_is_refused_by_every_p2p_service() {
+    use bzzz_net::Service;
+    let mut c = LocalCluster::start(bin(), 1, &LocalOpts::default()).expect("start");
+    c.wait_formed(Duration::from_secs(30)).expect("formed");
+    c.init(0, PASSWORD).expect("init");
+    let addr = "ucxl://alice:backend_developer@bzzz:secrets/*^/plans.md";
+    let api = c.nodes[0].api();
+    let me = c.nodes[0].node_id().to_owned();
+    wait_until(
+        "a role and a DHT record of it",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let role = [
+                "role",
+                "create",
+                "backend_developer",
+                "--authority",
+                "suggestion",
+                "--member",
+                &me,
+                "--api",
+                &api,
+            ];
+            (cli(&role).status.success()
+                && cli(&["dht", "put", addr, "--value", "the plans", "--api", &api])
+                    .status
+                    .success())
+            .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    // The stranger: a bare libp2p node of its own key, dialing node 0.
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg_path = dir.path().join("bzzz.yaml");
+    std::fs::write(&cfg_path, "").expect("config");
+    let cfg = bzzz::config::load(
+        Some(&cfg_path),
+        Vec::new(),
+        &bzzz::config::Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            bootstrap: vec![c.bootstrap_addr().expect("bootstrap")],
+            no_mdns: true,
+            ..Default::default()
+        },
+    )
+    .expect("config");
+    let key = bzzz_crypto::NodeKey::generate().expect("key");
+    let (_local_tx, local_rx) = tokio::sync::watch::channel(bzzz_net::LocalInfo::default());
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let (net, _inbound) = bzzz_net::start(
+        &key.seed(),
+        cfg.net.clone(),
+        local_rx,
+        cancel.clone(),
+        &tracker,
+    )
+    .expect("net");
+    let target = bzzz_proto::NodeId::parse(c.nodes[0].node_id()).expect("id");
+    let ask = |service: Service, payload: Vec<u8>| {
+        let (net, target) = (net.clone(), target.clone());
+        async move {
+            // Until the connection is up (a refusal is an answer).
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                match net.call(service, &target, payload.clone()).await {
+                    Ok(answer) => return String::from_utf8_lossy(&answer).into_owned(),
+                    Err(e) if std::time::Instant::now() > deadline => {
+                        panic!("{service:?}: no answer: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        }
+    };
+    let list = ask(
+        Service::Dht,
+        br#"{"op":"list","pattern":"ucxl://any:backend_developer@any:any/*^/**"}"#.to_vec(),
+    )
+    .await;
+    assert!(list.contains("not a member"), "DHT listing: {list}");
+    assert!(!list.contains("plans.md"), "{list}");
+    let models = ask(Service::Models, br#"{"op":"have"}"#.to_vec()).await;
+    assert!(models.contains("not a member"), "models: {models}");
+    let raft = ask(Service::Raft, b"{}".to_vec()).await;
+    assert!(raft.contains("not a member"), "control plane: {raft}");
+    cancel.cancel();
+}
