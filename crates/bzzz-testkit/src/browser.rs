@@ -19,7 +19,12 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub struct Driver(Child);
 
 impl Drop for Driver {
+    /// Kills chromedriver's whole process group: the Chromium it started
+    /// too, also when a test panicked before closing its session.
     fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -60,6 +65,8 @@ pub fn start_driver(dir: &Path, prefix: &[&str]) -> (Driver, u16) {
         }
         None => Command::new(CHROMEDRIVER),
     };
+    // Its own process group, so that dropping the driver ends Chromium too.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let child = cmd
         .arg(format!("--port={port}"))
         .arg(format!(
