@@ -145,6 +145,10 @@ pub struct Access {
     /// Failed password attempts per account in the current window (see
     /// [`Access::slow_down`]).
     account_failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// The browser that started the pending setup in the wizard: the
+    /// setup id and a keyed hash of its secret cookie (see
+    /// `ui::setup`).
+    pub setup_owner: Mutex<Option<(String, [u8; 32])>>,
     /// `serve.anonymous_inference` of this node's config (the cluster
     /// rule `anonymous_inference`, admin-signed, overrides it).
     pub anonymous_inference: bool,
@@ -183,6 +187,7 @@ impl Access {
             sessions: Default::default(),
             buckets: Mutex::default(),
             account_failures: Mutex::default(),
+            setup_owner: Mutex::default(),
             anonymous_inference,
         }
     }
@@ -296,6 +301,15 @@ impl Access {
             }
             ApiError::from(e)
         })
+    }
+
+    /// A keyed hash of a setup cookie (the key is process-random).
+    pub fn setup_cookie_hash(&self, cookie: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_key);
+        h.update(b"setup owner\0");
+        h.update(cookie.as_bytes());
+        h.finalize().into()
     }
 
     /// A signed audit note of this node.

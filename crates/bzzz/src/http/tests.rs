@@ -361,3 +361,79 @@ fn anonymous_callers_see_no_ollama_endpoint_nor_model_names() {
     );
     assert_eq!(c.ollama.model_count, Some(1));
 }
+
+/// Issue #22: the words of a setup started in the wizard are shown to the
+/// browser that started it only; another caller gets 403 on the reveal,
+/// sees no confirm form and cannot start over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setup_belongs_to_the_browser_that_started_it() {
+    let n = test_node().await;
+    let app = router(n.state.clone());
+    let send = |method: Method, path: &str, cookie: Option<&str>, body: &str| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1:8080")
+            .header("content-type", "application/x-www-form-urlencoded");
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        let req = b.body(Body::from(body.to_owned())).expect("request");
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(req).await.expect("infallible");
+            let status = r.status();
+            let set_cookie = r
+                .headers()
+                .get("set-cookie")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or("").to_owned());
+            let body = axum::body::to_bytes(r.into_body(), 1 << 20)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            (status, set_cookie, body)
+        }
+    };
+    let (status, cookie, _) = send(
+        Method::POST,
+        "/setup/start",
+        None,
+        "cluster=lab&password=a+long+operator+password&password2=a+long+operator+password",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = cookie.expect("the starter's cookie");
+    assert!(cookie.starts_with("bzzz_setup="), "{cookie}");
+    // Another browser: no words, no confirm form, no start-over.
+    let (status, _, body) = send(Method::GET, "/setup/reveal", None, "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, body) = send(
+        Method::GET,
+        "/setup/reveal",
+        Some("bzzz_setup=0000000000000000000000000000000000000000000000000000000000000000"),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, _, body) = send(Method::GET, "/setup", None, "").await;
+    assert!(
+        body.contains("pending-elsewhere") && !body.contains("confirm-form"),
+        "{body}"
+    );
+    let (status, _, _) = send(Method::POST, "/setup/cancel", None, "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(n.state.keys.pending_positions().is_some(), "not cancelled");
+    // The starter sees the words once.
+    let (status, _, body) = send(Method::GET, "/setup/reveal", Some(&cookie), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("id=\"mnemonic\""), "{body}");
+    let (_, _, body) = send(Method::GET, "/setup", Some(&cookie), "").await;
+    assert!(body.contains("confirm-form"), "{body}");
+    let (status, _, _) = send(Method::POST, "/setup/cancel", Some(&cookie), "").await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert!(
+        n.state.keys.pending_positions().is_none(),
+        "cancelled by its starter"
+    );
+}

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
 use bzzz_crypto::operator::OperatorPassword;
@@ -19,6 +19,61 @@ use super::layout;
 use crate::http::{Permission, Route, Shared, see_other};
 
 type S = State<Shared>;
+
+/// The cookie that binds a setup started in the wizard to the browser
+/// that started it: only that browser sees the words (`/setup/reveal`),
+/// the confirm form and may start over. A setup started by the CLI
+/// (`bzzz init`) has no browser: the wizard only says one is under way.
+pub const SETUP_COOKIE: &str = "bzzz_setup";
+
+fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    let mut found = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .filter(|(k, _)| *k == SETUP_COOKIE)
+        .map(|(_, v)| v.to_owned());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Whether this request comes from the browser that started the pending
+/// setup.
+fn owns_setup(st: &Shared, headers: &HeaderMap) -> bool {
+    let Some((pending, _)) = st.keys.pending_positions() else {
+        return false;
+    };
+    let owner = st
+        .access
+        .setup_owner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    match (owner, cookie_of(headers)) {
+        (Some((id, hash)), Some(c)) => {
+            id == pending
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    &hash[..],
+                    &st.access.setup_cookie_hash(&c)[..],
+                ))
+        }
+        _ => false,
+    }
+}
+
+fn not_yours() -> Response {
+    page(
+        StatusCode::FORBIDDEN,
+        "Setup in progress elsewhere",
+        html! {
+            p class="err" id="error" {
+                "A setup is under way, started in another browser or by the CLI: only there are the words shown and confirmed. Finish or start over there."
+            }
+        },
+    )
+}
 
 pub fn routes() -> Vec<Route> {
     use Permission::Setup;
@@ -95,9 +150,20 @@ fn pending_form(st: &Shared) -> Markup {
     }
 }
 
-async fn setup_page(State(st): S) -> Response {
+async fn setup_page(State(st): S, headers: HeaderMap) -> Response {
     if st.keys.is_initialized() {
         return initialized_page(&st, StatusCode::OK);
+    }
+    if st.keys.pending_positions().is_some() && !owns_setup(&st, &headers) {
+        return page(
+            StatusCode::OK,
+            "Setup in progress",
+            html! {
+                p id="setup-state" data-state="pending-elsewhere" {
+                    "A setup is under way, started in another browser or by the CLI. Its words are shown and confirmed only there."
+                }
+            },
+        );
     }
     if let Some((id, positions)) = st.keys.pending_positions() {
         return page(
@@ -206,15 +272,39 @@ async fn setup_start_form(State(st): S, body: Bytes) -> Response {
         recover_from: None,
     };
     match st.keys.start_setup(params, false) {
-        Ok(_) => see_other("/setup/reveal"),
+        Ok(started) => {
+            let mut secret = [0u8; 32];
+            if getrandom::fill(&mut secret).is_err() {
+                st.keys.cancel_setup();
+                return fail("no randomness for the setup cookie");
+            }
+            let cookie = hex::encode(secret);
+            *st.access
+                .setup_owner
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((
+                started.setup_id.clone(),
+                st.access.setup_cookie_hash(&cookie),
+            ));
+            let mut r = see_other("/setup/reveal");
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{SETUP_COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/setup"
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
         Err(e) if e.kind == ErrorKind::Conflict => initialized_page(&st, StatusCode::CONFLICT),
         Err(e) => fail(&e.message),
     }
 }
 
-async fn setup_reveal_page(State(st): S) -> Response {
+async fn setup_reveal_page(State(st): S, headers: HeaderMap) -> Response {
     if st.keys.is_initialized() {
         return initialized_page(&st, StatusCode::GONE);
+    }
+    if st.keys.pending_positions().is_some() && !owns_setup(&st, &headers) {
+        return not_yours();
     }
     match st.keys.reveal_pending() {
         Ok(s) => page(
@@ -256,9 +346,12 @@ async fn setup_reveal_page(State(st): S) -> Response {
     }
 }
 
-async fn setup_confirm_form(State(st): S, body: Bytes) -> Response {
+async fn setup_confirm_form(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
     if st.keys.is_initialized() {
         return initialized_page(&st, StatusCode::CONFLICT);
+    }
+    if st.keys.pending_positions().is_some() && !owns_setup(&st, &headers) {
+        return not_yours();
     }
     let fields: BTreeMap<String, String> = match form(&body) {
         Ok(f) => f,
@@ -283,9 +376,12 @@ async fn setup_confirm_form(State(st): S, body: Bytes) -> Response {
     }
 }
 
-async fn setup_cancel_form(State(st): S) -> Response {
+async fn setup_cancel_form(State(st): S, headers: HeaderMap) -> Response {
     if st.keys.is_initialized() {
         return initialized_page(&st, StatusCode::CONFLICT);
+    }
+    if st.keys.pending_positions().is_some() && !owns_setup(&st, &headers) {
+        return not_yours();
     }
     st.keys.cancel_setup();
     see_other("/setup")
