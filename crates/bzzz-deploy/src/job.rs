@@ -162,7 +162,9 @@ impl Payload {
 
 /// What only the running cluster knows.
 pub trait Cluster: Send + Sync + 'static {
-    /// A join token for this run (the caller creates it once, on first use).
+    /// A join token for one host of this run: single-use, a fresh one at
+    /// each call (a shared k-use token would let one target admit nodes of
+    /// its own).
     fn join_token(&self) -> impl Future<Output = Result<Zeroizing<String>, String>> + Send;
     /// Whether `node_id` is a certified member in this node's view.
     fn is_member(&self, node_id: &str) -> bool;

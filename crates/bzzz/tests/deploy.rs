@@ -231,6 +231,22 @@ fn deploy_to_four_hosts_rerun_bad_credentials_and_changed_host_key() {
         assert!(lab.dir.path().join(format!("root-h{i}/bin/bzzz")).exists());
     }
 
+    // Each target got a token of its own, good for one node (issue #22: a
+    // shared 4-use token let one target admit nodes of its own).
+    let log = lab.node(1).log_tail(1_000_000);
+    let ids: std::collections::BTreeSet<&str> = log
+        .lines()
+        .filter(|l| l.contains("join token created for one deploy target"))
+        .map(|l| {
+            assert!(l.contains("uses=1"), "{l}");
+            l.split("token_id=")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(ids.len(), 4, "one single-use token per target: {ids:?}");
+
     // 2. A second run changes nothing and says so.
     let r = deploy(&lab, &[2, 3, 4, 5], &[]);
     assert!(r.ok, "re-run failed:\n{}\n{:#?}", r.stderr, r.events);

@@ -25,7 +25,7 @@ use bzzz_crypto::operator::OperatorPassword;
 use bzzz_deploy::job::{self, Cause, Cluster, Event, Outcome, Payload, Spec};
 use bzzz_deploy::ssh::{Credential, HostKeyPolicy};
 use serde::Deserialize;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
@@ -176,8 +176,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct NodeCluster {
     st: Arc<AppState>,
     password: OperatorPassword,
-    uses: u32,
-    token: OnceCell<Zeroizing<String>>,
     /// `/api/v1/deploy/{id}/binary?token=…`
     binary_path: String,
 }
@@ -192,20 +190,20 @@ impl NodeCluster {
 }
 
 impl Cluster for NodeCluster {
+    /// A fresh single-use token for one host (issue #22): a run used to
+    /// hand one k-use token to all k targets, and one malicious target
+    /// could spend the other uses on nodes of its own (sybils that end up
+    /// holding shares). The signers count the use and bind it to the node
+    /// that redeems it.
     async fn join_token(&self) -> Result<Zeroizing<String>, String> {
-        self.token
-            .get_or_try_init(|| async {
-                let (t, body) = self
-                    .st
-                    .keys
-                    .create_token(Duration::from_secs(3600), self.uses, &self.password)
-                    .await
-                    .map_err(|e| e.message)?;
-                info!(token_id = %body.id, uses = self.uses, "join token created for a deploy");
-                Ok::<_, String>(Zeroizing::new(t))
-            })
+        let (t, body) = self
+            .st
+            .keys
+            .create_token(Duration::from_secs(3600), 1, &self.password)
             .await
-            .cloned()
+            .map_err(|e| e.message)?;
+        info!(token_id = %body.id, uses = body.uses, "join token created for one deploy target");
+        Ok(Zeroizing::new(t))
     }
 
     fn is_member(&self, node_id: &str) -> bool {
@@ -345,13 +343,6 @@ fn random_id_from(
     Ok(hex::encode(b))
 }
 
-/// Join token uses a run needs: one per host (a run holds at most
-/// `MAX_HOSTS`, which a token may grant).
-pub(crate) fn token_uses(hosts: usize) -> u32 {
-    const _: () = assert!(bzzz_deploy::hosts::MAX_HOSTS as u32 <= bzzz_keys::MAX_TOKEN_USES);
-    hosts.clamp(1, bzzz_deploy::hosts::MAX_HOSTS) as u32
-}
-
 /// Why a run could not start.
 #[derive(Debug)]
 pub enum StartError {
@@ -446,8 +437,6 @@ pub async fn start(
     let cluster = Arc::new(NodeCluster {
         st: st.clone(),
         password,
-        uses: token_uses(hosts.len()),
-        token: OnceCell::new(),
         binary_path: format!("/api/v1/deploy/{id}/binary?token={download_token}"),
     });
     let sink_run = run.clone();

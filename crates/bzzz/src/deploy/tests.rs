@@ -85,15 +85,6 @@ fn a_run_cancelled_by_shutdown_reports_every_host() {
 }
 
 #[test]
-fn a_run_may_use_its_token_once_per_host() {
-    // A run holds up to MAX_HOSTS hosts; the token used to stop at 100.
-    assert_eq!(token_uses(1), 1);
-    assert_eq!(token_uses(101), 101);
-    assert_eq!(token_uses(bzzz_deploy::hosts::MAX_HOSTS), 256);
-    assert!(token_uses(bzzz_deploy::hosts::MAX_HOSTS) <= bzzz_keys::MAX_TOKEN_USES);
-}
-
-#[test]
 fn known_hosts_goes_to_a_fresh_private_file() {
     use std::os::unix::fs::PermissionsExt as _;
     // What a local attacker could pre-create under the old scheme.
