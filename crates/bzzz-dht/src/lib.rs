@@ -332,10 +332,19 @@ impl Dht {
             })?;
         let base = record::write_address(addr);
         let prev = self.head(&base).await?;
-        let version = prev.as_ref().map_or(1, |p| p.body.version + 1);
+        let version = match &prev {
+            None => 1,
+            Some(p) if p.body.version >= record::MAX_VERSION => {
+                return Err(DhtError::Invalid(format!(
+                    "{base} is at the last version ({}): write another address",
+                    record::MAX_VERSION
+                )));
+            }
+            Some(p) => p.body.version + 1,
+        };
         let ts = prev
             .as_ref()
-            .map_or(0, |p| p.body.timestamp_ms + 1)
+            .map_or(0, |p| p.body.timestamp_ms.saturating_add(1))
             .max(now_ms());
         let d = record::draft(&authz.cluster, &base, version, &me, ts, &chain, &key, value)
             .map_err(DhtError::Invalid)?;

@@ -118,6 +118,9 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
     if body.version == 0 {
         return Err("record version 0".into());
     }
+    if body.version > MAX_VERSION {
+        return Err(format!("record version above {MAX_VERSION}"));
+    }
     if let Some(k) = key
         && k != head_key(&address)
         && k != version_key(&address, body.version)
@@ -186,6 +189,12 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
         address,
     })
 }
+
+/// The highest version a record may have (2^53: exact in every JSON
+/// reader; a write never counts past it, so no version arithmetic
+/// overflows, and no storer keeps a head at `u64::MAX` that would freeze
+/// its address).
+pub const MAX_VERSION: u64 = 1 << 53;
 
 /// What a storing node adds to [`check`]: a head only moves forward, and
 /// a version, once stored, is never replaced by another record.
@@ -407,6 +416,14 @@ mod tests {
         );
         // Under another key: refused.
         assert!(check(&w.authz, Some(&version_key(&a, 2)), &raw).is_err());
+        // A version at u64::MAX (issue #22: it froze its address, the next
+        // write overflowing) is refused by every storer and reader; the
+        // last version allowed is MAX_VERSION.
+        let top = record(&w, &w.dev, ADDR, u64::MAX);
+        let e = check(&w.authz, Some(&head_key(&a)), &top).expect_err("u64::MAX");
+        assert!(e.contains("version above"), "{e}");
+        let last = record(&w, &w.dev, ADDR, MAX_VERSION);
+        check(&w.authz, Some(&head_key(&a)), &last).expect("the last version");
     }
 
     #[test]
