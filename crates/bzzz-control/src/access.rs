@@ -194,6 +194,36 @@ impl ClusterState {
             return Err(format!("{principal} may not manage users"));
         }
         match change {
+            AccessChange::UserPassword {
+                name,
+                verifier,
+                public,
+            } => {
+                let user = self
+                    .users
+                    .get(&name)
+                    .ok_or_else(|| format!("no user {name:?}"))?;
+                let own = principal == format!("user:{name}");
+                if !own {
+                    if !manages_users {
+                        return Err(format!(
+                            "{principal} may change only its own password (manage on users is needed for others)"
+                        ));
+                    }
+                    may_grant(&held, &user.roles)?;
+                }
+                if !verifier.starts_with("$argon2id$")
+                    || verifier.len() > 512
+                    || public.len() != 64
+                    || !hex_ok(&public)
+                {
+                    return Err("a user's verifier is an Argon2id PHC string".into());
+                }
+                let user = self.users.get_mut(&name).ok_or("no user")?;
+                user.verifier = verifier;
+                user.public = public;
+                Ok(None)
+            }
             AccessChange::UserPut { user } => {
                 validate_user_name(&user.name)?;
                 if bzzz_proto::access::RESERVED_USERS.contains(&user.name.as_str()) {

@@ -137,6 +137,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             UserCmd::Add(a) => bzzz::cli::access::user_add(&a).await,
             UserCmd::Ls(a) => bzzz::cli::access::user_ls(&a).await,
             UserCmd::Rm(a) => bzzz::cli::access::user_rm(&a).await,
+            UserCmd::Passwd(a) => bzzz::cli::access::user_passwd(&a).await,
         }),
         Cmd::Apikey { cmd } => report(match cmd {
             ApikeyCmd::Create(a) => bzzz::cli::access::apikey_create(&a).await,

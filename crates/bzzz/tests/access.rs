@@ -550,6 +550,79 @@ fn a_revoked_key_is_refused_by_every_node_within_two_seconds() {
         || (call(&addr2, "GET", "/api/v1/whoami", Some(&hers), "").0 == 401).then_some(()),
     )
     .expect("revoked");
+
+    // She changes her password (issue #22): the old one is refused on
+    // every node within 2 s, the new one works.
+    let basic = |pw: &str| {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("alice:{pw}"))
+        )
+    };
+    let (code, body) = call(
+        &c.nodes[1].api_addr(),
+        "POST",
+        "/api/v1/users/alice/password",
+        Some(&alice),
+        r#"{"password":"alice's new long password"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let changed = Instant::now();
+    let new = basic("alice's new long password");
+    for n in &c.nodes {
+        let a = n.api_addr();
+        wait_until(
+            "the old password is refused, the new one works",
+            Duration::from_secs(2).saturating_sub(changed.elapsed()),
+            Duration::from_millis(20),
+            || {
+                (call(&a, "GET", "/api/v1/whoami", Some(&alice), "").0 == 401
+                    && call(&a, "GET", "/api/v1/whoami", Some(&new), "").0 == 200)
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: node {}", n.node_id()));
+    }
+    // She may not change another's; the operator may change hers, not
+    // its own (yet).
+    let (code, body) = call(
+        &addr2,
+        "POST",
+        "/api/v1/users/bob/password",
+        Some(&new),
+        r#"{"password":"not bob's password at all"}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    let pwf2 = c.dir.path().join("alice-password-2");
+    std::fs::write(&pwf2, "a third long password\n").expect("pw");
+    let out = cli(&[
+        "user",
+        "passwd",
+        "alice",
+        "--new-password-file",
+        &pwf2.to_string_lossy(),
+        "--api",
+        &c.nodes[0].api(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&[
+        "user",
+        "passwd",
+        "admin",
+        "--new-password-file",
+        &pwf2.to_string_lossy(),
+        "--api",
+        &c.nodes[0].api(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "the operator password is not changed yet"
+    );
 }
 
 fn audit_head(c: &LocalCluster, i: usize) -> Option<(u64, String)> {

@@ -78,10 +78,28 @@ pub struct ApiKeyRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum AccessChange {
-    UserPut { user: UserRecord },
-    UserRemove { name: String },
-    KeyPut { key: ApiKeyRecord },
-    KeyRevoke { id: String, at: u64 },
+    UserPut {
+        user: UserRecord,
+    },
+    UserRemove {
+        name: String,
+    },
+    KeyPut {
+        key: ApiKeyRecord,
+    },
+    KeyRevoke {
+        id: String,
+        at: u64,
+    },
+    /// A user's new password: its Argon2id verifier and the public key
+    /// the new password derives (the user itself, or a principal that
+    /// manages users and holds its roles). Its sessions and cached
+    /// credentials end: they are checked against the verifier.
+    UserPassword {
+        name: String,
+        verifier: String,
+        public: String,
+    },
 }
 
 impl AccessChange {
@@ -93,6 +111,9 @@ impl AccessChange {
             AccessChange::UserRemove { name } => format!("remove user {name}"),
             AccessChange::KeyPut { key } => format!("create API key {} ({})", key.id, key.role),
             AccessChange::KeyRevoke { id, .. } => format!("revoke API key {id}"),
+            AccessChange::UserPassword { name, .. } => {
+                format!("change the password of user {name}")
+            }
         }
     }
 }

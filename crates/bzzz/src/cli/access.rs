@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::client::{get, post, read_first_line, send};
-use super::{ApiKeyCreateArgs, AuditLsArgs, AuditVerifyArgs, NameArgs, ReadArgs, UserAddArgs};
+use super::{
+    ApiKeyCreateArgs, AuditLsArgs, AuditVerifyArgs, NameArgs, ReadArgs, UserAddArgs, UserPasswdArgs,
+};
 
 pub async fn user_add(a: &UserAddArgs) -> anyhow::Result<()> {
     let cred = a.op.credential()?;
@@ -66,6 +68,25 @@ async fn delete(a: &NameArgs, path: String, what: &str) -> anyhow::Result<()> {
 
 pub async fn user_rm(a: &NameArgs) -> anyhow::Result<()> {
     delete(a, format!("/api/v1/users/{}", a.name), "removed user").await
+}
+
+pub async fn user_passwd(a: &UserPasswdArgs) -> anyhow::Result<()> {
+    let cred = a.op.credential()?;
+    let pw = read_first_line(&a.new_password_file, "new password")?;
+    let body = json!({"password": WireSecret::new(pw.to_string())});
+    let r: serde_json::Value = post(
+        &a.op.api,
+        &format!("/api/v1/users/{}/password", a.name),
+        &body,
+        Some(&cred),
+    )
+    .await?;
+    if a.op.json {
+        println!("{r}");
+    } else {
+        println!("password of user {} changed", a.name);
+    }
+    Ok(())
 }
 
 pub async fn apikey_create(a: &ApiKeyCreateArgs) -> anyhow::Result<()> {

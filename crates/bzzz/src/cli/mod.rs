@@ -127,6 +127,20 @@ pub enum UserCmd {
     Ls(ReadArgs),
     /// Remove a user; its API keys stop working at once.
     Rm(NameArgs),
+    /// Change a user's password (your own, or any with manage on users):
+    /// the old one, its sessions and cached logins end on every node.
+    Passwd(UserPasswdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UserPasswdArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// The user name.
+    pub name: String,
+    /// File whose first line is the new password (at least 12 characters).
+    #[arg(long, value_name = "PATH")]
+    pub new_password_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

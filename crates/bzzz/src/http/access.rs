@@ -68,6 +68,15 @@ pub fn routes() -> Vec<Route> {
                 "responses": {"200": {"description": "{name, removed}"}, "404": {"description": "No such user"}}}),
         ),
         Route::api(
+            Method::POST,
+            "/api/v1/users/{name}/password",
+            Any,
+            post(api_user_passwd),
+            json!({"summary": "Change a user's password ({password}, at least 12 characters): your own, or any user's with manage on users and every role it holds; its sessions and cached logins end on every node", "operationId": "userPassword",
+                "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{name, changed}"}, "403": {"description": "Not yours, and no manage on users"}, "404": {"description": "No such user"}, "422": {"description": "Bad password, or the operator (admin)"}}}),
+        ),
+        Route::api(
             Method::GET,
             "/api/v1/apikeys",
             Any,
@@ -269,6 +278,55 @@ pub async fn remove_user(st: &Shared, p: &Principal, name: &str) -> Result<(), A
         },
     )
     .await
+}
+
+#[derive(Deserialize)]
+struct PasswordChange {
+    password: bzzz_proto::cluster::WireSecret,
+}
+
+async fn api_user_passwd(
+    State(st): S,
+    p: Principal,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: PasswordChange = parse(&body, "password change")?;
+    let c = caller(&p)?;
+    if bzzz_proto::access::RESERVED_USERS.contains(&name.as_str()) {
+        return Err(ApiError::invalid(
+            "the operator password is part of the cluster's genesis record: it cannot be changed yet (issue #22 moves it into an admin-signed change)",
+        ));
+    }
+    bzzz_proto::access::validate_user_name(&name).map_err(ApiError::invalid)?;
+    if c.id != format!("user:{name}") {
+        authorize(&st, &p, Action::Manage, &Resource::USERS)?;
+    }
+    let pw = OperatorPassword::new_for_setup(req.password.expose().to_owned())
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let n = name.clone();
+    let (verifier, public) = tokio::task::spawn_blocking(move || {
+        let v = pw.verifier()?;
+        let k = bzzz_crypto::access::user_signer(&n, pw.expose())?;
+        Ok::<_, bzzz_crypto::CryptoError>((v, hex::encode(k.public())))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    change(
+        &st,
+        c,
+        AccessChange::UserPassword {
+            name: name.clone(),
+            verifier,
+            public,
+        },
+    )
+    .await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"name": name, "changed": true}),
+    ))
 }
 
 /// The user a caller is (`admin` for the operator), if any.
