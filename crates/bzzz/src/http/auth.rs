@@ -92,23 +92,26 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     }
 }
 
-/// The session id from the cookie (64 hex digits), if any. A request
-/// with more than one `bzzz_session` cookie has none: another service on
-/// this host could plant one with a narrower path to shadow the real one.
-pub fn session_id(headers: &HeaderMap) -> Option<String> {
+/// The value of cookie `name`, if it comes exactly once: a request with
+/// two has none (another service on this host could plant one with a
+/// narrower path to shadow the real one).
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .filter(|(k, _)| *k == SESSION_COOKIE)
+        .filter(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned());
     let first = found.next()?;
-    if found.next().is_some() {
-        return None;
-    }
-    Some(first).filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+    found.next().is_none().then_some(first)
+}
+
+/// The session id from the cookie (64 hex digits), if any.
+pub fn session_id(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, SESSION_COOKIE)
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// The client address (for rate limits); "unknown" where the server did

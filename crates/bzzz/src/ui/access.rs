@@ -169,6 +169,19 @@ fn error(e: &ApiError) -> Markup {
     html! { p class="err" id="error" { (e.message) } }
 }
 
+/// A form's fields, or 422.
+fn fields<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    form(body).map_err(ApiError::invalid)
+}
+
+/// The page again, with the notice of what was done or the error.
+fn answer(st: &Shared, p: &Principal, r: Result<Markup, ApiError>) -> Response {
+    match r {
+        Ok(notice) => render(st, p, StatusCode::OK, notice),
+        Err(e) => render(st, p, e.status, error(&e)),
+    }
+}
+
 async fn page(State(st): S, p: Principal) -> Response {
     render(&st, &p, StatusCode::OK, html! {})
 }
@@ -185,54 +198,31 @@ struct KeyForm {
 }
 
 async fn key_form(State(st): S, p: Principal, body: Bytes) -> Response {
-    let f: KeyForm = match form(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            return render(
-                &st,
-                &p,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                error(&ApiError::invalid(e)),
-            );
-        }
-    };
-    let ttl_secs = match parse_ttl(&f.ttl) {
-        Ok(t) => t,
-        Err(e) => {
-            return render(
-                &st,
-                &p,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                error(&ApiError::invalid(e)),
-            );
-        }
-    };
-    let nonempty = |s: String| {
-        let s = s.trim().to_owned();
-        (!s.is_empty()).then_some(s)
-    };
-    let req = ApiKeyCreate {
-        role: f.role.trim().to_owned(),
-        user: nonempty(f.user),
-        name: nonempty(f.name),
-        ttl_secs,
-    };
-    match create_key(&st, &p, req).await {
-        Ok(k) => render(
-            &st,
-            &p,
-            StatusCode::OK,
-            html! {
-                div class="warn" id="new-key" {
-                    "API key " code { (k.id) } " for role " b { (k.role) }
-                    " (shown once: copy it now; send it as " code { "Authorization: Bearer …" } "):"
-                    br;
-                    code id="secret" { (k.secret.expose()) }
-                }
-            },
-        ),
-        Err(e) => render(&st, &p, e.status, error(&e)),
+    let r = async {
+        let f: KeyForm = fields(&body)?;
+        let ttl_secs = parse_ttl(&f.ttl).map_err(ApiError::invalid)?;
+        let nonempty = |s: String| {
+            let s = s.trim().to_owned();
+            (!s.is_empty()).then_some(s)
+        };
+        let req = ApiKeyCreate {
+            role: f.role.trim().to_owned(),
+            user: nonempty(f.user),
+            name: nonempty(f.name),
+            ttl_secs,
+        };
+        let k = create_key(&st, &p, req).await?;
+        Ok(html! {
+            div class="warn" id="new-key" {
+                "API key " code { (k.id) } " for role " b { (k.role) }
+                " (shown once: copy it now; send it as " code { "Authorization: Bearer …" } "):"
+                br;
+                code id="secret" { (k.secret.expose()) }
+            }
+        })
     }
+    .await;
+    answer(&st, &p, r)
 }
 
 #[derive(Deserialize)]
@@ -241,26 +231,15 @@ struct IdForm {
 }
 
 async fn revoke_form(State(st): S, p: Principal, body: Bytes) -> Response {
-    let f: IdForm = match form(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            return render(
-                &st,
-                &p,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                error(&ApiError::invalid(e)),
-            );
-        }
-    };
-    match revoke_key(&st, &p, &f.id).await {
-        Ok(()) => render(
-            &st,
-            &p,
-            StatusCode::OK,
+    let r = async {
+        let f: IdForm = fields(&body)?;
+        revoke_key(&st, &p, &f.id).await?;
+        Ok(
             html! { p class="warn" id="notice" { "Key " code { (f.id) } " revoked: every node refuses it once it applies the change." } },
-        ),
-        Err(e) => render(&st, &p, e.status, error(&e)),
+        )
     }
+    .await;
+    answer(&st, &p, r)
 }
 
 #[derive(Deserialize)]
@@ -271,36 +250,25 @@ struct UserForm {
 }
 
 async fn user_form(State(st): S, p: Principal, body: Bytes) -> Response {
-    let f: UserForm = match form(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            return render(
-                &st,
-                &p,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                error(&ApiError::invalid(e)),
-            );
-        }
-    };
-    let req = UserAdd {
-        name: f.name.trim().to_owned(),
-        roles: f
-            .roles
-            .split(',')
-            .map(|r| r.trim().to_owned())
-            .filter(|r| !r.is_empty())
-            .collect(),
-        password: bzzz_proto::cluster::WireSecret::new(f.password),
-    };
-    match add_user(&st, &p, &req).await {
-        Ok(()) => render(
-            &st,
-            &p,
-            StatusCode::OK,
+    let r = async {
+        let f: UserForm = fields(&body)?;
+        let req = UserAdd {
+            name: f.name.trim().to_owned(),
+            roles: f
+                .roles
+                .split(',')
+                .map(|r| r.trim().to_owned())
+                .filter(|r| !r.is_empty())
+                .collect(),
+            password: bzzz_proto::cluster::WireSecret::new(f.password),
+        };
+        add_user(&st, &p, &req).await?;
+        Ok(
             html! { p class="warn" id="notice" { "User " b { (req.name) } " added with role(s) " (req.roles.join(", ")) "." } },
-        ),
-        Err(e) => render(&st, &p, e.status, error(&e)),
+        )
     }
+    .await;
+    answer(&st, &p, r)
 }
 
 #[derive(Deserialize)]
@@ -309,29 +277,16 @@ struct NameForm {
 }
 
 async fn user_remove_form(State(st): S, p: Principal, body: Bytes) -> Response {
-    let f: NameForm = match form(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            return render(
-                &st,
-                &p,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                error(&ApiError::invalid(e)),
-            );
-        }
-    };
-    match remove_user(&st, &p, &f.name).await {
-        Ok(()) => {
-            st.access.sessions.close_all(&format!("user:{}", f.name));
-            render(
-                &st,
-                &p,
-                StatusCode::OK,
-                html! { p class="warn" id="notice" { "User " b { (f.name) } " removed; its keys and sessions stop working." } },
-            )
-        }
-        Err(e) => render(&st, &p, e.status, error(&e)),
+    let r = async {
+        let f: NameForm = fields(&body)?;
+        remove_user(&st, &p, &f.name).await?;
+        st.access.sessions.close_all(&format!("user:{}", f.name));
+        Ok(
+            html! { p class="warn" id="notice" { "User " b { (f.name) } " removed; its keys and sessions stop working." } },
+        )
     }
+    .await;
+    answer(&st, &p, r)
 }
 
 #[cfg(test)]

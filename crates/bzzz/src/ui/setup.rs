@@ -26,19 +26,6 @@ type S = State<Shared>;
 /// (`bzzz init`) has no browser: the wizard only says one is under way.
 pub const SETUP_COOKIE: &str = "bzzz_setup";
 
-fn cookie_of(headers: &HeaderMap) -> Option<String> {
-    let mut found = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .filter(|(k, _)| *k == SETUP_COOKIE)
-        .map(|(_, v)| v.to_owned());
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
-}
-
 /// Whether this request comes from the browser that started the pending
 /// setup.
 fn owns_setup(st: &Shared, headers: &HeaderMap) -> bool {
@@ -51,7 +38,7 @@ fn owns_setup(st: &Shared, headers: &HeaderMap) -> bool {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    match (owner, cookie_of(headers)) {
+    match (owner, crate::http::auth::cookie(headers, SETUP_COOKIE)) {
         (Some((id, hash)), Some(c)) => {
             id == pending
                 && bool::from(subtle::ConstantTimeEq::ct_eq(
