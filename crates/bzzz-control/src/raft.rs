@@ -273,6 +273,18 @@ pub struct CommittedEpoch {
 }
 
 impl ClusterState {
+    /// The cluster's admin public key and name, for checking an
+    /// admin-signed record (`what` names it in the refusal).
+    fn admin_key(&self, what: &str) -> Result<([u8; 32], String), String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or_else(|| format!("{what}: no genesis applied yet"))?;
+        let pk = bzzz_crypto::records::parse_public_key(&c.admin_public_key)
+            .map_err(|e| e.to_string())?;
+        Ok((pk, c.name.clone()))
+    }
+
     /// The newest checkpoint (unverified here: every one in the state was
     /// checked when it was applied).
     pub fn last_checkpoint(&self) -> Option<bzzz_proto::access::AuditCheckpoint> {
@@ -447,13 +459,8 @@ impl ClusterState {
                 }
             }
             Command::AuditCheckpoint { record } => {
-                let c = self
-                    .cluster
-                    .as_ref()
-                    .ok_or("checkpoint refused: no genesis applied yet")?;
-                let pk = bzzz_crypto::records::parse_public_key(&c.admin_public_key)
-                    .map_err(|e| e.to_string())?;
-                let cp = bzzz_crypto::records::open_checkpoint(&record, &pk, &c.name)
+                let (pk, name) = self.admin_key("checkpoint refused")?;
+                let cp = bzzz_crypto::records::open_checkpoint(&record, &pk, &name)
                     .map_err(|e| format!("checkpoint refused: {e}"))?;
                 if cp.seq > self.audit_head.seq {
                     return Err(format!(
@@ -511,13 +518,8 @@ impl ClusterState {
                 .map(|()| None)
                 .map_err(|e| e.0),
             Command::KeyEpoch { record } => {
-                let c = self
-                    .cluster
-                    .as_ref()
-                    .ok_or("key epoch refused: no genesis applied yet")?;
-                let pk = bzzz_crypto::records::parse_public_key(&c.admin_public_key)
-                    .map_err(|e| e.to_string())?;
-                let e = bzzz_crypto::records::open_epoch(&record, &pk, &c.name)
+                let (pk, name) = self.admin_key("key epoch refused")?;
+                let e = bzzz_crypto::records::open_epoch(&record, &pk, &name)
                     .map_err(|e| format!("key epoch refused: {e}"))?;
                 let current = self.key_epoch.as_ref().map_or(0, |k| k.epoch);
                 if e.epoch != current + 1 {
@@ -618,13 +620,8 @@ impl ClusterState {
                 result
             }
             Command::Admin { change } => {
-                let c = self
-                    .cluster
-                    .as_ref()
-                    .ok_or("admin change refused: no genesis applied yet")?;
-                let pk = bzzz_crypto::records::parse_public_key(&c.admin_public_key)
-                    .map_err(|e| e.to_string())?;
-                let ch = bzzz_crypto::records::open_admin_change(&change, &pk, &c.name)
+                let (pk, name) = self.admin_key("admin change refused")?;
+                let ch = bzzz_crypto::records::open_admin_change(&change, &pk, &name)
                     .map_err(|e| format!("admin change refused: {e}"))?;
                 if ch.seq <= self.admin_seq {
                     return Err(format!(
