@@ -97,6 +97,14 @@ async fn api_setup(State(st): S, body: Bytes) -> Result<Response, ApiError> {
     if st.keys.is_initialized() {
         return Err(setup_locked());
     }
+    // A setup under way in the wizard belongs to its browser: the API does
+    // not replace it (which would hand a new master key to the caller).
+    if crate::ui::setup::started_in_a_browser(&st) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "a setup is under way in a browser: finish or start over there, or wait until it expires",
+        ));
+    }
     let b: SetupBody = parse(&body, "setup request")?;
     let password = OperatorPassword::new_for_setup(b.operator_password)
         .map_err(|e| ApiError::invalid(e.to_string()))?;

@@ -424,6 +424,34 @@ async fn a_setup_belongs_to_the_browser_that_started_it() {
     let (status, _, _) = send(Method::POST, "/setup/cancel", None, "").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(n.state.keys.pending_positions().is_some(), "not cancelled");
+    // Nor replaced (a new setup would hand its words to the replacer).
+    let pending = n.state.keys.pending_positions().map(|p| p.0);
+    let (status, _, _) = send(
+        Method::POST,
+        "/setup/start",
+        None,
+        "cluster=evil&password=a+long+operator+password&password2=a+long+operator+password",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/setup")
+        .header("host", "127.0.0.1:8080")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"cluster":"evil","operator_password":"a long operator password"}"#,
+        ))
+        .expect("request");
+    assert_eq!(
+        app.clone().oneshot(req).await.expect("infallible").status(),
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        n.state.keys.pending_positions().map(|p| p.0),
+        pending,
+        "the same setup"
+    );
     // The starter sees the words once.
     let (status, _, body) = send(Method::GET, "/setup/reveal", Some(&cookie), "").await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -26,6 +26,20 @@ type S = State<Shared>;
 /// (`bzzz init`) has no browser: the wizard only says one is under way.
 pub const SETUP_COOKIE: &str = "bzzz_setup";
 
+/// Whether the pending setup was started in the wizard (it belongs to a
+/// browser: no one else may replace it).
+pub fn started_in_a_browser(st: &Shared) -> bool {
+    let Some((pending, _)) = st.keys.pending_positions() else {
+        return false;
+    };
+    st.access
+        .setup_owner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_some_and(|(id, _)| *id == pending)
+}
+
 /// Whether this request comes from the browser that started the pending
 /// setup.
 fn owns_setup(st: &Shared, headers: &HeaderMap) -> bool {
@@ -229,9 +243,13 @@ fn fail(m: &str) -> Response {
     )
 }
 
-async fn setup_start_form(State(st): S, body: Bytes) -> Response {
+async fn setup_start_form(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
     if st.keys.is_initialized() {
         return initialized_page(&st, StatusCode::CONFLICT);
+    }
+    // Another browser's setup is not replaced (its starter may start over).
+    if started_in_a_browser(&st) && !owns_setup(&st, &headers) {
+        return not_yours();
     }
     let f: StartForm = match form(&body) {
         Ok(f) => f,
