@@ -32,6 +32,17 @@ fn note(key: &NodeKey, principal: &str, action: &str) -> AuditNote {
     n
 }
 
+/// A role of coordination authority with these rules.
+fn role(name: &str, perms: &[&str]) -> bzzz_proto::cluster::RoleDef {
+    bzzz_proto::cluster::RoleDef {
+        name: name.into(),
+        authority: bzzz_proto::cluster::Authority::Coordination,
+        permissions: perms.iter().map(|p| (*p).to_owned()).collect(),
+        reads: vec![],
+        members: vec![],
+    }
+}
+
 /// Every test user's password.
 const PW: &str = "a user password";
 
@@ -112,13 +123,7 @@ fn access_changes_commit_with_their_entries_and_never_escalate() {
     // keys) and develops; bob develops.
     s.roles.insert(
         "lead".into(),
-        bzzz_proto::cluster::RoleDef {
-            name: "lead".into(),
-            authority: bzzz_proto::cluster::Authority::Coordination,
-            permissions: vec!["manage:users".into(), "manage:keys".into()],
-            reads: vec![],
-            members: vec![],
-        },
+        role("lead", &["manage:users", "manage:keys"]),
     );
     s.users.insert(
         "alice".into(),
@@ -426,13 +431,6 @@ fn keys_keep_their_makers_denies_and_end_with_their_maker() {
     use bzzz_proto::access::{Action, Resource, decide};
     let k = NodeKey::generate().expect("key");
     let mut s = ClusterState::default();
-    let role = |name: &str, perms: &[&str]| bzzz_proto::cluster::RoleDef {
-        name: name.into(),
-        authority: bzzz_proto::cluster::Authority::Coordination,
-        permissions: perms.iter().map(|p| (*p).to_owned()).collect(),
-        reads: vec![],
-        members: vec![],
-    };
     s.roles.insert(
         "lead".into(),
         role("lead", &["manage:users", "manage:keys"]),
@@ -519,13 +517,7 @@ fn removing_a_user_revokes_the_keys_it_made_for_good() {
     let mut s = ClusterState::default();
     s.roles.insert(
         "lead".into(),
-        bzzz_proto::cluster::RoleDef {
-            name: "lead".into(),
-            authority: bzzz_proto::cluster::Authority::Coordination,
-            permissions: vec!["manage:users".into(), "manage:keys".into()],
-            reads: vec![],
-            members: vec![],
-        },
+        role("lead", &["manage:users", "manage:keys"]),
     );
     s.users.insert(
         "alice".into(),

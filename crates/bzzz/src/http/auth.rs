@@ -404,10 +404,12 @@ async fn check(g: &Guard, mut req: Request) -> Result<Request, ApiError> {
 /// The form field that carries a web session's CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 
-/// A form POST that came with a session cookie must bring the session's
-/// CSRF token as the form field [`CSRF_FIELD`] (the body is read, bounded
-/// by the route's limit, and put back): 403 otherwise.
-async fn check_csrf(req: Request, expected: &str, limit: usize) -> Result<Request, ApiError> {
+/// The request's body, read whole up to `limit` bytes (413 beyond), and
+/// the rest of the request to put it back into.
+async fn read_body(
+    req: Request,
+    limit: usize,
+) -> Result<(axum::http::request::Parts, axum::body::Bytes), ApiError> {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
@@ -415,6 +417,14 @@ async fn check_csrf(req: Request, expected: &str, limit: usize) -> Result<Reques
             format!("the request body is over {limit} bytes"),
         )
     })?;
+    Ok((parts, bytes))
+}
+
+/// A form POST that came with a session cookie must bring the session's
+/// CSRF token as the form field [`CSRF_FIELD`] (the body is read, bounded
+/// by the route's limit, and put back): 403 otherwise.
+async fn check_csrf(req: Request, expected: &str, limit: usize) -> Result<Request, ApiError> {
+    let (parts, bytes) = read_body(req, limit).await?;
     let given = std::str::from_utf8(&bytes)
         .ok()
         .and_then(|b| form_urlencoded_value(b, CSRF_FIELD))
@@ -489,13 +499,7 @@ async fn resources_of(req: Request, res: Res, limit: usize) -> Result<(Request, 
             (req, one(Resource::Ucxl(a)))
         }
         Res::ModelInBody | Res::AddressInBody | Res::NameInBody => {
-            let (parts, body) = req.into_parts();
-            let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the request body is over {limit} bytes"),
-                )
-            })?;
+            let (parts, bytes) = read_body(req, limit).await?;
             let field = match res {
                 Res::ModelInBody => "model",
                 Res::AddressInBody => "address",

@@ -276,6 +276,20 @@ fn setup_answers_only_under_this_machines_address_or_name() {
     assert!(!with("localhost.attacker.example"));
 }
 
+/// `POST /api/v1/setup` under `host` (a setup of cluster "evil").
+async fn api_setup(app: &axum::Router, host: &str) -> StatusCode {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/setup")
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"cluster":"evil","operator_password":"a long operator password"}"#,
+        ))
+        .expect("request");
+    app.clone().oneshot(req).await.expect("infallible").status()
+}
+
 /// Exploits from a review: a hostile page posts to the credential-free
 /// routes (a login flood locks the operator's address out; a setup is
 /// started or cancelled); a DNS-rebinding page drives setup under its
@@ -324,17 +338,8 @@ async fn credential_free_posts_refuse_other_sites_and_setup_other_names() {
         }
     }
     // Under a rebinding name, setup is refused (no setup is started).
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/setup")
-        .header("host", "rebind.attacker.example:8080")
-        .header("content-type", "application/json")
-        .body(Body::from(
-            r#"{"cluster":"evil","operator_password":"a long operator password"}"#,
-        ))
-        .expect("request");
     assert_eq!(
-        app.clone().oneshot(req).await.expect("infallible").status(),
+        api_setup(&app, "rebind.attacker.example:8080").await,
         StatusCode::MISDIRECTED_REQUEST
     );
     assert!(!n.state.keys.is_initialized());
@@ -434,17 +439,8 @@ async fn a_setup_belongs_to_the_browser_that_started_it() {
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri("/api/v1/setup")
-        .header("host", "127.0.0.1:8080")
-        .header("content-type", "application/json")
-        .body(Body::from(
-            r#"{"cluster":"evil","operator_password":"a long operator password"}"#,
-        ))
-        .expect("request");
     assert_eq!(
-        app.clone().oneshot(req).await.expect("infallible").status(),
+        api_setup(&app, "127.0.0.1:8080").await,
         StatusCode::CONFLICT
     );
     assert_eq!(
