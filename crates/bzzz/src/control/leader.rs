@@ -476,10 +476,14 @@ impl Control {
     pub(super) async fn hand_off(&self, to: &NodeId) {
         let term = self.raft.metrics().borrow().current_term;
         let lease = self.settings.lease();
-        *lock(&self.handing_off) = Some(Instant::now() + lease * 6);
-        self.raft.runtime_config().heartbeat(false);
+        *lock(&self.handing_off) = Some(Instant::now() + lease * 9);
+        // Ask first, then fall silent: heartbeats go on while the request
+        // is in flight, so a slow answer (a loaded machine) does not leave
+        // the followers leaderless and racing the heir with their own
+        // timers. The heir waits out the lease and retries its election,
+        // so a heartbeat sent just before the answer costs it one retry.
         let accepted = match tokio::time::timeout(
-            lease,
+            lease * 3,
             self.net
                 .raft_request(to, wire::encode(&Rpc::HandOff { term })),
         )
@@ -492,6 +496,7 @@ impl Control {
             _ => false,
         };
         if accepted {
+            self.raft.runtime_config().heartbeat(false);
             let _ = self
                 .raft
                 .wait(Some(lease * 5))
