@@ -59,6 +59,30 @@ pub fn user_signer(name: &str, password: &str) -> Result<crate::NodeKey, CryptoE
     Ok(crate::NodeKey::from_seed(&SecretBytes32::from_bytes(*seed)))
 }
 
+/// Checks that `public` is an Ed25519 public key in lowercase hex that
+/// verification accepts (a point on the curve, not of small order).
+pub fn check_public_hex(public: &str) -> Result<(), CryptoError> {
+    if public.len() != 64
+        || !public
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(CryptoError::InvalidKey(
+            "public key (64 lowercase hex digits)",
+        ));
+    }
+    let pk: [u8; 32] = hex::decode(public)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or(CryptoError::InvalidKey("public key"))?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&pk)
+        .map_err(|_| CryptoError::InvalidKey("public key"))?;
+    if key.is_weak() {
+        return Err(CryptoError::InvalidKey("weak public key"));
+    }
+    Ok(())
+}
+
 /// Checks a principal's signature (hex) over `msg` with its public key
 /// (hex).
 pub fn verify_hex(public: &str, msg: &[u8], signature: &str) -> Result<(), CryptoError> {

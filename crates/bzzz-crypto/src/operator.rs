@@ -1,5 +1,12 @@
-//! The operator credential: a password chosen at setup, checked with
-//! Argon2id. Only its PHC verifier is stored (in the signed genesis record).
+//! The operator credential: a password chosen at setup.
+//!
+//! The password derives the operator's Ed25519 key (Argon2id, see
+//! [`OPERATOR_KEY_MEMORY`]); only the public half is stored (in the
+//! genesis record, then in admin-signed changes). The node the operator
+//! logs into derives the key and signs an [`auth_bytes`] authorization for
+//! each admin signature; the threshold signers check that signature and
+//! never see the password (issue #22). Older clusters stored a PHC
+//! verifier instead ([`OperatorPassword::verifier`], still used for users).
 
 use std::fmt;
 
@@ -126,6 +133,64 @@ impl OperatorPassword {
     }
 }
 
+/// Argon2id memory of the operator's key derivation: 64 MiB, with 3
+/// passes and one lane, RFC 9106's second recommended setting (the
+/// argon2 crate's default, 19 MiB and 2 passes, is OWASP's minimum).
+/// Only the node the operator logs into runs it, once per login.
+pub const OPERATOR_KEY_MEMORY_KIB: u32 = 64 * 1024;
+/// Passes of the operator's key derivation.
+pub const OPERATOR_KEY_PASSES: u32 = 3;
+
+impl OperatorPassword {
+    /// The operator's signing key for `cluster`: Argon2id
+    /// ([`OPERATOR_KEY_MEMORY_KIB`], [`OPERATOR_KEY_PASSES`]) of the
+    /// password under a salt from the cluster name, so one password gives
+    /// different keys in different clusters. Its 64 MiB of working memory
+    /// is allocated for the call and freed after (above glibc's largest
+    /// mmap threshold, so it goes back to the system at once).
+    pub fn operator_key(&self, cluster: &str) -> Result<crate::NodeKey, CryptoError> {
+        let mut memory = ArgonMemory::default();
+        let params = argon2::Params::new(OPERATOR_KEY_MEMORY_KIB, OPERATOR_KEY_PASSES, 1, Some(32))
+            .map_err(|e| CryptoError::Password(e.to_string()))?;
+        let salt = blake3::derive_key("bzzz operator signing salt v1", cluster.as_bytes());
+        if memory.0.len() < params.block_count() {
+            memory
+                .0
+                .resize(params.block_count(), argon2::Block::default());
+        }
+        let blocks = params.block_count();
+        let mut seed = Zeroizing::new([0u8; 32]);
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            .hash_password_into_with_memory(
+                self.0.as_bytes(),
+                &salt[..16],
+                &mut *seed,
+                &mut memory.0[..blocks],
+            )
+            .map_err(|e| CryptoError::Password(e.to_string()))?;
+        Ok(crate::NodeKey::from_seed(
+            &crate::SecretBytes32::from_bytes(*seed),
+        ))
+    }
+}
+
+/// What the operator's key signs to authorize one threshold signature:
+/// the cluster, the purpose's kind, the time (unix seconds), a fresh
+/// nonce, and the SHA-256 of the exact bytes the admin key will sign.
+/// A signer that records it can only have that same message signed again,
+/// within the time window, and each signer takes a nonce once.
+pub fn auth_bytes(cluster: &str, kind: &str, time: u64, nonce: &str, target: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut out = b"bzzz/operator-auth/v1\0".to_vec();
+    for part in [cluster, kind, nonce] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(&time.to_be_bytes());
+    out.extend_from_slice(&sha2::Sha256::digest(target));
+    out
+}
+
 /// Largest Argon2 working memory a verifier may ask for (the default is
 /// 19 MiB).
 pub const MAX_ARGON2_MEMORY: usize = 256 << 20;
@@ -166,5 +231,20 @@ mod tests {
         assert!(!p.matches_with("garbage", &mut mem));
         assert!(OperatorPassword::new_for_setup("short".into()).is_err());
         assert_eq!(format!("{p:?}"), "OperatorPassword(..)");
+    }
+
+    #[test]
+    fn the_operator_key_depends_on_password_and_cluster() {
+        let p = OperatorPassword::new("correct horse battery".into()).expect("ok");
+        let q = OperatorPassword::new("correct horse batterY".into()).expect("ok");
+        let a = p.operator_key("lab").expect("key").public();
+        assert_eq!(a, p.operator_key("lab").expect("key").public());
+        assert_ne!(a, q.operator_key("lab").expect("key").public());
+        assert_ne!(a, p.operator_key("lab2").expect("key").public());
+        let b = auth_bytes("lab", "admin_change", 1, "n", b"msg");
+        assert_ne!(b, auth_bytes("lab", "admin_change", 1, "n", b"msg2"));
+        assert_ne!(b, auth_bytes("lab", "admin_change", 2, "n", b"msg"));
+        assert_ne!(b, auth_bytes("lab", "message", 1, "n", b"msg"));
+        assert_ne!(b, auth_bytes("la", "badmin_change", 1, "n", b"msg"));
     }
 }

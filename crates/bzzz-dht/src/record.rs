@@ -320,6 +320,7 @@ mod tests {
             issued_at: 1,
             share_index: None,
             age_recipient: None,
+            pending: false,
         };
         let body = records::body_text(&cert).expect("json");
         let sig = admin.sign(&records::signing_bytes(

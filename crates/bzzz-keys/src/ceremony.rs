@@ -19,14 +19,25 @@ impl Keys {
         }
         validate_cluster_name(&params.cluster)
             .map_err(|e| err(ErrorKind::Invalid, format!("cluster name: {e}")))?;
-        let members = self.setup_members().len() as u16;
+        self.setup_members(&params.holders)?;
+        let members = 1 + params.holders.len() as u16;
         let shares = params.shares.unwrap_or(members);
+        if shares > members && params.holders.is_empty() {
+            return Err(err(
+                ErrorKind::Invalid,
+                format!(
+                    "{shares} shares need {} other holders, named one by one with --holder \
+                     NODE_ID (API: \"holders\"); only named nodes hold shares. {}",
+                    shares - 1,
+                    self.peers_in_view()
+                ),
+            ));
+        }
         if shares == 0 || shares > members {
             return Err(err(
                 ErrorKind::Invalid,
                 format!(
-                    "shares must be between 1 and the number of nodes present ({members}); \
-                     a share for an absent node could not be delivered"
+                    "shares must be between 1 and the holders named plus this node ({members})"
                 ),
             ));
         }
@@ -168,28 +179,23 @@ impl Keys {
     }
 
     pub(crate) async fn create_cluster(&self, p: PendingSetup) -> Result<SetupDone, KeysError> {
-        let members = self.setup_members();
-        if usize::from(p.shares) > members.len() {
-            return Err(err(
-                ErrorKind::Conflict,
-                format!(
-                    "only {} nodes are present now, fewer than the {} shares chosen; start again",
-                    members.len(),
-                    p.shares
-                ),
-            ));
-        }
-        let verifier = p
-            .params
-            .operator_password
-            .verifier()
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let members = self
+            .setup_members(&p.params.holders)
+            .map_err(|e| KeysError {
+                kind: ErrorKind::Conflict,
+                message: format!("{}; start again", e.message),
+                ..e
+            })?;
+        let operator = self
+            .derive_operator_key(&p.params.cluster, p.params.operator_password.clone())
+            .await?
+            .public_hex();
         let (holders, bundles) = deal(
             &p.master,
             &p.params.cluster,
             p.threshold,
             p.shares,
-            verifier,
+            operator,
             &members,
         )?;
         let (name, threshold, shares) = (p.params.cluster.clone(), p.threshold, p.shares);
@@ -279,7 +285,7 @@ pub(crate) fn deal(
     cluster: &str,
     threshold: u16,
     shares: u16,
-    verifier: String,
+    operator_public_key: String,
     members: &[(NodeId, String)],
 ) -> Result<Dealt, KeysError> {
     let admin = master.admin_key();
@@ -306,7 +312,8 @@ pub(crate) fn deal(
         holders: holders.clone(),
         policy: Some(policy_for(threshold, shares)),
         commitment: sharing.commitment.clone(),
-        operator_verifier: verifier,
+        operator_verifier: String::new(),
+        operator_public_key: Some(operator_public_key),
         created_at: now,
     };
     let sign = |domain: Domain, body: &str| {
@@ -329,6 +336,7 @@ pub(crate) fn deal(
             issued_at: now,
             share_index: index,
             age_recipient: Some(recipient.clone()),
+            pending: false,
         };
         let ctext =
             records::body_text(&cert).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;

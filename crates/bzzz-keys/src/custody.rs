@@ -34,9 +34,12 @@ impl Keys {
             hasher: operator::Hasher::start()?,
             auth_ended: tokio::sync::Notify::new(),
             removed: RwLock::new(BTreeMap::new()),
+            approved: RwLock::new(std::collections::BTreeSet::new()),
             token_nodes: Mutex::new(HashMap::new()),
             redealing: tokio::sync::Mutex::new(()),
             audit_witness: std::sync::OnceLock::new(),
+            operator_source: std::sync::OnceLock::new(),
+            operator_nonces: Mutex::new(HashMap::new()),
             used_tokens: Mutex::new(load_used_tokens(&data_dir.join(USED_TOKENS_FILE))?),
         };
         let removed = data_dir.join(REMOVED_FILE);
@@ -379,10 +382,72 @@ impl Keys {
         }
     }
 
-    /// Nodes that can take part in setup: this one and every peer in the
-    /// view that announces an age recipient, sorted by id.
-    pub(crate) fn setup_members(&self) -> Vec<(NodeId, String)> {
-        self.recipients(false)
+    /// The members a setup makes, with their age recipients: this node
+    /// first, then the named `holders` in order. Each must be in view and
+    /// announce an age recipient (a share is sealed to it); none may be
+    /// named twice, nor this node.
+    pub(crate) fn setup_members(
+        &self,
+        holders: &[NodeId],
+    ) -> Result<Vec<(NodeId, String)>, KeysError> {
+        let present = self.recipients(false);
+        let mut out = vec![(self.node_id.clone(), self.age.recipient())];
+        let mut missing = Vec::new();
+        for h in holders {
+            if *h == self.node_id {
+                return Err(err(
+                    ErrorKind::Invalid,
+                    "this node always holds a share: name only the other holders",
+                ));
+            }
+            if out.iter().any(|(id, _)| id == h) {
+                return Err(err(
+                    ErrorKind::Invalid,
+                    format!("holder {h} is named twice"),
+                ));
+            }
+            match present.iter().find(|(id, _)| id == h) {
+                Some(m) => out.push(m.clone()),
+                None => missing.push(h.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(err(
+                ErrorKind::Invalid,
+                format!(
+                    "not in view (or announcing no age key): {}. {}",
+                    missing.join(", "),
+                    self.peers_in_view()
+                ),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The peers in view, for an error message: each id and address.
+    pub(crate) fn peers_in_view(&self) -> String {
+        let Ok(net) = self.net() else {
+            return "No peers are in view.".to_owned();
+        };
+        let snap = net.snapshot();
+        let listed: Vec<String> = snap
+            .peers
+            .iter()
+            .map(|p| {
+                let a = &p.announcement;
+                let addr = a
+                    .api_addr
+                    .clone()
+                    .or_else(|| a.addrs.first().cloned())
+                    .unwrap_or_else(|| "no address".into());
+                format!("{} at {addr}", a.node_id)
+            })
+            .collect();
+        if listed.is_empty() {
+            "No peers are in view.".to_owned()
+        } else {
+            format!("Peers in view: {}", listed.join("; "))
+        }
     }
 
     /// This node and the peers in the view (with `proven_only`, proven

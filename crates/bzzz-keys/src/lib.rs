@@ -37,8 +37,8 @@ use bzzz_net::{LocalInfo, Membership, NetHandle, ServiceRequest};
 use bzzz_proto::NodeId;
 use bzzz_proto::cluster::{
     Genesis, InstallBundle, JoinTokenBody, KeyEpoch, KeyPolicy, KeysRequest, KeysResponse,
-    MembershipCert, RECORD_VERSION, RedealPlan, ShareHolder, SignPurpose, Signed, WireSecret,
-    validate_cluster_name,
+    MembershipCert, OperatorAuth, RECORD_VERSION, RedealPlan, ShareHolder, SignPurpose, Signed,
+    WireSecret, validate_cluster_name,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -64,6 +64,7 @@ const MAX_SESSIONS: usize = 64;
 
 pub use bzzz_proto::cluster::RefusalCode;
 pub use join::{JoinRefused, join_task, precheck_token};
+pub use operator::OperatorKey;
 pub use redeal::{Removed, Standing};
 pub use signer::serve_inbound;
 
@@ -266,6 +267,10 @@ pub struct SetupParams {
     /// `None`: majority, or fixed at `threshold` when one is given.
     pub threshold: Option<u16>,
     pub shares: Option<u16>,
+    /// The share holders besides this node, named by the operator (issue
+    /// #22: a peer that is merely in view at setup, e.g. found by mDNS,
+    /// gets nothing). Empty: this node alone.
+    pub holders: Vec<NodeId>,
     pub operator_password: OperatorPassword,
     /// Recovery: rebuild the cluster from this master key (same admin
     /// public key, fresh shares) instead of generating a new one.
@@ -332,13 +337,24 @@ pub struct Keys {
     token_nodes: Mutex<HashMap<String, std::collections::BTreeSet<NodeId>>>,
     /// Removed members (from the Raft state): node → signed removal.
     removed: RwLock<BTreeMap<NodeId, Signed>>,
+    /// Pending members the operator approved as holders (Raft state).
+    approved: RwLock<std::collections::BTreeSet<NodeId>>,
     /// One re-deal at a time from this node.
     redealing: tokio::sync::Mutex<()>,
     /// Whether this node's copy of the audit chain holds entry `seq` with
     /// `hash` (set by the control plane; a signer asked for a checkpoint
     /// signs only what this says it holds).
     audit_witness: std::sync::OnceLock<AuditWitness>,
+    /// The operator's public key (hex) in force, from the control plane's
+    /// state (an admin change may have replaced the genesis one).
+    operator_source: std::sync::OnceLock<OperatorSource>,
+    /// Operator authorization nonces this signer took → their expiry
+    /// (unix seconds).
+    operator_nonces: Mutex<HashMap<String, u64>>,
 }
+
+/// See [`Keys::set_operator_source`].
+pub type OperatorSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// See [`Keys::set_audit_witness`].
 pub type AuditWitness = Arc<dyn Fn(u64, &str) -> bool + Send + Sync>;

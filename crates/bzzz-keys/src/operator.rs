@@ -1,20 +1,93 @@
-//! Operator authentication: the password checked against the genesis verifier, rate limited; web sessions.
+//! Operator authentication. The operator password derives the operator's
+//! Ed25519 key ([`OperatorPassword::operator_key`]); the node the operator
+//! logs into derives it (rate limited, bounded hashing) and signs an
+//! [`OperatorAuth`] for each threshold signature. Signers check that
+//! authorization against the operator's public key in force and never
+//! see the password. Users' passwords are checked against their Argon2id
+//! verifiers here too.
 
 use super::*;
 use bzzz_crypto::operator::ArgonMemory;
+use bzzz_proto::cluster::OPERATOR_AUTH_WINDOW_SECS;
+
+/// The operator's signing key, derived from the operator password at
+/// login. Web sessions and requests hold this, never the password.
+/// Zeroizes (the inner key does), never prints.
+#[derive(Clone)]
+pub struct OperatorKey(Arc<bzzz_crypto::NodeKey>);
+
+impl std::fmt::Debug for OperatorKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorKey(..)")
+    }
+}
+
+impl From<bzzz_crypto::NodeKey> for OperatorKey {
+    fn from(k: bzzz_crypto::NodeKey) -> Self {
+        Self(Arc::new(k))
+    }
+}
+
+impl OperatorKey {
+    /// The public key (hex).
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.0.public())
+    }
+
+    /// Authorizes one threshold signature of `target` (the exact bytes
+    /// the admin key signs) for purpose `kind` in `cluster`.
+    pub(crate) fn authorize(
+        &self,
+        cluster: &str,
+        kind: &str,
+        target: &[u8],
+    ) -> Result<OperatorAuth, KeysError> {
+        let time = unix_now();
+        let nonce = random_hex(16)?;
+        let sig = self.0.sign(&bzzz_crypto::operator::auth_bytes(
+            cluster, kind, time, &nonce, target,
+        ));
+        Ok(OperatorAuth {
+            time,
+            nonce,
+            signature: hex::encode(sig),
+        })
+    }
+}
+
+/// Most operator authorization nonces a signer remembers (each for
+/// twice [`OPERATOR_AUTH_WINDOW_SECS`]); only valid authorizations are
+/// remembered, so only the operator can fill this.
+const MAX_OPERATOR_NONCES: usize = 65_536;
 
 impl Keys {
     // ---- operator authentication -----------------------------------------
 
-    /// Checks the operator password of a client (rate limited per client
-    /// key, e.g. its IP address, before any hashing; at most
-    /// [`MAX_HASHES`] Argon2id hashes at once on this node). 401 on
-    /// mismatch, 429 when limited, 409 before setup.
-    pub async fn check_operator(
+    /// Tells this node where the operator's public key in force comes
+    /// from (once; the control plane sets it when it starts). Until then,
+    /// and when it says `None`, the genesis record's key is in force.
+    pub fn set_operator_source(&self, f: OperatorSource) {
+        let _ = self.operator_source.set(f);
+    }
+
+    /// The operator's public key (hex) in force, if the cluster has one
+    /// (clusters set up before operator keys have none).
+    pub fn operator_public_key(&self) -> Option<String> {
+        if let Some(k) = self.operator_source.get().and_then(|f| f()) {
+            return Some(k);
+        }
+        self.cluster().and_then(|c| c.genesis.operator_public_key)
+    }
+
+    /// Checks the operator password of a client and returns the key it
+    /// derives (rate limited per client key, e.g. its IP address, before
+    /// any hashing; at most [`MAX_HASHES`] Argon2id runs at once on this
+    /// node). 401 on mismatch, 429 when limited, 409 before setup.
+    pub async fn operator_login(
         &self,
         client: &str,
         password: Option<OperatorPassword>,
-    ) -> Result<(), KeysError> {
+    ) -> Result<OperatorKey, KeysError> {
         let Some(password) = password else {
             return Err(err(ErrorKind::Unauthorized, "operator credential required"));
         };
@@ -24,15 +97,48 @@ impl Keys {
                 "the cluster is not initialized yet; run setup",
             ));
         };
-        self.check_password(client, password, c.genesis.operator_verifier.clone())
-            .await
-            .map_err(|e| {
-                if e.kind == ErrorKind::Unauthorized {
-                    warn!(client, "operator authentication failed");
-                    return err(ErrorKind::Unauthorized, "wrong operator credential");
-                }
-                e
+        let Some(expected) = self.operator_public_key() else {
+            return Err(err(
+                ErrorKind::Conflict,
+                "this cluster was set up by a BZZZ without operator keys: set it up again",
+            ));
+        };
+        let cluster = c.genesis.cluster;
+        let derived = self
+            .limited(client, async {
+                let key = self
+                    .hasher
+                    .run(move |_| password.operator_key(&cluster))
+                    .await?
+                    .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+                let ok = bzzz_crypto::access::same_hash(&hex::encode(key.public()), &expected);
+                Ok((ok, key))
             })
+            .await;
+        match derived {
+            Ok(key) => Ok(OperatorKey(Arc::new(key))),
+            Err(e) if e.kind == ErrorKind::Unauthorized => {
+                warn!(client, "operator authentication failed");
+                Err(err(ErrorKind::Unauthorized, "wrong operator credential"))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The key `password` derives as the operator's of `cluster`, without
+    /// checking it against anything (setup, a password change).
+    pub async fn derive_operator_key(
+        &self,
+        cluster: &str,
+        password: OperatorPassword,
+    ) -> Result<OperatorKey, KeysError> {
+        let cluster = cluster.to_owned();
+        let key = self
+            .hasher
+            .run(move |_| password.operator_key(&cluster))
+            .await?
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        Ok(OperatorKey(Arc::new(key)))
     }
 
     /// Checks a password against an Argon2id `verifier` (a user's), with
@@ -43,6 +149,24 @@ impl Keys {
         password: OperatorPassword,
         verifier: String,
     ) -> Result<(), KeysError> {
+        self.limited(client, async {
+            let ok = self
+                .hasher
+                .run(move |m| password.matches_with(&verifier, m))
+                .await?;
+            Ok((ok, ()))
+        })
+        .await
+    }
+
+    /// Runs one login attempt of `client` through the per-client limiter:
+    /// `work` says whether the credential matched. 401 when it did not,
+    /// 429 when the client is limited.
+    async fn limited<T>(
+        &self,
+        client: &str,
+        work: impl std::future::Future<Output = Result<(bool, T), KeysError>>,
+    ) -> Result<T, KeysError> {
         loop {
             let ended = self.auth_ended.notified();
             tokio::pin!(ended);
@@ -69,21 +193,76 @@ impl Keys {
             client,
             ok: false,
         };
-        let ok = self.hasher.matches(password, verifier).await?;
+        let (ok, value) = work.await?;
         attempt.ok = ok;
         if ok {
-            return Ok(());
+            return Ok(value);
         }
         Err(err(ErrorKind::Unauthorized, "wrong credential"))
     }
+
+    /// Checks the operator's authorization of a threshold signature of
+    /// `target` for `kind`: signed by the operator's key in force, fresh
+    /// (within [`OPERATOR_AUTH_WINDOW_SECS`] of this node's clock), and,
+    /// when `once`, with a nonce this signer has not taken before.
+    pub(crate) fn check_operator_auth(
+        &self,
+        c: &Cluster,
+        auth: &OperatorAuth,
+        kind: &str,
+        target: &[u8],
+        once: bool,
+    ) -> Result<(), Refusal> {
+        let expected = self.operator_public_key().ok_or_else(|| {
+            Refusal::from("this cluster has no operator key (set up by an older BZZZ)")
+        })?;
+        let now = unix_now();
+        if auth.time.abs_diff(now) > OPERATOR_AUTH_WINDOW_SECS {
+            return Err(refusal!(
+                "the operator's authorization is not fresh (made at {}, this signer's clock says {now})",
+                auth.time
+            ));
+        }
+        if auth.nonce.len() != 32 || !auth.nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the operator's authorization has a malformed nonce".into());
+        }
+        let bytes = bzzz_crypto::operator::auth_bytes(
+            &c.genesis.cluster,
+            kind,
+            auth.time,
+            &auth.nonce,
+            target,
+        );
+        bzzz_crypto::access::verify_hex(&expected, &bytes, &auth.signature).map_err(|_| {
+            Refusal::from(
+                "the operator's authorization does not verify (a wrong or replaced operator password, or another request's)",
+            )
+        })?;
+        if once {
+            let mut seen = lock(&self.operator_nonces);
+            seen.retain(|_, until| *until > now);
+            if seen.contains_key(&auth.nonce) {
+                return Err("this operator authorization was used already (a replay)".into());
+            }
+            if seen.len() >= MAX_OPERATOR_NONCES {
+                return Err(Refusal::new(
+                    RefusalCode::NotReady,
+                    "too many operator authorizations in the last minutes; retry later",
+                ));
+            }
+            seen.insert(auth.nonce.clone(), now + 2 * OPERATOR_AUTH_WINDOW_SECS);
+        }
+        Ok(())
+    }
 }
 
-/// Most Argon2id hashes (19 MiB each) this node runs at once for operator
-/// logins; more wait their turn.
+/// Most Argon2id hashes (19 MiB for a user's verifier, 64 MiB for the
+/// operator's key) this node runs at once for logins; more wait their
+/// turn.
 pub const MAX_HASHES: usize = 1;
 
-/// A password, a verifier, and where the answer goes.
-type HashJob = (OperatorPassword, String, Box<dyn FnOnce(bool) + Send>);
+/// Work for a hasher thread (given its reusable Argon2 memory).
+type HashJob = Box<dyn FnOnce(&mut ArgonMemory) + Send>;
 
 /// Checks operator passwords on [`MAX_HASHES`] dedicated threads. Not the
 /// blocking pool: every new thread gets its own malloc arena, which keeps
@@ -116,10 +295,10 @@ impl Hasher {
                     let mut memory = ArgonMemory::default();
                     loop {
                         let job = lock(&rx).recv();
-                        let Ok((password, verifier, reply)) = job else {
+                        let Ok(job) = job else {
                             return;
                         };
-                        reply(password.matches_with(&verifier, &mut memory));
+                        job(&mut memory);
                     }
                 })
                 .map_err(|e| err(ErrorKind::Internal, format!("cannot start a thread: {e}")))?;
@@ -130,41 +309,27 @@ impl Hasher {
         })
     }
 
-    /// Whether `password` matches the PHC `verifier` (waits for a free
-    /// hasher without blocking the runtime).
-    pub(crate) async fn matches(
+    /// Runs `f` on a hasher thread (waits for a free one without
+    /// blocking the runtime).
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
-        password: OperatorPassword,
-        verifier: String,
-    ) -> Result<bool, KeysError> {
+        f: impl FnOnce(&mut ArgonMemory) -> T + Send + 'static,
+    ) -> Result<T, KeysError> {
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| err(ErrorKind::Internal, "shutting down"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let reply = Box::new(move |ok| {
-            let _ = tx.send(ok);
+        let job: HashJob = Box::new(move |m| {
+            let _ = tx.send(f(m));
         });
         // With a permit, the channel has room: this never blocks.
         self.jobs
-            .try_send((password, verifier, reply))
+            .try_send(job)
             .map_err(|_| err(ErrorKind::Internal, "the password hasher stopped"))?;
         rx.await
             .map_err(|_| err(ErrorKind::Internal, "the password hasher stopped"))
-    }
-
-    /// [`Hasher::matches`] for synchronous callers that may block (inside
-    /// `block_in_place`); false if the hasher stopped.
-    pub(crate) fn matches_blocking(&self, password: OperatorPassword, verifier: String) -> bool {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let reply = Box::new(move |ok| {
-            let _ = tx.send(ok);
-        });
-        if self.jobs.send((password, verifier, reply)).is_err() {
-            return false;
-        }
-        rx.recv().unwrap_or(false)
     }
 }
 

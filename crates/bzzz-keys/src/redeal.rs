@@ -69,8 +69,12 @@ impl Keys {
     /// that index and the certificate. Removed members are left out.
     pub(crate) fn certified(&self, c: &Cluster) -> BTreeMap<NodeId, (u16, Signed)> {
         let removed = read(&self.removed).clone();
+        let approved = read(&self.approved).clone();
+        // A pending member (multi-use token) is entitled once approved.
+        let entitled = |mc: &MembershipCert, id: &NodeId| !mc.pending || approved.contains(id);
         let mut out = BTreeMap::new();
         if let Ok(mine) = records::open_cert(&c.cert, &c.admin_public_key, Some(&self.node_id))
+            && entitled(&mine, &self.node_id)
             && let Some(i) = mine.share_index
         {
             out.insert(self.node_id.clone(), (i, c.cert.clone()));
@@ -82,6 +86,7 @@ impl Keys {
             }
             if let Some(cert) = &p.announcement.membership
                 && let Ok(mc) = records::open_cert(cert, &c.admin_public_key, Some(id))
+                && entitled(&mc, id)
                 && let Some(i) = mc.share_index
             {
                 out.insert(id.clone(), (i, cert.clone()));
@@ -237,6 +242,7 @@ impl Keys {
             ));
         }
         let removed = read(&self.removed).clone();
+        let approved = read(&self.approved).clone();
         let mut recipients = BTreeMap::new();
         let mut nodes = BTreeSet::new();
         for h in &plan.holders {
@@ -245,6 +251,13 @@ impl Keys {
             }
             let mc = records::open_cert(&h.cert, &c.admin_public_key, Some(&h.node_id))
                 .map_err(|e| format!("certificate of {}: {e}", h.node_id))?;
+            let holds_now = c.holders.get(&h.index) == Some(&h.node_id);
+            if mc.pending && !holds_now && !approved.contains(&h.node_id) {
+                return Err(refusal!(
+                    "{} joined with a multi-use token and is not approved as a share holder",
+                    h.node_id
+                ));
+            }
             if mc.share_index != Some(h.index) && c.holders.get(&h.index) != Some(&h.node_id) {
                 return Err(refusal!(
                     "{} is not entitled to share index {}",
@@ -286,12 +299,13 @@ impl Keys {
     }
 
     /// Runs a re-deal to `plan` and returns the signed key epoch record,
-    /// ready to commit through Raft. `password`: the operator's, when the
-    /// plan changes the policy.
+    /// ready to commit through Raft. `operator`: the operator's key, when
+    /// the plan changes the policy (it authorizes the new policy for this
+    /// epoch).
     pub async fn run_redeal(
         &self,
         mut plan: RedealPlan,
-        password: Option<&OperatorPassword>,
+        operator: Option<&OperatorKey>,
     ) -> Result<Signed, KeysError> {
         let _one = self.redealing.lock().await;
         let c = self
@@ -343,7 +357,14 @@ impl Keys {
         }
         plan.dealers = dealers.iter().map(|(i, _)| *i).collect();
         let session = random_hex(16)?;
-        let wire_password = password.map(|p| WireSecret::new(p.expose().to_owned()));
+        let auth = match operator {
+            Some(k) => Some(k.authorize(
+                &c.genesis.cluster,
+                bzzz_proto::cluster::POLICY_AUTH_KIND,
+                &bzzz_proto::cluster::policy_auth_target(plan.epoch, plan.policy),
+            )?),
+            None => None,
+        };
         hook("deal").await;
 
         // Step 1: deal.
@@ -354,7 +375,7 @@ impl Keys {
                     session: session.clone(),
                     plan: plan.clone(),
                     coordinator_cert: Some(c.cert.clone()),
-                    operator_password: wire_password.clone(),
+                    operator: auth.clone(),
                     current: c.epoch_record.clone(),
                 },
             )
@@ -480,7 +501,7 @@ impl Keys {
         let purpose = SignPurpose::KeyEpoch {
             body: text.clone(),
             certs: plan.holders.iter().map(|h| h.cert.clone()).collect(),
-            operator_password: wire_password,
+            operator: auth,
         };
         let signed = self.sign_record(Domain::KeyEpoch, text, purpose).await?;
         info!(
@@ -510,14 +531,11 @@ impl Keys {
         &self,
         peer: &NodeId,
         plan: &RedealPlan,
-        password: Option<&WireSecret>,
+        operator: Option<&OperatorAuth>,
     ) -> Result<KeysResponse, Refusal> {
         let c = self.cluster().ok_or_else(not_initialized)?;
         let share = self.valid_share()?;
-        let policy_ok = match password {
-            Some(p) if plan.policy != c.policy => self.password_ok(&c, p),
-            _ => false,
-        };
+        let policy_ok = self.policy_authorized(&c, plan.epoch, plan.policy, operator)?;
         let recipients = self.check_plan(&c, plan, policy_ok)?;
         if !plan.dealers.contains(&share.index()) {
             return Err("this node is not among the dealers".into());
@@ -649,12 +667,29 @@ impl Keys {
             .map_err(|e| format!("cannot record token uses: {e}"))
     }
 
-    /// Whether `p` is the operator credential (Argon2id; blocking).
-    pub(crate) fn password_ok(&self, c: &Cluster, p: &WireSecret) -> bool {
-        OperatorPassword::new(p.expose().to_owned()).is_ok_and(|p| {
-            self.hasher
-                .matches_blocking(p, c.genesis.operator_verifier.clone())
-        })
+    /// Whether the operator authorized a change of the threshold policy
+    /// to `policy` at `epoch` (no change needs no authorization; a bad
+    /// authorization is refused).
+    pub(crate) fn policy_authorized(
+        &self,
+        c: &Cluster,
+        epoch: u64,
+        policy: KeyPolicy,
+        operator: Option<&OperatorAuth>,
+    ) -> Result<bool, Refusal> {
+        match operator {
+            Some(a) if policy != c.policy => {
+                self.check_operator_auth(
+                    c,
+                    a,
+                    bzzz_proto::cluster::POLICY_AUTH_KIND,
+                    &bzzz_proto::cluster::policy_auth_target(epoch, policy),
+                    false,
+                )?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// Checks a key epoch record a signer is asked to sign: the next epoch,
@@ -666,7 +701,7 @@ impl Keys {
         c: &Cluster,
         body: &str,
         certs: &[Signed],
-        password: Option<&WireSecret>,
+        operator: Option<&OperatorAuth>,
     ) -> Result<Vec<u8>, Refusal> {
         let e: KeyEpoch = serde_json::from_str(body).map_err(|e| format!("key epoch: {e}"))?;
         e.validate()?;
@@ -692,10 +727,7 @@ impl Keys {
                 .collect(),
             dealers: e.dealt_by.keys().copied().collect(),
         };
-        let policy_ok = match password {
-            Some(p) if e.policy != c.policy => self.password_ok(c, p),
-            _ => false,
-        };
+        let policy_ok = self.policy_authorized(c, e.epoch, e.policy, operator)?;
         self.check_plan(c, &plan, policy_ok)?;
         let group = threshold::redeal_group(&c.group, &e.dealt_by, e.threshold)
             .map_err(|e| e.to_string())?;
@@ -779,6 +811,39 @@ impl Keys {
             }
         });
         mine.and_then(|change| self.mark_removed(&change).ok())
+    }
+
+    /// The pending members the operator approved as share holders (from
+    /// the Raft state).
+    pub fn set_approved(&self, approved: BTreeSet<NodeId>) {
+        *write(&self.approved) = approved;
+    }
+
+    /// Members in reach admitted by a multi-use token and not approved:
+    /// members that hold no share until the operator approves them.
+    pub fn pending_members(&self) -> BTreeSet<NodeId> {
+        let Some(c) = self.cluster() else {
+            return BTreeSet::new();
+        };
+        let approved = read(&self.approved).clone();
+        let mut out = BTreeSet::new();
+        if let Ok(mine) = records::open_cert(&c.cert, &c.admin_public_key, Some(&self.node_id))
+            && mine.pending
+            && !approved.contains(&self.node_id)
+        {
+            out.insert(self.node_id.clone());
+        }
+        for p in self.peers_in_reach() {
+            let id = &p.announcement.node_id;
+            if let Some(cert) = &p.announcement.membership
+                && let Ok(mc) = records::open_cert(cert, &c.admin_public_key, Some(id))
+                && mc.pending
+                && !approved.contains(id)
+            {
+                out.insert(id.clone());
+            }
+        }
+        out
     }
 
     /// Nodes removed from the cluster.

@@ -45,11 +45,7 @@ impl Keys {
                         ),
                     ));
                 }
-                // Approval may hash the operator password (Argon2id, tens of
-                // ms): keep it off the async workers' queues.
-                match tokio::task::block_in_place(|| {
-                    self.approve_and_commit(&peer, session, purpose)
-                }) {
+                match self.approve_and_commit(&peer, session, purpose) {
                     Ok(r) => r,
                     Err(e) => {
                         warn!(%peer, "refused to sign: {e}");
@@ -74,7 +70,7 @@ impl Keys {
                 session,
                 plan,
                 coordinator_cert,
-                operator_password,
+                operator,
                 current,
             } => match self
                 .check_member(&peer, coordinator_cert.as_ref())
@@ -82,9 +78,7 @@ impl Keys {
                     if let Some(rec) = &current {
                         self.adopt_epoch(rec)?;
                     }
-                    tokio::task::block_in_place(|| {
-                        self.redeal_deal_step(&peer, &plan, operator_password.as_ref())
-                    })
+                    self.redeal_deal_step(&peer, &plan, operator.as_ref())
                 }) {
                 Ok(r) => r,
                 Err(e) => {
@@ -190,26 +184,15 @@ impl Keys {
         };
         let now = unix_now();
         let mut token_use = None;
-        let check_password = |p: &WireSecret| -> Result<(), String> {
-            if self.password_ok(&c, p) {
-                Ok(())
-            } else {
-                Err("the operator credential is wrong".into())
-            }
-        };
         let message = match &purpose {
-            SignPurpose::Message {
-                message,
-                operator_password,
-            } => {
-                check_password(operator_password)?;
-                records::signing_bytes(Domain::OperatorMessage, message)
+            SignPurpose::Message { message, operator } => {
+                let bytes = records::signing_bytes(Domain::OperatorMessage, message);
+                self.check_operator_auth(&c, operator, "message", &bytes, true)?;
+                bytes
             }
-            SignPurpose::JoinToken {
-                body,
-                operator_password,
-            } => {
-                check_password(operator_password)?;
+            SignPurpose::JoinToken { body, operator } => {
+                let bytes = records::signing_bytes(Domain::JoinToken, body.as_bytes());
+                self.check_operator_auth(&c, operator, "join_token", &bytes, true)?;
                 let b: JoinTokenBody =
                     serde_json::from_str(body).map_err(|e| format!("token body: {e}"))?;
                 if b.cluster != c.genesis.cluster
@@ -221,28 +204,31 @@ impl Keys {
                 if b.expires_at + 30 <= now || b.expires_at > now + MAX_TOKEN_TTL.as_secs() + 30 {
                     return Err("token lifetime out of range".into());
                 }
-                records::signing_bytes(Domain::JoinToken, body.as_bytes())
+                bytes
             }
-            SignPurpose::AdminChange {
-                body,
-                operator_password,
-            } => {
-                check_password(operator_password)?;
+            SignPurpose::AdminChange { body, operator } => {
+                let bytes = records::signing_bytes(Domain::AdminChange, body.as_bytes());
+                self.check_operator_auth(&c, operator, "admin_change", &bytes, true)?;
                 let change: bzzz_proto::cluster::AdminChange =
                     serde_json::from_str(body).map_err(|e| format!("admin change: {e}"))?;
                 if change.cluster != c.genesis.cluster {
                     return Err("admin change is for another cluster".into());
                 }
-                if let bzzz_proto::cluster::AdminAction::PutRole { role } = &change.action {
-                    role.validate()?;
+                match &change.action {
+                    bzzz_proto::cluster::AdminAction::PutRole { role } => role.validate()?,
+                    bzzz_proto::cluster::AdminAction::SetOperatorKey { public_key } => {
+                        bzzz_crypto::access::check_public_hex(public_key)
+                            .map_err(|e| format!("new operator key: {e}"))?;
+                    }
+                    _ => {}
                 }
-                records::signing_bytes(Domain::AdminChange, body.as_bytes())
+                bytes
             }
             SignPurpose::KeyEpoch {
                 body,
                 certs,
-                operator_password,
-            } => self.check_epoch_body(&c, body, certs, operator_password.as_ref())?,
+                operator,
+            } => self.check_epoch_body(&c, body, certs, operator.as_ref())?,
             SignPurpose::AuditCheckpoint { body } => {
                 let cp: bzzz_proto::access::AuditCheckpoint =
                     serde_json::from_str(body).map_err(|e| format!("checkpoint: {e}"))?;
@@ -293,6 +279,11 @@ impl Keys {
                     && self.claimed_indices().contains(&i)
                 {
                     return Err(refusal!("share index {i} is taken"));
+                }
+                if t.uses > 1 && !cert.pending {
+                    return Err(
+                        "a token that admits more than one node admits pending members only".into(),
+                    );
                 }
                 if cert.cluster != c.genesis.cluster
                     || cert.admin_public_key != c.genesis.admin_public_key
@@ -431,6 +422,9 @@ impl Keys {
             issued_at: unix_now(),
             share_index: Some(index),
             age_recipient: Some(age_recipient),
+            // A token that admits more than one node was not the
+            // operator's act for this node: no share until approved.
+            pending: body.uses > 1,
         };
         let text = records::body_text(&cert).map_err(|e| e.to_string())?;
         let bytes = records::signing_bytes(Domain::MembershipCert, text.as_bytes());

@@ -208,18 +208,26 @@ impl Keys {
         }
     }
 
+    /// The name of the cluster this node belongs to (409 before setup).
+    fn cluster_name(&self) -> Result<String, KeysError> {
+        self.cluster()
+            .map(|c| c.genesis.cluster)
+            .ok_or_else(|| err(ErrorKind::Conflict, "the cluster is not initialized yet"))
+    }
+
     /// Signs an operator message (operator-authorized).
     pub async fn sign_message(
         &self,
         message: Vec<u8>,
-        password: &OperatorPassword,
+        operator: &OperatorKey,
         signers: Option<Vec<NodeId>>,
     ) -> Result<ThresholdSignature, KeysError> {
         let bytes = records::signing_bytes(Domain::OperatorMessage, &message);
+        let auth = operator.authorize(&self.cluster_name()?, "message", &bytes)?;
         self.threshold_sign(
             SignPurpose::Message {
                 message,
-                operator_password: WireSecret::new(password.expose().to_owned()),
+                operator: auth,
             },
             bytes,
             signers,
@@ -232,13 +240,18 @@ impl Keys {
     pub async fn sign_admin_change(
         &self,
         change: &bzzz_proto::cluster::AdminChange,
-        password: &OperatorPassword,
+        operator: &OperatorKey,
     ) -> Result<Signed, KeysError> {
         let text =
             records::body_text(change).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let auth = operator.authorize(
+            &self.cluster_name()?,
+            "admin_change",
+            &records::signing_bytes(Domain::AdminChange, text.as_bytes()),
+        )?;
         let purpose = SignPurpose::AdminChange {
             body: text.clone(),
-            operator_password: WireSecret::new(password.expose().to_owned()),
+            operator: auth,
         };
         self.sign_record(Domain::AdminChange, text, purpose).await
     }
@@ -283,7 +296,7 @@ impl Keys {
         &self,
         ttl: Duration,
         uses: u32,
-        password: &OperatorPassword,
+        operator: &OperatorKey,
     ) -> Result<(String, JoinTokenBody), KeysError> {
         if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
             return Err(err(
@@ -312,9 +325,14 @@ impl Keys {
         };
         let text =
             records::body_text(&body).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let auth = operator.authorize(
+            &c.genesis.cluster,
+            "join_token",
+            &records::signing_bytes(Domain::JoinToken, text.as_bytes()),
+        )?;
         let purpose = SignPurpose::JoinToken {
             body: text.clone(),
-            operator_password: WireSecret::new(password.expose().to_owned()),
+            operator: auth,
         };
         let signed = self.sign_record(Domain::JoinToken, text, purpose).await?;
         let token =

@@ -23,13 +23,16 @@ fn node_with(dir: &Path, key: &bzzz_crypto::NodeKey) -> Keys {
 /// A one-member cluster dealt to `k` (t = 1, n = 1) by a fresh master key.
 fn bundle_for(k: &Keys, cluster: &str) -> (InstallBundle, String) {
     let master = MasterKey::generate().expect("master");
-    let verifier = OperatorPassword::new(PASSWORD.into())
-        .expect("pw")
-        .verifier()
-        .expect("verifier");
+    let operator = hex::encode(
+        OperatorPassword::new(PASSWORD.into())
+            .expect("pw")
+            .operator_key(cluster)
+            .expect("key")
+            .public(),
+    );
     let members = vec![(k.node_id().clone(), k.age_recipient())];
     let (holders, mut bundles) =
-        ceremony::deal(&master, cluster, 1, 1, verifier, &members).expect("deal");
+        ceremony::deal(&master, cluster, 1, 1, operator, &members).expect("deal");
     assert_eq!(holders.len(), 1);
     let admin = hex::encode(master.admin_key().public());
     (bundles.remove(0).1, admin)
@@ -156,6 +159,7 @@ fn setup_parameters_are_checked_and_the_words_are_shown_once() {
         cluster: cluster.into(),
         threshold: t,
         shares: n,
+        holders: Vec::new(),
         operator_password: OperatorPassword::new_for_setup(PASSWORD.into()).expect("pw"),
         recover_from: None,
     };
@@ -189,14 +193,15 @@ async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
     let pw = || OperatorPassword::new(PASSWORD.into()).expect("pw");
     let wrong = || OperatorPassword::new("not the password at all".into()).expect("pw");
     assert_eq!(
-        k.check_operator("c", Some(pw()))
+        k.operator_login("c", Some(pw()))
             .await
             .expect_err("no cluster")
             .kind,
         ErrorKind::Conflict
     );
+    let stranger = OperatorKey::from(bzzz_crypto::NodeKey::generate().expect("key"));
     assert_eq!(
-        k.sign_message(vec![1], &pw(), None)
+        k.sign_message(vec![1], &stranger, None)
             .await
             .expect_err("no cluster")
             .kind,
@@ -205,15 +210,17 @@ async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
     let (b, admin) = bundle_for(&k, "lab");
     k.install(&b, None).expect("install");
     assert_eq!(
-        k.check_operator("c", None).await.expect_err("none").kind,
+        k.operator_login("c", None).await.expect_err("none").kind,
         ErrorKind::Unauthorized
     );
-    k.check_operator("c", Some(pw()))
+    let key = k
+        .operator_login("c", Some(pw()))
         .await
         .expect("right password");
+    assert_eq!(format!("{key:?}"), "OperatorKey(..)");
     for _ in 0..limiter::FAILURES_PER_WINDOW {
         assert_eq!(
-            k.check_operator("c", Some(wrong()))
+            k.operator_login("c", Some(wrong()))
                 .await
                 .expect_err("wrong")
                 .kind,
@@ -221,21 +228,21 @@ async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
         );
     }
     assert_eq!(
-        k.check_operator("c", Some(pw()))
+        k.operator_login("c", Some(pw()))
             .await
             .expect_err("limited")
             .kind,
         ErrorKind::Limited
     );
-    k.check_operator("other client", Some(pw()))
+    k.operator_login("other client", Some(pw()))
         .await
         .expect("not limited");
 
     // t = 1: this node alone signs, approving through its own signer path
-    // (which checks the operator password again); plain Ed25519 verifies.
+    // (which checks the operator's authorization); plain Ed25519 verifies.
     let me = k.node_id().clone();
     let sig = k
-        .sign_message(b"hello".to_vec(), &pw(), Some(vec![me.clone()]))
+        .sign_message(b"hello".to_vec(), &key, Some(vec![me.clone()]))
         .await
         .expect("sign");
     assert_eq!(sig.admin_public_key, admin);
@@ -248,9 +255,9 @@ async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
     let msg = hex::decode(&sig.signed_bytes_hex).expect("hex");
     bzzz_crypto::verify_ed25519(&pk, &msg, &raw).expect("verifies");
     let refused = k
-        .sign_message(b"hello".to_vec(), &wrong(), Some(vec![me]))
+        .sign_message(b"hello".to_vec(), &stranger, Some(vec![me.clone()]))
         .await
-        .expect_err("wrong password");
+        .expect_err("another key");
     assert_eq!(refused.kind, ErrorKind::Peer, "{refused}");
     // A lone holder: custody needs no re-deal, and the status warns that
     // this node alone holds the key.
@@ -264,6 +271,80 @@ async fn operator_checks_limit_failures_and_a_one_of_one_key_signs() {
         st.warnings.iter().any(|w| w.contains("only this node")),
         "{st:?}"
     );
+}
+
+/// The exploit of issue #22: a signer that records every request it is
+/// sent during admin signatures learns nothing that signs anything else.
+/// Before operator keys the requests carried the operator password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_operator_authorization_signs_nothing_else() {
+    let dir = tempfile::tempdir().expect("dir");
+    let k = node(dir.path());
+    let (b, _) = bundle_for(&k, "lab");
+    k.install(&b, None).expect("install");
+    let key = k
+        .operator_login(
+            "c",
+            Some(OperatorPassword::new(PASSWORD.into()).expect("pw")),
+        )
+        .await
+        .expect("login");
+    let me = k.node_id().clone();
+    // What a signer receives: the purpose, with the authorization.
+    let mut recorded = Vec::new();
+    for i in 0..10u8 {
+        let message = vec![i];
+        let bytes = records::signing_bytes(Domain::OperatorMessage, &message);
+        let auth = key.authorize("lab", "message", &bytes).expect("auth");
+        let purpose = SignPurpose::Message {
+            message,
+            operator: auth,
+        };
+        let text = serde_json::to_string(&purpose).expect("json");
+        assert!(!text.contains(PASSWORD), "no password on the wire");
+        k.approve_and_commit(&me, format!("s{i}"), purpose.clone())
+            .expect("the operator's request");
+        recorded.push(purpose);
+    }
+    // Replayed as is: refused (the nonce was taken).
+    let e = k
+        .approve_and_commit(&me, "replay".into(), recorded[0].clone())
+        .expect_err("replay");
+    assert!(e.reason.contains("used already"), "{e:?}");
+    // Its authorization on another message, or as another purpose: refused.
+    let SignPurpose::Message { operator, .. } = recorded[9].clone() else {
+        unreachable!()
+    };
+    for forged in [
+        SignPurpose::Message {
+            message: b"transfer everything".to_vec(),
+            operator: operator.clone(),
+        },
+        SignPurpose::AdminChange {
+            body: "{}".into(),
+            operator: operator.clone(),
+        },
+    ] {
+        let e = k
+            .approve_and_commit(&me, "forged".into(), forged)
+            .expect_err("forged");
+        assert!(e.reason.contains("does not verify"), "{e:?}");
+    }
+    // A stale one (an old recording): refused for its time.
+    let bytes = records::signing_bytes(Domain::OperatorMessage, b"late");
+    let mut late = key.authorize("lab", "message", &bytes).expect("auth");
+    late.time -= bzzz_proto::cluster::OPERATOR_AUTH_WINDOW_SECS + 5;
+    let e = k
+        .approve_and_commit(
+            &me,
+            "late".into(),
+            SignPurpose::Message {
+                message: b"late".to_vec(),
+                operator: late,
+            },
+        )
+        .expect_err("stale");
+    assert!(e.reason.contains("not fresh"), "{e:?}");
 }
 
 #[test]

@@ -325,7 +325,9 @@ pub struct DeployStarted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
     pub node_id: NodeId,
-    /// `member` (in sight), `gone` (out of sight) or `removed`.
+    /// `member` (in sight), `pending` (in sight, admitted by a multi-use
+    /// token and not yet approved as a share holder), `gone` (out of
+    /// sight) or `removed`.
     pub state: String,
     /// Its share index in the current key epoch, if it holds one.
     pub share_index: Option<u16>,

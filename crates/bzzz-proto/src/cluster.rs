@@ -77,10 +77,17 @@ pub struct Genesis {
     /// policies: `None`, read as the threshold they name, fixed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<KeyPolicy>,
-    /// Argon2id PHC string of the operator credential. Nodes check operator
-    /// requests against it; it is not secret, but it is a brute-force target,
-    /// hence the memory-hard hash.
+    /// Argon2id PHC string of the operator password, in clusters set up
+    /// before operator keys; empty since (see `operator_public_key`).
+    #[serde(default)]
     pub operator_verifier: String,
+    /// The public key (hex) the operator password derives at setup
+    /// (Argon2id, see `bzzz_crypto::operator`). Threshold signers check the
+    /// operator's authorizations against it until an admin change
+    /// ([`AdminAction::SetOperatorKey`]) replaces it. Not secret, but a
+    /// brute-force target, hence the memory-hard derivation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_public_key: Option<String>,
     /// Unix seconds.
     pub created_at: u64,
 }
@@ -102,6 +109,12 @@ pub struct MembershipCert {
     /// secrets for this node are sealed to it and no one else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_recipient: Option<String>,
+    /// Admitted by a token that admits more than one node (issue #22): a
+    /// member, but it holds no share until the operator approves it
+    /// ([`AdminAction::ApproveMember`]). A single-use token is the
+    /// operator's act for one node; a shared one could be spent on sybils.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// A join token's signed content.
@@ -311,39 +324,74 @@ pub struct PlannedHolder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SignPurpose {
-    /// An operator message (authorized by the operator credential).
+    /// An operator message (authorized by the operator's key).
     Message {
         message: Vec<u8>,
-        operator_password: WireSecret,
+        operator: OperatorAuth,
     },
-    /// A join token body (authorized by the operator credential).
+    /// A join token body (authorized by the operator's key).
     JoinToken {
         body: String,
-        operator_password: WireSecret,
+        operator: OperatorAuth,
     },
     /// A membership certificate body (authorized by a valid join token).
     Certificate { body: String, token: WireSecret },
-    /// An admin change ([`AdminChange`] JSON; authorized by the operator
-    /// credential).
+    /// An admin change ([`AdminChange`] JSON; authorized by the operator's
+    /// key).
     AdminChange {
         body: String,
-        operator_password: WireSecret,
+        operator: OperatorAuth,
     },
     /// A key epoch record ([`KeyEpoch`] JSON) made by a re-deal. Authorized
     /// by the signers' own checks (holders follow membership, threshold
     /// follows the policy, commitment follows from the dealers'); a policy
-    /// change also needs the operator credential.
+    /// change also needs the operator's authorization of the new policy.
     KeyEpoch {
         body: String,
         /// Certificates of holders that are new in this epoch.
         certs: Vec<Signed>,
         #[serde(default)]
-        operator_password: Option<WireSecret>,
+        operator: Option<OperatorAuth>,
     },
     /// A checkpoint of the audit chain ([`crate::access::AuditCheckpoint`]
     /// JSON). Authorized by the signer's own check: its copy of the chain
     /// holds that entry with that hash (it attests only what it holds).
     AuditCheckpoint { body: String },
+}
+
+/// The operator's authorization of one threshold signature, signed by the
+/// key the operator password derives (see `bzzz_crypto::operator`). It
+/// carries no secret: a signer that keeps it can only have the same
+/// message signed again, within [`OPERATOR_AUTH_WINDOW_SECS`], and every
+/// signer takes a nonce once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorAuth {
+    /// Unix seconds when the operator's node signed it.
+    pub time: u64,
+    /// 16 random bytes, hex.
+    pub nonce: String,
+    /// Ed25519 signature (hex) over `bzzz_crypto::operator::auth_bytes`.
+    pub signature: String,
+}
+
+/// How far an [`OperatorAuth`]'s time may be from a signer's clock.
+pub const OPERATOR_AUTH_WINDOW_SECS: u64 = 120;
+
+/// The kind an operator authorization of a re-deal's policy names (its
+/// target is [`policy_auth_target`]).
+pub const POLICY_AUTH_KIND: &str = "key_policy";
+
+/// What the operator authorizes when a re-deal changes the threshold
+/// policy: the new epoch and policy. The epoch makes it single-use (each
+/// epoch is dealt once).
+pub fn policy_auth_target(epoch: u64, policy: KeyPolicy) -> Vec<u8> {
+    let mut out = epoch.to_be_bytes().to_vec();
+    out.extend_from_slice(
+        serde_json::to_string(&policy)
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    out
 }
 
 impl SignPurpose {
@@ -419,9 +467,9 @@ pub enum KeysRequest {
         plan: RedealPlan,
         #[serde(default)]
         coordinator_cert: Option<Signed>,
-        /// The operator credential, when the plan changes the policy.
+        /// The operator's authorization, when the plan changes the policy.
         #[serde(default)]
-        operator_password: Option<WireSecret>,
+        operator: Option<OperatorAuth>,
         /// The current epoch's record, for a dealer that has not applied it
         /// yet (checked like any epoch record).
         #[serde(default)]
@@ -693,6 +741,12 @@ pub enum AdminAction {
     RoleKeys {},
     /// A change to users or API keys made by the operator.
     Access { change: crate::access::AccessChange },
+    /// A new operator password: the public key it derives (hex). Signed
+    /// under the old one; the old password stops working on every node.
+    SetOperatorKey { public_key: String },
+    /// The operator approves a pending member (admitted by a multi-use
+    /// token) as a share holder; the admin key is then re-dealt to it.
+    ApproveMember { node_id: NodeId },
 }
 
 impl AdminAction {
@@ -708,6 +762,8 @@ impl AdminAction {
             AdminAction::RemoveMember { node_id } => format!("remove member {node_id}"),
             AdminAction::RoleKeys {} => "add role keys".to_owned(),
             AdminAction::Access { change } => change.summary(),
+            AdminAction::SetOperatorKey { .. } => "change the operator password".to_owned(),
+            AdminAction::ApproveMember { node_id } => format!("approve member {node_id}"),
         }
     }
 }

@@ -401,27 +401,32 @@ impl Lab {
     }
 
     /// `bzzz init` through host `i`'s API (inside its namespace), with the
-    /// operator password written to a file in the lab dir.
+    /// operator password written to a file in the lab dir; every peer in
+    /// host `i`'s view holds a share.
     pub fn init_cluster(&self, i: usize, cluster: &str, password: &str) -> anyhow::Result<()> {
         let pw = self.dir.path().join("operator-password");
         std::fs::write(&pw, format!("{password}\n"))?;
         crate::act_as_operator(&pw, password);
         let api = format!("http://{}:8080", self.host(i).ip);
         let bin = self.bin.to_string_lossy().into_owned();
-        let out = self.exec(
-            i,
-            &[
-                &bin,
-                "init",
-                "--api",
-                &api,
-                "--cluster",
-                cluster,
-                "--operator-password-file",
-                &pw.to_string_lossy(),
-                "--json",
-            ],
-        )?;
+        let pw = pw.to_string_lossy().into_owned();
+        // The lab trusts every node of its own in view to hold a share.
+        let peers = self.cli_peer_ids(i)?;
+        let mut args = vec![
+            bin.as_str(),
+            "init",
+            "--api",
+            &api,
+            "--cluster",
+            cluster,
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ];
+        for p in &peers {
+            args.extend(["--holder", p.as_str()]);
+        }
+        let out = self.exec(i, &args)?;
         if !out.status.success() {
             bail!("bzzz init: {}", String::from_utf8_lossy(&out.stderr));
         }

@@ -373,20 +373,44 @@ impl LocalCluster {
         let pw = pw.to_string_lossy().into_owned();
         let bin = self.bin.to_string_lossy().into_owned();
         let api = self.nodes[i].api();
-        cli_json(
-            &bin,
-            &[
-                "init",
-                "--api",
-                &api,
-                "--cluster",
-                "lab",
-                "--operator-password-file",
-                &pw,
-                "--json",
-            ],
-        );
+        let mut args = vec![
+            "init",
+            "--api",
+            &api,
+            "--cluster",
+            "lab",
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(self.holder_args(i));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_json(&bin, &args);
         Ok(pw)
+    }
+
+    /// `--holder ID` for every node but `i`: the harness trusts all its
+    /// own nodes to hold shares when node `i` runs setup.
+    pub fn holder_args(&self, i: usize) -> Vec<String> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .flat_map(|(_, n)| ["--holder".to_owned(), n.node_id().to_owned()])
+            .collect()
+    }
+
+    /// The node ids of every node but `i` (a setup's `holders`).
+    pub fn holder_ids(&self, i: usize) -> Vec<String> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.node_id().to_owned())
+            .collect()
     }
 
     /// `bzzz model add FILE --name NAME [extra…] --json` through node `i`.

@@ -70,22 +70,19 @@ fn bench_bzzz(n: usize, ops: usize, value: &str) -> anyhow::Result<(Vec<Duration
         Duration::from_secs(2),
         || {
             let _ = c.wait_formed(Duration::from_secs(30));
-            bzzz_testkit::cli(
-                BIN,
-                &[
-                    "init",
-                    "--api",
-                    &api0,
-                    "--cluster",
-                    "lab",
-                    "--operator-password-file",
-                    &pw,
-                    "--json",
-                ],
-            )
-            .status
-            .success()
-            .then_some(())
+            let holders = c.holder_args(0);
+            let mut args = vec![
+                "init",
+                "--api",
+                &api0,
+                "--cluster",
+                "lab",
+                "--operator-password-file",
+                &pw,
+                "--json",
+            ];
+            args.extend(holders.iter().map(String::as_str));
+            bzzz_testkit::cli(BIN, &args).status.success().then_some(())
         },
     )?;
     let ids: Vec<String> = (0..n).map(|i| c.nodes[i].node_id().to_owned()).collect();

@@ -54,23 +54,24 @@ fn main() -> anyhow::Result<()> {
     let pw = c.dir.path().join("operator-password");
     std::fs::write(&pw, format!("{PASSWORD}\n"))?;
     bzzz_testkit::act_as_operator(&pw, PASSWORD);
-    let out = bzzz_testkit::cli(
-        &bin.to_string_lossy(),
-        &[
-            "init",
-            "--api",
-            &c.nodes[0].api(),
-            "--cluster",
-            "idle",
-            "--threshold",
-            "3",
-            "--shares",
-            "5",
-            "--operator-password-file",
-            &pw.to_string_lossy(),
-            "--json",
-        ],
-    );
+    let (api, pw) = (c.nodes[0].api(), pw.to_string_lossy().into_owned());
+    let holders = c.holder_args(0);
+    let mut args = vec![
+        "init",
+        "--api",
+        &api,
+        "--cluster",
+        "idle",
+        "--threshold",
+        "3",
+        "--shares",
+        "5",
+        "--operator-password-file",
+        &pw,
+        "--json",
+    ];
+    args.extend(holders.iter().map(String::as_str));
+    let out = bzzz_testkit::cli(&bin.to_string_lossy(), &args);
     anyhow::ensure!(out.status.success(), "init failed: {out:?}");
     // One leader agreed by all, with 5 voters and the inventory recorded.
     let leader = wait_until(

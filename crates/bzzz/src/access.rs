@@ -53,9 +53,9 @@ pub struct Caller {
     /// `admin`, `user:NAME` or `key:ID` (the audit log's principal).
     pub id: String,
     pub roles: Vec<String>,
-    /// The operator password, when the caller is the operator with it
-    /// (threshold signers check it).
-    pub operator: Option<OperatorPassword>,
+    /// The operator's key (derived from the operator password), when the
+    /// caller is the operator: it authorizes threshold signatures.
+    pub operator: Option<bzzz_keys::OperatorKey>,
     /// The `Authorization` header, to forward with a request this node
     /// hands to another (the other node checks it itself; a web session
     /// has none).
@@ -120,7 +120,11 @@ impl Caller {
 
 struct Cached {
     id: String,
+    /// The user's verifier, or the operator's public key, the password
+    /// was checked against (a change misses the cache).
     verifier: String,
+    /// The operator's key the password derives (the operator only).
+    operator: Option<bzzz_keys::OperatorKey>,
     until: Instant,
 }
 
@@ -396,9 +400,15 @@ impl Access {
         };
         let verifier = match verifier {
             Some(v) => v,
-            None => match st.keys.cluster() {
-                Some(c) => c.genesis.operator_verifier.clone(),
-                None => {
+            None => match (st.keys.cluster(), st.keys.operator_public_key()) {
+                (Some(_), Some(k)) => k,
+                (Some(_), None) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "this cluster was set up by a BZZZ without operator keys: set it up again",
+                    ));
+                }
+                (None, _) => {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
                         "the cluster is not initialized yet; run setup",
@@ -407,42 +417,49 @@ impl Access {
             },
         };
         let slot = self.cache_slot(&id, pw.expose());
-        let hit = lock(&self.cache)
+        let cached = lock(&self.cache)
             .get(&slot)
-            .is_some_and(|c| c.id == id && c.verifier == verifier && c.until > Instant::now());
-        if !hit {
-            match &user_rec {
-                Some(_) => {
-                    self.tried(
-                        &id,
-                        st.keys.check_password(client, pw.clone(), verifier.clone()),
-                    )
-                    .await?
-                }
-                None => {
-                    self.tried(&id, st.keys.check_operator(client, Some(pw.clone())))
-                        .await?
-                }
-            }
-            let mut c = lock(&self.cache);
-            if c.len() >= CACHE_MAX {
-                let now = Instant::now();
-                c.retain(|_, v| v.until > now);
+            .filter(|c| c.id == id && c.verifier == verifier && c.until > Instant::now())
+            .map(|c| c.operator.clone());
+        let operator_key = match cached {
+            Some(k) => k,
+            None => {
+                let k = match &user_rec {
+                    Some(_) => {
+                        self.tried(
+                            &id,
+                            st.keys.check_password(client, pw.clone(), verifier.clone()),
+                        )
+                        .await?;
+                        None
+                    }
+                    None => Some(
+                        self.tried(&id, st.keys.operator_login(client, Some(pw.clone())))
+                            .await?,
+                    ),
+                };
+                let mut c = lock(&self.cache);
                 if c.len() >= CACHE_MAX {
-                    c.clear();
+                    let now = Instant::now();
+                    c.retain(|_, v| v.until > now);
+                    if c.len() >= CACHE_MAX {
+                        c.clear();
+                    }
                 }
+                c.insert(
+                    slot,
+                    Cached {
+                        id: id.clone(),
+                        verifier,
+                        operator: k.clone(),
+                        until: Instant::now() + CACHE_TTL,
+                    },
+                );
+                k
             }
-            c.insert(
-                slot,
-                Cached {
-                    id: id.clone(),
-                    verifier,
-                    until: Instant::now() + CACHE_TTL,
-                },
-            );
-        }
-        Ok(Some(match user_rec {
-            Some(u) => Caller {
+        };
+        Ok(Some(match (user_rec, operator_key) {
+            (Some(u), _) => Caller {
                 id,
                 roles: u.roles,
                 operator: None,
@@ -450,7 +467,13 @@ impl Access {
                 proof: Some(ProofKey::User(u.name, pw)),
                 csrf: None,
             },
-            None => operator(pw, forward),
+            (None, Some(k)) => operator(k, forward),
+            (None, None) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "operator key missing from the credential cache",
+                ));
+            }
         }))
     }
 
@@ -459,8 +482,13 @@ impl Access {
     fn session(&self, st: &crate::state::AppState, id: &str) -> Option<Caller> {
         let (who, csrf) = self.sessions.get(id)?;
         match who {
-            crate::sessions::Who::Operator(pw) => {
-                let mut c = operator(pw, None);
+            crate::sessions::Who::Operator(key) => {
+                // A replaced operator password ends the operator's sessions.
+                if st.keys.operator_public_key().as_deref() != Some(key.public_hex().as_str()) {
+                    self.sessions.close(id);
+                    return None;
+                }
+                let mut c = operator(key, None);
                 c.csrf = Some(csrf);
                 Some(c)
             }
@@ -532,22 +560,15 @@ impl Access {
             // Only `admin` (or an empty name) is the operator here: a
             // mistyped user name must not be tried as the operator's.
             None if name.is_empty() || name == ADMIN_USER => {
-                self.tried(
-                    ADMIN_USER,
-                    st.keys.check_operator(client, Some(password.clone())),
-                )
-                .await?;
-                crate::sessions::Who::Operator(password)
+                let key = self
+                    .tried(ADMIN_USER, st.keys.operator_login(client, Some(password)))
+                    .await?;
+                crate::sessions::Who::Operator(key)
             }
             None => {
-                // The same work and answer as a wrong password, so a
-                // login does not tell which user names exist.
-                let dummy = st
-                    .keys
-                    .cluster()
-                    .map(|c| c.genesis.operator_verifier.clone())
-                    .unwrap_or_default();
-                let _ = st.keys.check_password(client, password, dummy).await;
+                // Work and an answer like a wrong password's, so a login
+                // does not tell which user names exist.
+                let _ = st.keys.derive_operator_key(name, password).await;
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "wrong user name or password",
@@ -606,11 +627,11 @@ impl Access {
     }
 }
 
-fn operator(pw: OperatorPassword, forward: Option<zeroize::Zeroizing<String>>) -> Caller {
+fn operator(key: bzzz_keys::OperatorKey, forward: Option<zeroize::Zeroizing<String>>) -> Caller {
     Caller {
         id: ADMIN_USER.to_owned(),
         roles: vec![ADMIN_ROLE.to_owned()],
-        operator: Some(pw),
+        operator: Some(key),
         forward,
         proof: None,
         csrf: None,

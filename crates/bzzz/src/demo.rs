@@ -355,7 +355,16 @@ async fn init_demo_cluster(nodes: &[DemoNode], dir: &Path) -> anyhow::Result<Dem
     let started: bzzz_proto::api::SetupStarted = crate::cli::client::post(
         &api,
         "/api/v1/setup",
-        &serde_json::json!({ "cluster": "demo", "operator_password": &*password }),
+        // Every demo node is this run's own: each holds a share.
+        &serde_json::json!({
+            "cluster": "demo",
+            "operator_password": &*password,
+            "holders": nodes
+                .iter()
+                .skip(1)
+                .filter_map(|n| n.info.as_ref().map(|i| i.node_id.to_string()))
+                .collect::<Vec<_>>(),
+        }),
         None,
     )
     .await?;

@@ -107,6 +107,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Member { cmd } => report(match cmd {
             MemberCmd::Ls(a) => bzzz::cli::members::ls(&a).await,
             MemberCmd::Remove(a) => bzzz::cli::members::remove(&a).await,
+            MemberCmd::Approve(a) => bzzz::cli::members::approve(&a).await,
         }),
         Cmd::Token {
             cmd: TokenCmd::Create(a),

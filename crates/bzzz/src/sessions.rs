@@ -8,11 +8,10 @@
 //!   login), never the password; the session ends as soon as the user is
 //!   removed or its verifier changes (checked on every use against the
 //!   replicated state), or when the user logs out everywhere;
-//! * the operator (`admin`): the operator password, because the threshold
-//!   signers still check it for every admin signature. That ends with the
-//!   custody issue's signer authorization (a request signed by the
-//!   principal's own key); until then the password lives in this node's
-//!   memory only, zeroized when the session ends.
+//! * the operator (`admin`): the operator's key the password derives
+//!   (Argon2id, once at login), which authorizes threshold signatures;
+//!   never the password. The session ends when the operator password is
+//!   replaced (the key in force changes).
 //!
 //! A session ends 30 minutes after its last use and 12 hours after login
 //! at most. One principal holds at most [`MAX_PER_PRINCIPAL`] sessions
@@ -25,8 +24,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use bzzz_crypto::operator::OperatorPassword;
 
 /// A session's longest life.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -60,9 +57,8 @@ impl std::fmt::Display for OpenError {
 /// Who a session is for.
 #[derive(Clone)]
 pub enum Who {
-    /// The operator, user `admin` (see the module doc for why the
-    /// password).
-    Operator(OperatorPassword),
+    /// The operator, user `admin`, with the key its password derives.
+    Operator(bzzz_keys::OperatorKey),
     /// A user: name, the verifier it logged in against, and the key its
     /// password derives (signs the user's own access changes).
     User {
@@ -230,14 +226,14 @@ mod tests {
         assert!(format!("{:?}", s.get(&c).map(|x| x.0)).contains("bob"));
     }
 
+    fn operator_key() -> bzzz_keys::OperatorKey {
+        bzzz_keys::OperatorKey::from(bzzz_crypto::NodeKey::generate().expect("key"))
+    }
+
     #[test]
     fn a_principal_ends_only_its_own_sessions_and_a_full_node_refuses() {
         let s = Sessions::default();
-        let (operator, _) = s
-            .open(Who::Operator(
-                OperatorPassword::new("a long operator password".into()).expect("pw"),
-            ))
-            .expect("open");
+        let (operator, _) = s.open(Who::Operator(operator_key())).expect("open");
         // One user logging in again and again ends only its own oldest.
         let (first, _) = s.open(user("mallory")).expect("open");
         for _ in 0..MAX_SESSIONS {
@@ -254,9 +250,7 @@ mod tests {
         assert_eq!(s.len(), MAX_SESSIONS);
         assert!(matches!(s.open(user("late")), Err(OpenError::Full)));
         assert!(s.get(&operator).is_some());
-        s.open(Who::Operator(
-            OperatorPassword::new("a long operator password".into()).expect("pw"),
-        ))
-        .expect("the operator still logs in");
+        s.open(Who::Operator(operator_key()))
+            .expect("the operator still logs in");
     }
 }

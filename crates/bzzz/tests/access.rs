@@ -584,14 +584,22 @@ fn a_revoked_key_is_refused_by_every_node_within_two_seconds() {
         )
         .unwrap_or_else(|e| panic!("{e}: node {}", n.node_id()));
     }
-    // She may not change another's; the operator may change hers, not
-    // its own (yet).
+    // She may not change another's, nor the operator's; the operator may
+    // change hers.
     let (code, body) = call(
         &addr2,
         "POST",
         "/api/v1/users/bob/password",
         Some(&new),
         r#"{"password":"not bob's password at all"}"#,
+    );
+    assert_eq!(code, 403, "{body}");
+    let (code, body) = call(
+        &addr2,
+        "POST",
+        "/api/v1/users/admin/password",
+        Some(&new),
+        r#"{"password":"alice wants to be the operator"}"#,
     );
     assert_eq!(code, 403, "{body}");
     let pwf2 = c.dir.path().join("alice-password-2");
@@ -610,19 +618,72 @@ fn a_revoked_key_is_refused_by_every_node_within_two_seconds() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // The operator's own password (issue #22): an admin change signed
+    // under the old one. The old one is then refused on every node within
+    // 2 s, and threshold signing works with the new one.
+    let new_op = c.dir.path().join("operator-password-2");
+    std::fs::write(&new_op, "the operator's second password\n").expect("pw");
     let out = cli(&[
         "user",
         "passwd",
         "admin",
         "--new-password-file",
-        &pwf2.to_string_lossy(),
+        &new_op.to_string_lossy(),
         "--api",
-        &c.nodes[0].api(),
+        &c.nodes[2].api(),
     ]);
     assert!(
-        !out.status.success(),
-        "the operator password is not changed yet"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let changed = Instant::now();
+    let old_op = basic_operator();
+    let new_op_auth = {
+        use base64::Engine as _;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode("admin:the operator's second password")
+        )
+    };
+    for n in &c.nodes {
+        let a = n.api_addr();
+        wait_until(
+            "the old operator password is refused, the new one works",
+            Duration::from_secs(2).saturating_sub(changed.elapsed()),
+            Duration::from_millis(20),
+            || {
+                (call(&a, "GET", "/api/v1/whoami", Some(&old_op), "").0 == 401
+                    && call(&a, "GET", "/api/v1/whoami", Some(&new_op_auth), "").0 == 200)
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: node {}\n{}", n.node_id(), c.logs()));
+    }
+    let with = |file: &Path| {
+        cli(&[
+            "apikey",
+            "create",
+            "--role",
+            "observer",
+            "--api",
+            &c.nodes[1].api(),
+            "--operator-password-file",
+            &file.to_string_lossy(),
+            "--json",
+        ])
+    };
+    let out = with(&new_op);
+    assert!(
+        out.status.success(),
+        "threshold signing with the new password: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old_file = c.dir.path().join("operator-password");
+    let out = with(&old_file);
+    assert!(!out.status.success(), "the old password signs nothing");
 }
 
 fn audit_head(c: &LocalCluster, i: usize) -> Option<(u64, String)> {

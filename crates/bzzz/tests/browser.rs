@@ -6,6 +6,7 @@
 //! missing feature: there it fails instead.
 
 use std::path::Path;
+use std::time::Duration;
 
 use bzzz_testkit::browser::{self, text_of, wait_for};
 use bzzz_testkit::{LocalCluster, LocalOpts, http};
@@ -18,13 +19,37 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     if !browser::available() {
         return;
     }
-    let c = LocalCluster::start(Path::new(BIN), 1, &LocalOpts::default()).expect("start");
+    // Three nodes: the operator ticks one peer; the other, merely in
+    // view, must get nothing (issue #22).
+    let mut c = LocalCluster::start(Path::new(BIN), 3, &LocalOpts::default()).expect("start");
+    c.wait_formed(Duration::from_secs(20)).expect("formed");
     let (_driver, port) = browser::start_driver(c.dir.path(), &[]);
     let client = browser::session(c.dir.path(), port).await;
     let base = c.nodes[0].api();
 
-    // The form.
+    // The form: every peer in view listed by id, none ticked.
     client.goto(&format!("{base}/setup")).await.expect("goto");
+    for i in [1, 2] {
+        let id = c.nodes[i].node_id();
+        let b = client
+            .find(Locator::Css(&format!("#holders input[data-node='{id}']")))
+            .await
+            .expect("a box per peer");
+        assert_eq!(
+            b.prop("checked").await.expect("prop").as_deref(),
+            Some("false")
+        );
+    }
+    client
+        .find(Locator::Css(&format!(
+            "#holders input[data-node='{}']",
+            c.nodes[1].node_id()
+        )))
+        .await
+        .expect("box")
+        .click()
+        .await
+        .expect("tick");
     client
         .find(Locator::Css("#cluster"))
         .await
@@ -122,6 +147,11 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     assert_eq!(state.as_deref(), Some("initialized"));
     let pk = text_of(&client, "#admin-public-key").await;
     assert_eq!(pk, hex::encode(master.admin_key().public()));
+    // The ticked peer holds a share; the other is no member at all.
+    let ticked = c.nodes[1].get_json("/api/v1/keys").expect("keys");
+    assert_eq!(ticked["share_state"], "valid", "{ticked}");
+    let other = c.nodes[2].get_json("/api/v1/keys").expect("keys");
+    assert_eq!(other["initialized"], false, "{other}");
 
     // Reloading after setup still shows no words; a second setup is refused.
     client.refresh().await.expect("reload");
@@ -206,25 +236,32 @@ async fn setup_wizard_shows_the_words_once_and_locks_after_setup() {
     assert!(token.starts_with("bzzzjoin1."), "{token}");
     bzzz_crypto::records::check_token(&token, &master.admin_key().public(), bzzz::keys::unix_now())
         .expect("the page's token is signed by the cluster admin key");
-    // The cluster page: one node, 1 of 1, the lone-holder warning, the
-    // picture with this node as leader and share holder.
+    // The cluster page: 2 of 2, no lone-holder warning, the picture with
+    // the two holders as members (the unticked peer is none).
     client.goto(&format!("{base}/cluster")).await.expect("goto");
     let policy = text_of(&client, "#key-policy").await;
     assert!(
-        policy.contains("1 of 1") && policy.contains("majority") && policy.contains("epoch 0"),
+        policy.contains("2 of 2") && policy.contains("majority") && policy.contains("epoch 0"),
         "{policy}"
     );
     let src = client.source().await.expect("source");
-    assert!(src.contains("only this node holds the admin key"), "{src}");
-    let me = wait_for(&client, "#cluster-svg g.node.member").await;
-    assert_eq!(
-        me.attr("data-share").await.expect("attr").as_deref(),
-        Some("1")
-    );
-    assert_eq!(
-        me.attr("data-raft").await.expect("attr").as_deref(),
-        Some("leader")
-    );
+    assert!(!src.contains("only this node holds the admin key"), "{src}");
+    wait_for(&client, "#cluster-svg g.node.member").await;
+    let mut shares = Vec::new();
+    for m in client
+        .find_all(Locator::Css("#cluster-svg g.node.member"))
+        .await
+        .expect("members")
+    {
+        shares.push(
+            m.attr("data-share")
+                .await
+                .expect("attr")
+                .unwrap_or_default(),
+        );
+    }
+    shares.sort();
+    assert_eq!(shares, vec!["1", "2"], "{src}");
     client.goto(&format!("{base}/admin")).await.expect("goto");
     wait_for(&client, "#logout")
         .await
@@ -357,7 +394,10 @@ async fn roles_users_and_keys_in_the_console_with_csrf_tokens() {
         }
     };
     let src = page1(&client).await;
-    assert!(src.contains("login-form"), "node 1 has no session yet");
+    assert!(
+        src.contains("login-form"),
+        "node 1 has no session yet: {src}"
+    );
     log_in(&client, &api1, "olga", OLGA).await;
     let whoami = text_of(&client, "#whoami").await;
     assert!(

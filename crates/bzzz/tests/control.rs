@@ -38,16 +38,20 @@ fn password_file(c: &LocalCluster) -> String {
 
 fn init(c: &LocalCluster) -> Value {
     let pw = password_file(c);
-    cli_json(&[
+    let api = c.nodes[0].api();
+    let holders = c.holder_args(0);
+    let mut args = vec![
         "init",
         "--api",
-        &c.nodes[0].api(),
+        &api,
         "--cluster",
         "lab",
         "--operator-password-file",
         &pw,
         "--json",
-    ])
+    ];
+    args.extend(holders.iter().map(String::as_str));
+    cli_json(&args)
 }
 
 /// (leader, term) when every listed node names the same leader, a member

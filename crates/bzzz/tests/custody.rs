@@ -202,24 +202,24 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
         .signing_share()
         .serialize();
 
-    // Four nodes join with one token.
-    let token = cli_json(&[
-        "token",
-        "create",
-        "--api",
-        &c.nodes[0].api(),
-        "--operator-password-file",
-        &pw,
-        "--uses",
-        "4",
-        "--json",
-    ])["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    // Four nodes join, each with its own single-use token (issue #22: a
+    // token that admits several nodes makes them pending members, which
+    // hold no share until the operator approves them).
     for _ in 0..4 {
+        let token = cli_json(&[
+            "token",
+            "create",
+            "--api",
+            &c.nodes[0].api(),
+            "--operator-password-file",
+            &pw,
+            "--json",
+        ])["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
         c.add_node(&LocalOpts {
-            extra_args: vec!["--join-token".into(), token.clone()],
+            extra_args: vec!["--join-token".into(), token],
             ..Default::default()
         })
         .expect("joiner");

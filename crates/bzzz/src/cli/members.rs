@@ -1,4 +1,4 @@
-//! `bzzz member ls|remove`, `bzzz keys policy`.
+//! `bzzz member ls|remove|approve`, `bzzz keys policy`.
 
 use std::time::Duration;
 
@@ -62,6 +62,32 @@ pub async fn remove(a: &MemberRemoveArgs) -> anyhow::Result<()> {
     } else {
         println!(
             "{} removed: every node refuses it, Raft drops it, and the admin key is re-dealt without it.",
+            a.node_id
+        );
+    }
+    Ok(())
+}
+
+pub async fn approve(a: &MemberRemoveArgs) -> anyhow::Result<()> {
+    let password = a.op.credential()?;
+    let r: Option<serde_json::Value> = send(
+        &a.op.api,
+        reqwest::Method::POST,
+        &format!("/api/v1/members/{}/approve", a.node_id),
+        Some(reqwest::Body::from("{}")),
+        Some(&password),
+        Duration::from_secs(60),
+        false,
+    )
+    .await?;
+    let r = r.unwrap_or_default();
+    if a.op.json {
+        println!("{r}");
+    } else if r["already"] == true {
+        println!("{} was already approved.", a.node_id);
+    } else {
+        println!(
+            "{} approved: the admin key is re-dealt to it (bzzz member ls shows its share index once done).",
             a.node_id
         );
     }

@@ -288,18 +288,23 @@ pub struct MigrateArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum MemberCmd {
-    /// List members: state (member, gone, removed), share index, Raft role.
+    /// List members: state (member, pending, gone, removed), share index,
+    /// Raft role.
     Ls(ReadArgs),
     /// Remove a member (operator only): an admin-signed revocation; every
     /// node refuses it, Raft drops it, the admin key is re-dealt without it.
     Remove(MemberRemoveArgs),
+    /// Approve a pending member (one admitted by a join token with
+    /// --uses N > 1) as a share holder (operator only): an admin-signed
+    /// approval; the admin key is then re-dealt to it.
+    Approve(MemberRemoveArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct MemberRemoveArgs {
     #[command(flatten)]
     pub op: OperatorArgs,
-    /// The node id to remove (ask any other member's API).
+    /// The node id (to remove: ask any other member's API).
     pub node_id: String,
 }
 
@@ -538,9 +543,14 @@ pub struct InitArgs {
     /// Shares needed for an admin signature [default: ⌊n/2⌋+1, the majority policy; another T makes the policy fixed:T].
     #[arg(long, value_name = "T")]
     pub threshold: Option<u16>,
-    /// Shares to deal, one per node [default: every node present].
+    /// Shares to deal, one per holder [default: this node and each --holder].
     #[arg(long, value_name = "N")]
     pub shares: Option<u16>,
+    /// A node to hold a share besides this one (repeat the flag; each must
+    /// be in view). Without it this node alone holds the admin key; peers
+    /// that are merely in view, e.g. found by mDNS, get nothing.
+    #[arg(long = "holder", value_name = "NODE_ID")]
+    pub holders: Vec<String>,
     /// Do not ask to re-type words even on a terminal (unattended use).
     #[arg(long)]
     pub yes: bool,
@@ -565,9 +575,13 @@ pub struct RecoverArgs {
     /// Threshold for the fresh shares (with --api) [default: ⌈n/2⌉+1].
     #[arg(long, value_name = "T", requires = "api")]
     pub threshold: Option<u16>,
-    /// Number of fresh shares (with --api) [default: every node present].
+    /// Number of fresh shares (with --api) [default: this node and each --holder].
     #[arg(long, value_name = "N", requires = "api")]
     pub shares: Option<u16>,
+    /// A node to hold a fresh share besides the API's node (with --api;
+    /// repeat the flag). Without it that node alone holds.
+    #[arg(long = "holder", value_name = "NODE_ID", requires = "api")]
+    pub holders: Vec<String>,
     /// New operator password file (with --api).
     #[arg(long, value_name = "PATH", requires = "api")]
     pub operator_password_file: Option<PathBuf>,

@@ -159,7 +159,9 @@ pub async fn custody(
         if rx.is_none() {
             rx = Some(control.watch_keys());
         }
-        let (epoch, removed) = control.with_state(|s| (s.key_epoch.clone(), s.removed.clone()));
+        let (epoch, removed, approved) =
+            control.with_state(|s| (s.key_epoch.clone(), s.removed.clone(), s.approved.clone()));
+        keys.set_approved(approved);
         if let Some(r) = keys.set_removed(removed) {
             let _ = fatal.send(r.message).await;
             return;

@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bzzz_crypto::operator::OperatorPassword;
 use bzzz_deploy::job::{self, Cause, Cluster, Event, Outcome, Payload, Spec};
 use bzzz_deploy::ssh::{Credential, HostKeyPolicy};
 use serde::Deserialize;
@@ -175,7 +174,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// What the deploy job asks of this node.
 struct NodeCluster {
     st: Arc<AppState>,
-    password: OperatorPassword,
+    password: bzzz_keys::OperatorKey,
     /// `/api/v1/deploy/{id}/binary?token=…`
     binary_path: String,
 }
@@ -366,7 +365,7 @@ pub struct Started {
 /// `cancelled`, and its temporary files are removed.
 pub async fn start(
     st: Arc<AppState>,
-    password: OperatorPassword,
+    password: bzzz_keys::OperatorKey,
     req: DeployRequest,
 ) -> Result<Started, StartError> {
     let hosts = validate(&req).map_err(StartError::Invalid)?;

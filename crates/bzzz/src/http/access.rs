@@ -72,9 +72,9 @@ pub fn routes() -> Vec<Route> {
             "/api/v1/users/{name}/password",
             Any,
             post(api_user_passwd),
-            json!({"summary": "Change a user's password ({password}, at least 12 characters): your own, or any user's with manage on users and every role it holds; its sessions and cached logins end on every node", "operationId": "userPassword",
+            json!({"summary": "Change a user's password ({password}, at least 12 characters): your own, or any user's with manage on users and every role it holds; its sessions and cached logins end on every node. For admin (the operator, with the current password): the new password's key replaces the operator's in an admin change", "operationId": "userPassword",
                 "parameters": [{"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "{name, changed}"}, "403": {"description": "Not yours, and no manage on users"}, "404": {"description": "No such user"}, "422": {"description": "Bad password, or the operator (admin)"}}}),
+                "responses": {"200": {"description": "{name, changed}"}, "403": {"description": "Not yours, and no manage on users"}, "404": {"description": "No such user"}, "422": {"description": "Bad password"}}}),
         ),
         Route::api(
             Method::GET,
@@ -293,10 +293,11 @@ async fn api_user_passwd(
 ) -> Result<Response, ApiError> {
     let req: PasswordChange = parse(&body, "password change")?;
     let c = caller(&p)?;
+    if name == ADMIN_USER {
+        return operator_passwd(&st, c, req).await;
+    }
     if bzzz_proto::access::RESERVED_USERS.contains(&name.as_str()) {
-        return Err(ApiError::invalid(
-            "the operator password is part of the cluster's genesis record: it cannot be changed yet (issue #22 moves it into an admin-signed change)",
-        ));
+        return Err(ApiError::invalid(format!("{name} is not a user")));
     }
     bzzz_proto::access::validate_user_name(&name).map_err(ApiError::invalid)?;
     if c.id != format!("user:{name}") {
@@ -326,6 +327,48 @@ async fn api_user_passwd(
     Ok(json(
         StatusCode::OK,
         &json!({"name": name, "changed": true}),
+    ))
+}
+
+/// A new operator password: the key it derives replaces the operator's in
+/// an admin change, signed under the old one (only the operator, with the
+/// current password, can make it). Every node then refuses the old
+/// password, and the operator's sessions end.
+async fn operator_passwd(
+    st: &Shared,
+    c: &crate::access::Caller,
+    req: PasswordChange,
+) -> Result<Response, ApiError> {
+    let Some(old) = &c.operator else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "only the operator (user admin, with the current password) changes the operator password",
+        ));
+    };
+    let pw = OperatorPassword::new_for_setup(req.password.expose().to_owned())
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let cluster = st
+        .keys
+        .cluster()
+        .map(|c| c.genesis.cluster)
+        .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "the cluster is not initialized yet"))?;
+    let new = st.keys.derive_operator_key(&cluster, pw).await?;
+    let control = crate::access::control(st).await?;
+    let change = super::control::admin_change(
+        st,
+        &control,
+        AdminAction::SetOperatorKey {
+            public_key: new.public_hex(),
+        },
+    )?;
+    let signed = st.keys.sign_admin_change(&change, old).await?;
+    let r = crate::access::propose(st, crate::access::audited_admin(st, signed)).await?;
+    if let Some(why) = r.rejected {
+        return Err(ApiError::invalid(why));
+    }
+    Ok(json(
+        StatusCode::OK,
+        &json!({"name": ADMIN_USER, "changed": true}),
     ))
 }
 

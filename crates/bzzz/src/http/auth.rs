@@ -20,7 +20,6 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use bzzz_crypto::operator::OperatorPassword;
 use bzzz_proto::access::{Action, Decision, Resource, decide};
 use serde_json::json;
 
@@ -55,10 +54,11 @@ impl Principal {
 }
 
 /// Extractor for handlers whose work the threshold signers approve: the
-/// checked operator password (user `admin` with the password; the
-/// signers check it themselves, so an API key cannot stand in for it).
+/// operator's key, derived from the checked operator password (user
+/// `admin`); the signers check its authorization themselves, so an API
+/// key cannot stand in for it.
 #[derive(Debug)]
-pub struct Operator(pub OperatorPassword);
+pub struct Operator(pub bzzz_keys::OperatorKey);
 
 impl<S: Send + Sync> FromRequestParts<S> for Operator {
     type Rejection = ApiError;
@@ -69,7 +69,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Operator {
                 Some(pw) => Ok(Self(pw.clone())),
                 None => Err(ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "this action is signed by the cluster admin key, whose signers check the operator password: use the operator credential (user admin)",
+                    "this action is signed by the cluster admin key, whose signers check the operator's authorization: use the operator credential (user admin)",
                 )),
             },
             _ => Err(ApiError::new(

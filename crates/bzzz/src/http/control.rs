@@ -116,7 +116,7 @@ async fn api_role_put(
 /// Raft with its audit entry.
 pub async fn put_role(
     st: &Shared,
-    pw: &bzzz_crypto::operator::OperatorPassword,
+    pw: &bzzz_keys::OperatorKey,
     role: RoleDef,
 ) -> Result<Response, ApiError> {
     role.validate().map_err(ApiError::invalid)?;
@@ -185,7 +185,11 @@ fn role_keys_for(
                 },
             );
         }
-        AdminAction::SetRule { .. } | AdminAction::RoleKeys {} | AdminAction::Access { .. } => {}
+        AdminAction::SetRule { .. }
+        | AdminAction::RoleKeys {}
+        | AdminAction::Access { .. }
+        | AdminAction::SetOperatorKey { .. }
+        | AdminAction::ApproveMember { .. } => {}
     }
     let mut chains = sim.chains_to_rotate();
     for c in bzzz_proto::dht::chains(&sim.roles) {

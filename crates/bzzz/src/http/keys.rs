@@ -35,7 +35,7 @@ pub fn routes() -> Vec<Route> {
             json!(
             {"summary": "Start the setup: generates the master key and returns it once (24 words and hex). 409 once initialized.", "operationId": "setupStart",
                 "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["cluster", "operator_password"], "properties": {
-                    "cluster": {"type": "string"}, "threshold": {"type": ["integer", "null"]}, "shares": {"type": ["integer", "null"]}, "operator_password": {"type": "string", "minLength": 12}}}}}},
+                    "cluster": {"type": "string"}, "threshold": {"type": ["integer", "null"]}, "shares": {"type": ["integer", "null"]}, "holders": {"type": "array", "items": {"type": "string"}, "description": "node ids of the share holders besides this node (default: none, this node alone)"}, "operator_password": {"type": "string", "minLength": 12}}}}}},
                 "responses": {"201": {"description": "Pending setup: setup_id, mnemonic, master_key_hex, admin_public_key, confirm_positions"}, "409": {"description": "Already initialized"}, "422": {"description": "Invalid input"}}}),
         ),
         Route::api(
@@ -87,6 +87,9 @@ struct SetupBody {
     threshold: Option<u16>,
     #[serde(default)]
     shares: Option<u16>,
+    /// The holders besides this node (node ids); none: this node alone.
+    #[serde(default)]
+    holders: Vec<bzzz_proto::NodeId>,
     operator_password: String,
     /// Recovery: the 24 words of an existing cluster's master key.
     #[serde(default)]
@@ -119,6 +122,7 @@ async fn api_setup(State(st): S, body: Bytes) -> Result<Response, ApiError> {
         cluster: b.cluster,
         threshold: b.threshold,
         shares: b.shares,
+        holders: b.holders,
         operator_password: password,
         recover_from,
     };

@@ -42,6 +42,15 @@ pub fn routes() -> Vec<Route> {
         ),
         Route::api(
             Method::POST,
+            "/api/v1/members/{id}/approve",
+            Permission::Need(Action::Manage, Res::Is(Fixed::Members)),
+            post(api_member_approve),
+            json!({"summary": "Approve a pending member (admitted by a multi-use join token) as a share holder (operator): an admin-signed approval committed through Raft; the admin key is then re-dealt to it", "operationId": "memberApprove",
+                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "{node_id, approved, already}"}, "404": {"description": "Not a member"}, "422": {"description": "Not pending"}, "503": {"description": "Too few share holders or no leader"}}}),
+        ),
+        Route::api(
+            Method::POST,
             "/api/v1/keys/policy",
             Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
             post(api_policy),
@@ -71,6 +80,7 @@ pub fn member_views(st: &Shared) -> Vec<MemberView> {
         .chain([me.clone()])
         .collect();
     let holders = st.keys.holders();
+    let pending = st.keys.pending_members();
     let index_of = |n: &NodeId| holders.iter().find(|(_, h)| *h == n).map(|(i, _)| *i);
     let mut all: BTreeSet<NodeId> = in_sight.clone();
     all.extend(holders.values().cloned());
@@ -114,6 +124,8 @@ pub fn member_views(st: &Shared) -> Vec<MemberView> {
         .map(|n| {
             let state = if removed.contains_key(&n) {
                 "removed"
+            } else if pending.contains(&n) && index_of(&n).is_none() {
+                "pending"
             } else if in_sight.contains(&n) {
                 "member"
             } else {
@@ -155,7 +167,7 @@ async fn api_member_remove(
 /// Removes a member: signs the revocation (threshold) and commits it.
 pub async fn remove_member(
     st: &Shared,
-    pw: &bzzz_crypto::operator::OperatorPassword,
+    pw: &bzzz_keys::OperatorKey,
     id: &str,
 ) -> Result<serde_json::Value, ApiError> {
     let node = NodeId::parse(id)
@@ -206,6 +218,60 @@ pub async fn remove_member(
     }
     tracing::info!(%node, "member removed by the operator");
     Ok(json!({"node_id": node, "removed": true, "already": false}))
+}
+
+async fn api_member_approve(
+    State(st): S,
+    Operator(key): Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &approve_member(&st, &key, &id).await?))
+}
+
+/// Approves a pending member as a share holder: signs the approval
+/// (threshold) and commits it; the leader's custody planner then
+/// re-deals the admin key to it.
+pub async fn approve_member(
+    st: &Shared,
+    key: &bzzz_keys::OperatorKey,
+    id: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let node = NodeId::parse(id)
+        .map_err(|e| ApiError::invalid(format!("{id:?} is not a node id: {e}")))?;
+    let control = st.control.get().ok_or_else(ApiError::no_control)?;
+    if control.with_state(|s| s.approved.contains(&node)) {
+        return Ok(json!({"node_id": node, "approved": true, "already": true}));
+    }
+    let views = member_views(st);
+    match views.iter().find(|v| v.node_id == node) {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{node} is not a member of this cluster (or not in this node's view)"),
+            ));
+        }
+        Some(v) if v.state != "pending" => {
+            return Err(ApiError::invalid(format!(
+                "{node} is not pending (state {}): only members admitted by a multi-use token wait for approval",
+                v.state
+            )));
+        }
+        Some(_) => {}
+    }
+    let change = super::control::admin_change(
+        st,
+        control,
+        AdminAction::ApproveMember {
+            node_id: node.clone(),
+        },
+    )?;
+    let signed = st.keys.sign_admin_change(&change, key).await?;
+    let r = crate::access::propose(st, crate::access::audited_admin(st, signed)).await?;
+    if let Some(why) = r.rejected {
+        return Err(ApiError::invalid(why));
+    }
+    tracing::info!(%node, "pending member approved as a share holder by the operator");
+    Ok(json!({"node_id": node, "approved": true, "already": false}))
 }
 
 async fn api_policy(

@@ -1,8 +1,8 @@
 //! `/cluster`: a server-rendered SVG of the members (leader, voter,
 //! learner; share holder or not; in sight, gone, removed) and their links
 //! (Raft replication from the leader; this node's own connections), the
-//! admin key's policy (t of n, key epoch), warnings, and a remove button
-//! per member (operator session).
+//! admin key's policy (t of n, key epoch), warnings, a remove button per
+//! member and an approve button per pending joiner (operator session).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::{csrf_field, layout};
 use crate::http::auth::{Operator, Principal};
-use crate::http::members::{member_views, remove_member};
+use crate::http::members::{approve_member, member_views, remove_member};
 use crate::http::{Action, Fixed, Res};
 use crate::http::{Permission, Route, Shared};
 
@@ -31,6 +31,12 @@ pub fn routes() -> Vec<Route> {
             "/cluster/remove",
             Permission::Need(Action::Manage, Res::Is(Fixed::Members)),
             post(remove_form),
+        ),
+        Route::page(
+            Method::POST,
+            "/cluster/approve",
+            Permission::Need(Action::Manage, Res::Is(Fixed::Members)),
+            post(approve_form),
         ),
     ]
 }
@@ -146,6 +152,13 @@ fn render(st: &Shared, p: &Principal, code: StatusCode, notice: Markup) -> Respo
                         td { (v.share_index.map_or("-".to_owned(), |i| format!("#{i}"))) }
                         td { (v.raft) }
                         td {
+                            @if v.state == "pending" {
+                                form method="post" action="/cluster/approve" {
+                                    (csrf_field(p))
+                                    input type="hidden" name="node_id" value=(v.node_id.as_str());
+                                    button type="submit" class="approve" { "Approve as holder" }
+                                }
+                            }
                             @if !v.this_node && v.state != "removed" {
                                 form method="post" action="/cluster/remove" {
                                     (csrf_field(p))
@@ -157,7 +170,13 @@ fn render(st: &Shared, p: &Principal, code: StatusCode, notice: Markup) -> Respo
                     }
                 }
             }
-            p { small { "Remove needs an operator session (" a href="/login" { "log in" } "); it is an admin-signed revocation: every node refuses the member, Raft drops it, and the admin key is re-dealt without it." } }
+            @let pending = views.iter().filter(|v| v.state == "pending").count();
+            @if pending > 0 {
+                p id="pending-joiners" class="warn" {
+                    (pending) " pending joiner(s): admitted by a join token that admits more than one node, they hold no share until you approve them."
+                }
+            }
+            p { small { "Remove and approve need an operator session (" a href="/login" { "log in" } "). Remove is an admin-signed revocation: every node refuses the member, Raft drops it, and the admin key is re-dealt without it. Approve makes a pending joiner a share holder: the admin key is re-dealt to it." } }
         }
     };
     layout(code, "/cluster", "Cluster", content)
@@ -195,6 +214,39 @@ async fn remove_form(
             &p,
             StatusCode::OK,
             html! { p class="warn" id="notice" { (f.node_id) " removed; the admin key is re-dealt without it." } },
+        ),
+        Err(e) => render(
+            &st,
+            &p,
+            e.status,
+            html! { p class="err" id="error" { (e.message) } },
+        ),
+    }
+}
+
+async fn approve_form(
+    State(st): State<Shared>,
+    p: Principal,
+    Operator(key): Operator,
+    body: Bytes,
+) -> Response {
+    let f: RemoveForm = match serde_urlencoded::from_bytes(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            return render(
+                &st,
+                &p,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                html! { p class="err" id="error" { "bad form: " (e) } },
+            );
+        }
+    };
+    match approve_member(&st, &key, &f.node_id).await {
+        Ok(_) => render(
+            &st,
+            &p,
+            StatusCode::OK,
+            html! { p class="warn" id="notice" { (f.node_id) " approved; the admin key is re-dealt to it." } },
         ),
         Err(e) => render(
             &st,

@@ -13,7 +13,6 @@ use axum::routing::{get, post};
 use bzzz_crypto::operator::OperatorPassword;
 use bzzz_keys::{ErrorKind, SetupParams};
 use maud::{Markup, html};
-use serde::Deserialize;
 
 use super::layout;
 use crate::http::{Permission, Route, Shared, see_other};
@@ -179,22 +178,38 @@ async fn setup_page(State(st): S, headers: HeaderMap) -> Response {
             },
         );
     }
-    let n = st.net.snapshot().peers.len() + 1;
-    let t = bzzz_proto::cluster::default_threshold(n as u16);
+    let snap = st.net.snapshot();
+    let n = snap.peers.len() + 1;
     page(
         StatusCode::OK,
         "Set up your BZZZ cluster",
         html! {
             p id="setup-state" data-state="new" {
-                (n) " node(s) are present (this one and its peers). Each will hold one share of the cluster admin key; any " i { "t" } " of them can sign for it."
+                "This node holds a share of the cluster admin key. Tick the other nodes you trust to hold one: any "
+                i { "t" } " holders can sign for the key. A node you do not tick gets nothing now (it can join later with a join token)."
             }
             form id="setup-form" method="post" action="/setup/start" {
                 label for="cluster" { "Cluster name" }
                 input id="cluster" name="cluster" required pattern="[a-z0-9_-]{1,63}" value="bzzz";
-                label for="shares" { "Shares (n, one per node)" }
-                input id="shares" name="shares" type="number" min="1" max=(n) value=(n);
-                label for="threshold" { "Threshold (t of n)" }
-                input id="threshold" name="threshold" type="number" min="1" max=(n) value=(t);
+                fieldset id="holders" {
+                    legend { "Share holders (" (n - 1) " other node(s) in view)" }
+                    p { "This node: " code { (st.keys.node_id()) } }
+                    @for (i, p) in snap.peers.iter().enumerate() {
+                        @let a = &p.announcement;
+                        @let addr = a.api_addr.clone().or_else(|| a.addrs.first().cloned()).unwrap_or_default();
+                        div {
+                            input type="checkbox" id=(format!("holder-{i}")) name="holder" value=(a.node_id) data-node=(a.node_id);
+                            label for=(format!("holder-{i}")) {
+                                code { (a.node_id) } " at " (addr)
+                                @if !p.proven { " (not a proven member)" }
+                            }
+                        }
+                    }
+                }
+                label for="shares" { "Shares (n) [default: this node and each ticked one]" }
+                input id="shares" name="shares" type="number" min="1" max=(n);
+                label for="threshold" { "Threshold (t of n) [default: a majority]" }
+                input id="threshold" name="threshold" type="number" min="1" max=(n);
                 label for="password" { "Operator password (at least 12 characters; for logging in later)" }
                 input id="password" name="password" type="password" minlength="12" required autocomplete="new-password";
                 label for="password2" { "Operator password again" }
@@ -206,15 +221,38 @@ async fn setup_page(State(st): S, headers: HeaderMap) -> Response {
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct StartForm {
     cluster: String,
-    #[serde(default)]
     shares: String,
-    #[serde(default)]
     threshold: String,
+    /// Ticked holders (node ids); the field repeats.
+    holders: Vec<String>,
     password: String,
     password2: String,
+}
+
+impl StartForm {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        let pairs: Vec<(String, String)> = form(body)?;
+        let mut f = StartForm::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "cluster" => f.cluster = v,
+                "shares" => f.shares = v,
+                "threshold" => f.threshold = v,
+                "holder" if f.holders.len() < 256 => f.holders.push(v),
+                "holder" => return Err("at most 256 holders".into()),
+                "password" => f.password = v,
+                "password2" => f.password2 = v,
+                _ => {}
+            }
+        }
+        if f.cluster.is_empty() || f.password.is_empty() {
+            return Err("invalid form: the cluster name and password are required".into());
+        }
+        Ok(f)
+    }
 }
 
 fn opt_num(s: &str, what: &str) -> Result<Option<u16>, String> {
@@ -251,10 +289,17 @@ async fn setup_start_form(State(st): S, headers: HeaderMap, body: Bytes) -> Resp
     if started_in_a_browser(&st) && !owns_setup(&st, &headers) {
         return not_yours();
     }
-    let f: StartForm = match form(&body) {
+    let f = match StartForm::parse(&body) {
         Ok(f) => f,
         Err(e) => return fail(&e),
     };
+    let mut holders = Vec::new();
+    for h in &f.holders {
+        match h.parse::<bzzz_proto::NodeId>() {
+            Ok(id) => holders.push(id),
+            Err(e) => return fail(&format!("holder {h:?}: {e}")),
+        }
+    }
     if f.password != f.password2 {
         return fail("the two passwords differ");
     }
@@ -273,6 +318,7 @@ async fn setup_start_form(State(st): S, headers: HeaderMap, body: Bytes) -> Resp
         cluster: f.cluster.trim().to_owned(),
         threshold,
         shares,
+        holders,
         operator_password: password,
         recover_from: None,
     };
