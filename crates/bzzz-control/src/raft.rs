@@ -242,14 +242,17 @@ pub struct ClusterState {
     /// [`MAX_CHECKPOINTS`]).
     #[serde(default)]
     pub audit_checkpoints: Vec<Signed>,
-    /// The operator's public key (hex) set by the latest admin change
-    /// that replaced the operator password (`None`: the genesis key).
+    /// The latest admin change that replaced the operator password
+    /// (`AdminAction::SetOperatorKey`, signed; `None`: the genesis key).
+    /// The keys service checks its signature itself: a snapshot from a
+    /// hostile leader cannot name another operator key.
     #[serde(default)]
-    pub operator_key: Option<String>,
+    pub operator_change: Option<Signed>,
     /// Members the operator approved as share holders (admitted by a
-    /// multi-use token: pending until then).
+    /// multi-use token: pending until then), each with its signed
+    /// approval (checked again by the keys service).
     #[serde(default)]
-    pub approved: std::collections::BTreeSet<NodeId>,
+    pub approved: BTreeMap<NodeId, Signed>,
     /// The latest time (Unix ms) any applied audit entry named: the
     /// cluster's clock for key expiry in the state machine.
     pub audit_clock_ms: u64,
@@ -640,7 +643,7 @@ impl ClusterState {
                 let summary = ch.action.summary();
                 let before = (self.roles.clone(), self.removed.clone(), self.nodes.clone());
                 let before_keys = self.role_keys.clone();
-                let before_operator = (self.operator_key.clone(), self.approved.clone());
+                let before_operator = (self.operator_change.clone(), self.approved.clone());
                 match ch.action {
                     AdminAction::PutRole { role } => {
                         self.roles.insert(role.name.clone(), role);
@@ -670,13 +673,13 @@ impl ClusterState {
                     AdminAction::SetOperatorKey { public_key } => {
                         bzzz_crypto::access::check_public_hex(&public_key)
                             .map_err(|e| format!("admin change refused: new operator key: {e}"))?;
-                        self.operator_key = Some(public_key);
+                        self.operator_change = Some(change.clone());
                     }
                     AdminAction::ApproveMember { node_id } => {
                         if self.approved.len() >= 10_000 {
                             return Err("admin change refused: too many approvals".into());
                         }
-                        self.approved.insert(node_id);
+                        self.approved.insert(node_id, change.clone());
                     }
                     AdminAction::Access { change } => {
                         if let Err(why) = self.apply_access(bzzz_proto::access::ADMIN_USER, change)
@@ -688,7 +691,7 @@ impl ClusterState {
                 if let Err(why) = self.apply_role_keys(ch.role_keys) {
                     (self.roles, self.removed, self.nodes) = before;
                     self.role_keys = before_keys;
-                    (self.operator_key, self.approved) = before_operator;
+                    (self.operator_change, self.approved) = before_operator;
                     return Err(format!("admin change refused: {why}"));
                 }
                 self.admin_seq = ch.seq;

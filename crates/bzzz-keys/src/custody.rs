@@ -38,7 +38,7 @@ impl Keys {
             token_nodes: Mutex::new(HashMap::new()),
             redealing: tokio::sync::Mutex::new(()),
             audit_witness: std::sync::OnceLock::new(),
-            operator_source: std::sync::OnceLock::new(),
+            operator: RwLock::new(None),
             operator_nonces: Mutex::new(HashMap::new()),
             used_tokens: Mutex::new(load_used_tokens(&data_dir.join(USED_TOKENS_FILE))?),
         };
@@ -109,6 +109,7 @@ impl Keys {
             *write(&keys.share) = share;
             keys.set_cluster(cluster);
             keys.publish_share();
+            keys.load_operator_change();
         }
         Ok(keys)
     }

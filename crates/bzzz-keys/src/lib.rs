@@ -297,8 +297,6 @@ struct SignSession {
     nonces: Nonces,
     message: Vec<u8>,
     created: Instant,
-    /// A join token this signature spends (id, allowed uses, expiry).
-    token_use: Option<(String, u32, u64, NodeId)>,
     /// The share that committed in round 1 and its key epoch: round 2
     /// signs with it, or refuses when the epoch changed in between.
     share: Arc<KeyShare>,
@@ -334,10 +332,15 @@ pub struct Keys {
     /// Join token id → the nodes whose certificates this signer counted a
     /// use for (in memory): signing again for the same node (a retried
     /// join) spends no second use.
-    token_nodes: Mutex<HashMap<String, std::collections::BTreeSet<NodeId>>>,
+    /// With each node, the age recipient its certificate named: a second
+    /// certificate for the same node spends no use only when it names the
+    /// same recipient (else a holder that saw the token could have a
+    /// certificate sealed to itself for someone else's node id).
+    token_nodes: Mutex<HashMap<String, BTreeMap<NodeId, Option<String>>>>,
     /// Removed members (from the Raft state): node → signed removal.
     removed: RwLock<BTreeMap<NodeId, Signed>>,
-    /// Pending members the operator approved as holders (Raft state).
+    /// Pending members the operator approved as holders (from the Raft
+    /// state; each approval's admin signature checked here).
     approved: RwLock<std::collections::BTreeSet<NodeId>>,
     /// One re-deal at a time from this node.
     redealing: tokio::sync::Mutex<()>,
@@ -345,16 +348,17 @@ pub struct Keys {
     /// `hash` (set by the control plane; a signer asked for a checkpoint
     /// signs only what this says it holds).
     audit_witness: std::sync::OnceLock<AuditWitness>,
-    /// The operator's public key (hex) in force, from the control plane's
-    /// state (an admin change may have replaced the genesis one).
-    operator_source: std::sync::OnceLock<OperatorSource>,
+    /// The latest admin-signed replacement of the operator key this node
+    /// checked and adopted: its `seq`, the key (hex) and the record
+    /// (persisted in [`OPERATOR_FILE`]). `None`: the genesis key.
+    operator: RwLock<Option<(u64, String, Signed)>>,
     /// Operator authorization nonces this signer took → their expiry
     /// (unix seconds).
     operator_nonces: Mutex<HashMap<String, u64>>,
 }
 
-/// See [`Keys::set_operator_source`].
-pub type OperatorSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+/// The adopted replacement of the operator key (a signed admin change).
+pub const OPERATOR_FILE: &str = "operator_key.json";
 
 /// See [`Keys::set_audit_witness`].
 pub type AuditWitness = Arc<dyn Fn(u64, &str) -> bool + Send + Sync>;

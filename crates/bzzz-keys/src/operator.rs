@@ -63,18 +63,65 @@ const MAX_OPERATOR_NONCES: usize = 65_536;
 impl Keys {
     // ---- operator authentication -----------------------------------------
 
-    /// Tells this node where the operator's public key in force comes
-    /// from (once; the control plane sets it when it starts). Until then,
-    /// and when it says `None`, the genesis record's key is in force.
-    pub fn set_operator_source(&self, f: OperatorSource) {
-        let _ = self.operator_source.set(f);
+    /// Adopts an admin change that replaces the operator key, after
+    /// checking it here: signed by the cluster admin key, for this
+    /// cluster, `SetOperatorKey`, and newer (`seq`) than the one held. It
+    /// is kept in [`OPERATOR_FILE`] so a restart does not fall back to
+    /// the genesis key. Ok(true) when adopted, Ok(false) when not newer.
+    pub fn adopt_operator_change(&self, rec: &Signed) -> Result<bool, String> {
+        let c = self.cluster().ok_or("not a member")?;
+        let ch = records::open_admin_change(rec, &c.admin_public_key, &c.genesis.cluster)
+            .map_err(|e| format!("operator key change: {e}"))?;
+        let bzzz_proto::cluster::AdminAction::SetOperatorKey { public_key } = ch.action else {
+            return Err("the record does not replace the operator key".into());
+        };
+        bzzz_crypto::access::check_public_hex(&public_key)
+            .map_err(|e| format!("operator key change: {e}"))?;
+        let mut held = write(&self.operator);
+        if held.as_ref().is_some_and(|(seq, _, _)| *seq >= ch.seq) {
+            return Ok(false);
+        }
+        let text = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+        write_private(&self.data_dir.join(OPERATOR_FILE), &text)
+            .map_err(|e| format!("cannot keep the operator key change: {e}"))?;
+        *held = Some((ch.seq, public_key, rec.clone()));
+        info!(
+            seq = ch.seq,
+            "the operator key was replaced (a new operator password)"
+        );
+        Ok(true)
+    }
+
+    /// Re-adopts the operator key change kept on disk (at start).
+    pub(crate) fn load_operator_change(&self) {
+        let path = self.data_dir.join(OPERATOR_FILE);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        match serde_json::from_slice::<Signed>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|rec| self.adopt_operator_change(&rec))
+        {
+            Ok(_) => {}
+            Err(e) => warn!(
+                "{} is unusable ({e}); the genesis operator key applies",
+                path.display()
+            ),
+        }
+    }
+
+    /// The adopted operator key change, if any (sent with signing
+    /// requests so signers that missed it adopt it).
+    pub fn operator_change(&self) -> Option<Signed> {
+        read(&self.operator).as_ref().map(|(_, _, r)| r.clone())
     }
 
     /// The operator's public key (hex) in force, if the cluster has one
-    /// (clusters set up before operator keys have none).
+    /// (clusters set up before operator keys have none): the latest
+    /// adopted admin-signed replacement, else the genesis record's.
     pub fn operator_public_key(&self) -> Option<String> {
-        if let Some(k) = self.operator_source.get().and_then(|f| f()) {
-            return Some(k);
+        if let Some((_, k, _)) = &*read(&self.operator) {
+            return Some(k.clone());
         }
         self.cluster().and_then(|c| c.genesis.operator_public_key)
     }
@@ -123,6 +170,23 @@ impl Keys {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The work of an operator login that can only fail (an unknown user
+    /// name), through the same per-client limit, so a login does not tell
+    /// which names exist and cannot bypass the limit.
+    pub async fn failed_login(&self, client: &str, password: OperatorPassword) -> KeysError {
+        let r = self
+            .limited(client, async {
+                let _ = self
+                    .hasher
+                    .run(move |_| password.operator_key("no such user"))
+                    .await?;
+                Ok((false, ()))
+            })
+            .await;
+        r.err()
+            .unwrap_or_else(|| err(ErrorKind::Unauthorized, "wrong credential"))
     }
 
     /// The key `password` derives as the operator's of `cluster`, without
@@ -250,7 +314,11 @@ impl Keys {
                     "too many operator authorizations in the last minutes; retry later",
                 ));
             }
-            seen.insert(auth.nonce.clone(), now + 2 * OPERATOR_AUTH_WINDOW_SECS);
+            // Kept until the authorization's own time is out of the window.
+            seen.insert(
+                auth.nonce.clone(),
+                auth.time.max(now) + OPERATOR_AUTH_WINDOW_SECS + 1,
+            );
         }
         Ok(())
     }
@@ -271,7 +339,7 @@ type HashJob = Box<dyn FnOnce(&mut ArgonMemory) + Send>;
 /// is bounded by `MAX_HASHES` buffers. The threads end when the service is
 /// dropped.
 pub(crate) struct Hasher {
-    permits: tokio::sync::Semaphore,
+    permits: Arc<tokio::sync::Semaphore>,
     jobs: std::sync::mpsc::SyncSender<HashJob>,
 }
 
@@ -304,7 +372,7 @@ impl Hasher {
                 .map_err(|e| err(ErrorKind::Internal, format!("cannot start a thread: {e}")))?;
         }
         Ok(Self {
-            permits: tokio::sync::Semaphore::new(MAX_HASHES),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_HASHES)),
             jobs,
         })
     }
@@ -315,14 +383,19 @@ impl Hasher {
         &self,
         f: impl FnOnce(&mut ArgonMemory) -> T + Send + 'static,
     ) -> Result<T, KeysError> {
-        let _permit = self
+        // The job owns the permit: a caller that goes away (a client hung
+        // up) does not free the slot while its hash still runs, so the
+        // next caller waits instead of finding the queue full.
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| err(ErrorKind::Internal, "shutting down"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: HashJob = Box::new(move |m| {
             let _ = tx.send(f(m));
+            drop(permit);
         });
         // With a permit, the channel has room: this never blocks.
         self.jobs

@@ -95,6 +95,25 @@ impl Keys {
         out
     }
 
+    /// The certificate `node` presents: this node's own, or the one in a
+    /// proven peer's signed announcement.
+    fn presented_cert(&self, c: &Cluster, node: &NodeId) -> Option<MembershipCert> {
+        if *node == self.node_id {
+            return records::open_cert(&c.cert, &c.admin_public_key, Some(node)).ok();
+        }
+        let snap = self.net().ok()?.snapshot();
+        let p = snap
+            .peers
+            .iter()
+            .find(|p| p.proven && &p.announcement.node_id == node)?;
+        records::open_cert(
+            p.announcement.membership.as_ref()?,
+            &c.admin_public_key,
+            Some(node),
+        )
+        .ok()
+    }
+
     /// Peers connected to this node that proved membership.
     fn peers_in_reach(&self) -> Vec<bzzz_net::PeerView> {
         self.net()
@@ -117,6 +136,16 @@ impl Keys {
         let mut out: BTreeSet<u16> = c.holders.keys().copied().collect();
         out.extend(c.genesis.holders.iter().map(|h| h.index));
         out.extend(self.certified(&c).values().map(|(i, _)| *i));
+        // Pending members' indexes too: they are theirs once approved.
+        for p in self.peers_in_reach() {
+            if let Some(cert) = &p.announcement.membership
+                && let Ok(mc) =
+                    records::open_cert(cert, &c.admin_public_key, Some(&p.announcement.node_id))
+                && let Some(i) = mc.share_index
+            {
+                out.insert(i);
+            }
+        }
         out
     }
 
@@ -251,6 +280,30 @@ impl Keys {
             }
             let mc = records::open_cert(&h.cert, &c.admin_public_key, Some(&h.node_id))
                 .map_err(|e| format!("certificate of {}: {e}", h.node_id))?;
+            // The certificate must be the one the node itself presents
+            // (its signed announcement, or this node's own): a holder that
+            // saw a join token could have had a second certificate signed
+            // for another node's id with its own age key, to receive that
+            // node's sub-shares.
+            match self.presented_cert(c, &h.node_id) {
+                Some(p)
+                    if p.age_recipient == mc.age_recipient && p.share_index == mc.share_index => {}
+                Some(_) => {
+                    return Err(refusal!(
+                        "the plan's certificate of {} is not the one that node presents",
+                        h.node_id
+                    ));
+                }
+                None => {
+                    return Err(Refusal::new(
+                        RefusalCode::NotReady,
+                        format!(
+                            "{} is not in this node's view: its certificate cannot be checked",
+                            h.node_id
+                        ),
+                    ));
+                }
+            }
             let holds_now = c.holders.get(&h.index) == Some(&h.node_id);
             if mc.pending && !holds_now && !approved.contains(&h.node_id) {
                 return Err(refusal!(
@@ -814,9 +867,28 @@ impl Keys {
     }
 
     /// The pending members the operator approved as share holders (from
-    /// the Raft state).
-    pub fn set_approved(&self, approved: BTreeSet<NodeId>) {
-        *write(&self.approved) = approved;
+    /// the Raft state), each with its signed approval: only approvals
+    /// that check out here (admin signature, this cluster, the node
+    /// named) count, so a forged state grants no share.
+    pub fn set_approved(&self, approved: &BTreeMap<NodeId, Signed>) {
+        let Some(c) = self.cluster() else {
+            return;
+        };
+        let ok: BTreeSet<NodeId> = approved
+            .iter()
+            .filter(|(node, rec)| {
+                records::open_admin_change(rec, &c.admin_public_key, &c.genesis.cluster)
+                    .is_ok_and(|ch| {
+                        matches!(&ch.action,
+                            bzzz_proto::cluster::AdminAction::ApproveMember { node_id } if node_id == *node)
+                    })
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut held = write(&self.approved);
+        if *held != ok {
+            *held = ok;
+        }
     }
 
     /// Members in reach admitted by a multi-use token and not approved:

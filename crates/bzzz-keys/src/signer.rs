@@ -27,9 +27,15 @@ impl Keys {
                 coordinator_cert,
                 epoch,
                 current,
+                operator_change,
             } => {
                 if let Err(e) = self.check_member(&peer, coordinator_cert.as_ref()) {
                     return refuse(e);
+                }
+                if let Some(rec) = &operator_change
+                    && let Err(e) = self.adopt_operator_change(rec)
+                {
+                    return refuse(Refusal::from(e));
                 }
                 if let Some(rec) = &current
                     && let Err(e) = self.adopt_epoch(rec)
@@ -183,7 +189,6 @@ impl Keys {
             }
         };
         let now = unix_now();
-        let mut token_use = None;
         let message = match &purpose {
             SignPurpose::Message { message, operator } => {
                 let bytes = records::signing_bytes(Domain::OperatorMessage, message);
@@ -258,32 +263,15 @@ impl Keys {
                 let t = records::check_token(token.expose(), &c.admin_public_key, now)?;
                 let cert: MembershipCert =
                     serde_json::from_str(body).map_err(|e| format!("certificate body: {e}"))?;
-                let used = lock(&self.used_tokens).get(&t.id).map_or(0, |u| u.0);
-                let again = lock(&self.token_nodes)
-                    .get(&t.id)
-                    .is_some_and(|n| n.contains(&cert.node_id));
-                if used >= t.uses && !again {
-                    return Err(Refusal::new(
-                        RefusalCode::TokenUsed,
-                        format!(
-                            "join token was already used ({used} of {} uses); create a new one",
-                            t.uses
-                        ),
-                    ));
-                }
-                // Every holder of the current epoch counts the token's uses;
-                // any two signing quorums overlap (2t > n under the
-                // majority policy) and re-deals carry the counts over.
-                token_use = Some((t.id.clone(), t.uses, t.expires_at, cert.node_id.clone()));
-                if let Some(i) = cert.share_index
-                    && self.claimed_indices().contains(&i)
-                {
-                    return Err(refusal!("share index {i} is taken"));
-                }
                 if t.uses > 1 && !cert.pending {
                     return Err(
                         "a token that admits more than one node admits pending members only".into(),
                     );
+                }
+                if let Some(i) = cert.share_index
+                    && self.claimed_indices().contains(&i)
+                {
+                    return Err(refusal!("share index {i} is taken"));
                 }
                 if cert.cluster != c.genesis.cluster
                     || cert.admin_public_key != c.genesis.admin_public_key
@@ -291,6 +279,13 @@ impl Keys {
                 {
                     return Err("certificate body does not match this cluster or time".into());
                 }
+                // Every holder of the current epoch counts the token's uses,
+                // here at approval (round 1), so a holder that saw the token
+                // in a request cannot spend it on another node in the time
+                // the request's own round 2 takes; any two signing quorums
+                // overlap (2t > n under the majority policy) and re-deals
+                // carry the counts over.
+                self.count_token_use(&t, &cert)?;
                 records::signing_bytes(Domain::MembershipCert, body.as_bytes())
             }
         };
@@ -319,7 +314,6 @@ impl Keys {
                 nonces,
                 message,
                 created: Instant::now(),
-                token_use,
                 share: share.clone(),
                 epoch: c.epoch,
                 checkpoint,
@@ -330,6 +324,47 @@ impl Keys {
             index: share.index(),
             commitments,
         })
+    }
+
+    /// Counts one use of join token `t` for the node `cert` admits, or
+    /// none when this signer already counted one for that node with the
+    /// same age recipient (a retried join). Persisted before the answer.
+    fn count_token_use(&self, t: &JoinTokenBody, cert: &MembershipCert) -> Result<(), Refusal> {
+        let mut used = lock(&self.used_tokens);
+        let mut nodes = lock(&self.token_nodes);
+        let now = unix_now();
+        used.retain(|_, (_, exp)| *exp + 60 > now);
+        nodes.retain(|id, _| used.contains_key(id));
+        let seen = nodes.get(&t.id).and_then(|n| n.get(&cert.node_id));
+        match seen {
+            Some(r) if *r == cert.age_recipient => return Ok(()),
+            Some(_) => {
+                return Err(Refusal::new(
+                    RefusalCode::TokenUsed,
+                    "this join token already admitted that node with another age key",
+                ));
+            }
+            None => {}
+        }
+        let entry = used.entry(t.id.clone()).or_insert((0, t.expires_at));
+        if entry.0 >= t.uses {
+            return Err(Refusal::new(
+                RefusalCode::TokenUsed,
+                format!(
+                    "join token was already used ({} of {} uses); create a new one",
+                    entry.0, t.uses
+                ),
+            ));
+        }
+        entry.0 += 1;
+        nodes
+            .entry(t.id.clone())
+            .or_default()
+            .insert(cert.node_id.clone(), cert.age_recipient.clone());
+        let bytes = custody::encode_used_tokens(&used)?;
+        write_private(&self.data_dir.join(USED_TOKENS_FILE), &bytes)
+            .map_err(|e| format!("cannot record the token use: {e}"))?;
+        Ok(())
     }
 
     pub(crate) fn sign_round2(
@@ -357,33 +392,6 @@ impl Keys {
             ));
         }
         let share = s.share.clone();
-        if let Some((id, uses, expires_at, node)) = &s.token_use {
-            let mut used = lock(&self.used_tokens);
-            let mut nodes = lock(&self.token_nodes);
-            let now = unix_now();
-            used.retain(|_, (_, exp)| *exp + 60 > now);
-            nodes.retain(|id, _| used.contains_key(id));
-            let counted = nodes.get(id).is_some_and(|n| n.contains(node));
-            let entry = used.entry(id.clone()).or_insert((0, *expires_at));
-            if counted {
-                // A retried join of the same node: no second use.
-            } else if entry.0 >= *uses {
-                return Err(Refusal::new(
-                    RefusalCode::TokenUsed,
-                    format!(
-                        "join token was already used ({} of {uses} uses); create a new one",
-                        entry.0
-                    ),
-                ));
-            }
-            if !counted {
-                entry.0 += 1;
-                nodes.entry(id.clone()).or_default().insert(node.clone());
-            }
-            let bytes = custody::encode_used_tokens(&used)?;
-            write_private(&self.data_dir.join(USED_TOKENS_FILE), &bytes)
-                .map_err(|e| format!("cannot record the token use: {e}"))?;
-        }
         let sig = threshold::sign_share(&share, &s.nonces, package, &s.message)
             .map_err(|e| e.to_string())?;
         Ok(KeysResponse::SignatureShare {

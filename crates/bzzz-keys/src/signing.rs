@@ -91,6 +91,7 @@ impl Keys {
                     coordinator_cert: Some(c.cert.clone()),
                     epoch: c.epoch,
                     current: c.epoch_record.clone(),
+                    operator_change: self.operator_change(),
                 },
             )
         }))

@@ -22,6 +22,11 @@ fn node_with(dir: &Path, key: &bzzz_crypto::NodeKey) -> Keys {
 
 /// A one-member cluster dealt to `k` (t = 1, n = 1) by a fresh master key.
 fn bundle_for(k: &Keys, cluster: &str) -> (InstallBundle, String) {
+    let (b, admin, _) = bundle_with_master(k, cluster);
+    (b, admin)
+}
+
+fn bundle_with_master(k: &Keys, cluster: &str) -> (InstallBundle, String, MasterKey) {
     let master = MasterKey::generate().expect("master");
     let operator = hex::encode(
         OperatorPassword::new(PASSWORD.into())
@@ -35,7 +40,7 @@ fn bundle_for(k: &Keys, cluster: &str) -> (InstallBundle, String) {
         ceremony::deal(&master, cluster, 1, 1, operator, &members).expect("deal");
     assert_eq!(holders.len(), 1);
     let admin = hex::encode(master.admin_key().public());
-    (bundles.remove(0).1, admin)
+    (bundles.remove(0).1, admin, master)
 }
 
 #[test]
@@ -345,6 +350,121 @@ async fn a_recorded_operator_authorization_signs_nothing_else() {
         )
         .expect_err("stale");
     assert!(e.reason.contains("not fresh"), "{e:?}");
+}
+
+/// Issue #22 review: the operator key and the approvals come from the
+/// Raft state, which a hostile leader's snapshot could fill. The keys
+/// service takes only admin-signed records, newest first, and keeps the
+/// operator key across a restart.
+#[test]
+fn only_admin_signed_records_replace_the_operator_key_or_approve() {
+    use bzzz_proto::cluster::{AdminAction, AdminChange};
+    let dir = tempfile::tempdir().expect("dir");
+    let node_key = bzzz_crypto::NodeKey::generate().expect("key");
+    let k = node_with(dir.path(), &node_key);
+    let (b, _, master) = bundle_with_master(&k, "lab");
+    k.install(&b, None).expect("install");
+    let genesis_key = k.operator_public_key().expect("genesis key");
+    let record = |seq: u64, action: AdminAction, by: &dyn Fn(&[u8]) -> [u8; 64]| {
+        let change = AdminChange {
+            v: RECORD_VERSION,
+            cluster: "lab".into(),
+            seq,
+            issued_at: unix_now(),
+            action,
+            role_keys: BTreeMap::new(),
+        };
+        let text = records::body_text(&change).expect("text");
+        let sig = by(&records::signing_bytes(
+            Domain::AdminChange,
+            text.as_bytes(),
+        ));
+        records::signed(text, &sig)
+    };
+    let admin = master.admin_key();
+    let by_admin = |m: &[u8]| admin.sign(m);
+    let mallory = bzzz_crypto::NodeKey::generate().expect("key");
+    let by_mallory = |m: &[u8]| mallory.sign(m);
+    let set = |key: &bzzz_crypto::NodeKey| AdminAction::SetOperatorKey {
+        public_key: hex::encode(key.public()),
+    };
+    // Forged (another key): refused, the genesis key stays.
+    let forged = record(9, set(&mallory), &by_mallory);
+    assert!(k.adopt_operator_change(&forged).is_err());
+    assert_eq!(
+        k.operator_public_key().as_deref(),
+        Some(genesis_key.as_str())
+    );
+    // Admin-signed: adopted.
+    let new_key = bzzz_crypto::NodeKey::generate().expect("key");
+    assert_eq!(
+        k.adopt_operator_change(&record(5, set(&new_key), &by_admin)),
+        Ok(true)
+    );
+    assert_eq!(k.operator_public_key(), Some(hex::encode(new_key.public())));
+    // An older admin-signed one (a replayed earlier password): ignored.
+    let older = bzzz_crypto::NodeKey::generate().expect("key");
+    assert_eq!(
+        k.adopt_operator_change(&record(4, set(&older), &by_admin)),
+        Ok(false)
+    );
+    assert_eq!(k.operator_public_key(), Some(hex::encode(new_key.public())));
+    // Another action under the admin key is not an operator key change.
+    let other = record(6, AdminAction::RoleKeys {}, &by_admin);
+    assert!(k.adopt_operator_change(&other).is_err());
+    // Approvals: only the admin-signed one for the node it names counts.
+    let sybil = bzzz_net::node_id_of(&mallory.seed()).expect("id");
+    let friend = bzzz_net::node_id_of(&new_key.seed()).expect("id");
+    let approve = |n: &NodeId| AdminAction::ApproveMember { node_id: n.clone() };
+    let mut approvals = BTreeMap::new();
+    approvals.insert(sybil.clone(), record(7, approve(&sybil), &by_mallory));
+    approvals.insert(friend.clone(), record(8, approve(&friend), &by_admin));
+    // An admin-signed approval of one node does not approve another.
+    approvals.insert(k.node_id().clone(), record(8, approve(&friend), &by_admin));
+    k.set_approved(&approvals);
+    assert_eq!(
+        read(&k.approved).iter().cloned().collect::<Vec<_>>(),
+        vec![friend]
+    );
+    // A re-deal plan that names a holder with another certificate than
+    // the one it presents (a second certificate for its id, sealed to
+    // someone else's age key): refused by every dealer and signer.
+    let c = k.cluster().expect("cluster");
+    let mine = records::open_cert(&c.cert, &c.admin_public_key, None).expect("cert");
+    let thief = AgeIdentity::derive(&mallory).expect("age");
+    let forged_cert = MembershipCert {
+        age_recipient: Some(thief.recipient()),
+        ..mine.clone()
+    };
+    let text = records::body_text(&forged_cert).expect("text");
+    let forged_cert = records::signed(
+        text.clone(),
+        &admin.sign(&records::signing_bytes(
+            Domain::MembershipCert,
+            text.as_bytes(),
+        )),
+    );
+    let plan = |cert: Signed| RedealPlan {
+        epoch: c.epoch + 1,
+        policy: c.policy,
+        threshold: 1,
+        holders: vec![bzzz_proto::cluster::PlannedHolder {
+            index: mine.share_index.expect("index"),
+            node_id: k.node_id().clone(),
+            cert,
+        }],
+        dealers: vec![mine.share_index.expect("index")],
+    };
+    let e = k
+        .check_plan(&c, &plan(forged_cert), false)
+        .expect_err("a certificate the node does not present");
+    assert!(e.reason.contains("not the one that node presents"), "{e:?}");
+    k.check_plan(&c, &plan(c.cert.clone()), false)
+        .expect("its own certificate");
+    // A restart keeps the adopted operator key.
+    drop(k);
+    let k = node_with(dir.path(), &node_key);
+    assert_eq!(k.operator_public_key(), Some(hex::encode(new_key.public())));
 }
 
 #[test]

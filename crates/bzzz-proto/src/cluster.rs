@@ -428,6 +428,11 @@ pub enum KeysRequest {
         /// applied it yet adopts it (it checks the admin signature).
         #[serde(default)]
         current: Option<Signed>,
+        /// The coordinator's latest replacement of the operator key (an
+        /// admin change, `SetOperatorKey`): a signer that has not applied
+        /// it yet adopts it (it checks the admin signature and `seq`).
+        #[serde(default)]
+        operator_change: Option<Signed>,
     },
     /// Threshold signing round 2: sign the package (frost encoding, hex).
     SignShare {

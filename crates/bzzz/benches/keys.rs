@@ -66,15 +66,28 @@ fn main() -> anyhow::Result<()> {
     let addr = c.nodes[0].api().trim_start_matches("http://").to_owned();
 
     let t0 = Instant::now();
-    let started = post(
-        &addr,
-        "/api/v1/setup",
-        &format!(
-            r#"{{"cluster":"bench","threshold":{t},"shares":{n},"holders":{},"operator_password":"{PASSWORD}"}}"#,
-            serde_json::to_string(&c.holder_ids(0))?
-        ),
-        false,
-    )?;
+    let holders = serde_json::to_string(&c.holder_ids(0))?;
+    let setup = |with_holders: bool| {
+        let h = if with_holders {
+            format!(r#","holders":{holders}"#)
+        } else {
+            String::new()
+        };
+        post(
+            &addr,
+            "/api/v1/setup",
+            &format!(
+                r#"{{"cluster":"bench","threshold":{t},"shares":{n}{h},"operator_password":"{PASSWORD}"}}"#
+            ),
+            false,
+        )
+    };
+    // A binary from before issue #22 (BENCH_BIN) takes no holders: every
+    // node present held a share.
+    let started = match setup(true) {
+        Err(e) if e.to_string().contains("holders") => setup(false)?,
+        r => r?,
+    };
     let typed = serde_json::from_value::<bzzz_proto::api::SetupStarted>(started.clone())?
         .confirmation_words();
     let body = serde_json::json!({"setup_id": started["setup_id"], "words": typed});

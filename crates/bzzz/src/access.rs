@@ -566,9 +566,13 @@ impl Access {
                 crate::sessions::Who::Operator(key)
             }
             None => {
-                // Work and an answer like a wrong password's, so a login
-                // does not tell which user names exist.
-                let _ = st.keys.derive_operator_key(name, password).await;
+                // Work and an answer like a wrong password's (limited per
+                // client like any login), so a login does not tell which
+                // user names exist.
+                let e = st.keys.failed_login(client, password).await;
+                if e.kind != bzzz_keys::ErrorKind::Unauthorized {
+                    return Err(ApiError::from(e));
+                }
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "wrong user name or password",

@@ -159,9 +159,22 @@ pub async fn custody(
         if rx.is_none() {
             rx = Some(control.watch_keys());
         }
-        let (epoch, removed, approved) =
-            control.with_state(|s| (s.key_epoch.clone(), s.removed.clone(), s.approved.clone()));
-        keys.set_approved(approved);
+        let (epoch, removed, approved, operator) = control.with_state(|s| {
+            (
+                s.key_epoch.clone(),
+                s.removed.clone(),
+                s.approved.clone(),
+                s.operator_change.clone(),
+            )
+        });
+        // Both checked against the admin key by the keys service: the
+        // state alone (a snapshot from any leader) is not trusted.
+        keys.set_approved(&approved);
+        if let Some(rec) = operator
+            && let Err(e) = keys.adopt_operator_change(&rec)
+        {
+            warn!("the state names an operator key change this node refuses: {e}");
+        }
         if let Some(r) = keys.set_removed(removed) {
             let _ = fatal.send(r.message).await;
             return;

@@ -78,13 +78,6 @@ pub async fn run(
         });
     }
     control.witness_audit(&keys);
-    // The operator's key in force: an admin change may have replaced the
-    // genesis one (`bzzz user passwd admin`).
-    let weak = Arc::downgrade(&control);
-    keys.set_operator_source(Arc::new(move || {
-        weak.upgrade()
-            .and_then(|c| c.with_state(|s| s.operator_key.clone()))
-    }));
     let _ = cell.set(control.clone());
     info!(raft_id = control.id, "control plane started");
     control.spawn(control.clone().detect_leader_loss(cancel.clone()));

@@ -283,6 +283,10 @@ pub async fn remove_user(st: &Shared, p: &Principal, name: &str) -> Result<(), A
 #[derive(Deserialize)]
 struct PasswordChange {
     password: bzzz_proto::cluster::WireSecret,
+    /// The current operator password, required to change it from a web
+    /// session (a session is not proof that its holder knows it).
+    #[serde(default)]
+    current_password: Option<bzzz_proto::cluster::WireSecret>,
 }
 
 async fn api_user_passwd(
@@ -345,6 +349,23 @@ async fn operator_passwd(
             "only the operator (user admin, with the current password) changes the operator password",
         ));
     };
+    if c.csrf.is_some() {
+        // A web session: the current password again, checked like a login.
+        let current = req
+            .current_password
+            .as_ref()
+            .and_then(|p| OperatorPassword::new(p.expose().to_owned()).ok());
+        let key = st
+            .keys
+            .operator_login(&format!("session:{}", c.id), current)
+            .await?;
+        if key.public_hex() != old.public_hex() {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the current operator password is wrong",
+            ));
+        }
+    }
     let pw = OperatorPassword::new_for_setup(req.password.expose().to_owned())
         .map_err(|e| ApiError::invalid(e.to_string()))?;
     let cluster = st

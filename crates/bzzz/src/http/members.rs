@@ -239,7 +239,7 @@ pub async fn approve_member(
     let node = NodeId::parse(id)
         .map_err(|e| ApiError::invalid(format!("{id:?} is not a node id: {e}")))?;
     let control = st.control.get().ok_or_else(ApiError::no_control)?;
-    if control.with_state(|s| s.approved.contains(&node)) {
+    if control.with_state(|s| s.approved.contains_key(&node)) {
         return Ok(json!({"node_id": node, "approved": true, "already": true}));
     }
     let views = member_views(st);
