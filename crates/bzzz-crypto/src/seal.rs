@@ -119,9 +119,51 @@ pub fn seal(recipient: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     age::encrypt(&r, plaintext).map_err(|e| CryptoError::Seal(e.to_string()))
 }
 
+/// scrypt work factor (log2 N) of the at-rest passphrase layer: 2^16 with
+/// age's r = 8 is 64 MiB and about 0.2 s, paid once per start and once per
+/// re-deal.
+pub const PASSPHRASE_LOG_N: u8 = 16;
+
+/// Wraps already sealed bytes once more under a passphrase (age scrypt),
+/// for shares at rest on a disk that also holds the node key.
+pub fn passphrase_wrap(passphrase: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut r =
+        age::scrypt::Recipient::new(age::secrecy::SecretString::from(passphrase.to_owned()));
+    r.set_work_factor(PASSPHRASE_LOG_N);
+    age::encrypt(&r, sealed).map_err(|e| CryptoError::Seal(e.to_string()))
+}
+
+/// Whether `bytes` look like [`passphrase_wrap`]'s output (an age file
+/// whose first stanza is scrypt).
+pub fn is_passphrase_wrapped(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"age-encryption.org/v1\n-> scrypt ")
+}
+
+/// Undoes [`passphrase_wrap`]; an error for a wrong passphrase or bytes
+/// that are not passphrase-wrapped.
+pub fn passphrase_unwrap(passphrase: &str, wrapped: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let mut id =
+        age::scrypt::Identity::new(age::secrecy::SecretString::from(passphrase.to_owned()));
+    id.set_max_work_factor(PASSPHRASE_LOG_N + 2);
+    age::decrypt(&id, wrapped).map_err(|e| CryptoError::Seal(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passphrase_layer_opens_only_with_its_passphrase() {
+        let w = passphrase_wrap("correct horse battery", b"sealed share").expect("wrap");
+        assert_eq!(
+            passphrase_unwrap("correct horse battery", &w).expect("unwrap"),
+            b"sealed share"
+        );
+        assert!(passphrase_unwrap("wrong horse battery", &w).is_err());
+        assert!(passphrase_unwrap("correct horse battery", b"sealed share").is_err());
+        assert!(is_passphrase_wrapped(&w));
+        assert!(!is_passphrase_wrapped(b"sealed share"));
+    }
 
     #[test]
     fn sealed_data_opens_only_with_the_right_node() {

@@ -13,6 +13,18 @@ impl Keys {
         node_id: NodeId,
         local_tx: watch::Sender<LocalInfo>,
     ) -> Result<Self, KeysError> {
+        Self::load_with(data_dir, node_key, node_id, local_tx, None)
+    }
+
+    /// [`Keys::load`] with a passphrase that also protects the share at
+    /// rest (see [`Keys::at_rest`]).
+    pub fn load_with(
+        data_dir: &Path,
+        node_key: &bzzz_crypto::NodeKey,
+        node_id: NodeId,
+        local_tx: watch::Sender<LocalInfo>,
+        share_passphrase: Option<zeroize::Zeroizing<String>>,
+    ) -> Result<Self, KeysError> {
         let age = AgeIdentity::derive(node_key)
             .map_err(|e| err(ErrorKind::Internal, format!("age identity: {e}")))?;
         let recipient = age.recipient();
@@ -39,6 +51,7 @@ impl Keys {
             redealing: tokio::sync::Mutex::new(()),
             audit_witness: std::sync::OnceLock::new(),
             operator: RwLock::new(None),
+            share_passphrase,
             operator_nonces: Mutex::new(HashMap::new()),
             used_tokens: Mutex::new(load_used_tokens(&data_dir.join(USED_TOKENS_FILE))?),
         };
@@ -87,7 +100,26 @@ impl Keys {
                 std::fs::read(data_dir.join(share_file(cluster.epoch))),
             ) {
                 (None, _) => ShareState::None,
-                (Some(i), Ok(sealed)) => keys.open_share(&sealed, i, &cluster.group),
+                (Some(i), Ok(bytes)) => {
+                    let s = keys.open_share_at_rest(&bytes, i, &cluster.group);
+                    // A passphrase newly configured: the share gets its
+                    // layer now.
+                    if matches!(s, ShareState::Valid(_))
+                        && keys.share_passphrase.is_some()
+                        && !bzzz_crypto::seal::is_passphrase_wrapped(&bytes)
+                        && let Ok(wrapped) = keys.at_rest(&bytes)
+                    {
+                        match write_private(&data_dir.join(share_file(cluster.epoch)), &wrapped) {
+                            Ok(()) => {
+                                info!("the share at rest is now protected by the share passphrase")
+                            }
+                            Err(e) => {
+                                warn!("cannot rewrite the share with its passphrase layer: {e}")
+                            }
+                        }
+                    }
+                    s
+                }
                 (Some(_), Err(e)) if e.kind() == std::io::ErrorKind::NotFound => ShareState::None,
                 (Some(_), Err(e)) => {
                     ShareState::Invalid(format!("cannot read {}: {e}", share_file(cluster.epoch)))
@@ -154,6 +186,47 @@ impl Keys {
         };
         *write(&self.cluster) = Some(c);
         self.local_tx.send_modify(|l| l.membership = Some(m));
+    }
+
+    /// The bytes to keep on disk for a share sealed to this node: with a
+    /// share passphrase, wrapped once more under it (age scrypt), so the
+    /// disk alone (which also holds the node key) does not open it.
+    pub(crate) fn at_rest(&self, sealed: &[u8]) -> Result<Vec<u8>, String> {
+        match &self.share_passphrase {
+            Some(p) => bzzz_crypto::seal::passphrase_wrap(p, sealed).map_err(|e| e.to_string()),
+            None => Ok(sealed.to_vec()),
+        }
+    }
+
+    /// Opens a share file written by [`Keys::at_rest`] (or before a
+    /// passphrase was configured).
+    pub(crate) fn open_share_at_rest(
+        &self,
+        bytes: &[u8],
+        index: u16,
+        group: &GroupKey,
+    ) -> ShareState {
+        let wrapped = bzzz_crypto::seal::is_passphrase_wrapped(bytes);
+        let sealed = match (&self.share_passphrase, wrapped) {
+            (Some(p), true) => match bzzz_crypto::seal::passphrase_unwrap(p, bytes) {
+                Ok(s) => s,
+                Err(_) => {
+                    return ShareState::Invalid(
+                        "the share at rest does not open with the configured share passphrase"
+                            .into(),
+                    );
+                }
+            },
+            (None, true) => {
+                return ShareState::Invalid(
+                    "the share at rest is protected by a passphrase: start the node with \
+                     --share-passphrase-file (BZZZ_SHARE_PASSPHRASE_FILE)"
+                        .into(),
+                );
+            }
+            (_, false) => bytes.to_vec(),
+        };
+        self.open_share(&sealed, index, group)
     }
 
     pub(crate) fn open_share(&self, sealed: &[u8], index: u16, group: &GroupKey) -> ShareState {
@@ -314,8 +387,11 @@ impl Keys {
             (Some(_), None) => return Err("a share for a node that holds none".into()),
         };
         if let Some((sealed, _)) = &share {
-            write_private(&self.data_dir.join(share_file(cluster.epoch)), sealed)
-                .map_err(|e| format!("cannot store the share: {e}"))?;
+            write_private(
+                &self.data_dir.join(share_file(cluster.epoch)),
+                &self.at_rest(sealed)?,
+            )
+            .map_err(|e| format!("cannot store the share: {e}"))?;
         }
         self.write_cluster_file(&cluster)?;
         if let Some((_, s)) = share {

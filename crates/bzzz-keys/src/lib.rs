@@ -352,6 +352,9 @@ pub struct Keys {
     /// checked and adopted: its `seq`, the key (hex) and the record
     /// (persisted in [`OPERATOR_FILE`]). `None`: the genesis key.
     operator: RwLock<Option<(u64, String, Signed)>>,
+    /// A passphrase that also protects the share at rest (see
+    /// [`Keys::at_rest`]); `None`: sealed to the node key only.
+    share_passphrase: Option<zeroize::Zeroizing<String>>,
     /// Operator authorization nonces this signer took → their expiry
     /// (unix seconds).
     operator_nonces: Mutex<HashMap<String, u64>>,

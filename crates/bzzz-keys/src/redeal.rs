@@ -658,7 +658,7 @@ impl Keys {
             &self
                 .data_dir
                 .join(pending_share_file(plan.epoch, &commitment)),
-            &sealed_share,
+            &self.at_rest(&sealed_share)?,
         )
         .map_err(|e| format!("cannot store the pending share: {e}"))?;
         self.merge_token_uses(token_uses)?;
@@ -813,7 +813,7 @@ impl Keys {
                     .join(pending_share_file(e.epoch, &e.commitment));
                 match std::fs::read(&pending) {
                     Ok(sealed) => {
-                        let s = self.open_share(&sealed, i, &next.group);
+                        let s = self.open_share_at_rest(&sealed, i, &next.group);
                         if let ShareState::Valid(_) = s {
                             std::fs::rename(&pending, self.data_dir.join(share_file(e.epoch)))
                                 .map_err(|e| format!("cannot keep the new share: {e}"))?;

@@ -195,6 +195,7 @@ async fn run_node(args: RunArgs) -> ExitCode {
         no_mdns: args.no_mdns,
         log_format: args.log_format,
         models_dir: args.models_dir,
+        share_passphrase_file: args.share_passphrase_file,
     };
     let cfg = match load_config(args.config.as_deref(), &flags) {
         Ok(c) => c,

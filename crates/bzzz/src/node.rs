@@ -124,7 +124,30 @@ pub async fn run(
     // The network starts after the keys service has published this node's
     // membership, so that it never runs open in an initialized cluster.
     let node_id = bzzz_net::node_id_of(&key.seed()).context("invalid node key")?;
-    let keys = crate::keys::Keys::load(&cfg.data_dir, &key, node_id, local_tx.clone())?;
+    let share_passphrase = match &cfg.share_passphrase_file {
+        Some(p) => {
+            let text =
+                zeroize::Zeroizing::new(std::fs::read_to_string(p).map_err(|e| {
+                    anyhow::anyhow!("--share-passphrase-file {}: {e}", p.display())
+                })?);
+            let line = zeroize::Zeroizing::new(text.lines().next().unwrap_or("").to_owned());
+            if line.chars().count() < 12 {
+                anyhow::bail!(
+                    "--share-passphrase-file {}: the passphrase must be at least 12 characters",
+                    p.display()
+                );
+            }
+            Some(line)
+        }
+        None => None,
+    };
+    let keys = crate::keys::Keys::load_with(
+        &cfg.data_dir,
+        &key,
+        node_id,
+        local_tx.clone(),
+        share_passphrase,
+    )?;
     let authz: bzzz_dht::SharedAuthz = Arc::default();
     let store = crate::dht::open_store(&cfg.data_dir, &authz)
         .context("cannot open the DHT record store")?;

@@ -555,6 +555,62 @@ fn a_multi_use_token_admits_pending_members_until_approved() {
     assert!(!out.status.success());
 }
 
+/// Issue #22: a share at rest is sealed to the node key, which is on the
+/// same disk. With `--share-passphrase-file` (kept off that disk: a
+/// TPM-sealed systemd credential, a removable disk) the disk alone does
+/// not open it, and a node started without the passphrase cannot sign.
+#[test]
+fn a_share_passphrase_keeps_the_disk_alone_from_opening_the_share() {
+    let secret_dir = tempfile::tempdir().expect("dir");
+    let pass = secret_dir.path().join("share-passphrase");
+    std::fs::write(&pass, "a long share passphrase\n").expect("write");
+    let flag = vec![
+        "--share-passphrase-file".to_owned(),
+        pass.to_string_lossy().into_owned(),
+    ];
+    let mut c = LocalCluster::start(
+        bin(),
+        1,
+        &LocalOpts {
+            extra_args: flag.clone(),
+            ..Default::default()
+        },
+    )
+    .expect("start");
+    c.wait_formed(Duration::from_secs(15)).expect("formed");
+    let done = init(&c, 1, 1);
+    let pk = done["admin_public_key"].as_str().expect("pk").to_owned();
+    let file = c.nodes[0].data_dir.join("share.age");
+    let at_rest = std::fs::read(&file).expect("share");
+    assert!(
+        at_rest.starts_with(b"age-encryption.org/v1\n-> scrypt "),
+        "the share at rest has its passphrase layer"
+    );
+    let key = bzzz_crypto::keyfile::load(&c.nodes[0].data_dir.join("node_key.json")).expect("key");
+    let age = bzzz_crypto::seal::AgeIdentity::derive(&key).expect("age");
+    assert!(age.open(&at_rest).is_err(), "the node key alone opens it");
+    verify_plain_ed25519(&pk, &sign(&c, 0, &[0]));
+    // Started without the passphrase: the share does not open.
+    let bin_path = bin().to_path_buf();
+    c.nodes[0].args.retain(|a| !flag.contains(a));
+    c.nodes[0].restart(&bin_path).expect("restart");
+    c.nodes[0]
+        .wait_ready(Duration::from_secs(15))
+        .expect("ready");
+    let s = cli_json(&["keys", "status", "--api", &c.nodes[0].api(), "--json"]);
+    assert_eq!(s["share_state"], "invalid", "{s}");
+    assert!(!sign(&c, 0, &[0]).status.success());
+    // With it again: it signs.
+    c.nodes[0].args.extend(flag.iter().cloned());
+    c.nodes[0].restart(&bin_path).expect("restart");
+    c.nodes[0]
+        .wait_ready(Duration::from_secs(15))
+        .expect("ready");
+    let s = cli_json(&["keys", "status", "--api", &c.nodes[0].api(), "--json"]);
+    assert_eq!(s["share_state"], "valid", "{s}");
+    verify_plain_ed25519(&pk, &sign(&c, 0, &[0]));
+}
+
 #[test]
 fn recover_rebuilds_a_cluster_with_the_same_admin_key_and_fresh_shares() {
     let mut old = LocalCluster::start(bin(), 2, &LocalOpts::default()).expect("start");

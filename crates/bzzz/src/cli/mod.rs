@@ -706,6 +706,13 @@ pub struct RunArgs {
     /// Read the join token from a file instead (keeps it out of the process list).
     #[arg(long, value_name = "PATH")]
     pub join_token_file: Option<PathBuf>,
+    /// A file whose first line is a passphrase that also protects this
+    /// node's admin key share at rest (age scrypt over the share sealed
+    /// to the node key). Put it where the data dir is not, e.g. a
+    /// systemd credential (LoadCredentialEncrypted=, TPM-sealed) or a
+    /// removable disk; without it the node cannot sign after a restart.
+    #[arg(long, env = "BZZZ_SHARE_PASSPHRASE_FILE", value_name = "PATH")]
+    pub share_passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -9,8 +9,9 @@
 //! `BZZZ_NETWORK__BOOTSTRAP=/ip4/…,/ip4/…` (lists are comma-separated),
 //! `BZZZ_LABELS__ZONE=eu-1`. The value is read as YAML, like in the file.
 //! `BZZZ_INSTALL_*` belong to `install.sh` and are ignored here.
-//! `BZZZ_CONFIG`, `BZZZ_API` and `BZZZ_LOG` are not config fields (they
-//! select the file, the CLI's API URL and the log filter).
+//! `BZZZ_CONFIG`, `BZZZ_API`, `BZZZ_LOG` and `BZZZ_SHARE_PASSPHRASE_FILE`
+//! are not config fields (they select the file, the CLI's API URL, the log
+//! filter and the share passphrase file of `node run`).
 //!
 //! Every problem is reported as a [`ConfigError`] that names the field (or
 //! the environment variable) and the problem; the binary exits with code 2.
@@ -30,7 +31,12 @@ pub const SYSTEM_CONFIG: &str = "/etc/bzzz/bzzz.yaml";
 /// Default P2P port (TCP and UDP/QUIC).
 pub const DEFAULT_P2P_PORT: u16 = 4140;
 /// Environment variables with the `BZZZ_` prefix that are not config fields.
-const NON_FIELD_ENV: &[&str] = &["BZZZ_CONFIG", "BZZZ_API", "BZZZ_LOG"];
+const NON_FIELD_ENV: &[&str] = &[
+    "BZZZ_CONFIG",
+    "BZZZ_API",
+    "BZZZ_LOG",
+    "BZZZ_SHARE_PASSPHRASE_FILE",
+];
 
 /// A config problem, naming where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +88,11 @@ pub struct Config {
     pub control: ControlSettings,
     /// Where placed models land (Ollama's layout): `models.ollama_dir`.
     pub models_dir: PathBuf,
+    /// A file whose first line is the passphrase that also protects this
+    /// node's admin key share at rest (`--share-passphrase-file`,
+    /// `BZZZ_SHARE_PASSPHRASE_FILE`). Unset: the share is sealed to the
+    /// node's own key only (on the same disk).
+    pub share_passphrase_file: Option<PathBuf>,
     /// Serving: backends, managed backends, access.
     pub serve: ServeSettings,
     /// The file it came from, if any.
@@ -180,6 +191,7 @@ pub struct Overrides {
     pub no_mdns: bool,
     pub log_format: Option<String>,
     pub models_dir: Option<PathBuf>,
+    pub share_passphrase_file: Option<PathBuf>,
 }
 
 /// Loads the config: `path` if given (must exist), else the system file if
@@ -541,6 +553,7 @@ fn validate(
             .unwrap_or_else(bzzz_models::ollama::default_dir),
         serve,
         source,
+        share_passphrase_file: flags.share_passphrase_file.clone(),
     })
 }
 

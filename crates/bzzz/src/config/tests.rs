@@ -61,6 +61,7 @@ fn environment_overrides_the_file_and_flags_override_both() {
             ),
             ("BZZZ_LABELS__ZONE", "eu-1"),
             ("BZZZ_CONFIG", "/ignored"),
+            ("BZZZ_SHARE_PASSPHRASE_FILE", "/ignored"),
             ("OTHER", "x"),
         ],
     )
