@@ -43,38 +43,42 @@ fn human(secs: u64) -> String {
 }
 
 pub async fn remove(a: &MemberRemoveArgs) -> anyhow::Result<()> {
-    let password = a.op.credential()?;
-    let r: Option<serde_json::Value> = send(
-        &a.op.api,
+    member_change(
+        a,
         reqwest::Method::DELETE,
         &format!("/api/v1/members/{}", a.node_id),
-        None,
-        Some(&password),
-        Duration::from_secs(60),
-        false,
+        "removed",
+        "removed: every node refuses it, Raft drops it, and the admin key is re-dealt without it.",
     )
-    .await?;
-    let r = r.unwrap_or_default();
-    if a.op.json {
-        println!("{r}");
-    } else if r["already"] == true {
-        println!("{} was already removed.", a.node_id);
-    } else {
-        println!(
-            "{} removed: every node refuses it, Raft drops it, and the admin key is re-dealt without it.",
-            a.node_id
-        );
-    }
-    Ok(())
+    .await
 }
 
 pub async fn approve(a: &MemberRemoveArgs) -> anyhow::Result<()> {
-    let password = a.op.credential()?;
-    let r: Option<serde_json::Value> = send(
-        &a.op.api,
+    member_change(
+        a,
         reqwest::Method::POST,
         &format!("/api/v1/members/{}/approve", a.node_id),
-        Some(reqwest::Body::from("{}")),
+        "approved",
+        "approved: the admin key is re-dealt to it (bzzz member ls shows its share index once done).",
+    )
+    .await
+}
+
+/// An operator change to one member; prints the answer (`{already}`).
+async fn member_change(
+    a: &MemberRemoveArgs,
+    method: reqwest::Method,
+    path: &str,
+    verb: &str,
+    done: &str,
+) -> anyhow::Result<()> {
+    let password = a.op.credential()?;
+    let body = (method == reqwest::Method::POST).then(|| reqwest::Body::from("{}"));
+    let r: Option<serde_json::Value> = send(
+        &a.op.api,
+        method,
+        path,
+        body,
         Some(&password),
         Duration::from_secs(60),
         false,
@@ -84,12 +88,9 @@ pub async fn approve(a: &MemberRemoveArgs) -> anyhow::Result<()> {
     if a.op.json {
         println!("{r}");
     } else if r["already"] == true {
-        println!("{} was already approved.", a.node_id);
+        println!("{} was already {verb}.", a.node_id);
     } else {
-        println!(
-            "{} approved: the admin key is re-dealt to it (bzzz member ls shows its share index once done).",
-            a.node_id
-        );
+        println!("{} {done}", a.node_id);
     }
     Ok(())
 }

@@ -187,41 +187,62 @@ async fn page(State(st): State<Shared>, p: Principal) -> Response {
 }
 
 #[derive(Deserialize)]
-struct RemoveForm {
+struct MemberForm {
     node_id: String,
 }
 
-async fn remove_form(
-    State(st): State<Shared>,
-    p: Principal,
-    Operator(pw): Operator,
-    body: Bytes,
-) -> Response {
-    let f: RemoveForm = match serde_urlencoded::from_bytes(&body) {
+/// A member form's answer: the page with `done` (naming the node) as
+/// notice, or the error.
+async fn member_form<F, Fut>(
+    st: &Shared,
+    p: &Principal,
+    body: &[u8],
+    done: &str,
+    act: F,
+) -> Response
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, crate::http::ApiError>>,
+{
+    let f: MemberForm = match serde_urlencoded::from_bytes(body) {
         Ok(f) => f,
         Err(e) => {
             return render(
-                &st,
-                &p,
+                st,
+                p,
                 StatusCode::UNPROCESSABLE_ENTITY,
                 html! { p class="err" id="error" { "bad form: " (e) } },
             );
         }
     };
-    match remove_member(&st, &pw, &f.node_id).await {
+    match act(f.node_id.clone()).await {
         Ok(_) => render(
-            &st,
-            &p,
+            st,
+            p,
             StatusCode::OK,
-            html! { p class="warn" id="notice" { (f.node_id) " removed; the admin key is re-dealt without it." } },
+            html! { p class="warn" id="notice" { (f.node_id) (done) } },
         ),
         Err(e) => render(
-            &st,
-            &p,
+            st,
+            p,
             e.status,
             html! { p class="err" id="error" { (e.message) } },
         ),
     }
+}
+
+async fn remove_form(
+    State(st): State<Shared>,
+    p: Principal,
+    Operator(key): Operator,
+    body: Bytes,
+) -> Response {
+    let done = " removed; the admin key is re-dealt without it.";
+    let s = st.clone();
+    member_form(&st, &p, &body, done, |id| async move {
+        remove_member(&s, &key, &id).await
+    })
+    .await
 }
 
 async fn approve_form(
@@ -230,29 +251,10 @@ async fn approve_form(
     Operator(key): Operator,
     body: Bytes,
 ) -> Response {
-    let f: RemoveForm = match serde_urlencoded::from_bytes(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            return render(
-                &st,
-                &p,
-                StatusCode::UNPROCESSABLE_ENTITY,
-                html! { p class="err" id="error" { "bad form: " (e) } },
-            );
-        }
-    };
-    match approve_member(&st, &key, &f.node_id).await {
-        Ok(_) => render(
-            &st,
-            &p,
-            StatusCode::OK,
-            html! { p class="warn" id="notice" { (f.node_id) " approved; the admin key is re-dealt to it." } },
-        ),
-        Err(e) => render(
-            &st,
-            &p,
-            e.status,
-            html! { p class="err" id="error" { (e.message) } },
-        ),
-    }
+    let done = " approved; the admin key is re-dealt to it.";
+    let s = st.clone();
+    member_form(&st, &p, &body, done, |id| async move {
+        approve_member(&s, &key, &id).await
+    })
+    .await
 }
