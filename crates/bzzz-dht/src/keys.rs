@@ -108,6 +108,7 @@ pub fn new_keys(
                 readers: sealed.keys().cloned().collect(),
                 sealed,
                 created_at: now_secs,
+                made_by: None,
             },
         );
     }

@@ -55,6 +55,8 @@ pub const WRITE_QUORUM: usize = 2;
 pub const READ_QUORUM: usize = 2;
 /// Most entries one node lists.
 pub const MAX_LIST: usize = 10_000;
+/// Most versions `history` lists (the newest); each is one lookup.
+pub const MAX_HISTORY: u64 = 1024;
 
 /// Errors of DHT operations (each maps to one HTTP status).
 #[derive(Debug, thiserror::Error)]
@@ -412,7 +414,8 @@ impl Dht {
         )))
     }
 
-    /// The history of an address, oldest first.
+    /// The history of an address, oldest first: its newest
+    /// [`MAX_HISTORY`] versions (older ones stay readable by version).
     pub async fn history(&self, addr: &Address) -> Result<Vec<HistoryEntry>, DhtError> {
         let base = record::write_address(addr);
         let head = self
@@ -420,7 +423,8 @@ impl Dht {
             .await?
             .ok_or_else(|| DhtError::NotFound(format!("no record at {base}")))?;
         let latest = head.body.version;
-        let mut entries: Vec<HistoryEntry> = futures::stream::iter(1..latest)
+        let first = latest.saturating_sub(MAX_HISTORY - 1).max(1);
+        let mut entries: Vec<HistoryEntry> = futures::stream::iter(first..latest)
             .map(|v| {
                 let base = base.clone();
                 async move { self.version(&base, v).await }

@@ -121,6 +121,26 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
     if body.version > MAX_VERSION {
         return Err(format!("record version above {MAX_VERSION}"));
     }
+    // Versions cannot outrun the clock (issue #22): a writer stamps each
+    // version at least 1 ms after the one before, so `version` never
+    // exceeds `timestamp_ms`, and no timestamp is accepted far ahead of
+    // this node's clock. A member of the role therefore cannot push an
+    // address to its last version (or open a gap that a history walk
+    // would pay for): versions advance at most one per millisecond.
+    if body.version > body.timestamp_ms {
+        return Err(format!(
+            "record version {} is ahead of its timestamp ({} ms): versions advance at most one per millisecond",
+            body.version, body.timestamp_ms
+        ));
+    }
+    let now = now_ms();
+    if body.timestamp_ms > now.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(format!(
+            "record timestamp is {} s ahead of this node's clock (at most {} s are accepted; check the clocks)",
+            (body.timestamp_ms - now) / 1000,
+            MAX_CLOCK_AHEAD_MS / 1000
+        ));
+    }
     if let Some(k) = key
         && k != head_key(&address)
         && k != version_key(&address, body.version)
@@ -196,8 +216,26 @@ pub fn check(authz: &Authz, key: Option<&[u8]>, raw: &[u8]) -> Result<Checked, S
 /// its address).
 pub const MAX_VERSION: u64 = 1 << 53;
 
-/// What a storing node adds to [`check`]: a head only moves forward, and
-/// a version, once stored, is never replaced by another record.
+/// How far ahead of a node's clock a record's timestamp may be.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 5 * 60 * 1000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a storing node adds to [`check`]: a head only moves forward, to
+/// the next version (head + 1), and a version, once stored, is never
+/// replaced by another record.
+///
+/// The one exception heals a storer that missed versions (offline while
+/// they were written, or new to the key): a head more than one version
+/// ahead is taken when its timestamp is at least as many milliseconds
+/// after the stored one as it skips versions. Honest writes always are
+/// (each version is stamped at least 1 ms after the one before); a jump
+/// an author makes up is not, unless it also moves its timestamp ahead,
+/// which [`check`] bounds by the clock.
 pub fn check_replace(new: &Checked, existing: &[u8]) -> Result<(), String> {
     let Ok(old) = serde_json::from_slice::<Envelope>(existing) else {
         return Ok(()); // unreadable: replace it
@@ -215,6 +253,13 @@ pub fn check_replace(new: &Checked, existing: &[u8]) -> Result<(), String> {
         return Err(format!(
             "a different record of version {} is stored",
             old.version
+        ));
+    }
+    let step = new.body.version - old.version;
+    if step > 1 && new.body.timestamp_ms.saturating_sub(old.timestamp_ms) < step {
+        return Err(format!(
+            "version {} does not follow the stored {} (only head + 1 is accepted)",
+            new.body.version, old.version
         ));
     }
     Ok(())
@@ -341,6 +386,7 @@ mod tests {
             readers: BTreeSet::new(),
             sealed: BTreeMap::new(),
             created_at: 0,
+            made_by: None,
         };
         let role = |name: &str, m: &NodeId| RoleDef {
             name: name.into(),
@@ -379,9 +425,19 @@ mod tests {
     }
 
     fn record(w: &World, who: &(NodeKey, NodeId, Signed), addr: &str, version: u64) -> Vec<u8> {
+        record_at(w, who, addr, version, 1_000 + version)
+    }
+
+    fn record_at(
+        w: &World,
+        who: &(NodeKey, NodeId, Signed),
+        addr: &str,
+        version: u64,
+        ts: u64,
+    ) -> Vec<u8> {
         let a: Address = addr.parse().expect("addr");
         let chain = chain_of(&a).expect("chain");
-        let d = draft("lab", &a, version, &who.1, 5, &chain, &w.key, b"secret").expect("draft");
+        let d = draft("lab", &a, version, &who.1, ts, &chain, &w.key, b"secret").expect("draft");
         let text = serde_json::to_string(&d.body).expect("json");
         let sig = who.0.sign(&signing_bytes(&text, SignedBy::Node));
         serde_json::to_vec(&envelope(text, &sig, SignedBy::Node, who.2.clone())).expect("json")
@@ -420,11 +476,45 @@ mod tests {
         // A version at u64::MAX (issue #22: it froze its address, the next
         // write overflowing) is refused by every storer and reader; the
         // last version allowed is MAX_VERSION.
-        let top = record(&w, &w.dev, ADDR, u64::MAX);
+        let top = record_at(&w, &w.dev, ADDR, u64::MAX, u64::MAX);
         let e = check(&w.authz, Some(&head_key(&a)), &top).expect_err("u64::MAX");
         assert!(e.contains("version above"), "{e}");
-        let last = record(&w, &w.dev, ADDR, MAX_VERSION);
-        check(&w.authz, Some(&head_key(&a)), &last).expect("the last version");
+        // Nor can an author reach the last version with a timestamp to
+        // match: timestamps ahead of the clock are refused.
+        let last = record_at(&w, &w.dev, ADDR, MAX_VERSION, MAX_VERSION);
+        let e = check(&w.authz, Some(&head_key(&a)), &last).expect_err("future");
+        assert!(e.contains("ahead of this node's clock"), "{e}");
+        // A version ahead of its own timestamp is refused.
+        let fast = record_at(&w, &w.dev, ADDR, 5_000, 4_999);
+        let e = check(&w.authz, Some(&head_key(&a)), &fast).expect_err("fast");
+        assert!(e.contains("ahead of its timestamp"), "{e}");
+    }
+
+    #[test]
+    fn storers_take_only_the_next_version_unless_the_clock_covers_the_gap() {
+        let w = world();
+        let a: Address = ADDR.parse().expect("addr");
+        let store = StoreCheck(Arc::new(RwLock::new(Arc::new(w.authz.clone()))));
+        use bzzz_net::store::RecordCheck as _;
+        let v1 = record_at(&w, &w.dev, ADDR, 1, 10_000);
+        // A jump over versions no one wrote, with a timestamp 1 ms later.
+        let jump = record_at(&w, &w.dev, ADDR, 1_000, 10_001);
+        let e = store
+            .check(&head_key(&a), &jump, Some(&v1))
+            .expect_err("a jump");
+        assert!(e.contains("head + 1"), "{e}");
+        let v2 = record_at(&w, &w.dev, ADDR, 2, 10_001);
+        store
+            .check(&head_key(&a), &v2, Some(&v1))
+            .expect("head + 1");
+        // A storer that missed versions 2 to 4 takes version 5 written
+        // 4 ms or more later (how honest writers stamp versions).
+        let v5 = record_at(&w, &w.dev, ADDR, 5, 10_004);
+        store
+            .check(&head_key(&a), &v5, Some(&v1))
+            .expect("healing a storer that missed versions");
+        let v5_early = record_at(&w, &w.dev, ADDR, 5, 10_003);
+        assert!(store.check(&head_key(&a), &v5_early, Some(&v1)).is_err());
     }
 
     #[test]

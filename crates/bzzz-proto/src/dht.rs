@@ -45,6 +45,13 @@ pub struct RoleKey {
     /// Unix seconds.
     #[serde(default)]
     pub created_at: u64,
+    /// The reader of the chain that generated this key (issue #22): a new
+    /// key is made on a node that may read it, never on a node that only
+    /// serves the operator's request (which may be the reader being shut
+    /// out). `None` for keys sealed to nobody (no reader was in reach) and
+    /// for keys made before this field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub made_by: Option<NodeId>,
 }
 
 /// Which key chain seals a record at `addr` (a role name, or

@@ -107,6 +107,174 @@ pub fn parse_override(section: &str, text: &str, o: &mut ClusterOverrides) -> Re
     Ok(())
 }
 
+/// A [`bzzz_net::Service::Dht`] request that is answered here rather
+/// than by the DHT crate: it needs the replicated state.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum KeyRequest {
+    /// New keys for `chains` as `action` would need them, made by the
+    /// receiver, which must be a reader of each (issue #22: the node that
+    /// serves the operator's request may be the reader being shut out; it
+    /// never sees the secret). The answer is
+    /// `Result<BTreeMap<chain, RoleKey>, String>`.
+    MakeRoleKeys {
+        action: bzzz_proto::cluster::AdminAction,
+        chains: Vec<String>,
+    },
+}
+
+/// Most chains one [`KeyRequest::MakeRoleKeys`] may ask for.
+const MAX_CHAINS_PER_REQUEST: usize = 256;
+
+/// `state` as it would be once `action` applies (for the readers and
+/// keys an admin change must bring; role keys themselves are not added).
+pub fn simulate(
+    mut sim: bzzz_control::raft::ClusterState,
+    action: &bzzz_proto::cluster::AdminAction,
+) -> bzzz_control::raft::ClusterState {
+    use bzzz_proto::cluster::AdminAction;
+    match action {
+        AdminAction::PutRole { role } => {
+            sim.roles.insert(role.name.clone(), role.clone());
+        }
+        AdminAction::RemoveRole { name } => {
+            sim.roles.remove(name);
+        }
+        AdminAction::RemoveMember { node_id } => {
+            sim.nodes.remove(node_id);
+            sim.removed.insert(
+                node_id.clone(),
+                bzzz_proto::cluster::Signed {
+                    body: String::new(),
+                    signature: String::new(),
+                },
+            );
+        }
+        AdminAction::SetRule { .. }
+        | AdminAction::RoleKeys {}
+        | AdminAction::Access { .. }
+        | AdminAction::SetOperatorKey { .. }
+        | AdminAction::ApproveMember { .. } => {}
+    }
+    sim
+}
+
+/// The chains an admin change bringing `sim` about must carry a new key
+/// for (SPEC §9): the next key of every chain it takes a reader from
+/// (revocation rotates), the first key of every chain that has none.
+pub fn chains_needing_keys(sim: &bzzz_control::raft::ClusterState) -> Vec<String> {
+    let mut chains = sim.chains_to_rotate();
+    for c in bzzz_proto::dht::chains(&sim.roles) {
+        if !sim.role_keys.contains_key(&c) && !chains.contains(&c) {
+            chains.push(c);
+        }
+    }
+    chains
+}
+
+/// New keys for `chains` (each must need one under `sim`), sealed to the
+/// readers with a known recipient and marked as made by `maker`. Called
+/// on a reader of every chain (`maker`); with `maker` `None`, the keys
+/// are sealed to nobody (a rotation no reader in reach can take: writers
+/// need only its public key).
+pub fn make_role_keys(
+    sim: &bzzz_control::raft::ClusterState,
+    chains: &[String],
+    recipients: &BTreeMap<NodeId, String>,
+    maker: Option<&NodeId>,
+) -> Result<BTreeMap<String, bzzz_proto::dht::RoleKey>, String> {
+    let needed = chains_needing_keys(sim);
+    if let Some(c) = chains.iter().find(|c| !needed.contains(c)) {
+        return Err(format!("{c:?} needs no new key for this change"));
+    }
+    if let Some(m) = maker
+        && let Some(c) = chains.iter().find(|c| !sim.chain_readers(c).contains(m))
+    {
+        return Err(format!(
+            "{m} may not read {c:?}, so it does not make its key"
+        ));
+    }
+    let mut keys = bzzz_dht::new_keys(
+        chains,
+        &sim.role_keys,
+        |c| {
+            if maker.is_some() {
+                sim.chain_readers(c)
+            } else {
+                std::collections::BTreeSet::new()
+            }
+        },
+        recipients,
+        bzzz_keys::unix_now(),
+    )?;
+    for k in keys.values_mut() {
+        k.made_by = maker.cloned();
+    }
+    Ok(keys)
+}
+
+/// Answers [`KeyRequest`]s (`None`: the payload is none, for the DHT).
+fn serve_key_request(
+    payload: &[u8],
+    keys: &bzzz_keys::Keys,
+    control: Option<&crate::control::Control>,
+) -> Option<Vec<u8>> {
+    let KeyRequest::MakeRoleKeys { action, chains } = serde_json::from_slice(payload).ok()?;
+    let answer = (|| {
+        let control = control.ok_or("the control plane is not running here")?;
+        if chains.is_empty() || chains.len() > MAX_CHAINS_PER_REQUEST {
+            return Err(format!(
+                "ask for 1 to {MAX_CHAINS_PER_REQUEST} chains, not {}",
+                chains.len()
+            ));
+        }
+        if let bzzz_proto::cluster::AdminAction::PutRole { role } = &action {
+            role.validate()?;
+        }
+        let sim = simulate(control.state(), &action);
+        make_role_keys(&sim, &chains, &recipients(keys), Some(keys.node_id()))
+    })();
+    if let Err(e) = &answer {
+        debug!("refused to make role keys: {e}");
+    }
+    serde_json::to_vec(&answer).ok()
+}
+
+/// Asks `maker` (a reader of each of `chains`) for their new keys as
+/// `action` needs them.
+pub async fn ask_role_keys(
+    net: &bzzz_net::NetHandle,
+    maker: &NodeId,
+    action: &bzzz_proto::cluster::AdminAction,
+    chains: &[String],
+) -> Result<BTreeMap<String, bzzz_proto::dht::RoleKey>, String> {
+    let req = serde_json::to_vec(&KeyRequest::MakeRoleKeys {
+        action: action.clone(),
+        chains: chains.to_vec(),
+    })
+    .map_err(|e| e.to_string())?;
+    let raw = tokio::time::timeout(
+        Duration::from_secs(5),
+        net.call(bzzz_net::Service::Dht, maker, req),
+    )
+    .await
+    .map_err(|_| "no answer within 5 s".to_owned())?
+    .map_err(|e| e.to_string())?;
+    let keys: BTreeMap<String, bzzz_proto::dht::RoleKey> =
+        serde_json::from_slice::<Result<_, String>>(&raw)
+            .map_err(|_| "not an answer to the request (not a member?)".to_owned())??;
+    // Exactly what was asked, made by the node asked.
+    if keys.len() != chains.len()
+        || chains.iter().any(|c| {
+            keys.get(c)
+                .is_none_or(|k| k.made_by.as_ref() != Some(maker))
+        })
+    {
+        return Err("the answer is not the keys asked for".into());
+    }
+    Ok(keys)
+}
+
 /// The answer to a DHT request from a peer that is no member (callers
 /// read it as a failed answer: it is neither a listing nor a record).
 pub const NOT_A_MEMBER: &[u8] = br#"{"error":"not a member of this cluster"}"#;
@@ -127,6 +295,7 @@ pub async fn run(
         // admission: a stranger that connects lists and fetches nothing.
         let dht = dht.clone();
         let cell = cell.clone();
+        let keys = keys.clone();
         tasks.tracker.spawn(bzzz_net::service::serve(
             inbound,
             16,
@@ -134,16 +303,23 @@ pub async fn run(
             tasks.cancel.clone(),
             move |peer, payload| {
                 let dht = dht.clone();
+                let keys = keys.clone();
+                let cell = cell.clone();
                 let admitted = cell.get().is_some_and(|c| c.admits(&peer));
                 async move {
                     if !admitted {
                         tracing::debug!(%peer, "a DHT request from a non-member is refused");
                         return Some(NOT_A_MEMBER.to_vec());
                     }
-                    tokio::task::spawn_blocking(move || dht.serve(&payload))
-                        .await
-                        .ok()
-                        .flatten()
+                    let keys = keys.clone();
+                    let cell = cell.clone();
+                    tokio::task::spawn_blocking(move || {
+                        serve_key_request(&payload, &keys, cell.get().map(|c| c.as_ref()))
+                            .or_else(|| dht.serve(&payload))
+                    })
+                    .await
+                    .ok()
+                    .flatten()
                 }
             },
         ));

@@ -32,7 +32,12 @@ fn ok(out: &Output) {
 }
 
 fn role(c: &LocalCluster, pw: &str, name: &str, reads: &[&str], members: &[usize]) {
-    let api = c.nodes[0].api();
+    role_via(c, 0, pw, name, reads, members);
+}
+
+/// Creates or replaces a role through node `via`'s API.
+fn role_via(c: &LocalCluster, via: usize, pw: &str, name: &str, reads: &[&str], members: &[usize]) {
+    let api = c.nodes[via].api();
     let ids: Vec<String> = members
         .iter()
         .map(|i| c.nodes[*i].node_id().to_owned())
@@ -323,6 +328,56 @@ fn records_are_sealed_to_roles_with_history_and_revocation() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert_eq!(v.0["value"], "design v1");
     assert_eq!(v.1["value"], "design v6");
+}
+
+/// The key epochs of `chain` in node `i`'s applied state.
+fn role_keys(c: &LocalCluster, i: usize, chain: &str) -> Vec<Value> {
+    let (code, body) = http::get(&c.nodes[i].api_addr(), "/api/v1/cluster").expect("cluster");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    v["role_keys"][chain]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Issue #22: a new role key is made on a reader of the role, never on
+/// the node that serves the operator's request, which may be the reader
+/// being shut out (it would have seen the secret meant to exclude it).
+#[test]
+fn a_role_key_is_made_by_a_reader_not_by_the_node_serving_the_change() {
+    let (c, pw) = started(3);
+    let id = |i: usize| c.nodes[i].node_id().to_owned();
+    // Through node 0, which may not read "ops": a reader makes the key.
+    role_via(&c, 0, &pw, "ops", &[], &[1, 2]);
+    let keys = role_keys(&c, 0, "ops");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let maker = keys[0]["made_by"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        maker == id(1) || maker == id(2),
+        "the first key of ops is made by one of its readers, not by node 0: {keys:?}"
+    );
+    // Node 2 is shut out, through its own API: the rotation is made by
+    // node 1, the reader that stays.
+    role_via(&c, 2, &pw, "ops", &[], &[1]);
+    let keys = role_keys(&c, 2, "ops");
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys[1]["epoch"], 2);
+    assert_eq!(
+        keys[1]["made_by"],
+        id(1),
+        "the new key is made by the remaining reader: {keys:?}"
+    );
+    assert_eq!(keys[1]["readers"], serde_json::json!([id(1)]), "{keys:?}");
+    // What is written after is closed to node 2, open to node 1.
+    let addr = "ucxl://any:ops@bzzz:runbook/*^/steps.md";
+    put(&c, 1, &pw, addr, "after");
+    assert_eq!(get_json(&c, 1, addr)["value"], "after");
+    let out = get(&c, 2, addr);
+    assert!(
+        !out.status.success(),
+        "node 2 reads what was written after its removal"
+    );
 }
 
 /// Every record at `addrs` is held (head) by at least `want` of the nodes

@@ -237,7 +237,7 @@ pub enum DhtCmd {
     /// Read a record; the temporal segment picks the version (`*^`
     /// latest, `*~` first, `*~N`, `~~N` back, `^^N` forward, an ISO time).
     Get(DhtAddrArgs),
-    /// Every version of an address: version, author, time.
+    /// The versions of an address (the newest 1024): version, author, time.
     History(DhtAddrArgs),
     /// Records whose address matches a pattern (`any`, `*`, `**`).
     Ls(DhtLsArgs),

@@ -148,7 +148,8 @@ async fn change(
     };
     if let Some(pw) = &caller.operator {
         let control = crate::access::control(st).await?;
-        let change = super::control::admin_change(st, &control, AdminAction::Access { change: c })?;
+        let change =
+            super::control::admin_change(st, &control, AdminAction::Access { change: c }).await?;
         let signed = st.keys.sign_admin_change(&change, pw).await?;
         let r = crate::access::propose(st, crate::access::audited_admin(st, signed)).await?;
         return match r.rejected {
@@ -381,7 +382,8 @@ async fn operator_passwd(
         AdminAction::SetOperatorKey {
             public_key: new.public_hex(),
         },
-    )?;
+    )
+    .await?;
     let signed = st.keys.sign_admin_change(&change, old).await?;
     let r = crate::access::propose(st, crate::access::audited_admin(st, signed)).await?;
     if let Some(why) = r.rejected {
@@ -584,7 +586,8 @@ async fn api_anonymous(
             name: crate::access::ANONYMOUS_INFERENCE_RULE.into(),
             value: Some(req.enabled.to_string()),
         },
-    )?;
+    )
+    .await?;
     let signed = st.keys.sign_admin_change(&change, &pw).await?;
     super::control::propose_admin(&st, &control, signed).await?;
     Ok(json(

@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
+use bzzz_proto::NodeId;
 use bzzz_proto::api::{Applied, RegistrySet};
 use bzzz_proto::cluster::{AdminAction, AdminChange, RECORD_VERSION, RoleDef, Signed};
 use serde_json::json;
@@ -121,14 +122,14 @@ pub async fn put_role(
 ) -> Result<Response, ApiError> {
     role.validate().map_err(ApiError::invalid)?;
     let control = control(st)?;
-    let change = admin_change(st, control, AdminAction::PutRole { role })?;
+    let change = admin_change(st, control, AdminAction::PutRole { role }).await?;
     let signed = st.keys.sign_admin_change(&change, pw).await?;
     propose_admin(st, control, signed).await
 }
 
 /// An admin change of `action` for this cluster, with a `seq` after every
 /// applied change and time-ordered across proposers (to be signed).
-pub fn admin_change(
+pub async fn admin_change(
     st: &Shared,
     control: &crate::control::Control,
     action: AdminAction,
@@ -146,7 +147,7 @@ pub fn admin_change(
             "the replicated state has not applied the cluster's genesis yet (right after setup); retry in a moment",
         ));
     }
-    let role_keys = role_keys_for(st, control, &action)?;
+    let role_keys = role_keys_for(st, control, &action).await?;
     Ok(AdminChange {
         v: RECORD_VERSION,
         cluster: cluster.genesis.cluster.clone(),
@@ -162,55 +163,92 @@ pub fn admin_change(
 /// next key of every chain the change takes a reader from (revocation
 /// rotates the key). Each is sealed to the readers in reach; the others
 /// get it later by a grant from a node that holds it.
-fn role_keys_for(
+///
+/// A key is made on a reader of its chain (issue #22): here when this
+/// node may read it, else by a reader in reach asked over the DHT
+/// service, so that the node serving the operator's request, which may be
+/// the reader being shut out, never sees the secret.
+async fn role_keys_for(
     st: &Shared,
     control: &crate::control::Control,
     action: &AdminAction,
 ) -> Result<std::collections::BTreeMap<String, bzzz_proto::dht::RoleKey>, ApiError> {
-    let mut sim = control.state();
-    match action {
-        AdminAction::PutRole { role } => {
-            sim.roles.insert(role.name.clone(), role.clone());
-        }
-        AdminAction::RemoveRole { name } => {
-            sim.roles.remove(name);
-        }
-        AdminAction::RemoveMember { node_id } => {
-            sim.nodes.remove(node_id);
-            sim.removed.insert(
-                node_id.clone(),
-                bzzz_proto::cluster::Signed {
-                    body: String::new(),
-                    signature: String::new(),
-                },
-            );
-        }
-        AdminAction::SetRule { .. }
-        | AdminAction::RoleKeys {}
-        | AdminAction::Access { .. }
-        | AdminAction::SetOperatorKey { .. }
-        | AdminAction::ApproveMember { .. } => {}
-    }
-    let mut chains = sim.chains_to_rotate();
-    for c in bzzz_proto::dht::chains(&sim.roles) {
-        if !sim.role_keys.contains_key(&c) && !chains.contains(&c) {
-            chains.push(c);
-        }
-    }
+    use std::collections::BTreeMap;
+    let sim = crate::dht::simulate(control.state(), action);
+    let me = st.keys.node_id().clone();
     let recipients = crate::dht::recipients(&st.keys);
-    let mut keys = bzzz_dht::new_keys(
-        &chains,
-        &sim.role_keys,
-        |c| sim.chain_readers(c),
-        &recipients,
-        bzzz_keys::unix_now(),
-    )
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e);
+    let mut mine = Vec::new();
+    // Chain → the readers in reach that may make its key, lowest id first.
+    let mut theirs: BTreeMap<String, Vec<NodeId>> = BTreeMap::new();
+    let mut nobody = Vec::new();
+    for c in crate::dht::chains_needing_keys(&sim) {
+        let readers = sim.chain_readers(&c);
+        if readers.contains(&me) {
+            mine.push(c);
+            continue;
+        }
+        let makers: Vec<NodeId> = readers
+            .into_iter()
+            .filter(|n| recipients.contains_key(n))
+            .collect();
+        if makers.is_empty() {
+            nobody.push(c);
+        } else {
+            theirs.insert(c, makers);
+        }
+    }
+    let mut keys = BTreeMap::new();
+    if !mine.is_empty() {
+        keys.extend(
+            crate::dht::make_role_keys(&sim, &mine, &recipients, Some(&me)).map_err(internal)?,
+        );
+    }
+    // One request per maker: the first reader in reach of each chain,
+    // the next one when it does not answer.
+    while let Some(maker) = theirs.values().find_map(|m| m.first().cloned()) {
+        let chains: Vec<String> = theirs
+            .iter()
+            .filter(|(_, m)| m.first() == Some(&maker))
+            .map(|(c, _)| c.clone())
+            .collect();
+        match crate::dht::ask_role_keys(&st.net, &maker, action, &chains).await {
+            Ok(k) => {
+                keys.extend(k);
+                theirs.retain(|c, _| !chains.contains(c));
+            }
+            Err(e) => {
+                tracing::warn!(%maker, ?chains, "a reader did not make the new role keys: {e}");
+                for c in &chains {
+                    if let Some(m) = theirs.get_mut(c) {
+                        m.remove(0);
+                        if m.is_empty() {
+                            return Err(ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                format!(
+                                    "no reader of {c:?} in reach made its new key (last: {maker}: {e}); retry"
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
     // A chain's first key that no reader in reach can hold would be lost
     // (grants come from holders): it is made at the chain's first write
-    // instead. A rotation is kept even so: writers only need its public
-    // key, and the former readers must not read what follows.
-    keys.retain(|chain, k| !k.sealed.is_empty() || sim.role_keys.contains_key(chain));
+    // instead. A rotation is made even so, sealed to nobody: writers only
+    // need its public key, and the former readers must not read what
+    // follows.
+    let rotations: Vec<String> = nobody
+        .into_iter()
+        .filter(|c| sim.role_keys.contains_key(c))
+        .collect();
+    if !rotations.is_empty() {
+        keys.extend(
+            crate::dht::make_role_keys(&sim, &rotations, &recipients, None).map_err(internal)?,
+        );
+    }
     Ok(keys)
 }
 

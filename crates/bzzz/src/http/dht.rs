@@ -237,6 +237,7 @@ async fn api_put(State(st): S, p: Principal, body: Bytes) -> Result<Response, Re
                 let control = super::control::control(&st)
                     .map_err(axum::response::IntoResponse::into_response)?;
                 let change = super::control::admin_change(&st, control, AdminAction::RoleKeys {})
+                    .await
                     .map_err(axum::response::IntoResponse::into_response)?;
                 if change.role_keys.is_empty() {
                     return Err(dht_error(DhtError::Unavailable(format!(

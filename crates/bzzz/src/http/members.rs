@@ -194,7 +194,8 @@ pub async fn remove_member(
         AdminAction::RemoveMember {
             node_id: node.clone(),
         },
-    )?;
+    )
+    .await?;
     let signed = st.keys.sign_admin_change(&change, pw).await?;
     // The signed removal stays valid: through a leader change or a slow
     // answer, propose it again for a while (a replay of one that did
@@ -264,7 +265,8 @@ pub async fn approve_member(
         AdminAction::ApproveMember {
             node_id: node.clone(),
         },
-    )?;
+    )
+    .await?;
     let signed = st.keys.sign_admin_change(&change, key).await?;
     let r = crate::access::propose(st, crate::access::audited_admin(st, signed)).await?;
     if let Some(why) = r.rejected {

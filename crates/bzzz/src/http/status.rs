@@ -207,7 +207,7 @@ async fn cluster(State(st): S) -> Response {
         "last_applied": s.last_applied.map(|l| l.index),
         // Key chains without their sealed secrets: epoch, public key, readers.
         "role_keys": s.role_keys.iter().map(|(chain, keys)| {
-            (chain.clone(), keys.iter().map(|k| json!({"epoch": k.epoch, "public": k.public, "readers": k.readers})).collect::<Vec<_>>())
+            (chain.clone(), keys.iter().map(|k| json!({"epoch": k.epoch, "public": k.public, "readers": k.readers, "made_by": k.made_by})).collect::<Vec<_>>())
         }).collect::<std::collections::BTreeMap<_, _>>(),
     }))
     .into_response()
