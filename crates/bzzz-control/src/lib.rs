@@ -29,4 +29,5 @@ pub mod raft;
 pub mod score;
 pub mod slurp;
 pub mod store;
+pub mod tasks;
 pub mod wire;

@@ -95,6 +95,14 @@ pub enum Command {
     /// signature verifies, it names an entry the chain has, and it is
     /// newer than the last one.
     AuditCheckpoint { record: Signed },
+    /// An agent task operation ([`crate::tasks`]). `by` (the proposer)
+    /// and `now_ms` (the leader's clock) are stamped by the leader; what
+    /// the proposer wrote there is replaced.
+    Task {
+        by: NodeId,
+        now_ms: u64,
+        op: crate::tasks::TaskOp,
+    },
 }
 
 /// Checkpoints kept in the state (the newest; older entries may be
@@ -253,6 +261,9 @@ pub struct ClusterState {
     /// approval (checked again by the keys service).
     #[serde(default)]
     pub approved: BTreeMap<NodeId, Signed>,
+    /// Agent tasks and their claims (SPEC §10).
+    #[serde(default)]
+    pub tasks: crate::tasks::TaskBoard,
     /// The latest time (Unix ms) any applied audit entry named: the
     /// cluster's clock for key expiry in the state machine.
     pub audit_clock_ms: u64,
@@ -469,6 +480,7 @@ impl ClusterState {
                     }
                 }
             }
+            Command::Task { by, now_ms, op } => self.tasks.apply(log_index, &by, now_ms, op),
             Command::AuditCheckpoint { record } => {
                 let (pk, name) = self.admin_key("checkpoint refused")?;
                 let cp = bzzz_crypto::records::open_checkpoint(&record, &pk, &name)

@@ -243,6 +243,13 @@ pub fn check_replace(new: &Checked, existing: &[u8]) -> Result<(), String> {
     let Ok(old) = serde_json::from_str::<RecordBody>(&old.body) else {
         return Ok(());
     };
+    // A stored record that breaks the version rules (kept from before
+    // they existed) is replaced, never built on.
+    if old.version > old.timestamp_ms
+        || old.timestamp_ms > now_ms().saturating_add(MAX_CLOCK_AHEAD_MS)
+    {
+        return Ok(());
+    }
     if old.version > new.body.version {
         return Err(format!(
             "stale: version {} is older than the stored {}",

@@ -126,6 +126,20 @@ enum KeyRequest {
 /// Most chains one [`KeyRequest::MakeRoleKeys`] may ask for.
 const MAX_CHAINS_PER_REQUEST: usize = 256;
 
+/// The part of the applied state that decides who reads which chain and
+/// which keys exist (cheap to copy, unlike the whole state).
+pub fn key_state(control: &crate::control::Control) -> bzzz_control::raft::ClusterState {
+    control.with_state(|s| bzzz_control::raft::ClusterState {
+        membership: s.membership.clone(),
+        nodes: s.nodes.clone(),
+        share_holders: s.share_holders.clone(),
+        roles: s.roles.clone(),
+        role_keys: s.role_keys.clone(),
+        removed: s.removed.clone(),
+        ..Default::default()
+    })
+}
+
 /// `state` as it would be once `action` applies (for the readers and
 /// keys an admin change must bring; role keys themselves are not added).
 pub fn simulate(
@@ -231,7 +245,11 @@ fn serve_key_request(
         if let bzzz_proto::cluster::AdminAction::PutRole { role } = &action {
             role.validate()?;
         }
-        let sim = simulate(control.state(), &action);
+        let unique: std::collections::BTreeSet<&String> = chains.iter().collect();
+        if unique.len() != chains.len() {
+            return Err("a chain is named twice".to_owned());
+        }
+        let sim = simulate(key_state(control), &action);
         make_role_keys(&sim, &chains, &recipients(keys), Some(keys.node_id()))
     })();
     if let Err(e) = &answer {
@@ -263,16 +281,58 @@ pub async fn ask_role_keys(
     let keys: BTreeMap<String, bzzz_proto::dht::RoleKey> =
         serde_json::from_slice::<Result<_, String>>(&raw)
             .map_err(|_| "not an answer to the request (not a member?)".to_owned())??;
-    // Exactly what was asked, made by the node asked.
-    if keys.len() != chains.len()
-        || chains.iter().any(|c| {
-            keys.get(c)
-                .is_none_or(|k| k.made_by.as_ref() != Some(maker))
-        })
-    {
+    if keys.len() != chains.len() {
         return Err("the answer is not the keys asked for".into());
     }
     Ok(keys)
+}
+
+/// Whether `got` is what a reader should have made for `chains` under
+/// `sim` (issue #22 review): made by `maker`, the next epoch, a fresh
+/// public key, and sealed to exactly the readers with a known recipient.
+/// A maker that answers otherwise is passed over.
+pub fn check_made_keys(
+    sim: &bzzz_control::raft::ClusterState,
+    chains: &[String],
+    got: &BTreeMap<String, bzzz_proto::dht::RoleKey>,
+    recipients: &BTreeMap<NodeId, String>,
+    maker: &NodeId,
+) -> Result<(), String> {
+    for c in chains {
+        let k = got.get(c).ok_or_else(|| format!("no key for {c:?}"))?;
+        if k.made_by.as_ref() != Some(maker) {
+            return Err(format!("the key of {c:?} is not marked as made by {maker}"));
+        }
+        let known = sim.role_keys.get(c);
+        let next = known.and_then(|v| v.last()).map_or(1, |k| k.epoch + 1);
+        if k.epoch != next {
+            return Err(format!(
+                "epoch {} of {c:?} is not the next ({next})",
+                k.epoch
+            ));
+        }
+        bzzz_crypto::seal::parse_recipient(&k.public).map_err(|e| e.to_string())?;
+        if known.is_some_and(|v| v.iter().any(|old| old.public == k.public)) {
+            return Err(format!("the key of {c:?} is an old one"));
+        }
+        // Sealed to readers only, the maker among them (the maker's view
+        // of who is in reach may differ from this node's: readers it
+        // missed get the key by a grant).
+        let readers = sim.chain_readers(c);
+        let sealed: std::collections::BTreeSet<NodeId> = k.sealed.keys().cloned().collect();
+        if k.readers != sealed || !sealed.is_subset(&readers) || !sealed.contains(maker) {
+            return Err(format!(
+                "the key of {c:?} is not sealed to its maker and readers only"
+            ));
+        }
+        if sealed
+            .iter()
+            .any(|n| !recipients.contains_key(n) && n != maker)
+        {
+            debug!("the maker of {c:?} sealed it to a reader this node does not see");
+        }
+    }
+    Ok(())
 }
 
 /// The answer to a DHT request from a peer that is no member (callers

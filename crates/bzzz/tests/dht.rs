@@ -350,8 +350,16 @@ fn a_role_key_is_made_by_a_reader_not_by_the_node_serving_the_change() {
     let id = |i: usize| c.nodes[i].node_id().to_owned();
     // Through node 0, which may not read "ops": a reader makes the key.
     role_via(&c, 0, &pw, "ops", &[], &[1, 2]);
-    let keys = role_keys(&c, 0, "ops");
-    assert_eq!(keys.len(), 1, "{keys:?}");
+    let keys = wait_until(
+        "node 0 applies the role",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let k = role_keys(&c, 0, "ops");
+            (k.len() == 1).then_some(k)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", role_keys(&c, 0, "ops")));
     let maker = keys[0]["made_by"].as_str().unwrap_or_default().to_owned();
     assert!(
         maker == id(1) || maker == id(2),
@@ -360,8 +368,17 @@ fn a_role_key_is_made_by_a_reader_not_by_the_node_serving_the_change() {
     // Node 2 is shut out, through its own API: the rotation is made by
     // node 1, the reader that stays.
     role_via(&c, 2, &pw, "ops", &[], &[1]);
-    let keys = role_keys(&c, 2, "ops");
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    // Committed; node 2 applies it a moment later.
+    let keys = wait_until(
+        "node 2 applies the rotation",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let k = role_keys(&c, 2, "ops");
+            (k.len() == 2).then_some(k)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", role_keys(&c, 2, "ops")));
     assert_eq!(keys[1]["epoch"], 2);
     assert_eq!(
         keys[1]["made_by"],

@@ -118,6 +118,8 @@ impl Control {
                         bad.node
                     ));
                 }
+                let mut cmd = cmd;
+                bzzz_control::tasks::stamp(&mut cmd, peer, crate::control::now_ms());
                 Reply::Proposed(self.write_local(cmd).await)
             }
         }

@@ -145,6 +145,8 @@ impl Control {
             return Err("no leader right now; retry in a moment".into());
         };
         if leader == self.id {
+            let mut cmd = cmd;
+            bzzz_control::tasks::stamp(&mut cmd, self.net.local_id(), now_ms());
             return self.write_local(cmd).await;
         }
         let peer = m
@@ -191,4 +193,11 @@ impl Control {
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// This node's clock, Unix ms (stamped into task commands by the leader).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

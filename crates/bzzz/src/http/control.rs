@@ -174,7 +174,7 @@ async fn role_keys_for(
     action: &AdminAction,
 ) -> Result<std::collections::BTreeMap<String, bzzz_proto::dht::RoleKey>, ApiError> {
     use std::collections::BTreeMap;
-    let sim = crate::dht::simulate(control.state(), action);
+    let sim = crate::dht::simulate(crate::dht::key_state(control), action);
     let me = st.keys.node_id().clone();
     let recipients = crate::dht::recipients(&st.keys);
     let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e);
@@ -212,7 +212,12 @@ async fn role_keys_for(
             .filter(|(_, m)| m.first() == Some(&maker))
             .map(|(c, _)| c.clone())
             .collect();
-        match crate::dht::ask_role_keys(&st.net, &maker, action, &chains).await {
+        let answer = crate::dht::ask_role_keys(&st.net, &maker, action, &chains)
+            .await
+            .and_then(|k| {
+                crate::dht::check_made_keys(&sim, &chains, &k, &recipients, &maker).map(|()| k)
+            });
+        match answer {
             Ok(k) => {
                 keys.extend(k);
                 theirs.retain(|c, _| !chains.contains(c));
@@ -222,7 +227,13 @@ async fn role_keys_for(
                 for c in &chains {
                     if let Some(m) = theirs.get_mut(c) {
                         m.remove(0);
-                        if m.is_empty() {
+                        // A rotation must happen (the change takes a
+                        // reader away): sealed to nobody, like one no
+                        // reader is in reach for. A first key waits.
+                        if m.is_empty() && sim.role_keys.contains_key(c) {
+                            nobody.push(c.clone());
+                            theirs.remove(c);
+                        } else if m.is_empty() {
                             return Err(ApiError::new(
                                 StatusCode::SERVICE_UNAVAILABLE,
                                 format!(
