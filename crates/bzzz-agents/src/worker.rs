@@ -1,0 +1,517 @@
+//! The fixed program around the model: it shows the task and the files,
+//! asks the model for one action at a time (each reply constrained by a
+//! JSON schema, which llama.cpp turns into a grammar, so even a 135M model
+//! always answers with a valid action), runs the action in the sandbox,
+//! and shows the result, until `finish` or a cap.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::sandbox::{Limits, Sandbox};
+use crate::task::Task;
+
+/// Most steps a task may take (the configured cap is clamped to it).
+pub const MAX_STEPS: u32 = 30;
+/// Default step cap.
+pub const DEFAULT_STEPS: u32 = 20;
+/// Largest file the model may write.
+pub const MAX_WRITE: usize = 256 * 1024;
+/// Lines `read_file` shows at once.
+pub const READ_WINDOW: u64 = 200;
+
+/// Where the model is asked (an OpenAI-compatible `/v1`), as whom.
+#[derive(Debug, Clone)]
+pub struct Llm {
+    /// Base URL ending in `/v1`, e.g. `http://127.0.0.1:8080/v1`.
+    pub url: String,
+    /// Sent as `Authorization: Bearer` (the agent's API key).
+    pub api_key: Option<String>,
+    pub model: String,
+}
+
+/// The caps of one task.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    pub max_steps: u32,
+    pub wall: Duration,
+    /// Each command's limits (its wall time is the per-command time).
+    pub command: Limits,
+    /// Consecutive failed steps (bad reply, failed tool) before giving up.
+    pub max_errors: u32,
+    /// Bytes of a tool's result shown to the model.
+    pub observation_bytes: usize,
+    /// Timeout of one model call.
+    pub llm_timeout: Duration,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            max_steps: DEFAULT_STEPS,
+            wall: Duration::from_secs(15 * 60),
+            command: Limits::default(),
+            max_errors: 5,
+            observation_bytes: 4096,
+            llm_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One action of the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "tool", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    ListFiles {},
+    ReadFile {
+        path: String,
+        #[serde(default)]
+        start: Option<u64>,
+    },
+    WriteFile {
+        path: String,
+        content: String,
+    },
+    Replace {
+        path: String,
+        search: String,
+        replace: String,
+    },
+    Run {
+        command: String,
+    },
+    Finish {
+        summary: String,
+    },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::ListFiles {} => "list_files",
+            Self::ReadFile { .. } => "read_file",
+            Self::WriteFile { .. } => "write_file",
+            Self::Replace { .. } => "replace",
+            Self::Run { .. } => "run",
+            Self::Finish { .. } => "finish",
+        }
+    }
+}
+
+/// The JSON schema every reply must follow (one of the actions).
+pub fn action_schema() -> Value {
+    let s = json!({"type": "string"});
+    let obj = |tool: &str, props: Vec<(&str, Value)>| {
+        let mut p = serde_json::Map::new();
+        p.insert("tool".into(), json!({"const": tool}));
+        let mut req = vec![json!("tool")];
+        for (k, v) in props {
+            req.push(json!(k));
+            p.insert(k.into(), v);
+        }
+        json!({"type": "object", "properties": p, "required": req, "additionalProperties": false})
+    };
+    json!({"anyOf": [
+        obj("write_file", vec![("path", s.clone()), ("content", s.clone())]),
+        obj("replace", vec![("path", s.clone()), ("search", s.clone()), ("replace", s.clone())]),
+        obj("read_file", vec![("path", s.clone())]),
+        obj("list_files", vec![]),
+        obj("run", vec![("command", s.clone())]),
+        obj("finish", vec![("summary", s)]),
+    ]})
+}
+
+/// One step, for the live log.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub n: u32,
+    pub tool: String,
+    /// A short description (path, command; never file contents).
+    pub detail: String,
+    pub ok: bool,
+    /// The first line of the result or error.
+    pub result: String,
+}
+
+/// How the work ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Finished { summary: String },
+    Failed { reason: String },
+}
+
+/// Checks a path the model names: relative, inside the work tree, not
+/// under `.git` (the sandbox enforces it anyway; this gives a clear
+/// error).
+pub fn check_path(p: &str) -> Result<String, String> {
+    let p = p.trim().trim_start_matches("./");
+    if p.is_empty() || p.len() > 512 || p.contains('\0') {
+        return Err("a path is 1 to 512 characters".into());
+    }
+    if p.starts_with('/') {
+        return Err(format!("{p}: paths are relative to the repository"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(format!("{p}: `..` leaves the repository"));
+    }
+    if p == ".git" || p.starts_with(".git/") {
+        return Err(format!("{p}: .git is read-only"));
+    }
+    Ok(p.to_owned())
+}
+
+fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}\n[… cut at {max} bytes]", &s[..end])
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
+/// The files of the work tree (as the model sees them).
+pub async fn list_files(sb: &Sandbox) -> Result<String, String> {
+    let o = sb
+        .shell(
+            "find . -path ./.git -prune -o -type f -print | sed 's|^\\./||' | sort | head -n 500",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !o.success() {
+        return Err(first_line(&o.stderr));
+    }
+    Ok(if o.stdout.trim().is_empty() {
+        "(no files)".into()
+    } else {
+        o.stdout
+    })
+}
+
+async fn read_whole(sb: &Sandbox, path: &str) -> Result<String, String> {
+    let big = Sandbox::new(
+        sb.work_dir(),
+        Limits {
+            output_bytes: MAX_WRITE + 1,
+            ..sb.limits().clone()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let o = big
+        .run(&["cat", "--", path], b"")
+        .await
+        .map_err(|e| e.to_string())?;
+    if !o.success() {
+        return Err(format!("cannot read {path}: {}", first_line(&o.stderr)));
+    }
+    if o.truncated {
+        return Err(format!("{path} is larger than {MAX_WRITE} bytes"));
+    }
+    Ok(o.stdout)
+}
+
+async fn write(sb: &Sandbox, path: &str, content: &str) -> Result<(), String> {
+    if content.len() > MAX_WRITE {
+        return Err(format!("content is larger than {MAX_WRITE} bytes"));
+    }
+    let o = sb
+        .run(
+            &[
+                "sh",
+                "-c",
+                "d=$(dirname -- \"$1\") && mkdir -p -- \"$d\" && cat > \"$1\"",
+                "sh",
+                path,
+            ],
+            content.as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !o.success() {
+        return Err(format!("cannot write {path}: {}", first_line(&o.stderr)));
+    }
+    Ok(())
+}
+
+/// Runs one action; `Ok` is the result shown to the model.
+pub async fn act(sb: &Sandbox, a: &Action, max: usize) -> Result<String, String> {
+    match a {
+        Action::ListFiles {} => list_files(sb).await.map(|s| cut(&s, max)),
+        Action::ReadFile { path, start } => {
+            let path = check_path(path)?;
+            let from = start.unwrap_or(1).max(1);
+            let to = from + READ_WINDOW - 1;
+            let o = sb
+                .run(&["sed", "-n", &format!("{from},{to}p"), "--", &path], b"")
+                .await
+                .map_err(|e| e.to_string())?;
+            if !o.success() {
+                return Err(format!("cannot read {path}: {}", first_line(&o.stderr)));
+            }
+            Ok(cut(
+                &format!("{path}, lines {from} to {to}:\n{}", o.stdout),
+                max,
+            ))
+        }
+        Action::WriteFile { path, content } => {
+            let path = check_path(path)?;
+            write(sb, &path, content).await?;
+            Ok(format!("wrote {path} ({} bytes)", content.len()))
+        }
+        Action::Replace {
+            path,
+            search,
+            replace,
+        } => {
+            let path = check_path(path)?;
+            if search.is_empty() {
+                return Err("search is empty".into());
+            }
+            let text = read_whole(sb, &path).await?;
+            let n = text.matches(search.as_str()).count();
+            if n == 0 {
+                return Err(format!("{search:?} is not in {path}"));
+            }
+            write(sb, &path, &text.replace(search.as_str(), replace)).await?;
+            Ok(format!("replaced {n} occurrence(s) in {path}"))
+        }
+        Action::Run { command } => {
+            if command.trim().is_empty() || command.len() > 4096 {
+                return Err("a command is 1 to 4096 characters".into());
+            }
+            let o = sb.shell(command).await.map_err(|e| e.to_string())?;
+            let status = if o.timed_out {
+                "killed: the per-command time limit".to_owned()
+            } else {
+                o.code
+                    .map_or_else(|| "killed by a signal".into(), |c| format!("exit {c}"))
+            };
+            let text = format!("{status}\nstdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+            if o.success() {
+                Ok(cut(&text, max))
+            } else {
+                Err(cut(&text, max))
+            }
+        }
+        Action::Finish { summary } => Ok(summary.clone()),
+    }
+}
+
+fn system_prompt() -> String {
+    "You are a careful coding agent working in a Git repository. Each turn you reply with \
+exactly one JSON action:\n\
+- {\"tool\":\"write_file\",\"path\":P,\"content\":C} writes the whole file P.\n\
+- {\"tool\":\"replace\",\"path\":P,\"search\":S,\"replace\":R} replaces every S in P by R.\n\
+- {\"tool\":\"read_file\",\"path\":P} shows a file.\n\
+- {\"tool\":\"list_files\"} lists the files.\n\
+- {\"tool\":\"run\",\"command\":CMD} runs a shell command (no network).\n\
+- {\"tool\":\"finish\",\"summary\":S} ends the task when it is done.\n\
+Paths are relative to the repository. Do exactly what the task asks, then finish."
+        .to_owned()
+}
+
+/// Works `task` in the sandbox with the model; `on_step` sees each step.
+pub async fn work(
+    task: &Task,
+    sb: &Sandbox,
+    llm: &Llm,
+    caps: &Caps,
+    mut on_step: impl FnMut(Step) + Send,
+) -> Outcome {
+    let started = Instant::now();
+    let max_steps = caps.max_steps.clamp(1, MAX_STEPS);
+    let files = list_files(sb)
+        .await
+        .unwrap_or_else(|e| format!("(cannot list: {e})"));
+    let mut messages = vec![
+        json!({"role": "system", "content": system_prompt()}),
+        json!({"role": "user", "content": format!(
+            "Task {}: {}\n\n{}\n\nFiles in the repository:\n{}",
+            task.id, task.title, task.body, cut(&files, caps.observation_bytes)
+        )}),
+    ];
+    let client = match reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(caps.llm_timeout)
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Failed {
+                reason: format!("no HTTP client: {e}"),
+            };
+        }
+    };
+    let schema = action_schema();
+    let mut errors = 0;
+    for n in 1..=max_steps {
+        if started.elapsed() > caps.wall {
+            return Outcome::Failed {
+                reason: format!("wall-time cap ({} s) reached", caps.wall.as_secs()),
+            };
+        }
+        let reply = ask(&client, llm, &messages, &schema).await;
+        let (action, raw) = match reply {
+            Ok((a, raw)) => (a, raw),
+            Err(e) => {
+                errors += 1;
+                on_step(Step {
+                    n,
+                    tool: "model".into(),
+                    detail: String::new(),
+                    ok: false,
+                    result: first_line(&e),
+                });
+                if errors >= caps.max_errors {
+                    return Outcome::Failed {
+                        reason: format!("{errors} failed steps in a row; last: {e}"),
+                    };
+                }
+                continue;
+            }
+        };
+        let detail = match &action {
+            Action::ReadFile { path, .. }
+            | Action::WriteFile { path, .. }
+            | Action::Replace { path, .. } => path.chars().take(200).collect(),
+            Action::Run { command } => command.chars().take(200).collect(),
+            Action::ListFiles {} | Action::Finish { .. } => String::new(),
+        };
+        let result = act(sb, &action, caps.observation_bytes).await;
+        let ok = result.is_ok();
+        on_step(Step {
+            n,
+            tool: action.name().into(),
+            detail,
+            ok,
+            result: first_line(result.as_ref().unwrap_or_else(|e| e)),
+        });
+        if let Action::Finish { summary } = &action {
+            return Outcome::Finished {
+                summary: summary.chars().take(2000).collect(),
+            };
+        }
+        errors = if ok { 0 } else { errors + 1 };
+        if errors >= caps.max_errors {
+            return Outcome::Failed {
+                reason: format!(
+                    "{errors} failed steps in a row; last: {}",
+                    first_line(result.as_ref().unwrap_or_else(|e| e))
+                ),
+            };
+        }
+        messages.push(json!({"role": "assistant", "content": raw}));
+        messages.push(json!({"role": "user", "content": match result {
+            Ok(r) => format!("Result of {}:\n{r}", action.name()),
+            Err(e) => format!("Error from {}:\n{e}", action.name()),
+        }}));
+    }
+    Outcome::Failed {
+        reason: format!("step cap ({max_steps}) reached without finish"),
+    }
+}
+
+/// Asks the model for the next action.
+async fn ask(
+    client: &reqwest::Client,
+    llm: &Llm,
+    messages: &[Value],
+    schema: &Value,
+) -> Result<(Action, String), String> {
+    let body = json!({
+        "model": llm.model,
+        "messages": messages,
+        "temperature": 0,
+        "max_tokens": 1024,
+        "stream": false,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "action", "strict": true, "schema": schema}
+        }
+    });
+    let mut req = client
+        .post(format!(
+            "{}/chat/completions",
+            llm.url.trim_end_matches('/')
+        ))
+        .json(&body);
+    if let Some(k) = &llm.api_key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("the model did not answer: {e}"))?;
+    let status = resp.status();
+    let v: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("the model's answer is not JSON ({status}): {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "the model answered {status}: {}",
+            cut(&v.to_string(), 300)
+        ));
+    }
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .ok_or("the model's answer has no message")?
+        .trim()
+        .to_owned();
+    let action: Action = serde_json::from_str(&content)
+        .map_err(|e| format!("the reply is not an action ({e}): {}", cut(&content, 200)))?;
+    Ok((action, content))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_parse_from_the_schema_shapes() {
+        let a: Action =
+            serde_json::from_str(r#"{"tool":"write_file","path":"a.txt","content":"x"}"#)
+                .expect("write");
+        assert_eq!(a.name(), "write_file");
+        let a: Action = serde_json::from_str(r#"{"tool":"list_files"}"#).expect("list");
+        assert_eq!(a, Action::ListFiles {});
+        assert!(serde_json::from_str::<Action>(r#"{"tool":"rm","path":"/"}"#).is_err());
+        let s = action_schema().to_string();
+        for t in [
+            "write_file",
+            "replace",
+            "read_file",
+            "list_files",
+            "run",
+            "finish",
+        ] {
+            assert!(s.contains(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn paths_stay_in_the_work_tree() {
+        assert_eq!(check_path("./src/a.rs").as_deref(), Ok("src/a.rs"));
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            ".git/config",
+            ".git",
+            "",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+}
