@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # openssh-server: real sshd per lab host (deploy tests; never started in
-# the root namespace); shellcheck: install.sh lint.
-DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver openssh-server shellcheck)
+# the root namespace); shellcheck: install.sh lint; bubblewrap and git:
+# the agents' sandbox and their repositories (git http-backend).
+DEBIAN_PACKAGES=(iproute2 iptables chromium chromium-driver openssh-server shellcheck bubblewrap git)
 
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh

@@ -40,11 +40,14 @@ pub struct Delivery {
 /// Checks, right before a side effect, that the claim is still current.
 pub type FenceCheck<'a> = &'a (dyn Fn() -> BoxFuture<'a, bool> + Send + Sync);
 
+/// A repository's tasks, and the files it could not read (path, why).
+pub type TaskList = (Vec<Task>, Vec<(String, String)>);
+
 /// A source of tasks and a place to deliver their work.
 pub trait Forge: Send + Sync {
     /// The repository's open tasks, with the files it could not read
     /// (path, why).
-    fn tasks(&self) -> BoxFuture<'_, Result<(Vec<Task>, Vec<(String, String)>), ForgeError>>;
+    fn tasks(&self) -> BoxFuture<'_, Result<TaskList, ForgeError>>;
     /// A fresh checkout of the repository in `work` (which must not exist).
     fn checkout<'a>(&'a self, work: &'a Path) -> BoxFuture<'a, Result<(), ForgeError>>;
     /// Commits what `work` holds onto the task's branch and pushes it
@@ -177,7 +180,7 @@ pub fn read_tasks(dir: &Path) -> (Vec<Task>, Vec<(String, String)>) {
 }
 
 impl Forge for GitForge {
-    fn tasks(&self) -> BoxFuture<'_, Result<(Vec<Task>, Vec<(String, String)>), ForgeError>> {
+    fn tasks(&self) -> BoxFuture<'_, Result<TaskList, ForgeError>> {
         Box::pin(async move {
             self.refresh().await?;
             Ok(read_tasks(&self.cache))
@@ -250,6 +253,74 @@ impl Forge for GitForge {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sh(dir: &Path, args: &[&str]) {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .status()
+            .expect("git")
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[tokio::test]
+    async fn delivery_pushes_only_while_the_claim_holds() {
+        let d = tempfile::tempdir().expect("tmp");
+        let bare = d.path().join("r.git");
+        let seed = d.path().join("seed");
+        std::fs::create_dir_all(seed.join("tasks")).expect("dirs");
+        std::fs::write(seed.join("tasks/a.md"), "---\nid: a\n---\nDo a").expect("task");
+        sh(d.path(), &["init", "-q", "--bare", "-b", "main", "r.git"]);
+        sh(&seed, &["init", "-q", "-b", "main"]);
+        sh(&seed, &["add", "-A"]);
+        sh(&seed, &["commit", "-q", "-m", "seed"]);
+        sh(
+            &seed,
+            &[
+                "push",
+                "-q",
+                &bare.to_string_lossy(),
+                "HEAD:refs/heads/main",
+            ],
+        );
+        let url = format!("file://{}", bare.display());
+        let f = GitForge::new(&url, d.path().join("cache"), "node1");
+        let (tasks, bad) = f.tasks().await.expect("tasks");
+        assert!(bad.is_empty(), "{bad:?}");
+        let work = d.path().join("work");
+        f.checkout(&work).await.expect("checkout");
+        std::fs::write(work.join("out.txt"), "x").expect("write");
+        let no = || -> BoxFuture<'_, bool> { Box::pin(async { false }) };
+        let e = f
+            .deliver(&tasks[0], &work, "m", &no)
+            .await
+            .expect_err("fenced");
+        assert!(matches!(e, ForgeError::Fenced(_)), "{e}");
+        let refs = git(Some(&bare), &["for-each-ref", "refs/heads"])
+            .await
+            .expect("refs");
+        assert!(!refs.contains("bzzz/task-a"), "nothing pushed: {refs}");
+        // Each claim works in a fresh checkout; a second delivery (a claim
+        // taken over) replaces the branch, it does not add to it.
+        for i in 0..2 {
+            let work = d.path().join(format!("work{i}"));
+            f.checkout(&work).await.expect("checkout");
+            std::fs::write(work.join("out.txt"), "x").expect("write");
+            let yes = || -> BoxFuture<'_, bool> { Box::pin(async { true }) };
+            let d1 = f
+                .deliver(&tasks[0], &work, "m", &yes)
+                .await
+                .expect("deliver");
+            assert_eq!(d1.branch, "bzzz/task-a");
+        }
+        let n = git(Some(&bare), &["rev-list", "--count", "main..bzzz/task-a"])
+            .await
+            .expect("count");
+        assert_eq!(n.trim(), "1");
+    }
 
     #[test]
     fn reads_task_files_and_names_the_bad_ones() {

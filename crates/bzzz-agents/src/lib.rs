@@ -12,6 +12,7 @@
 //! (`bzzz_control::tasks`); the node's runner (`bzzz::agents`) joins them.
 
 pub mod forge;
+pub mod repo;
 pub mod sandbox;
 pub mod task;
 pub mod worker;

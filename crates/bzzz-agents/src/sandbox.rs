@@ -136,18 +136,20 @@ impl Sandbox {
 
     fn command(&self, argv: &[&str]) -> tokio::process::Command {
         let l = &self.limits;
+        // Absolute paths: the node's own PATH may be anything.
+        let tool = |t: &str| find(t).unwrap_or_else(|| PathBuf::from(t));
         let mut c = if self.as_root {
-            let mut c = tokio::process::Command::new("setpriv");
+            let mut c = tokio::process::Command::new(tool("setpriv"));
             c.args([
                 &format!("--reuid={SANDBOX_UID}"),
                 &format!("--regid={SANDBOX_UID}"),
                 "--clear-groups",
                 "--",
-                "prlimit",
             ]);
+            c.arg(tool("prlimit"));
             c
         } else {
-            tokio::process::Command::new("prlimit")
+            tokio::process::Command::new(tool("prlimit"))
         };
         c.args([
             format!("--as={}", l.memory_bytes),
@@ -157,8 +159,8 @@ impl Sandbox {
             "--nofile=256".to_owned(),
             "--core=0".to_owned(),
             "--".to_owned(),
-            "bwrap".to_owned(),
         ]);
+        c.arg(tool("bwrap"));
         c.args([
             "--unshare-all",
             "--die-with-parent",
@@ -212,7 +214,9 @@ impl Sandbox {
         if git.exists() {
             c.arg("--ro-bind").arg(&git).arg("/work/.git");
         }
-        c.args(["--chdir", "/work", "--"]);
+        // The sandbox's own root (where /etc's few files are mounted) is
+        // read-only too: /work and /tmp are the only writable places.
+        c.args(["--remount-ro", "/", "--chdir", "/work", "--"]);
         c.args(argv);
         c.env_clear();
         c.env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");

@@ -515,3 +515,60 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod sandboxed {
+    use super::*;
+
+    #[tokio::test]
+    async fn tools_write_replace_read_and_list_in_the_sandbox() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let sb = match Sandbox::new(dir.path(), Limits::default()) {
+            Ok(s) => s,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let w = Action::WriteFile {
+            path: "out/a.txt".into(),
+            content: "hello world\n".into(),
+        };
+        act(&sb, &w, 4096).await.expect("write");
+        let r = Action::Replace {
+            path: "out/a.txt".into(),
+            search: "world".into(),
+            replace: "bzzz".into(),
+        };
+        act(&sb, &r, 4096).await.expect("replace");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/a.txt")).expect("read"),
+            "hello bzzz\n"
+        );
+        let read = act(
+            &sb,
+            &Action::ReadFile {
+                path: "out/a.txt".into(),
+                start: None,
+            },
+            4096,
+        )
+        .await
+        .expect("read");
+        assert!(read.contains("hello bzzz"), "{read}");
+        let list = act(&sb, &Action::ListFiles {}, 4096).await.expect("list");
+        assert_eq!(list.trim(), "out/a.txt");
+        let e = act(
+            &sb,
+            &Action::WriteFile {
+                path: "../x".into(),
+                content: String::new(),
+            },
+            4096,
+        )
+        .await
+        .expect_err("outside");
+        assert!(e.contains(".."), "{e}");
+    }
+}

@@ -13,6 +13,7 @@
 //! tests stay plain `#[test]` functions and can run in parallel.
 
 pub mod browser;
+pub mod forge;
 pub mod http;
 pub mod lab;
 

@@ -13,6 +13,7 @@
 //!   command-line front end.
 
 pub mod access;
+pub mod agents;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use bzzz::cli::{
     ApikeyCmd, AuditCmd, Cli, Cmd, ConfigCmd, DhtCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd,
-    RoleCmd, RunArgs, TokenCmd, UserCmd,
+    RepoCmd, RoleCmd, RunArgs, TaskCmd, TokenCmd, UserCmd,
 };
 use bzzz::config::{self, Config, LogFormat, Overrides};
 use tokio_util::sync::CancellationToken;
@@ -104,6 +104,16 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Config {
             cmd: ConfigCmd::Migrate(a),
         } => report(bzzz::cli::dht::migrate(&a).await),
+        Cmd::Repo { cmd } => report(match cmd {
+            RepoCmd::Add(a) => bzzz::cli::agents::repo_add(&a).await,
+            RepoCmd::Ls(a) => bzzz::cli::agents::repo_ls(&a).await,
+        }),
+        Cmd::Task { cmd } => report(match cmd {
+            TaskCmd::Ls(a) => bzzz::cli::agents::task_ls(&a).await,
+            TaskCmd::Show(a) => bzzz::cli::agents::task_show(&a).await,
+            TaskCmd::Retry(a) => bzzz::cli::agents::task_op(&a, "retry").await,
+            TaskCmd::Cancel(a) => bzzz::cli::agents::task_op(&a, "cancel").await,
+        }),
         Cmd::Member { cmd } => report(match cmd {
             MemberCmd::Ls(a) => bzzz::cli::members::ls(&a).await,
             MemberCmd::Remove(a) => bzzz::cli::members::remove(&a).await,

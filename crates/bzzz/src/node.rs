@@ -297,7 +297,13 @@ pub async fn run(
         access: access.clone(),
         backends: cfg.serve.backends.clone(),
         tasks,
+        agents: Arc::default(),
     });
+    tracker.spawn(crate::agents::run(
+        state.clone(),
+        cfg.agents.clone(),
+        cfg.data_dir.clone(),
+    ));
     {
         let st = state.clone();
         let cancel = cancel.clone();

@@ -36,6 +36,8 @@ pub struct AppState {
     /// Where request-started work (deploy runs) is spawned, so that
     /// shutdown stops it too.
     pub tasks: Tasks,
+    /// This node's agents (SPEC §10): running tasks, live step logs.
+    pub agents: Arc<crate::agents::Agents>,
 }
 
 /// The node's task tracker and its cancellation token: every task the

@@ -8,6 +8,7 @@
 //! Server-Sent Events reader).
 
 pub mod access;
+pub mod agents;
 pub mod client;
 pub mod control;
 pub mod deploy;
@@ -92,6 +93,17 @@ pub enum Cmd {
     Member {
         #[command(subcommand)]
         cmd: MemberCmd,
+    },
+    /// Repositories agents take tasks from (SPEC §10; docs/agents.md).
+    Repo {
+        #[command(subcommand)]
+        cmd: RepoCmd,
+    },
+    /// Agent tasks: the cluster's board (claims, states, branches), a
+    /// task's live log, retry, cancel.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
     },
     /// The DHT (SPEC §7): records under UCXL addresses, signed, sealed to
     /// the roles that may read them, with their version history.
@@ -298,6 +310,69 @@ pub enum MemberCmd {
     /// --uses N > 1) as a share holder (operator only): an admin-signed
     /// approval; the admin key is then re-dealt to it.
     Approve(MemberRemoveArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCmd {
+    /// Add a repository (or replace the one with the same URL; operator
+    /// only): every node with `agents.enabled` takes its tasks.
+    Add(RepoAddArgs),
+    /// List the repositories.
+    Ls(ReadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RepoAddArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// What `git clone` takes (http(s)://, ssh://, file://).
+    pub url: String,
+    /// `git` (task files under tasks/, delivered as a pushed branch),
+    /// `gitea` or `github` (labelled issues, delivered as pull requests).
+    #[arg(long, value_name = "KIND")]
+    pub kind: String,
+    /// A file holding the forge's API token (gitea, github).
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// The label that marks issues as tasks.
+    #[arg(long, default_value = bzzz_agents::repo::DEFAULT_LABEL)]
+    pub label: String,
+    /// The model its tasks are worked with (unless a task names one).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// The step cap of its tasks (1 to 30; default 20).
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// Every task: id, repository, state (open, claimed, working, done,
+    /// failed, needs-human), claim holder, claims so far, branch.
+    Ls(ReadArgs),
+    /// One task (by key `REPO#ID`, or by id when one repository has it)
+    /// and, from the node working it, its live step log.
+    Show(TaskArgs),
+    /// Open a failed or needs-human task again (operator only).
+    Retry(TaskOpArgs),
+    /// Stop a task (operator only): needs-human; its holder is fenced out.
+    Cancel(TaskOpArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// `REPO#ID`, or an id one repository has.
+    pub task: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskOpArgs {
+    #[command(flatten)]
+    pub op: OperatorArgs,
+    /// `REPO#ID`, or an id one repository has.
+    pub task: String,
 }
 
 #[derive(Debug, Args)]

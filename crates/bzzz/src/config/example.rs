@@ -139,6 +139,32 @@ serve:
   # Ollama listens).
   # listen: 0.0.0.0:11434
 
+# Agents: this node works tasks of the cluster's repositories (`bzzz repo
+# add`; docs/agents.md). Needs bubblewrap, prlimit and setpriv.
+agents:
+  enabled: false
+  # Tasks worked at once here.
+  max_tasks: 1
+  # The model when neither the task nor its repository names one.
+  # model: smollm2:135m
+  # The OpenAI-compatible API the agent asks (default: this node's own
+  # inference router, http://HTTP/v1), with the key in api_key_file.
+  # llm_url: http://127.0.0.1:8080/v1
+  # api_key_file: /etc/bzzz/agent.key
+  # A claim lapses this long after its last renewal.
+  lease: 1m
+  # How often the repositories are read for tasks.
+  poll_every: 10s
+  # Wall time of one sandboxed command, and of one task.
+  command_timeout: 1m
+  task_timeout: 15m
+  # Address space (bytes) and processes of the sandbox.
+  memory_bytes: 1073741824
+  processes: 64
+  # Where tasks are worked (the sandbox user must reach it; default
+  # $TMPDIR/bzzz-agents-NODE).
+  # work_dir: /var/tmp/bzzz-agents
+
 # The DHT under UCXL addresses (docs/dht.md).
 dht:
   # Nodes (closest by Kademlia distance) that hold each record.

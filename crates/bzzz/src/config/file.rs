@@ -22,6 +22,67 @@ pub struct FileConfig {
     pub models: ModelsFile,
     pub serve: ServeFile,
     pub dht: DhtFile,
+    pub agents: AgentsFile,
+}
+
+/// `agents:` section: this node works tasks of the cluster's repositories
+/// (SPEC §10, `docs/agents.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsFile {
+    /// Run agents on this node (needs bubblewrap, `prlimit`, `setpriv`).
+    pub enabled: bool,
+    /// Tasks worked at once on this node.
+    pub max_tasks: u32,
+    /// The model tasks are worked with when neither the task nor its
+    /// repository names one.
+    pub model: Option<String>,
+    /// The OpenAI-compatible API (`…/v1`) the agent asks; default: this
+    /// node's own inference router (`http://HTTP/v1`), so access control
+    /// and audit apply.
+    pub llm_url: Option<String>,
+    /// A file holding the agent's API key (`bzzz apikey create`, `infer`
+    /// on the model); none: no key is sent.
+    pub api_key_file: Option<PathBuf>,
+    /// How long a claim holds without a renewal (renewed every third).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the repositories are read for tasks.
+    #[serde(with = "humantime_serde")]
+    pub poll_every: Duration,
+    /// Wall time of one command the model runs.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Wall time of one task.
+    #[serde(with = "humantime_serde")]
+    pub task_timeout: Duration,
+    /// Address space of one sandboxed command, bytes.
+    pub memory_bytes: u64,
+    /// Processes of the sandbox.
+    pub processes: u64,
+    /// Where tasks are checked out and worked. The sandbox user
+    /// (`nobody`, when the node runs as root) must reach it, so it lies
+    /// outside the data directory: default `$TMPDIR/bzzz-agents-NODE`.
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for AgentsFile {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_tasks: 1,
+            model: None,
+            llm_url: None,
+            api_key_file: None,
+            lease: Duration::from_secs(60),
+            poll_every: Duration::from_secs(10),
+            command_timeout: Duration::from_secs(60),
+            task_timeout: Duration::from_secs(15 * 60),
+            memory_bytes: 1 << 30,
+            processes: 64,
+            work_dir: None,
+        }
+    }
 }
 
 /// `dht:` section: the DHT under UCXL addresses (SPEC §7).
@@ -379,6 +440,7 @@ impl Default for FileConfig {
             models: ModelsFile::default(),
             serve: ServeFile::default(),
             dht: DhtFile::default(),
+            agents: AgentsFile::default(),
         }
     }
 }

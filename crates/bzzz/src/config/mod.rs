@@ -95,6 +95,8 @@ pub struct Config {
     pub share_passphrase_file: Option<PathBuf>,
     /// Serving: backends, managed backends, access.
     pub serve: ServeSettings,
+    /// `agents:`: this node works repository tasks.
+    pub agents: AgentSettings,
     /// The file it came from, if any.
     pub source: Option<PathBuf>,
 }
@@ -109,6 +111,78 @@ pub struct ServeSettings {
     pub anonymous_inference: bool,
     /// `serve.listen`: the inference API alone on a second address.
     pub listen: Option<SocketAddr>,
+}
+
+/// Validated `agents:` section (see [`file::AgentsFile`]).
+#[derive(Debug, Clone, Default)]
+pub struct AgentSettings {
+    pub enabled: bool,
+    pub max_tasks: u32,
+    pub model: Option<String>,
+    pub llm_url: Option<String>,
+    pub api_key_file: Option<PathBuf>,
+    pub lease: Duration,
+    pub poll_every: Duration,
+    pub command_timeout: Duration,
+    pub task_timeout: Duration,
+    pub memory_bytes: u64,
+    pub processes: u64,
+    pub work_dir: Option<PathBuf>,
+}
+
+fn validate_agents(a: &file::AgentsFile) -> Result<AgentSettings, ConfigError> {
+    if !(1..=64).contains(&a.max_tasks) {
+        return Err(cerr("agents.max_tasks", "must be 1 to 64"));
+    }
+    if let Some(u) = &a.llm_url
+        && (!(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 512)
+    {
+        return Err(cerr(
+            "agents.llm_url",
+            "must be an http:// or https:// URL (an OpenAI-compatible …/v1)",
+        ));
+    }
+    if a.model
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.len() > 256)
+    {
+        return Err(cerr("agents.model", "must be 1 to 256 characters"));
+    }
+    if a.lease < Duration::from_secs(1) || a.lease > Duration::from_secs(3600) {
+        return Err(cerr("agents.lease", "must be 1s to 1h"));
+    }
+    for (f, d) in [
+        ("agents.poll_every", a.poll_every),
+        ("agents.command_timeout", a.command_timeout),
+        ("agents.task_timeout", a.task_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(cerr(f, "must be more than 0"));
+        }
+    }
+    if a.memory_bytes < 16 << 20 {
+        return Err(cerr("agents.memory_bytes", "must be at least 16 MiB"));
+    }
+    if !(4..=4096).contains(&a.processes) {
+        return Err(cerr("agents.processes", "must be 4 to 4096"));
+    }
+    Ok(AgentSettings {
+        enabled: a.enabled,
+        max_tasks: a.max_tasks,
+        model: a.model.clone(),
+        llm_url: a
+            .llm_url
+            .as_ref()
+            .map(|u| u.trim_end_matches('/').to_owned()),
+        api_key_file: a.api_key_file.clone(),
+        lease: a.lease,
+        poll_every: a.poll_every,
+        command_timeout: a.command_timeout,
+        task_timeout: a.task_timeout,
+        memory_bytes: a.memory_bytes,
+        processes: a.processes,
+        work_dir: a.work_dir.clone(),
+    })
 }
 
 /// Validated `serve.managed:`.
@@ -514,6 +588,7 @@ fn validate(
         return Err(cerr("dht.replication", "must be between 1 and 20"));
     }
     let serve = validate_serve(&f.serve)?;
+    let agents = validate_agents(&f.agents)?;
 
     Ok(Config {
         data_dir: f.data_dir,
@@ -552,6 +627,7 @@ fn validate(
             .or_else(|| c.ollama_models_dir.clone())
             .unwrap_or_else(bzzz_models::ollama::default_dir),
         serve,
+        agents,
         source,
         share_passphrase_file: flags.share_passphrase_file.clone(),
     })

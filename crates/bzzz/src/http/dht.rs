@@ -170,13 +170,6 @@ async fn api_put(State(st): S, p: Principal, body: Bytes) -> Result<Response, Re
     // Admin records and a role's first key are signed by the threshold
     // admin key, whose signers check the operator password.
     let pw = caller.operator.clone();
-    let need_pw = || {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "this write needs the threshold admin signature, whose signers check the operator password: use the operator credential (user admin)",
-        )
-        .into_response()
-    };
     let value = match (&req.value, &req.value_base64) {
         (Some(v), None) => v.as_bytes().to_vec(),
         (None, Some(b)) => base64::engine::general_purpose::STANDARD
@@ -196,6 +189,27 @@ async fn api_put(State(st): S, p: Principal, body: Bytes) -> Result<Response, Re
     )
     .await
     .map_err(IntoResponse::into_response)?;
+    write_record(&st, pw, &addr, &value).await
+}
+
+/// Writes `value` at `addr` as this node (a role's record) or with the
+/// threshold admin signature (an admin record; `pw`: the operator's key),
+/// making the chain's first key when it has none.
+pub async fn write_record(
+    st: &Shared,
+    pw: Option<bzzz_keys::OperatorKey>,
+    addr: &Address,
+    value: &[u8],
+) -> Result<Response, Response> {
+    let st = st.clone();
+    let (addr, value) = (addr.clone(), value.to_vec());
+    let need_pw = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "this write needs the threshold admin signature, whose signers check the operator password: use the operator credential (user admin)",
+        )
+        .into_response()
+    };
     sync(&st);
     let is_admin =
         addr.role == bzzz_proto::ucxl::Component::Name(bzzz_proto::dht::ADMIN_ROLE.into());

@@ -14,6 +14,7 @@
 //! no page).
 
 pub mod access;
+pub mod agents;
 pub mod auth;
 pub mod control;
 pub mod deploy;
@@ -226,6 +227,7 @@ impl Route {
 pub fn routes() -> Vec<Route> {
     let mut all = Vec::new();
     all.extend(status::routes());
+    all.extend(agents::routes());
     all.extend(access::routes());
     all.extend(keys::routes());
     all.extend(members::routes());

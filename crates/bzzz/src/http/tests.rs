@@ -118,6 +118,7 @@ async fn test_node() -> TestNode {
             tracker,
             cancel: cancel.clone(),
         },
+        agents: Arc::default(),
     });
     TestNode {
         state,

@@ -1,0 +1,501 @@
+//! The node's agent runner (SPEC §10): reads the cluster's repositories
+//! from the DHT, claims their open tasks through Raft (exactly once:
+//! `bzzz_control::tasks`), works each in a sandbox with the model, and
+//! delivers the branch only while its claim is still current.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bzzz_agents::forge::{Forge, ForgeError, GitForge};
+use bzzz_agents::repo::{Kind, REPOS_ADDRESS, Repo};
+use bzzz_agents::sandbox::{Limits, Sandbox};
+use bzzz_agents::task::Task;
+use bzzz_agents::worker::{self, Caps, Llm, Outcome, Step};
+use bzzz_control::raft::Command;
+use bzzz_control::tasks::{TaskOp, TaskState, task_key};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::AgentSettings;
+use crate::state::AppState;
+
+/// Steps kept per task for the live log, and tasks kept.
+const STEPS_KEPT: usize = 200;
+const TASKS_KEPT: usize = 256;
+
+/// This node's agents: what runs now and the live step logs.
+#[derive(Debug, Default)]
+pub struct Agents {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    running: BTreeSet<String>,
+    logs: BTreeMap<String, VecDeque<Step>>,
+    order: VecDeque<String>,
+    max: u32,
+    enabled: bool,
+}
+
+/// This node's availability (the heartbeat in its capability record).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Availability {
+    /// `ready`, `working` (some slots taken), `busy` (all taken), or
+    /// `off` (agents not enabled).
+    pub state: &'static str,
+    pub current: u32,
+    pub max: u32,
+}
+
+impl Agents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn availability(&self) -> Availability {
+        let i = self.lock();
+        let current = i.running.len() as u32;
+        Availability {
+            state: match (i.enabled, current) {
+                (false, _) => "off",
+                (true, 0) => "ready",
+                (true, c) if c >= i.max => "busy",
+                _ => "working",
+            },
+            current,
+            max: i.max,
+        }
+    }
+
+    /// The live step log of a task worked here.
+    pub fn log(&self, key: &str) -> Option<Vec<Step>> {
+        self.lock()
+            .logs
+            .get(key)
+            .map(|v| v.iter().cloned().collect())
+    }
+
+    /// Tasks being worked here now.
+    pub fn running(&self) -> Vec<String> {
+        self.lock().running.iter().cloned().collect()
+    }
+
+    fn step(&self, key: &str, s: Step) {
+        let mut i = self.lock();
+        if !i.logs.contains_key(key) {
+            i.order.push_back(key.to_owned());
+            while i.order.len() > TASKS_KEPT {
+                if let Some(old) = i.order.pop_front() {
+                    i.logs.remove(&old);
+                }
+            }
+        }
+        let log = i.logs.entry(key.to_owned()).or_default();
+        log.push_back(s);
+        while log.len() > STEPS_KEPT {
+            log.pop_front();
+        }
+    }
+}
+
+/// Reads the configured repositories (none when the record is absent).
+pub async fn repos(dht: &bzzz_dht::Dht) -> Result<Vec<Repo>, String> {
+    let addr = REPOS_ADDRESS.parse().map_err(|e| format!("{e}"))?;
+    match dht.get(&addr).await {
+        Ok(v) => bzzz_agents::repo::parse_list(&String::from_utf8_lossy(&v.value)),
+        Err(bzzz_dht::DhtError::NotFound(_)) => Ok(Vec::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A short, path-safe name for `s`.
+fn slug(s: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(s.as_bytes())[..8])
+}
+
+/// Whether this node meets a task's `needs`: `gpu` (a GPU here), `cpu`,
+/// or a model this node holds.
+fn meets(st: &AppState, needs: &[String]) -> bool {
+    let me = st.net.local_id().clone();
+    needs.iter().all(|n| match n.as_str() {
+        "gpu" => !st.local.borrow().capabilities.gpus.is_empty(),
+        "cpu" => true,
+        model => st
+            .control
+            .get()
+            .is_some_and(|c| c.with_state(|s| s.models.holders(model).contains(&me))),
+    })
+}
+
+/// Runs the agents until cancelled (returns at once when not enabled).
+pub async fn run(st: Arc<AppState>, cfg: AgentSettings, data_dir: PathBuf) {
+    {
+        let mut i = st.agents.lock();
+        i.enabled = cfg.enabled;
+        i.max = cfg.max_tasks;
+    }
+    if !cfg.enabled {
+        return;
+    }
+    if let Err(e) = bzzz_agents::sandbox::check_tools() {
+        warn!("agents are enabled but cannot run: {e}");
+        return;
+    }
+    let root = data_dir.join("agents");
+    // Work trees: where the sandbox user can reach them (the data
+    // directory is the node's alone). Work left by a previous run is
+    // dropped (its claims lapse or were finished).
+    let work_root = cfg.work_dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("bzzz-agents-{}", st.net.local_id().short()))
+    });
+    let _ = std::fs::remove_dir_all(&work_root);
+    if let Err(e) = std::fs::create_dir_all(&work_root).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&work_root, std::fs::Permissions::from_mode(0o711))
+    }) {
+        warn!("agents cannot use {}: {e}", work_root.display());
+        return;
+    }
+    let cancel = st.tasks.cancel.clone();
+    let mut tick = tokio::time::interval(cfg.poll_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    info!(max_tasks = cfg.max_tasks, "agents enabled");
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if st.keys.cluster().is_none() {
+            continue;
+        }
+        let Some(control) = st.control.get().cloned() else {
+            continue;
+        };
+        crate::dht::sync(&st.dht, &st.keys, &control);
+        let list = match repos(&st.dht).await {
+            Ok(l) => l,
+            Err(e) => {
+                debug!("cannot read the repositories: {e}");
+                continue;
+            }
+        };
+        for repo in list {
+            if st.agents.lock().running.len() >= cfg.max_tasks as usize {
+                break;
+            }
+            if repo.kind != Kind::Git {
+                if reported.insert(repo.url.clone()) {
+                    warn!(url = %repo.url, kind = repo.kind.as_str(), "this node works plain Git repositories only so far");
+                }
+                continue;
+            }
+            let forge: Arc<dyn Forge> = Arc::new(GitForge::new(
+                &repo.url,
+                root.join("cache").join(slug(&repo.url)),
+                st.net.local_id().short(),
+            ));
+            let (mut tasks, bad) = match forge.tasks().await {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!(url = %repo.url, "cannot read tasks: {e}");
+                    continue;
+                }
+            };
+            for (file, why) in bad {
+                if reported.insert(format!("{}#{file}", repo.url)) {
+                    warn!(url = %repo.url, file, "task file skipped: {why}");
+                }
+            }
+            tasks.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+            let board = control.with_state(|s| s.tasks.clone());
+            for t in tasks {
+                if st.agents.lock().running.len() >= cfg.max_tasks as usize {
+                    break;
+                }
+                let key = task_key(&repo.url, &t.id);
+                if let Some(r) = board.tasks.get(&key)
+                    && (matches!(r.state, TaskState::Done | TaskState::NeedsHuman)
+                        || r.live_claim(board.clock_ms.max(crate::control::now_ms())))
+                {
+                    continue;
+                }
+                if !meets(&st, &t.needs) {
+                    continue;
+                }
+                let r = control
+                    .propose(Command::Task {
+                        by: st.net.local_id().clone(),
+                        now_ms: 0,
+                        op: TaskOp::Claim {
+                            key: key.clone(),
+                            repo: repo.url.clone(),
+                            id: t.id.clone(),
+                            title: t.title.clone(),
+                            priority: t.priority,
+                            lease_ms: cfg.lease.as_millis() as u64,
+                        },
+                    })
+                    .await;
+                let fence = match r {
+                    Ok(r) if r.rejected.is_none() => {
+                        match r.previous.and_then(|p| p.parse::<u64>().ok()) {
+                            Some(f) => f,
+                            None => continue,
+                        }
+                    }
+                    Ok(r) => {
+                        debug!(key, "claim refused: {:?}", r.rejected);
+                        continue;
+                    }
+                    Err(e) => {
+                        debug!(key, "claim not committed: {e}");
+                        continue;
+                    }
+                };
+                info!(key, fence, "task claimed");
+                st.agents.lock().running.insert(key.clone());
+                let job = Job {
+                    st: st.clone(),
+                    cfg: cfg.clone(),
+                    repo: repo.clone(),
+                    forge: forge.clone(),
+                    task: t,
+                    key,
+                    fence,
+                    work: work_root.join(format!("{}-{fence}", slug(&repo.url))),
+                };
+                st.tasks.tracker.spawn(job.run());
+            }
+        }
+    }
+}
+
+/// One claimed task.
+struct Job {
+    st: Arc<AppState>,
+    cfg: AgentSettings,
+    repo: Repo,
+    forge: Arc<dyn Forge>,
+    task: Task,
+    key: String,
+    fence: u64,
+    work: PathBuf,
+}
+
+impl Job {
+    /// Whether the claim is still this node's, asked of the leader (a
+    /// renewal committed through Raft): this node's own view may be stale
+    /// (it may have been paused past its lease while another node took
+    /// the task over).
+    async fn confirm(&self) -> bool {
+        match self
+            .propose(TaskOp::Renew {
+                key: self.key.clone(),
+                fence: self.fence,
+                lease_ms: self.cfg.lease.as_millis() as u64,
+            })
+            .await
+        {
+            Ok(()) => true,
+            Err(why) => {
+                warn!(key = self.key, "not delivering: {why}");
+                false
+            }
+        }
+    }
+
+    /// Commits `op`; a refusal is final, a commit that did not happen (no
+    /// leader for a moment, an election) is tried again for up to one
+    /// lease, so that an outcome is not lost to a blip (the task would be
+    /// claimed and worked again).
+    async fn propose(&self, op: TaskOp) -> Result<(), String> {
+        let c = self
+            .st
+            .control
+            .get()
+            .ok_or("the control plane is not running")?;
+        let until = std::time::Instant::now() + self.cfg.lease;
+        loop {
+            let r = c
+                .propose(Command::Task {
+                    by: self.st.net.local_id().clone(),
+                    now_ms: 0,
+                    op: op.clone(),
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    return match r.rejected {
+                        None => Ok(()),
+                        Some(why) => Err(why),
+                    };
+                }
+                Err(e) if std::time::Instant::now() >= until => return Err(e),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    }
+
+    async fn run(self) {
+        let lost = CancellationToken::new();
+        let renew = {
+            let lost = lost.clone();
+            let st = self.st.clone();
+            let (key, fence, lease) = (self.key.clone(), self.fence, self.cfg.lease);
+            let cancel = self.st.tasks.cancel.clone();
+            async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = lost.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    let Some(c) = st.control.get() else { continue };
+                    let r = c
+                        .propose(Command::Task {
+                            by: st.net.local_id().clone(),
+                            now_ms: 0,
+                            op: TaskOp::Renew {
+                                key: key.clone(),
+                                fence,
+                                lease_ms: lease.as_millis() as u64,
+                            },
+                        })
+                        .await;
+                    match r {
+                        Ok(r) if r.rejected.is_some() => {
+                            warn!(key, "claim lost: {:?}", r.rejected);
+                            lost.cancel();
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => debug!(key, "renewal not committed: {e}"),
+                    }
+                }
+            }
+        };
+        let renewer = tokio::spawn(renew);
+        let outcome = tokio::select! {
+            o = self.work_it() => o,
+            _ = lost.cancelled() => Err("the claim was lost (fenced); stopped".into()),
+            _ = self.st.tasks.cancel.cancelled() => Err("the node is stopping".into()),
+        };
+        renewer.abort();
+        let result = match outcome {
+            Ok((done, branch, text)) => {
+                let op = TaskOp::Finish {
+                    key: self.key.clone(),
+                    fence: self.fence,
+                    done,
+                    branch,
+                    pr_url: None,
+                    reason: (!done).then(|| text.clone()),
+                };
+                self.propose(op).await.map(|()| (done, text))
+            }
+            Err(why) if lost.is_cancelled() || self.st.tasks.cancel.is_cancelled() => Err(why),
+            Err(why) => self
+                .propose(TaskOp::Finish {
+                    key: self.key.clone(),
+                    fence: self.fence,
+                    done: false,
+                    branch: None,
+                    pr_url: None,
+                    reason: Some(why.clone()),
+                })
+                .await
+                .map(|()| (false, why)),
+        };
+        match result {
+            Ok((true, _)) => info!(key = self.key, "task done"),
+            Ok((false, why)) => warn!(key = self.key, "task failed: {why}"),
+            Err(e) => warn!(key = self.key, "task outcome not recorded: {e}"),
+        }
+        let _ = std::fs::remove_dir_all(&self.work);
+        self.st.agents.lock().running.remove(&self.key);
+    }
+
+    /// Checks out, works and delivers: `(done, branch, summary or why)`.
+    async fn work_it(&self) -> Result<(bool, Option<String>, String), String> {
+        let _ = std::fs::remove_dir_all(&self.work);
+        if let Some(p) = self.work.parent() {
+            std::fs::create_dir_all(p).map_err(|e| e.to_string())?;
+        }
+        self.forge
+            .checkout(&self.work)
+            .await
+            .map_err(|e| format!("checkout: {e}"))?;
+        let model = self
+            .task
+            .model
+            .clone()
+            .or_else(|| self.repo.model.clone())
+            .or_else(|| self.cfg.model.clone())
+            .ok_or("no model: name one in the task, the repository or agents.model")?;
+        let limits = Limits {
+            wall: self.cfg.command_timeout,
+            cpu_secs: self.cfg.command_timeout.as_secs().max(1),
+            memory_bytes: self.cfg.memory_bytes,
+            processes: self.cfg.processes,
+            ..Limits::default()
+        };
+        let sb = Sandbox::new(&self.work, limits).map_err(|e| e.to_string())?;
+        let llm = Llm {
+            url: self.cfg.llm_url.clone().unwrap_or_else(|| {
+                let a = self.st.api_addr;
+                let host = if a.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    a.ip()
+                };
+                format!("http://{}/v1", std::net::SocketAddr::new(host, a.port()))
+            }),
+            api_key: read_key(self.cfg.api_key_file.as_deref())?,
+            model,
+        };
+        let caps = Caps {
+            max_steps: self.repo.max_steps.unwrap_or(worker::DEFAULT_STEPS),
+            wall: self.cfg.task_timeout,
+            command: sb.limits().clone(),
+            ..Caps::default()
+        };
+        let agents = self.st.agents.clone();
+        let key = self.key.clone();
+        let outcome = worker::work(&self.task, &sb, &llm, &caps, |s| agents.step(&key, s)).await;
+        let (done, text) = match outcome {
+            Outcome::Finished { summary } => (true, summary),
+            Outcome::Failed { reason } => (false, reason),
+        };
+        // The work is delivered either way (a failure keeps its branch).
+        let message = format!(
+            "bzzz: task {} ({})\n\n{}{text}\n",
+            self.task.id,
+            self.task.title,
+            if done { "" } else { "Failed: " }
+        );
+        let check = || -> futures::future::BoxFuture<'_, bool> { Box::pin(self.confirm()) };
+        match self
+            .forge
+            .deliver(&self.task, &self.work, &message, &check)
+            .await
+        {
+            Ok(d) => Ok((done, Some(d.branch), text)),
+            Err(ForgeError::Fenced(why)) => Err(why),
+            Err(e) if done => Ok((false, None, format!("delivery failed: {e}"))),
+            Err(e) => Ok((false, None, format!("{text}; delivery failed: {e}"))),
+        }
+    }
+}
+
+fn read_key(path: Option<&Path>) -> Result<Option<String>, String> {
+    let Some(p) = path else { return Ok(None) };
+    let k = std::fs::read_to_string(p)
+        .map_err(|e| format!("agents.api_key_file {}: {e}", p.display()))?;
+    Ok(Some(k.trim().to_owned()))
+}

@@ -1,0 +1,210 @@
+//! Agents over HTTP (SPEC §10): the cluster's repositories (kept in the
+//! DHT's configuration), the task board (claims from the replicated
+//! state), live step logs, retry and cancel.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bzzz_agents::repo::{REPOS_ADDRESS, Repo};
+use bzzz_control::raft::Command;
+use bzzz_control::tasks::{TaskOp, TaskRecord};
+use bzzz_proto::access::Resource;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{Action, ApiError, Fixed, Operator, Permission, Res, Route, Shared, json, parse};
+
+type S = State<Shared>;
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::api(
+            Method::GET,
+            "/api/v1/repos",
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
+            get(api_repos),
+            json!({"summary": "The repositories agents take tasks from: [{url, kind, label, model, max_steps}]", "operationId": "repos",
+                "responses": {"200": {"description": "Repositories"}, "503": {"description": "The DHT cannot be read"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/repos",
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
+            post(api_repo_add),
+            json!({"summary": "Add (or replace, by URL) a repository (operator): the list in the DHT's cluster configuration, written with the threshold admin signature", "operationId": "repoAdd",
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["url", "kind"], "properties": {"url": {"type": "string"}, "kind": {"type": "string", "enum": ["git", "gitea", "github"]}, "label": {"type": "string"}, "model": {"type": "string"}, "max_steps": {"type": "integer"}}}}}},
+                "responses": {"200": {"description": "The list after the change"}, "422": {"description": "Not a repository"}}}),
+        ),
+        Route::api(
+            Method::GET,
+            "/api/v1/tasks",
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
+            get(api_tasks),
+            json!({"summary": "Every task the cluster knows: [{key, id, repo, state, node, claims, fence, lease_until_ms, attempts, branch, pr_url, reason}]", "operationId": "tasks",
+                "responses": {"200": {"description": "Tasks"}, "503": {"description": "Control plane not running"}}}),
+        ),
+        Route::api(
+            Method::GET,
+            "/api/v1/agents",
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
+            get(api_agents),
+            json!({"summary": "This node's agents: availability (off, ready, working, busy), current and max tasks, the tasks it works now", "operationId": "agents",
+                "responses": {"200": {"description": "{state, current, max, running}"}}}),
+        ),
+        Route::api(
+            Method::GET,
+            "/api/v1/tasks/log",
+            Permission::Need(Action::Read, Res::Is(Fixed::Cluster)),
+            get(api_task_log),
+            json!({"summary": "The live step log of a task worked on this node (`?key=`)", "operationId": "taskLog",
+                "parameters": [{"name": "key", "in": "query", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "[{n, tool, detail, ok, result}]"}, "404": {"description": "Not worked here"}}}),
+        ),
+        Route::api(
+            Method::POST,
+            "/api/v1/tasks/{op}",
+            Permission::Need(Action::Manage, Res::Is(Fixed::Cluster)),
+            post(api_task_op),
+            json!({"summary": "`retry` (open a failed or needs-human task again) or `cancel` (stop it; the holder is fenced out) a task by key (operator)", "operationId": "taskOp",
+                "parameters": [{"name": "op", "in": "path", "required": true, "schema": {"type": "string", "enum": ["retry", "cancel"]}}],
+                "requestBody": {"content": {"application/json": {"schema": {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "The task after the change"}, "404": {"description": "No such task"}, "422": {"description": "Refused"}}}),
+        ),
+    ]
+}
+
+/// One task as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub key: String,
+    #[serde(flatten)]
+    pub record: TaskRecord,
+    /// Whether its claim holds now (cluster clock).
+    pub live: bool,
+}
+
+async fn api_repos(State(st): S) -> Result<Response, ApiError> {
+    let l = crate::agents::repos(&st.dht)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(json(StatusCode::OK, &l))
+}
+
+async fn api_repo_add(
+    State(st): S,
+    p: super::Principal,
+    Operator(pw): Operator,
+    body: Bytes,
+) -> Result<Response, Response> {
+    let repo: Repo = parse(&body, "repository").map_err(IntoResponse::into_response)?;
+    repo.validate()
+        .map_err(|e| ApiError::invalid(e).into_response())?;
+    let list = crate::agents::repos(&st.dht)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e).into_response())?;
+    let list =
+        bzzz_agents::repo::with(list, repo).map_err(|e| ApiError::invalid(e).into_response())?;
+    let addr: bzzz_proto::ucxl::Address = REPOS_ADDRESS
+        .parse()
+        .map_err(|e| ApiError::invalid(format!("{e}")).into_response())?;
+    crate::access::record(&st, p.id(), Action::Manage, &Resource::CLUSTER)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    let text = serde_json::to_string(&list)
+        .map_err(|e| ApiError::invalid(e.to_string()).into_response())?;
+    super::dht::write_record(&st, Some(pw), &addr, text.as_bytes()).await?;
+    Ok(json(StatusCode::OK, &list))
+}
+
+async fn api_tasks(State(st): S) -> Result<Response, ApiError> {
+    let c = super::control::control(&st)?;
+    let now = crate::control::now_ms();
+    let v: Vec<TaskView> = c.with_state(|s| {
+        let clock = s.tasks.clock_ms.max(now);
+        s.tasks
+            .tasks
+            .iter()
+            .map(|(k, r)| TaskView {
+                key: k.clone(),
+                live: r.live_claim(clock),
+                record: r.clone(),
+            })
+            .collect()
+    });
+    Ok(json(StatusCode::OK, &v))
+}
+
+async fn api_agents(State(st): S) -> Response {
+    let a = st.agents.availability();
+    json(
+        StatusCode::OK,
+        &json!({"state": a.state, "current": a.current, "max": a.max, "running": st.agents.running()}),
+    )
+}
+
+#[derive(Deserialize)]
+struct KeyQuery {
+    key: String,
+}
+
+async fn api_task_log(State(st): S, Query(q): Query<KeyQuery>) -> Result<Response, ApiError> {
+    match st.agents.log(&q.key) {
+        Some(l) => Ok(json(StatusCode::OK, &l)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{} is not worked on this node", q.key),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    key: String,
+}
+
+async fn api_task_op(
+    State(st): S,
+    p: super::Principal,
+    Path(op): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b: KeyBody = parse(&body, "task")?;
+    let op = match op.as_str() {
+        "retry" => TaskOp::Retry { key: b.key.clone() },
+        "cancel" => TaskOp::Cancel { key: b.key.clone() },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("{other:?} is not retry or cancel"),
+            ));
+        }
+    };
+    let control = super::control::control(&st)?;
+    let cmd = crate::access::audited(
+        &st,
+        p.id(),
+        Action::Manage,
+        &Resource::CLUSTER,
+        Command::Task {
+            by: st.net.local_id().clone(),
+            now_ms: 0,
+            op,
+        },
+    );
+    let r = control
+        .propose(cmd)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    if let Some(why) = r.rejected {
+        return Err(if why.starts_with("no task") {
+            ApiError::new(StatusCode::NOT_FOUND, why)
+        } else {
+            ApiError::invalid(why)
+        });
+    }
+    let t = control.with_state(|s| s.tasks.tasks.get(&b.key).cloned());
+    Ok(json(StatusCode::OK, &t))
+}

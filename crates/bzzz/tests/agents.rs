@@ -1,0 +1,324 @@
+//! Agents (SPEC §10) with real node processes on 127.0.0.1, a plain Git
+//! repository served by the real `git http-backend`, and a scripted LLM
+//! (a named fake: `bzzz_testkit::forge::ScriptedLlm`): every task is done
+//! exactly once, also while a node is killed and restarted mid-run; a
+//! model that never finishes stops at the step cap.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bzzz_testkit::forge::{GitServer, ScriptedLlm};
+use bzzz_testkit::{LocalCluster, LocalOpts, wait_until};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bzzz");
+const PASSWORD: &str = "a long operator password";
+
+fn cli(args: &[&str]) -> std::process::Output {
+    bzzz_testkit::cli(BIN, args)
+}
+
+fn tools_missing() -> bool {
+    if bzzz_agents::sandbox::check_tools().is_ok() {
+        return false;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have bubblewrap (scripts/test.sh installs it)"
+    );
+    eprintln!("skipped: bubblewrap, prlimit or setpriv missing");
+    true
+}
+
+/// Nodes with agents on, asking `llm`.
+fn cluster(n: usize, llm: &ScriptedLlm, max_tasks: u32) -> (LocalCluster, String) {
+    let cfg = tempfile::Builder::new()
+        .prefix("bzzz-agents-cfg-")
+        .tempdir()
+        .expect("tmp")
+        .keep();
+    let file = cfg.join("agents.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "agents:\n  enabled: true\n  max_tasks: {max_tasks}\n  model: scripted\n  llm_url: {}\n  lease: 4s\n  poll_every: 500ms\n  command_timeout: 20s\n",
+            llm.url()
+        ),
+    )
+    .expect("config");
+    let opts = LocalOpts {
+        extra_args: vec!["--config".into(), file.to_string_lossy().into_owned()],
+        ..Default::default()
+    };
+    let mut c = LocalCluster::start(Path::new(BIN), n, &opts).expect("start");
+    c.wait_formed(Duration::from_secs(30)).expect("formed");
+    let pw = c.init(0, PASSWORD).expect("init");
+    (c, pw)
+}
+
+fn repo_add(c: &LocalCluster, pw: &str, url: &str, extra: &[&str]) {
+    let api = c.nodes[0].api();
+    let mut args = vec![
+        "repo",
+        "add",
+        url,
+        "--kind",
+        "git",
+        "--api",
+        &api,
+        "--operator-password-file",
+        pw,
+        "--json",
+    ];
+    args.extend(extra);
+    let last = std::cell::RefCell::new(String::new());
+    wait_until(
+        "the repository is added",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            let out = cli(&args);
+            *last.borrow_mut() = String::from_utf8_lossy(&out.stderr).into_owned();
+            out.status.success().then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}\n{}", last.borrow(), c.logs()));
+}
+
+fn tasks(c: &LocalCluster, i: usize) -> Vec<Value> {
+    let out = cli(&["task", "ls", "--api", &c.nodes[i].api(), "--json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn task_file(id: &str) -> String {
+    // The pause makes each task last long enough to be caught mid-run.
+    format!("---\nid: {id}\n---\n# Greet {id}\n\nrun: sleep 2\nwrite out/{id}.txt: hello {id}\n")
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Waits until node `i` holds a live claim; returns that task's id.
+fn holding(c: &LocalCluster, i: usize) -> String {
+    let id = c.nodes[i].node_id().to_owned();
+    wait_until(
+        "the node holds a claim",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || {
+            tasks(c, 0).into_iter().find_map(|t| {
+                (t["node"] == id.as_str() && t["live"] == true && t["state"] != "done")
+                    .then(|| t["id"].as_str().map(str::to_owned))
+                    .flatten()
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()))
+}
+
+#[test]
+fn twenty_tasks_done_exactly_once_across_a_node_killed_mid_run() {
+    if tools_missing() {
+        return;
+    }
+    let llm = ScriptedLlm::start().expect("llm");
+    let root = tempfile::tempdir().expect("git root");
+    let git = GitServer::start(root.path()).expect("git server");
+    let ids: Vec<String> = (1..=20).map(|i| format!("t{i:02}")).collect();
+    let files: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| (format!("tasks/{id}.md"), task_file(id)))
+        .chain([("README.md".to_owned(), "work\n".to_owned())])
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect();
+    git.create("work", &refs).expect("repo");
+    let (mut c, pw) = cluster(3, &llm, 2);
+    repo_add(&c, &pw, &git.url("work"), &[]);
+    let listed = cli(&["repo", "ls", "--api", &c.nodes[1].api(), "--json"]);
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains(&git.url("work")),
+        "{listed:?}"
+    );
+    // Node 1 is paused (SIGSTOP) while it works a task, past its lease:
+    // another node takes the task over and delivers it. When node 1 goes
+    // on, the leader refuses its renewal, so it pushes nothing late.
+    let paused = holding(&c, 1);
+    let pid1 = c.nodes[1].pid().expect("pid");
+    signal(pid1, "-STOP");
+    let id1 = c.nodes[1].node_id().to_owned();
+    wait_until(
+        "another node delivers the paused node's task",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            tasks(&c, 0)
+                .into_iter()
+                .find(|t| t["id"] == paused.as_str() && t["state"] == "done")
+                .filter(|t| t["node"] != id1.as_str())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", tasks(&c, 0), c.logs()));
+    signal(pid1, "-CONT");
+    // Node 2 is killed (SIGKILL) while it works a task, and restarted.
+    holding(&c, 2);
+    c.nodes[2].kill9();
+    c.nodes[2].restart(Path::new(BIN)).expect("restart");
+    c.nodes[2]
+        .wait_ready(Duration::from_secs(30))
+        .expect("restarted");
+    let board = wait_until(
+        "every task done",
+        Duration::from_secs(240),
+        Duration::from_millis(250),
+        || {
+            let t = tasks(&c, 2);
+            (t.len() == 20 && t.iter().all(|t| t["state"] == "done")).then_some(t)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:#?}\n{}", tasks(&c, 0), c.logs()));
+    let mut reclaimed = 0;
+    for t in &board {
+        let id = t["id"].as_str().expect("id");
+        let claims = t["claims"].as_u64().expect("claims");
+        assert!(claims >= 1, "{t}");
+        reclaimed += usize::from(claims > 1);
+        assert_eq!(t["branch"], format!("bzzz/task-{id}"), "{t}");
+        assert_eq!(t["repo"], git.url("work"));
+        let content = git
+            .show("work", &format!("bzzz/task-{id}"), &format!("out/{id}.txt"))
+            .unwrap_or_else(|e| {
+                let key = t["key"].as_str().unwrap_or_default();
+                let q = format!("/api/v1/tasks/log?key={}", key.replace('#', "%23"));
+                let logs: Vec<String> = (0..3)
+                    .map(|i| format!("{:?}", c.nodes[i].get_json(&q)))
+                    .collect();
+                panic!("{e}: {t}\n{logs:#?}")
+            });
+        assert_eq!(content, format!("hello {id}\n"));
+        // Delivered once: one commit on top of main.
+        assert_eq!(
+            git.commits_ahead("work", &format!("bzzz/task-{id}"))
+                .expect("count"),
+            1
+        );
+    }
+    // The killed node's claims were taken over after their lease.
+    assert!(reclaimed >= 1, "{board:#?}");
+    // Every node is done with its work, the paused one included; no task
+    // was pushed twice (the paused node's late push was refused).
+    wait_until(
+        "every node idle",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            (0..3)
+                .all(|i| {
+                    c.nodes[i]
+                        .get_json("/api/v1/agents")
+                        .is_ok_and(|a| a["current"] == 0)
+                })
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    // The paused node did not push its late work: the branch of the task
+    // it held is the other node's commit.
+    let short1 = &id1[id1.len() - 8..];
+    let author = git
+        .log_author("work", &format!("bzzz/task-{paused}"))
+        .expect("author");
+    assert!(
+        !author.contains(short1),
+        "the paused node's late push went through: {author}"
+    );
+    let pushes = git.pushes.load(std::sync::atomic::Ordering::SeqCst);
+    // A push whose outcome could not commit (no leader during the kill)
+    // is pushed again by the next holder (same branch, same content).
+    assert!(
+        (20..=20 + reclaimed as u64).contains(&pushes),
+        "{pushes} pushes for 20 tasks ({reclaimed} claimed again)"
+    );
+    let branches = git.branches("work").expect("branches");
+    assert_eq!(
+        branches.len(),
+        21,
+        "main + one branch per task: {branches:?}"
+    );
+    // Each claim is its own Raft entry (fence): distinct across tasks.
+    let fences: BTreeMap<u64, &str> = board
+        .iter()
+        .map(|t| {
+            (
+                t["fence"].as_u64().expect("fence"),
+                t["id"].as_str().expect("id"),
+            )
+        })
+        .collect();
+    assert_eq!(fences.len(), 20);
+}
+
+#[test]
+fn a_model_that_never_finishes_stops_at_the_step_cap() {
+    if tools_missing() {
+        return;
+    }
+    let llm = ScriptedLlm::start().expect("llm");
+    let root = tempfile::tempdir().expect("git root");
+    let git = GitServer::start(root.path()).expect("git server");
+    git.create(
+        "loop",
+        &[(
+            "tasks/spin.md",
+            "---\nid: spin\nmodel: scripted-loop\n---\nNever done.\n",
+        )],
+    )
+    .expect("repo");
+    let (c, pw) = cluster(1, &llm, 1);
+    repo_add(&c, &pw, &git.url("loop"), &["--max-steps", "3"]);
+    let t = wait_until(
+        "the task fails at the cap",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || {
+            tasks(&c, 0)
+                .into_iter()
+                .find(|t| t["state"] == "failed" || t["state"] == "needs-human")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", tasks(&c, 0), c.logs()));
+    assert!(
+        t["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("step cap (3)")),
+        "{t}"
+    );
+    // The work is kept on the branch even so.
+    assert_eq!(t["branch"], "bzzz/task-spin", "{t}");
+    // Three failed attempts: a person is needed.
+    let t = wait_until(
+        "needs-human after three attempts",
+        Duration::from_secs(90),
+        Duration::from_millis(250),
+        || {
+            tasks(&c, 0)
+                .into_iter()
+                .find(|t| t["state"] == "needs-human")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", tasks(&c, 0)));
+    assert_eq!(t["attempts"], 3, "{t}");
+    assert_eq!(t["claims"], 3, "{t}");
+}
