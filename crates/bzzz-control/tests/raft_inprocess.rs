@@ -302,3 +302,126 @@ async fn a_cluster_on_redb_survives_a_full_restart() {
         assert_eq!(s.kv.get("k0").map(String::as_str), Some("v0"));
     }
 }
+
+/// The claim race (issue #23): ten claimers propose a claim for the same
+/// task at once, 1000 times over (a new task each trial), through a real
+/// three-voter Raft on redb: exactly one claim is accepted per task, every
+/// replica agrees, and the winner's fence is its entry's log index.
+/// Prints the figures (`docs/benchmarks.md`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_claimers_race_for_each_task_and_exactly_one_wins() {
+    use bzzz_control::tasks::{TaskOp, TaskState, task_key};
+    const TRIALS: usize = 1000;
+    const CLAIMERS: usize = 10;
+    let config = Arc::new(
+        Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 300,
+            election_timeout_max: 600,
+            ..Default::default()
+        }
+        .validate()
+        .expect("config"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let router = Router::default();
+    let mut nodes = Vec::new();
+    let mut machines = BTreeMap::new();
+    for i in 1..=3u64 {
+        let db = RaftDb::open(&dir.path().join(format!("raft-{i}.redb"))).expect("db");
+        let sm = StateMachine::open(db.clone()).expect("sm");
+        let raft = Raft::new(
+            i,
+            config.clone(),
+            router.clone(),
+            DiskLog::new(db),
+            sm.clone(),
+        )
+        .await
+        .expect("raft");
+        router.0.lock().expect("router").insert(i, raft.clone());
+        machines.insert(i, sm);
+        nodes.push((i, raft));
+    }
+    let members: BTreeMap<NodeIdU64, BasicNode> = (1..=3)
+        .map(|i| (i, BasicNode::new(format!("node-{i}"))))
+        .collect();
+    nodes[0].1.initialize(members).await.expect("initialize");
+    let leader = router.get(wait_leader(&nodes, None).await).expect("leader");
+    let claimers: Vec<bzzz_proto::NodeId> = (0..CLAIMERS)
+        .map(|i| {
+            // Base58 letters (no I, O, l, 0).
+            let c = char::from(b"ABCDEFGHJK"[i]);
+            bzzz_proto::NodeId::parse(&format!("12D3KooW{}", c.to_string().repeat(44))).expect("id")
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut accepted_total = 0;
+    let mut last_index = 0;
+    let mut trial_ms = Vec::with_capacity(TRIALS);
+    for trial in 0..TRIALS {
+        let id = format!("t{trial}");
+        let t0 = std::time::Instant::now();
+        let writes = claimers.iter().map(|by| {
+            let leader = leader.clone();
+            let op = TaskOp::Claim {
+                key: task_key("repo", &id),
+                repo: "repo".into(),
+                id: id.clone(),
+                title: String::new(),
+                priority: 0,
+                lease_ms: 60_000,
+            };
+            let by = by.clone();
+            async move {
+                leader
+                    .client_write(Command::Task {
+                        by,
+                        now_ms: 1_000 + trial as u64,
+                        op,
+                    })
+                    .await
+                    .expect("commit")
+            }
+        });
+        let results = futures::future::join_all(writes).await;
+        trial_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let winners: Vec<_> = results
+            .iter()
+            .filter(|r| r.data.rejected.is_none())
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "trial {trial}: {} claims accepted",
+            winners.len()
+        );
+        let w = winners[0];
+        assert_eq!(
+            w.data.previous.as_deref(),
+            Some(w.log_id.index.to_string().as_str()),
+            "the fence is the entry's index"
+        );
+        accepted_total += winners.len();
+        last_index = last_index.max(results.iter().map(|r| r.log_id.index).max().unwrap_or(0));
+    }
+    let elapsed = started.elapsed();
+    wait_applied(&nodes, last_index).await;
+    // Counted again from every replica's state: one claim per task.
+    for (i, m) in &machines {
+        let s = m.state();
+        assert_eq!(s.tasks.tasks.len(), TRIALS, "node {i}");
+        for (k, t) in &s.tasks.tasks {
+            assert_eq!(t.claims, 1, "node {i}: {k} claimed {} times", t.claims);
+            assert_eq!(t.state, TaskState::Claimed);
+        }
+    }
+    trial_ms.sort_by(f64::total_cmp);
+    println!(
+        "claim race: {TRIALS} trials x {CLAIMERS} claimers at once: {accepted_total} accepted, 0 duplicates, {} refused; per trial p50 {:.1} ms, p99 {:.1} ms; {:.1} s in all",
+        TRIALS * CLAIMERS - accepted_total,
+        trial_ms[TRIALS / 2],
+        trial_ms[TRIALS * 99 / 100],
+        elapsed.as_secs_f64()
+    );
+}

@@ -33,6 +33,15 @@ fn tools_missing() -> bool {
 
 /// Nodes with agents on, asking `llm`.
 fn cluster(n: usize, llm: &ScriptedLlm, max_tasks: u32) -> (LocalCluster, String) {
+    cluster_env(n, llm, max_tasks, Vec::new())
+}
+
+fn cluster_env(
+    n: usize,
+    llm: &ScriptedLlm,
+    max_tasks: u32,
+    env: Vec<(String, String)>,
+) -> (LocalCluster, String) {
     let cfg = tempfile::Builder::new()
         .prefix("bzzz-agents-cfg-")
         .tempdir()
@@ -49,7 +58,7 @@ fn cluster(n: usize, llm: &ScriptedLlm, max_tasks: u32) -> (LocalCluster, String
     .expect("config");
     let opts = LocalOpts {
         extra_args: vec!["--config".into(), file.to_string_lossy().into_owned()],
-        ..Default::default()
+        env,
     };
     let mut c = LocalCluster::start(Path::new(BIN), n, &opts).expect("start");
     c.wait_formed(Duration::from_secs(30)).expect("formed");
@@ -321,4 +330,75 @@ fn a_model_that_never_finishes_stops_at_the_step_cap() {
     .unwrap_or_else(|e| panic!("{e}: {:?}", tasks(&c, 0)));
     assert_eq!(t["attempts"], 3, "{t}");
     assert_eq!(t["claims"], 3, "{t}");
+}
+
+/// What a task's commands can reach: not the node's secrets (its
+/// environment, its data directory, other processes), not the network,
+/// not the files outside the work tree; a fork bomb and an allocation
+/// past the cap are stopped. The commands report what they saw into the
+/// delivered branch.
+#[test]
+fn a_task_cannot_reach_the_nodes_secrets_or_escape_the_sandbox() {
+    if tools_missing() {
+        return;
+    }
+    const SECRET: &str = "bzzz-test-secret-6f1c2a";
+    let llm = ScriptedLlm::start().expect("llm");
+    let root = tempfile::tempdir().expect("git root");
+    let git = GitServer::start(root.path()).expect("git server");
+    let (c, pw) = cluster_env(
+        1,
+        &llm,
+        1,
+        vec![("FORGE_TOKEN_FOR_TEST".into(), SECRET.into())],
+    );
+    std::fs::write(c.dir.path().join("node-0").join("forge-token"), SECRET).expect("secret file");
+    let api_port = c.nodes[0]
+        .api_addr()
+        .rsplit(':')
+        .next()
+        .unwrap_or("8080")
+        .to_owned();
+    let task = format!(
+        "---\nid: probe\n---\n# Probe the sandbox\n\n\
+run: mkdir -p out && (env; cat /proc/*/environ; grep -rlsF {SECRET} / --exclude-dir=proc --exclude-dir=sys --exclude-dir=usr) > out/probe.txt 2>&1; true\n\
+run: (echo x > /etc/escape) 2>/dev/null && echo outside: written >> out/report.txt || echo outside: refused >> out/report.txt\n\
+run: perl -MIO::Socket::INET -e 'exit(IO::Socket::INET->new(PeerAddr => \"127.0.0.1:{api_port}\", Timeout => 2) ? 0 : 1)' && echo socket: open >> out/report.txt || echo socket: refused >> out/report.txt\n\
+run: (for i in $(seq 300); do sleep 3 & done) 2>&1 | grep -q fork && echo fork: contained >> out/report.txt || echo fork: ran >> out/report.txt\n\
+run: awk 'BEGIN {{ s = \"x\"; while (1) s = s s }}' 2>/dev/null; echo memory: exit $? >> out/report.txt\n"
+    );
+    git.create("probe", &[("tasks/probe.md", &task)])
+        .expect("repo");
+    repo_add(&c, &pw, &git.url("probe"), &[]);
+    let t = wait_until(
+        "the probe is delivered",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || {
+            tasks(&c, 0)
+                .into_iter()
+                .find(|t| t["state"] == "done" || t["state"] == "failed")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", tasks(&c, 0), c.logs()));
+    assert_eq!(t["state"], "done", "{t}");
+    let probe = git
+        .show("probe", "bzzz/task-probe", "out/probe.txt")
+        .expect("probe.txt");
+    assert!(probe.contains("PATH="), "the search ran: {probe}");
+    assert!(
+        !probe.contains(SECRET),
+        "the node's secret reached the sandbox: {probe}"
+    );
+    let report = git
+        .show("probe", "bzzz/task-probe", "out/report.txt")
+        .expect("report.txt");
+    for want in ["outside: refused", "socket: refused", "fork: contained"] {
+        assert!(report.contains(want), "{want}: {report}");
+    }
+    let mem = report
+        .lines()
+        .find_map(|l| l.strip_prefix("memory: exit "))
+        .expect("memory line");
+    assert_ne!(mem.trim(), "0", "the allocation was stopped: {report}");
 }

@@ -466,3 +466,119 @@ async fn roles_users_and_keys_in_the_console_with_csrf_tokens() {
     }
     client.close().await.expect("close");
 }
+
+/// The tasks page (issue #23): the operator sees the board with each
+/// task's state, opens a running task and watches its live step log (the
+/// page reloads itself) until the task is done. The model is the
+/// scripted LLM (a named fake, `bzzz_testkit::forge::ScriptedLlm`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_page_lists_tasks_and_the_live_log_of_a_running_one() {
+    use bzzz_testkit::forge::{GitServer, ScriptedLlm};
+    if !browser::available() || bzzz_agents::sandbox::check_tools().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI has chromium and bubblewrap"
+        );
+        return;
+    }
+    const PASSWORD: &str = "a long operator password";
+    let llm = ScriptedLlm::start().expect("llm");
+    let root = tempfile::tempdir().expect("git root");
+    let git = GitServer::start(root.path()).expect("git server");
+    git.create(
+        "board",
+        &[
+            (
+                "tasks/slow.md",
+                "---\nid: slow\npriority: 9\n---\n# Slow one\n\nrun: sleep 4\nwrite out/slow.txt: slow\n",
+            ),
+            (
+                "tasks/quick.md",
+                "---\nid: quick\n---\n# Quick one\n\nwrite out/quick.txt: quick\n",
+            ),
+        ],
+    )
+    .expect("repo");
+    let cfg = tempfile::tempdir().expect("cfg");
+    let file = cfg.path().join("agents.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "agents:\n  enabled: true\n  max_tasks: 1\n  model: scripted\n  llm_url: {}\n  lease: 5s\n  poll_every: 500ms\n",
+            llm.url()
+        ),
+    )
+    .expect("config");
+    let opts = LocalOpts {
+        extra_args: vec!["--config".into(), file.to_string_lossy().into_owned()],
+        ..Default::default()
+    };
+    let mut c = LocalCluster::start(Path::new(BIN), 1, &opts).expect("start");
+    c.wait_formed(Duration::from_secs(30)).expect("formed");
+    let pw = c.init(0, PASSWORD).expect("init");
+    let api = c.nodes[0].api();
+    let url = git.url("board");
+    bzzz_testkit::wait_until(
+        "the repository is added",
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || {
+            bzzz_testkit::cli(
+                BIN,
+                &[
+                    "repo",
+                    "add",
+                    &url,
+                    "--kind",
+                    "git",
+                    "--api",
+                    &api,
+                    "--operator-password-file",
+                    &pw,
+                ],
+            )
+            .status
+            .success()
+            .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    let (_driver, port) = browser::start_driver(c.dir.path(), &[]);
+    let client = browser::session(c.dir.path(), port).await;
+    log_in(&client, &api, "admin", PASSWORD).await;
+    client.goto(&format!("{api}/tasks")).await.expect("goto");
+    // The slow task (higher priority) is taken first; open it while it runs.
+    browser::wait_for_secs(&client, "tr[data-id=slow]", 60).await;
+    click(&client, "tr[data-id=slow] a").await;
+    let row = browser::wait_for_secs(&client, "#log tr.ok", 30).await;
+    let first = row.text().await.expect("text");
+    assert!(
+        first.contains("run") && first.contains("sleep 4"),
+        "{first}"
+    );
+    // The page follows the task to its end by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        let s = text_of(&client, "#task td.state").await;
+        if s == "done" || std::time::Instant::now() > deadline {
+            break s;
+        }
+        // Not synchronization: the page reloads itself every 2 s.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(state, "done");
+    let log = text_of(&client, "#log").await;
+    assert!(
+        log.contains("write_file") && log.contains("finish"),
+        "{log}"
+    );
+    client.goto(&format!("{api}/tasks")).await.expect("goto");
+    browser::wait_for_secs(&client, "tr[data-id=quick][data-state=done]", 60).await;
+    let board = text_of(&client, "#tasks").await;
+    assert!(
+        board.contains("bzzz/task-slow") && board.contains("bzzz/task-quick"),
+        "{board}"
+    );
+    client.close().await.expect("close");
+}

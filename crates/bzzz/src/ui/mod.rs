@@ -15,6 +15,7 @@ pub mod models;
 pub mod overview;
 pub mod roles;
 pub mod setup;
+pub mod tasks;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -35,6 +36,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(access::routes());
     all.extend(roles::routes());
     all.extend(audit::routes());
+    all.extend(tasks::routes());
     all
 }
 
@@ -50,6 +52,7 @@ pub const NAV: &[(&str, &str)] = &[
     ("/access", "Access"),
     ("/roles", "Roles"),
     ("/audit", "Audit"),
+    ("/tasks", "Tasks"),
 ];
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#222}\
@@ -66,12 +69,27 @@ button{margin-top:1rem;padding:.4rem 1rem;font-size:1rem}footer{margin:2rem;colo
 /// A whole page: title, navigation (`here` marked), content; answered with
 /// `Cache-Control: no-store` and no referrer.
 pub fn layout(code: StatusCode, here: &str, title: &str, content: Markup) -> Response {
+    layout_refreshed(code, here, title, None, content)
+}
+
+/// [`layout`] for a live page: the browser reloads it every `refresh`
+/// seconds (no script needed).
+pub fn layout_refreshed(
+    code: StatusCode,
+    here: &str,
+    title: &str,
+    refresh: Option<u32>,
+    content: Markup,
+) -> Response {
     let doc = html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="referrer" content="no-referrer";
+                @if let Some(s) = refresh {
+                    meta http-equiv="refresh" content=(s);
+                }
                 title { "BZZZ — " (title) }
                 style { (maud::PreEscaped(STYLE)) }
             }
