@@ -317,8 +317,40 @@ exactly one JSON action:\n\
 - {\"tool\":\"list_files\"} lists the files.\n\
 - {\"tool\":\"run\",\"command\":CMD} runs a shell command (no network).\n\
 - {\"tool\":\"finish\",\"summary\":S} ends the task when it is done.\n\
-Paths are relative to the repository. Do exactly what the task asks, then finish."
+Paths are relative to the repository. Do exactly what the task asks, then finish.\n\
+Example: for the task \"Create the file a/b.txt containing exactly the text: hi\" reply \
+{\"tool\":\"write_file\",\"path\":\"a/b.txt\",\"content\":\"hi\\n\"}, \
+and after its result reply {\"tool\":\"finish\",\"summary\":\"created a/b.txt\"}."
         .to_owned()
+}
+
+/// The files the task names (paths of the listing that occur in its
+/// text), with their content when small: a small model then need not
+/// read them first.
+async fn named_files(sb: &Sandbox, task: &Task, listing: &str, max: usize) -> String {
+    let text = format!("{}\n{}", task.title, task.body);
+    let mut out = String::new();
+    for path in listing
+        .lines()
+        .filter(|p| !p.is_empty() && text.contains(*p))
+        .take(8)
+    {
+        let Ok(content) = read_whole(sb, path).await else {
+            continue;
+        };
+        if content.len() > 4096 {
+            continue;
+        }
+        out.push_str(&format!("\n--- {path} ---\n{content}"));
+        if !content.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&format!("--- end of {path} ---\n"));
+        if out.len() > max {
+            break;
+        }
+    }
+    out
 }
 
 /// Works `task` in the sandbox with the model; `on_step` sees each step.
@@ -334,11 +366,16 @@ pub async fn work(
     let files = list_files(sb)
         .await
         .unwrap_or_else(|e| format!("(cannot list: {e})"));
+    let named = named_files(sb, task, &files, caps.observation_bytes).await;
     let mut messages = vec![
         json!({"role": "system", "content": system_prompt()}),
         json!({"role": "user", "content": format!(
-            "Task {}: {}\n\n{}\n\nFiles in the repository:\n{}",
-            task.id, task.title, task.body, cut(&files, caps.observation_bytes)
+            "Task {}: {}\n\n{}\n\nFiles in the repository:\n{}{}",
+            task.id,
+            task.title,
+            task.body,
+            cut(&files, caps.observation_bytes),
+            if named.is_empty() { String::new() } else { format!("\nFiles the task names:{named}") }
         )}),
     ];
     let client = match reqwest::Client::builder()

@@ -315,9 +315,9 @@ async fn ten_claimers_race_for_each_task_and_exactly_one_wins() {
     const CLAIMERS: usize = 10;
     let config = Arc::new(
         Config {
-            heartbeat_interval: 50,
-            election_timeout_min: 300,
-            election_timeout_max: 600,
+            heartbeat_interval: 100,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
             ..Default::default()
         }
         .validate()
@@ -373,15 +373,31 @@ async fn ten_claimers_race_for_each_task_and_exactly_one_wins() {
                 lease_ms: 60_000,
             };
             let by = by.clone();
+            let router = router.clone();
             async move {
-                leader
-                    .client_write(Command::Task {
-                        by,
-                        now_ms: 1_000 + trial as u64,
-                        op,
-                    })
-                    .await
-                    .expect("commit")
+                let cmd = Command::Task {
+                    by,
+                    now_ms: 1_000 + trial as u64,
+                    op,
+                };
+                // A write refused by a node that is no longer the leader
+                // was never appended: send it to the new one.
+                let mut to = leader;
+                for _ in 0..50 {
+                    match to.client_write(cmd.clone()).await {
+                        Ok(r) => return r,
+                        Err(openraft::error::RaftError::APIError(
+                            openraft::error::ClientWriteError::ForwardToLeader(f),
+                        )) => {
+                            if let Some(l) = f.leader_id.and_then(|l| router.get(l)) {
+                                to = l;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("commit: {e}"),
+                    }
+                }
+                panic!("no leader took the write")
             }
         });
         let results = futures::future::join_all(writes).await;
