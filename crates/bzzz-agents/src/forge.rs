@@ -60,10 +60,73 @@ pub trait Forge: Send + Sync {
         message: &'a str,
         still_current: FenceCheck<'a>,
     ) -> BoxFuture<'a, Result<Delivery, ForgeError>>;
+    /// The task was claimed here (a forge marks its issue `in-progress`).
+    fn started<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Reports the outcome on the task (a forge comments on its issue and
+    /// labels it `done` or `failed`), after `still_current` confirms the
+    /// claim.
+    fn finished<'a>(
+        &'a self,
+        _task: &'a Task,
+        _done: bool,
+        _text: &'a str,
+        _delivery: Option<&'a Delivery>,
+        _still_current: FenceCheck<'a>,
+    ) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A forge's API token. Zeroized on drop, never printed.
+#[derive(Clone)]
+pub struct Token(zeroize::Zeroizing<String>);
+
+impl Token {
+    pub fn new(t: &str) -> Self {
+        Self(zeroize::Zeroizing::new(t.trim().to_owned()))
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `GIT_CONFIG_*` variables giving git the token as an HTTP header
+    /// (never on a command line, never in `.git/config`, which the
+    /// sandbox can read).
+    fn git_env(&self) -> Vec<(String, String)> {
+        use base64::Engine as _;
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("bzzz:{}", self.expose()));
+        vec![
+            ("GIT_CONFIG_COUNT".into(), "1".into()),
+            ("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into()),
+            (
+                "GIT_CONFIG_VALUE_0".into(),
+                format!("Authorization: Basic {basic}"),
+            ),
+        ]
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(redacted)")
+    }
 }
 
 /// Runs git with a scrubbed, prompt-free environment.
 pub async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, ForgeError> {
+    git_env(dir, args, &[]).await
+}
+
+/// [`git`] with extra environment variables (credentials as config).
+pub async fn git_env(
+    dir: Option<&Path>,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Result<String, ForgeError> {
     let mut c = tokio::process::Command::new("git");
     if let Some(d) = dir {
         c.arg("-C").arg(d);
@@ -77,6 +140,7 @@ pub async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, ForgeError
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", "/nonexistent")
         .env("LANG", "C")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     let what = args.first().copied().unwrap_or("").to_owned();
@@ -179,6 +243,57 @@ pub fn read_tasks(dir: &Path) -> (Vec<Task>, Vec<(String, String)>) {
     (tasks, bad)
 }
 
+/// Commits `work` onto the task's branch and, once `still_current`
+/// confirms the claim, pushes it (replacing the branch).
+async fn commit_and_push(
+    task: &Task,
+    work: &Path,
+    author: &str,
+    message: &str,
+    still_current: FenceCheck<'_>,
+    env: &[(String, String)],
+) -> Result<String, ForgeError> {
+    let branch = task.branch();
+    git(Some(work), &["checkout", "-q", "-B", &branch]).await?;
+    git(Some(work), &["add", "-A"]).await?;
+    let (name, email) = author
+        .split_once(" <")
+        .map_or(("bzzz agent", "agent@bzzz"), |(n, e)| {
+            (n, e.trim_end_matches('>'))
+        });
+    git(
+        Some(work),
+        &[
+            "-c",
+            &format!("user.name={name}"),
+            "-c",
+            &format!("user.email={email}"),
+            "commit",
+            "-q",
+            "--allow-empty",
+            "--no-verify",
+            &format!("--author={author}"),
+            "-m",
+            message,
+        ],
+    )
+    .await?;
+    if !still_current().await {
+        return Err(ForgeError::Fenced(format!(
+            "the claim on {} is no longer this node's; {branch} was not pushed",
+            task.id
+        )));
+    }
+    let refspec = format!("HEAD:refs/heads/{branch}");
+    git_env(
+        Some(work),
+        &["push", "-q", "--force", "--no-verify", "origin", &refspec],
+        env,
+    )
+    .await?;
+    Ok(branch)
+}
+
 impl Forge for GitForge {
     fn tasks(&self) -> BoxFuture<'_, Result<TaskList, ForgeError>> {
         Box::pin(async move {
@@ -203,49 +318,307 @@ impl Forge for GitForge {
         still_current: FenceCheck<'a>,
     ) -> BoxFuture<'a, Result<Delivery, ForgeError>> {
         Box::pin(async move {
-            let branch = task.branch();
-            git(Some(work), &["checkout", "-q", "-B", &branch]).await?;
-            git(Some(work), &["add", "-A"]).await?;
-            let author = format!("--author={}", self.author);
-            let (name, email) = self
-                .author
-                .split_once(" <")
-                .map_or(("bzzz agent", "agent@bzzz"), |(n, e)| {
-                    (n, e.trim_end_matches('>'))
-                });
-            git(
-                Some(work),
-                &[
-                    "-c",
-                    &format!("user.name={name}"),
-                    "-c",
-                    &format!("user.email={email}"),
-                    "commit",
-                    "-q",
-                    "--allow-empty",
-                    "--no-verify",
-                    &author,
-                    "-m",
-                    message,
-                ],
-            )
-            .await?;
-            if !still_current().await {
-                return Err(ForgeError::Fenced(format!(
-                    "the claim on {} is no longer this node's; {branch} was not pushed",
-                    task.id
-                )));
-            }
-            let refspec = format!("HEAD:refs/heads/{branch}");
-            git(
-                Some(work),
-                &["push", "-q", "--force", "--no-verify", "origin", &refspec],
-            )
-            .await?;
+            let branch =
+                commit_and_push(task, work, &self.author, message, still_current, &[]).await?;
             Ok(Delivery {
                 branch,
                 pr_url: None,
             })
+        })
+    }
+}
+
+/// Gitea and GitHub: tasks are open issues with the repository's label;
+/// delivery is the pushed branch plus a pull request, a comment on the
+/// issue (summary and link) and labels `in-progress` → `done`/`failed`.
+/// Every call carries the token (`Authorization: token T`); the token is
+/// never in a URL, a log line or the work tree.
+#[derive(Debug, Clone)]
+pub struct IssueForge {
+    clone_url: String,
+    /// API base: `…/api/v1` (Gitea), `https://api.github.com` or the
+    /// host itself (GitHub's routes).
+    api: String,
+    owner_repo: String,
+    label: String,
+    token: Token,
+    cache: PathBuf,
+    author: String,
+    http: reqwest::Client,
+}
+
+impl IssueForge {
+    /// `url` is the clone URL (`http(s)://HOST/OWNER/REPO(.git)`).
+    pub fn new(
+        url: &str,
+        github: bool,
+        label: &str,
+        token: Token,
+        cache: PathBuf,
+        node: &str,
+    ) -> Result<Self, ForgeError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .filter(|(s, _)| *s == "http" || *s == "https")
+            .ok_or_else(|| {
+                ForgeError::Other(format!("{url}: a forge URL is http(s)://HOST/OWNER/REPO"))
+            })?;
+        let mut parts = rest.trim_end_matches('/').splitn(2, '/');
+        let host = parts.next().unwrap_or_default();
+        let path = parts.next().unwrap_or_default().trim_end_matches(".git");
+        if host.is_empty() || path.split('/').count() != 2 || path.contains("..") {
+            return Err(ForgeError::Other(format!(
+                "{url}: a forge URL is http(s)://HOST/OWNER/REPO"
+            )));
+        }
+        let api = match (github, host) {
+            (true, "github.com") => "https://api.github.com".to_owned(),
+            (true, _) => format!("{scheme}://{host}"),
+            (false, _) => format!("{scheme}://{host}/api/v1"),
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ForgeError::Other(e.to_string()))?;
+        Ok(Self {
+            clone_url: url.to_owned(),
+            api,
+            owner_repo: path.to_owned(),
+            label: label.to_owned(),
+            token,
+            cache,
+            author: format!("bzzz agent <agent@{node}>"),
+            http,
+        })
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, ForgeError> {
+        let url = format!("{}/repos/{}{path}", self.api, self.owner_repo);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("Authorization", format!("token {}", self.token.expose()))
+            .header("Accept", "application/json");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ForgeError::Other(format!("{method} {path}: {}", e.without_url())))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(ForgeError::Other(format!(
+                "{method} {path}: {status}: {}",
+                text.chars().take(300).collect::<String>()
+            )));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    }
+
+    fn issue(task: &Task) -> Result<u64, ForgeError> {
+        task.id
+            .parse()
+            .map_err(|_| ForgeError::Other(format!("{} is not an issue number", task.id)))
+    }
+
+    /// The open pull request from `branch`, or a new one.
+    async fn pull_request(
+        &self,
+        task: &Task,
+        branch: &str,
+        message: &str,
+    ) -> Result<String, ForgeError> {
+        let find = || async {
+            let list = self
+                .call(reqwest::Method::GET, "/pulls?state=open", None)
+                .await?;
+            Ok::<_, ForgeError>(list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|p| p["head"]["ref"] == branch)
+                    .and_then(|p| p["html_url"].as_str().map(str::to_owned))
+            }))
+        };
+        if let Some(u) = find().await? {
+            return Ok(u);
+        }
+        let repo = self.call(reqwest::Method::GET, "", None).await?;
+        let base = repo["default_branch"].as_str().unwrap_or("main").to_owned();
+        let made = self
+            .call(
+                reqwest::Method::POST,
+                "/pulls",
+                Some(serde_json::json!({
+                    "title": format!("bzzz: {}", task.title),
+                    "head": branch,
+                    "base": base,
+                    "body": format!("{message}\n\nCloses #{}", task.id),
+                })),
+            )
+            .await;
+        match made {
+            Ok(p) => p["html_url"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| ForgeError::Other("the pull request has no URL".into())),
+            // Made meanwhile (a retry): the existing one.
+            Err(e) => find().await?.ok_or(e),
+        }
+    }
+
+    async fn label(&self, n: u64, add: &str, remove: &[&str]) -> Result<(), ForgeError> {
+        for r in remove {
+            // Absent labels are fine.
+            let _ = self
+                .call(
+                    reqwest::Method::DELETE,
+                    &format!("/issues/{n}/labels/{r}"),
+                    None,
+                )
+                .await;
+        }
+        self.call(
+            reqwest::Method::POST,
+            &format!("/issues/{n}/labels"),
+            Some(serde_json::json!({"labels": [add]})),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Forge for IssueForge {
+    fn tasks(&self) -> BoxFuture<'_, Result<TaskList, ForgeError>> {
+        Box::pin(async move {
+            let path = format!("/issues?state=open&type=issues&labels={}", self.label);
+            let list = self.call(reqwest::Method::GET, &path, None).await?;
+            let mut tasks = Vec::new();
+            let mut bad = Vec::new();
+            for i in list
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(MAX_TASKS_PER_REPO)
+            {
+                let Some(n) = i["number"].as_u64() else {
+                    continue;
+                };
+                let labels: Vec<&str> = i["labels"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|l| l["name"].as_str())
+                    .collect();
+                if labels.contains(&"done") || i.get("pull_request").is_some_and(|p| !p.is_null()) {
+                    continue;
+                }
+                let title: String = i["title"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(200)
+                    .collect();
+                let body = i["body"].as_str().unwrap_or("");
+                if body.len() > task::MAX_TASK_FILE {
+                    bad.push((format!("issue #{n}"), "its text is too long".into()));
+                    continue;
+                }
+                tasks.push(Task {
+                    id: n.to_string(),
+                    priority: 0,
+                    needs: Vec::new(),
+                    model: None,
+                    title: title.clone(),
+                    body: format!("{title}\n\n{body}"),
+                });
+            }
+            Ok((tasks, bad))
+        })
+    }
+
+    fn checkout<'a>(&'a self, work: &'a Path) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async move {
+            let _ = &self.cache;
+            let w = work.to_string_lossy().into_owned();
+            git_env(
+                None,
+                &["clone", "--depth", "1", "--", &self.clone_url, &w],
+                &self.token.git_env(),
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        task: &'a Task,
+        work: &'a Path,
+        message: &'a str,
+        still_current: FenceCheck<'a>,
+    ) -> BoxFuture<'a, Result<Delivery, ForgeError>> {
+        Box::pin(async move {
+            let branch = commit_and_push(
+                task,
+                work,
+                &self.author,
+                message,
+                still_current,
+                &self.token.git_env(),
+            )
+            .await?;
+            let pr = self.pull_request(task, &branch, message).await?;
+            Ok(Delivery {
+                branch,
+                pr_url: Some(pr),
+            })
+        })
+    }
+
+    fn started<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async move {
+            let n = Self::issue(task)?;
+            self.label(n, "in-progress", &["failed"]).await
+        })
+    }
+
+    fn finished<'a>(
+        &'a self,
+        task: &'a Task,
+        done: bool,
+        text: &'a str,
+        delivery: Option<&'a Delivery>,
+        still_current: FenceCheck<'a>,
+    ) -> BoxFuture<'a, Result<(), ForgeError>> {
+        Box::pin(async move {
+            let n = Self::issue(task)?;
+            if !still_current().await {
+                return Err(ForgeError::Fenced(format!(
+                    "the claim on issue #{n} is no longer this node's; not reported"
+                )));
+            }
+            let link = delivery
+                .map(|d| match &d.pr_url {
+                    Some(u) => format!("\n\nPull request: {u} (branch `{}`)", d.branch),
+                    None => format!("\n\nBranch: `{}`", d.branch),
+                })
+                .unwrap_or_default();
+            let head = if done { "Done" } else { "Failed" };
+            self.call(
+                reqwest::Method::POST,
+                &format!("/issues/{n}/comments"),
+                Some(serde_json::json!({"body": format!("bzzz agent: {head}. {text}{link}")})),
+            )
+            .await?;
+            self.label(n, if done { "done" } else { "failed" }, &["in-progress"])
+                .await
         })
     }
 }

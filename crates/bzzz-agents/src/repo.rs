@@ -58,6 +58,28 @@ pub struct Repo {
     /// The step cap of its tasks (at most 30).
     #[serde(default)]
     pub max_steps: Option<u32>,
+    /// The forge's API token, sealed (age) to each member that was in
+    /// reach when it was added: node id → base64 ciphertext. Never shown
+    /// back (the API answers `token: true`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub token_sealed: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/repos`: a repository, with its token in clear (sealed
+/// by the node that takes the request, then dropped).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoAdd {
+    pub url: String,
+    pub kind: Kind,
+    #[serde(default = "default_label")]
+    pub label: String,
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub max_steps: Option<u32>,
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn default_label() -> String {
@@ -75,6 +97,13 @@ impl Repo {
         }
         if self.label.is_empty() || self.label.len() > 64 {
             return Err("a label is 1 to 64 characters".into());
+        }
+        if self
+            .label
+            .chars()
+            .any(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(c)))
+        {
+            return Err("a label is letters, digits and - _ . :".into());
         }
         if self
             .model
@@ -126,6 +155,7 @@ mod tests {
             label: DEFAULT_LABEL.into(),
             model: None,
             max_steps: None,
+            token_sealed: Default::default(),
         };
         let l = with(vec![], r("http://h/a.git")).expect("add");
         let l = with(l, r("http://h/a.git")).expect("same");

@@ -527,6 +527,11 @@ impl Keys {
         }
     }
 
+    /// Opens what was sealed (age) to this node's recipient.
+    pub fn open_sealed(&self, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        self.age.open(sealed).map_err(|e| e.to_string())
+    }
+
     /// This node and the peers in the view (with `proven_only`, proven
     /// members only) that announce a valid age recipient, with it, sorted
     /// by id: whom secrets can be sealed to.

@@ -219,10 +219,14 @@ impl GitServer {
     }
 }
 
-fn cgi(root: &Path, pushes: &AtomicU64, mut c: TcpStream) -> anyhow::Result<()> {
+fn cgi(root: &Path, pushes: &AtomicU64, c: TcpStream) -> anyhow::Result<()> {
     let Some(req) = read_request(&c) else {
         return Ok(());
     };
+    cgi_with(root, pushes, c, req)
+}
+
+fn cgi_with(root: &Path, pushes: &AtomicU64, mut c: TcpStream, req: Request) -> anyhow::Result<()> {
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     if path.ends_with("/git-receive-pack") {
         pushes.fetch_add(1, Ordering::SeqCst);
@@ -406,4 +410,290 @@ mod tests {
         }
         assert_eq!(tools, ["run", "write_file", "finish"]);
     }
+}
+
+/// **A fake Gitea (a named fake)**: the subset of Gitea's API agents use
+/// (`/api/v1/repos/{o}/{r}` for the default branch, `…/issues` (open,
+/// by label), `…/issues/{n}/comments`, `…/issues/{n}/labels`, `…/pulls`),
+/// token auth (`Authorization: token T`), every request recorded; with
+/// `github`, GitHub's routes (the same without the `/api/v1` prefix). The
+/// repositories themselves are real, served by [`GitServer`]'s `git
+/// http-backend` under `/{o}/{r}.git`, where a push needs the token as
+/// the Basic password.
+#[derive(Debug)]
+pub struct FakeForge {
+    server: Server,
+    state: Arc<std::sync::Mutex<ForgeState>>,
+    git_root: PathBuf,
+    prefix: &'static str,
+}
+
+/// What the fake forge holds and saw.
+#[derive(Debug, Default, Clone)]
+pub struct ForgeState {
+    /// (owner/repo, number) → issue JSON.
+    pub issues: std::collections::BTreeMap<(String, u64), Value>,
+    pub comments: Vec<(String, u64, String)>,
+    pub pulls: Vec<Value>,
+    /// Every request: (method, path, whether its token was right).
+    pub requests: Vec<(String, String, bool)>,
+    /// Every request's headers and body, as text (to search for leaks).
+    pub raw: Vec<String>,
+}
+
+impl FakeForge {
+    /// A fake Gitea (`github`: GitHub's routes) accepting `token`.
+    pub fn start(git_root: &Path, token: &str, github: bool) -> anyhow::Result<Self> {
+        let state = Arc::new(std::sync::Mutex::new(ForgeState::default()));
+        let prefix = if github { "" } else { "/api/v1" };
+        let (st, root, token) = (state.clone(), git_root.to_path_buf(), token.to_owned());
+        let pushes = Arc::new(AtomicU64::new(0));
+        let server = serve(move |c| {
+            let _ = forge_request(&st, &root, &token, prefix, &pushes, c);
+        })?;
+        Ok(Self {
+            server,
+            state,
+            git_root: git_root.to_path_buf(),
+            prefix,
+        })
+    }
+
+    /// The clone URL of `owner/repo`.
+    pub fn url(&self, owner_repo: &str) -> String {
+        format!("http://{}/{owner_repo}.git", self.server.addr)
+    }
+
+    /// Creates `owner/repo` (bare, one commit on `main` with `files`).
+    pub fn create(&self, owner_repo: &str, files: &[(&str, &str)]) -> anyhow::Result<()> {
+        GitServer {
+            root: self.git_root.clone(),
+            server: Server {
+                addr: String::new(),
+                stop: Arc::new(AtomicBool::new(true)),
+            },
+            pushes: Arc::default(),
+        }
+        .create(owner_repo, files)
+    }
+
+    /// Opens issue `n` of `owner/repo` with `labels`.
+    pub fn issue(&self, owner_repo: &str, n: u64, title: &str, body: &str, labels: &[&str]) {
+        let labels: Vec<Value> = labels.iter().map(|l| json!({"name": l})).collect();
+        self.state().issues.insert(
+            (owner_repo.to_owned(), n),
+            json!({"number": n, "title": title, "body": body, "state": "open", "labels": labels,
+                   "html_url": format!("http://{}/{owner_repo}/issues/{n}", self.server.addr)}),
+        );
+    }
+
+    pub fn state(&self) -> std::sync::MutexGuard<'_, ForgeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The labels of issue `n`.
+    pub fn labels(&self, owner_repo: &str, n: u64) -> Vec<String> {
+        self.state()
+            .issues
+            .get(&(owner_repo.to_owned(), n))
+            .and_then(|i| i["labels"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Where its bare repositories are (`OWNER/REPO.git`).
+    pub fn git_root(&self) -> PathBuf {
+        self.git_root.clone()
+    }
+
+    /// The API prefix (`/api/v1`, or empty for GitHub's routes).
+    pub fn prefix(&self) -> &'static str {
+        self.prefix
+    }
+}
+
+fn respond(c: &mut TcpStream, code: u16, body: &Value) {
+    let text = body.to_string();
+    let _ = write!(
+        c,
+        "HTTP/1.0 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+}
+
+fn forge_request(
+    st: &std::sync::Mutex<ForgeState>,
+    root: &Path,
+    token: &str,
+    prefix: &str,
+    pushes: &AtomicU64,
+    mut c: TcpStream,
+) -> anyhow::Result<()> {
+    let Some(req) = read_request(&c) else {
+        return Ok(());
+    };
+    let header = |n: &str| {
+        req.headers
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
+    let auth = header("authorization");
+    {
+        let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+        s.raw.push(format!(
+            "{} {}\n{:?}\n{}",
+            req.method,
+            req.target,
+            req.headers,
+            String::from_utf8_lossy(&req.body)
+        ));
+    }
+    // Git over HTTP: real git http-backend; a push needs the token.
+    if path.contains(".git/") {
+        if path.ends_with("/git-receive-pack") || query.contains("service=git-receive-pack") {
+            use base64::Engine as _;
+            let ok = auth
+                .strip_prefix("Basic ")
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+                .is_some_and(|up| up.split_once(':').is_some_and(|(_, p)| p == token));
+            if !ok {
+                let _ = c.write_all(
+                    b"HTTP/1.0 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\n\r\n",
+                );
+                return Ok(());
+            }
+        }
+        // Hand the request (already read) to the CGI runner.
+        return cgi_with(root, pushes, c, req);
+    }
+    let ok = auth == format!("token {token}") || auth == format!("Bearer {token}");
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    s.requests
+        .push((req.method.clone(), req.target.clone(), ok));
+    if !ok {
+        drop(s);
+        respond(&mut c, 401, &json!({"message": "token is required"}));
+        return Ok(());
+    }
+    let Some(rest) = path
+        .strip_prefix(prefix)
+        .and_then(|p| p.strip_prefix("/repos/"))
+    else {
+        drop(s);
+        respond(&mut c, 404, &json!({"message": "not found"}));
+        return Ok(());
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.len() < 2 {
+        drop(s);
+        respond(&mut c, 404, &json!({"message": "not found"}));
+        return Ok(());
+    }
+    let repo = format!("{}/{}", parts[0], parts[1]);
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    let (code, out) = match (req.method.as_str(), &parts[2..]) {
+        ("GET", []) => (200, json!({"full_name": repo, "default_branch": "main"})),
+        ("GET", ["issues"]) => {
+            let label = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("labels="))
+                .unwrap_or("");
+            let list: Vec<Value> = s
+                .issues
+                .iter()
+                .filter(|((r, _), i)| {
+                    *r == repo
+                        && i["state"] == "open"
+                        && (label.is_empty()
+                            || i["labels"]
+                                .as_array()
+                                .is_some_and(|l| l.iter().any(|x| x["name"] == label)))
+                })
+                .map(|(_, i)| i.clone())
+                .collect();
+            (200, Value::Array(list))
+        }
+        ("POST", ["issues", n, "comments"]) => {
+            let n: u64 = n.parse().unwrap_or(0);
+            let text = body["body"].as_str().unwrap_or("").to_owned();
+            s.comments.push((repo.clone(), n, text.clone()));
+            (201, json!({"id": s.comments.len(), "body": text}))
+        }
+        ("POST", ["issues", n, "labels"]) => {
+            let n: u64 = n.parse().unwrap_or(0);
+            let add: Vec<String> = body["labels"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|l| l.as_str().map(str::to_owned))
+                .collect();
+            match s.issues.get_mut(&(repo.clone(), n)) {
+                Some(i) => {
+                    let mut have: Vec<Value> = i["labels"].as_array().cloned().unwrap_or_default();
+                    for a in add {
+                        if !have.iter().any(|x| x["name"] == a.as_str()) {
+                            have.push(json!({"name": a}));
+                        }
+                    }
+                    i["labels"] = Value::Array(have.clone());
+                    (200, Value::Array(have))
+                }
+                None => (404, json!({"message": "no issue"})),
+            }
+        }
+        ("DELETE", ["issues", n, "labels", name]) => {
+            let n: u64 = n.parse().unwrap_or(0);
+            match s.issues.get_mut(&(repo.clone(), n)) {
+                Some(i) => {
+                    let have: Vec<Value> = i["labels"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|x| x["name"] != *name)
+                        .collect();
+                    i["labels"] = Value::Array(have);
+                    (204, Value::Null)
+                }
+                None => (404, json!({"message": "no issue"})),
+            }
+        }
+        ("GET", ["pulls"]) => {
+            let list: Vec<Value> = s
+                .pulls
+                .iter()
+                .filter(|p| p["repo"] == repo.as_str() && p["state"] == "open")
+                .cloned()
+                .collect();
+            (200, Value::Array(list))
+        }
+        ("POST", ["pulls"]) => {
+            let head = body["head"].as_str().unwrap_or("").to_owned();
+            if s.pulls
+                .iter()
+                .any(|p| p["repo"] == repo.as_str() && p["head"]["ref"] == head.as_str())
+            {
+                (409, json!({"message": "pull request already exists"}))
+            } else {
+                let n = 1000 + s.pulls.len() as u64;
+                let pr = json!({"number": n, "repo": repo, "state": "open",
+                    "title": body["title"], "body": body["body"],
+                    "head": {"ref": head}, "base": {"ref": body["base"]},
+                    "html_url": format!("http://forge/{repo}/pulls/{n}")});
+                s.pulls.push(pr.clone());
+                (201, pr)
+            }
+        }
+        _ => (404, json!({"message": "not found"})),
+    };
+    drop(s);
+    respond(&mut c, code, &out);
+    Ok(())
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bzzz_agents::forge::{Forge, ForgeError, GitForge};
+use bzzz_agents::forge::{Delivery, Forge, ForgeError, GitForge, IssueForge, Token};
 use bzzz_agents::repo::{Kind, REPOS_ADDRESS, Repo};
 use bzzz_agents::sandbox::{Limits, Sandbox};
 use bzzz_agents::task::Task;
@@ -187,17 +187,32 @@ pub async fn run(st: Arc<AppState>, cfg: AgentSettings, data_dir: PathBuf) {
             if st.agents.lock().running.len() >= cfg.max_tasks as usize {
                 break;
             }
-            if repo.kind != Kind::Git {
-                if reported.insert(repo.url.clone()) {
-                    warn!(url = %repo.url, kind = repo.kind.as_str(), "this node works plain Git repositories only so far");
+            let cache = root.join("cache").join(slug(&repo.url));
+            let forge: Arc<dyn Forge> = match repo.kind {
+                Kind::Git => Arc::new(GitForge::new(&repo.url, cache, st.net.local_id().short())),
+                Kind::Gitea | Kind::Github => {
+                    let made = token_for(&st, &repo).and_then(|token| {
+                        IssueForge::new(
+                            &repo.url,
+                            repo.kind == Kind::Github,
+                            &repo.label,
+                            token,
+                            cache,
+                            st.net.local_id().short(),
+                        )
+                        .map_err(|e| e.to_string())
+                    });
+                    match made {
+                        Ok(f) => Arc::new(f),
+                        Err(why) => {
+                            if reported.insert(repo.url.clone()) {
+                                warn!(url = %repo.url, "this node cannot work the repository: {why}");
+                            }
+                            continue;
+                        }
+                    }
                 }
-                continue;
-            }
-            let forge: Arc<dyn Forge> = Arc::new(GitForge::new(
-                &repo.url,
-                root.join("cache").join(slug(&repo.url)),
-                st.net.local_id().short(),
-            ));
+            };
             let (mut tasks, bad) = match forge.tasks().await {
                 Ok(t) => t,
                 Err(e) => {
@@ -388,13 +403,13 @@ impl Job {
         };
         renewer.abort();
         let result = match outcome {
-            Ok((done, branch, text)) => {
+            Ok((done, delivery, text)) => {
                 let op = TaskOp::Finish {
                     key: self.key.clone(),
                     fence: self.fence,
                     done,
-                    branch,
-                    pr_url: None,
+                    branch: delivery.as_ref().map(|d| d.branch.clone()),
+                    pr_url: delivery.and_then(|d| d.pr_url),
                     reason: (!done).then(|| text.clone()),
                 };
                 self.propose(op).await.map(|()| (done, text))
@@ -421,8 +436,11 @@ impl Job {
         self.st.agents.lock().running.remove(&self.key);
     }
 
-    /// Checks out, works and delivers: `(done, branch, summary or why)`.
-    async fn work_it(&self) -> Result<(bool, Option<String>, String), String> {
+    /// Checks out, works and delivers: `(done, delivery, summary or why)`.
+    async fn work_it(&self) -> Result<(bool, Option<Delivery>, String), String> {
+        if let Err(e) = self.forge.started(&self.task).await {
+            warn!(key = self.key, "cannot mark the task in progress: {e}");
+        }
         let _ = std::fs::remove_dir_all(&self.work);
         if let Some(p) = self.work.parent() {
             std::fs::create_dir_all(p).map_err(|e| e.to_string())?;
@@ -480,17 +498,46 @@ impl Job {
             if done { "" } else { "Failed: " }
         );
         let check = || -> futures::future::BoxFuture<'_, bool> { Box::pin(self.confirm()) };
-        match self
+        let (done, delivery, text) = match self
             .forge
             .deliver(&self.task, &self.work, &message, &check)
             .await
         {
-            Ok(d) => Ok((done, Some(d.branch), text)),
-            Err(ForgeError::Fenced(why)) => Err(why),
-            Err(e) if done => Ok((false, None, format!("delivery failed: {e}"))),
-            Err(e) => Ok((false, None, format!("{text}; delivery failed: {e}"))),
+            Ok(d) => (done, Some(d), text),
+            Err(ForgeError::Fenced(why)) => return Err(why),
+            Err(e) if done => (false, None, format!("delivery failed: {e}")),
+            Err(e) => (false, None, format!("{text}; delivery failed: {e}")),
+        };
+        // The comment and labels on the task (forges), fenced too.
+        match self
+            .forge
+            .finished(&self.task, done, &text, delivery.as_ref(), &check)
+            .await
+        {
+            Ok(()) => {}
+            Err(ForgeError::Fenced(why)) => return Err(why),
+            Err(e) => warn!(
+                key = self.key,
+                "the outcome is not reported on the forge: {e}"
+            ),
         }
+        Ok((done, delivery, text))
     }
+}
+
+/// The forge token sealed to this node, opened.
+fn token_for(st: &AppState, repo: &Repo) -> Result<Token, String> {
+    use base64::Engine as _;
+    let me = st.net.local_id().to_string();
+    let sealed = repo.token_sealed.get(&me).ok_or(
+        "its token is not sealed to this node (it joined after `bzzz repo add`: run it again)",
+    )?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .map_err(|_| "its sealed token is not base64")?;
+    let plain = st.keys.open_sealed(&bytes)?;
+    let text = std::str::from_utf8(&plain).map_err(|_| "its token is not text")?;
+    Ok(Token::new(text))
 }
 
 fn read_key(path: Option<&Path>) -> Result<Option<String>, String> {

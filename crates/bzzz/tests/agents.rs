@@ -68,18 +68,14 @@ fn cluster_env(
 
 fn repo_add(c: &LocalCluster, pw: &str, url: &str, extra: &[&str]) {
     let api = c.nodes[0].api();
-    let mut args = vec![
-        "repo",
-        "add",
-        url,
-        "--kind",
-        "git",
-        "--api",
-        &api,
-        "--operator-password-file",
-        pw,
-        "--json",
-    ];
+    let kind: &[&str] = if extra.contains(&"--kind") {
+        &[]
+    } else {
+        &["--kind", "git"]
+    };
+    let mut args = vec!["repo", "add", url];
+    args.extend(kind);
+    args.extend(["--api", &api, "--operator-password-file", pw, "--json"]);
     args.extend(extra);
     let last = std::cell::RefCell::new(String::new());
     wait_until(
@@ -401,4 +397,119 @@ run: awk 'BEGIN {{ s = \"x\"; while (1) s = s s }}' 2>/dev/null; echo memory: ex
         .find_map(|l| l.strip_prefix("memory: exit "))
         .expect("memory line");
     assert_ne!(mem.trim(), "0", "the allocation was stopped: {report}");
+}
+
+/// Gitea and GitHub (named fakes of their APIs, `FakeForge`, over real
+/// `git http-backend` repositories): an issue labelled `bzzz-task` ends as
+/// a pull request from `bzzz/task-N`, a comment on the issue with the
+/// link, and the labels `in-progress` → `done`; an unlabelled issue is no
+/// task. The token is sealed to the nodes, never shown back, never in a
+/// log, and never inside the sandbox (the task searches for it).
+#[test]
+fn forge_issues_end_as_pull_requests_and_the_token_stays_out_of_reach() {
+    use bzzz_testkit::forge::FakeForge;
+    if tools_missing() {
+        return;
+    }
+    const TOKEN: &str = "forge-token-5d1e0c77";
+    let llm = ScriptedLlm::start().expect("llm");
+    let (c, pw) = cluster(1, &llm, 1);
+    let token_file = c.dir.path().join("forge-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    let token_arg = token_file.to_string_lossy().into_owned();
+    let probe = format!(
+        "write hello.txt: hello from bzzz\n\
+run: (env; cat /proc/*/environ; cat .git/config; grep -rlsF {TOKEN} / --exclude-dir=proc --exclude-dir=sys --exclude-dir=usr) > probe.txt 2>&1; true\n"
+    );
+    let mut forges = Vec::new();
+    for (kind, github) in [("gitea", false), ("github", true)] {
+        let root = tempfile::tempdir().expect("git root");
+        let f = FakeForge::start(root.path(), TOKEN, github).expect("forge");
+        f.create("acme/app", &[("README.md", "app\n")])
+            .expect("repo");
+        f.issue("acme/app", 7, "Say hello", &probe, &["bzzz-task"]);
+        f.issue("acme/app", 8, "Not for agents", "write nope.txt: no\n", &[]);
+        repo_add(
+            &c,
+            &pw,
+            &f.url("acme/app"),
+            &["--kind", kind, "--token-file", &token_arg],
+        );
+        forges.push((kind, f, root));
+    }
+    // The token is never shown back.
+    let listed = cli(&["repo", "ls", "--api", &c.nodes[0].api(), "--json"]);
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains("\"token\":true") && !listed.contains(TOKEN),
+        "{listed}"
+    );
+    for (kind, f, _) in &forges {
+        let url = f.url("acme/app");
+        let t = wait_until(
+            "the issue's task is done",
+            Duration::from_secs(120),
+            Duration::from_millis(250),
+            || {
+                tasks(&c, 0)
+                    .into_iter()
+                    .find(|t| t["repo"] == url.as_str() && t["id"] == "7" && t["state"] == "done")
+            },
+        )
+        .unwrap_or_else(|e| panic!("{kind}: {e}: {:?}\n{}", tasks(&c, 0), c.logs()));
+        let s = f.state();
+        let pr = s
+            .pulls
+            .iter()
+            .find(|p| p["head"]["ref"] == "bzzz/task-7")
+            .unwrap_or_else(|| panic!("{kind}: a pull request: {:?}", s.pulls));
+        assert_eq!(pr["base"]["ref"], "main", "{kind}");
+        assert_eq!(t["pr_url"], pr["html_url"], "{kind}: {t}");
+        let comment = s
+            .comments
+            .iter()
+            .find(|(_, n, _)| *n == 7)
+            .unwrap_or_else(|| panic!("{kind}: a comment: {:?}", s.comments));
+        assert!(
+            comment.2.contains(pr["html_url"].as_str().unwrap_or("?")),
+            "{kind}: {comment:?}"
+        );
+        // Every API call carried the token; none was refused.
+        assert!(
+            s.requests.iter().all(|(_, _, ok)| *ok),
+            "{kind}: {:?}",
+            s.requests
+        );
+        drop(s);
+        let labels = f.labels("acme/app", 7);
+        assert!(
+            labels.contains(&"done".to_owned()) && !labels.contains(&"in-progress".to_owned()),
+            "{kind}: {labels:?}"
+        );
+        assert!(
+            !tasks(&c, 0)
+                .iter()
+                .any(|t| t["repo"] == url.as_str() && t["id"] == "8"),
+            "{kind}: an unlabelled issue is no task"
+        );
+        // The work, and what the task could see: no token.
+        let root = f.git_root();
+        let git = |args: &[&str]| bzzz_testkit::forge::git(&root.join("acme/app.git"), args);
+        assert_eq!(
+            git(&["show", "bzzz/task-7:hello.txt"]).expect("hello"),
+            "hello from bzzz\n"
+        );
+        let seen = git(&["show", "bzzz/task-7:probe.txt"]).expect("probe");
+        assert!(seen.contains("PATH="), "{kind}: the search ran: {seen}");
+        assert!(
+            !seen.contains(TOKEN),
+            "{kind}: the token reached the sandbox: {seen}"
+        );
+    }
+    // Nor is it in the node's log.
+    let log = std::fs::read_to_string(c.dir.path().join("node-0.log")).unwrap_or_default();
+    assert!(
+        !log.is_empty() && !log.contains(TOKEN),
+        "the token is in the log"
+    );
 }

@@ -8,21 +8,46 @@ use super::{ReadArgs, RepoAddArgs, TaskArgs, TaskOpArgs};
 
 pub async fn repo_add(a: &RepoAddArgs) -> anyhow::Result<()> {
     let kind = Kind::parse(&a.kind).map_err(|e| anyhow::anyhow!("--kind: {e}"))?;
-    if a.token_file.is_some() {
-        anyhow::bail!(
-            "--token-file: forge tokens (sealed to the agent nodes) are not supported yet; plain Git repositories (--kind git) need none"
-        );
-    }
+    let token = match (&a.token_file, kind) {
+        (Some(_), Kind::Git) => {
+            anyhow::bail!("--token-file: a plain Git repository (--kind git) takes no token")
+        }
+        (None, Kind::Gitea | Kind::Github) => anyhow::bail!(
+            "--kind {}: give the forge's API token with --token-file F",
+            kind.as_str()
+        ),
+        (Some(f), _) => {
+            let t = zeroize::Zeroizing::new(
+                std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display()))?,
+            );
+            let first = t.lines().next().unwrap_or_default().trim().to_owned();
+            if first.is_empty() {
+                anyhow::bail!("--token-file {}: the first line is empty", f.display());
+            }
+            Some(first)
+        }
+        (None, Kind::Git) => None,
+    };
     let repo = Repo {
         url: a.url.clone(),
         kind,
         label: a.label.clone(),
         model: a.model.clone(),
         max_steps: a.max_steps,
+        token_sealed: Default::default(),
     };
     repo.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let req = bzzz_agents::repo::RepoAdd {
+        url: repo.url.clone(),
+        kind,
+        label: repo.label.clone(),
+        model: repo.model.clone(),
+        max_steps: repo.max_steps,
+        token,
+    };
     let password = a.op.credential()?;
-    let list: Vec<Repo> = post(&a.op.api, "/api/v1/repos", &repo, Some(&password)).await?;
+    let list: Vec<Value> = post(&a.op.api, "/api/v1/repos", &req, Some(&password)).await?;
     if a.op.json {
         println!("{}", serde_json::to_string(&list)?);
     } else {
@@ -37,18 +62,19 @@ pub async fn repo_add(a: &RepoAddArgs) -> anyhow::Result<()> {
 }
 
 pub async fn repo_ls(a: &ReadArgs) -> anyhow::Result<()> {
-    let list: Vec<Repo> = get(&a.api, "/api/v1/repos").await?;
+    let list: Vec<Value> = get(&a.api, "/api/v1/repos").await?;
     if a.json {
         println!("{}", serde_json::to_string(&list)?);
         return Ok(());
     }
-    println!("{:<6} {:<20} URL", "KIND", "MODEL");
+    println!("{:<7} {:<20} {:<6} URL", "KIND", "MODEL", "TOKEN");
     for r in list {
         println!(
-            "{:<6} {:<20} {}",
-            r.kind.as_str(),
-            r.model.as_deref().unwrap_or("-"),
-            r.url
+            "{:<7} {:<20} {:<6} {}",
+            r["kind"].as_str().unwrap_or("?"),
+            r["model"].as_str().unwrap_or("-"),
+            if r["token"] == true { "yes" } else { "-" },
+            r["url"].as_str().unwrap_or("?")
         );
     }
     Ok(())

@@ -85,11 +85,28 @@ pub struct TaskView {
     pub live: bool,
 }
 
+/// The repositories as the API shows them: the sealed token replaced by
+/// `token: true|false`.
+fn shown(list: &[Repo]) -> Vec<serde_json::Value> {
+    list.iter()
+        .map(|r| {
+            let has = !r.token_sealed.is_empty();
+            let mut v = serde_json::to_value(Repo {
+                token_sealed: Default::default(),
+                ..r.clone()
+            })
+            .unwrap_or_default();
+            v["token"] = has.into();
+            v
+        })
+        .collect()
+}
+
 async fn api_repos(State(st): S) -> Result<Response, ApiError> {
     let l = crate::agents::repos(&st.dht)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    Ok(json(StatusCode::OK, &l))
+    Ok(json(StatusCode::OK, &shown(&l)))
 }
 
 async fn api_repo_add(
@@ -98,9 +115,47 @@ async fn api_repo_add(
     Operator(pw): Operator,
     body: Bytes,
 ) -> Result<Response, Response> {
-    let repo: Repo = parse(&body, "repository").map_err(IntoResponse::into_response)?;
+    let add: bzzz_agents::repo::RepoAdd =
+        parse(&body, "repository").map_err(IntoResponse::into_response)?;
+    let token = add.token.map(zeroize::Zeroizing::new);
+    let mut repo = Repo {
+        url: add.url,
+        kind: add.kind,
+        label: add.label,
+        model: add.model,
+        max_steps: add.max_steps,
+        token_sealed: Default::default(),
+    };
     repo.validate()
         .map_err(|e| ApiError::invalid(e).into_response())?;
+    match (&token, repo.kind) {
+        (Some(_), bzzz_agents::repo::Kind::Git) => {
+            return Err(ApiError::invalid("a plain Git repository takes no token").into_response());
+        }
+        (None, bzzz_agents::repo::Kind::Gitea | bzzz_agents::repo::Kind::Github) => {
+            return Err(
+                ApiError::invalid("a forge repository needs its API token (--token-file)")
+                    .into_response(),
+            );
+        }
+        (Some(t), _) if t.trim().is_empty() || t.len() > 4096 => {
+            return Err(ApiError::invalid("the token is empty or too long").into_response());
+        }
+        _ => {}
+    }
+    // Sealed to every member in reach (this node included): the nodes
+    // that run agents open their copy; the clear token is dropped here.
+    if let Some(t) = &token {
+        use base64::Engine as _;
+        for (node, recipient) in crate::dht::recipients(&st.keys) {
+            let sealed = bzzz_crypto::seal::seal(&recipient, t.trim().as_bytes())
+                .map_err(|e| ApiError::invalid(e.to_string()).into_response())?;
+            repo.token_sealed.insert(
+                node.to_string(),
+                base64::engine::general_purpose::STANDARD.encode(sealed),
+            );
+        }
+    }
     let list = crate::agents::repos(&st.dht)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e).into_response())?;
@@ -115,7 +170,7 @@ async fn api_repo_add(
     let text = serde_json::to_string(&list)
         .map_err(|e| ApiError::invalid(e.to_string()).into_response())?;
     super::dht::write_record(&st, Some(pw), &addr, text.as_bytes()).await?;
-    Ok(json(StatusCode::OK, &list))
+    Ok(json(StatusCode::OK, &shown(&list)))
 }
 
 async fn api_tasks(State(st): S) -> Result<Response, ApiError> {
