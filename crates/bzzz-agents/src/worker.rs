@@ -101,6 +101,33 @@ impl Action {
 
 /// The JSON schema every reply must follow (one of the actions).
 pub fn action_schema() -> Value {
+    schema_of(&[
+        "write_file",
+        "replace",
+        "read_file",
+        "list_files",
+        "run",
+        "finish",
+    ])
+}
+
+/// The tools offered at a step: before the work tree changed, the two
+/// that change a file (the listing and the files the task names are
+/// shown already, and there is nothing to finish yet); after a change,
+/// `finish` and every tool that changes or checks. A small model under a
+/// grammar otherwise picks the shortest valid action (`list_files`), or
+/// runs the tools' names as commands, forever (measured with
+/// SmolLM2-135M: docs/benchmarks.md).
+pub fn step_schema(changed: bool) -> Value {
+    if changed {
+        schema_of(&["finish", "write_file", "replace", "run"])
+    } else {
+        schema_of(&["write_file", "replace"])
+    }
+}
+
+/// The JSON schema of the actions among `tools`.
+fn schema_of(tools: &[&str]) -> Value {
     let s = json!({"type": "string"});
     let obj = |tool: &str, props: Vec<(&str, Value)>| {
         let mut p = serde_json::Map::new();
@@ -112,14 +139,31 @@ pub fn action_schema() -> Value {
         }
         json!({"type": "object", "properties": p, "required": req, "additionalProperties": false})
     };
-    json!({"anyOf": [
-        obj("write_file", vec![("path", s.clone()), ("content", s.clone())]),
-        obj("replace", vec![("path", s.clone()), ("search", s.clone()), ("replace", s.clone())]),
-        obj("read_file", vec![("path", s.clone())]),
-        obj("list_files", vec![]),
-        obj("run", vec![("command", s.clone())]),
-        obj("finish", vec![("summary", s)]),
-    ]})
+    let all = [
+        (
+            "write_file",
+            vec![("path", s.clone()), ("content", s.clone())],
+        ),
+        (
+            "replace",
+            vec![
+                ("path", s.clone()),
+                ("search", s.clone()),
+                ("replace", s.clone()),
+            ],
+        ),
+        ("read_file", vec![("path", s.clone())]),
+        ("list_files", vec![]),
+        ("run", vec![("command", s.clone())]),
+        ("finish", vec![("summary", s)]),
+    ];
+    let mut any = Vec::new();
+    for t in tools {
+        if let Some((name, props)) = all.iter().find(|(n, _)| n == t) {
+            any.push(obj(name, props.clone()));
+        }
+    }
+    json!({"anyOf": any})
 }
 
 /// One step, for the live log.
@@ -317,10 +361,8 @@ exactly one JSON action:\n\
 - {\"tool\":\"list_files\"} lists the files.\n\
 - {\"tool\":\"run\",\"command\":CMD} runs a shell command (no network).\n\
 - {\"tool\":\"finish\",\"summary\":S} ends the task when it is done.\n\
-Paths are relative to the repository. Do exactly what the task asks, then finish.\n\
-Example: for the task \"Create the file a/b.txt containing exactly the text: hi\" reply \
-{\"tool\":\"write_file\",\"path\":\"a/b.txt\",\"content\":\"hi\\n\"}, \
-and after its result reply {\"tool\":\"finish\",\"summary\":\"created a/b.txt\"}."
+Paths are relative to the repository: use the exact path the task names. \
+Do exactly what the task asks, then finish."
         .to_owned()
 }
 
@@ -390,7 +432,8 @@ pub async fn work(
             };
         }
     };
-    let schema = action_schema();
+    let mut changed = false;
+    let mut last_ok: Option<Action> = None;
     let mut errors = 0;
     for n in 1..=max_steps {
         if started.elapsed() > caps.wall {
@@ -398,7 +441,7 @@ pub async fn work(
                 reason: format!("wall-time cap ({} s) reached", caps.wall.as_secs()),
             };
         }
-        let reply = ask(&client, llm, &messages, &schema).await;
+        let reply = ask(&client, llm, &messages, &step_schema(changed)).await;
         let (action, raw) = match reply {
             Ok((a, raw)) => (a, raw),
             Err(e) => {
@@ -439,6 +482,19 @@ pub async fn work(
                 summary: summary.chars().take(2000).collect(),
             };
         }
+        // The same change, again and successful: the model has nothing
+        // more to do (small models repeat themselves instead of finishing).
+        if ok && changed && last_ok.as_ref() == Some(&action) {
+            return Outcome::Finished {
+                summary: format!("{} repeated; taken as done", action.name()),
+            };
+        }
+        last_ok = ok.then(|| action.clone());
+        changed |= ok
+            && matches!(
+                action,
+                Action::WriteFile { .. } | Action::Replace { .. } | Action::Run { .. }
+            );
         errors = if ok { 0 } else { errors + 1 };
         if errors >= caps.max_errors {
             return Outcome::Failed {
@@ -466,17 +522,8 @@ async fn ask(
     messages: &[Value],
     schema: &Value,
 ) -> Result<(Action, String), String> {
-    let body = json!({
-        "model": llm.model,
-        "messages": messages,
-        "temperature": 0,
-        "max_tokens": 1024,
-        "stream": false,
-        "response_format": {
-            "type": "json_schema",
-            "json_schema": {"name": "action", "strict": true, "schema": schema}
-        }
-    });
+    // The same OpenAI dialect the node's routes speak (bzzz-serve).
+    let body = bzzz_serve::translate::chat_request(&llm.model, messages, Some(schema), 1024);
     let mut req = client
         .post(format!(
             "{}/chat/completions",
@@ -501,8 +548,7 @@ async fn ask(
             cut(&v.to_string(), 300)
         ));
     }
-    let content = v["choices"][0]["message"]["content"]
-        .as_str()
+    let content = bzzz_serve::translate::reply_content(&v)
         .ok_or("the model's answer has no message")?
         .trim()
         .to_owned();

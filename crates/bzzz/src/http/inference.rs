@@ -266,28 +266,19 @@ async fn send(
     Ok(resp)
 }
 
-/// The API a request came in on: errors take its shape, and a node
-/// serving locally translates when its backend speaks the other one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    OpenAi,
-    /// Ollama's `/api/chat`.
-    OllamaChat,
-    /// Ollama's `/api/generate`.
-    OllamaGenerate,
+/// The API a request came in on (`bzzz_serve::translate`): errors take
+/// its shape, and a node serving locally translates when its backend
+/// speaks the other one.
+pub use bzzz_serve::translate::Dialect;
+
+/// Errors in a dialect's shape.
+pub trait DialectError {
+    /// An error in this dialect's shape (Ollama: `{"error": "..."}`).
+    fn error(self, code: StatusCode, kind: &str, message: impl Into<String>) -> Response;
 }
 
-impl Dialect {
-    fn path(self) -> &'static str {
-        match self {
-            Dialect::OpenAi => "/v1/chat/completions",
-            Dialect::OllamaChat => "/api/chat",
-            Dialect::OllamaGenerate => "/api/generate",
-        }
-    }
-
-    /// An error in this dialect's shape (Ollama: `{"error": "..."}`).
-    pub fn error(self, code: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+impl DialectError for Dialect {
+    fn error(self, code: StatusCode, kind: &str, message: impl Into<String>) -> Response {
         match self {
             Dialect::OpenAi => openai_error(code, kind, message),
             _ => super::json(code, &json!({"error": message.into()})),

@@ -12,10 +12,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use bzzz_serve::translate::{stats, stream_event, to_openai};
 use futures::StreamExt as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::inference::{Dialect, MAX_REQUEST, dispatch};
+use super::inference::{Dialect, DialectError as _, MAX_REQUEST, dispatch};
 use super::{Action, Permission, Res, Route, Shared};
 
 pub fn routes() -> Vec<Route> {
@@ -141,100 +142,14 @@ async fn ps(State(st): State<Shared>) -> Response {
     super::json(StatusCode::OK, &json!({"models": models}))
 }
 
-/// Ollama's request → the OpenAI body for llama.cpp's server.
-pub fn to_openai(req: &Value, dialect: Dialect, stream: bool) -> Value {
-    let mut messages = Vec::new();
-    match dialect {
-        Dialect::OllamaGenerate => {
-            if let Some(sys) = req.get("system").and_then(Value::as_str) {
-                messages.push(json!({"role": "system", "content": sys}));
-            }
-            let prompt = req.get("prompt").and_then(Value::as_str).unwrap_or("");
-            messages.push(json!({"role": "user", "content": prompt}));
-        }
-        _ => {
-            for m in req
-                .get("messages")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                messages.push(json!({
-                    "role": m.get("role").and_then(Value::as_str).unwrap_or("user"),
-                    "content": m.get("content").and_then(Value::as_str).unwrap_or(""),
-                }));
-            }
-        }
-    }
-    let mut out = Map::new();
-    out.insert("messages".into(), Value::Array(messages));
-    out.insert("stream".into(), Value::Bool(stream));
-    if let Some(o) = req.get("options").and_then(Value::as_object) {
-        for (from, to) in [
-            ("temperature", "temperature"),
-            ("top_p", "top_p"),
-            ("top_k", "top_k"),
-            ("seed", "seed"),
-            ("stop", "stop"),
-            ("num_predict", "max_tokens"),
-            ("repeat_penalty", "repeat_penalty"),
-            ("presence_penalty", "presence_penalty"),
-            ("frequency_penalty", "frequency_penalty"),
-        ] {
-            if let Some(v) = o.get(from) {
-                out.insert(to.into(), v.clone());
-            }
-        }
-    }
-    if req.get("format").and_then(Value::as_str) == Some("json") {
-        out.insert("response_format".into(), json!({"type": "json_object"}));
-    }
-    Value::Object(out)
-}
-
-/// Ollama's final statistics from llama.cpp's `timings` (nanoseconds).
-fn stats(timings: Option<&Value>, started: Instant) -> Map<String, Value> {
-    let t = timings.cloned().unwrap_or(Value::Null);
-    let ms = |k: &str| (t[k].as_f64().unwrap_or(0.0) * 1e6) as u64;
-    let n = |k: &str| t[k].as_u64().unwrap_or(0);
-    let mut m = Map::new();
-    m.insert(
-        "total_duration".into(),
-        json!(started.elapsed().as_nanos() as u64),
-    );
-    m.insert("load_duration".into(), json!(0));
-    m.insert("prompt_eval_count".into(), json!(n("prompt_n")));
-    m.insert("prompt_eval_duration".into(), json!(ms("prompt_ms")));
-    m.insert("eval_count".into(), json!(n("predicted_n")));
-    m.insert("eval_duration".into(), json!(ms("predicted_ms")));
-    m
-}
-
-/// One Ollama answer object: the text (as `message` or `response`), and
-/// `done` with the statistics when final.
+/// One Ollama answer object, stamped now.
 fn ollama_obj(
     model: &str,
     dialect: Dialect,
     text: &str,
-    done: Option<(&str, Map<String, Value>)>,
+    done: Option<(&str, serde_json::Map<String, Value>)>,
 ) -> Value {
-    let mut v = json!({"model": model, "created_at": now_rfc3339()});
-    if dialect == Dialect::OllamaGenerate {
-        v["response"] = json!(text);
-    } else {
-        v["message"] = json!({"role": "assistant", "content": text});
-    }
-    match done {
-        None => v["done"] = json!(false),
-        Some((reason, stats)) => {
-            v["done"] = json!(true);
-            v["done_reason"] = json!(reason);
-            if let Some(o) = v.as_object_mut() {
-                o.extend(stats);
-            }
-        }
-    }
-    v
+    bzzz_serve::translate::ollama_obj(model, dialect, text, done, &now_rfc3339())
 }
 
 /// Serves an Ollama request with this node's OpenAI-compatible backend on
@@ -307,27 +222,18 @@ pub async fn serve_locally(
             buf.extend_from_slice(&chunk);
             while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
                 let raw: Vec<u8> = buf.drain(..=pos).collect();
-                let text = String::from_utf8_lossy(&raw);
-                let Some(data) = text.trim().strip_prefix("data:") else {
+                let Some(ev) = stream_event(&String::from_utf8_lossy(&raw)) else {
                     continue;
                 };
-                let data = data.trim();
-                if data == "[DONE]" {
-                    continue;
+                if let Some(r) = ev.finish_reason {
+                    reason = r;
                 }
-                let Ok(v) = serde_json::from_str::<Value>(data) else {
-                    continue;
-                };
-                if let Some(r) = v["choices"][0]["finish_reason"].as_str() {
-                    reason = r.to_owned();
+                if ev.timings.is_some() {
+                    timings = ev.timings;
                 }
-                if v.get("timings").is_some() {
-                    timings = v.get("timings").cloned();
-                }
-                if let Some(t) = v["choices"][0]["delta"]["content"].as_str()
-                    && !t.is_empty()
+                if !ev.delta.is_empty()
                     && tx
-                        .send(line(&ollama_obj(&model, dialect, t, None)))
+                        .send(line(&ollama_obj(&model, dialect, &ev.delta, None)))
                         .await
                         .is_err()
                 {
@@ -356,41 +262,4 @@ pub async fn serve_locally(
         header::HeaderValue::from_static("application/x-ndjson"),
     );
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_translate() {
-        let req = json!({"model": "m", "prompt": "hi", "system": "be brief",
-            "options": {"num_predict": 5, "temperature": 0.1, "bogus": 1}, "format": "json"});
-        let o = to_openai(&req, Dialect::OllamaGenerate, false);
-        assert_eq!(o["messages"][0]["role"], "system");
-        assert_eq!(o["messages"][1]["content"], "hi");
-        assert_eq!(o["max_tokens"], 5);
-        assert!(o.get("bogus").is_none());
-        assert_eq!(o["response_format"]["type"], "json_object");
-        let req = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
-        let o = to_openai(&req, Dialect::OllamaChat, true);
-        assert_eq!(o["messages"][0]["content"], "x");
-        assert_eq!(o["stream"], true);
-        let done = ollama_obj(
-            "m",
-            Dialect::OllamaChat,
-            "",
-            Some((
-                "stop",
-                stats(
-                    Some(&json!({"prompt_n": 3, "predicted_n": 4, "predicted_ms": 2.0})),
-                    Instant::now(),
-                ),
-            )),
-        );
-        assert_eq!(done["done"], true);
-        assert_eq!(done["eval_count"], 4);
-        assert_eq!(done["eval_duration"], 2_000_000);
-        assert_eq!(done["message"]["role"], "assistant");
-    }
 }
