@@ -96,17 +96,44 @@ impl Token {
     /// (never on a command line, never in `.git/config`, which the
     /// sandbox can read).
     fn git_env(&self) -> Vec<(String, String)> {
-        use base64::Engine as _;
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("bzzz:{}", self.expose()));
         vec![
-            ("GIT_CONFIG_COUNT".into(), "1".into()),
+            ("GIT_CONFIG_COUNT".into(), "2".into()),
             ("GIT_CONFIG_KEY_0".into(), "http.extraHeader".into()),
             (
                 "GIT_CONFIG_VALUE_0".into(),
-                format!("Authorization: Basic {basic}"),
+                format!("Authorization: Basic {}", self.basic()),
             ),
+            // The header must not follow a redirect to another host.
+            ("GIT_CONFIG_KEY_1".into(), "http.followRedirects".into()),
+            ("GIT_CONFIG_VALUE_1".into(), "false".into()),
         ]
+    }
+
+    fn basic(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(format!("bzzz:{}", self.expose()))
+    }
+
+    /// `text` without the token (or its Basic form): a forge or proxy that
+    /// echoes headers must not put it into an error, a log or a task's
+    /// reason.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut t = text.to_owned();
+        for secret in [self.expose().to_owned(), self.basic()] {
+            if !secret.is_empty() {
+                t = t.replace(&secret, "[redacted]");
+            }
+        }
+        t
+    }
+
+    fn scrub_err(&self, e: ForgeError) -> ForgeError {
+        match e {
+            ForgeError::Git(w, m) => ForgeError::Git(w, self.scrub(&m)),
+            ForgeError::Other(m) => ForgeError::Other(self.scrub(&m)),
+            ForgeError::Fenced(m) => ForgeError::Fenced(self.scrub(&m)),
+            other => other,
+        }
     }
 }
 
@@ -203,6 +230,10 @@ impl GitForge {
 pub fn read_tasks(dir: &Path) -> (Vec<Task>, Vec<(String, String)>) {
     let mut tasks = Vec::new();
     let mut bad = Vec::new();
+    // A symlinked `tasks` could point anywhere on this node.
+    if !std::fs::symlink_metadata(dir.join("tasks")).is_ok_and(|m| m.is_dir()) {
+        return (tasks, bad);
+    }
     let Ok(rd) = std::fs::read_dir(dir.join("tasks")) else {
         return (tasks, bad);
     };
@@ -413,12 +444,27 @@ impl IssueForge {
             .await
             .map_err(|e| ForgeError::Other(format!("{method} {path}: {}", e.without_url())))?;
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        // Bounded: an answer is read up to 4 MiB.
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| ForgeError::Other(format!("{method} {path}: {}", e.without_url())))?
+        {
+            if body.len() + chunk.len() > 4 << 20 {
+                return Err(ForgeError::Other(format!(
+                    "{method} {path}: the answer is larger than 4 MiB"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&body);
         if !status.is_success() {
-            return Err(ForgeError::Other(format!(
+            return Err(ForgeError::Other(self.token.scrub(&format!(
                 "{method} {path}: {status}: {}",
                 text.chars().take(300).collect::<String>()
-            )));
+            ))));
         }
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
@@ -441,9 +487,12 @@ impl IssueForge {
                 .call(reqwest::Method::GET, "/pulls?state=open", None)
                 .await?;
             Ok::<_, ForgeError>(list.as_array().and_then(|l| {
-                l.iter()
-                    .find(|p| p["head"]["ref"] == branch)
-                    .and_then(|p| p["html_url"].as_str().map(str::to_owned))
+                l.iter().find(|p| p["head"]["ref"] == branch).and_then(|p| {
+                    p["html_url"]
+                        .as_str()
+                        .filter(|u| is_web(u))
+                        .map(str::to_owned)
+                })
             }))
         };
         if let Some(u) = find().await? {
@@ -466,8 +515,9 @@ impl IssueForge {
         match made {
             Ok(p) => p["html_url"]
                 .as_str()
+                .filter(|u| is_web(u))
                 .map(str::to_owned)
-                .ok_or_else(|| ForgeError::Other("the pull request has no URL".into())),
+                .ok_or_else(|| ForgeError::Other("the pull request has no web address".into())),
             // Made meanwhile (a retry): the existing one.
             Err(e) => find().await?.ok_or(e),
         }
@@ -492,6 +542,14 @@ impl IssueForge {
         .await
         .map(|_| ())
     }
+}
+
+/// An `http(s)://` address without spaces or control characters.
+fn is_web(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://"))
+        && !u
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<')
 }
 
 impl Forge for IssueForge {
@@ -552,7 +610,8 @@ impl Forge for IssueForge {
                 &["clone", "--depth", "1", "--", &self.clone_url, &w],
                 &self.token.git_env(),
             )
-            .await?;
+            .await
+            .map_err(|e| self.token.scrub_err(e))?;
             Ok(())
         })
     }
@@ -573,7 +632,8 @@ impl Forge for IssueForge {
                 still_current,
                 &self.token.git_env(),
             )
-            .await?;
+            .await
+            .map_err(|e| self.token.scrub_err(e))?;
             let pr = self.pull_request(task, &branch, message).await?;
             Ok(Delivery {
                 branch,
@@ -696,6 +756,26 @@ mod tests {
     }
 
     #[test]
+    fn tokens_never_print_and_are_scrubbed_from_errors() {
+        let t = Token::new("s3cret-token\n");
+        assert_eq!(format!("{t:?}"), "Token(redacted)");
+        let echoed = format!(
+            "401: bad header Authorization: Basic {} / token s3cret-token",
+            t.basic()
+        );
+        let clean = t.scrub(&echoed);
+        assert!(
+            !clean.contains("s3cret") && !clean.contains(&t.basic()),
+            "{clean}"
+        );
+        let env = t.git_env();
+        assert!(
+            env.iter()
+                .any(|(k, v)| k == "GIT_CONFIG_VALUE_1" && v == "false")
+        );
+    }
+
+    #[test]
     fn reads_task_files_and_names_the_bad_ones() {
         let d = tempfile::tempdir().expect("tmp");
         let t = d.path().join("tasks");
@@ -706,6 +786,10 @@ mod tests {
         std::fs::write(t.join("notes.txt"), "ignored").expect("txt");
         std::os::unix::fs::symlink("/etc/passwd", t.join("d.md")).expect("link");
         let (tasks, bad) = read_tasks(d.path());
+        // A symlinked tasks directory is not read.
+        let other = tempfile::tempdir().expect("tmp");
+        std::os::unix::fs::symlink(&t, other.path().join("tasks")).expect("link");
+        assert!(read_tasks(other.path()).0.is_empty());
         assert_eq!(tasks.len(), 1);
         assert_eq!(tasks[0].id, "a");
         let names: Vec<&str> = bad.iter().map(|(n, _)| n.as_str()).collect();

@@ -321,14 +321,23 @@ fn rustix_is_root() -> bool {
 }
 
 /// Hands `dir` and everything under it (symlinks themselves, never their
-/// targets) to `uid`.
+/// targets) to `uid`, except a top-level `.git`: it stays the node's
+/// (the sandbox only reads it), so no process of the sandbox user can
+/// plant configuration that the node's git would run.
 fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+    chown_below(dir, uid, true)
+}
+
+fn chown_below(dir: &Path, uid: u32, top: bool) -> std::io::Result<()> {
     std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
     for e in std::fs::read_dir(dir)? {
         let e = e?;
         let t = e.file_type()?;
+        if top && e.file_name() == ".git" {
+            continue;
+        }
         if t.is_dir() {
-            chown_tree(&e.path(), uid)?;
+            chown_below(&e.path(), uid, false)?;
         } else {
             std::os::unix::fs::lchown(e.path(), Some(uid), Some(uid))?;
         }
@@ -356,6 +365,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         std::fs::create_dir(dir.path().join(".git")).expect("git");
         let Some(s) = sandbox(dir.path()) else { return };
+        // `.git` stays this process's own (only the work tree is handed
+        // to the sandbox user).
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            let me = std::fs::metadata("/proc/self").expect("me").uid();
+            let git = std::fs::metadata(dir.path().join(".git")).expect("git");
+            assert_eq!(git.uid(), me);
+        }
         // The scrubbed environment: this process's variables stay out.
         let o = s
             .shell("echo ok > made.txt && cat made.txt && env")

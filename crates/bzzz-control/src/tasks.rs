@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 
 /// Failed attempts after which a task waits for a person (`needs-human`).
 pub const MAX_ATTEMPTS: u32 = 3;
-/// Most tasks the board keeps (done ones included).
-pub const MAX_TASKS: usize = 100_000;
+/// Most tasks the board keeps: when it is full, a new task's claim
+/// drops the oldest finished one (done or waiting for a person), and is
+/// refused only when every task is still open or held.
+pub const MAX_TASKS: usize = 10_000;
 /// Longest lease a claim may ask for.
 pub const MAX_LEASE_MS: u64 = 60 * 60 * 1000;
 /// Bounds on the text fields.
@@ -158,6 +160,15 @@ pub struct TaskBoard {
     pub clock_ms: u64,
 }
 
+/// Whether `u` is an `http://` or `https://` address without spaces or
+/// control characters (safe to show as a link).
+pub fn is_web_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://"))
+        && !u
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<')
+}
+
 /// The key of task `id` of `repo`.
 pub fn task_key(repo: &str, id: &str) -> String {
     format!("{repo}#{id}")
@@ -204,7 +215,23 @@ impl TaskBoard {
                     return Err(format!("a lease is 1 ms to {MAX_LEASE_MS} ms"));
                 }
                 if !self.tasks.contains_key(&key) && self.tasks.len() >= MAX_TASKS {
-                    return Err(format!("the board is full ({MAX_TASKS} tasks)"));
+                    // Deterministic on every replica: the oldest finished.
+                    let oldest = self
+                        .tasks
+                        .iter()
+                        .filter(|(_, t)| matches!(t.state, TaskState::Done | TaskState::NeedsHuman))
+                        .min_by(|a, b| a.1.updated_ms.cmp(&b.1.updated_ms).then(a.0.cmp(b.0)))
+                        .map(|(k, _)| k.clone());
+                    match oldest {
+                        Some(k) => {
+                            self.tasks.remove(&k);
+                        }
+                        None => {
+                            return Err(format!(
+                                "the board is full ({MAX_TASKS} tasks open or held)"
+                            ));
+                        }
+                    }
                 }
                 let t = self.tasks.entry(key.clone()).or_insert_with(|| TaskRecord {
                     id,
@@ -276,6 +303,12 @@ impl TaskBoard {
                     if let Some(v) = v {
                         bounded(what, v, MAX_TEXT)?;
                     }
+                }
+                // Shown as a link in the console: a web address only.
+                if let Some(u) = &pr_url
+                    && !is_web_url(u)
+                {
+                    return Err("pr_url is not an http(s) address".into());
                 }
                 let t = self.holder(&key, by, fence)?;
                 t.branch = branch.or(t.branch.take());
@@ -484,6 +517,37 @@ mod tests {
         b.apply(53, &a, 101, TaskOp::Cancel { key: k.clone() })
             .expect("cancel");
         assert!(!b.is_current(&k, &a, 52));
+    }
+
+    #[test]
+    fn links_are_web_addresses_and_a_full_board_drops_the_oldest_finished() {
+        let mut b = TaskBoard::default();
+        let a = node('A');
+        b.apply(1, &a, 10, claim("t", 100)).expect("claim");
+        let finish = |url: &str| TaskOp::Finish {
+            key: task_key("r", "t"),
+            fence: 1,
+            done: true,
+            branch: None,
+            pr_url: Some(url.into()),
+            reason: None,
+        };
+        assert!(b.apply(2, &a, 11, finish("javascript:alert(1)")).is_err());
+        b.apply(3, &a, 12, finish("https://forge/acme/app/pulls/1"))
+            .expect("done");
+        // Fill the board: the done task makes room for a new one.
+        let open = TaskRecord {
+            state: TaskState::Open,
+            ..b.tasks[&task_key("r", "t")].clone()
+        };
+        for i in 0..MAX_TASKS - 1 {
+            b.tasks.insert(format!("r#x{i}"), open.clone());
+        }
+        assert_eq!(b.tasks.len(), MAX_TASKS);
+        b.apply(4, &a, 13, claim("new", 100)).expect("room made");
+        assert!(!b.tasks.contains_key(&task_key("r", "t")));
+        let e = b.apply(5, &a, 14, claim("newer", 100)).expect_err("full");
+        assert!(e.contains("full"), "{e}");
     }
 
     #[test]

@@ -151,11 +151,7 @@ pub async fn run(st: Arc<AppState>, cfg: AgentSettings, data_dir: PathBuf) {
     let work_root = cfg.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("bzzz-agents-{}", st.net.local_id().short()))
     });
-    let _ = std::fs::remove_dir_all(&work_root);
-    if let Err(e) = std::fs::create_dir_all(&work_root).and_then(|()| {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&work_root, std::fs::Permissions::from_mode(0o711))
-    }) {
+    if let Err(e) = make_work_root(&work_root) {
         warn!("agents cannot use {}: {e}", work_root.display());
         return;
     }
@@ -523,6 +519,32 @@ impl Job {
         }
         Ok((done, delivery, text))
     }
+}
+
+/// Creates the work root afresh, mode 0711, owned by this process: a
+/// directory left there by anyone else (it may sit in a shared `/tmp`)
+/// is refused, never reused.
+fn make_work_root(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    if let Ok(m) = std::fs::symlink_metadata(root) {
+        let me = std::fs::metadata("/proc/self")?.uid();
+        if !m.is_dir() || m.file_type().is_symlink() || m.uid() != me {
+            return Err(std::io::Error::other(
+                "it exists and is not this node's directory (set agents.work_dir)",
+            ));
+        }
+        std::fs::remove_dir_all(root)?;
+    }
+    if let Some(p) = root.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    // `create`, not `create_all`: fails if someone made it meanwhile.
+    std::fs::DirBuilder::new().mode(0o711).create(root)?;
+    let m = std::fs::symlink_metadata(root)?;
+    if m.file_type().is_symlink() || m.uid() != std::fs::metadata("/proc/self")?.uid() {
+        return Err(std::io::Error::other("it was replaced while being made"));
+    }
+    Ok(())
 }
 
 /// The forge token sealed to this node, opened.

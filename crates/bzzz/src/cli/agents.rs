@@ -80,6 +80,14 @@ pub async fn repo_ls(a: &ReadArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Text from the cluster (task reasons, step details come from models
+/// and forges) without control characters, for a terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
 pub async fn task_ls(a: &ReadArgs) -> anyhow::Result<()> {
     let list: Vec<Value> = get(&a.api, "/api/v1/tasks").await?;
     if a.json {
@@ -91,7 +99,7 @@ pub async fn task_ls(a: &ReadArgs) -> anyhow::Result<()> {
         "ID", "STATE", "NODE", "CLAIMS", "BRANCH"
     );
     for t in list {
-        let s = |k: &str| t[k].as_str().unwrap_or("-").to_owned();
+        let s = |k: &str| clean(t[k].as_str().unwrap_or("-"));
         let node = s("node");
         println!(
             "{:<24} {:<12} {:<10} {:<7} {:<28} {}",
@@ -103,7 +111,7 @@ pub async fn task_ls(a: &ReadArgs) -> anyhow::Result<()> {
             s("repo")
         );
         if let Some(r) = t["reason"].as_str() {
-            println!("    {r}");
+            println!("    {}", clean(r));
         }
     }
     Ok(())
@@ -135,16 +143,17 @@ pub async fn task_show(a: &TaskArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::json!({"task": t, "log": log}));
         return Ok(());
     }
+    // JSON escapes control characters itself.
     println!("{}", serde_json::to_string_pretty(&t)?);
     if let Some(Value::Array(steps)) = log {
         for s in steps {
             println!(
                 "{:>3} {:<11} {:<3} {} {}",
                 s["n"],
-                s["tool"].as_str().unwrap_or(""),
+                clean(s["tool"].as_str().unwrap_or("")),
                 if s["ok"] == true { "ok" } else { "ERR" },
-                s["detail"].as_str().unwrap_or(""),
-                s["result"].as_str().unwrap_or("")
+                clean(s["detail"].as_str().unwrap_or("")),
+                clean(s["result"].as_str().unwrap_or(""))
             );
         }
     }

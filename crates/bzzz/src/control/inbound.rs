@@ -109,6 +109,13 @@ impl Control {
                 ) {
                     return Reply::Refused("only the leader's planners write that".into());
                 }
+                // Retry and cancel are the operator's (through a node's
+                // API, audited): never a bare command from a peer.
+                if let Command::Task { op, .. } = &cmd
+                    && op.is_operator_op()
+                {
+                    return Reply::Refused("retry and cancel come through the API, audited".into());
+                }
                 // Audit entries a peer proposes are its own: signed by it.
                 if let Command::Audited { notes, .. } = &cmd
                     && let Some(bad) = notes.iter().find(|n| !signed_by(n, peer))

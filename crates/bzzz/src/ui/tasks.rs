@@ -62,7 +62,11 @@ async fn page(State(st): State<Shared>, Query(q): Query<Q>) -> Response {
                 tr { th { "Claims" } td { (t.claims) } }
                 tr { th { "Attempts failed" } td { (t.attempts) } }
                 tr { th { "Branch" } td { code { (t.branch.as_deref().unwrap_or("-")) } } }
-                @if let Some(u) = &t.pr_url { tr { th { "Pull request" } td { a href=(u) { (u) } } } }
+                @if let Some(u) = &t.pr_url {
+                    tr { th { "Pull request" } td {
+                        @if bzzz_control::tasks::is_web_url(u) { a href=(u) rel="noreferrer" { (u) } } @else { code { (u) } }
+                    } }
+                }
                 @if let Some(r) = &t.reason { tr { th { "Reason" } td { (r) } } }
             }
             h2 { "Steps" }
