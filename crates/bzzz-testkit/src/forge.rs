@@ -412,6 +412,40 @@ mod tests {
     }
 }
 
+/// A receiver for webhooks: records every POST body (JSON) it gets.
+#[derive(Debug)]
+pub struct Recorder {
+    server: Server,
+    /// The bodies received, oldest first.
+    pub received: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Recorder {
+    pub fn start() -> anyhow::Result<Self> {
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = received.clone();
+        let server = serve(move |mut c| {
+            let Some(req) = read_request(&c) else { return };
+            if let Ok(v) = serde_json::from_slice::<Value>(&req.body) {
+                r.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+            }
+            let _ = c.write_all(b"HTTP/1.0 204 No Content\r\nConnection: close\r\n\r\n");
+        })?;
+        Ok(Self { server, received })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.server.addr)
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// **A fake Gitea (a named fake)**: the subset of Gitea's API agents use
 /// (`/api/v1/repos/{o}/{r}` for the default branch, `…/issues` (open,
 /// by label), `…/issues/{n}/comments`, `…/issues/{n}/labels`, `…/pulls`),

@@ -425,11 +425,58 @@ impl Job {
         };
         match result {
             Ok((true, _)) => info!(key = self.key, "task done"),
-            Ok((false, why)) => warn!(key = self.key, "task failed: {why}"),
+            Ok((false, why)) => {
+                warn!(key = self.key, "task failed: {why}");
+                self.escalate().await;
+            }
             Err(e) => warn!(key = self.key, "task outcome not recorded: {e}"),
         }
         let _ = std::fs::remove_dir_all(&self.work);
         self.st.agents.lock().running.remove(&self.key);
+    }
+
+    /// Tells `agents.webhook` that the task failed (`failed`, open to a
+    /// new claim) or waits for a person (`needs-human`). Best effort:
+    /// 5 s, logged when it does not go through.
+    async fn escalate(&self) {
+        let Some(url) = &self.cfg.webhook else { return };
+        let Some(t) = self
+            .st
+            .control
+            .get()
+            .and_then(|c| c.with_state(|s| s.tasks.tasks.get(&self.key).cloned()))
+        else {
+            return;
+        };
+        let body = serde_json::json!({
+            "event": t.state.as_str(),
+            "repo": t.repo,
+            "task": t.id,
+            "title": t.title,
+            "reason": t.reason,
+            "node": t.node,
+            "attempts": t.attempts,
+            "branch": t.branch,
+        });
+        let sent = reqwest::Client::new()
+            .post(url)
+            .timeout(std::time::Duration::from_secs(5))
+            .json(&body)
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => warn!(
+                key = self.key,
+                "the escalation webhook answered {}",
+                r.status()
+            ),
+            Err(e) => warn!(
+                key = self.key,
+                "the escalation webhook failed: {}",
+                e.without_url()
+            ),
+        }
     }
 
     /// Checks out, works and delivers: `(done, delivery, summary or why)`.

@@ -42,6 +42,17 @@ fn cluster_env(
     max_tasks: u32,
     env: Vec<(String, String)>,
 ) -> (LocalCluster, String) {
+    cluster_with(n, llm, max_tasks, env, "")
+}
+
+/// [`cluster_env`] with `extra` lines in the `agents:` section.
+fn cluster_with(
+    n: usize,
+    llm: &ScriptedLlm,
+    max_tasks: u32,
+    env: Vec<(String, String)>,
+    extra: &str,
+) -> (LocalCluster, String) {
     let cfg = tempfile::Builder::new()
         .prefix("bzzz-agents-cfg-")
         .tempdir()
@@ -51,7 +62,7 @@ fn cluster_env(
     std::fs::write(
         &file,
         format!(
-            "agents:\n  enabled: true\n  max_tasks: {max_tasks}\n  model: scripted\n  llm_url: {}\n  lease: 4s\n  poll_every: 500ms\n  command_timeout: 20s\n",
+            "agents:\n  enabled: true\n  max_tasks: {max_tasks}\n  model: scripted\n  llm_url: {}\n  lease: 4s\n  poll_every: 500ms\n  command_timeout: 20s\n{extra}",
             llm.url()
         ),
     )
@@ -291,7 +302,14 @@ fn a_model_that_never_finishes_stops_at_the_step_cap() {
         )],
     )
     .expect("repo");
-    let (c, pw) = cluster(1, &llm, 1);
+    let hook = bzzz_testkit::forge::Recorder::start().expect("webhook");
+    let (c, pw) = cluster_with(
+        1,
+        &llm,
+        1,
+        Vec::new(),
+        &format!("  webhook: {}\n", hook.url()),
+    );
     repo_add(&c, &pw, &git.url("loop"), &["--max-steps", "3"]);
     let t = wait_until(
         "the task fails at the cap",
@@ -326,6 +344,26 @@ fn a_model_that_never_finishes_stops_at_the_step_cap() {
     .unwrap_or_else(|e| panic!("{e}: {:?}", tasks(&c, 0)));
     assert_eq!(t["attempts"], 3, "{t}");
     assert_eq!(t["claims"], 3, "{t}");
+    // Escalation: the webhook heard each failure, the last as needs-human.
+    let events = wait_until(
+        "the escalations",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let b = hook.bodies();
+            (b.len() >= 3).then_some(b)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", hook.bodies()));
+    assert_eq!(events[0]["event"], "failed", "{events:?}");
+    assert_eq!(events[2]["event"], "needs-human", "{events:?}");
+    assert_eq!(events[2]["task"], "spin");
+    assert!(
+        events[2]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("step cap")),
+        "{events:?}"
+    );
 }
 
 /// What a task's commands can reach: not the node's secrets (its

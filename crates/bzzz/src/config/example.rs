@@ -164,6 +164,8 @@ agents:
   # Where tasks are worked (the sandbox user must reach it; default
   # $TMPDIR/bzzz-agents-NODE).
   # work_dir: /var/tmp/bzzz-agents
+  # Escalation: a JSON POST when a task fails or needs a person.
+  # webhook: https://chat.example/hooks/bzzz
 
 # The DHT under UCXL addresses (docs/dht.md).
 dht:

@@ -60,6 +60,10 @@ pub struct AgentsFile {
     pub memory_bytes: u64,
     /// Processes of the sandbox.
     pub processes: u64,
+    /// Escalation: a URL that gets a JSON POST when a task fails or
+    /// needs a person (`{event, repo, task, reason, node, attempts,
+    /// branch}`).
+    pub webhook: Option<String>,
     /// Where tasks are checked out and worked. The sandbox user
     /// (`nobody`, when the node runs as root) must reach it, so it lies
     /// outside the data directory: default `$TMPDIR/bzzz-agents-NODE`.
@@ -80,6 +84,7 @@ impl Default for AgentsFile {
             task_timeout: Duration::from_secs(15 * 60),
             memory_bytes: 1 << 30,
             processes: 64,
+            webhook: None,
             work_dir: None,
         }
     }

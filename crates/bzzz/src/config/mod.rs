@@ -128,6 +128,7 @@ pub struct AgentSettings {
     pub memory_bytes: u64,
     pub processes: u64,
     pub work_dir: Option<PathBuf>,
+    pub webhook: Option<String>,
 }
 
 fn validate_agents(a: &file::AgentsFile) -> Result<AgentSettings, ConfigError> {
@@ -141,6 +142,11 @@ fn validate_agents(a: &file::AgentsFile) -> Result<AgentSettings, ConfigError> {
             "agents.llm_url",
             "must be an http:// or https:// URL (an OpenAI-compatible …/v1)",
         ));
+    }
+    if let Some(u) = &a.webhook
+        && (!(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 1024)
+    {
+        return Err(cerr("agents.webhook", "must be an http:// or https:// URL"));
     }
     if a.model
         .as_ref()
@@ -182,6 +188,7 @@ fn validate_agents(a: &file::AgentsFile) -> Result<AgentSettings, ConfigError> {
         memory_bytes: a.memory_bytes,
         processes: a.processes,
         work_dir: a.work_dir.clone(),
+        webhook: a.webhook.clone(),
     })
 }
 
