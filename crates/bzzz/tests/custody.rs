@@ -206,18 +206,40 @@ fn a_lone_setup_grows_to_three_of_five_and_a_removed_member_is_shut_out() {
     // token that admits several nodes makes them pending members, which
     // hold no share until the operator approves them).
     for _ in 0..4 {
-        let token = cli_json(&[
+        // The previous joiner's re-deal may change the key epoch while
+        // this token is signed: the signers ask to sign again (a 502 that
+        // says so), which the operator does.
+        let api = c.nodes[0].api();
+        let args = [
             "token",
             "create",
             "--api",
-            &c.nodes[0].api(),
+            &api,
             "--operator-password-file",
             &pw,
             "--json",
-        ])["token"]
-            .as_str()
-            .expect("token")
-            .to_owned();
+        ];
+        let last = std::cell::RefCell::new(String::new());
+        let token = wait_until(
+            "a join token",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || {
+                let out = cli(&args);
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                if out.status.success() {
+                    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+                    return v["token"].as_str().map(str::to_owned);
+                }
+                assert!(
+                    err.contains("sign again") || err.contains("503"),
+                    "token create failed: {err}"
+                );
+                *last.borrow_mut() = err;
+                None
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: {}", last.borrow()));
         c.add_node(&LocalOpts {
             extra_args: vec!["--join-token".into(), token],
             ..Default::default()
