@@ -73,6 +73,11 @@ pub enum Action {
         path: String,
         content: String,
     },
+    /// Adds one line at the end of a file (made if missing).
+    Append {
+        path: String,
+        line: String,
+    },
     Replace {
         path: String,
         search: String,
@@ -92,6 +97,7 @@ impl Action {
             Self::ListFiles {} => "list_files",
             Self::ReadFile { .. } => "read_file",
             Self::WriteFile { .. } => "write_file",
+            Self::Append { .. } => "append",
             Self::Replace { .. } => "replace",
             Self::Run { .. } => "run",
             Self::Finish { .. } => "finish",
@@ -101,34 +107,176 @@ impl Action {
 
 /// The JSON schema every reply must follow (one of the actions).
 pub fn action_schema() -> Value {
-    schema_of(&[
-        "write_file",
-        "replace",
-        "read_file",
-        "list_files",
-        "run",
-        "finish",
-    ])
+    schema_of(
+        &[
+            "write_file",
+            "append",
+            "replace",
+            "read_file",
+            "list_files",
+            "run",
+            "finish",
+        ],
+        &Hints::default(),
+    )
 }
 
-/// The tools offered at a step: before the work tree changed, the two
-/// that change a file (the listing and the files the task names are
-/// shown already, and there is nothing to finish yet); after a change,
+/// What the task text tells the harness, to narrow the model's choices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    /// The paths the task names (existing or not), in order. When there
+    /// are any, the model may only write those: a task that names its
+    /// files is worked on them (a small model otherwise invents a path of
+    /// its own; measured with SmolLM2-135M, docs/benchmarks.md). Other
+    /// files remain reachable through `run` after the first change.
+    pub paths: Vec<String>,
+    /// Those of `paths` that exist. Before the first change, a file that
+    /// exists is edited (`replace`, `append`), one that does not is
+    /// created (`write_file`): rewriting a whole file is where a small
+    /// model goes wrong (it repeats lines until the token cap).
+    pub existing: Vec<String>,
+    /// The words and lines of the named files that exist: `replace`
+    /// searches for one of them, so its search always matches.
+    pub snippets: Vec<String>,
+}
+
+/// Most snippets offered to `replace`.
+const MAX_SNIPPETS: usize = 256;
+
+/// A token of the task text that names a file: relative, `[A-Za-z0-9_./-]`,
+/// with a `/` or an extension that has a letter (`notes/a.txt`,
+/// `README.md`; not `e.g.` or `1.5`).
+fn path_token(tok: &str) -> Option<String> {
+    let t = tok.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '/')));
+    if t.is_empty()
+        || t.len() > 200
+        || !t
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-'))
+    {
+        return None;
+    }
+    let file = t.rsplit('/').next().unwrap_or(t);
+    let named = match file.rsplit_once('.') {
+        Some((stem, ext)) => {
+            !stem.is_empty()
+                && (t.contains('/') || stem.len() >= 2)
+                && (1..=8).contains(&ext.len())
+                && ext.chars().any(|c| c.is_ascii_alphabetic())
+        }
+        None => t.contains('/') && !file.is_empty() && !t.starts_with('/'),
+    };
+    if !named || t.starts_with("//") {
+        return None;
+    }
+    check_path(t).ok()
+}
+
+/// The hints of a task: the paths its text names, and the words and lines
+/// of those files that exist (`named`: path and content).
+pub fn hints(text: &str, named: &[(String, String)]) -> Hints {
+    let mut paths: Vec<String> = Vec::new();
+    for tok in text.split_whitespace() {
+        if let Some(p) = path_token(tok)
+            && !paths.contains(&p)
+            && !tok.contains("://")
+        {
+            paths.push(p);
+        }
+    }
+    let mut snippets: Vec<String> = Vec::new();
+    for (_, content) in named {
+        for line in content.lines() {
+            let line = line.trim();
+            for w in line
+                .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .filter(|w| !w.is_empty())
+                .chain(std::iter::once(line).filter(|l| !l.is_empty() && l.len() <= 200))
+            {
+                if snippets.len() < MAX_SNIPPETS && !snippets.iter().any(|s| s == w) {
+                    snippets.push(w.to_owned());
+                }
+            }
+        }
+    }
+    for (p, _) in named {
+        if !paths.contains(p) {
+            paths.push(p.clone());
+        }
+    }
+    paths.truncate(16);
+    let existing = paths
+        .iter()
+        .filter(|p| named.iter().any(|(n, _)| n == *p))
+        .cloned()
+        .collect();
+    Hints {
+        paths,
+        existing,
+        snippets,
+    }
+}
+
+/// The tools offered at a step: before the work tree changed, those that
+/// change a file (the listing and the files the task names are shown
+/// already, and there is nothing to finish yet); after a change,
 /// `finish` and every tool that changes or checks. A small model under a
 /// grammar otherwise picks the shortest valid action (`list_files`), or
 /// runs the tools' names as commands, forever (measured with
 /// SmolLM2-135M: docs/benchmarks.md).
-pub fn step_schema(changed: bool) -> Value {
+pub fn step_schema(changed: bool, hints: &Hints) -> Value {
     if changed {
-        schema_of(&["finish", "write_file", "replace", "run"])
-    } else {
-        schema_of(&["write_file", "replace"])
+        return schema_of(&["finish", "write_file", "append", "replace", "run"], hints);
     }
+    if hints.paths.is_empty() {
+        return schema_of(&["write_file", "append", "replace"], hints);
+    }
+    let new: Vec<String> = hints
+        .paths
+        .iter()
+        .filter(|p| !hints.existing.contains(p))
+        .cloned()
+        .collect();
+    let mut any = Vec::new();
+    if !new.is_empty() {
+        any.extend(alternatives(
+            &["write_file"],
+            &Hints {
+                paths: new,
+                ..hints.clone()
+            },
+        ));
+    }
+    if !hints.existing.is_empty() {
+        any.extend(alternatives(
+            &["append", "replace"],
+            &Hints {
+                paths: hints.existing.clone(),
+                ..hints.clone()
+            },
+        ));
+    }
+    json!({ "anyOf": any })
 }
 
 /// The JSON schema of the actions among `tools`.
-fn schema_of(tools: &[&str]) -> Value {
+fn schema_of(tools: &[&str], hints: &Hints) -> Value {
+    json!({ "anyOf": alternatives(tools, hints) })
+}
+
+/// One schema per tool among `tools`, in that order.
+fn alternatives(tools: &[&str], hints: &Hints) -> Vec<Value> {
     let s = json!({"type": "string"});
+    let path = if hints.paths.is_empty() {
+        s.clone()
+    } else {
+        json!({"enum": hints.paths})
+    };
+    let search = if hints.snippets.is_empty() {
+        s.clone()
+    } else {
+        json!({"enum": hints.snippets})
+    };
     let obj = |tool: &str, props: Vec<(&str, Value)>| {
         let mut p = serde_json::Map::new();
         p.insert("tool".into(), json!({"const": tool}));
@@ -142,15 +290,12 @@ fn schema_of(tools: &[&str]) -> Value {
     let all = [
         (
             "write_file",
-            vec![("path", s.clone()), ("content", s.clone())],
+            vec![("path", path.clone()), ("content", s.clone())],
         ),
+        ("append", vec![("path", path.clone()), ("line", s.clone())]),
         (
             "replace",
-            vec![
-                ("path", s.clone()),
-                ("search", s.clone()),
-                ("replace", s.clone()),
-            ],
+            vec![("path", path), ("search", search), ("replace", s.clone())],
         ),
         ("read_file", vec![("path", s.clone())]),
         ("list_files", vec![]),
@@ -163,11 +308,11 @@ fn schema_of(tools: &[&str]) -> Value {
             any.push(obj(name, props.clone()));
         }
     }
-    json!({"anyOf": any})
+    any
 }
 
 /// One step, for the live log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Step {
     pub n: u32,
     pub tool: String,
@@ -176,6 +321,54 @@ pub struct Step {
     pub ok: bool,
     /// The first line of the result or error.
     pub result: String,
+}
+
+/// Failed steps in a row after which a worker asks other agents.
+pub const HELP_AFTER: u32 = 2;
+
+/// What a stuck worker tells other agents.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelpRequest {
+    /// The task text (title and body, cut to 4 KiB).
+    pub task: String,
+    /// The last action tried (its JSON, cut to 1 KiB).
+    pub tried: String,
+    /// What it got (cut to 1 KiB).
+    pub error: String,
+}
+
+/// One other agent's answer: the action it would take next.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Suggestion {
+    /// The answering node.
+    pub from: String,
+    /// An action (JSON of [`Action`]).
+    pub action: String,
+}
+
+/// Other agents a stuck worker may ask (coordination, SPEC §10): the
+/// runner asks them on the task's gossip topic, bounded in time and in
+/// how many answer.
+pub trait Helpers: Send + Sync {
+    fn ask(&self, req: HelpRequest) -> futures::future::BoxFuture<'_, Vec<Suggestion>>;
+}
+
+/// Answers another agent's help request with the action this node's model
+/// would take next (validated as an [`Action`]).
+pub async fn suggest(req: &HelpRequest, llm: &Llm, timeout: Duration) -> Result<String, String> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut messages = vec![json!({"role": "system", "content": system_prompt()})];
+    messages.extend(examples());
+    messages.push(json!({"role": "user", "content": format!(
+        "Help request: another agent works this task.\n\nTask: {}\n\nIt tried {} and got:\n{}\n\nAnswer with the one action it should take next.",
+        cut(&req.task, 4096), cut(&req.tried, 1024), cut(&req.error, 1024)
+    )}));
+    let (_, raw) = ask(&client, llm, &messages, &action_schema()).await?;
+    Ok(raw)
 }
 
 /// How the work ended.
@@ -313,6 +506,24 @@ pub async fn act(sb: &Sandbox, a: &Action, max: usize) -> Result<String, String>
             write(sb, &path, content).await?;
             Ok(format!("wrote {path} ({} bytes)", content.len()))
         }
+        Action::Append { path, line } => {
+            let path = check_path(path)?;
+            if line.contains('\n') {
+                return Err("append adds one line (no newline in it)".into());
+            }
+            let mut text = match read_whole(sb, &path).await {
+                Ok(t) => t,
+                Err(_) if !sb.work_dir().join(&path).exists() => String::new(),
+                Err(e) => return Err(e),
+            };
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(line);
+            text.push('\n');
+            write(sb, &path, &text).await?;
+            Ok(format!("appended a line to {path}"))
+        }
         Action::Replace {
             path,
             search,
@@ -355,7 +566,8 @@ pub async fn act(sb: &Sandbox, a: &Action, max: usize) -> Result<String, String>
 fn system_prompt() -> String {
     "You are a careful coding agent working in a Git repository. Each turn you reply with \
 exactly one JSON action:\n\
-- {\"tool\":\"write_file\",\"path\":P,\"content\":C} writes the whole file P.\n\
+- {\"tool\":\"write_file\",\"path\":P,\"content\":C} writes the whole file P (creates it).\n\
+- {\"tool\":\"append\",\"path\":P,\"line\":L} adds the line L at the end of P.\n\
 - {\"tool\":\"replace\",\"path\":P,\"search\":S,\"replace\":R} replaces every S in P by R.\n\
 - {\"tool\":\"read_file\",\"path\":P} shows a file.\n\
 - {\"tool\":\"list_files\"} lists the files.\n\
@@ -366,23 +578,58 @@ Do exactly what the task asks, then finish."
         .to_owned()
 }
 
+/// Worked examples shown before the task, as earlier turns of the
+/// conversation: one per tool that changes a file (a small model follows
+/// turns better than a description).
+fn examples() -> Vec<Value> {
+    let pairs = [
+        (
+            "Task 2: Append the line: two\nto the end of the file n.txt.\n\n--- n.txt ---\none\n--- end of n.txt ---",
+            r#"{"tool":"append","path":"n.txt","line":"two"}"#,
+        ),
+        (
+            "Task 3: Create the file docs/x.txt containing exactly the text: good day",
+            r#"{"tool":"write_file","path":"docs/x.txt","content":"good day"}"#,
+        ),
+        (
+            "Task 4: In the file src/m.txt, replace the word red with the word blue.\n\n--- src/m.txt ---\nA red car.\n--- end of src/m.txt ---",
+            r#"{"tool":"replace","path":"src/m.txt","search":"red","replace":"blue"}"#,
+        ),
+    ];
+    pairs
+        .iter()
+        .flat_map(|(task, action)| {
+            [
+                json!({"role": "user", "content": task}),
+                json!({"role": "assistant", "content": action}),
+            ]
+        })
+        .collect()
+}
+
 /// The files the task names (paths of the listing that occur in its
-/// text), with their content when small: a small model then need not
+/// text) with their content, when small: a small model then need not
 /// read them first.
-async fn named_files(sb: &Sandbox, task: &Task, listing: &str, max: usize) -> String {
-    let text = format!("{}\n{}", task.title, task.body);
-    let mut out = String::new();
+async fn named_files(sb: &Sandbox, text: &str, listing: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
     for path in listing
         .lines()
         .filter(|p| !p.is_empty() && text.contains(*p))
         .take(8)
     {
-        let Ok(content) = read_whole(sb, path).await else {
-            continue;
-        };
-        if content.len() > 4096 {
-            continue;
+        if let Ok(content) = read_whole(sb, path).await
+            && content.len() <= 4096
+        {
+            out.push((path.to_owned(), content));
         }
+    }
+    out
+}
+
+/// The named files as shown to the model, at most about `max` bytes.
+fn show_files(named: &[(String, String)], max: usize) -> String {
+    let mut out = String::new();
+    for (path, content) in named {
         out.push_str(&format!("\n--- {path} ---\n{content}"));
         if !content.ends_with('\n') {
             out.push('\n');
@@ -401,6 +648,7 @@ pub async fn work(
     sb: &Sandbox,
     llm: &Llm,
     caps: &Caps,
+    helpers: Option<&dyn Helpers>,
     mut on_step: impl FnMut(Step) + Send,
 ) -> Outcome {
     let started = Instant::now();
@@ -408,18 +656,22 @@ pub async fn work(
     let files = list_files(sb)
         .await
         .unwrap_or_else(|e| format!("(cannot list: {e})"));
-    let named = named_files(sb, task, &files, caps.observation_bytes).await;
-    let mut messages = vec![
-        json!({"role": "system", "content": system_prompt()}),
-        json!({"role": "user", "content": format!(
-            "Task {}: {}\n\n{}\n\nFiles in the repository:\n{}{}",
-            task.id,
-            task.title,
-            task.body,
-            cut(&files, caps.observation_bytes),
-            if named.is_empty() { String::new() } else { format!("\nFiles the task names:{named}") }
-        )}),
-    ];
+    let text = format!("{}\n{}", task.title, task.body);
+    let named_list = named_files(sb, &text, &files).await;
+    let hints = hints(&text, &named_list);
+    let named = show_files(&named_list, caps.observation_bytes);
+    let mut messages = vec![json!({"role": "system", "content": system_prompt()})];
+    messages.extend(examples());
+    messages.extend([json!({"role": "user", "content": format!(
+        "Task {}: {}\n{named}\nFiles in the repository:\n{}",
+        task.id,
+        if task.body.trim_start().starts_with(task.title.trim()) {
+            task.body.trim().to_owned()
+        } else {
+            format!("{}\n\n{}", task.title, task.body.trim())
+        },
+        cut(&files, caps.observation_bytes),
+    )})]);
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(caps.llm_timeout)
@@ -435,15 +687,19 @@ pub async fn work(
     let mut changed = false;
     let mut last_ok: Option<Action> = None;
     let mut errors = 0;
+    let mut asked = false;
     for n in 1..=max_steps {
         if started.elapsed() > caps.wall {
             return Outcome::Failed {
                 reason: format!("wall-time cap ({} s) reached", caps.wall.as_secs()),
             };
         }
-        let reply = ask(&client, llm, &messages, &step_schema(changed)).await;
+        let reply = ask(&client, llm, &messages, &step_schema(changed, &hints)).await;
         let (action, raw) = match reply {
-            Ok((a, raw)) => (a, raw),
+            Ok((a, raw)) => {
+                tracing::debug!(task = %task.id, n, action = %raw, "model action");
+                (a, raw)
+            }
             Err(e) => {
                 errors += 1;
                 on_step(Step {
@@ -461,9 +717,25 @@ pub async fn work(
                 continue;
             }
         };
+        // The same change, again: the model has nothing more to do (small
+        // models repeat themselves instead of finishing). Not run again
+        // (an append would add its line twice).
+        if changed && last_ok.as_ref() == Some(&action) {
+            on_step(Step {
+                n,
+                tool: action.name().into(),
+                detail: String::new(),
+                ok: true,
+                result: "repeated; taken as done".into(),
+            });
+            return Outcome::Finished {
+                summary: format!("{} repeated; taken as done", action.name()),
+            };
+        }
         let detail = match &action {
             Action::ReadFile { path, .. }
             | Action::WriteFile { path, .. }
+            | Action::Append { path, .. }
             | Action::Replace { path, .. } => path.chars().take(200).collect(),
             Action::Run { command } => command.chars().take(200).collect(),
             Action::ListFiles {} | Action::Finish { .. } => String::new(),
@@ -482,18 +754,14 @@ pub async fn work(
                 summary: summary.chars().take(2000).collect(),
             };
         }
-        // The same change, again and successful: the model has nothing
-        // more to do (small models repeat themselves instead of finishing).
-        if ok && changed && last_ok.as_ref() == Some(&action) {
-            return Outcome::Finished {
-                summary: format!("{} repeated; taken as done", action.name()),
-            };
-        }
         last_ok = ok.then(|| action.clone());
         changed |= ok
             && matches!(
                 action,
-                Action::WriteFile { .. } | Action::Replace { .. } | Action::Run { .. }
+                Action::WriteFile { .. }
+                    | Action::Append { .. }
+                    | Action::Replace { .. }
+                    | Action::Run { .. }
             );
         errors = if ok { 0 } else { errors + 1 };
         if errors >= caps.max_errors {
@@ -504,11 +772,39 @@ pub async fn work(
                 ),
             };
         }
-        messages.push(json!({"role": "assistant", "content": raw}));
-        messages.push(json!({"role": "user", "content": match result {
+        let mut answer = match &result {
             Ok(r) => format!("Result of {}:\n{r}", action.name()),
             Err(e) => format!("Error from {}:\n{e}", action.name()),
-        }}));
+        };
+        // Stuck: ask the other agents once (bounded by the runner).
+        if errors >= HELP_AFTER
+            && !asked
+            && let (Some(h), Err(e)) = (helpers, &result)
+        {
+            asked = true;
+            let got = h
+                .ask(HelpRequest {
+                    task: cut(&text, 4096),
+                    tried: cut(&raw, 1024),
+                    error: cut(e, 1024),
+                })
+                .await;
+            on_step(Step {
+                n,
+                tool: "help".into(),
+                detail: String::new(),
+                ok: !got.is_empty(),
+                result: format!("{} suggestion(s) from other agents", got.len()),
+            });
+            if !got.is_empty() {
+                answer.push_str("\n\nSuggestions from other agents:");
+                for s in &got {
+                    answer.push_str(&format!("\n- {}: {}", s.from, cut(&s.action, 1024)));
+                }
+            }
+        }
+        messages.push(json!({"role": "assistant", "content": raw}));
+        messages.push(json!({"role": "user", "content": answer}));
     }
     Outcome::Failed {
         reason: format!("step cap ({max_steps}) reached without finish"),
@@ -584,6 +880,35 @@ mod tests {
     }
 
     #[test]
+    fn hints_take_the_paths_the_task_names_and_the_words_of_its_files() {
+        let h = hints(
+            "In the file words/r1.txt, replace cat (see README.md). e.g. 1.5 times; \
+             not /etc/passwd, ../x.txt or https://x.org/a.txt. Also list/a.txt.",
+            &[("words/r1.txt".into(), "The cat sat.\n".into())],
+        );
+        assert_eq!(h.paths, ["words/r1.txt", "README.md", "list/a.txt"]);
+        assert_eq!(h.snippets, ["The", "cat", "sat", "The cat sat."]);
+        let schema = step_schema(false, &h).to_string();
+        assert_eq!(h.existing, ["words/r1.txt"]);
+        // Before a change: new files are written, existing ones edited.
+        assert!(
+            schema.contains(
+                r#""tool":{"const":"write_file"},"path":{"enum":["README.md","list/a.txt"]}"#
+            ),
+            "{schema}"
+        );
+        assert!(
+            schema.contains(r#""tool":{"const":"replace"},"path":{"enum":["words/r1.txt"]},"search":{"enum":["The","cat","sat","The cat sat."]}"#),
+            "{schema}"
+        );
+        assert!(!schema.contains("finish"), "{schema}");
+        assert!(step_schema(true, &h).to_string().contains("finish"));
+        // No paths named: any path.
+        let free = step_schema(false, &hints("fix the bug", &[])).to_string();
+        assert!(!free.contains("enum"), "{free}");
+    }
+
+    #[test]
     fn paths_stay_in_the_work_tree() {
         assert_eq!(check_path("./src/a.rs").as_deref(), Ok("src/a.rs"));
         for bad in [
@@ -640,6 +965,22 @@ mod sandboxed {
         .await
         .expect("read");
         assert!(read.contains("hello bzzz"), "{read}");
+        for line in ["one", "two"] {
+            act(
+                &sb,
+                &Action::Append {
+                    path: "out/a.txt".into(),
+                    line: line.into(),
+                },
+                4096,
+            )
+            .await
+            .expect("append");
+        }
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out/a.txt")).expect("read"),
+            "hello bzzz\none\ntwo\n"
+        );
         let list = act(&sb, &Action::ListFiles {}, 4096).await.expect("list");
         assert_eq!(list.trim(), "out/a.txt");
         let e = act(

@@ -243,6 +243,55 @@ pub enum Command {
         want: usize,
         reply: oneshot::Sender<Result<Vec<Found>, NetError>>,
     },
+    /// Join a coordination topic (its messages arrive on
+    /// [`NetHandle::gossip`]).
+    Join {
+        topic: String,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Leave a coordination topic.
+    Leave { topic: String },
+    /// Publish on a coordination topic (joined or not).
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+}
+
+/// Coordination topics (agents' per-task topics, SPEC §10) start with
+/// this; the capability topic is not one of them.
+pub const COORD_PREFIX: &str = "bzzz/coord/";
+/// Largest coordination message, bytes.
+pub const MAX_COORD_BYTES: usize = 16 * 1024;
+/// Most coordination topics a node joins at once.
+pub const MAX_COORD_TOPICS: usize = 64;
+
+/// A message on a coordination topic, from a node in the view (a proven
+/// member once the cluster is initialized; gossipsub's strict signing
+/// proves the author).
+#[derive(Debug, Clone)]
+pub struct Gossip {
+    pub topic: String,
+    pub from: NodeId,
+    pub data: Vec<u8>,
+}
+
+/// Checks a coordination topic name: the prefix, then 1 to 128 of
+/// `[A-Za-z0-9._/-]`.
+pub fn check_topic(topic: &str) -> Result<(), NetError> {
+    let rest = topic.strip_prefix(COORD_PREFIX).unwrap_or_default();
+    if rest.is_empty()
+        || rest.len() > 128
+        || !rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+    {
+        return Err(NetError::Topic(format!(
+            "{topic:?}: a coordination topic is {COORD_PREFIX} and 1 to 128 of [A-Za-z0-9._/-]"
+        )));
+    }
+    Ok(())
 }
 
 /// A value a DHT lookup found, with its holder (`None`: this node).
@@ -265,6 +314,8 @@ pub enum NetError {
     Request { peer: NodeId, reason: String },
     #[error("DHT: {0}")]
     Dht(String),
+    #[error("coordination: {0}")]
+    Topic(String),
 }
 
 /// Cloneable handle to the swarm task.
@@ -273,11 +324,63 @@ pub struct NetHandle {
     local_id: NodeId,
     cmd: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    gossip: tokio::sync::broadcast::Sender<Gossip>,
 }
 
 impl NetHandle {
     pub fn local_id(&self) -> &NodeId {
         &self.local_id
+    }
+
+    /// Messages of the joined coordination topics (a slow reader loses
+    /// the oldest: coordination is best effort).
+    pub fn gossip(&self) -> tokio::sync::broadcast::Receiver<Gossip> {
+        self.gossip.subscribe()
+    }
+
+    /// Joins a coordination topic (at most [`MAX_COORD_TOPICS`]).
+    pub async fn join(&self, topic: &str) -> Result<(), NetError> {
+        check_topic(topic)?;
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Join {
+                topic: topic.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// Leaves a coordination topic.
+    pub async fn leave(&self, topic: &str) {
+        let _ = self
+            .cmd
+            .send(Command::Leave {
+                topic: topic.to_owned(),
+            })
+            .await;
+    }
+
+    /// Publishes on a coordination topic (at most [`MAX_COORD_BYTES`]);
+    /// an error when no peer has joined it.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NetError> {
+        check_topic(topic)?;
+        if data.len() > MAX_COORD_BYTES {
+            return Err(NetError::Topic(format!(
+                "a coordination message is at most {MAX_COORD_BYTES} bytes"
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Publish {
+                topic: topic.to_owned(),
+                data,
+                reply,
+            })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
     }
 
     /// The latest view (cheap: an `Arc` clone).

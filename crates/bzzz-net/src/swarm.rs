@@ -104,6 +104,9 @@ struct Known {
 pub(crate) struct Node {
     swarm: Swarm<Behaviour>,
     topic: gossipsub::IdentTopic,
+    /// Joined coordination topics, by hash.
+    coord: HashMap<gossipsub::TopicHash, String>,
+    gossip_tx: tokio::sync::broadcast::Sender<crate::Gossip>,
     key: identity::Keypair,
     local_peer: PeerId,
     local_id: bzzz_proto::NodeId,
@@ -270,8 +273,11 @@ impl Node {
             counters: NetCounters::default(),
         });
         let (snapshot_tx, snapshot_rx) = watch::channel(snapshot);
+        let (gossip_tx, _) = tokio::sync::broadcast::channel(256);
         let (services, mut receivers) = Services::new();
         let node = Node {
+            coord: HashMap::new(),
+            gossip_tx: gossip_tx.clone(),
             swarm,
             topic,
             key,
@@ -307,6 +313,7 @@ impl Node {
             local_id,
             cmd: cmd_tx,
             snapshot: snapshot_rx,
+            gossip: gossip_tx,
         };
         let mut take = |s: Service| {
             receivers
@@ -393,6 +400,42 @@ impl Node {
                     );
                     self.dht_queries.insert(id, DhtQuery::Fire);
                 }
+            }
+            Command::Join { topic, reply } => {
+                let r = if self.coord.len() >= crate::MAX_COORD_TOPICS
+                    && !self.coord.values().any(|t| *t == topic)
+                {
+                    Err(NetError::Topic(format!(
+                        "at most {} coordination topics at once",
+                        crate::MAX_COORD_TOPICS
+                    )))
+                } else {
+                    let t = gossipsub::IdentTopic::new(topic.clone());
+                    self.coord.insert(t.hash(), topic);
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .subscribe(&t)
+                        .map(|_| ())
+                        .map_err(|e| NetError::Topic(e.to_string()))
+                };
+                let _ = reply.send(r);
+            }
+            Command::Leave { topic } => {
+                let t = gossipsub::IdentTopic::new(topic);
+                if self.coord.remove(&t.hash()).is_some() {
+                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&t);
+                }
+            }
+            Command::Publish { topic, data, reply } => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic), data)
+                    .map(|_| ())
+                    .map_err(|e| NetError::Topic(e.to_string()));
+                let _ = reply.send(r);
             }
             Command::DhtGet { key, want, reply } => {
                 let id = self
@@ -971,10 +1014,15 @@ impl Node {
                 message_id,
                 message,
             }) => {
-                let verdict = self.on_announcement(&message);
-                if verdict == gossipsub::MessageAcceptance::Reject {
-                    self.counters.announcements_rejected += 1;
-                }
+                let verdict = if message.topic == self.topic.hash() {
+                    let v = self.on_announcement(&message);
+                    if v == gossipsub::MessageAcceptance::Reject {
+                        self.counters.announcements_rejected += 1;
+                    }
+                    v
+                } else {
+                    self.on_coordination(&message)
+                };
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
@@ -1062,6 +1110,34 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// A coordination message: passed on (and relayed) only when its
+    /// author is in the view and the topic is one this node joined.
+    fn on_coordination(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let Some(topic) = self.coord.get(&message.topic).cloned() else {
+            return Ignore;
+        };
+        let Some(author) = message.source else {
+            return Reject;
+        };
+        if message.data.len() > crate::MAX_COORD_BYTES {
+            return Reject;
+        }
+        if author == self.local_peer {
+            return Ignore;
+        }
+        let Some(entry) = self.view.get(&author).filter(|e| e.prove_by.is_none()) else {
+            // Not (yet) a proven peer in view: neither believed nor relayed.
+            return Ignore;
+        };
+        let _ = self.gossip_tx.send(crate::Gossip {
+            topic,
+            from: entry.ann.node_id.clone(),
+            data: message.data.clone(),
+        });
+        Accept
     }
 
     fn on_announcement(&mut self, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {

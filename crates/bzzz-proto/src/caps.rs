@@ -51,6 +51,50 @@ pub struct Capabilities {
     /// on other nodes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub serving: Vec<Serving>,
+    /// The availability of this node's agents (SPEC §10), absent where
+    /// agents are not enabled: the heartbeat operators and schedulers read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<AgentsInfo>,
+}
+
+/// Largest `agents.max_tasks` a record may announce.
+pub const MAX_AGENT_TASKS: u32 = 1024;
+
+/// The availability of a node's agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentsInfo {
+    pub state: AgentsState,
+    /// Tasks being worked now.
+    pub current: u32,
+    /// `agents.max_tasks`.
+    pub max: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentsState {
+    /// No task taken.
+    Ready,
+    /// Some slots taken.
+    Working,
+    /// Every slot taken.
+    Busy,
+}
+
+impl AgentsInfo {
+    /// The availability with `current` of `max` slots taken.
+    pub fn new(current: u32, max: u32) -> Self {
+        let state = match current {
+            0 => AgentsState::Ready,
+            c if c >= max => AgentsState::Busy,
+            _ => AgentsState::Working,
+        };
+        Self {
+            state,
+            current,
+            max,
+        }
+    }
 }
 
 /// One model a node's backend serves.
@@ -192,6 +236,16 @@ impl Capabilities {
         }
         for (i, s) in self.serving.iter().enumerate() {
             text(&format!("serving[{i}].model"), &s.model)?;
+        }
+        if let Some(a) = &self.agents
+            && (a.max > MAX_AGENT_TASKS
+                || a.current > a.max
+                || *a != AgentsInfo::new(a.current, a.max))
+        {
+            return Err(err(
+                "agents",
+                "current above max, or a state that does not match",
+            ));
         }
         if self.gpus.len() > limits::MAX_GPUS {
             return Err(err("gpus", "too many entries"));
@@ -363,6 +417,32 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&c).expect("ser")).expect("de");
         assert_eq!(back, c);
         assert_eq!(c.vram_total_bytes(), 24 << 30);
+    }
+
+    #[test]
+    fn agents_availability_is_consistent_or_refused() {
+        let mut c = sample();
+        c.agents = Some(AgentsInfo::new(1, 2));
+        assert_eq!(c.agents.map(|a| a.state), Some(AgentsState::Working));
+        c.validate().expect("valid");
+        let v = serde_json::to_value(&c).expect("ser");
+        assert_eq!(v["agents"]["state"], "working");
+        for bad in [
+            AgentsInfo {
+                state: AgentsState::Ready,
+                current: 1,
+                max: 2,
+            },
+            AgentsInfo {
+                state: AgentsState::Busy,
+                current: 3,
+                max: 2,
+            },
+            AgentsInfo::new(0, MAX_AGENT_TASKS + 1),
+        ] {
+            c.agents = Some(bad);
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

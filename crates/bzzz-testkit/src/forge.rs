@@ -303,7 +303,11 @@ fn cgi_with(root: &Path, pushes: &AtomicU64, mut c: TcpStream, req: Request) -> 
 /// model `scripted` reads the task for lines `run: CMD` and `write PATH:
 /// CONTENT` and answers a `run` or `write_file` action for each in turn,
 /// then `finish`; model
-/// `scripted-loop` lists files forever (it never finishes). It checks
+/// `scripted-loop` lists files forever (it never finishes); model
+/// `scripted-help` runs `false` until other agents' suggestions arrive,
+/// then writes the first one into `help.txt` and finishes. Any model
+/// answers a help request (another agent's) with a `write_file` of
+/// `fix.txt`. It checks
 /// that each request asks for a JSON-schema response, like a real
 /// constrained backend would honour.
 #[derive(Debug)]
@@ -345,14 +349,56 @@ fn answer(req: &Value) -> (u16, Value) {
         return (400, json!({"error": "a JSON schema response is expected"}));
     }
     let messages = req["messages"].as_array().cloned().unwrap_or_default();
-    let task = messages
+    // The task is the last user turn that opens with "Task " (worked
+    // examples may come before it); the steps done are the answers after.
+    let at = messages
         .iter()
+        .rposition(|m| {
+            m["role"] == "user"
+                && m["content"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with("Task "))
+        })
+        .unwrap_or(0);
+    let task = messages
+        .get(at)
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default();
+    let done = messages[at..]
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .count();
+    let last_user = messages
+        .iter()
+        .rev()
         .find(|m| m["role"] == "user")
         .and_then(|m| m["content"].as_str())
         .unwrap_or_default();
-    let done = messages.iter().filter(|m| m["role"] == "assistant").count();
-    let action = if req["model"] == "scripted-loop" {
+    let suggested = messages.iter().find_map(|m| {
+        let c = m["content"].as_str()?;
+        let (_, after) = c.split_once("Suggestions from other agents:\n- ")?;
+        Some(after.lines().next().unwrap_or_default().to_owned())
+    });
+    let action = if last_user.starts_with("Help request") {
+        json!({"tool": "write_file", "path": "fix.txt", "content": "peer fix"})
+    } else if req["model"] == "scripted-loop" {
         json!({"tool": "list_files"})
+    } else if req["model"] == "scripted-help" {
+        match suggested {
+            Some(s)
+                if done < 4
+                    && !messages.iter().any(|m| {
+                        m["role"] == "assistant"
+                            && m["content"]
+                                .as_str()
+                                .is_some_and(|c| c.contains("help.txt"))
+                    }) =>
+            {
+                json!({"tool": "write_file", "path": "help.txt", "content": format!("{s}\n")})
+            }
+            Some(_) => json!({"tool": "finish", "summary": "helped"}),
+            None => json!({"tool": "run", "command": "false"}),
+        }
     } else {
         // The task's script, in order: `run: CMD`, `write PATH: CONTENT`.
         let steps: Vec<Value> = task

@@ -8,7 +8,8 @@
 //! asking the model through its own inference router with an API key.
 //! Each task's result is checked on the pushed branch. `BENCH_PER_KIND`
 //! (default 7) tasks of each kind: create a file with given content,
-//! append a line, replace a word.
+//! append a line, replace a word, each kind in three wordings and with
+//! varied words.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,30 +31,42 @@ struct Kind {
     make: fn(usize) -> Made,
 }
 
+/// A word for task `i` (the tasks vary in wording and content).
+fn word(i: usize) -> &'static str {
+    [
+        "hello", "sunny", "seven", "apple", "green", "quiet", "north",
+    ][i % 7]
+}
+
 const KINDS: [Kind; 3] = [
     Kind {
         name: "create a file with given content",
         make: |i| {
-            let p = format!("notes/c{i}.txt");
-            (
-                format!("Create the file {p} containing exactly the text: hello {i}"),
-                vec![],
-                p,
-                format!("hello {i}"),
-            )
+            let (p, w) = (format!("notes/c{i}.txt"), word(i));
+            let text = match i % 3 {
+                0 => format!("Create the file {p} containing exactly the text: {w} {i}"),
+                1 => format!("Make a new file {p} whose whole content is: {w} {i}"),
+                _ => format!("Write the text `{w} {i}` into a new file named {p}."),
+            };
+            (text, vec![], p, format!("{w} {i}"))
         },
     },
     Kind {
         name: "append a line",
         make: |i| {
-            let p = format!("list/a{i}.txt");
-            (
-                format!(
-                    "Append the line: beta {i}\nto the end of the file {p} (keep its first line)."
+            let (p, w) = (format!("list/a{i}.txt"), word(i));
+            let text = match i % 3 {
+                0 => format!(
+                    "Append the line: {w} {i}\nto the end of the file {p} (keep its first line)."
                 ),
+                1 => format!("Add the line `{w} {i}` at the end of {p}."),
+                _ => format!("{p} needs one more line at its end: {w} {i}"),
+            };
+            (
+                text,
                 vec![(p.clone(), "alpha\n".into())],
                 p,
-                format!("alpha\nbeta {i}"),
+                format!("alpha\n{w} {i}"),
             )
         },
     },
@@ -61,11 +74,25 @@ const KINDS: [Kind; 3] = [
         name: "replace a word",
         make: |i| {
             let p = format!("words/r{i}.txt");
+            let (o, n) = [
+                ("cat", "dog"),
+                ("sun", "moon"),
+                ("red", "blue"),
+                ("fox", "wolf"),
+                ("tea", "milk"),
+                ("old", "new"),
+                ("big", "small"),
+            ][i % 7];
+            let text = match i % 3 {
+                0 => format!("In the file {p}, replace the word {o} with the word {n}."),
+                1 => format!("Change every {o} to {n} in {p}."),
+                _ => format!("In {p}, the word {o} should read {n} instead."),
+            };
             (
-                format!("In the file {p}, replace the word cat with the word dog."),
-                vec![(p.clone(), format!("The cat sat on mat {i}.\n"))],
+                text,
+                vec![(p.clone(), format!("The {o} sat on mat {i}.\n"))],
                 p,
-                format!("The dog sat on mat {i}."),
+                format!("The {n} sat on mat {i}."),
             )
         },
     },

@@ -269,6 +269,7 @@ pub async fn run(
     }
     info!(node_id = %net.local_id(), http = %api_addr, mdns = cfg.net.mdns, "node started");
 
+    let agents = Arc::new(crate::agents::Agents::new(local_tx.clone()));
     tracker.spawn(capability_task(
         detector,
         cfg.refresh_interval,
@@ -297,13 +298,14 @@ pub async fn run(
         access: access.clone(),
         backends: cfg.serve.backends.clone(),
         tasks,
-        agents: Arc::default(),
+        agents,
     });
     tracker.spawn(crate::agents::run(
         state.clone(),
         cfg.agents.clone(),
         cfg.data_dir.clone(),
     ));
+    tracker.spawn(crate::agents::coord::run(state.clone(), cfg.agents.clone()));
     {
         let st = state.clone();
         let cancel = cancel.clone();
@@ -429,9 +431,11 @@ async fn capability_task(
             continue;
         }
         tx.send_if_modified(|info| {
-            // Residency comes from the backends (see `models::agent`).
+            // Residency comes from the backends (see `models::agent`), the
+            // agents' availability from `agents::Agents`.
             let mut caps = caps;
             caps.serving = info.capabilities.serving.clone();
+            caps.agents = info.capabilities.agents;
             if info.capabilities == caps {
                 false
             } else {

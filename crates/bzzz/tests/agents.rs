@@ -366,6 +366,90 @@ fn a_model_that_never_finishes_stops_at_the_step_cap() {
     );
 }
 
+/// Coordination on gossip: a worker stuck on failing steps asks the other
+/// agents on its task's topic; the idle node answers with its model's next
+/// action, which the worker's model sees (the scripted model writes it
+/// into `help.txt`); and the other node's live log shows the steps of a
+/// task it does not work.
+#[test]
+fn a_stuck_worker_gets_help_from_another_node_and_every_node_shows_its_log() {
+    if tools_missing() {
+        return;
+    }
+    let llm = ScriptedLlm::start().expect("llm");
+    let root = tempfile::tempdir().expect("git root");
+    let git = GitServer::start(root.path()).expect("git server");
+    git.create(
+        "stuck",
+        &[(
+            "tasks/stuck.md",
+            "---\nid: stuck\nmodel: scripted-help\n---\nNeeds a hand.\n",
+        )],
+    )
+    .expect("repo");
+    let (c, pw) = cluster(2, &llm, 1);
+    let url = git.url("stuck");
+    repo_add(&c, &pw, &url, &[]);
+    let t = wait_until(
+        "the task is done",
+        Duration::from_secs(120),
+        Duration::from_millis(250),
+        || {
+            tasks(&c, 0)
+                .into_iter()
+                .find(|t| t["state"] == "done" || t["state"] == "needs-human")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", tasks(&c, 0), c.logs()));
+    assert_eq!(t["state"], "done", "{t}");
+    let worker = t["node"].as_str().expect("node").to_owned();
+    let other = (0..2)
+        .find(|&i| c.nodes[i].node_id() != worker)
+        .expect("the other node");
+    let help = git
+        .show("stuck", "bzzz/task-stuck", "help.txt")
+        .unwrap_or_else(|e| panic!("no help.txt: {e}\n{}", c.logs()));
+    assert!(help.contains("fix.txt"), "{help}");
+    assert!(
+        help.contains(c.nodes[other].node_id()),
+        "the answer names the helping node: {help}"
+    );
+    // The other node shows the live log of a task it did not work.
+    let key = t["key"].as_str().expect("key").to_owned();
+    let log = wait_until(
+        "the other node has the log",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || {
+            let v = c.nodes[other]
+                .get_json(&format!("/api/v1/tasks/log?key={}", urlencode(&key)))
+                .ok()?;
+            let steps = v.as_array()?;
+            steps
+                .iter()
+                .any(|s| s["tool"] == "finish")
+                .then(|| steps.clone())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(
+        log.iter().any(|s| s["tool"] == "help" && s["ok"] == true),
+        "{log:?}"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// What a task's commands can reach: not the node's secrets (its
 /// environment, its data directory, other processes), not the network,
 /// not the files outside the work tree; a fork bomb and an allocation
@@ -395,6 +479,7 @@ fn a_task_cannot_reach_the_nodes_secrets_or_escape_the_sandbox() {
         .to_owned();
     let task = format!(
         "---\nid: probe\n---\n# Probe the sandbox\n\n\
+run: sleep 2\n\
 run: mkdir -p out && (env; cat /proc/*/environ; grep -rlsF {SECRET} / --exclude-dir=proc --exclude-dir=sys --exclude-dir=usr) > out/probe.txt 2>&1; true\n\
 run: (echo x > /etc/escape) 2>/dev/null && echo outside: written >> out/report.txt || echo outside: refused >> out/report.txt\n\
 run: perl -MIO::Socket::INET -e 'exit(IO::Socket::INET->new(PeerAddr => \"127.0.0.1:{api_port}\", Timeout => 2) ? 0 : 1)' && echo socket: open >> out/report.txt || echo socket: refused >> out/report.txt\n\
@@ -404,6 +489,24 @@ run: awk 'BEGIN {{ s = \"x\"; while (1) s = s s }}' 2>/dev/null; echo memory: ex
     git.create("probe", &[("tasks/probe.md", &task)])
         .expect("repo");
     repo_add(&c, &pw, &git.url("probe"), &[]);
+    // The availability heartbeat in the capability record: busy while the
+    // one slot is taken, ready again after.
+    let agents = |c: &LocalCluster| {
+        c.nodes[0]
+            .get_json("/api/v1/status")
+            .ok()
+            .map(|s| s["capabilities"]["agents"].clone())
+    };
+    wait_until(
+        "the node announces its agents busy",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            (agents(&c)? == serde_json::json!({"state": "busy", "current": 1, "max": 1}))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", agents(&c)));
     let t = wait_until(
         "the probe is delivered",
         Duration::from_secs(120),
@@ -435,6 +538,16 @@ run: awk 'BEGIN {{ s = \"x\"; while (1) s = s s }}' 2>/dev/null; echo memory: ex
         .find_map(|l| l.strip_prefix("memory: exit "))
         .expect("memory line");
     assert_ne!(mem.trim(), "0", "the allocation was stopped: {report}");
+    wait_until(
+        "the node announces its agents ready",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || {
+            (agents(&c)? == serde_json::json!({"state": "ready", "current": 0, "max": 1}))
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}", agents(&c)));
 }
 
 /// Gitea and GitHub (named fakes of their APIs, `FakeForge`, over real

@@ -804,7 +804,25 @@ pub struct DemoArgs {
     /// Keep the directory after exit.
     #[arg(long)]
     pub keep: bool,
-    /// Print the node table as JSON once the cluster has formed.
+    /// Print the node table as JSON once the cluster has formed (and,
+    /// with a model, a second line once it is served).
     #[arg(long)]
     pub json: bool,
+    /// A GGUF model file to place and serve on the demo cluster
+    /// (`scripts/demo.sh` passes SmolLM2-135M unless `--no-model`). With
+    /// it, every node also runs an agent, and a sample Git repository
+    /// with one task is added for them.
+    #[arg(long, value_name = "FILE")]
+    pub model_gguf: Option<PathBuf>,
+    /// The registry name of that model.
+    #[arg(long, value_name = "NAME:TAG", default_value = "smollm2:135m")]
+    pub model_name: String,
+    /// A Python with the `xllamacpp` wheel: it runs llama.cpp's server
+    /// for the model (`scripts/serve-llamacpp.py`).
+    #[arg(long, value_name = "PATH", default_value = "python3")]
+    pub python: PathBuf,
+    /// The serving script (default: scripts/serve-llamacpp.py beside the
+    /// current directory, as `scripts/demo.sh` runs it).
+    #[arg(long, value_name = "PATH", default_value = "scripts/serve-llamacpp.py")]
+    pub serve_script: PathBuf,
 }

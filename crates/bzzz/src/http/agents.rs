@@ -191,11 +191,23 @@ async fn api_tasks(State(st): S) -> Result<Response, ApiError> {
     Ok(json(StatusCode::OK, &v))
 }
 
+/// This node's agents, and each node's availability as its capability
+/// record announces it (`nodes`: this node first, then the peers whose
+/// agents are enabled).
 async fn api_agents(State(st): S) -> Response {
     let a = st.agents.availability();
+    let mut nodes = vec![json!({
+        "node_id": st.net.local_id().to_string(),
+        "agents": st.local.borrow().capabilities.agents,
+    })];
+    for p in super::status::peers_of(&st) {
+        if let Some(a) = p.capabilities.agents {
+            nodes.push(json!({"node_id": p.node_id.to_string(), "agents": a}));
+        }
+    }
     json(
         StatusCode::OK,
-        &json!({"state": a.state, "current": a.current, "max": a.max, "running": st.agents.running()}),
+        &json!({"state": a.state, "current": a.current, "max": a.max, "running": st.agents.running(), "nodes": nodes}),
     )
 }
 

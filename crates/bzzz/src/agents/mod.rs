@@ -1,7 +1,10 @@
 //! The node's agent runner (SPEC §10): reads the cluster's repositories
 //! from the DHT, claims their open tasks through Raft (exactly once:
 //! `bzzz_control::tasks`), works each in a sandbox with the model, and
-//! delivers the branch only while its claim is still current.
+//! delivers the branch only while its claim is still current. Agents
+//! coordinate on gossip ([`coord`]).
+
+pub mod coord;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -28,6 +31,10 @@ const TASKS_KEPT: usize = 256;
 #[derive(Debug, Default)]
 pub struct Agents {
     inner: Mutex<Inner>,
+    /// Where the availability is announced (the node's capability record).
+    publish: Option<tokio::sync::watch::Sender<bzzz_net::LocalInfo>>,
+    /// Help requests of this node's workers, waiting for answers.
+    waiting: coord::Waiting,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +57,42 @@ pub struct Availability {
 }
 
 impl Agents {
+    /// Agents that announce their availability through `publish`.
+    pub fn new(publish: tokio::sync::watch::Sender<bzzz_net::LocalInfo>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            publish: Some(publish),
+            waiting: coord::Waiting::default(),
+        }
+    }
+
+    /// Announces the availability in the capability record (on change).
+    fn publish(&self) {
+        let Some(tx) = &self.publish else { return };
+        let a = self.availability();
+        let info = (a.state != "off").then(|| bzzz_proto::caps::AgentsInfo::new(a.current, a.max));
+        tx.send_if_modified(|l| {
+            if l.capabilities.agents == info {
+                false
+            } else {
+                l.capabilities.agents = info;
+                true
+            }
+        });
+    }
+
+    fn set_running(&self, key: &str, on: bool) {
+        {
+            let mut i = self.lock();
+            if on {
+                i.running.insert(key.to_owned());
+            } else {
+                i.running.remove(key);
+            }
+        }
+        self.publish();
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -83,6 +126,12 @@ impl Agents {
     }
 
     fn step(&self, key: &str, s: Step) {
+        // A task worked here again after others: its log starts afresh
+        // only when its first step comes (kept otherwise: the live log
+        // of a task worked elsewhere arrives step by step).
+        if s.n == 1 {
+            self.lock().logs.remove(key);
+        }
         let mut i = self.lock();
         if !i.logs.contains_key(key) {
             i.order.push_back(key.to_owned());
@@ -137,6 +186,7 @@ pub async fn run(st: Arc<AppState>, cfg: AgentSettings, data_dir: PathBuf) {
         i.enabled = cfg.enabled;
         i.max = cfg.max_tasks;
     }
+    st.agents.publish();
     if !cfg.enabled {
         return;
     }
@@ -268,7 +318,7 @@ pub async fn run(st: Arc<AppState>, cfg: AgentSettings, data_dir: PathBuf) {
                     }
                 };
                 info!(key, fence, "task claimed");
-                st.agents.lock().running.insert(key.clone());
+                st.agents.set_running(&key, true);
                 let job = Job {
                     st: st.clone(),
                     cfg: cfg.clone(),
@@ -432,7 +482,7 @@ impl Job {
             Err(e) => warn!(key = self.key, "task outcome not recorded: {e}"),
         }
         let _ = std::fs::remove_dir_all(&self.work);
-        self.st.agents.lock().running.remove(&self.key);
+        self.st.agents.set_running(&self.key, false);
     }
 
     /// Tells `agents.webhook` that the task failed (`failed`, open to a
@@ -507,19 +557,7 @@ impl Job {
             ..Limits::default()
         };
         let sb = Sandbox::new(&self.work, limits).map_err(|e| e.to_string())?;
-        let llm = Llm {
-            url: self.cfg.llm_url.clone().unwrap_or_else(|| {
-                let a = self.st.api_addr;
-                let host = if a.ip().is_unspecified() {
-                    std::net::IpAddr::from([127, 0, 0, 1])
-                } else {
-                    a.ip()
-                };
-                format!("http://{}/v1", std::net::SocketAddr::new(host, a.port()))
-            }),
-            api_key: read_key(self.cfg.api_key_file.as_deref())?,
-            model,
-        };
+        let llm = llm_for(&self.st, &self.cfg, Some(model))?;
         let caps = Caps {
             max_steps: self.repo.max_steps.unwrap_or(worker::DEFAULT_STEPS),
             wall: self.cfg.task_timeout,
@@ -528,7 +566,22 @@ impl Job {
         };
         let agents = self.st.agents.clone();
         let key = self.key.clone();
-        let outcome = worker::work(&self.task, &sb, &llm, &caps, |s| agents.step(&key, s)).await;
+        // Coordination: the steps on the task's topic, and the other
+        // agents to ask when stuck.
+        if let Err(e) = self.st.net.join(&coord::topic(&key)).await {
+            debug!(key, "cannot join the task's topic: {e}");
+        }
+        let steps = coord::step_publisher(&self.st, &key, self.fence);
+        let helpers = coord::GossipHelpers {
+            st: self.st.clone(),
+            key: key.clone(),
+            fence: self.fence,
+        };
+        let outcome = worker::work(&self.task, &sb, &llm, &caps, Some(&helpers), |s| {
+            let _ = steps.try_send(s.clone());
+            agents.step(&key, s);
+        })
+        .await;
         let (done, text) = match outcome {
             Outcome::Finished { summary } => (true, summary),
             Outcome::Failed { reason } => (false, reason),
@@ -566,6 +619,31 @@ impl Job {
         }
         Ok((done, delivery, text))
     }
+}
+
+/// Where and as whom this node's agents ask the model: `agents.llm_url`,
+/// by default this node's own router, with `agents.api_key_file`'s key;
+/// `model`, else `agents.model`.
+pub(crate) fn llm_for(
+    st: &AppState,
+    cfg: &AgentSettings,
+    model: Option<String>,
+) -> Result<Llm, String> {
+    Ok(Llm {
+        url: cfg.llm_url.clone().unwrap_or_else(|| {
+            let a = st.api_addr;
+            let host = if a.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                a.ip()
+            };
+            format!("http://{}/v1", std::net::SocketAddr::new(host, a.port()))
+        }),
+        api_key: read_key(cfg.api_key_file.as_deref())?,
+        model: model
+            .or_else(|| cfg.model.clone())
+            .ok_or("no model: set agents.model")?,
+    })
 }
 
 /// Creates the work root afresh, mode 0711, owned by this process: a

@@ -6,6 +6,11 @@
 //! all others, prints their web/API addresses, and runs until Ctrl-C (or a
 //! node dies), then stops every child (SIGTERM, then SIGKILL after a grace
 //! period) and removes the directory unless `--keep`.
+//!
+//! With `--model-gguf FILE` ([`ai`]), the cluster also places and serves
+//! the model, and every node runs an agent that works a sample task.
+
+pub mod ai;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -62,7 +67,11 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         }
     };
     let config = dir.join("demo.yaml");
-    std::fs::write(&config, "# bzzz demo: all settings come from flags\n")?;
+    let mut yaml = String::from("# bzzz demo: the other settings come from flags\n");
+    if args.model_gguf.is_some() {
+        yaml.push_str(&ai::config(args, &dir)?);
+    }
+    std::fs::write(&config, yaml)?;
 
     let n = usize::from(args.nodes);
     eprintln!(
@@ -184,6 +193,64 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
         );
         println!("      bzzz status --api {first} --json");
         println!("Logs: {}/node-*.log", dir.display());
+    }
+    if args.model_gguf.is_some() {
+        let first = table
+            .first()
+            .and_then(|r| r["api"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let last = table
+            .last()
+            .and_then(|r| r["api"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let ai = tokio::select! {
+            r = ai::start(&exe, &first, &init.password_file, &dir, args) => r?,
+            r = watch_children(&mut nodes.0) => {
+                r?;
+                bail!("a node stopped");
+            }
+        };
+        let key = ai.api_key_file.display();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": ai.model,
+                    "served_in_s": ai.served_in,
+                    "openai_base_url": format!("{last}/v1"),
+                    "ollama_base_url": last,
+                    "api_key_file": ai.api_key_file,
+                    "repo": ai.repo,
+                    "task_branch": "bzzz/task-hello",
+                })
+            );
+        } else {
+            println!(
+                "\n{} is served by the cluster (ready in {:.0} s). Ask any node, e.g. the last one:",
+                ai.model, ai.served_in
+            );
+            println!(
+                "  curl -s {last}/v1/chat/completions -H \"Authorization: Bearer $(cat {key})\" \\\n    -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Why is the sky blue?\"}}]}}'",
+                ai.model
+            );
+            println!(
+                "  OpenAI base URL: {last}/v1    Ollama base URL: {last}    API key: in {key}"
+            );
+            println!(
+                "\nAgents: every node runs one. They take tasks/hello.md from the sample repository\n  {}\nwork it with {} in a sandbox, and push the branch bzzz/task-hello.",
+                ai.repo.display(),
+                ai.model
+            );
+            println!("  Watch:  {first}/tasks   or   bzzz task ls --api {first}");
+            println!(
+                "  Result: git -C {} show bzzz/task-hello:hello.txt",
+                ai.repo.display()
+            );
+        }
+    }
+    if !args.json {
         println!("Press Ctrl-C to stop the cluster.");
     }
 
