@@ -579,21 +579,29 @@ Do exactly what the task asks, then finish."
 }
 
 /// Worked examples shown before the task, as earlier turns of the
-/// conversation: one per tool that changes a file (a small model follows
-/// turns better than a description).
+/// conversation: each tool that changes a file, asked in more than one
+/// wording (a small model follows turns better than a description).
 fn examples() -> Vec<Value> {
     let pairs = [
         (
-            "Task 2: Append the line: two\nto the end of the file n.txt.\n\n--- n.txt ---\none\n--- end of n.txt ---",
+            "Task 1: Append the line: two\nto the end of the file n.txt.\n\n--- n.txt ---\none\n--- end of n.txt ---",
             r#"{"tool":"append","path":"n.txt","line":"two"}"#,
         ),
         (
-            "Task 3: Create the file docs/x.txt containing exactly the text: good day",
+            "Task 2: Create the file docs/x.txt containing exactly the text: good day",
             r#"{"tool":"write_file","path":"docs/x.txt","content":"good day"}"#,
         ),
         (
-            "Task 4: In the file src/m.txt, replace the word red with the word blue.\n\n--- src/m.txt ---\nA red car.\n--- end of src/m.txt ---",
+            "Task 3: In the file src/m.txt, replace the word red with the word blue.\n\n--- src/m.txt ---\nA red car.\n--- end of src/m.txt ---",
             r#"{"tool":"replace","path":"src/m.txt","search":"red","replace":"blue"}"#,
+        ),
+        (
+            "Task 4: At the bottom of todo.txt, one more line is wanted: buy bread\n\n--- todo.txt ---\nwash car\n--- end of todo.txt ---",
+            r#"{"tool":"append","path":"todo.txt","line":"buy bread"}"#,
+        ),
+        (
+            "Task 5: Turn each one into two in a/b.txt.\n\n--- a/b.txt ---\none step\n--- end of a/b.txt ---",
+            r#"{"tool":"replace","path":"a/b.txt","search":"one","replace":"two"}"#,
         ),
     ];
     pairs
@@ -663,14 +671,21 @@ pub async fn work(
     let mut messages = vec![json!({"role": "system", "content": system_prompt()})];
     messages.extend(examples());
     messages.extend([json!({"role": "user", "content": format!(
-        "Task {}: {}\n{named}\nFiles in the repository:\n{}",
+        "Task {}: {}\n{named}{}",
         task.id,
         if task.body.trim_start().starts_with(task.title.trim()) {
             task.body.trim().to_owned()
         } else {
             format!("{}\n\n{}", task.title, task.body.trim())
         },
-        cut(&files, caps.observation_bytes),
+        // The listing only when the task names no file: for a small
+        // model it is noise beside the named ones (`list_files` and `run`
+        // show it later).
+        if hints.paths.is_empty() {
+            format!("\nFiles in the repository:\n{}", cut(&files, caps.observation_bytes))
+        } else {
+            String::new()
+        },
     )})]);
     let client = match reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -717,10 +732,11 @@ pub async fn work(
                 continue;
             }
         };
-        // The same change, again: the model has nothing more to do (small
-        // models repeat themselves instead of finishing). Not run again
-        // (an append would add its line twice).
-        if changed && last_ok.as_ref() == Some(&action) {
+        // The same change again, or one that restates what the last change
+        // wrote: the model has nothing more to do (small models repeat
+        // themselves instead of finishing). Not run (an append would add
+        // its line twice).
+        if changed && last_ok.as_ref().is_some_and(|l| restates(l, &action)) {
             on_step(Step {
                 n,
                 tool: action.name().into(),
@@ -809,6 +825,21 @@ pub async fn work(
     Outcome::Failed {
         reason: format!("step cap ({max_steps}) reached without finish"),
     }
+}
+
+/// Whether `next` repeats `last` (a successful change): the same action,
+/// or an `append`/`write_file` of the same file whose text is the text
+/// `last` wrote there.
+fn restates(last: &Action, next: &Action) -> bool {
+    if last == next {
+        return true;
+    }
+    let wrote = |a: &Action| match a {
+        Action::WriteFile { path, content } => Some((path.clone(), content.trim().to_owned())),
+        Action::Append { path, line } => Some((path.clone(), line.trim().to_owned())),
+        _ => None,
+    };
+    matches!((wrote(last), wrote(next)), (Some(a), Some(b)) if a == b)
 }
 
 /// Asks the model for the next action.
@@ -906,6 +937,23 @@ mod tests {
         // No paths named: any path.
         let free = step_schema(false, &hints("fix the bug", &[])).to_string();
         assert!(!free.contains("enum"), "{free}");
+    }
+
+    #[test]
+    fn restating_the_last_write_is_a_repeat() {
+        let w = |p: &str, c: &str| Action::WriteFile {
+            path: p.into(),
+            content: c.into(),
+        };
+        let a = |p: &str, l: &str| Action::Append {
+            path: p.into(),
+            line: l.into(),
+        };
+        assert!(restates(&w("a", "x\n"), &a("a", "x")));
+        assert!(restates(&a("a", "x"), &a("a", "x")));
+        assert!(!restates(&a("a", "x"), &a("a", "y")));
+        assert!(!restates(&w("a", "x"), &a("b", "x")));
+        assert!(!restates(&w("a", "x"), &Action::ListFiles {}));
     }
 
     #[test]

@@ -149,6 +149,10 @@ fn demo_serves_a_model_and_an_agent_delivers_the_sample_task() {
     let table = next("node table", 60);
     let ai = next("model line", 600);
     let first = table[0]["api"].as_str().expect("api").to_owned();
+    let password_file = std::path::Path::new(table[0]["data_dir"].as_str().expect("dir"))
+        .parent()
+        .expect("demo dir")
+        .join("operator-password");
     let key = std::fs::read_to_string(ai["api_key_file"].as_str().expect("key file"))
         .expect("key")
         .trim()
@@ -179,7 +183,15 @@ print(r.choices[0].message.content)",
         Duration::from_millis(500),
         || {
             let o = Command::new(BIN)
-                .args(["task", "ls", "--api", &first, "--json"])
+                .args([
+                    "task",
+                    "ls",
+                    "--api",
+                    &first,
+                    "--json",
+                    "--operator-password-file",
+                ])
+                .arg(&password_file)
                 .output()
                 .ok()?;
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;

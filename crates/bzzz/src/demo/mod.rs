@@ -243,7 +243,10 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
                 ai.repo.display(),
                 ai.model
             );
-            println!("  Watch:  {first}/tasks   or   bzzz task ls --api {first}");
+            println!(
+                "  Watch:  {first}/tasks   or   bzzz task ls --api {first} --operator-password-file {}",
+                init.password_file.display()
+            );
             println!(
                 "  Result: git -C {} show bzzz/task-hello:hello.txt",
                 ai.repo.display()
