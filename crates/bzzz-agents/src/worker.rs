@@ -863,7 +863,7 @@ async fn ask(
     let resp = req
         .send()
         .await
-        .map_err(|e| format!("the model did not answer: {e}"))?;
+        .map_err(|e| format!("the model did not answer: {}", e.without_url()))?;
     let status = resp.status();
     let v: Value = resp
         .json()

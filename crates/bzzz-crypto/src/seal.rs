@@ -119,6 +119,28 @@ pub fn seal(recipient: &str, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     age::encrypt(&r, plaintext).map_err(|e| CryptoError::Seal(e.to_string()))
 }
 
+/// Seals `plaintext` to several age X25519 recipients at once (one file
+/// key, wrapped for each): any one of them opens it with
+/// [`AgeIdentity::open`].
+pub fn seal_many(recipients: &[String], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    use std::io::Write as _;
+    let rs = recipients
+        .iter()
+        .map(|r| age::x25519::Recipient::from_str(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| CryptoError::InvalidKey("not an age X25519 recipient"))?;
+    let enc = age::Encryptor::with_recipients(rs.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| CryptoError::Seal(e.to_string()))?;
+    let mut out = Vec::with_capacity(plaintext.len() + 64 * rs.len() + 128);
+    let mut w = enc
+        .wrap_output(&mut out)
+        .map_err(|e| CryptoError::Seal(e.to_string()))?;
+    w.write_all(plaintext)
+        .map_err(|e| CryptoError::Seal(e.to_string()))?;
+    w.finish().map_err(|e| CryptoError::Seal(e.to_string()))?;
+    Ok(out)
+}
+
 /// scrypt work factor (log2 N) of the at-rest passphrase layer: 2^16 with
 /// age's r = 8 is 64 MiB and about 0.2 s, paid once per start and once per
 /// re-deal.
@@ -163,6 +185,19 @@ mod tests {
         assert!(passphrase_unwrap("correct horse battery", b"sealed share").is_err());
         assert!(is_passphrase_wrapped(&w));
         assert!(!is_passphrase_wrapped(b"sealed share"));
+    }
+
+    #[test]
+    fn sealed_to_many_opens_with_each_and_no_other() {
+        let ids: Vec<AgeIdentity> = (0..3)
+            .map(|_| AgeIdentity::derive(&NodeKey::generate().expect("rng")).expect("age"))
+            .collect();
+        let to: Vec<String> = ids[..2].iter().map(AgeIdentity::recipient).collect();
+        let sealed = seal_many(&to, b"for members").expect("seal");
+        assert_eq!(&*ids[0].open(&sealed).expect("a"), b"for members");
+        assert_eq!(&*ids[1].open(&sealed).expect("b"), b"for members");
+        assert!(ids[2].open(&sealed).is_err());
+        assert!(seal_many(&["junk".into()], b"x").is_err());
     }
 
     #[test]

@@ -1128,7 +1128,15 @@ impl Node {
         if author == self.local_peer {
             return Ignore;
         }
-        let Some(entry) = self.view.get(&author).filter(|e| e.prove_by.is_none()) else {
+        // A proven member only (the rule of `PeerView::proven`): this node
+        // is a member, the peer's certificate was checked against its
+        // admin key (`prove_by` unset after the check).
+        let member = self.local.borrow().membership.is_some();
+        let Some(entry) = self
+            .view
+            .get(&author)
+            .filter(|e| member && e.prove_by.is_none() && e.ann.membership.is_some())
+        else {
             // Not (yet) a proven peer in view: neither believed nor relayed.
             return Ignore;
         };
