@@ -1064,6 +1064,7 @@ mod tests {
             operator_verifier: "x".into(),
             operator_public_key: None,
             created_at: 1,
+            ca_cert: None,
         };
         let mut st = ClusterState::default();
         let g = sign(Domain::Genesis, records::body_text(&genesis).expect("json"));

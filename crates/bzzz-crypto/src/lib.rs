@@ -17,6 +17,7 @@
 //! prints `(..)`.
 
 pub mod access;
+pub mod ca;
 pub mod keyfile;
 pub mod operator;
 pub mod records;

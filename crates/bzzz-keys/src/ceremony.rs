@@ -190,6 +190,11 @@ impl Keys {
             .derive_operator_key(&p.params.cluster, p.params.operator_password.clone())
             .await?
             .public_hex();
+        // The cluster CA, endorsed by being in the genesis record.
+        let (ca_cert, ca_key) = bzzz_crypto::ca::make_ca(&p.params.cluster, &[])
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        let ca_fingerprint = bzzz_crypto::ca::fingerprint(&ca_cert)
+            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         let (holders, bundles) = deal(
             &p.master,
             &p.params.cluster,
@@ -197,7 +202,9 @@ impl Keys {
             p.shares,
             operator,
             &members,
+            Some((&ca_cert, &ca_key)),
         )?;
+        drop(ca_key);
         let (name, threshold, shares) = (p.params.cluster.clone(), p.threshold, p.shares);
         let admin_hex = hex::encode(p.master.admin_key().public());
         // The whole key is no longer needed: forget it before any network IO.
@@ -250,6 +257,7 @@ impl Keys {
             shares,
             holders,
             undelivered,
+            ca_fingerprint: Some(ca_fingerprint),
         })
     }
 }
@@ -278,8 +286,9 @@ pub(crate) type Dealt = (Vec<ShareHolder>, Vec<(NodeId, InstallBundle)>);
 
 /// Deals the admin key of `master`: splits it `threshold` of `shares`
 /// among the first `shares` of `members` (node id, age recipient), signs
-/// the genesis record and each member's certificate, and seals each share
-/// to its holder. The whole key exists only inside this call.
+/// the genesis record (with the cluster CA's certificate, `ca`) and each
+/// member's certificate, and seals each share (and the CA key) to its
+/// holder. The whole key exists only inside this call.
 pub(crate) fn deal(
     master: &MasterKey,
     cluster: &str,
@@ -287,6 +296,7 @@ pub(crate) fn deal(
     shares: u16,
     operator_public_key: String,
     members: &[(NodeId, String)],
+    ca: Option<(&str, &bzzz_crypto::ca::TlsKey)>,
 ) -> Result<Dealt, KeysError> {
     let admin = master.admin_key();
     let sharing = admin
@@ -315,6 +325,7 @@ pub(crate) fn deal(
         operator_verifier: String::new(),
         operator_public_key: Some(operator_public_key),
         created_at: now,
+        ca_cert: ca.map(|(c, _)| c.to_owned()),
     };
     let sign = |domain: Domain, body: &str| {
         records::signed(
@@ -354,6 +365,13 @@ pub(crate) fn deal(
             }
             None => None,
         };
+        let sealed_ca_key = match (index, ca) {
+            (Some(_), Some((_, key))) => Some(
+                bzzz_crypto::seal::seal(recipient, key.expose_pem().as_bytes())
+                    .map_err(|e| err(ErrorKind::Internal, e.to_string()))?,
+            ),
+            _ => None,
+        };
         bundles.push((
             node.clone(),
             InstallBundle {
@@ -362,6 +380,7 @@ pub(crate) fn deal(
                 sealed_share: sealed,
                 share_index: index,
                 epoch: None,
+                sealed_ca_key,
             },
         ));
     }

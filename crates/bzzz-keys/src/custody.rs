@@ -393,6 +393,18 @@ impl Keys {
             )
             .map_err(|e| format!("cannot store the share: {e}"))?;
         }
+        // The cluster CA's key (share holders): it must open and match
+        // the CA certificate of the genesis record.
+        if let Some(sealed) = &bundle.sealed_ca_key {
+            let ca_cert = cluster
+                .genesis
+                .ca_cert
+                .as_deref()
+                .ok_or("a CA key for a cluster without a CA")?;
+            check_ca_key(&self.open_sealed(sealed)?, ca_cert)?;
+            write_private(&self.data_dir.join(CA_KEY_FILE), &self.at_rest(sealed)?)
+                .map_err(|e| format!("cannot store the CA key: {e}"))?;
+        }
         self.write_cluster_file(&cluster)?;
         if let Some((_, s)) = share {
             *write(&self.share) = s;
@@ -525,6 +537,20 @@ impl Keys {
         } else {
             format!("Peers in view: {}", listed.join("; "))
         }
+    }
+
+    /// The cluster CA's key, when this node holds it (share holders of
+    /// clusters set up with a CA). Kept sealed to this node (and wrapped
+    /// under the share passphrase when one is set), opened per use.
+    pub fn ca_key(&self) -> Option<bzzz_crypto::ca::TlsKey> {
+        let bytes = std::fs::read(self.data_dir.join(CA_KEY_FILE)).ok()?;
+        let sealed = if bzzz_crypto::seal::is_passphrase_wrapped(&bytes) {
+            bzzz_crypto::seal::passphrase_unwrap(self.share_passphrase.as_ref()?, &bytes).ok()?
+        } else {
+            bytes
+        };
+        let plain = self.open_sealed(&sealed).ok()?;
+        bzzz_crypto::ca::TlsKey::from_pem(std::str::from_utf8(&plain).ok()?).ok()
     }
 
     /// Opens what was sealed (age) to this node's recipient.

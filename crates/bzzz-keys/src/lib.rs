@@ -47,6 +47,22 @@ use tracing::{error, info, warn};
 
 pub const CLUSTER_FILE: &str = "cluster.json";
 pub const SHARE_FILE: &str = "share.age";
+/// The cluster CA's key (share holders only), sealed like the share.
+pub const CA_KEY_FILE: &str = "ca-key.age";
+
+/// Checks that `key_pem` is the private key of the CA certificate
+/// `ca_cert_pem` (same public key).
+pub(crate) fn check_ca_key(key_pem: &[u8], ca_cert_pem: &str) -> Result<(), String> {
+    let key = std::str::from_utf8(key_pem)
+        .ok()
+        .and_then(|k| bzzz_crypto::ca::TlsKey::from_pem(k).ok())
+        .ok_or("the CA key does not parse")?;
+    let public = key.public_der().map_err(|e| e.to_string())?;
+    if !bzzz_crypto::ca::has_public_key(ca_cert_pem, &public).map_err(|e| e.to_string())? {
+        return Err("the CA key does not match the CA certificate".into());
+    }
+    Ok(())
+}
 /// A started setup must be confirmed within this.
 pub const PENDING_SETUP_TTL: Duration = Duration::from_secs(15 * 60);
 /// Words the operator re-types to confirm the mnemonic.

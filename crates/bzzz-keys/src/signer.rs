@@ -467,6 +467,7 @@ impl Keys {
             sealed_share: None,
             share_index: None,
             epoch: c.epoch_record.clone(),
+            sealed_ca_key: None,
         })
     }
 }

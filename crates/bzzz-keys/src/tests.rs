@@ -37,7 +37,7 @@ fn bundle_with_master(k: &Keys, cluster: &str) -> (InstallBundle, String, Master
     );
     let members = vec![(k.node_id().clone(), k.age_recipient())];
     let (holders, mut bundles) =
-        ceremony::deal(&master, cluster, 1, 1, operator, &members).expect("deal");
+        ceremony::deal(&master, cluster, 1, 1, operator, &members, None).expect("deal");
     assert_eq!(holders.len(), 1);
     let admin = hex::encode(master.admin_key().public());
     (bundles.remove(0).1, admin, master)

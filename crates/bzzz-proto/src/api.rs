@@ -185,6 +185,10 @@ pub struct SetupDone {
     pub holders: Vec<crate::cluster::ShareHolder>,
     /// Nodes that could not be given their records (with the reason).
     pub undelivered: Vec<Undelivered>,
+    /// The cluster CA: `SHA256:` and the hex of its certificate's DER
+    /// digest (absent for clusters without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

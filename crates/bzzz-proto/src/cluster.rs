@@ -90,6 +90,11 @@ pub struct Genesis {
     pub operator_public_key: Option<String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// The cluster CA's certificate (PEM; ECDSA P-256, name-constrained)
+    /// made at setup: being part of this admin-signed record is its
+    /// endorsement by the admin key. `None` in clusters set up before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cert: Option<String>,
 }
 
 /// A node's proof of membership, signed by the cluster admin key.
@@ -534,6 +539,11 @@ pub struct InstallBundle {
     /// The current key epoch's record, when past genesis.
     #[serde(default)]
     pub epoch: Option<Signed>,
+    /// The cluster CA's private key (PKCS#8 PEM), sealed with age to the
+    /// node's recipient: given to share holders only (they issue the
+    /// node certificates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_ca_key: Option<Vec<u8>>,
 }
 
 /// Responses of the keys protocol.

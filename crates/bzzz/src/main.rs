@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use bzzz::cli::{
-    ApikeyCmd, AuditCmd, Cli, Cmd, ConfigCmd, DhtCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd,
+    ApikeyCmd, AuditCmd, CaCmd, Cli, Cmd, ConfigCmd, DhtCmd, KeysCmd, MemberCmd, ModelCmd, NodeCmd,
     RepoCmd, RoleCmd, RunArgs, TaskCmd, TokenCmd, UserCmd,
 };
 use bzzz::config::{self, Config, LogFormat, Overrides};
@@ -104,6 +104,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Cmd::Config {
             cmd: ConfigCmd::Migrate(a),
         } => report(bzzz::cli::dht::migrate(&a).await),
+        Cmd::Ca {
+            cmd: CaCmd::Show(a),
+        } => report(bzzz::cli::ca::show(&a).await),
         Cmd::Repo { cmd } => report(match cmd {
             RepoCmd::Add(a) => bzzz::cli::agents::repo_add(&a).await,
             RepoCmd::Ls(a) => bzzz::cli::agents::repo_ls(&a).await,

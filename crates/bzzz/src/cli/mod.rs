@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod agents;
+pub mod ca;
 pub mod client;
 pub mod control;
 pub mod deploy;
@@ -93,6 +94,11 @@ pub enum Cmd {
     Member {
         #[command(subcommand)]
         cmd: MemberCmd,
+    },
+    /// The cluster CA (TLS for the API and console; docs/security.md).
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
     },
     /// Repositories agents take tasks from (SPEC §10; docs/agents.md).
     Repo {
@@ -343,6 +349,27 @@ pub struct RepoAddArgs {
     /// The step cap of its tasks (1 to 30; default 20).
     #[arg(long, value_name = "N")]
     pub max_steps: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCmd {
+    /// The cluster CA: its fingerprint, checked against the admin key that
+    /// endorses it (the admin-signed genesis record contains it).
+    Show(CaShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CaShowArgs {
+    #[command(flatten)]
+    pub read: ReadArgs,
+    /// Print only the certificate (PEM), e.g. for `curl --cacert` or a
+    /// browser's trust store.
+    #[arg(long)]
+    pub pem: bool,
+    /// The admin public key (hex) you expect, e.g. from `bzzz recover`:
+    /// refuse a CA endorsed by another key.
+    #[arg(long, value_name = "HEX")]
+    pub admin_key: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

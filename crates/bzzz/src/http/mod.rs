@@ -16,6 +16,7 @@
 pub mod access;
 pub mod agents;
 pub mod auth;
+pub mod ca;
 pub mod control;
 pub mod deploy;
 pub mod dht;
@@ -230,6 +231,7 @@ pub fn routes() -> Vec<Route> {
     all.extend(agents::routes());
     all.extend(access::routes());
     all.extend(keys::routes());
+    all.extend(ca::routes());
     all.extend(members::routes());
     all.extend(control::routes());
     all.extend(deploy::routes());

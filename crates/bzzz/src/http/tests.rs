@@ -29,6 +29,10 @@ const PUBLIC: &[(&str, &str)] = &[
     ("GET", "/api/v1/openapi.json"),
     // The admin public key, t and n: what every client verifies with.
     ("GET", "/api/v1/keys"),
+    // The cluster CA (certificate and its admin-signed genesis record):
+    // what a client needs to trust the node's TLS certificate.
+    ("GET", "/api/v1/ca.pem"),
+    ("GET", "/api/v1/ca"),
     // This node's backends: the serving state its announcement already
     // shows in /api/v1/peers, plus loopback ports and process ids (the
     // models page of any node reads them from every placed node).
