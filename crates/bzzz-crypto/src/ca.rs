@@ -93,6 +93,18 @@ pub fn has_public_key(cert_pem: &str, spki_der: &[u8]) -> Result<bool, CaError> 
     Ok(cert.public_key().raw == spki_der)
 }
 
+/// Checks that `cert_pem` is signed by the CA `ca_pem`.
+pub fn verify_issued(cert_pem: &str, ca_pem: &str) -> Result<(), CaError> {
+    let der = der_of(cert_pem)?;
+    let ca_der = der_of(ca_pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(e)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).map_err(e)?;
+    if cert.issuer() != ca.subject() {
+        return Err(CaError("not issued by this CA".into()));
+    }
+    cert.verify_signature(Some(ca.public_key())).map_err(e)
+}
+
 /// The certificate's validity end (Unix seconds).
 pub fn not_after(cert_pem: &str) -> Result<i64, CaError> {
     let der = der_of(cert_pem)?;
@@ -258,8 +270,9 @@ mod tests {
         let ca_der = der_of(&ca).expect("ca der");
         let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca_der).expect("ca parse");
         assert_eq!(cert.issuer(), ca_cert.subject());
-        cert.verify_signature(Some(ca_cert.public_key()))
-            .expect("signed by the CA");
+        verify_issued(&pem, &ca).expect("signed by the CA");
+        let (other, _) = make_ca("other", &[]).expect("other ca");
+        assert!(verify_issued(&pem, &other).is_err());
         assert_eq!(
             cert.public_key().raw,
             node.public_der().expect("spki").as_slice()

@@ -198,6 +198,7 @@ pub mod operator;
 pub mod redeal;
 pub mod signer;
 pub mod signing;
+pub mod tls;
 pub mod wire;
 
 /// Not initialized yet: a peer may ask again later.

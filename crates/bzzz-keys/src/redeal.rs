@@ -1005,6 +1005,7 @@ impl Keys {
 fn answer_kind(r: &KeysResponse) -> &'static str {
     match r {
         KeysResponse::Installed => "installed",
+        KeysResponse::Certificate { .. } => "a certificate",
         KeysResponse::Committed { .. } => "committed",
         KeysResponse::SignatureShare { .. } => "a signature share",
         KeysResponse::Joined(_) => "joined",

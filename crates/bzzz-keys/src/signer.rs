@@ -117,6 +117,18 @@ impl Keys {
                     refuse(e)
                 }
             },
+            KeysRequest::IssueCert { spki_der, ips, dns } => {
+                if let Err(e) = self.check_member(&peer, None) {
+                    return refuse(e);
+                }
+                match self.issue_cert(&peer, &spki_der, &ips, &dns) {
+                    Ok(pem) => KeysResponse::Certificate { pem },
+                    Err(e) => {
+                        warn!(%peer, "refused a certificate: {e}");
+                        refuse(e)
+                    }
+                }
+            }
             KeysRequest::Standing => match self.cluster() {
                 Some(c) => KeysResponse::Standing { epoch: c.epoch },
                 None => refuse(not_initialized()),

@@ -506,6 +506,14 @@ pub enum KeysRequest {
     /// Is this node still a member? (Asked of peers at start: a removed
     /// node is told so, with the signed removal.)
     Standing,
+    /// A member asks a holder of the cluster CA's key for a certificate
+    /// of its TLS key (SubjectPublicKeyInfo DER) for its addresses and
+    /// names (issue #24).
+    IssueCert {
+        spki_der: Vec<u8>,
+        ips: Vec<String>,
+        dns: Vec<String>,
+    },
 }
 
 /// Re-deal messages (appended to [`KeysRequest`]'s variants).
@@ -523,6 +531,7 @@ impl KeysRequest {
             KeysRequest::RedealDeal { .. } => "redeal_deal",
             KeysRequest::RedealReceive { .. } => "redeal_receive",
             KeysRequest::Standing => "standing",
+            KeysRequest::IssueCert { .. } => "issue_cert",
         }
     }
 }
@@ -550,6 +559,10 @@ pub struct InstallBundle {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum KeysResponse {
     Installed,
+    /// A node certificate (PEM) signed by the cluster CA.
+    Certificate {
+        pem: String,
+    },
     /// Round 1 answer: the signer's share index and commitments (hex).
     Committed {
         index: u16,

@@ -28,4 +28,5 @@ pub mod models;
 pub mod node;
 pub mod sessions;
 pub mod state;
+pub mod tls;
 pub mod ui;

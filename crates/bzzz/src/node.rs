@@ -306,6 +306,10 @@ pub async fn run(
         cfg.data_dir.clone(),
     ));
     tracker.spawn(crate::agents::coord::run(state.clone(), cfg.agents.clone()));
+    // TLS beside plain HTTP on the listeners (issue #24): the node's
+    // certificate, from the cluster CA once there is one.
+    let tls = Arc::new(crate::tls::Tls::new().context("cannot set up TLS")?);
+    tracker.spawn(crate::tls::run(state.clone(), tls.clone()));
     {
         let st = state.clone();
         let cancel = cancel.clone();
@@ -326,6 +330,7 @@ pub async fn run(
             members_exempt(&state.net),
             tracker.clone(),
             cancel.clone(),
+            Some(tls.config.clone()),
         ));
     }
     let exempt = members_exempt(&state.net);
@@ -336,6 +341,7 @@ pub async fn run(
         exempt,
         tracker.clone(),
         cancel.clone(),
+        Some(tls.config.clone()),
     ));
     tracker.close();
 

@@ -7,7 +7,9 @@
 //! dropped), HTTP/1.1 only. Handler time and body sizes are bounded per
 //! route by the router (`http::router`). Each connection is a task on the
 //! node's tracker; cancel stops accepting and closes connections
-//! gracefully.
+//! gracefully. With a TLS configuration (`crate::tls`), a connection whose
+//! first byte opens a TLS handshake is served over TLS, any other as
+//! plain HTTP on the same port.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -56,13 +58,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(BACKLOG)
 }
 
-/// Serves `app` on `listener` until `cancel`.
+/// Serves `app` on `listener` until `cancel` (TLS too, with `tls`).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     exempt: Exempt,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let sources = Arc::new(Sources::default());
@@ -109,31 +112,63 @@ pub async fn serve(
                     req.map(axum::body::Body::new)
                 });
         let cancel = cancel.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let _source = source;
-            let mut builder = Builder::new(TokioExecutor::new()).http1_only();
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(svc),
-            );
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        debug!(%remote, "connection ended: {e}");
-                    }
-                }
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(DRAIN, conn).await;
-                }
+            let Some(config) = tls else {
+                return serve_conn(stream, svc, remote, cancel).await;
+            };
+            // A TLS handshake starts with a record of type 22.
+            let mut first = [0u8; 1];
+            let is_tls = matches!(
+                tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) && first[0] == 0x16;
+            if !is_tls {
+                return serve_conn(stream, svc, remote, cancel).await;
+            }
+            let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+            match tokio::time::timeout(HEADER_TIMEOUT, accept).await {
+                Ok(Ok(s)) => serve_conn(s, svc, remote, cancel).await,
+                Ok(Err(e)) => debug!(%remote, "TLS handshake failed: {e}"),
+                Err(_) => debug!(%remote, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends or `cancel`.
+async fn serve_conn<I, S>(io: I, svc: S, remote: SocketAddr, cancel: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn =
+        builder.serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc));
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(%remote, "connection ended: {e}");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN, conn).await;
+        }
     }
 }
 
