@@ -25,6 +25,10 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
     }
+    bzzz::cli::client::set_trust(bzzz::cli::client::Trust {
+        ca_cert: cli.ca_cert.clone(),
+        fingerprint: cli.ca_fingerprint.clone(),
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -14,7 +14,8 @@ fn get(api: &str, path: &str) -> (u16, String) {
 }
 
 #[test]
-fn a_cluster_ca_endorsed_by_the_admin_key_kept_by_the_holders_and_every_member_serves_tls_under_it() {
+fn a_cluster_ca_endorsed_by_the_admin_key_kept_by_the_holders_and_every_member_serves_tls_under_it()
+{
     let mut c = LocalCluster::start(Path::new(BIN), 3, &LocalOpts::default()).expect("start");
     c.wait_formed(Duration::from_secs(30)).expect("formed");
     let pw = c.dir.path().join("operator-password");
@@ -131,6 +132,47 @@ fn a_cluster_ca_endorsed_by_the_admin_key_kept_by_the_holders_and_every_member_s
             "plain HTTP still answers"
         );
     }
+    // The CLI over https: trusting the CA from a file, from a pinned
+    // fingerprint (checked before any credential is sent, then saved),
+    // never silently.
+    let conf = tempfile::tempdir().expect("config dir");
+    let https1 = api1.replacen("http://", "https://", 1);
+    let bzzz = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env_remove("BZZZ_API")
+            .env("XDG_CONFIG_HOME", conf.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("bzzz")
+    };
+    let o = bzzz(&["status", "--api", &https1, "--json", "--ca-cert", &ca_arg]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = bzzz(&["status", "--api", &https1, "--json"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains(&fp),
+        "never silently: {err}"
+    );
+    let wrong = format!("SHA256:{}", "0".repeat(64));
+    let o = bzzz(&["status", "--api", &https1, "--ca-fingerprint", &wrong]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("nothing was sent"),
+        "{err}"
+    );
+    let o = bzzz(&[
+        "status",
+        "--api",
+        &https1,
+        "--json",
+        "--ca-fingerprint",
+        &fp,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Saved: the next call needs no option.
+    let o = bzzz(&["peers", "--api", &https1, "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Outside the cluster: a self-signed certificate, which the CA does
     // not vouch for (curl: 60, the peer certificate cannot be
     // authenticated).

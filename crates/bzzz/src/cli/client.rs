@@ -78,17 +78,158 @@ pub fn api_base(url: &str) -> anyhow::Result<String> {
     Ok(u.to_owned())
 }
 
-/// One HTTP client per process (connection pool shared by every call).
-fn client() -> anyhow::Result<&'static reqwest::Client> {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    if let Some(c) = CLIENT.get() {
-        return Ok(c);
+/// How the CLI trusts a node's TLS certificate (https:// API URLs).
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// `--ca-cert`: the cluster CA (PEM).
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// `--ca-fingerprint`: the CA's `SHA256:HEX`.
+    pub fingerprint: Option<String>,
+}
+
+static TRUST: std::sync::OnceLock<Trust> = std::sync::OnceLock::new();
+
+/// Sets how this process trusts TLS certificates (once).
+pub fn set_trust(t: Trust) {
+    let _ = TRUST.set(t);
+}
+
+/// Where the CA trusted for an API address is saved: one PEM per
+/// `host_port` under `$XDG_CONFIG_HOME/bzzz/ca` (or `~/.config`).
+pub fn saved_ca_path(base: &str) -> Option<std::path::PathBuf> {
+    let host = base.split("://").nth(1)?.split('/').next()?;
+    let name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let dir = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config")))?;
+    Some(dir.join("bzzz").join("ca").join(format!("{name}.pem")))
+}
+
+/// Saves `pem` as the CA trusted for `base` (mode 0600 directory-wise).
+pub fn save_ca(base: &str, pem: &str) -> anyhow::Result<std::path::PathBuf> {
+    let p = saved_ca_path(base).context("no HOME or XDG_CONFIG_HOME to save the CA in")?;
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
+    std::fs::write(&p, pem).with_context(|| format!("cannot write {}", p.display()))?;
+    Ok(p)
+}
+
+/// Fetches the cluster CA from `base` without trusting it yet (no
+/// credential is sent), checks that its admin-signed genesis record holds
+/// it, and returns its PEM and fingerprint.
+async fn fetch_ca_unverified(base: &str) -> anyhow::Result<(String, String)> {
     let c = reqwest::Client::builder()
         .timeout(TIMEOUT)
+        .tls_danger_accept_invalid_certs(true)
         .build()
         .context("cannot build an HTTP client")?;
-    Ok(CLIENT.get_or_init(|| c))
+    let v: serde_json::Value = c
+        .get(format!("{base}/api/v1/ca"))
+        .send()
+        .await
+        .with_context(|| unreachable(base))?
+        .json()
+        .await
+        .context("the node sent no cluster CA")?;
+    let pem = v["pem"]
+        .as_str()
+        .context("the node sent no cluster CA")?
+        .to_owned();
+    let genesis: bzzz_proto::cluster::Signed =
+        serde_json::from_value(v["genesis"].clone()).context("no genesis record")?;
+    let g = bzzz_crypto::records::open_genesis(&genesis, None)
+        .map_err(|e| anyhow::anyhow!("the CA's endorsement does not verify: {e}"))?;
+    if g.ca_cert.as_deref() != Some(pem.as_str()) {
+        bail!("the CA the node sent is not the one its genesis record endorses");
+    }
+    let fp = bzzz_crypto::ca::fingerprint(&pem)?;
+    Ok((pem, fp))
+}
+
+/// The CA to trust for an https:// `base`: `--ca-cert`, the saved one, a
+/// CA whose fingerprint matches `--ca-fingerprint` (then saved), or one
+/// the user confirms on a terminal (then saved); never silently.
+async fn trusted_ca(base: &str) -> anyhow::Result<String> {
+    let t = TRUST.get().cloned().unwrap_or_default();
+    if let Some(p) = &t.ca_cert {
+        return std::fs::read_to_string(p).with_context(|| format!("--ca-cert {}", p.display()));
+    }
+    if t.fingerprint.is_none()
+        && let Some(pem) = saved_ca_path(base).and_then(|p| std::fs::read_to_string(p).ok())
+    {
+        return Ok(pem);
+    }
+    let (pem, fp) = fetch_ca_unverified(base).await?;
+    match &t.fingerprint {
+        Some(want) if want.trim().eq_ignore_ascii_case(&fp) => {}
+        Some(want) => bail!(
+            "the cluster CA at {base} has fingerprint {fp}, not {} (--ca-fingerprint): nothing was sent",
+            want.trim()
+        ),
+        None => {
+            use std::io::{IsTerminal as _, Write as _};
+            if !std::io::stdin().is_terminal() {
+                bail!(
+                    "{base} presents a cluster CA this machine does not trust yet (fingerprint {fp}); \
+                     check it (bzzz init --json printed ca_fingerprint) and pass --ca-fingerprint {fp}, \
+                     or --ca-cert FILE"
+                );
+            }
+            eprint!(
+                "{base} presents the cluster CA with fingerprint\n  {fp}\nTrust it for this address? [y/N] "
+            );
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            if !matches!(line.trim(), "y" | "Y" | "yes") {
+                bail!("not trusted; nothing was sent");
+            }
+        }
+    }
+    if let Ok(p) = save_ca(base, &pem) {
+        eprintln!(
+            "Trusted the cluster CA {fp} for {base} (saved in {})",
+            p.display()
+        );
+    }
+    Ok(pem)
+}
+
+/// A client builder for `base`: for https:// it trusts the cluster CA
+/// only ([`trusted_ca`]), never the system's roots.
+async fn builder_for(base: &str) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut b = reqwest::Client::builder();
+    if base.starts_with("https://") {
+        let pem = trusted_ca(base).await?;
+        let ca = reqwest::Certificate::from_pem(pem.as_bytes())
+            .context("the cluster CA does not parse")?;
+        b = b.tls_certs_only([ca]);
+    }
+    Ok(b)
+}
+
+/// One HTTP client per process (connection pool shared by every call).
+async fn client_for(base: &str) -> anyhow::Result<&'static reqwest::Client> {
+    static CLIENT: tokio::sync::OnceCell<reqwest::Client> = tokio::sync::OnceCell::const_new();
+    CLIENT
+        .get_or_try_init(|| async {
+            builder_for(base)
+                .await?
+                .timeout(TIMEOUT)
+                .build()
+                .context("cannot build an HTTP client")
+        })
+        .await
 }
 
 fn unreachable(base: &str) -> String {
@@ -116,7 +257,7 @@ async fn success(resp: reqwest::Response, what: &str) -> anyhow::Result<reqwest:
 pub async fn get<T: DeserializeOwned>(api: &str, path: &str) -> anyhow::Result<T> {
     let base = api_base(api)?;
     let url = format!("{base}{path}");
-    let resp = with_auth(client()?.get(&url), None)
+    let resp = with_auth(client_for(&base).await?.get(&url), None)
         .send()
         .await
         .with_context(|| unreachable(&base))?;
@@ -140,7 +281,8 @@ pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
     let base = api_base(api)?;
     let url = format!("{base}{path}");
     let req = with_auth(
-        client()?
+        client_for(&base)
+            .await?
             .post(&url)
             .json(body)
             .timeout(Duration::from_secs(60)),
@@ -172,7 +314,13 @@ pub async fn send<T: DeserializeOwned>(
     let url = format!("{base}{path}");
     // Bodies are JSON except uploads (PUT).
     let json_body = method != reqwest::Method::PUT;
-    let mut req = with_auth(client()?.request(method, &url).timeout(timeout), auth);
+    let mut req = with_auth(
+        client_for(&base)
+            .await?
+            .request(method, &url)
+            .timeout(timeout),
+        auth,
+    );
     if let Some(b) = body {
         if json_body {
             req = req.header(reqwest::header::CONTENT_TYPE, "application/json");
@@ -213,7 +361,8 @@ pub struct SseReader {
 impl SseReader {
     pub async fn open(api: &str, path: &str, auth: &Credential) -> anyhow::Result<Self> {
         let base = api_base(api)?;
-        let c = reqwest::Client::builder()
+        let c = builder_for(&base)
+            .await?
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .build()

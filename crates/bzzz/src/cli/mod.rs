@@ -33,6 +33,21 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    /// Trust this cluster CA (PEM) for https:// API URLs (see `bzzz ca
+    /// show --pem`). Without it: the CA saved for that address by
+    /// `bzzz init` or an earlier confirmation, else `--ca-fingerprint`.
+    #[arg(long, global = true, env = "BZZZ_CA_CERT", value_name = "PATH")]
+    pub ca_cert: Option<PathBuf>,
+    /// Trust the cluster CA the node presents only if its fingerprint is
+    /// this (`SHA256:HEX`, from `bzzz init --json` or `bzzz ca show`);
+    /// checked before any credential is sent, then saved.
+    #[arg(
+        long,
+        global = true,
+        env = "BZZZ_CA_FINGERPRINT",
+        value_name = "SHA256:HEX"
+    )]
+    pub ca_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
