@@ -132,6 +132,55 @@ fn a_cluster_ca_endorsed_by_the_admin_key_kept_by_the_holders_and_every_member_s
             "plain HTTP still answers"
         );
     }
+    // The console over TLS: HSTS, a `Secure` session cookie, the CA's
+    // fingerprint on the overview; none of that over plain HTTP.
+    let https0 = api0.replacen("http://", "https://", 1);
+    let raw = |url: &str, extra: &[&str]| {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "-i", "--max-time", "5", "--cacert", &ca_arg])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&o.stdout).to_ascii_lowercase()
+    };
+    let page = raw(&format!("{https0}/"), &[]);
+    assert!(
+        page.contains("strict-transport-security: max-age="),
+        "{page}"
+    );
+    assert!(
+        page.contains(&fp.to_ascii_lowercase()),
+        "the overview shows the CA"
+    );
+    assert!(!raw(&format!("{api0}/"), &[]).contains("strict-transport-security"));
+    let login = |base: &str| {
+        raw(
+            &format!("{base}/login"),
+            &[
+                "--data-urlencode",
+                "user=admin",
+                "--data-urlencode",
+                "password=a long operator password",
+            ],
+        )
+    };
+    let cookie = |r: &str| {
+        r.lines()
+            .find(|l| l.starts_with("set-cookie:"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let over_tls = cookie(&login(&https0));
+    assert!(
+        over_tls.contains("httponly") && over_tls.contains("; secure"),
+        "{over_tls}"
+    );
+    let plain = cookie(&login(&api0));
+    assert!(
+        plain.contains("httponly") && !plain.contains("secure"),
+        "{plain}"
+    );
     // The CLI over https: trusting the CA from a file, from a pinned
     // fingerprint (checked before any credential is sent, then saved),
     // never silently.

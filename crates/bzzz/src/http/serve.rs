@@ -104,20 +104,36 @@ pub async fn serve(
             }
             continue;
         };
-        let svc =
+        // Requests carry who sent them and, over TLS, [`Secure`]; answers
+        // over TLS carry HSTS.
+        let app = app.clone();
+        let svc = move |secure: bool| {
             app.clone()
                 .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(ConnectInfo::<SocketAddr>(remote));
+                    if secure {
+                        req.extensions_mut().insert(Secure);
+                    }
                     req.map(axum::body::Body::new)
-                });
+                })
+                .map_response(move |mut r: axum::response::Response| {
+                    if secure {
+                        r.headers_mut().insert(
+                            axum::http::header::STRICT_TRANSPORT_SECURITY,
+                            axum::http::HeaderValue::from_static("max-age=31536000"),
+                        );
+                    }
+                    r
+                })
+        };
         let cancel = cancel.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let _source = source;
             let Some(config) = tls else {
-                return serve_conn(stream, svc, remote, cancel).await;
+                return serve_conn(stream, svc(false), remote, cancel).await;
             };
             // A TLS handshake starts with a record of type 22.
             let mut first = [0u8; 1];
@@ -126,17 +142,21 @@ pub async fn serve(
                 Ok(Ok(1))
             ) && first[0] == 0x16;
             if !is_tls {
-                return serve_conn(stream, svc, remote, cancel).await;
+                return serve_conn(stream, svc(false), remote, cancel).await;
             }
             let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
             match tokio::time::timeout(HEADER_TIMEOUT, accept).await {
-                Ok(Ok(s)) => serve_conn(s, svc, remote, cancel).await,
+                Ok(Ok(s)) => serve_conn(s, svc(true), remote, cancel).await,
                 Ok(Err(e)) => debug!(%remote, "TLS handshake failed: {e}"),
                 Err(_) => debug!(%remote, "TLS handshake timed out"),
             }
         });
     }
 }
+
+/// In a request's extensions when it came over TLS (cookies get `Secure`).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure;
 
 /// Serves one connection (plain or TLS) until it ends or `cancel`.
 async fn serve_conn<I, S>(io: I, svc: S, remote: SocketAddr, cancel: CancellationToken)

@@ -104,9 +104,12 @@ fn login_error(code: StatusCode, message: &str) -> Response {
     )
 }
 
-fn session_cookie(id: &str, max_age: u64) -> Option<HeaderValue> {
+/// The session cookie; `Secure` when the request came over TLS (a
+/// browser then never sends it over plain HTTP).
+fn session_cookie(id: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
     ))
     .ok()
 }
@@ -131,7 +134,8 @@ async fn login_form(State(st): S, req_parts: axum::http::Extensions, body: Bytes
     };
     let operator = name.is_empty() || name == bzzz_proto::access::ADMIN_USER;
     let mut r = see_other(if operator { "/admin" } else { "/access" });
-    if let Some(v) = session_cookie(&id, crate::sessions::SESSION_TTL.as_secs()) {
+    let secure = req_parts.get::<crate::http::serve::Secure>().is_some();
+    if let Some(v) = session_cookie(&id, crate::sessions::SESSION_TTL.as_secs(), secure) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -153,7 +157,7 @@ async fn logout_form(State(st): S, p: Principal, headers: HeaderMap, body: Bytes
         st.access.sessions.close(&id);
     }
     let mut r = see_other("/login");
-    if let Some(v) = session_cookie("", 0) {
+    if let Some(v) = session_cookie("", 0, false) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r

@@ -55,6 +55,11 @@ async fn index(State(st): State<Shared>) -> Response {
     let me = status_of(&st);
     let peers = peers_of(&st);
     let l = leader_of(&st);
+    let ca = st
+        .keys
+        .cluster()
+        .and_then(|c| c.genesis.ca_cert.clone())
+        .and_then(|pem| bzzz_crypto::ca::fingerprint(&pem).ok());
     layout(
         StatusCode::OK,
         "/",
@@ -79,6 +84,21 @@ async fn index(State(st): State<Shared>) -> Response {
                 @for (id, score) in &l.scores {
                     tr { td { code { (id) } } td { (l.role_of(id)) } td { (format!("{score:.1}")) } }
                 }
+            }
+            h2 { "TLS" }
+            @if let Some(fp) = &ca {
+                p {
+                    "Cluster CA " code id="ca-fingerprint" { (fp) } ". Every node serves "
+                    code { "https://" } " with a certificate from it. To trust it: download "
+                    a href="/api/v1/ca.pem" download="bzzz-cluster-ca.pem" { "the CA certificate" }
+                    ", check that its fingerprint is the one " code { "bzzz init" }
+                    " printed (or " code { "bzzz ca show --admin-key HEX" }
+                    " against the admin key), then import it: Firefox, Settings → Privacy & Security → Certificates → Import; Chromium, Settings → Privacy and security → Security → Manage certificates → Authorities → Import; Debian, copy it to "
+                    code { "/usr/local/share/ca-certificates/bzzz.crt" } " and run " code { "update-ca-certificates" }
+                    "; curl, " code { "--cacert bzzz-cluster-ca.pem" } "."
+                }
+            } @else {
+                p { "No cluster CA yet: until setup, the node's certificate is self-signed (its fingerprint is in the node's log)." }
             }
             p {
                 "API: " a href="/api/v1/status" { "status" } " · " a href="/api/v1/peers" { "peers" }

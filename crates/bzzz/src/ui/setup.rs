@@ -281,7 +281,12 @@ fn fail(m: &str) -> Response {
     )
 }
 
-async fn setup_start_form(State(st): S, headers: HeaderMap, body: Bytes) -> Response {
+async fn setup_start_form(
+    State(st): S,
+    secure: Option<axum::Extension<crate::http::serve::Secure>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if st.keys.is_initialized() {
         return initialized_page(&st, StatusCode::CONFLICT);
     }
@@ -339,7 +344,8 @@ async fn setup_start_form(State(st): S, headers: HeaderMap, body: Bytes) -> Resp
             ));
             let mut r = see_other("/setup/reveal");
             if let Ok(v) = HeaderValue::from_str(&format!(
-                "{SETUP_COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/setup"
+                "{SETUP_COOKIE}={cookie}; HttpOnly; SameSite=Strict; Path=/setup{}",
+                if secure.is_some() { "; Secure" } else { "" }
             )) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
