@@ -93,6 +93,29 @@ pub fn has_public_key(cert_pem: &str, spki_der: &[u8]) -> Result<bool, CaError> 
     Ok(cert.public_key().raw == spki_der)
 }
 
+/// Checks that `ca_pem` has the shape of a cluster CA: a CA that signs
+/// only end certificates (path length 0) and carries name constraints, so
+/// trusting it cannot vouch for public names.
+pub fn check_ca_shape(ca_pem: &str) -> Result<(), CaError> {
+    let der = der_of(ca_pem)?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&der).map_err(e)?;
+    let bc = ca
+        .basic_constraints()
+        .map_err(e)?
+        .ok_or_else(|| CaError("not a CA certificate".into()))?;
+    if !bc.value.ca || bc.value.path_len_constraint != Some(0) {
+        return Err(CaError(
+            "not a CA limited to end certificates (pathlen 0)".into(),
+        ));
+    }
+    if ca.name_constraints().map_err(e)?.is_none() {
+        return Err(CaError(
+            "a CA without name constraints is no cluster CA".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that `cert_pem` is signed by the CA `ca_pem`.
 pub fn verify_issued(cert_pem: &str, ca_pem: &str) -> Result<(), CaError> {
     let der = der_of(cert_pem)?;
@@ -257,6 +280,7 @@ mod tests {
     fn a_ca_issues_node_certificates_with_the_asked_names() {
         let (ca, key) = make_ca("lab", &[]).expect("ca");
         let fp = fingerprint(&ca).expect("fp");
+        check_ca_shape(&ca).expect("a cluster CA");
         assert!(fp.starts_with("SHA256:") && fp.len() == 7 + 64, "{fp}");
         let node = TlsKey::generate().expect("key");
         let names = NodeNames {
@@ -278,6 +302,7 @@ mod tests {
             node.public_der().expect("spki").as_slice()
         );
         assert!(format!("{:?}", node).contains("redacted"));
+        assert!(check_ca_shape(&pem).is_err(), "a node certificate is no CA");
         assert!(TlsKey::from_pem("junk").is_err());
     }
 }

@@ -142,6 +142,7 @@ impl Keys {
             keys.set_cluster(cluster);
             keys.publish_share();
             keys.load_operator_change();
+            keys.wrap_ca_key_at_rest();
         }
         Ok(keys)
     }
@@ -536,6 +537,26 @@ impl Keys {
             "No peers are in view.".to_owned()
         } else {
             format!("Peers in view: {}", listed.join("; "))
+        }
+    }
+
+    /// Gives the CA key at rest the share passphrase's layer when one is
+    /// configured and the file lacks it (called at start).
+    pub(crate) fn wrap_ca_key_at_rest(&self) {
+        let path = self.data_dir.join(CA_KEY_FILE);
+        let Ok(bytes) = std::fs::read(&path) else {
+            return;
+        };
+        if self.share_passphrase.is_none()
+            || bzzz_crypto::seal::is_passphrase_wrapped(&bytes)
+            || self.open_sealed(&bytes).is_err()
+        {
+            return;
+        }
+        match self.at_rest(&bytes).map(|w| write_private(&path, &w)) {
+            Ok(Ok(())) => info!("the CA key at rest is now protected by the share passphrase"),
+            Ok(Err(e)) => warn!("cannot rewrite the CA key with its passphrase layer: {e}"),
+            Err(e) => warn!("cannot wrap the CA key: {e}"),
         }
     }
 

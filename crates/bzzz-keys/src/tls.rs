@@ -7,11 +7,16 @@
 //! requester announces (and loopback), none another member announces,
 //! host names under local suffixes, a bounded count.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use bzzz_crypto::ca::{NodeNames, TlsKey};
 use bzzz_proto::NodeId;
 use bzzz_proto::cluster::{KeysRequest, KeysResponse, RefusalCode};
+
+use tracing::{info, warn};
 
 use crate::Refusal;
 
@@ -19,6 +24,15 @@ use crate::{Keys, write_private};
 
 /// The node's TLS key, sealed to itself.
 pub const TLS_KEY_FILE: &str = "tls-key.age";
+/// Which node each address and host name was first certified for (on
+/// every holder of the CA key): a name once another member's is never
+/// issued to another.
+pub const NAMES_FILE: &str = "ca-names.json";
+/// Most entries kept there.
+const MAX_NAMES: usize = 4096;
+/// One certificate per member at most this often (per holder).
+const ISSUE_EVERY: Duration = Duration::from_secs(10);
+
 /// Most addresses and names one certificate carries.
 pub const MAX_IPS: usize = 16;
 pub const MAX_DNS: usize = 8;
@@ -86,6 +100,21 @@ impl Keys {
         let c = self.cluster().ok_or("not a member yet")?;
         let ca = c.genesis.ca_cert.clone().ok_or("this cluster has no CA")?;
         if let Some(ca_key) = self.ca_key() {
+            // This holder's own names, bound to it first.
+            let mut bound = self.name_bindings();
+            let me = self.node_id.to_string();
+            for k in names
+                .ips
+                .iter()
+                .filter(|ip| !ip.is_loopback())
+                .map(ToString::to_string)
+                .chain(names.dns.iter().filter(|d| *d != "localhost").cloned())
+            {
+                if bound.len() < MAX_NAMES {
+                    bound.entry(k).or_insert_with(|| me.clone());
+                }
+            }
+            self.save_name_bindings(&bound)?;
             return bzzz_crypto::ca::issue(&ca, &ca_key, &spki, names).map_err(|e| e.to_string());
         }
         let net = self.net().map_err(|e| e.to_string())?;
@@ -122,6 +151,20 @@ impl Keys {
         Err(last)
     }
 
+    /// The names certified so far (name or address → node id).
+    fn name_bindings(&self) -> BTreeMap<String, String> {
+        std::fs::read(self.data_dir.join(NAMES_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_name_bindings(&self, m: &BTreeMap<String, String>) -> Result<(), String> {
+        let b = serde_json::to_vec(m).map_err(|e| e.to_string())?;
+        write_private(&self.data_dir.join(NAMES_FILE), &b)
+            .map_err(|e| format!("cannot store {NAMES_FILE}: {e}"))
+    }
+
     /// Issues a certificate to `peer` (a member; checked by the caller)
     /// for its key and the names it asks, when they are its own.
     pub(crate) fn issue_cert(
@@ -132,6 +175,31 @@ impl Keys {
         dns: &[String],
     ) -> Result<String, Refusal> {
         let invalid = |m: String| Refusal::new(RefusalCode::Invalid, m);
+        // Cheap checks first: sizes, then this peer's rate.
+        if spki_der.len() > 1024 || ips.len() > MAX_IPS || dns.len() > MAX_DNS {
+            return Err(invalid(format!(
+                "at most {MAX_IPS} addresses, {MAX_DNS} names and a 1 KiB key"
+            )));
+        }
+        if let Some(bad) = dns.iter().find(|d| !dns_ok(d)) {
+            return Err(invalid(format!(
+                "{bad:?}: host names end in .local, .lan, .internal, .home.arpa or .localhost"
+            )));
+        }
+        {
+            static LAST: std::sync::LazyLock<Mutex<BTreeMap<NodeId, Instant>>> =
+                std::sync::LazyLock::new(Mutex::default);
+            let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            last.retain(|_, t| now.duration_since(*t) < ISSUE_EVERY);
+            if last.contains_key(peer) {
+                return Err(Refusal::new(
+                    RefusalCode::Busy,
+                    "one certificate per member every 10 s",
+                ));
+            }
+            last.insert(peer.clone(), now);
+        }
         let c = self
             .cluster()
             .ok_or_else(|| Refusal::new(RefusalCode::NotReady, "not initialized"))?;
@@ -146,11 +214,6 @@ impl Keys {
                 "this node does not hold the cluster CA's key",
             )
         })?;
-        if spki_der.len() > 1024 || ips.len() > MAX_IPS || dns.len() > MAX_DNS {
-            return Err(invalid(format!(
-                "at most {MAX_IPS} addresses, {MAX_DNS} names and a 1 KiB key"
-            )));
-        }
         let net = self
             .net()
             .map_err(|e| Refusal::new(RefusalCode::NotReady, e.message))?;
@@ -171,35 +234,66 @@ impl Keys {
                 .collect()
         };
         let own = announced(peer);
+        // Every other node's addresses, this holder's own included.
         let others: Vec<IpAddr> = snap
             .peers
             .iter()
             .filter(|p| &p.announcement.node_id != peer)
             .flat_map(|p| announced(&p.announcement.node_id))
+            .chain(ips_of(snap.listen_addrs.iter().map(String::as_str)))
             .collect();
+        let mut bound = self.name_bindings();
+        let who = peer.to_string();
         let mut parsed = Vec::new();
         for ip in ips {
             let ip: IpAddr = ip
                 .parse()
                 .map_err(|_| invalid(format!("{ip:?} is not an address")))?;
-            if !ip.is_loopback() && (!own.contains(&ip) || others.contains(&ip)) {
-                return Err(invalid(format!(
-                    "{ip} is not an address the requester alone announces"
-                )));
+            let owner = bound.get(&ip.to_string());
+            // An address shared by hosts (a container bridge) or not the
+            // requester's is left out, not fatal: the rest is certified.
+            if !ip.is_loopback()
+                && (!own.contains(&ip) || others.contains(&ip) || owner.is_some_and(|o| *o != who))
+            {
+                warn!(%peer, %ip, "address left out of a certificate: not the requester's alone");
+                continue;
             }
             parsed.push(ip);
         }
-        if let Some(bad) = dns.iter().find(|d| !dns_ok(d)) {
-            return Err(invalid(format!(
-                "{bad:?}: host names end in .local, .lan, .internal, .home.arpa or .localhost"
-            )));
+        // A host name another member was certified for first (nodes that
+        // share a host name: a one-machine lab) is left out too.
+        let dns: Vec<String> = dns
+            .iter()
+            .filter(|d| {
+                let taken = bound.get(*d).is_some_and(|o| *o != who);
+                if taken {
+                    warn!(%peer, name = %d, "name left out of a certificate: another member's");
+                }
+                !taken
+            })
+            .cloned()
+            .collect();
+        for k in parsed
+            .iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(ToString::to_string)
+            .chain(dns.iter().filter(|d| *d != "localhost").cloned())
+        {
+            if bound.len() < MAX_NAMES {
+                bound.entry(k).or_insert_with(|| who.clone());
+            }
         }
+        self.save_name_bindings(&bound)
+            .map_err(|e| Refusal::new(RefusalCode::NotReady, e))?;
         let names = NodeNames {
-            node_id: peer.to_string(),
+            node_id: who,
             ips: parsed,
-            dns: dns.to_vec(),
+            dns,
         };
-        bzzz_crypto::ca::issue(&ca, &ca_key, spki_der, &names).map_err(|e| invalid(e.to_string()))
+        let pem = bzzz_crypto::ca::issue(&ca, &ca_key, spki_der, &names)
+            .map_err(|e| invalid(e.to_string()))?;
+        info!(%peer, ips = ?names.ips, dns = ?names.dns, "issued a node certificate");
+        Ok(pem)
     }
 }
 

@@ -94,6 +94,45 @@ impl Tls {
     }
 }
 
+/// The client for other nodes' APIs once the cluster has a CA: https,
+/// trusting that CA only (forwarded inference and DHT reads carry the
+/// caller's credential), with the CA's fingerprint it was made for.
+static PEER: RwLock<Option<(String, reqwest::Client)>> = RwLock::new(None);
+
+/// Makes the node-to-node client trust `ca_pem` (once per CA).
+pub fn set_cluster_ca(ca_pem: &str) {
+    let Ok(fp) = bzzz_crypto::ca::fingerprint(ca_pem) else {
+        return;
+    };
+    if PEER
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_some_and(|(f, _)| *f == fp)
+    {
+        return;
+    }
+    let built = reqwest::Certificate::from_pem(ca_pem.as_bytes()).and_then(|ca| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .tls_certs_only([ca])
+            .build()
+    });
+    match built {
+        Ok(c) => *PEER.write().unwrap_or_else(|p| p.into_inner()) = Some((fp, c)),
+        Err(e) => warn!("no node-to-node TLS client: {e}"),
+    }
+}
+
+/// How this node reaches another node's API at `addr` (`host:port`):
+/// https under the cluster CA once there is one, else plain HTTP.
+pub fn peer(addr: &str) -> (String, Option<reqwest::Client>) {
+    match PEER.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some((_, c)) => (format!("https://{addr}"), Some(c.clone())),
+        None => (format!("http://{addr}"), None),
+    }
+}
+
 /// The names this node's certificate carries: its listening addresses
 /// (libp2p's, expanded per interface, and the API's), loopback, and its
 /// host name under `.local` and `localhost`.
@@ -159,6 +198,9 @@ pub async fn run(st: Arc<AppState>, tls: Arc<Tls>) {
 async fn refresh(st: &AppState, tls: &Tls) -> anyhow::Result<()> {
     let names = names(st);
     let ca = st.keys.cluster().and_then(|c| c.genesis.ca_cert.clone());
+    if let Some(ca) = &ca {
+        set_cluster_ca(ca);
+    }
     let cur = tls.current();
     let now = crate::control::now_ms() as i64 / 1000;
     let due = cur.cert.is_empty()

@@ -38,7 +38,9 @@ pub async fn show(a: &CaShowArgs) -> anyhow::Result<()> {
                 "fingerprint": fingerprint,
                 "cluster": g.cluster,
                 "admin_public_key": g.admin_public_key,
-                "endorsed": true,
+                // Endorsed by the admin key you named; without one, only
+                // that the genesis record it came with signs itself.
+                "endorsed": expected.is_some(),
                 "admin_key_checked": expected.is_some(),
                 "not_after": not_after,
                 "pem": pem,

@@ -120,7 +120,18 @@ pub fn save_ca(base: &str, pem: &str) -> anyhow::Result<std::path::PathBuf> {
     if let Some(d) = p.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
-    std::fs::write(&p, pem).with_context(|| format!("cannot write {}", p.display()))?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&p)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        f.write_all(pem.as_bytes())?;
+    }
     Ok(p)
 }
 
@@ -152,8 +163,15 @@ async fn fetch_ca_unverified(base: &str) -> anyhow::Result<(String, String)> {
     if g.ca_cert.as_deref() != Some(pem.as_str()) {
         bail!("the CA the node sent is not the one its genesis record endorses");
     }
+    bzzz_crypto::ca::check_ca_shape(&pem)?;
     let fp = bzzz_crypto::ca::fingerprint(&pem)?;
-    Ok((pem, fp))
+    Ok((
+        pem,
+        format!(
+            "{fp} (cluster {}, admin key {})",
+            g.cluster, g.admin_public_key
+        ),
+    ))
 }
 
 /// The CA to trust for an https:// `base`: `--ca-cert`, the saved one, a
@@ -169,7 +187,8 @@ async fn trusted_ca(base: &str) -> anyhow::Result<String> {
     {
         return Ok(pem);
     }
-    let (pem, fp) = fetch_ca_unverified(base).await?;
+    let (pem, about) = fetch_ca_unverified(base).await?;
+    let fp = bzzz_crypto::ca::fingerprint(&pem)?;
     match &t.fingerprint {
         Some(want) if want.trim().eq_ignore_ascii_case(&fp) => {}
         Some(want) => bail!(
@@ -180,13 +199,13 @@ async fn trusted_ca(base: &str) -> anyhow::Result<String> {
             use std::io::{IsTerminal as _, Write as _};
             if !std::io::stdin().is_terminal() {
                 bail!(
-                    "{base} presents a cluster CA this machine does not trust yet (fingerprint {fp}); \
-                     check it (bzzz init --json printed ca_fingerprint) and pass --ca-fingerprint {fp}, \
-                     or --ca-cert FILE"
+                    "{base} presents a cluster CA this machine does not trust yet: {about}; \
+                     check the fingerprint (bzzz init --json printed ca_fingerprint) and pass \
+                     --ca-fingerprint {fp}, or --ca-cert FILE"
                 );
             }
             eprint!(
-                "{base} presents the cluster CA with fingerprint\n  {fp}\nTrust it for this address? [y/N] "
+                "{base} presents the cluster CA\n  {about}\nCompare the fingerprint with the one `bzzz init` printed. Trust it for this address? [y/N] "
             );
             let _ = std::io::stderr().flush();
             let mut line = String::new();

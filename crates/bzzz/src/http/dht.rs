@@ -320,8 +320,11 @@ async fn forward_get(st: &Shared, headers: &HeaderMap, addr: &Address) -> Option
         let Some(api) = super::inference::api_of(st, &node) else {
             continue;
         };
-        let mut req = super::inference::client()
-            .get(format!("http://{api}/api/v1/dht/get?{q}"))
+        let (base, peer) = crate::tls::peer(&api);
+        let mut req = peer
+            .as_ref()
+            .unwrap_or_else(|| super::inference::client())
+            .get(format!("{base}/api/v1/dht/get?{q}"))
             .header(super::inference::HOP, "1")
             .timeout(Duration::from_secs(20));
         if let Some(a) = headers.get(axum::http::header::AUTHORIZATION) {

@@ -248,8 +248,11 @@ async fn send(
     url: &str,
     body: &Bytes,
     hop: Option<Option<&axum::http::HeaderValue>>,
+    peer: Option<reqwest::Client>,
 ) -> Result<reqwest::Response, String> {
-    let mut req = client()
+    let mut req = peer
+        .as_ref()
+        .unwrap_or_else(|| client())
         .post(url)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.clone());
@@ -389,7 +392,7 @@ async fn route_request(
         match dialect {
             Dialect::OpenAi => {
                 let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-                match send(&url, &canonical(&req), None).await {
+                match send(&url, &canonical(&req), None, None).await {
                     Ok(resp) => {
                         *served = Some(me.to_string());
                         return pass_through(resp, busy);
@@ -419,10 +422,11 @@ async fn route_request(
                     &format!("{url}/v1/chat/completions"),
                     &canonical(&req),
                     None,
+                    None,
                 )
                 .await
                 .map(|resp| pass_through::<()>(resp, None)),
-                ("ollama", d) => send(&format!("{url}{}", d.path()), &canonical(&req), None)
+                ("ollama", d) => send(&format!("{url}{}", d.path()), &canonical(&req), None, None)
                     .await
                     .map(|resp| pass_through::<()>(resp, None)),
                 (_, d) => super::ollama::serve_locally(st, url, &name, &req, d, None).await,
@@ -503,10 +507,14 @@ async fn route_request(
         };
         *lock(&r.in_flight).entry(node.clone()).or_default() += 1;
         let guard = InFlight(r.clone(), node.clone());
+        // Another node: https under the cluster CA (the caller's
+        // credential goes with the request).
+        let (base, peer) = crate::tls::peer(&addr);
         match send(
-            &format!("http://{addr}{}", dialect.path()),
+            &format!("{base}{}", dialect.path()),
             &canonical(&req),
             Some(auth),
+            peer,
         )
         .await
         {

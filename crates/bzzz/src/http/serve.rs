@@ -121,7 +121,10 @@ pub async fn serve(
                     if secure {
                         r.headers_mut().insert(
                             axum::http::header::STRICT_TRANSPORT_SECURITY,
-                            axum::http::HeaderValue::from_static("max-age=31536000"),
+                            // Short while plain HTTP is still served (a
+                            // re-setup makes a new CA; a long pin would
+                            // lock browsers out of the node).
+                            axum::http::HeaderValue::from_static("max-age=300"),
                         );
                     }
                     r

@@ -82,8 +82,10 @@ async fn backends_of(
             let Some(addr) = crate::http::inference::api_of(st, &n) else {
                 continue;
             };
-            let url = format!("http://{addr}/api/v1/serve/backends");
-            match tokio::time::timeout(std::time::Duration::from_secs(1), reqwest::get(&url)).await
+            let (base, peer) = crate::tls::peer(&addr);
+            let url = format!("{base}/api/v1/serve/backends");
+            let get = peer.unwrap_or_default().get(&url).send();
+            match tokio::time::timeout(std::time::Duration::from_secs(1), get).await
             {
                 Ok(Ok(r)) => r.json().await.unwrap_or_default(),
                 _ => Vec::new(),
