@@ -85,8 +85,7 @@ async fn backends_of(
             let (base, peer) = crate::tls::peer(&addr);
             let url = format!("{base}/api/v1/serve/backends");
             let get = peer.unwrap_or_default().get(&url).send();
-            match tokio::time::timeout(std::time::Duration::from_secs(1), get).await
-            {
+            match tokio::time::timeout(std::time::Duration::from_secs(1), get).await {
                 Ok(Ok(r)) => r.json().await.unwrap_or_default(),
                 _ => Vec::new(),
             }
