@@ -832,5 +832,17 @@ async fn a_peer_that_is_no_member_is_refused_by_every_p2p_service() {
     assert!(models.contains("not a member"), "models: {models}");
     let raft = ask(Service::Raft, b"{}".to_vec()).await;
     assert!(raft.contains("not a member"), "control plane: {raft}");
+    // A certificate from the cluster CA (issue #24): members only.
+    let spki = bzzz_crypto::ca::TlsKey::generate()
+        .and_then(|k| k.public_der())
+        .expect("key");
+    let req = bzzz_proto::cluster::KeysRequest::IssueCert {
+        spki_der: spki,
+        ips: vec!["127.0.0.1".into()],
+        dns: vec!["localhost".into()],
+    };
+    let cert = ask(Service::Keys, serde_json::to_vec(&req).expect("json")).await;
+    assert!(cert.contains("not_member"), "certificate: {cert}");
+    assert!(!cert.contains("BEGIN CERTIFICATE"), "{cert}");
     cancel.cancel();
 }
