@@ -14,5 +14,6 @@
 pub mod forge;
 pub mod repo;
 pub mod sandbox;
+pub mod schema;
 pub mod task;
 pub mod worker;
